@@ -1,0 +1,92 @@
+"""Every hook tote calls, with when, where and how it is called.
+
+pluggy calls hook implementations synchronously. Any implementation may be `async def`: the
+host (`tote_core.hooks.host`) awaits the coroutine it returns. For `firstresult` hooks the
+host walks implementations itself in pluggy's order and stops at the first non-None *awaited*
+result. A raising implementation is logged with its plugin name, counted
+(`tote_plugin_failures_total{plugin,hook}`) and skipped; the incident continues.
+
+All hooks below run in the controller process unless said otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from tote_core.hooks.types import (
+    Incident,
+    NodeInfo,
+    Notification,
+    OptInQuery,
+    ProgressCallback,
+    TransferRequest,
+    TransferResult,
+)
+
+if TYPE_CHECKING:
+    from tote_core.hooks.context import PluginContext
+
+PROJECT = "tote"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def configure(context: PluginContext) -> Any:
+    """Called once at controller start-up, before any other hook.
+
+    `context` holds the settings, the Kubernetes client and read-only caches, and lets the
+    plugin register long-running tasks (`context.add_service`) that the host starts in the
+    controller's nursery — plugins never start tasks or threads themselves. Broadcast.
+    """
+
+
+@hookspec(firstresult=True)
+def opt_in(query: OptInQuery) -> bool | None:
+    """Decide workload opt-in for a pod that lacks `tote.dev/auto-salvage` itself.
+
+    Return True/False to decide, None to pass. The built-in inheritance plugin walks
+    ownerReferences. Called from a reconcile worker, under the reconcile deadline.
+    """
+
+
+@hookspec
+def on_detected(incident: Incident) -> None:
+    """A new incident (pod UID, container, digest) was detected. Broadcast; return ignored.
+
+    Called once per incident, not per reconcile.
+    """
+
+
+@hookspec(firstresult=True)
+def select_source(incident: Incident, candidates: list[NodeInfo]) -> list[str] | None:
+    """Order candidate source nodes, best first; the engine tries them in that order.
+
+    Return None to let the next plugin (or the built-in default) decide.
+    """
+
+
+@hookspec(firstresult=True)
+def transfer(
+    request: TransferRequest, progress: ProgressCallback
+) -> TransferResult | None:
+    """Move the image named by `request` into the target node. firstresult.
+
+    Called from a salvage worker (bounded by `--max-concurrent-salvages`) under the
+    caller's deadline. Await `progress(...)` as bytes move. Raise
+    `tote_core.errors.RetryLater` for transient failures (source down, stream cut) and
+    `tote_core.errors.PermanentError` for failures retrying cannot fix (too large,
+    discarded layers). Return None if this plugin cannot handle the request.
+    """
+
+
+@hookspec
+def on_salvaged(incident: Incident, request: TransferRequest, result: TransferResult) -> None:
+    """A transfer succeeded. Broadcast; failures are logged and never fail the salvage."""
+
+
+@hookspec
+def notify(notification: Notification) -> None:
+    """Deliver a notification (webhook, Slack, …). Broadcast, fire-and-forget."""

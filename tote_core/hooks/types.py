@@ -1,0 +1,90 @@
+"""msgspec types passed through hooks.
+
+Hooks cross a package boundary (third-party plugins), so their arguments are plain, frozen
+structs that can be logged, compared and serialised, never live client objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import msgspec
+
+
+class Incident(msgspec.Struct, frozen=True, kw_only=True):
+    """One failing (pod UID, container, image) as detected; what `on_detected` receives."""
+
+    namespace: str
+    pod_name: str
+    pod_uid: str
+    container: str
+    init_container: bool
+    image_ref: str  # normalised reference, e.g. docker.io/library/nginx:1.25
+    digest: str | None  # sha256:… once known
+    node_name: str | None  # the failing (target) node
+    kind: Literal["pull", "corrupt"]
+    message: str  # kubelet's waiting message
+    candidate_nodes: tuple[str, ...] = ()  # nodes known to hold the digest
+
+
+class NodeInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What `select_source` may weigh about a candidate node."""
+
+    name: str
+    ready: bool
+    zone: str | None = None
+    active_transfers: int = 0
+
+
+class TransferRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Copy one image (by digest) from `source_node` into `target_node`'s containerd."""
+
+    image_ref: str  # normalised ref the pod asked for; becomes an image record name
+    digest: str  # sha256:… of the index or manifest
+    source_node: str
+    target_node: str
+    max_bytes: int = 0  # 0 = no limit; the plugin must refuse before moving more than this
+
+
+class TransferProgress(msgspec.Struct, kw_only=True):
+    """A progress report streamed while a transfer runs."""
+
+    bytes_total: int = 0  # bytes that have to move (after dedupe)
+    bytes_transferred: int = 0
+    blobs_total: int = 0
+    blobs_skipped: int = 0  # blobs the target already had
+
+
+class TransferResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What a finished transfer reports; the SalvageRecord status is filled from it."""
+
+    bytes_total: int
+    bytes_transferred: int
+    blobs_skipped: int
+    duration_seconds: float
+
+
+ProgressCallback = Callable[[TransferProgress], Awaitable[None]]
+
+
+class Notification(msgspec.Struct, frozen=True, kw_only=True):
+    """A webhook-worthy event (SPEC §8): once per incident and type."""
+
+    type: Literal["detected", "salvaged", "failed", "pushed"]
+    pod_name: str
+    namespace: str
+    image_ref: str
+    digest: str
+    source_node: str = ""
+    target_node: str = ""
+    error: str = ""
+    timestamp: str = ""  # RFC3339 UTC
+
+
+class OptInQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Asked of `opt_in` plugins when a pod itself does not carry the opt-in annotation."""
+
+    namespace: str
+    pod_name: str
+    owner_references: tuple[tuple[str, str, str], ...]  # (apiVersion, kind, name)

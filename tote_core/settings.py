@@ -1,0 +1,293 @@
+"""Settings: command-line flags, environment and an optional config file → msgspec Structs.
+
+Precedence, lowest to highest: defaults, config file (`--config`, YAML or JSON, keys as the
+flag names without dashes, e.g. `max-concurrent-salvages` or `max_concurrent_salvages`),
+environment (`TOTE_<FLAG>` with dashes as underscores, e.g. `TOTE_MAX_IMAGE_SIZE`), flags.
+Every value is validated by msgspec after merging, so a bad value from any source produces
+one clear `ConfigError` naming the setting, before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+from tote_core.errors import ConfigError
+
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "ki": 1024,
+    "kib": 1024,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "gi": 1024**3,
+    "gib": 1024**3,
+    "ti": 1024**4,
+    "tib": 1024**4,
+}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_size(text: str | int) -> int:
+    """Parse `2GB`, `500Mi`, `0`, `2147483648` into bytes.
+
+    SPEC §3 fixes `2GB` = 2147483648 bytes, so `GB`/`G` are binary here (as in the Go
+    original's flag), and `MB` likewise; `Gi`/`Mi` are accepted too.
+    """
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError("size must not be negative")
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (examples: 2GB, 500MB, 0)")
+    unit = m.group(2).lower()
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"unknown size unit {m.group(2)!r} in {text!r}")
+    scale = _SIZE_UNITS[unit]
+    if unit in {"k", "kb", "m", "mb", "g", "gb", "t", "tb"}:
+        scale = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[unit[0]]
+    return int(float(m.group(1)) * scale)
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Parse Go-style durations (`168h`, `30s`, `1h30m`, `500ms`) or plain seconds."""
+    if isinstance(text, (int, float)):
+        if text < 0:
+            raise ValueError("duration must not be negative")
+        return float(text)
+    s = text.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        return float(s)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", s)
+    if not parts or "".join(n + u for n, u in parts) != s:
+        raise ValueError(f"not a duration: {text!r} (examples: 168h, 30s, 1h30m)")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+class CommonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Flags both subcommands share."""
+
+    log_format: LogFormat = "text"
+    log_level: LogLevel = "info"
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    insecure: bool = False  # explicit opt-out of mTLS (loudly logged)
+
+
+class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
+    """`tote controller` settings. Names follow SPEC.md flags with dashes → underscores."""
+
+    kubeconfig: str = ""  # empty: in-cluster, then ~/.kube/config
+    enabled: bool = True
+    deny_namespaces: list[str] = msgspec.field(default_factory=list)
+    salvage_on_auth_failure: bool = False
+    registry_resolve: bool = False
+    registry_resolve_timeout: float = 5.0
+    registry_resolve_ca: str = ""
+    registry_insecure: bool = False
+    max_image_size: int = 2147483648
+    max_concurrent_salvages: int = 2
+    workers: int = 4
+    reconcile_timeout: float = 30.0
+    transfer_timeout: float = 1800.0
+    salvagerecord_ttl: float = 168 * 3600.0
+    backup_registry: str = ""
+    backup_registry_secret: str = ""
+    backup_registry_insecure: bool = False
+    webhook_url: str = ""
+    webhook_events: list[str] = msgspec.field(default_factory=list)
+    webhook_format: Literal["json", "slack"] = "json"
+    agent_endpoints: dict[str, str] = msgspec.field(default_factory=dict)
+    agent_namespace: str = ""  # where agent pods run; empty = the controller's namespace
+    agent_selector: str = "app.kubernetes.io/component=agent,app.kubernetes.io/name=tote"
+    agent_port: int = 9090
+    # Runtime kill switch: ConfigMap <namespace>/<name>, key `enabled`.
+    config_map: str = "tote-config"
+    namespace: str = ""  # the controller's own namespace; empty = from service account / default
+    leader_election: bool = True
+    lease_name: str = "tote-controller"
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    identity: str = ""  # leader-election identity; empty = hostname + pid
+    metrics_address: str = "0.0.0.0:8080"
+    health_address: str = "0.0.0.0:8081"
+    plugins_disabled: list[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent_salvages < 1:
+            raise ValueError("max_concurrent_salvages must be at least 1")
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
+        bad = set(self.webhook_events) - {"detected", "salvaged", "failed", "pushed"}
+        if bad:
+            raise ValueError(f"webhook_events: unknown event types {sorted(bad)}")
+        if self.renew_deadline >= self.lease_duration:
+            raise ValueError("renew_deadline must be shorter than lease_duration")
+
+
+class AgentSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
+    """`tote agent` settings (SPEC §6)."""
+
+    containerd_socket: str = "/run/containerd/containerd.sock"
+    containerd_namespace: str = "k8s.io"
+    node_name: str = ""  # defaults to $NODE_NAME, then the hostname
+    listen_address: str = "0.0.0.0"
+    grpc_port: int = 9090
+    metrics_port: int = 9091
+
+
+# Flags whose value is parsed before msgspec validation.
+_CONVERTERS: dict[str, Any] = {
+    "max_image_size": parse_size,
+    "salvagerecord_ttl": parse_duration,
+    "registry_resolve_timeout": parse_duration,
+    "reconcile_timeout": parse_duration,
+    "transfer_timeout": parse_duration,
+    "lease_duration": parse_duration,
+    "renew_deadline": parse_duration,
+    "retry_period": parse_duration,
+}
+
+
+def _split_list(value: Any) -> list[str]:
+    if isinstance(value, list):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def _split_map(value: Any) -> dict[str, str]:
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    out: dict[str, str] = {}
+    for item in _split_list(value):
+        if "=" not in item:
+            raise ValueError(f"expected name=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    s = str(value).strip().lower()
+    if s in {"true", "1", "yes", "on"}:
+        return True
+    if s in {"false", "0", "no", "off"}:
+        return False
+    raise ValueError(f"not a boolean: {value!r} (use true or false)")
+
+
+def _normalise(cls: type[msgspec.Struct], raw: dict[str, Any]) -> dict[str, Any]:
+    """Coerce strings from flags/env into the field types msgspec expects."""
+    hints = {f.name: f.type for f in msgspec.structs.fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in hints:
+            raise ConfigError(f"unknown setting {key!r}")
+        try:
+            if name in _CONVERTERS:
+                value = _CONVERTERS[name](value)
+            elif hints[name] is bool:
+                value = _bool(value)
+            elif hints[name] is int and isinstance(value, str):
+                value = int(value)
+            elif hints[name] is float and isinstance(value, str):
+                value = float(value)
+            elif str(hints[name]).startswith("list"):
+                value = _split_list(value)
+            elif str(hints[name]).startswith("dict"):
+                value = _split_map(value)
+        except ValueError as exc:
+            raise ConfigError(f"invalid value for --{name.replace('_', '-')}: {exc}") from exc
+        out[name] = value
+    return out
+
+
+def load(
+    cls: type[msgspec.Struct],
+    flags: dict[str, Any],
+    *,
+    config_file: str | None = None,
+    environ: dict[str, str] | None = None,
+) -> Any:
+    """Merge defaults < config file < environment < flags and validate into `cls`."""
+    env = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    if config_file:
+        try:
+            data = yaml.safe_load(Path(config_file).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {config_file} must hold a mapping")
+        plugins = data.pop("plugins", None)
+        if isinstance(plugins, dict) and "disabled" in plugins:
+            data["plugins_disabled"] = plugins["disabled"]
+        merged.update(_normalise(cls, data))
+    for f in msgspec.structs.fields(cls):
+        env_key = "TOTE_" + f.name.upper()
+        if env_key in env:
+            merged.update(_normalise(cls, {f.name: env[env_key]}))
+    merged.update(_normalise(cls, {k: v for k, v in flags.items() if v is not None}))
+    try:
+        return msgspec.convert(merged, cls)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type[msgspec.Struct]) -> None:
+    """Add one `--flag` per settings field; values stay strings until `load` validates them.
+
+    Booleans accept `--flag`, `--flag=true|false` and `--no-flag`.
+    """
+    for f in msgspec.structs.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            parser.add_argument(flag, nargs="?", const="true", default=None, dest=f.name)
+            parser.add_argument(
+                "--no-" + f.name.replace("_", "-"),
+                action="store_const",
+                const="false",
+                dest=f.name,
+                help=argparse.SUPPRESS,
+            )
+        else:
+            parser.add_argument(flag, default=None, dest=f.name)
+
+
+def parse_args(
+    cls: type[msgspec.Struct], argv: Sequence[str], prog: str
+) -> Any:
+    """Parse a subcommand's argv into validated settings (used by the CLI and tests)."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--config", default=None)
+    add_flags(parser, cls)
+    ns = vars(parser.parse_args(list(argv)))
+    config_file = ns.pop("config")
+    return load(cls, ns, config_file=config_file)
