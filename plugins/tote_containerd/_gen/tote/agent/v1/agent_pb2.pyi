@@ -1,0 +1,224 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class BlobInfo(_message.Message):
+    __slots__ = ("digest", "media_type", "size", "present", "role")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    media_type: str
+    size: int
+    present: bool
+    role: str
+    def __init__(self, digest: _Optional[str] = ..., media_type: _Optional[str] = ..., size: _Optional[int] = ..., present: _Optional[bool] = ..., role: _Optional[str] = ...) -> None: ...
+
+class InspectRequest(_message.Message):
+    __slots__ = ("ref", "platform")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    platform: str
+    def __init__(self, ref: _Optional[str] = ..., platform: _Optional[str] = ...) -> None: ...
+
+class InspectResponse(_message.Message):
+    __slots__ = ("digest", "media_type", "blobs", "total_bytes", "present_bytes", "complete", "layers_discarded", "reason", "names", "platform", "config_digest")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_DISCARDED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    media_type: str
+    blobs: _containers.RepeatedCompositeFieldContainer[BlobInfo]
+    total_bytes: int
+    present_bytes: int
+    complete: bool
+    layers_discarded: bool
+    reason: str
+    names: _containers.RepeatedScalarFieldContainer[str]
+    platform: str
+    config_digest: str
+    def __init__(self, digest: _Optional[str] = ..., media_type: _Optional[str] = ..., blobs: _Optional[_Iterable[_Union[BlobInfo, _Mapping]]] = ..., total_bytes: _Optional[int] = ..., present_bytes: _Optional[int] = ..., complete: _Optional[bool] = ..., layers_discarded: _Optional[bool] = ..., reason: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., platform: _Optional[str] = ..., config_digest: _Optional[str] = ...) -> None: ...
+
+class OpenSessionRequest(_message.Message):
+    __slots__ = ("token", "target_node")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TARGET_NODE_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    target_node: str
+    def __init__(self, token: _Optional[str] = ..., target_node: _Optional[str] = ...) -> None: ...
+
+class OpenSessionResponse(_message.Message):
+    __slots__ = ("session", "expires_unix", "source_node")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_NODE_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    expires_unix: int
+    source_node: str
+    def __init__(self, session: _Optional[str] = ..., expires_unix: _Optional[int] = ..., source_node: _Optional[str] = ...) -> None: ...
+
+class ReadBlobRequest(_message.Message):
+    __slots__ = ("session", "digest", "offset", "length")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    digest: str
+    offset: int
+    length: int
+    def __init__(self, session: _Optional[str] = ..., digest: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class ReadBlobResponse(_message.Message):
+    __slots__ = ("offset", "data", "total")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    total: int
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total: _Optional[int] = ...) -> None: ...
+
+class ImportFromRequest(_message.Message):
+    __slots__ = ("source_node", "source_endpoint", "token", "digest", "names", "max_bytes", "parallelism", "platform")
+    SOURCE_NODE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PARALLELISM_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    source_node: str
+    source_endpoint: str
+    token: str
+    digest: str
+    names: _containers.RepeatedScalarFieldContainer[str]
+    max_bytes: int
+    parallelism: int
+    platform: str
+    def __init__(self, source_node: _Optional[str] = ..., source_endpoint: _Optional[str] = ..., token: _Optional[str] = ..., digest: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., max_bytes: _Optional[int] = ..., parallelism: _Optional[int] = ..., platform: _Optional[str] = ...) -> None: ...
+
+class ImportProgress(_message.Message):
+    __slots__ = ("bytes_total", "bytes_transferred", "blobs_total", "blobs_skipped", "done", "names", "config_digest", "phase", "bytes_resumed", "path")
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TRANSFERRED_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RESUMED_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    bytes_total: int
+    bytes_transferred: int
+    blobs_total: int
+    blobs_skipped: int
+    done: bool
+    names: _containers.RepeatedScalarFieldContainer[str]
+    config_digest: str
+    phase: str
+    bytes_resumed: int
+    path: str
+    def __init__(self, bytes_total: _Optional[int] = ..., bytes_transferred: _Optional[int] = ..., blobs_total: _Optional[int] = ..., blobs_skipped: _Optional[int] = ..., done: _Optional[bool] = ..., names: _Optional[_Iterable[str]] = ..., config_digest: _Optional[str] = ..., phase: _Optional[str] = ..., bytes_resumed: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
+
+class ImageRecord(_message.Message):
+    __slots__ = ("name", "digest", "media_type", "size", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    digest: str
+    media_type: str
+    size: int
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., media_type: _Optional[str] = ..., size: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ListImagesRequest(_message.Message):
+    __slots__ = ("digest",)
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    def __init__(self, digest: _Optional[str] = ...) -> None: ...
+
+class ListImagesResponse(_message.Message):
+    __slots__ = ("images",)
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[ImageRecord]
+    def __init__(self, images: _Optional[_Iterable[_Union[ImageRecord, _Mapping]]] = ...) -> None: ...
+
+class ResolveTagRequest(_message.Message):
+    __slots__ = ("ref",)
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    def __init__(self, ref: _Optional[str] = ...) -> None: ...
+
+class ResolveTagResponse(_message.Message):
+    __slots__ = ("found", "digest", "media_type")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    digest: str
+    media_type: str
+    def __init__(self, found: _Optional[bool] = ..., digest: _Optional[str] = ..., media_type: _Optional[str] = ...) -> None: ...
+
+class RemoveImageRequest(_message.Message):
+    __slots__ = ("names", "digest")
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    digest: str
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., digest: _Optional[str] = ...) -> None: ...
+
+class RemoveImageResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, removed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class HealthRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HealthResponse(_message.Message):
+    __slots__ = ("containerd_ok", "containerd_version", "node_name", "platform", "content_root", "fast_path", "error")
+    CONTAINERD_OK_FIELD_NUMBER: _ClassVar[int]
+    CONTAINERD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_ROOT_FIELD_NUMBER: _ClassVar[int]
+    FAST_PATH_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    containerd_ok: bool
+    containerd_version: str
+    node_name: str
+    platform: str
+    content_root: str
+    fast_path: bool
+    error: str
+    def __init__(self, containerd_ok: _Optional[bool] = ..., containerd_version: _Optional[str] = ..., node_name: _Optional[str] = ..., platform: _Optional[str] = ..., content_root: _Optional[str] = ..., fast_path: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
