@@ -1,0 +1,138 @@
+"""Shared pytest wiring: markers by directory, the real control plane, log tails on failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster.controlplane import ControlPlane, binaries_dir, start_control_plane
+
+_MARK_BY_DIR = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
+_TESTS_DIR = Path(__file__).resolve().parent
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """tests/integration/** → `integration`, tests/e2e/** → `e2e`."""
+    for item in items:
+        try:
+            rel = Path(str(item.path)).resolve().relative_to(_TESTS_DIR)
+        except ValueError:
+            continue
+        mark = _MARK_BY_DIR.get(rel.parts[0]) if rel.parts else None
+        if mark is not None:
+            item.add_marker(mark)
+
+
+def require_binaries() -> Path:
+    """The built binaries dir; skip (locally) or fail (under CI) when they are absent."""
+    d = binaries_dir()
+    if d is not None:
+        return d
+    msg = (
+        "Kubernetes/etcd/helm binaries are not built; run tests/cluster/build-binaries.sh "
+        "(or set TOTE_BIN_DIR, or TOTE_BUILD_BINARIES=1 to build on demand)"
+    )
+    if _in_ci():
+        pytest.fail(msg + " [CI is set: missing binaries are a failure]", pytrace=False)
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def k8s_bin_dir() -> Path:
+    return require_binaries()
+
+
+@pytest.fixture(scope="session")
+def control_plane(
+    k8s_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ControlPlane]:
+    """etcd + kube-apiserver with tote's CRD and RBAC; one per test session."""
+    cp = start_control_plane(tmp_path_factory.mktemp("controlplane"), k8s_bin_dir)
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+def _force_delete_namespace(cp: ControlPlane, name: str) -> None:
+    """Delete a namespace for real, without kube-controller-manager.
+
+    There is no namespace controller on the test control plane: empty the namespace of the
+    kinds tests create, then clear the `kubernetes` finalizer ourselves (what the namespace
+    controller does last), so the namespace is gone instead of stuck in Terminating.
+    """
+    kinds = (
+        "pods,replicasets.apps,deployments.apps,statefulsets.apps,daemonsets.apps,"
+        "jobs.batch,cronjobs.batch,events,events.events.k8s.io,configmaps,secrets,"
+        "serviceaccounts,leases.coordination.k8s.io,salvagerecords.tote.dev"
+    )
+    cp.kubectl(
+        "delete", kinds, "--all", "-n", name, "--force", "--grace-period=0", "--wait=false",
+        "--ignore-not-found", check=False,
+    )  # fmt: skip
+    cp.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+    got = cp.kubectl("get", "namespace", name, "-o", "json", check=False)
+    if got.returncode != 0:
+        return
+    ns = json.loads(got.stdout)
+    ns.setdefault("spec", {})["finalizers"] = []
+    cp.kubectl(
+        "replace", "--raw", f"/api/v1/namespaces/{name}/finalize", "-f", "-",
+        input=json.dumps(ns), check=False,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def test_namespace(control_plane: ControlPlane) -> Iterator[str]:
+    """A fresh namespace opted in with `tote.dev/allow: "true"`, removed afterwards."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    control_plane.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name, "annotations": {"tote.dev/allow": "true"}},
+        }
+    )
+    try:
+        yield name
+    finally:
+        _force_delete_namespace(control_plane, name)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """On failure, attach log tails of every fixture value that has a `logs()` method.
+
+    ControlPlane has one; other harness objects (containerd nodes, registries, controller
+    processes) get their logs attached the same way by exposing `logs() -> dict[str, str]`.
+    """
+    report = yield
+    if not report.failed:
+        return report
+    funcargs: dict[str, Any] = getattr(item, "funcargs", {}) or {}
+    seen: set[int] = set()
+    for fixture_name, value in funcargs.items():
+        logs: Callable[[], dict[str, str]] | None = getattr(value, "logs", None)
+        if not callable(logs) or id(value) in seen:
+            continue
+        seen.add(id(value))
+        try:
+            tails = logs()
+        except Exception as exc:  # diagnostics must never hide the real failure
+            tails = {"<logs() failed>": repr(exc)}
+        for component, text in tails.items():
+            if text:
+                report.sections.append((f"{fixture_name}: {component} log (tail)", text[-6000:]))
+    return report
