@@ -1,0 +1,152 @@
+"""Leader election on a coordination.k8s.io/v1 Lease (client-go's algorithm).
+
+Acquire when the lease is free or its holder has not renewed within its duration; renew
+every `retry_period`; if renewing fails for `renew_deadline`, leadership is lost and the
+leader-only scope is cancelled at once (the lease may already belong to someone else).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import msgspec
+import trio
+
+from tote_core import metrics
+from tote_core.components.events import micro_time
+from tote_core.errors import Conflict, KubeError, NotFound
+from tote_core.kube.client import KubeClient, resource_path
+from tote_core.structs.kube import Lease, LeaseSpec, ObjectMeta
+
+log = logging.getLogger("tote.leader")
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+class LeaderElector:
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        namespace: str,
+        name: str,
+        identity: str,
+        lease_duration: float,
+        renew_deadline: float,
+        retry_period: float,
+    ) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.name = name
+        self.identity = identity
+        self.lease_duration = lease_duration
+        self.renew_deadline = renew_deadline
+        self.retry_period = retry_period
+        self.is_leader = False
+        self.leader_identity: str | None = None
+        self._path = resource_path("coordination.k8s.io/v1", "leases", namespace)
+
+    async def _try_acquire_or_renew(self) -> bool:
+        now = datetime.now(UTC)
+        try:
+            lease = await self.client.get(f"{self._path}/{self.name}", Lease)
+        except NotFound:
+            lease = Lease(
+                metadata=ObjectMeta(name=self.name, namespace=self.namespace),
+                spec=LeaseSpec(
+                    holder_identity=self.identity,
+                    lease_duration_seconds=int(self.lease_duration),
+                    acquire_time=micro_time(now),
+                    renew_time=micro_time(now),
+                    lease_transitions=0,
+                ),
+            )
+            try:
+                await self.client.create(self._path, msgspec.to_builtins(lease))
+            except Conflict:
+                return False
+            self.leader_identity = self.identity
+            return True
+        spec = lease.spec
+        self.leader_identity = spec.holder_identity
+        renewed = _parse_time(spec.renew_time)
+        duration = spec.lease_duration_seconds or int(self.lease_duration)
+        held_by_other = bool(spec.holder_identity) and spec.holder_identity != self.identity
+        if held_by_other and renewed and (now - renewed).total_seconds() < duration:
+            return False
+        if spec.holder_identity != self.identity:
+            spec.acquire_time = micro_time(now)
+            spec.lease_transitions = (spec.lease_transitions or 0) + 1
+        spec.holder_identity = self.identity
+        spec.renew_time = micro_time(now)
+        spec.lease_duration_seconds = int(self.lease_duration)
+        try:
+            await self.client.update(f"{self._path}/{self.name}", msgspec.to_builtins(lease))
+        except Conflict:
+            return False
+        self.leader_identity = self.identity
+        return True
+
+    async def _attempt(self) -> bool:
+        try:
+            with trio.fail_after(self.retry_period * 2):
+                return await self._try_acquire_or_renew()
+        except (KubeError, trio.TooSlowError) as exc:
+            log.debug("lease %s/%s: %s", self.namespace, self.name, exc)
+            return False
+
+    async def run(self, lead: Callable[[], Awaitable[None]]) -> None:
+        """Forever: wait to acquire, run `lead()` while renewing, cancel it on loss."""
+        while True:
+            while not await self._attempt():
+                await trio.sleep(self.retry_period)
+            log.info("became leader (lease %s/%s, identity %s)", self.namespace, self.name,
+                     self.identity)
+            self.is_leader = True
+            metrics.IS_LEADER.set(1)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(lead)
+                    await self._renew_loop()
+                    nursery.cancel_scope.cancel()
+            finally:
+                self.is_leader = False
+                metrics.IS_LEADER.set(0)
+            log.warning("lost leadership (lease %s/%s); leader-only work stopped",
+                        self.namespace, self.name)
+
+    async def _renew_loop(self) -> None:
+        last_ok = trio.current_time()
+        while True:
+            await trio.sleep(self.retry_period)
+            if await self._attempt():
+                last_ok = trio.current_time()
+            elif trio.current_time() - last_ok >= self.renew_deadline or (
+                self.leader_identity not in (None, self.identity)
+            ):
+                return
+
+    async def release(self) -> None:
+        """On clean shutdown, hand the lease back so another replica takes over at once."""
+        if not self.is_leader:
+            return
+        try:
+            with trio.fail_after(2):
+                lease = await self.client.get(f"{self._path}/{self.name}", Lease)
+                if lease.spec.holder_identity != self.identity:
+                    return
+                lease.spec.holder_identity = None
+                lease.spec.lease_duration_seconds = 1
+                await self.client.update(f"{self._path}/{self.name}", msgspec.to_builtins(lease))
+                log.info("released lease %s/%s", self.namespace, self.name)
+        except (KubeError, trio.TooSlowError) as exc:
+            log.debug("releasing lease failed: %s", exc)

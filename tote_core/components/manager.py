@@ -1,0 +1,190 @@
+"""The controller's root: start-up order, the leader-only scope, and graceful shutdown.
+
+Order (DESIGN.md): HTTP endpoints (metrics/health) → informers synced → leader election →
+leader-only work (reconcile workers). Losing the lease cancels only the leader-only scope;
+the caches and endpoints keep running so the replica is ready to lead again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+
+import msgspec
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tote_core.components import http
+from tote_core.components.events import EventRecorder
+from tote_core.components.leader import LeaderElector
+from tote_core.hooks.context import PluginContext
+from tote_core.hooks.host import PluginHost
+from tote_core.kube import config as kube_config
+from tote_core.kube.cache import Caches
+from tote_core.kube.client import KubeClient
+from tote_core.reconcile.engine import Engine
+from tote_core.reconcile.pods import PodReconciler
+from tote_core.reconcile.queue import WorkQueue
+from tote_core.settings import ControllerSettings
+from tote_core.structs.kube import Node, Pod
+
+log = logging.getLogger("tote.controller")
+
+
+def default_identity() -> str:
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _interesting(pod: Pod | None) -> bool:
+    """Cheap pre-filter: only pods with a waiting container reach the queue."""
+    if pod is None:
+        return False
+    return any(
+        s.state.waiting is not None
+        for s in (*pod.status.init_container_statuses, *pod.status.container_statuses)
+    )
+
+
+@dataclass
+class Controller:
+    settings: ControllerSettings
+    host: PluginHost = field(default_factory=PluginHost)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        cfg = kube_config.load(self.settings.kubeconfig)
+        self.namespace = self.settings.namespace or cfg.namespace
+        self.identity = self.settings.identity or default_identity()
+        self.kube = KubeClient(cfg)
+        self.caches = Caches(
+            self.kube, namespace=self.namespace, config_map=self.settings.config_map
+        )
+        self.recorder = EventRecorder(self.kube, instance=self.identity)
+        self.queue = WorkQueue(base_delay=1.0, max_delay=300.0)
+        self.reconciler = PodReconciler(self.settings, self.caches, self.host, self.recorder)
+        self.engine = Engine(
+            "pods", self.queue, self.reconciler,
+            workers=self.settings.workers, deadline=self.settings.reconcile_timeout,
+        )
+        self.elector = LeaderElector(
+            self.kube,
+            namespace=self.namespace,
+            name=self.settings.lease_name,
+            identity=self.identity,
+            lease_duration=self.settings.lease_duration,
+            renew_deadline=self.settings.renew_deadline,
+            retry_period=self.settings.retry_period,
+        )
+        self._leading = False
+        self.caches.pods.add_handler(self._on_pod)
+        self.caches.nodes.add_handler(self._on_node)
+        self.caches.config.add_handler(self._on_config)
+        self.caches.namespaces.add_handler(self._on_namespace)
+
+    # -- event handlers (sync, never block) ---------------------------------------------
+
+    def _on_pod(self, key: str, old: Pod | None, new: Pod | None) -> None:
+        if new is None:
+            if old is not None:
+                self.reconciler.incidents.forget_pod(old.metadata.uid)
+            self.reconciler.waiting_on_nodes.discard(key)
+            return
+        if _interesting(new):
+            self.queue.add(key)
+
+    def _on_node(self, key: str, old: Node | None, new: Node | None) -> None:
+        if new is None or old is None or old.status.images != new.status.images:
+            for pod_key in list(self.reconciler.waiting_on_nodes):
+                self.queue.add(pod_key)
+
+    def _requeue_failing(self) -> None:
+        for key, pod in self.caches.pods.items.items():
+            if _interesting(pod):
+                self.queue.add(key)
+
+    def _on_config(self, key: str, old: object, new: object) -> None:
+        enabled = self.reconciler.enabled()
+        log.info("runtime kill switch: salvage %s", "enabled" if enabled else "disabled")
+        if enabled:
+            self._requeue_failing()
+
+    def _on_namespace(self, key: str, old: object, new: object) -> None:
+        if old is not None and new is not None and old != new and self.caches.synced:
+            for pod_key, pod in self.caches.pods.items.items():
+                if pod.metadata.namespace == key and _interesting(pod):
+                    self.queue.add(pod_key)
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    async def _metrics(self) -> http.Response:
+        return 200, CONTENT_TYPE_LATEST, generate_latest()
+
+    async def _healthz(self) -> http.Response:
+        return 200, "text/plain", b"ok\n"
+
+    async def _readyz(self) -> http.Response:
+        body = msgspec.json.encode(
+            {
+                "synced": self.caches.synced,
+                "leader": self.elector.is_leader,
+                "leaderIdentity": self.elector.leader_identity,
+                "identity": self.identity,
+                "enabled": self.reconciler.enabled() if self.caches.synced else None,
+            }
+        )
+        return (200 if self.caches.synced else 503), "application/json", body + b"\n"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def _lead(self) -> None:
+        log.info("leading: starting %d reconcile workers", self.settings.workers)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.engine.run)
+            for name, service in self.plugin_context.services:
+                log.debug("starting plugin service %s", name)
+                nursery.start_soon(service)
+            self._requeue_failing()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.plugin_context = PluginContext(
+            settings=self.settings, kube=self.kube, cache=self.caches
+        )
+        await self.host.configure(self.plugin_context)
+        try:
+            async with trio.open_nursery() as nursery:
+                routes_metrics: dict[str, http.Route] = {"/metrics": self._metrics}
+                routes_health: dict[str, http.Route] = {
+                    "/healthz": self._healthz,
+                    "/readyz": self._readyz,
+                }
+                if self.settings.metrics_address == self.settings.health_address:
+                    routes_health.update(routes_metrics)
+                    self.ports["health"] = self.ports["metrics"] = await nursery.start(
+                        http.serve, self.settings.health_address, routes_health
+                    )
+                else:
+                    self.ports["metrics"] = await nursery.start(
+                        http.serve, self.settings.metrics_address, routes_metrics
+                    )
+                    self.ports["health"] = await nursery.start(
+                        http.serve, self.settings.health_address, routes_health
+                    )
+                t0 = trio.current_time()
+                await nursery.start(self.caches.run)
+                log.info(
+                    "caches synced in %.2fs: %d pods, %d nodes, %d namespaces",
+                    trio.current_time() - t0, len(self.caches.pods.items),
+                    len(self.caches.nodes.items), len(self.caches.namespaces.items),
+                )
+                task_status.started()
+                if self.settings.leader_election:
+                    await self.elector.run(self._lead)
+                else:
+                    self.elector.is_leader = True
+                    await self._lead()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.elector.release()
+                await self.kube.aclose()

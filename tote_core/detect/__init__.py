@@ -1,0 +1,1 @@
+"""Pure, synchronous detection: pod status → failures; image references; node inventory."""

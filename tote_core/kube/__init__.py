@@ -1,0 +1,1 @@
+"""A thin async Kubernetes client on httpx, and list+watch informers on top of it."""

@@ -1,0 +1,66 @@
+"""The informer caches the controller keeps: pods, nodes, namespaces, its ConfigMap."""
+
+from __future__ import annotations
+
+import trio
+
+from tote_core.kube.client import KubeClient, resource_path
+from tote_core.kube.informer import Informer
+from tote_core.structs.kube import ConfigMap, Namespace, Node, Pod
+
+
+class Caches:
+    def __init__(self, client: KubeClient, *, namespace: str, config_map: str) -> None:
+        self.pods: Informer[Pod] = Informer(client, resource_path("v1", "pods"), Pod, name="pods")
+        self.nodes: Informer[Node] = Informer(
+            client, resource_path("v1", "nodes"), Node, name="nodes"
+        )
+        self.namespaces: Informer[Namespace] = Informer(
+            client, resource_path("v1", "namespaces"), Namespace, name="namespaces"
+        )
+        self.config: Informer[ConfigMap] = Informer(
+            client,
+            resource_path("v1", "configmaps", namespace),
+            ConfigMap,
+            name="configmap",
+            field_selector=f"metadata.name={config_map}",
+        )
+        self.namespace = namespace
+        self.config_map = config_map
+
+    @property
+    def informers(self) -> list[Informer[Pod] | Informer[Node] | Informer[Namespace] | Informer[ConfigMap]]:
+        return [self.config, self.namespaces, self.nodes, self.pods]
+
+    @property
+    def synced(self) -> bool:
+        return all(i.synced.is_set() for i in self.informers)
+
+    def node(self, name: str) -> Node | None:
+        return self.nodes.get(name)
+
+    def namespace_obj(self, name: str) -> Namespace | None:
+        return self.namespaces.get(name)
+
+    def pods_with_labels(self, namespace: str | None, labels: dict[str, str]) -> list[Pod]:
+        """Pods whose labels include `labels` (agent discovery); a scan of the pod cache."""
+        return [
+            p
+            for p in self.pods.items.values()
+            if (namespace is None or p.metadata.namespace == namespace)
+            and all(p.metadata.labels.get(k) == v for k, v in labels.items())
+        ]
+
+    def runtime_enabled(self) -> bool | None:
+        """The kill switch ConfigMap's `enabled` key: True/False, None when absent."""
+        cm = self.config.get(f"{self.namespace}/{self.config_map}")
+        if cm is None or "enabled" not in cm.data:
+            return None
+        return cm.data["enabled"].strip().lower() != "false"
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start every informer; started() once all have listed (caches synced)."""
+        async with trio.open_nursery() as nursery:
+            for informer in self.informers:
+                await nursery.start(informer.run)
+            task_status.started()

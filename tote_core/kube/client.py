@@ -1,0 +1,221 @@
+"""Async Kubernetes API client on httpx (trio via anyio).
+
+Only the verbs tote needs: get, list, watch (streamed), create, patch (merge / JSON /
+strategic), update, delete with preconditions, and status subresource writes. Responses are
+decoded straight into msgspec Structs by the caller's chosen type.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+
+from tote_core.errors import Conflict, Gone, KubeError, NotFound
+from tote_core.kube.config import KubeConfig
+from tote_core.structs.kube import ObjectList, PartialObject, Status, WatchEvent
+
+log = logging.getLogger("tote.kube")
+T = TypeVar("T")
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+METADATA_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+
+_json_encoder = msgspec.json.Encoder()
+_status_decoder = msgspec.json.Decoder(Status)
+
+
+def resource_path(
+    group_version: str, plural: str, namespace: str | None = None, name: str | None = None,
+    subresource: str | None = None,
+) -> str:
+    """`/api/v1/namespaces/ns/pods/name/status` style paths."""
+    base = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    if namespace:
+        base += f"/namespaces/{namespace}"
+    base += f"/{plural}"
+    if name:
+        base += f"/{name}"
+    if subresource:
+        base += f"/{subresource}"
+    return base
+
+
+def _raise_for(response: httpx.Response, what: str) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        status = _status_decoder.decode(response.content)
+        message, reason = status.message, status.reason
+    except msgspec.DecodeError:
+        message, reason = response.text[:300], ""
+    text = f"{what}: HTTP {response.status_code} {reason}: {message}".strip()
+    cls: type[KubeError] = KubeError
+    if response.status_code == 404:
+        cls = NotFound
+    elif response.status_code == 409:
+        cls = Conflict
+    elif response.status_code == 410:
+        cls = Gone
+    raise cls(text, status=response.status_code, reason=reason)
+
+
+class KubeClient:
+    """One HTTP/1.1 connection pool to the API server; safe to share between tasks."""
+
+    def __init__(self, config: KubeConfig, *, timeout: float = 30.0) -> None:
+        self.config = config
+        self._http = httpx.AsyncClient(
+            base_url=config.server,
+            verify=config.ssl_context(),
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            headers={"Accept": "application/json", "User-Agent": "tote/0.1"},
+            limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = dict(extra or {})
+        token = self.config.bearer()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+        accept: str | None = None,
+    ) -> bytes:
+        """One API call; raises KubeError subclasses with the server's message."""
+        content = None if body is None else _json_encoder.encode(body)
+        extra = {"Content-Type": content_type} if content else {}
+        if accept:
+            extra["Accept"] = accept
+        headers = self._headers(extra)
+        try:
+            response = await self._http.request(
+                method,
+                path,
+                params=params,
+                content=content,
+                headers=headers,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.HTTPError as exc:
+            raise KubeError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        _raise_for(response, f"{method} {path}")
+        return response.content
+
+    async def get(self, path: str, type_: type[T], **params: Any) -> T:
+        raw = await self.request("GET", path, params=params or None)
+        return msgspec.json.decode(raw, type=type_)
+
+    async def get_metadata(self, path: str) -> PartialObject:
+        """GET only the object's metadata (PartialObjectMetadata): cheap owner lookups."""
+        raw = await self.request("GET", path, accept=METADATA_ACCEPT)
+        return msgspec.json.decode(raw, type=PartialObject)
+
+    async def list(self, path: str, type_: type[T], **params: Any) -> ObjectList[T]:
+        """A full list, following `continue` tokens."""
+        params = {k: v for k, v in params.items() if v is not None}
+        result: ObjectList[T] | None = None
+        while True:
+            raw = await self.request("GET", path, params=params)
+            page = msgspec.json.decode(raw, type=ObjectList[type_])  # type: ignore[valid-type]
+            if result is None:
+                result = page
+            else:
+                result.items.extend(page.items)
+                result.metadata = page.metadata
+            if not page.metadata.continue_:
+                return result
+            params["continue"] = page.metadata.continue_
+
+    async def create(self, path: str, body: Any, type_: type[T] | None = None) -> Any:
+        raw = await self.request("POST", path, body=body)
+        return msgspec.json.decode(raw, type=type_) if type_ else msgspec.json.decode(raw)
+
+    async def update(self, path: str, body: Any, type_: type[T] | None = None) -> Any:
+        raw = await self.request("PUT", path, body=body)
+        return msgspec.json.decode(raw, type=type_) if type_ else msgspec.json.decode(raw)
+
+    async def patch(
+        self, path: str, body: Any, *, content_type: str = MERGE_PATCH,
+        type_: type[T] | None = None,
+    ) -> Any:
+        raw = await self.request("PATCH", path, body=body, content_type=content_type)
+        return msgspec.json.decode(raw, type=type_) if type_ else msgspec.json.decode(raw)
+
+    async def delete(
+        self, path: str, *, uid: str | None = None, resource_version: str | None = None,
+        propagation: str | None = None,
+    ) -> None:
+        """Delete, optionally with UID / resourceVersion preconditions."""
+        body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        pre: dict[str, str] = {}
+        if uid:
+            pre["uid"] = uid
+        if resource_version:
+            pre["resourceVersion"] = resource_version
+        if pre:
+            body["preconditions"] = pre
+        if propagation:
+            body["propagationPolicy"] = propagation
+        await self.request("DELETE", path, body=body)
+
+    @asynccontextmanager
+    async def watch(
+        self, path: str, *, resource_version: str, timeout_seconds: int = 300,
+        **params: Any,
+    ) -> AsyncIterator[AsyncIterator[WatchEvent]]:
+        """Open a watch stream; yields an async iterator of raw watch events.
+
+        The server ends the stream after `timeout_seconds`; callers reopen it from the last
+        resourceVersion they saw (bookmarks keep that fresh).
+        """
+        query: dict[str, Any] = {
+            "watch": "1",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        query.update({k: v for k, v in params.items() if v is not None})
+        decoder = msgspec.json.Decoder(WatchEvent)
+        request = self._http.build_request(
+            "GET", path, params=query, headers=self._headers(),
+            timeout=httpx.Timeout(timeout_seconds + 30.0, connect=5.0),
+        )
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise KubeError(f"WATCH {path}: {type(exc).__name__}: {exc}") from exc
+        try:
+            if response.status_code >= 400:
+                await response.aread()
+                _raise_for(response, f"WATCH {path}")
+
+            async def events() -> AsyncIterator[WatchEvent]:
+                try:
+                    async for line in response.aiter_lines():
+                        if line.strip():
+                            yield decoder.decode(line)
+                except httpx.HTTPError as exc:
+                    raise KubeError(f"WATCH {path}: stream broke: {exc}") from exc
+
+            yield events()
+        finally:
+            await response.aclose()

@@ -1,0 +1,147 @@
+"""List+watch informer: a local cache of one resource kind kept current by a watch.
+
+List once, watch from the list's resourceVersion with bookmarks, re-watch when the server
+closes the stream, relist on 410 Gone, reconnect with capped exponential back-off when the
+API server is unreachable (it may be restarting). Handlers are plain sync callables that
+must not block (they enqueue keys).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import msgspec
+import trio
+
+from tote_core.errors import Gone, KubeError
+from tote_core.kube.client import KubeClient
+from tote_core.structs.kube import Status, meta_key
+
+log = logging.getLogger("tote.informer")
+
+T = TypeVar("T", bound=msgspec.Struct)
+Handler = Callable[[str, "T | None", "T | None"], None]  # key, old, new (new None = deleted)
+
+BACKOFF_START = 0.5
+BACKOFF_CAP = 30.0
+
+
+class Informer(Generic[T]):
+    """Keeps `self.items` (key → object) current for one list/watch path."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        path: str,
+        type_: type[T],
+        *,
+        name: str,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        watch_timeout: int = 300,
+    ) -> None:
+        self.client = client
+        self.path = path
+        self.type_ = type_
+        self.name = name
+        self.label_selector = label_selector
+        self.field_selector = field_selector
+        self.watch_timeout = watch_timeout
+        self.items: dict[str, T] = {}
+        self.synced = trio.Event()
+        self.resource_version = ""
+        self._handlers: list[Handler[T]] = []
+        self.relists = 0
+        self.reconnects = 0
+
+    def add_handler(self, handler: Handler[T]) -> None:
+        self._handlers.append(handler)
+
+    def get(self, key: str) -> T | None:
+        return self.items.get(key)
+
+    def _emit(self, key: str, old: T | None, new: T | None) -> None:
+        for handler in self._handlers:
+            try:
+                handler(key, old, new)
+            except Exception:
+                log.exception("informer %s: handler failed for %s", self.name, key)
+
+    async def _relist(self) -> None:
+        result = await self.client.list(
+            self.path,
+            self.type_,
+            labelSelector=self.label_selector,
+            fieldSelector=self.field_selector,
+        )
+        fresh: dict[str, T] = {meta_key(o.metadata): o for o in result.items}  # type: ignore[attr-defined]
+        old_items = self.items
+        self.items = fresh
+        self.resource_version = result.metadata.resource_version
+        for key in old_items.keys() - fresh.keys():
+            self._emit(key, old_items[key], None)
+        for key, obj in fresh.items():
+            self._emit(key, old_items.get(key), obj)
+        self.relists += 1
+        log.debug("informer %s: listed %d at rv %s", self.name, len(fresh), self.resource_version)
+
+    async def _watch_once(self) -> None:
+        async with self.client.watch(
+            self.path,
+            resource_version=self.resource_version,
+            timeout_seconds=self.watch_timeout,
+            labelSelector=self.label_selector,
+            fieldSelector=self.field_selector,
+        ) as events:
+            async for event in events:
+                if event.type == "ERROR":
+                    status = msgspec.json.decode(event.object, type=Status)
+                    if status.code == 410:
+                        raise Gone(f"watch {self.name}: {status.message}", status=410)
+                    raise KubeError(f"watch {self.name}: {status.message}", status=status.code)
+                obj = msgspec.json.decode(event.object, type=self.type_)
+                meta = obj.metadata  # type: ignore[attr-defined]
+                if meta.resource_version:
+                    self.resource_version = meta.resource_version
+                if event.type == "BOOKMARK":
+                    continue
+                key = meta_key(meta)
+                old = self.items.get(key)
+                if event.type == "DELETED":
+                    self.items.pop(key, None)
+                    self._emit(key, old, None)
+                else:
+                    self.items[key] = obj
+                    self._emit(key, old, obj)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """List, signal started (synced), then watch forever."""
+        backoff = BACKOFF_START
+        need_list = True
+        started = False
+        while True:
+            try:
+                if need_list:
+                    await self._relist()
+                    need_list = False
+                    if not started:
+                        self.synced.set()
+                        task_status.started()
+                        started = True
+                await self._watch_once()
+                backoff = BACKOFF_START  # clean end of a watch window
+            except Gone:
+                log.info("informer %s: resourceVersion too old, relisting", self.name)
+                need_list = True
+            except KubeError as exc:
+                self.reconnects += 1
+                log.warning(
+                    "informer %s: %s; retrying in %.1fs", self.name, exc, backoff
+                )
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_CAP)
+                if exc.status in (0, 500, 503):
+                    # After an outage the watch cache may have compacted: relist to be safe.
+                    need_list = True

@@ -1,0 +1,1 @@
+"""Workqueue and the reconcile engine that drains it."""

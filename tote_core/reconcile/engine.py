@@ -1,0 +1,87 @@
+"""N reconcile workers draining a WorkQueue, each item under its own deadline.
+
+An exception in one reconcile is logged, counted and requeued with back-off: it never tears
+down the worker pool. The engine's `run` belongs to the leader-only scope, so losing the
+lease cancels it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import trio
+
+from tote_core import metrics
+from tote_core.errors import PermanentError
+from tote_core.reconcile.queue import WorkQueue
+
+log = logging.getLogger("tote.reconcile")
+
+
+class Result(msgspec.Struct, frozen=True):
+    """What a reconcile asks for: nothing, or to be looked at again after `requeue_after`."""
+
+    requeue_after: float | None = None
+
+
+Reconciler = Callable[[str], Awaitable[Result | None]]
+
+
+class Engine:
+    def __init__(
+        self,
+        name: str,
+        queue: WorkQueue,
+        reconcile: Reconciler,
+        *,
+        workers: int,
+        deadline: float,
+    ) -> None:
+        self.name = name
+        self.queue = queue
+        self.reconcile = reconcile
+        self.workers = workers
+        self.deadline = deadline
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            try:
+                await self._one(key)
+            finally:
+                self.queue.done(key)
+
+    async def _one(self, key: str) -> None:
+        try:
+            with trio.fail_after(self.deadline):
+                result = await self.reconcile(key)
+        except trio.TooSlowError:
+            metrics.RECONCILE_ERRORS.labels(self.name, "deadline").inc()
+            delay = self.queue.add_rate_limited(key)
+            log.warning("%s: reconcile of %s exceeded %.0fs; retry in %.1fs",
+                        self.name, key, self.deadline, delay)
+            return
+        except PermanentError as exc:
+            metrics.RECONCILE_ERRORS.labels(self.name, "permanent").inc()
+            log.warning("%s: %s: %s (not retried)", self.name, key, exc)
+            self.queue.forget(key)
+            return
+        except Exception as exc:
+            metrics.RECONCILE_ERRORS.labels(self.name, "error").inc()
+            delay = self.queue.add_rate_limited(key)
+            log.warning("%s: reconcile of %s failed: %s: %s; retry in %.1fs",
+                        self.name, key, type(exc).__name__, exc, delay,
+                        exc_info=log.isEnabledFor(logging.DEBUG))
+            return
+        self.queue.forget(key)
+        if result is not None and result.requeue_after is not None:
+            self.queue.add_after(key, result.requeue_after)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.queue.run_timers)
+            for _ in range(self.workers):
+                nursery.start_soon(self._worker)
+            task_status.started()

@@ -1,0 +1,182 @@
+"""The pod reconciler: opt-in → detection → classification → events, hooks, metrics.
+
+It runs under the reconcile deadline and never waits behind a transfer: a salvageable
+incident is handed to the salvage sink (a bounded queue of its own), if one is attached.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tote_core import metrics
+from tote_core.annotations import ALLOW, AUTO_SALVAGE, SYSTEM_NAMESPACES, flag
+from tote_core.components.events import EventRecorder
+from tote_core.detect import messages
+from tote_core.detect.detector import Failure, Verdict, detect
+from tote_core.detect.inventory import nodes_with_digest, resolve_tag
+from tote_core.hooks.host import PluginHost
+from tote_core.hooks.types import Incident, OptInQuery
+from tote_core.kube.cache import Caches
+from tote_core.reconcile.engine import Result
+from tote_core.reconcile.incidents import Incidents
+from tote_core.settings import ControllerSettings
+from tote_core.structs.kube import Pod
+
+log = logging.getLogger("tote.detect")
+
+SalvageSink = Callable[[Incident, Pod], None]
+
+
+@dataclass
+class PodReconciler:
+    settings: ControllerSettings
+    caches: Caches
+    host: PluginHost
+    recorder: EventRecorder
+    incidents: Incidents = field(default_factory=Incidents)
+    salvage: SalvageSink | None = None
+    # Pods with an incident that may become actionable when a node reports new images.
+    waiting_on_nodes: set[str] = field(default_factory=set)
+
+    def enabled(self) -> bool:
+        runtime = self.caches.runtime_enabled()
+        on = self.settings.enabled and runtime is not False
+        metrics.ENABLED.set(1 if on else 0)
+        return on
+
+    def namespace_allowed(self, namespace: str) -> bool:
+        if namespace in SYSTEM_NAMESPACES or namespace in self.settings.deny_namespaces:
+            return False
+        ns = self.caches.namespace_obj(namespace)
+        return ns is not None and flag(ns.metadata.annotations, ALLOW) is True
+
+    async def pod_opted_in(self, pod: Pod) -> bool:
+        own = flag(pod.metadata.annotations, AUTO_SALVAGE)
+        if own is not None:
+            return own
+        if not pod.metadata.owner_references:
+            return False
+        query = OptInQuery(
+            namespace=pod.metadata.namespace,
+            pod_name=pod.metadata.name,
+            owner_references=tuple(
+                (o.api_version, o.kind, o.name) for o in pod.metadata.owner_references
+            ),
+        )
+        return await self.host.opt_in(query) is True
+
+    async def __call__(self, key: str) -> Result | None:
+        pod = self.caches.pods.get(key)
+        if pod is None:
+            self.waiting_on_nodes.discard(key)
+            return None
+        if not self.enabled() or not self.namespace_allowed(pod.metadata.namespace):
+            return None
+        failures = detect(pod)
+        if not failures:
+            self.waiting_on_nodes.discard(key)
+            return None
+        if not await self.pod_opted_in(pod):
+            return None
+        for failure in failures:
+            await self._handle(pod, key, failure)
+        return None
+
+    async def _handle(self, pod: Pod, key: str, failure: Failure) -> None:
+        uid = pod.metadata.uid
+        image_key = failure.reference.name if failure.reference else failure.raw_image
+        if self.incidents.first(uid, failure.container, image_key, "detected"):
+            metrics.DETECTED_FAILURES.inc()
+            log.info(
+                "detected %s for %s/%s container %s image %s",
+                failure.reason, pod.metadata.namespace, pod.metadata.name,
+                failure.container, failure.raw_image,
+            )
+        if failure.verdict is Verdict.INVALID:
+            await self._not_actionable(pod, failure, image_key, failure.detail)
+            return
+        if failure.verdict is Verdict.ALWAYS or (
+            failure.verdict is Verdict.AUTH and not self.settings.salvage_on_auth_failure
+        ):
+            await self._not_actionable(pod, failure, image_key, failure.detail)
+            return
+        ref = failure.reference
+        assert ref is not None
+        if failure.verdict is Verdict.CORRUPT:
+            # Handled by the salvage engine (next layer); detection only reports it.
+            if self.incidents.first(uid, failure.container, image_key, "corrupt"):
+                metrics.CORRUPT_IMAGES.inc()
+            await self.recorder.emit(
+                pod, "ImageCorrupt",
+                f"Image {ref.name} is present on node {pod.spec.node_name} but its content is "
+                f"missing ({failure.message[:200]}). {messages.DEBT}",
+            )
+            await self._submit(pod, failure, ref.digest, [], kind="corrupt")
+            return
+        nodes = list(self.caches.nodes.items.values())
+        digest = ref.digest or resolve_tag(nodes, ref)
+        if digest is None:
+            self.waiting_on_nodes.add(key)
+            await self._not_actionable(
+                pod, failure, image_key,
+                f"no node reports a digest for tag {ref.tagged}; the exact image cannot be "
+                "identified",
+            )
+            return
+        target = pod.spec.node_name
+        holders = nodes_with_digest(nodes, digest)
+        if target and target in holders:
+            log.debug("%s: target node %s already holds %s; kubelet will retry", key, target,
+                      digest)
+            return
+        candidates = [n for n in holders if n != target]
+        if not candidates:
+            self.waiting_on_nodes.add(key)
+            await self._not_actionable(
+                pod, failure, image_key, f"no other node holds digest {digest}"
+            )
+            return
+        self.waiting_on_nodes.discard(key)
+        if self.incidents.first(uid, failure.container, image_key, "salvageable"):
+            metrics.SALVAGEABLE_IMAGES.inc()
+        await self.recorder.emit(
+            pod, "ImageSalvageable", messages.salvageable(ref.name, digest, candidates),
+            action="Detect",
+        )
+        await self._submit(pod, failure, digest, candidates, kind="pull")
+
+    async def _submit(
+        self, pod: Pod, failure: Failure, digest: str | None, candidates: list[str], *,
+        kind: str,
+    ) -> None:
+        ref = failure.reference
+        assert ref is not None
+        incident = Incident(
+            namespace=pod.metadata.namespace,
+            pod_name=pod.metadata.name,
+            pod_uid=pod.metadata.uid,
+            container=failure.container,
+            init_container=failure.init_container,
+            image_ref=ref.name,
+            digest=digest,
+            node_name=pod.spec.node_name or None,
+            kind="corrupt" if kind == "corrupt" else "pull",
+            message=failure.message,
+            candidate_nodes=tuple(candidates),
+        )
+        if self.incidents.first(pod.metadata.uid, failure.container, ref.name, "hooked"):
+            await self.host.on_detected(incident)
+        if self.salvage is not None:
+            self.salvage(incident, pod)
+
+    async def _not_actionable(
+        self, pod: Pod, failure: Failure, image_key: str, why: str
+    ) -> None:
+        if self.incidents.first(pod.metadata.uid, failure.container, image_key, "not_actionable"):
+            metrics.NOT_ACTIONABLE.inc()
+        await self.recorder.emit(
+            pod, "ImageNotActionable", messages.not_actionable(failure.raw_image, why),
+            action="Detect",
+        )
