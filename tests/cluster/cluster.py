@@ -1,0 +1,299 @@
+"""The e2e cluster: control plane + kube-controller-manager + kube-scheduler + kubelet node(s).
+
+`start_cluster(workdir, bin_dir)` builds the pause and hello images locally, starts (or
+reuses) a `ControlPlane` (tests/cluster/controlplane.py: etcd + kube-apiserver with tote's
+CRD/RBAC), then kube-controller-manager and kube-scheduler with client-certificate
+kubeconfigs from the control plane's CA, and one kubelet node (tests/cluster/node.py), and
+waits until that node is Ready and schedulable. Everything listens on 127.0.0.1; every
+process is tracked by PID. `python -m tests.cluster.cluster` brings it up by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.cluster import oci, pki
+from tests.cluster.controlplane import ControlPlane, binaries_dir, start_control_plane
+from tests.cluster.node import KubeletNode, _write_kubeconfig, start_kubelet_node
+from tests.cluster.procs import ProcessGroup, wait_until
+
+CLUSTER_BINARIES = ("kube-controller-manager", "kube-scheduler", "kubelet")
+
+
+def missing_binaries(bin_dir: Path) -> list[str]:
+    return [b for b in CLUSTER_BINARIES if not (bin_dir / b).exists()]
+
+
+@dataclass
+class KubeCluster:
+    control_plane: ControlPlane
+    workdir: Path
+    procs: ProcessGroup  # kube-controller-manager, kube-scheduler
+    nodes: list[KubeletNode] = field(default_factory=list)
+    pause_image: oci.OciImage | None = None
+    hello_image: oci.OciImage | None = None
+    startup_seconds: dict[str, float] = field(default_factory=dict)
+    owns_control_plane: bool = True
+    teardown_report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def node(self) -> KubeletNode:
+        return self.nodes[0]
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.control_plane.admin_kubeconfig
+
+    def kubectl(self, *args: str, **kw: Any) -> Any:
+        return self.control_plane.kubectl(*args, **kw)
+
+    def apply(self, manifest: Any) -> None:
+        self.control_plane.apply(manifest)
+
+    def get_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    # -- readiness ------------------------------------------------------------------
+
+    def node_ready(self, name: str) -> bool:
+        res = self.kubectl("get", "node", name, "-o", "json", check=False)
+        if res.returncode != 0:
+            return False
+        node = json.loads(res.stdout)
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in node.get("status", {}).get("conditions", [])
+        )
+        tainted = any(
+            t.get("key", "").startswith("node.kubernetes.io/not-ready")
+            or t.get("key") == "node.kubernetes.io/network-unavailable"
+            for t in node.get("spec", {}).get("taints", []) or []
+        )
+        return ready and not tainted
+
+    def wait_node_ready(self, name: str | None = None, timeout: float = 90) -> None:
+        """Ready=True and the not-ready taint removed (i.e. the scheduler may use it)."""
+        node = self.node if name is None else next(n for n in self.nodes if n.name == name)
+        wait_until(lambda: self.node_ready(node.name), timeout=timeout, interval=0.5,
+                   what=f"node {node.name} Ready and untainted", proc=node.kubelet)
+        # the default ServiceAccount exists once the controller-manager is working
+        wait_until(
+            lambda: self.kubectl("get", "sa", "default", "-n", "default", check=False).returncode
+            == 0,
+            timeout=timeout, what="default ServiceAccount (controller-manager up)",
+        )  # fmt: skip
+
+    # -- diagnostics / teardown -------------------------------------------------------
+
+    def logs(self) -> dict[str, str]:
+        out = dict(self.control_plane.logs()) if self.owns_control_plane else {}
+        out.update(self.procs.logs())
+        for n in self.nodes:
+            out.update({f"{n.name}/{k}": v for k, v in n.logs().items()})
+        return out
+
+    def delete_all_pods(self, timeout: float = 30) -> None:
+        """Delete workloads and pods in every non-system namespace; let kubelet stop them."""
+        nss = [
+            n["metadata"]["name"]
+            for n in self.get_json("namespaces")["items"]
+            if n["metadata"]["name"] not in ("kube-system", "kube-public", "kube-node-lease")
+        ]
+        for ns in nss:
+            self.kubectl("delete", "deployments,replicasets,statefulsets,daemonsets,jobs",
+                         "--all", "-n", ns, "--wait=false", check=False)
+            self.kubectl("delete", "pods", "--all", "-n", ns, "--grace-period=1",
+                         "--wait=false", check=False)
+
+        def no_pods() -> bool:
+            res = self.kubectl("get", "pods", "-A", "-o", "name", check=False)
+            return res.returncode == 0 and not res.stdout.strip()
+
+        try:
+            wait_until(no_pods, timeout=timeout, what="all pods gone")
+        except TimeoutError:
+            pass  # containerd-level teardown still kills whatever is left
+
+    def stop(self) -> dict[str, Any]:
+        report: dict[str, Any] = {}
+        try:
+            if all(n.kubelet is not None and n.kubelet.alive() for n in self.nodes):
+                self.delete_all_pods()
+        except Exception as exc:
+            report["delete_pods_error"] = repr(exc)
+        for n in self.nodes:
+            report[n.name] = n.stop()
+        self.procs.stop_all()
+        if self.owns_control_plane:
+            self.control_plane.stop()
+        self.teardown_report = report
+        return report
+
+    def all_pids(self) -> list[int]:
+        procs = list(self.procs.procs)
+        for n in self.nodes:
+            procs += n.procs.procs
+        if self.owns_control_plane and self.control_plane.procs is not None:
+            procs += self.control_plane.procs.procs
+        return [p.pid for p in procs]
+
+    def alive_pids(self) -> list[int]:
+        procs = list(self.procs.procs)
+        for n in self.nodes:
+            procs += n.procs.procs
+        if self.owns_control_plane and self.control_plane.procs is not None:
+            procs += self.control_plane.procs.procs
+        return [p.pid for p in procs if p.alive()]
+
+
+def _ca_key(cp: ControlPlane) -> Path:
+    # controlplane.py keeps its CA under <workdir>/pki (pki.make_ca); the key is not a field.
+    key = cp.ca_file.parent / "ca.key"
+    if not key.exists():
+        raise FileNotFoundError(f"control plane CA key not found at {key}")
+    return key
+
+
+def _sa_key(cp: ControlPlane) -> Path:
+    key = cp.ca_file.parent / "sa.key"
+    if not key.exists():
+        raise FileNotFoundError(f"control plane service-account key not found at {key}")
+    return key
+
+
+def start_cluster(
+    workdir: Path,
+    bin_dir: Path,
+    *,
+    control_plane: ControlPlane | None = None,
+    node_ip: str = "127.0.0.1",
+    wait_ready: bool = True,
+) -> KubeCluster:
+    missing = missing_binaries(bin_dir)
+    if missing:
+        raise FileNotFoundError(f"missing binaries in {bin_dir}: {missing}")
+    t0 = time.monotonic()
+    workdir.mkdir(parents=True, exist_ok=True)
+    images_dir = workdir / "images"
+    pause = oci.build_pause(images_dir)
+    hello = oci.build_hello(images_dir)
+    t_img = time.monotonic()
+
+    owns_cp = control_plane is None
+    cp = control_plane or start_control_plane(workdir / "controlplane", bin_dir)
+    t_cp = time.monotonic()
+
+    procs = ProcessGroup(log_dir=workdir / "logs")
+    cluster = KubeCluster(control_plane=cp, workdir=workdir, procs=procs, pause_image=pause,
+                          hello_image=hello, owns_control_plane=owns_cp)
+    try:
+        ca_key = _ca_key(cp)
+        ca = pki.CA(cert=cp.ca_file, key=ca_key, dir=workdir / "pki")
+        (workdir / "pki").mkdir(exist_ok=True)
+        kcm_cert = ca.issue("kube-controller-manager",
+                            common_name="system:kube-controller-manager", client=True)
+        sched_cert = ca.issue("kube-scheduler", common_name="system:kube-scheduler", client=True)
+        kcm_kc = _write_kubeconfig(workdir / "kcm.kubeconfig", server=cp.server,
+                                   ca_file=cp.ca_file, user="system:kube-controller-manager",
+                                   cert=kcm_cert.cert, key=kcm_cert.key)
+        sched_kc = _write_kubeconfig(workdir / "scheduler.kubeconfig", server=cp.server,
+                                     ca_file=cp.ca_file, user="system:kube-scheduler",
+                                     cert=sched_cert.cert, key=sched_cert.key)
+        procs.start("kube-controller-manager", [
+            str(bin_dir / "kube-controller-manager"),
+            f"--kubeconfig={kcm_kc}",
+            "--bind-address=127.0.0.1",
+            "--secure-port=0",
+            "--leader-elect=false",
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={_sa_key(cp)}",
+            f"--root-ca-file={cp.ca_file}",
+            "--controllers=*,-nodeipam",
+            "--allocate-node-cidrs=false",
+            "--node-monitor-period=2s",
+            "--concurrent-gc-syncs=5",
+            "--v=1",
+        ])  # fmt: skip
+        procs.start("kube-scheduler", [
+            str(bin_dir / "kube-scheduler"),
+            f"--kubeconfig={sched_kc}",
+            "--bind-address=127.0.0.1",
+            "--secure-port=0",
+            "--leader-elect=false",
+            "--v=1",
+        ])  # fmt: skip
+        t_ctl = time.monotonic()
+
+        node = start_kubelet_node(
+            workdir / "node-1", bin_dir=bin_dir, server=cp.server, ca_file=cp.ca_file,
+            ca_key=ca_key, pause=pause, node_ip=node_ip,
+        )  # fmt: skip
+        cluster.nodes.append(node)
+        node.import_image(hello)
+        t_node = time.monotonic()
+        for p in procs.procs:
+            if not p.alive():
+                raise RuntimeError(f"{p.name} exited ({p.popen.returncode}):\n{p.log_tail()}")
+        if wait_ready:
+            cluster.wait_node_ready()
+        t_end = time.monotonic()
+        cluster.startup_seconds = {
+            "images": round(t_img - t0, 2),
+            "control-plane": round(t_cp - t_img, 2),
+            "controller-manager+scheduler": round(t_ctl - t_cp, 2),
+            "node (containerd+kubelet)": round(t_node - t_ctl, 2),
+            "node Ready": round(t_end - t_node, 2),
+            "total": round(t_end - t0, 2),
+        }
+        print(
+            "e2e cluster up in {total}s: ".format(**cluster.startup_seconds)
+            + ", ".join(f"{k} {v}s" for k, v in cluster.startup_seconds.items() if k != "total")
+            + f"; node {node.name}: "
+            + ", ".join(f"{k} {v}s" for k, v in node.startup_seconds.items()),
+            file=sys.stderr,
+        )
+        return cluster
+    except BaseException as exc:
+        tails = "\n".join(f"--- {k} ---\n{v[-3000:]}" for k, v in cluster.logs().items())
+        cluster.stop()
+        if isinstance(exc, Exception):
+            raise RuntimeError(f"e2e cluster failed to start: {exc}\n{tails}") from exc
+        raise
+
+
+def events_for(cluster: KubeCluster, namespace: str, name: str) -> Iterator[dict[str, Any]]:
+    """core/v1 Events regarding object `name` in `namespace`."""
+    items = cluster.get_json("events", "-n", namespace)["items"]
+    for e in items:
+        if e.get("involvedObject", {}).get("name") == name:
+            yield e
+
+
+def _main() -> None:
+    """`python -m tests.cluster.cluster [WORKDIR]`: bring the cluster up, wait for Ctrl-C."""
+    bin_dir = binaries_dir(build=True)
+    if bin_dir is None:
+        raise SystemExit("binaries not built: run tests/cluster/build-binaries.sh")
+    workdir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/tote-e2e-cluster")
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    cluster = start_cluster(workdir, bin_dir)
+    print(f"export KUBECONFIG={cluster.admin_kubeconfig}")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print(json.dumps(cluster.stop(), indent=2))
+
+
+if __name__ == "__main__":
+    _main()

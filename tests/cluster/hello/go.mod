@@ -1,0 +1,3 @@
+module tote.dev/testhello
+
+go 1.21

@@ -1,0 +1,3 @@
+module tote.dev/testpause
+
+go 1.21
