@@ -155,7 +155,13 @@ class AgentSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
     node_name: str = ""  # defaults to $NODE_NAME, then the hostname
     listen_address: str = "0.0.0.0"
     grpc_port: int = 9090
-    metrics_port: int = 9091
+    metrics_port: int = 9091  # plaintext HTTP: /metrics and /healthz (probes, no client cert)
+    # containerd's content directory as the agent sees it (hostPath); empty = ask containerd
+    # (introspection). Used by the fast path when readable and writable.
+    content_root: str = ""
+    fast_path: bool = True  # read/write blob files directly (verified); API path otherwise
+    platform: str = ""  # os/arch[/variant] to import; empty = this node's platform
+    transfer_parallelism: int = 4  # blobs fetched in parallel per import
 
 
 # Flags whose value is parsed before msgspec validation.

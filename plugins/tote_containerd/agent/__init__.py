@@ -1,0 +1,131 @@
+"""`tote agent`: the node agent daemon (SPEC §6).
+
+`run(settings)` is what `tote agent` calls inside `trio.run`. It connects to the local
+containerd, serves the agent gRPC API (mTLS unless `--insecure`), grpc.health.v1 on the same
+port, and plain HTTP `/metrics` + `/healthz` on `--metrics-port`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import trio
+
+from tote_core.errors import ConfigError
+from tote_core.settings import AgentSettings
+
+__all__ = ["run"]
+
+log = logging.getLogger("tote.agent")
+PROBE_INTERVAL = 5.0
+
+
+def _node_name(settings: AgentSettings) -> str:
+    return settings.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
+
+
+def _check_tls(settings: AgentSettings) -> bool:
+    """True when TLS is on. Refuses to start half-configured or without `--insecure`."""
+    files = [settings.tls_cert, settings.tls_key, settings.tls_ca]
+    if all(files):
+        for f in files:
+            if not Path(f).is_file():
+                raise ConfigError(f"TLS file not found: {f}")
+        return True
+    if any(files):
+        raise ConfigError("--tls-cert, --tls-key and --tls-ca must be given together")
+    if not settings.insecure:
+        raise ConfigError("refusing to start without mTLS: give --tls-cert/--tls-key/--tls-ca "
+                          "or pass --insecure explicitly")
+    log.warning("INSECURE MODE: mTLS is off; any client on the network can import, remove "
+                "and read images through this agent. Never run like this in a cluster.")
+    return False
+
+
+def _fast_path_root(settings: AgentSettings, reported: str) -> str:
+    root = settings.content_root or reported
+    if not settings.fast_path or not root:
+        return ""
+    blobs = Path(root) / "blobs" / "sha256"
+    if blobs.is_dir() and os.access(blobs, os.R_OK | os.W_OK | os.X_OK) \
+            and os.access(root, os.W_OK):
+        return root
+    log.info("fast path off: content directory %s is not readable and writable here", root)
+    return ""
+
+
+async def run(settings: AgentSettings, *,
+              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    from tote_containerd.agent import _aio, engine, httpd, oci, tls
+    from tote_containerd.agent.client import AgentClient
+    from tote_containerd.agent.containerd import ContainerdClient
+    from tote_containerd.agent.server import GrpcServer
+    from tote_containerd.agent.tokens import Verifier
+
+    secure = _check_tls(settings)
+    node = _node_name(settings)
+    platform = oci.check_platform(settings.platform) if settings.platform \
+        else oci.node_platform()
+    server_ctx = tls.server_context(settings.tls_cert, settings.tls_key, settings.tls_ca) \
+        if secure else None
+    peer_ctx = tls.client_context(settings.tls_cert, settings.tls_key, settings.tls_ca) \
+        if secure else None
+    verifier = Verifier(settings.tls_ca if secure else "")
+
+    @contextlib.asynccontextmanager
+    async def open_peer(endpoint: str) -> AsyncIterator[engine.Peer]:
+        async with AgentClient.connect(endpoint, ssl_context=peer_ctx, timeout=60) as c:
+            yield c
+
+    async with _aio.open_loop():
+        cd = ContainerdClient(settings.containerd_socket, settings.containerd_namespace)
+        await cd.connect()
+        try:
+            reported = ""
+            try:
+                reported = await cd.content_root()
+            except Exception as exc:  # containerd may come up later; health says so
+                log.warning("containerd introspection failed: %s", exc)
+            root = _fast_path_root(settings, reported)
+            core = engine.AgentCore(
+                cd=cd, node=node, platform=platform, verifier=verifier, open_peer=open_peer,
+                content_root=root or reported, fast_path=bool(root),
+                parallelism=settings.transfer_parallelism)
+            await core.probe()
+            last_ok = [time.monotonic() if core.containerd_error == "" else 0.0]
+
+            def healthy() -> tuple[bool, str]:
+                if core.containerd_error == "" and \
+                        time.monotonic() - last_ok[0] < 3 * PROBE_INTERVAL:
+                    return True, f"ok: containerd {core.containerd_version}"
+                return False, f"containerd unreachable: {core.containerd_error or 'no answer'}"
+
+            grpc_server = GrpcServer(core, insecure=not secure)
+            await grpc_server.start(settings.listen_address, settings.grpc_port, server_ctx)
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(httpd.serve, settings.listen_address,
+                                        settings.metrics_port, healthy)
+                    log.info("agent %s serving on %s:%d (%s, platform %s, fast path %s)",
+                             node, settings.listen_address, settings.grpc_port,
+                             "mTLS" if secure else "INSECURE", platform,
+                             "on" if core.fast_path else "off")
+                    task_status.started()
+                    while True:
+                        ok = await core.probe()
+                        if ok:
+                            last_ok[0] = time.monotonic()
+                        await grpc_server.set_serving(ok)
+                        await trio.sleep(PROBE_INTERVAL)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await grpc_server.stop()
+        finally:
+            with trio.CancelScope(shield=True):
+                await cd.close()

@@ -1,0 +1,53 @@
+"""`python -m tote_containerd.agent ARGS` — same as `tote agent ARGS` (used by tests)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import trio
+
+from tote_core.errors import ConfigError
+from tote_core.settings import AgentSettings, parse_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings: AgentSettings = parse_args(AgentSettings,
+                                             sys.argv[1:] if argv is None else argv,
+                                             "tote agent")
+    except ConfigError as exc:
+        print(f"tote agent: {exc}", file=sys.stderr)
+        return 2
+    level = getattr(logging, settings.log_level.upper())
+    if settings.log_format == "json":
+        fmt = ('{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s",'
+               '"message":"%(message)s"}')
+    else:
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+    for noisy in ("hpack", "h2", "grpclib", "asyncio", "trio-asyncio"):
+        logging.getLogger(noisy).setLevel(max(level, logging.INFO))
+
+    from tote_containerd.agent import run
+
+    async def _main() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, settings)
+                async for _ in signals:
+                    logging.getLogger("tote.agent").info("signal received, stopping")
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(_main)
+    except ConfigError as exc:
+        print(f"tote agent: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

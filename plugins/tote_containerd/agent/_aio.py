@@ -1,0 +1,124 @@
+"""The asyncio bridge: the only place that touches trio-asyncio (plus the grpclib modules).
+
+grpclib is asyncio-only; tote is trio. We run an asyncio loop *inside* trio with trio-asyncio
+(`open_loop`), so both live on one thread and a call crosses loops without thread hand-offs.
+Measured against a dedicated asyncio-loop thread in docs/agent.md ("Bridge").
+
+`aio(fn, *args)` runs an asyncio coroutine function from trio; `trio_from_aio(fn, *args)` runs
+a trio function from asyncio code (grpclib server handlers). `TrioStream` wraps a grpclib
+client stream so trio code can send/receive messages on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+import trio
+import trio_asyncio
+
+T = TypeVar("T")
+S = TypeVar("S")
+R = TypeVar("R")
+
+
+def tune_h2() -> None:
+    """h2 formats every received frame with repr(); a DATA frame's repr hex-encodes its whole
+    payload. Make that repr cheap (it is only used for trace logging)."""
+    try:
+        from hyperframe import frame as hf
+    except ImportError:  # pragma: no cover
+        return
+
+    def _body_repr(self: Any) -> str:
+        return f"<{len(self.data)} bytes>"
+
+    hf.DataFrame._body_repr = _body_repr  # type: ignore[method-assign]
+
+
+@contextlib.asynccontextmanager
+async def open_loop() -> AsyncIterator[None]:
+    """Run an asyncio loop for the lifetime of the block (needed by every grpclib object)."""
+    tune_h2()
+    async with trio_asyncio.open_loop():
+        yield
+
+
+async def aio(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    """Await an asyncio coroutine function from trio."""
+    result: T = await trio_asyncio.aio_as_trio(fn)(*args, **kwargs)
+    return result
+
+
+async def trio_from_aio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Await a trio async function from asyncio code running in the bridged loop."""
+    result: T = await trio_asyncio.trio_as_aio(fn)(*args)
+    return result
+
+
+class TrioStream(Generic[S, R]):
+    """A grpclib client stream driven from trio. Use as `async with`.
+
+    On exit without error the stream is finished normally (trailers checked, so a server error
+    raises); on error or cancellation it is reset, so an abandoned stream never keeps the
+    HTTP/2 window full.
+    """
+
+    def __init__(self, method: Any, *, metadata: dict[str, str] | None = None,
+                 timeout: float | None = None) -> None:
+        self._method = method
+        self._metadata = metadata
+        self._timeout = timeout
+        self._stream: Any = None
+        self._ended = False
+        self._done = False
+
+    async def __aenter__(self) -> TrioStream[S, R]:
+        async def _open() -> Any:
+            cm = self._method.open(metadata=self._metadata, timeout=self._timeout)
+            return await cm.__aenter__()
+
+        self._stream = await aio(_open)
+        return self
+
+    async def send(self, message: S, *, end: bool = False) -> None:
+        await aio(self._stream.send_message, message, end=end)
+        if end:
+            self._ended = True
+
+    async def end(self) -> None:
+        if not self._ended:
+            await aio(self._stream.end)
+            self._ended = True
+
+    async def recv(self) -> R | None:
+        msg: R | None = await aio(self._stream.recv_message)
+        if msg is None:
+            self._done = True
+        return msg
+
+    async def __aiter__(self) -> AsyncIterator[R]:
+        while True:
+            msg = await self.recv()
+            if msg is None:
+                return
+            yield msg
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        stream = self._stream
+        if stream is None:
+            return
+
+        async def _close(reset: bool) -> None:
+            if reset and stream._send_request_done and not stream._cancel_done:
+                with contextlib.suppress(Exception):
+                    await stream.cancel()
+            await stream.__aexit__(None, None, None)
+
+        if exc is not None or not self._done:
+            # Shielded: the reset must reach the server even when we are being cancelled.
+            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await aio(_close, True)
+            return
+        await aio(_close, False)

@@ -1,0 +1,81 @@
+"""Agent API messages as msgspec Structs (protobuf stays inside the bridge modules)."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class BlobInfo(msgspec.Struct, frozen=True, kw_only=True):
+    digest: str
+    media_type: str
+    size: int
+    present: bool
+    role: str  # index | manifest | config | layer
+
+
+class InspectResult(msgspec.Struct, frozen=True, kw_only=True):
+    digest: str
+    media_type: str
+    blobs: list[BlobInfo]
+    total_bytes: int
+    present_bytes: int
+    complete: bool
+    layers_discarded: bool
+    reason: str
+    names: list[str]
+    platform: str
+    config_digest: str
+
+
+class ImportProgress(msgspec.Struct, kw_only=True):
+    bytes_total: int = 0
+    bytes_transferred: int = 0
+    blobs_total: int = 0
+    blobs_skipped: int = 0
+    done: bool = False
+    names: list[str] = msgspec.field(default_factory=list)
+    config_digest: str = ""
+    phase: str = "resolving"
+    bytes_resumed: int = 0
+    path: str = "api"
+
+
+class ImportRequest(msgspec.Struct, frozen=True, kw_only=True):
+    source_node: str
+    source_endpoint: str
+    token: str
+    digest: str
+    names: list[str]
+    max_bytes: int = 0
+    parallelism: int = 0
+    platform: str = ""
+
+
+class ImageRecord(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    digest: str
+    media_type: str
+    size: int
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class Resolved(msgspec.Struct, frozen=True, kw_only=True):
+    found: bool
+    digest: str = ""
+    media_type: str = ""
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    containerd_ok: bool
+    containerd_version: str = ""
+    node_name: str = ""
+    platform: str = ""
+    content_root: str = ""
+    fast_path: bool = False
+    error: str = ""
+
+
+class Session(msgspec.Struct, frozen=True, kw_only=True):
+    session: str
+    expires_unix: int
+    source_node: str

@@ -1,0 +1,178 @@
+"""Trio-facing client for the tote agent API (bridge module). Used by the controller plugin
+(inspect, list, resolve, remove, import, health) and by a target agent (sessions, blob reads).
+
+    async with AgentClient.connect("10.0.0.5:9090", ssl_context=ctx) as agent:
+        result = await agent.inspect("docker.io/library/nginx:1.25")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpclib.client
+import grpclib.config
+import grpclib.exceptions
+import trio_asyncio
+
+from tote_containerd._gen.tote.agent.v1 import agent_grpc
+from tote_containerd._gen.tote.agent.v1 import agent_pb2 as pb
+from tote_containerd.agent import convert, errors
+from tote_containerd.agent._aio import TrioStream, aio, open_loop
+from tote_containerd.agent.api import (
+    Health,
+    ImageRecord,
+    ImportProgress,
+    ImportRequest,
+    InspectResult,
+    Resolved,
+    Session,
+)
+
+_REASON_MARK = " [reason="
+
+
+def _map(exc: grpclib.exceptions.GRPCError) -> errors.AgentError:
+    msg = exc.message or exc.status.name
+    reason = ""
+    if msg.endswith("]") and _REASON_MARK in msg:
+        msg, _, tail = msg.rpartition(_REASON_MARK)
+        reason = tail[:-1]
+    return errors.from_code(exc.status.name, msg, reason)
+
+
+@contextlib.contextmanager
+def _mapped(endpoint: str) -> Any:
+    try:
+        yield
+    except grpclib.exceptions.GRPCError as exc:
+        raise _map(exc) from exc
+    except (ConnectionError, OSError, ssl.SSLError,
+            grpclib.exceptions.StreamTerminatedError) as exc:
+        raise errors.Unavailable(f"agent {endpoint} unreachable: {exc}",
+                                 reason="agent_unreachable") from exc
+
+
+@contextlib.asynccontextmanager
+async def ensure_loop() -> AsyncIterator[None]:
+    """Open a trio-asyncio loop unless this task already runs inside one."""
+    if trio_asyncio.current_loop.get() is None:
+        async with open_loop():
+            yield
+    else:
+        yield
+
+
+class AgentClient:
+    def __init__(self, endpoint: str, *, ssl_context: ssl.SSLContext | None = None,
+                 timeout: float = 30.0) -> None:
+        host, _, port = endpoint.rpartition(":")
+        if not host or not port.isdigit():
+            raise errors.InvalidArgument(f"invalid agent endpoint {endpoint!r}")
+        self.endpoint = endpoint
+        self._host = host.strip("[]")
+        self._port = int(port)
+        self._ssl = ssl_context
+        self.timeout = timeout
+        self._channel: Any = None
+        self._stub: Any = None
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, endpoint: str, *, ssl_context: ssl.SSLContext | None = None,
+                      timeout: float = 30.0) -> AsyncIterator[AgentClient]:
+        async with ensure_loop():
+            client = cls(endpoint, ssl_context=ssl_context, timeout=timeout)
+            await client.open()
+            try:
+                yield client
+            finally:
+                await client.close()
+
+    async def open(self) -> None:
+        async def _mk() -> Any:
+            cfg = grpclib.config.Configuration(
+                http2_connection_window_size=64 * 1024 * 1024,
+                http2_stream_window_size=16 * 1024 * 1024)
+            return grpclib.client.Channel(self._host, self._port, ssl=self._ssl, config=cfg)
+
+        self._channel = await aio(_mk)
+        self._stub = agent_grpc.AgentStub(self._channel)
+
+    async def close(self) -> None:
+        ch, self._channel = self._channel, None
+        if ch is not None:
+            async def _close() -> None:
+                ch.close()
+
+            await aio(_close)
+
+    async def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        with _mapped(self.endpoint):
+            return await aio(method, request, timeout=timeout or self.timeout)
+
+    # ---------------------------------------------------------------- controller calls
+    async def inspect(self, ref: str, platform: str = "") -> InspectResult:
+        return convert.inspect_from_pb(
+            await self._unary(self._stub.Inspect, pb.InspectRequest(ref=ref, platform=platform)))
+
+    async def list_images(self, digest: str = "") -> list[ImageRecord]:
+        return convert.images_from_pb(
+            await self._unary(self._stub.ListImages, pb.ListImagesRequest(digest=digest)))
+
+    async def resolve_tag(self, ref: str) -> Resolved:
+        return convert.resolved_from_pb(
+            await self._unary(self._stub.ResolveTag, pb.ResolveTagRequest(ref=ref)))
+
+    async def remove_image(self, names: list[str] | None = None, digest: str = "") -> list[str]:
+        resp = await self._unary(self._stub.RemoveImage,
+                                 pb.RemoveImageRequest(names=names or [], digest=digest))
+        return list(resp.removed)
+
+    async def health(self) -> Health:
+        return convert.health_from_pb(
+            await self._unary(self._stub.Health, pb.HealthRequest(), timeout=10))
+
+    async def import_from(
+        self, request: ImportRequest,
+        progress: Callable[[ImportProgress], Awaitable[None]] | None = None,
+    ) -> ImportProgress:
+        """Run an import on this (target) agent; the caller owns the deadline."""
+        last: ImportProgress | None = None
+        stream: TrioStream[Any, Any] = TrioStream(self._stub.ImportFrom)
+        with _mapped(self.endpoint):
+            async with stream:
+                await stream.send(convert.import_to_pb(request), end=True)
+                async for msg in stream:
+                    last = convert.progress_from_pb(msg)
+                    if progress is not None:
+                        await progress(last)
+        if last is None or not last.done:
+            raise errors.Unavailable(f"agent {self.endpoint} ended the import without result")
+        return last
+
+    # ---------------------------------------------------------------- agent ↔ agent
+    async def open_session(self, token: str, target_node: str) -> Session:
+        return convert.session_from_pb(await self._unary(
+            self._stub.OpenSession, pb.OpenSessionRequest(token=token, target_node=target_node)))
+
+    @contextlib.asynccontextmanager
+    async def read_blob(self, session: str, digest: str, offset: int = 0, length: int = 0
+                        ) -> AsyncIterator[AsyncIterator[tuple[int, bytes, int]]]:
+        """Chunks `(offset, data, blob size)` of a blob range."""
+        stream: TrioStream[Any, Any] = TrioStream(self._stub.ReadBlob)
+        with _mapped(self.endpoint):
+            async with stream:
+                await stream.send(pb.ReadBlobRequest(session=session, digest=digest,
+                                                     offset=offset, length=length), end=True)
+
+                async def chunks() -> AsyncIterator[tuple[int, bytes, int]]:
+                    with _mapped(self.endpoint):
+                        async for msg in stream:
+                            yield msg.offset, msg.data, msg.total
+
+                gen = chunks()
+                async with contextlib.aclosing(gen):
+                    yield gen

@@ -1,0 +1,338 @@
+"""Trio-facing client for the local containerd (bridge module: grpclib over the unix socket).
+
+Every call carries the namespace in `containerd-namespace` metadata and, when given, a lease id
+in `containerd-lease`. grpclib errors are mapped to `tote_containerd.agent.errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import grpclib.client
+import grpclib.config
+import grpclib.exceptions
+import msgspec
+from google.protobuf import empty_pb2, field_mask_pb2
+
+from tote_containerd._gen.containerd.services.content.v1 import content_grpc, content_pb2
+from tote_containerd._gen.containerd.services.images.v1 import images_grpc, images_pb2
+from tote_containerd._gen.containerd.services.introspection.v1 import (
+    introspection_grpc,
+    introspection_pb2,
+)
+from tote_containerd._gen.containerd.services.leases.v1 import leases_grpc, leases_pb2
+from tote_containerd._gen.containerd.services.version.v1 import version_grpc
+from tote_containerd._gen.containerd.types import descriptor_pb2
+from tote_containerd.agent import errors
+from tote_containerd.agent._aio import TrioStream, aio
+
+WRITE_CHUNK = 4 * 1024 * 1024  # containerd refuses messages > 16 MiB
+WRITES_IN_FLIGHT = 4
+
+
+class ContentInfo(msgspec.Struct, frozen=True):
+    digest: str
+    size: int
+    labels: dict[str, str] = {}
+
+
+class Descriptor(msgspec.Struct, frozen=True):
+    media_type: str
+    digest: str
+    size: int
+
+
+class ImageRec(msgspec.Struct, frozen=True):
+    name: str
+    target: Descriptor
+    labels: dict[str, str] = {}
+
+
+def _map_error(exc: grpclib.exceptions.GRPCError) -> errors.AgentError:
+    return errors.from_code(exc.status.name, f"containerd: {exc.message or exc.status.name}")
+
+
+@contextlib.contextmanager
+def _mapped() -> Any:
+    try:
+        yield
+    except grpclib.exceptions.GRPCError as exc:
+        raise _map_error(exc) from exc
+    except (ConnectionError, OSError, grpclib.exceptions.StreamTerminatedError) as exc:
+        raise errors.Unavailable(f"containerd unreachable: {exc}") from exc
+
+
+class ContainerdClient:
+    """One grpclib channel to containerd. Create and close inside `_aio.open_loop()`."""
+
+    def __init__(self, socket_path: str, namespace: str = "k8s.io") -> None:
+        self.socket_path = socket_path
+        self.namespace = namespace
+        self._channel: Any = None
+
+    async def connect(self) -> None:
+        async def _mk() -> Any:
+            cfg = grpclib.config.Configuration(
+                http2_connection_window_size=64 * 1024 * 1024,
+                http2_stream_window_size=16 * 1024 * 1024,
+            )
+            return grpclib.client.Channel(path=self.socket_path, config=cfg)
+
+        self._channel = await aio(_mk)
+        self._content = content_grpc.ContentStub(self._channel)
+        self._images = images_grpc.ImagesStub(self._channel)
+        self._leases = leases_grpc.LeasesStub(self._channel)
+        self._intro = introspection_grpc.IntrospectionStub(self._channel)
+        self._version = version_grpc.VersionStub(self._channel)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            ch = self._channel
+            self._channel = None
+
+            async def _close() -> None:
+                ch.close()
+
+            await aio(_close)
+
+    def _md(self, lease: str | None = None) -> dict[str, str]:
+        md = {"containerd-namespace": self.namespace}
+        if lease:
+            md["containerd-lease"] = lease
+        return md
+
+    async def _unary(self, method: Any, request: Any, *, lease: str | None = None,
+                     timeout: float | None = 60) -> Any:
+        with _mapped():
+            return await aio(method, request, metadata=self._md(lease), timeout=timeout)
+
+    # --- server ------------------------------------------------------------------------
+    async def version(self) -> str:
+        resp = await self._unary(self._version.Version, empty_pb2.Empty(), timeout=5)
+        return str(resp.version)
+
+    async def content_root(self) -> str:
+        resp = await self._unary(
+            self._intro.Plugins,
+            introspection_pb2.PluginsRequest(filters=["type==io.containerd.content.v1"]),
+            timeout=10,
+        )
+        for p in resp.plugins:
+            if "root" in p.exports:
+                return str(p.exports["root"])
+        return ""
+
+    # --- content -----------------------------------------------------------------------
+    async def info(self, digest: str) -> ContentInfo | None:
+        try:
+            resp = await self._unary(self._content.Info, content_pb2.InfoRequest(digest=digest))
+        except errors.NotFound:
+            return None
+        i = resp.info
+        return ContentInfo(digest=i.digest, size=i.size, labels=dict(i.labels))
+
+    async def update_labels(self, digest: str, labels: dict[str, str]) -> None:
+        req = content_pb2.UpdateRequest(
+            info=content_pb2.Info(digest=digest, labels=labels),
+            update_mask=field_mask_pb2.FieldMask(paths=[f"labels.{k}" for k in labels]),
+        )
+        await self._unary(self._content.Update, req)
+
+    async def delete_content(self, digest: str) -> None:
+        await self._unary(self._content.Delete, content_pb2.DeleteContentRequest(digest=digest))
+
+    async def abort(self, ref: str) -> None:
+        with contextlib.suppress(errors.NotFound):
+            await self._unary(self._content.Abort, content_pb2.AbortRequest(ref=ref))
+
+    async def ingest_offset(self, ref: str) -> int | None:
+        try:
+            resp = await self._unary(self._content.Status, content_pb2.StatusRequest(ref=ref))
+        except errors.NotFound:
+            return None
+        return int(resp.status.offset)
+
+    async def read_all(self, digest: str, *, limit: int = 16 * 1024 * 1024) -> bytes:
+        """A small blob (manifest, index, config) in memory; refuses more than `limit`."""
+        parts: list[bytes] = []
+        n = 0
+        async with self.read(digest) as chunks:
+            async for data in chunks:
+                n += len(data)
+                if n > limit:
+                    raise errors.ResourceExhausted(f"{digest} is larger than {limit} bytes")
+                parts.append(data)
+        return b"".join(parts)
+
+    @contextlib.asynccontextmanager
+    async def read(self, digest: str, offset: int = 0, size: int = 0
+                   ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Chunks of a blob from `offset` (`size` 0 = to the end). containerd sends 1 MiB."""
+        stream: TrioStream[Any, Any] = TrioStream(self._content.Read, metadata=self._md())
+        with _mapped():
+            async with stream:
+                await stream.send(content_pb2.ReadContentRequest(
+                    digest=digest, offset=offset, size=size), end=True)
+
+                async def chunks() -> AsyncIterator[bytes]:
+                    with _mapped():
+                        while True:
+                            msg = await stream.recv()
+                            if msg is None:
+                                return
+                            yield msg.data
+
+                gen = chunks()
+                async with contextlib.aclosing(gen):
+                    yield gen
+
+    @contextlib.asynccontextmanager
+    async def writer(self, ref: str, total: int, expected: str, *, lease: str | None
+                     ) -> AsyncIterator[ContentWriter]:
+        stream: TrioStream[Any, Any] = TrioStream(self._content.Write,
+                                                  metadata=self._md(lease), timeout=None)
+        with _mapped():
+            async with stream:
+                w = ContentWriter(stream, ref, total, expected)
+                await w.stat()
+                yield w
+
+    # --- leases ------------------------------------------------------------------------
+    async def create_lease(self, lease_id: str, *, expire_in: float,
+                           labels: dict[str, str] | None = None) -> bool:
+        """Create a lease that expires on its own; False if it already exists."""
+        exp = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expire_in)
+        lab = {"containerd.io/gc.expire": exp.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        lab.update(labels or {})
+        try:
+            await self._unary(self._leases.Create,
+                              leases_pb2.CreateRequest(id=lease_id, labels=lab))
+        except errors.AlreadyExists:
+            return False
+        return True
+
+    async def delete_lease(self, lease_id: str, *, sync: bool = False) -> None:
+        with contextlib.suppress(errors.NotFound):
+            await self._unary(self._leases.Delete,
+                              leases_pb2.DeleteRequest(id=lease_id, sync=sync))
+
+    # --- images ------------------------------------------------------------------------
+    async def list_images(self, filters: Iterable[str] = ()) -> list[ImageRec]:
+        resp = await self._unary(self._images.List,
+                                 images_pb2.ListImagesRequest(filters=list(filters)))
+        return [_image(i) for i in resp.images]
+
+    async def get_image(self, name: str) -> ImageRec | None:
+        try:
+            resp = await self._unary(self._images.Get, images_pb2.GetImageRequest(name=name))
+        except errors.NotFound:
+            return None
+        return _image(resp.image)
+
+    async def put_image(self, name: str, target: Descriptor, labels: dict[str, str]) -> str:
+        """Create the record, or update target and labels of an existing one.
+
+        Returns "created", "updated" or "unchanged"."""
+        img = images_pb2.Image(
+            name=name, labels=labels,
+            target=descriptor_pb2.Descriptor(
+                media_type=target.media_type, digest=target.digest, size=target.size),
+        )
+        try:
+            await self._unary(self._images.Create, images_pb2.CreateImageRequest(image=img))
+            return "created"
+        except errors.AlreadyExists:
+            pass
+        existing = await self.get_image(name)
+        if existing is not None and existing.target == target and all(
+                existing.labels.get(k) == v for k, v in labels.items()):
+            return "unchanged"
+        paths = ["target", *[f"labels.{k}" for k in labels]]
+        await self._unary(self._images.Update, images_pb2.UpdateImageRequest(
+            image=img, update_mask=field_mask_pb2.FieldMask(paths=paths)))
+        return "updated"
+
+    async def delete_image(self, name: str, *, sync: bool = False) -> bool:
+        try:
+            await self._unary(self._images.Delete,
+                              images_pb2.DeleteImageRequest(name=name, sync=sync))
+        except errors.NotFound:
+            return False
+        return True
+
+
+def _image(i: Any) -> ImageRec:
+    t = i.target
+    return ImageRec(name=i.name, labels=dict(i.labels),
+                    target=Descriptor(media_type=t.media_type, digest=t.digest, size=t.size))
+
+
+class ContentWriter:
+    """One containerd content Write stream: STAT, pipelined WRITEs, COMMIT.
+
+    After `stat()`: `exists` (already committed in this namespace), else `offset` is the resume
+    point (== total: the blob exists elsewhere in the store; COMMIT alone links it).
+    """
+
+    def __init__(self, stream: TrioStream[Any, Any], ref: str, total: int, expected: str
+                 ) -> None:
+        self._stream = stream
+        self.ref = ref
+        self.total = total
+        self.expected = expected
+        self.offset = 0
+        self.exists = False
+        self._pending = 0
+
+    async def stat(self) -> None:
+        await self._stream.send(content_pb2.WriteContentRequest(
+            action=content_pb2.STAT, ref=self.ref, total=self.total, expected=self.expected))
+        try:
+            resp = await self._stream.recv()
+        except grpclib.exceptions.GRPCError as exc:
+            if exc.status.name == "ALREADY_EXISTS":
+                self.exists = True
+                self._stream._done = True
+                self.offset = self.total
+                return
+            raise
+        if resp is None:
+            raise errors.Unavailable("containerd closed the write stream on STAT")
+        self.offset = int(resp.offset)
+        if self.offset > self.total:
+            raise errors.FailedPrecondition(
+                f"ingest {self.ref} is at {self.offset} > total {self.total}")
+
+    async def write(self, data: bytes) -> None:
+        """Send bytes at the current offset; keeps a few writes in flight."""
+        for start in range(0, len(data), WRITE_CHUNK):
+            piece = data[start:start + WRITE_CHUNK]
+            await self._stream.send(content_pb2.WriteContentRequest(
+                action=content_pb2.WRITE, ref=self.ref, offset=self.offset, data=piece))
+            self.offset += len(piece)
+            self._pending += 1
+            if self._pending >= WRITES_IN_FLIGHT:
+                await self._ack()
+
+    async def _ack(self) -> None:
+        resp = await self._stream.recv()
+        if resp is None:
+            raise errors.Unavailable("containerd closed the write stream")
+        self._pending -= 1
+
+    async def commit(self, labels: dict[str, str] | None = None) -> str:
+        """COMMIT with offset/total/expected (containerd verifies size and digest)."""
+        while self._pending:
+            await self._ack()
+        await self._stream.send(content_pb2.WriteContentRequest(
+            action=content_pb2.COMMIT, ref=self.ref, offset=self.total, total=self.total,
+            expected=self.expected, labels=labels or {}), end=True)
+        resp = await self._stream.recv()
+        if resp is None:
+            raise errors.Unavailable("containerd closed the write stream on COMMIT")
+        while await self._stream.recv() is not None:
+            pass
+        return str(resp.digest)

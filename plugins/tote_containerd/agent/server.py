@@ -1,0 +1,184 @@
+"""The agent's gRPC server (bridge module): grpclib handlers in asyncio that authorise the
+caller from its certificate and call the trio engine."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpclib.config
+import grpclib.const
+import grpclib.exceptions
+import grpclib.health.check
+import grpclib.health.service
+import grpclib.server
+
+from tote_containerd._gen.tote.agent.v1 import agent_grpc
+from tote_containerd._gen.tote.agent.v1 import agent_pb2 as pb
+from tote_containerd.agent import convert, engine, metrics
+from tote_containerd.agent._aio import aio, trio_from_aio
+from tote_containerd.agent.api import ImportProgress
+from tote_containerd.agent.errors import AgentError
+from tote_containerd.agent.tls import INSECURE, Identity, Role, identity_of
+
+log = logging.getLogger("tote.agent.server")
+T = TypeVar("T")
+
+# Which certificate identity may call what (Health: anyone, even without a certificate).
+ACL: dict[str, tuple[Role, ...]] = {
+    "Inspect": ("controller",),
+    "ImportFrom": ("controller",),
+    "ListImages": ("controller",),
+    "ResolveTag": ("controller",),
+    "RemoveImage": ("controller",),
+    "OpenSession": ("agent",),
+    "ReadBlob": ("agent",),
+}
+
+
+def _grpc_error(exc: AgentError) -> grpclib.exceptions.GRPCError:
+    status = grpclib.const.Status[exc.code] if exc.code in grpclib.const.Status.__members__ \
+        else grpclib.const.Status.UNKNOWN
+    msg = str(exc)
+    if exc.reason:
+        msg = f"{msg} [reason={exc.reason}]"
+    return grpclib.exceptions.GRPCError(status, msg)
+
+
+class AgentService(agent_grpc.AgentBase):
+    def __init__(self, core: engine.AgentCore, *, insecure: bool) -> None:
+        self.core = core
+        self.insecure = insecure
+
+    def _authorise(self, stream: Any, method: str) -> Identity:
+        if self.insecure:
+            return INSECURE
+        cert = stream.peer.cert() if stream.peer is not None else None
+        ident = identity_of(cert)
+        roles = ACL[method]
+        if ident.role is None:
+            metrics.RPCS.labels(method=method, code="UNAUTHENTICATED").inc()
+            raise grpclib.exceptions.GRPCError(
+                grpclib.const.Status.UNAUTHENTICATED,
+                f"{method} needs a client certificate with a tote identity")
+        if ident.role not in roles:
+            metrics.RPCS.labels(method=method, code="PERMISSION_DENIED").inc()
+            raise grpclib.exceptions.GRPCError(
+                grpclib.const.Status.PERMISSION_DENIED,
+                f"identity {ident.name!r} ({ident.role}) may not call {method}")
+        return ident
+
+    async def _run(self, method: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        try:
+            result = await trio_from_aio(fn, *args)
+        except AgentError as exc:
+            metrics.RPCS.labels(method=method, code=exc.code).inc()
+            log.info("%s failed: %s", method, exc)
+            raise _grpc_error(exc) from exc
+        except grpclib.exceptions.GRPCError:
+            raise
+        except Exception as exc:
+            metrics.RPCS.labels(method=method, code="INTERNAL").inc()
+            log.exception("%s crashed", method)
+            raise grpclib.exceptions.GRPCError(
+                grpclib.const.Status.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+            ) from exc
+        metrics.RPCS.labels(method=method, code="OK").inc()
+        return result
+
+    async def Inspect(self, stream: Any) -> None:
+        self._authorise(stream, "Inspect")
+        req = await stream.recv_message()
+        res = await self._run("Inspect", self.core.inspect, req.ref, req.platform)
+        await stream.send_message(convert.inspect_to_pb(res))
+
+    async def OpenSession(self, stream: Any) -> None:
+        ident = self._authorise(stream, "OpenSession")
+        req = await stream.recv_message()
+        s = await self._run("OpenSession", self.core.open_session, req.token, req.target_node,
+                            ident)
+        await stream.send_message(pb.OpenSessionResponse(
+            session=s.session, expires_unix=s.expires_unix, source_node=s.source_node))
+
+    async def ReadBlob(self, stream: Any) -> None:
+        ident = self._authorise(stream, "ReadBlob")
+        req = await stream.recv_message()
+
+        async def send(offset: int, data: bytes, total: int) -> None:
+            await aio(stream.send_message, pb.ReadBlobResponse(offset=offset, data=data,
+                                                               total=total))
+
+        await self._run("ReadBlob", self.core.read_blob, req.session, req.digest, req.offset,
+                        req.length, ident, send)
+
+    async def ImportFrom(self, stream: Any) -> None:
+        self._authorise(stream, "ImportFrom")
+        req = await stream.recv_message()
+
+        async def progress(p: ImportProgress) -> None:
+            await aio(stream.send_message, convert.progress_to_pb(p))
+
+        await self._run("ImportFrom", self.core.import_from, convert.import_from_pb(req),
+                        progress)
+
+    async def ListImages(self, stream: Any) -> None:
+        self._authorise(stream, "ListImages")
+        req = await stream.recv_message()
+        res = await self._run("ListImages", engine.list_images, self.core.cd, req.digest)
+        await stream.send_message(convert.images_to_pb(res))
+
+    async def ResolveTag(self, stream: Any) -> None:
+        self._authorise(stream, "ResolveTag")
+        req = await stream.recv_message()
+        res = await self._run("ResolveTag", engine.resolve_tag, self.core.cd, req.ref)
+        await stream.send_message(convert.resolved_to_pb(res))
+
+    async def RemoveImage(self, stream: Any) -> None:
+        self._authorise(stream, "RemoveImage")
+        req = await stream.recv_message()
+        removed = await self._run("RemoveImage", engine.remove_image, self.core.cd,
+                                  list(req.names), req.digest)
+        await stream.send_message(pb.RemoveImageResponse(removed=removed))
+
+    async def Health(self, stream: Any) -> None:
+        await stream.recv_message()
+        res = await self._run("Health", self.core.health)
+        await stream.send_message(convert.health_to_pb(res))
+
+
+class GrpcServer:
+    """grpclib server + grpc.health.v1 (the latter reflects containerd reachability)."""
+
+    def __init__(self, core: engine.AgentCore, *, insecure: bool) -> None:
+        self.service = AgentService(core, insecure=insecure)
+        self._status: Any = None
+        self._server: Any = None
+
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
+        async def _start() -> None:
+            self._status = grpclib.health.check.ServiceStatus()
+            health = grpclib.health.service.Health({self.service: [self._status]})
+            cfg = grpclib.config.Configuration(
+                http2_connection_window_size=64 * 1024 * 1024,
+                http2_stream_window_size=16 * 1024 * 1024)
+            self._server = grpclib.server.Server([self.service, health], config=cfg)
+            await self._server.start(host, port, ssl=ssl_context)
+
+        await aio(_start)
+
+    async def set_serving(self, ok: bool) -> None:
+        async def _set() -> None:
+            if self._status is not None:
+                self._status.set(ok)
+
+        await aio(_set)
+
+    async def stop(self) -> None:
+        async def _stop() -> None:
+            if self._server is not None:
+                self._server.close()
+                await self._server.wait_closed()
+
+        await aio(_stop)

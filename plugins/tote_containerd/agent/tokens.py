@@ -1,0 +1,174 @@
+"""Transfer tokens: controller-signed, short-lived, single-use (SPEC §6, WO-8).
+
+A token binds (digest, source node, target node, expiry, nonce). The controller signs it with
+the private key of its TLS certificate and embeds that certificate; a source agent verifies the
+certificate against the tote CA, checks it carries the controller identity, then checks the
+signature and the claims. Single use is enforced by the source agent (see `engine`).
+
+Format: `tote1.<claims b64url>.<cert DER b64url>.<signature b64url>`. Without TLS
+(`--insecure`) tokens are unsigned (`tote1.<claims>..`) and only insecure agents accept them.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import secrets
+import time
+from pathlib import Path
+
+import msgspec
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+from tote_containerd.agent.errors import PermissionDenied, Unauthenticated
+
+PREFIX = "tote1"
+MAX_TOKEN_LEN = 16384
+
+
+class Claims(msgspec.Struct, frozen=True):
+    digest: str
+    source: str
+    target: str
+    exp: int
+    iat: int
+    nonce: str
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Signer:
+    """Controller side: mints tokens (signed when given a cert/key)."""
+
+    def __init__(self, cert_path: str = "", key_path: str = "") -> None:
+        self._cert_der = b""
+        self._key: object = None
+        if cert_path:
+            cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+            self._cert_der = cert.public_bytes(serialization.Encoding.DER)
+            self._key = serialization.load_pem_private_key(Path(key_path).read_bytes(), None)
+
+    def mint(self, *, digest: str, source: str, target: str, ttl: float,
+             now: float | None = None) -> str:
+        t = int(now if now is not None else time.time())
+        claims = Claims(digest=digest, source=source, target=target, exp=t + int(ttl), iat=t,
+                        nonce=secrets.token_hex(16))
+        body = _b64(msgspec.json.encode(claims))
+        if self._key is None:
+            return f"{PREFIX}.{body}.."
+        signed = f"{PREFIX}.{body}".encode()
+        return f"{PREFIX}.{body}.{_b64(self._cert_der)}.{_b64(_sign(self._key, signed))}"
+
+
+def _sign(key: object, data: bytes) -> bytes:
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(data, ec.ECDSA(hashes.SHA256()))
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(data)
+    raise TypeError(f"unsupported key type {type(key).__name__}")
+
+
+def _verify(pub: object, sig: bytes, data: bytes) -> None:
+    if isinstance(pub, ec.EllipticCurvePublicKey):
+        pub.verify(sig, data, ec.ECDSA(hashes.SHA256()))
+    elif isinstance(pub, rsa.RSAPublicKey):
+        pub.verify(sig, data, padding.PKCS1v15(), hashes.SHA256())
+    elif isinstance(pub, ed25519.Ed25519PublicKey):
+        pub.verify(sig, data)
+    else:
+        raise InvalidSignature("unsupported key type")
+
+
+class Verifier:
+    """Source-agent side. `ca_path` empty = insecure mode (unsigned tokens only)."""
+
+    def __init__(self, ca_path: str = "") -> None:
+        self._cas: list[x509.Certificate] = []
+        if ca_path:
+            self._cas = x509.load_pem_x509_certificates(Path(ca_path).read_bytes())
+
+    def verify(self, token: str, *, source: str, target: str, now: float | None = None
+               ) -> Claims:
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LEN:
+            raise Unauthenticated("missing or oversized transfer token")
+        parts = token.split(".")
+        if len(parts) != 4 or parts[0] != PREFIX:
+            raise Unauthenticated("malformed transfer token")
+        _, body, cert_b64, sig_b64 = parts
+        try:
+            claims = msgspec.json.decode(_unb64(body), type=Claims)
+        except (ValueError, msgspec.DecodeError) as exc:
+            raise Unauthenticated(f"malformed transfer token claims: {exc}") from exc
+        if self._cas:
+            if not cert_b64 or not sig_b64:
+                raise Unauthenticated("unsigned transfer token refused (mTLS is on)")
+            self._check_signature(f"{PREFIX}.{body}".encode(), cert_b64, sig_b64, now)
+        t = now if now is not None else time.time()
+        if claims.exp <= t:
+            raise PermissionDenied("transfer token expired")
+        if claims.iat > t + 60:
+            raise PermissionDenied("transfer token issued in the future")
+        if claims.source != source:
+            raise PermissionDenied(
+                f"transfer token is for source {claims.source!r}, not {source!r}")
+        if claims.target != target:
+            raise PermissionDenied(
+                f"transfer token is for target {claims.target!r}, not {target!r}")
+        return claims
+
+    def _check_signature(self, signed: bytes, cert_b64: str, sig_b64: str,
+                         now: float | None) -> None:
+        try:
+            cert = x509.load_der_x509_certificate(_unb64(cert_b64))
+            sig = _unb64(sig_b64)
+        except ValueError as exc:
+            raise Unauthenticated(f"malformed transfer token signature: {exc}") from exc
+        for ca in self._cas:
+            try:
+                cert.verify_directly_issued_by(ca)
+                break
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+        else:
+            raise Unauthenticated("transfer token signer is not issued by the tote CA")
+        when = dt.datetime.fromtimestamp(now if now is not None else time.time(), dt.UTC)
+        if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
+            raise Unauthenticated("transfer token signer certificate is not valid now")
+        if not _is_controller(cert):
+            raise Unauthenticated("transfer token was not signed by the controller identity")
+        try:
+            _verify(cert.public_key(), sig, signed)
+        except InvalidSignature as exc:
+            raise Unauthenticated("transfer token signature is invalid") from exc
+
+
+def _is_controller(cert: x509.Certificate) -> bool:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        if "spiffe://tote/controller" in san.get_values_for_type(
+                x509.UniformResourceIdentifier):
+            return True
+    except x509.ExtensionNotFound:
+        pass
+    cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return any(a.value == "tote-controller" for a in cns)
+
+
+def describe(token: str) -> dict[str, object]:
+    """Claims of a token without verifying it (for logs)."""
+    try:
+        return dict(json.loads(_unb64(token.split(".")[1])))
+    except (ValueError, IndexError):
+        return {}

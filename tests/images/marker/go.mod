@@ -1,0 +1,3 @@
+module tote.dev/testmarker
+
+go 1.21

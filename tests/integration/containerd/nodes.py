@@ -1,0 +1,122 @@
+"""Several containerd daemons on one machine, each standing in for a node.
+
+Each node gets its own root, state, gRPC/ttrpc/debug sockets under a tmp dir; the CRI plugin
+is disabled (tote only needs content, images, leases and introspection). Processes are started
+and stopped through `tests.cluster.procs.ProcessGroup` (by PID, never by name).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.cluster.procs import Proc, ProcessGroup, free_port, port_open, wait_until
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@dataclass
+class Node:
+    name: str
+    dir: Path
+    proc: Proc
+
+    @property
+    def socket(self) -> str:
+        return str(self.dir / "containerd.sock")
+
+    @property
+    def content_root(self) -> Path:
+        return self.dir / "root" / "io.containerd.content.v1.content"
+
+    def ctr(self, *args: str, namespace: str = "k8s.io", check: bool = True,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ctr", "--address", self.socket, "--namespace", namespace, *args],
+            capture_output=True, text=True, check=check, timeout=timeout,
+        )
+
+    def image_names(self) -> list[str]:
+        out = self.ctr("images", "ls", "-q").stdout
+        return sorted(line.strip() for line in out.splitlines() if line.strip())
+
+    def blob_present(self, digest: str) -> bool:
+        return (self.content_root / "blobs" / "sha256" / digest.split(":", 1)[1]).exists()
+
+    def import_archive(self, archive: Path, *, all_platforms: bool = False) -> None:
+        args = ["images", "import", "--no-unpack"]
+        if all_platforms:
+            args.append("--all-platforms")
+        self.ctr(*args, str(archive))
+
+
+CONFIG = """version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "{d}/containerd.sock"
+
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+
+[debug]
+  address = "{d}/debug.sock"
+  level = "info"
+
+[metrics]
+  address = ""
+"""
+
+
+def start_node(group: ProcessGroup, base: Path, name: str) -> Node:
+    d = base / name
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = d / "config.toml"
+    cfg.write_text(CONFIG.format(d=d))
+    proc = group.start(f"containerd-{name}", ["containerd", "--config", str(cfg)])
+    node = Node(name=name, dir=d, proc=proc)
+    wait_until(lambda: Path(node.socket).exists() and node.ctr(
+        "version", check=False).returncode == 0, timeout=30,
+        what=f"containerd {name} socket", proc=proc)
+    return node
+
+
+@dataclass
+class AgentProc:
+    node: Node
+    port: int
+    metrics_port: int
+    proc: Proc
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def start_agent(group: ProcessGroup, node: Node, *extra: str, name: str | None = None,
+                env: dict[str, str] | None = None) -> AgentProc:
+    port = free_port()
+    mport = free_port()
+    argv = [
+        sys.executable, "-m", "tote_containerd.agent",
+        "--containerd-socket", node.socket,
+        "--node-name", node.name,
+        "--listen-address", "127.0.0.1",
+        "--grpc-port", str(port),
+        "--metrics-port", str(mport),
+        "--log-level", "debug",
+        *extra,
+    ]
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO), str(REPO / "plugins"), full_env.get("PYTHONPATH", "")])
+    full_env.update(env or {})
+    proc = group.start(name or f"agent-{node.name}", argv, env=full_env, cwd=REPO)
+    wait_until(lambda: port_open("127.0.0.1", port) and port_open("127.0.0.1", mport),
+               timeout=60, what=f"agent on {node.name}", proc=proc)
+    return AgentProc(node=node, port=port, metrics_port=mport, proc=proc)
