@@ -17,7 +17,7 @@ import trio
 
 from tote_core.errors import Gone, KubeError
 from tote_core.kube.client import KubeClient
-from tote_core.structs.kube import Status, meta_key
+from tote_core.structs.kube import PartialObject, Status, meta_key
 
 log = logging.getLogger("tote.informer")
 
@@ -55,6 +55,7 @@ class Informer(Generic[T]):
         self._handlers: list[Handler[T]] = []
         self.relists = 0
         self.reconnects = 0
+        self.decode_errors = 0
 
     def add_handler(self, handler: Handler[T]) -> None:
         self._handlers.append(handler)
@@ -101,12 +102,23 @@ class Informer(Generic[T]):
                     if status.code == 410:
                         raise Gone(f"watch {self.name}: {status.message}", status=410)
                     raise KubeError(f"watch {self.name}: {status.message}", status=status.code)
-                obj = msgspec.json.decode(event.object, type=self.type_)
+                if event.type == "BOOKMARK":
+                    # Bookmarks carry only metadata.resourceVersion (and null spec fields).
+                    mark = msgspec.json.decode(event.object, type=PartialObject)
+                    if mark.metadata.resource_version:
+                        self.resource_version = mark.metadata.resource_version
+                    continue
+                try:
+                    obj = msgspec.json.decode(event.object, type=self.type_)
+                except msgspec.ValidationError as exc:
+                    # One odd object must not stop the informer (and with it the controller).
+                    self.decode_errors += 1
+                    log.warning("informer %s: skipping undecodable %s event: %s; object: %.300s",
+                                self.name, event.type, exc, bytes(event.object))
+                    continue
                 meta = obj.metadata  # type: ignore[attr-defined]
                 if meta.resource_version:
                     self.resource_version = meta.resource_version
-                if event.type == "BOOKMARK":
-                    continue
                 key = meta_key(meta)
                 old = self.items.get(key)
                 if event.type == "DELETED":
@@ -145,3 +157,11 @@ class Informer(Generic[T]):
                 if exc.status in (0, 500, 503):
                     # After an outage the watch cache may have compacted: relist to be safe.
                     need_list = True
+            except (msgspec.DecodeError, OSError, ValueError) as exc:
+                # A truncated stream during an API server restart, or a bad list body.
+                self.reconnects += 1
+                log.warning("informer %s: %s: %s; relisting in %.1fs",
+                            self.name, type(exc).__name__, exc, backoff)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_CAP)
+                need_list = True

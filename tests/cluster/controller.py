@@ -1,0 +1,91 @@
+"""Run `tote controller` as a PID-tracked process with the restricted RBAC identity."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.cluster.controlplane import ControlPlane
+from tests.cluster.procs import Proc, ProcessGroup, free_port, wait_until
+
+
+@dataclass
+class ControllerProcess:
+    """One controller replica. `logs()` is attached to failing tests by conftest."""
+
+    cp: ControlPlane
+    log_dir: Path
+    identity: str
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    procs: ProcessGroup | None = None
+    proc: Proc | None = None
+
+    def start(self, *, wait_ready: bool = True) -> ControllerProcess:
+        self.port = free_port()
+        self.procs = self.procs or ProcessGroup(self.log_dir)
+        argv = [
+            sys.executable, "-m", "tote_core.cli", "controller",
+            f"--kubeconfig={self.cp.controller_kubeconfig}",
+            f"--namespace={self.cp.namespace}",
+            f"--identity={self.identity}",
+            f"--metrics-address=127.0.0.1:{self.port}",
+            f"--health-address=127.0.0.1:{self.port}",
+            "--log-level=debug",
+            *self.extra_args,
+        ]  # fmt: skip
+        env = {**os.environ, **self.env}
+        self.proc = self.procs.start(f"controller-{self.identity}", argv, env=env)
+        if wait_ready:
+            wait_until(self.ready, timeout=60, what=f"controller {self.identity} ready",
+                       proc=self.proc)
+        return self
+
+    def _get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except OSError:
+            return 0, b""
+
+    def readyz(self) -> dict[str, Any]:
+        status, body = self._get("/readyz")
+        return json.loads(body) if status in (200, 503) and body else {}
+
+    def ready(self) -> bool:
+        return self._get("/readyz")[0] == 200
+
+    def leading(self) -> bool:
+        return bool(self.readyz().get("leader"))
+
+    def metrics(self) -> dict[str, float]:
+        """Sample name (with labels) → value, from /metrics."""
+        _, body = self._get("/metrics")
+        out: dict[str, float] = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def metric(self, name: str) -> float:
+        return self.metrics().get(name, 0.0)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+
+    def stop(self) -> None:
+        if self.procs is not None:
+            self.procs.stop_all()
+
+    def logs(self) -> dict[str, str]:
+        return self.procs.logs() if self.procs else {}
