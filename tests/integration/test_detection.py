@@ -181,7 +181,7 @@ def test_e_opt_in_inherited_from_deployment(
     holder, target = uniq("holder"), uniq("target")
     create_node(cp, holder, [[f"127.0.0.1:5999/app@{D1}"]])
     create_node(cp, target)
-    dep, rs = make_deployment_chain(cp, ns, annotate="deployment")
+    _dep, rs = make_deployment_chain(cp, ns, annotate="deployment")
     owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs["metadata"]["name"],
              "uid": rs["metadata"]["uid"], "controller": True}
     create_pod(cp, ns, "child", f"127.0.0.1:5999/app@{D1}", node=target, owner=owner)

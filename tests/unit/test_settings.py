@@ -53,7 +53,8 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
 def test_flags() -> None:
     s = parse_args(
         ControllerSettings,
-        ["--enabled=false", "--salvage-on-auth-failure", "--agent-endpoints", "n1=127.0.0.1:1,n2=h:2",
+        ["--enabled=false", "--salvage-on-auth-failure",
+         "--agent-endpoints", "n1=127.0.0.1:1,n2=h:2",
          "--max-image-size", "1GB", "--log-format", "json"],
         "t",
     )

@@ -65,7 +65,8 @@ class EventRecorder:
             seen = self._seen.get(name)
             if seen is None:
                 try:
-                    await self.client.create(path, self._body(pod, name, reason, note, type_, action))
+                    body = self._body(pod, name, reason, note, type_, action)
+                    await self.client.create(path, body)
                     self._seen[name] = (1, now)
                     self.posted += 1
                     return
@@ -88,7 +89,9 @@ class EventRecorder:
             self._seen[name] = (count, now)
             self.aggregated += 1
         except KubeError as exc:
-            log.warning("could not record event %s on %s/%s: %s", reason, ns, pod.metadata.name, exc)
+            log.warning(
+                "could not record event %s on %s/%s: %s", reason, ns, pod.metadata.name, exc
+            )
         if len(self._seen) > 20000:
             self._seen.clear()
 

@@ -54,7 +54,8 @@ async def _handle(stream: trio.SocketStream, routes: dict[str, Route]) -> None:
                         ("content-length", str(len(body))),
                         ("connection", "close"),
                     ]
-                    await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
+                    head = h11.Response(status_code=status, headers=headers)
+                    await stream.send_all(conn.send(head))
                     if event.method != b"HEAD":
                         await stream.send_all(conn.send(h11.Data(data=body)))
                     await stream.send_all(conn.send(h11.EndOfMessage()))

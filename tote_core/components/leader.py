@@ -107,8 +107,7 @@ class LeaderElector:
     async def run(self, lead: Callable[[], Awaitable[None]]) -> None:
         """Forever: wait to acquire, run `lead()` while renewing, cancel it on loss."""
         while True:
-            while not await self._attempt():
-                await trio.sleep(self.retry_period)
+            await self._acquire()
             log.info("became leader (lease %s/%s, identity %s)", self.namespace, self.name,
                      self.identity)
             self.is_leader = True
@@ -123,6 +122,13 @@ class LeaderElector:
                 metrics.IS_LEADER.set(0)
             log.warning("lost leadership (lease %s/%s); leader-only work stopped",
                         self.namespace, self.name)
+
+    async def _acquire(self) -> None:
+        """Poll the lease every retry period until this replica holds it."""
+        acquired = await self._attempt()
+        while not acquired:
+            await trio.sleep(self.retry_period)
+            acquired = await self._attempt()
 
     async def _renew_loop(self) -> None:
         last_ok = trio.current_time()

@@ -76,45 +76,39 @@ def _classify(
     else:
         return None
     raw = (spec.image if spec and spec.image else "") or status.image
-    common = {
-        "container": status.name,
-        "init_container": init,
-        "raw_image": raw,
-        "reason": reason,
-        "message": message,
-    }
+
+    def failure(verdict: Verdict, ref: ImageReference | None, detail: str = "") -> Failure:
+        return Failure(
+            container=status.name, init_container=init, raw_image=raw, reference=ref,
+            verdict=verdict, reason=reason, message=message, detail=detail,
+        )
+
     try:
         ref = parse(raw)
     except InvalidReference as exc:
-        return Failure(reference=None, verdict=Verdict.INVALID, detail=str(exc), **common)
+        return failure(Verdict.INVALID, None, str(exc))
     # A status imageID carries the digest kubelet resolved earlier (e.g. a corrupt record).
     if ref.digest is None and status.image_id:
         status_digest = digest_of_image_id(status.image_id)
         if status_digest and corrupt:
             ref = ImageReference(ref.domain, ref.path, ref.tag, status_digest)
     if corrupt:
-        return Failure(reference=ref, verdict=Verdict.CORRUPT, **common)
+        return failure(Verdict.CORRUPT, ref)
     if spec is not None and spec.image_pull_policy == "Always":
-        return Failure(
-            reference=ref,
-            verdict=Verdict.ALWAYS,
-            detail=(
-                "imagePullPolicy is Always: kubelet pulls from the registry even when the image "
-                "is present, so importing it cannot help; use IfNotPresent"
-            ),
-            **common,
+        return failure(
+            Verdict.ALWAYS,
+            ref,
+            "imagePullPolicy is Always: kubelet pulls from the registry even when the image "
+            "is present, so importing it cannot help; use IfNotPresent",
         )
     if is_auth_failure(message):
-        return Failure(
-            reference=ref,
-            verdict=Verdict.AUTH,
-            detail=(
-                "the registry refused authorisation; tote does not hand an image to a pod "
-                "that lacks credentials for it (see --salvage-on-auth-failure)"
-            ),
-            **common,
+        return failure(
+            Verdict.AUTH,
+            ref,
+            "the registry refused authorisation; tote does not hand an image to a pod "
+            "that lacks credentials for it (see --salvage-on-auth-failure)",
         )
-    return Failure(reference=ref, verdict=Verdict.SALVAGE, **common)
+    return failure(Verdict.SALVAGE, ref)
 
 
 def detect(pod: Pod) -> list[Failure]:

@@ -71,15 +71,16 @@ class PluginHost:
             seen.add(ep.name)
             dist = ep.dist.name if ep.dist else "?"
             version = ep.dist.version if ep.dist else "?"
-            common = {
-                "name": ep.name,
-                "module": ep.value,
-                "distribution": dist,
-                "version": version,
-                "builtin": dist == BUILTIN_DISTRIBUTION,
-            }
+
+            def info(enabled: bool, hooks: tuple[str, ...] = (), error: str = "") -> PluginInfo:
+                return PluginInfo(
+                    name=ep.name, module=ep.value, distribution=dist, version=version,
+                    builtin=dist == BUILTIN_DISTRIBUTION, enabled=enabled, hooks=hooks,
+                    error=error,
+                )
+
             if ep.name in off:
-                self.plugins.append(PluginInfo(enabled=False, **common))
+                self.plugins.append(info(False))
                 continue
             try:
                 obj = ep.load()
@@ -87,12 +88,12 @@ class PluginHost:
             except Exception as exc:
                 log.error("plugin %s failed to load: %s: %s", ep.name, type(exc).__name__, exc)
                 metrics.PLUGIN_FAILURES.labels(ep.name, "load").inc()
-                self.plugins.append(PluginInfo(enabled=False, error=str(exc), **common))
+                self.plugins.append(info(False, error=str(exc)))
                 continue
             hooks = tuple(
                 sorted(h.name for h in self.pm.get_hookcallers(obj) or [])
             )
-            self.plugins.append(PluginInfo(enabled=True, hooks=hooks, **common))
+            self.plugins.append(info(True, hooks))
         unknown = off - seen
         if unknown:
             log.warning("plugins.disabled names unknown plugins: %s", ", ".join(sorted(unknown)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 
 from tote_core.kube.client import KubeClient, resource_path
@@ -29,7 +31,7 @@ class Caches:
         self.config_map = config_map
 
     @property
-    def informers(self) -> list[Informer[Pod] | Informer[Node] | Informer[Namespace] | Informer[ConfigMap]]:
+    def informers(self) -> list[Informer[Any]]:
         return [self.config, self.namespaces, self.nodes, self.pods]
 
     @property

@@ -97,7 +97,6 @@ class KubeClient:
         params: dict[str, Any] | None = None,
         body: Any = None,
         content_type: str = "application/json",
-        timeout: float | None = None,
         accept: str | None = None,
     ) -> bytes:
         """One API call; raises KubeError subclasses with the server's message."""
@@ -113,7 +112,6 @@ class KubeClient:
                 params=params,
                 content=content,
                 headers=headers,
-                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.HTTPError as exc:
             raise KubeError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc

@@ -73,7 +73,7 @@ def load(kubeconfig: str = "") -> KubeConfig:
             try:
                 _, active = k8s_config.list_kube_config_contexts(config_file=path)
                 namespace = active.get("context", {}).get("namespace") or "default"
-            except Exception:  # noqa: BLE001 - the namespace is only a default
+            except Exception:
                 namespace = "default"
     except (k8s_config.ConfigException, OSError, TypeError) as exc:
         raise ConfigError(f"cannot load Kubernetes configuration: {exc}") from exc

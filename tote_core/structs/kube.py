@@ -15,7 +15,7 @@ class _K(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
     """Base: camelCase on the wire, snake_case in Python."""
 
 
-class OwnerReference(_K, frozen=True):
+class OwnerReference(_K):
     api_version: str = ""
     kind: str = ""
     name: str = ""
