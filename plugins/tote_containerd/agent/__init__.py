@@ -53,9 +53,13 @@ def _fast_path_root(settings: AgentSettings, reported: str) -> str:
     if not settings.fast_path or not root:
         return ""
     blobs = Path(root) / "blobs" / "sha256"
-    if blobs.is_dir() and os.access(blobs, os.R_OK | os.W_OK | os.X_OK) \
-            and os.access(root, os.W_OK):
-        return root
+    try:
+        if Path(root).is_dir() and os.access(root, os.R_OK | os.W_OK | os.X_OK):
+            blobs.mkdir(parents=True, exist_ok=True)  # containerd creates it lazily too
+            if os.access(blobs, os.R_OK | os.W_OK | os.X_OK):
+                return root
+    except OSError:
+        pass
     log.info("fast path off: content directory %s is not readable and writable here", root)
     return ""
 

@@ -18,6 +18,8 @@ from typing import Any, Generic, TypeVar
 import trio
 import trio_asyncio
 
+from tote_containerd.agent.errors import single_leaf
+
 T = TypeVar("T")
 S = TypeVar("S")
 R = TypeVar("R")
@@ -39,10 +41,19 @@ def tune_h2() -> None:
 
 @contextlib.asynccontextmanager
 async def open_loop() -> AsyncIterator[None]:
-    """Run an asyncio loop for the lifetime of the block (needed by every grpclib object)."""
+    """Run an asyncio loop for the lifetime of the block (needed by every grpclib object).
+
+    trio-asyncio's loop nursery wraps whatever escapes the block in an exception group;
+    a single error is unwrapped again so callers can catch it by type."""
     tune_h2()
-    async with trio_asyncio.open_loop():
-        yield
+    try:
+        async with trio_asyncio.open_loop():
+            yield
+    except BaseExceptionGroup as eg:
+        leaf = single_leaf(eg)
+        if leaf is eg:
+            raise
+        raise leaf from None
 
 
 async def aio(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
@@ -97,6 +108,16 @@ class TrioStream(Generic[S, R]):
         if msg is None:
             self._done = True
         return msg
+
+    async def finish(self) -> None:
+        """After the last message: read trailers, raising the server's error status if any."""
+        stream = self._stream
+
+        async def _finish() -> None:
+            if not stream._recv_trailing_metadata_done:
+                await stream.recv_trailing_metadata()
+
+        await aio(_finish)
 
     async def __aiter__(self) -> AsyncIterator[R]:
         while True:

@@ -320,6 +320,7 @@ class ContentWriter:
     async def _ack(self) -> None:
         resp = await self._stream.recv()
         if resp is None:
+            await self._stream.finish()
             raise errors.Unavailable("containerd closed the write stream")
         self._pending -= 1
 
@@ -332,6 +333,7 @@ class ContentWriter:
             expected=self.expected, labels=labels or {}), end=True)
         resp = await self._stream.recv()
         if resp is None:
+            await self._stream.finish()  # raises containerd's error (e.g. digest mismatch)
             raise errors.Unavailable("containerd closed the write stream on COMMIT")
         while await self._stream.recv() is not None:
             pass

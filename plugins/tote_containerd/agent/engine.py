@@ -37,6 +37,7 @@ from tote_containerd.agent.errors import (
     NotFound,
     PermissionDenied,
     Unavailable,
+    single_leaf,
 )
 from tote_containerd.agent.tls import Identity
 from tote_containerd.agent.tokens import Verifier
@@ -385,13 +386,19 @@ class AgentCore:
             await progress(prog)
             reporter = _Reporter(prog, progress)
             sem = trio.Semaphore(max(1, req.parallelism or self.parallelism))
-            async with trio.open_nursery() as nursery:
-                for d in sorted(missing, key=lambda x: -x.size):
-                    nursery.start_soon(self._fetch_one, peer, sess.session, d, lease, sem,
-                                       reporter)
-                nursery.start_soon(reporter.run)
-                # reporter.run ends once every fetch is done
-                reporter.expect(len(missing))
+            try:
+                async with trio.open_nursery() as nursery:
+                    for d in sorted(missing, key=lambda x: -x.size):
+                        nursery.start_soon(self._fetch_one, peer, sess.session, d, lease, sem,
+                                           reporter)
+                    nursery.start_soon(reporter.run)
+                    # reporter.run ends once every fetch is done
+                    reporter.expect(len(missing))
+            except BaseExceptionGroup as eg:
+                leaf = single_leaf(eg)
+                if leaf is eg:
+                    raise
+                raise leaf from None
             prog.phase = "committing"
             await progress(prog)
             # Parents after children, each with GC labels pointing at its children.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import trio
+
 
 class AgentError(Exception):
     """Base; `code` is a gRPC status name (e.g. NOT_FOUND), `reason` a short bounded word."""
@@ -64,3 +66,21 @@ BY_CODE: dict[str, type[AgentError]] = {
 
 def from_code(code: str, message: str, reason: str = "") -> AgentError:
     return BY_CODE.get(code, AgentError)(message, reason=reason)
+
+
+def single_leaf(exc: BaseException) -> BaseException:
+    """The one meaningful exception inside (nested) exception groups, ignoring Cancelled;
+    `exc` itself when there is no single such leaf."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for sub in e.exceptions:
+                walk(sub)
+        elif not isinstance(e, trio.Cancelled):
+            leaves.append(e)
+
+    walk(exc)
+    return leaves[0] if len(leaves) == 1 else exc

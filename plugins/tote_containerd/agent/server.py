@@ -20,7 +20,7 @@ from tote_containerd._gen.tote.agent.v1 import agent_pb2 as pb
 from tote_containerd.agent import convert, engine, metrics
 from tote_containerd.agent._aio import aio, trio_from_aio
 from tote_containerd.agent.api import ImportProgress
-from tote_containerd.agent.errors import AgentError
+from tote_containerd.agent.errors import AgentError, single_leaf
 from tote_containerd.agent.tls import INSECURE, Identity, Role, identity_of
 
 log = logging.getLogger("tote.agent.server")
@@ -72,7 +72,13 @@ class AgentService(agent_grpc.AgentBase):
 
     async def _run(self, method: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         try:
-            result = await trio_from_aio(fn, *args)
+            try:
+                result = await trio_from_aio(fn, *args)
+            except BaseExceptionGroup as eg:
+                leaf = single_leaf(eg)
+                if leaf is eg:
+                    raise
+                raise leaf from None
         except AgentError as exc:
             metrics.RPCS.labels(method=method, code=exc.code).inc()
             log.info("%s failed: %s", method, exc)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.cluster.procs import Proc, ProcessGroup, free_port, port_open, wait_until
+from tests.integration.containerd.certs import PKI
+from tote_core.settings import ControllerSettings
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -120,3 +122,27 @@ def start_agent(group: ProcessGroup, node: Node, *extra: str, name: str | None =
     wait_until(lambda: port_open("127.0.0.1", port) and port_open("127.0.0.1", mport),
                timeout=60, what=f"agent on {node.name}", proc=proc)
     return AgentProc(node=node, port=port, metrics_port=mport, proc=proc)
+
+
+@dataclass
+class Env:
+    base: Path
+    group: ProcessGroup
+    pki: PKI
+    nodes: dict[str, Node] = field(default_factory=dict)
+    agents: dict[str, AgentProc] = field(default_factory=dict)
+
+    def tls_args(self) -> list[str]:
+        a = self.pki.agent
+        return ["--tls-cert", a.cert, "--tls-key", a.key, "--tls-ca", a.ca]
+
+    def agent(self, node: str, *extra: str, name: str | None = None) -> AgentProc:
+        return start_agent(self.group, self.nodes[node], *self.tls_args(), *extra, name=name)
+
+    def settings(self, **over: object) -> ControllerSettings:
+        c = self.pki.controller
+        kw: dict[str, object] = dict(
+            tls_cert=c.cert, tls_key=c.key, tls_ca=c.ca,
+            agent_endpoints={n: a.endpoint for n, a in self.agents.items()})
+        kw.update(over)
+        return ControllerSettings(**kw)  # type: ignore[arg-type]

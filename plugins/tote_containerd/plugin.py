@@ -1,0 +1,217 @@
+"""Built-in `transfer` plugin: moves an image between nodes by driving tote agents.
+
+Controller side of SPEC §6. For a `TransferRequest` it finds the source and target agents
+(static `--agent-endpoints`, else agent pods from the controller's pod cache), checks the
+source really holds the whole platform chain (discarded layers are reported as not
+salvageable), mints a short-lived single-use token for (digest, source, target), asks the
+target agent to import from the source, and relays progress.
+
+Errors: `RetryLater` (source/agent unreachable, stream cut, corrupt bytes from that source —
+another source may work) and `PermanentError` (too_large, layers_discarded, platform_missing,
+unauthorized, invalid_request).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+from tote_core.errors import PermanentError, RetryLater
+from tote_core.hooks.hookspecs import hookimpl
+from tote_core.hooks.types import (
+    ProgressCallback,
+    TransferProgress,
+    TransferRequest,
+    TransferResult,
+)
+
+log = logging.getLogger("tote.plugin.containerd")
+
+TOKEN_TTL = 120.0  # the token is redeemed once, when the target opens its session
+RPC_TIMEOUT = 30.0
+
+
+class _State:
+    settings: Any = None
+    cache: Any = None
+
+
+_state = _State()
+
+
+@hookimpl
+def configure(context: Any) -> None:
+    _state.settings = context.settings
+    _state.cache = context.cache
+
+
+def parse_selector(selector: str) -> dict[str, str]:
+    """`a=b,c=d` (equality only, as in the chart's agent selector)."""
+    out: dict[str, str] = {}
+    for part in selector.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"unsupported selector term {part!r} (use key=value)")
+        out[key.strip().rstrip("=")] = value.strip().lstrip("=")
+    return out
+
+
+def endpoints_from_pods(pods: Iterable[Any], *, selector: str, namespace: str, port: int
+                        ) -> dict[str, str]:
+    """node name → `podIP:port` for running agent pods matching `selector` (and `namespace`
+    unless empty). Pods are msgspec structs with `.node_name`, `.pod_ip`, `.labels`,
+    `.namespace` (and optionally `.phase`)."""
+    want = parse_selector(selector)
+    out: dict[str, str] = {}
+    for pod in pods:
+        if namespace and getattr(pod, "namespace", "") != namespace:
+            continue
+        labels: Mapping[str, str] = getattr(pod, "labels", None) or {}
+        if any(labels.get(k) != v for k, v in want.items()):
+            continue
+        phase = getattr(pod, "phase", "Running")
+        ip = getattr(pod, "pod_ip", "") or ""
+        node = getattr(pod, "node_name", "") or ""
+        if not ip or not node or phase not in ("Running", "", None):
+            continue
+        host = f"[{ip}]" if ":" in ip else ip
+        out[node] = f"{host}:{port}"
+    return out
+
+
+def agent_endpoint(settings: Any, cache: Any, node: str) -> str:
+    """Where the agent of `node` listens; RetryLater if unknown."""
+    static: Mapping[str, str] = getattr(settings, "agent_endpoints", None) or {}
+    if node in static:
+        return static[node]
+    pods = getattr(cache, "pods", None) if cache is not None else None
+    if pods is not None:
+        if callable(pods):
+            pods = pods()
+        found = endpoints_from_pods(
+            pods, selector=getattr(settings, "agent_selector", ""),
+            namespace=getattr(settings, "agent_namespace", "") or getattr(
+                settings, "namespace", ""),
+            port=int(getattr(settings, "agent_port", 9090)))
+        if node in found:
+            return found[node]
+    raise RetryLater(f"no tote agent known for node {node!r}", reason="agent_unavailable")
+
+
+def controller_ssl_context(settings: Any) -> ssl.SSLContext | None:
+    from tote_containerd.agent.tls import client_context
+
+    cert, key, ca = settings.tls_cert, settings.tls_key, settings.tls_ca
+    if cert and key and ca:
+        return client_context(cert, key, ca)
+    if getattr(settings, "insecure", False):
+        return None
+    raise PermanentError("mTLS to agents needs --tls-cert, --tls-key and --tls-ca "
+                         "(or --insecure)", reason="tls_config")
+
+
+@contextlib.asynccontextmanager
+async def open_agent(node: str, settings: Any = None, cache: Any = None,
+                     timeout: float = RPC_TIMEOUT) -> AsyncIterator[Any]:
+    """An `AgentClient` for `node`'s agent with the controller's identity (for salvage code:
+    inventory via `list_images`, `resolve_tag`, `remove_image`, `inspect`, `health`)."""
+    from tote_containerd.agent.client import AgentClient
+
+    settings = settings if settings is not None else _state.settings
+    cache = cache if cache is not None else _state.cache
+    endpoint = agent_endpoint(settings, cache, node)
+    async with AgentClient.connect(endpoint, ssl_context=controller_ssl_context(settings),
+                                   timeout=timeout) as client:
+        yield client
+
+
+def _translate(exc: Exception, where: str) -> Exception:
+    from tote_containerd.agent import errors as e
+
+    if not isinstance(exc, e.AgentError):
+        return exc
+    msg = f"{where}: {exc}"
+    permanent = {"too_large", "layers_discarded", "platform_missing"}
+    if exc.reason in permanent:
+        return PermanentError(msg, reason=exc.reason)
+    if isinstance(exc, e.DataLoss):
+        return RetryLater(msg, reason="digest_mismatch")
+    if isinstance(exc, (e.PermissionDenied, e.Unauthenticated)):
+        return PermanentError(msg, reason="unauthorized")
+    if isinstance(exc, e.InvalidArgument):
+        return PermanentError(msg, reason="invalid_request")
+    if isinstance(exc, e.NotFound):
+        return RetryLater(msg, reason="source_unavailable")
+    return RetryLater(msg, reason=exc.reason or "agent_unavailable")
+
+
+async def run_transfer(request: TransferRequest, progress: ProgressCallback, *,
+                       settings: Any, cache: Any = None) -> TransferResult:
+    from tote_containerd.agent.api import ImportProgress, ImportRequest
+    from tote_containerd.agent.client import ensure_loop
+    from tote_containerd.agent.errors import AgentError
+    from tote_containerd.agent.tokens import Signer
+
+    started = time.monotonic()
+    src_ep = agent_endpoint(settings, cache, request.source_node)
+    dst_ep = agent_endpoint(settings, cache, request.target_node)
+    secure = controller_ssl_context(settings) is not None
+    signer = Signer(settings.tls_cert, settings.tls_key) if secure else Signer()
+    async with ensure_loop():
+        try:
+            async with open_agent(request.target_node, settings, cache) as target:
+                platform = (await target.health()).platform
+        except AgentError as exc:
+            raise _translate(exc, f"target agent {request.target_node}") from exc
+        try:
+            async with open_agent(request.source_node, settings, cache) as source:
+                info = await source.inspect(request.digest, platform)
+        except AgentError as exc:
+            raise _translate(exc, f"source {request.source_node}") from exc
+        if not info.complete:
+            if info.layers_discarded:
+                raise PermanentError(f"source {request.source_node}: {info.reason}",
+                                     reason="layers_discarded")
+            raise RetryLater(f"source {request.source_node} cannot serve {request.digest}: "
+                             f"{info.reason}", reason="source_unavailable")
+        token = signer.mint(digest=request.digest, source=request.source_node,
+                            target=request.target_node, ttl=TOKEN_TTL)
+
+        async def relay(p: ImportProgress) -> None:
+            await progress(TransferProgress(
+                bytes_total=p.bytes_total, bytes_transferred=p.bytes_transferred,
+                blobs_total=p.blobs_total, blobs_skipped=p.blobs_skipped))
+
+        try:
+            async with open_agent(request.target_node, settings, cache,
+                                  timeout=float(getattr(settings, "transfer_timeout", 1800))
+                                  ) as target:
+                done = await target.import_from(ImportRequest(
+                    source_node=request.source_node, source_endpoint=src_ep, token=token,
+                    digest=request.digest, names=[request.image_ref],
+                    max_bytes=request.max_bytes, platform=platform), relay)
+        except AgentError as exc:
+            raise _translate(exc, f"import {request.source_node} → {request.target_node}"
+                             ) from exc
+    log.info("transferred %s %s → %s: %d bytes moved, %d blobs skipped", request.digest,
+             request.source_node, request.target_node, done.bytes_total, done.blobs_skipped)
+    _ = dst_ep
+    return TransferResult(bytes_total=done.bytes_total,
+                          bytes_transferred=done.bytes_transferred - done.bytes_resumed,
+                          blobs_skipped=done.blobs_skipped,
+                          duration_seconds=time.monotonic() - started)
+
+
+@hookimpl
+async def transfer(request: TransferRequest, progress: ProgressCallback
+                   ) -> TransferResult | None:
+    if _state.settings is None:
+        return None
+    return await run_transfer(request, progress, settings=_state.settings, cache=_state.cache)
