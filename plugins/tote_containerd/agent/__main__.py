@@ -41,11 +41,16 @@ def main(argv: list[str] | None = None) -> int:
                     nursery.cancel_scope.cancel()
                     break
 
+    from tote_containerd.agent.errors import single_leaf
+
     try:
         trio.run(_main)
-    except ConfigError as exc:
-        print(f"tote agent: {exc}", file=sys.stderr)
-        return 2
+    except BaseException as exc:  # noqa: BLE001 - unwrap nursery groups to report config errors
+        leaf = single_leaf(exc)
+        if isinstance(leaf, ConfigError):
+            print(f"tote agent: {leaf}", file=sys.stderr)
+            return 2
+        raise
     return 0
 
 
