@@ -143,7 +143,7 @@ class LeaderElector:
 
     async def release(self) -> None:
         """On clean shutdown, hand the lease back so another replica takes over at once."""
-        if not self.is_leader:
+        if self.leader_identity != self.identity:
             return
         try:
             with trio.fail_after(2):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Iterable
+from functools import partial
 from importlib import metadata
 from types import ModuleType
 from typing import Any
@@ -70,17 +71,12 @@ class PluginHost:
                 continue
             seen.add(ep.name)
             dist = ep.dist.name if ep.dist else "?"
-            version = ep.dist.version if ep.dist else "?"
-
-            def info(enabled: bool, hooks: tuple[str, ...] = (), error: str = "") -> PluginInfo:
-                return PluginInfo(
-                    name=ep.name, module=ep.value, distribution=dist, version=version,
-                    builtin=dist == BUILTIN_DISTRIBUTION, enabled=enabled, hooks=hooks,
-                    error=error,
-                )
-
+            info = partial(
+                PluginInfo, name=ep.name, module=ep.value, distribution=dist,
+                version=ep.dist.version if ep.dist else "?", builtin=dist == BUILTIN_DISTRIBUTION,
+            )
             if ep.name in off:
-                self.plugins.append(info(False))
+                self.plugins.append(info(enabled=False))
                 continue
             try:
                 obj = ep.load()
@@ -88,12 +84,12 @@ class PluginHost:
             except Exception as exc:
                 log.error("plugin %s failed to load: %s: %s", ep.name, type(exc).__name__, exc)
                 metrics.PLUGIN_FAILURES.labels(ep.name, "load").inc()
-                self.plugins.append(info(False, error=str(exc)))
+                self.plugins.append(info(enabled=False, error=str(exc)))
                 continue
             hooks = tuple(
                 sorted(h.name for h in self.pm.get_hookcallers(obj) or [])
             )
-            self.plugins.append(info(True, hooks))
+            self.plugins.append(info(enabled=True, hooks=hooks))
         unknown = off - seen
         if unknown:
             log.warning("plugins.disabled names unknown plugins: %s", ", ".join(sorted(unknown)))
