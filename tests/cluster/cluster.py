@@ -10,11 +10,11 @@ process is tracked by PID. `python -m tests.cluster.cluster` brings it up by han
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,14 +81,65 @@ class KubeCluster:
     def wait_node_ready(self, name: str | None = None, timeout: float = 90) -> None:
         """Ready=True and the not-ready taint removed (i.e. the scheduler may use it)."""
         node = self.node if name is None else next(n for n in self.nodes if n.name == name)
-        wait_until(lambda: self.node_ready(node.name), timeout=timeout, interval=0.5,
-                   what=f"node {node.name} Ready and untainted", proc=node.kubelet)
+        wait_until(
+            lambda: self.node_ready(node.name),
+            timeout=timeout,
+            interval=0.5,
+            what=f"node {node.name} Ready and untainted",
+            proc=node.kubelet,
+        )
         # the default ServiceAccount exists once the controller-manager is working
         wait_until(
             lambda: self.kubectl("get", "sa", "default", "-n", "default", check=False).returncode
             == 0,
             timeout=timeout, what="default ServiceAccount (controller-manager up)",
         )  # fmt: skip
+
+    # -- workloads --------------------------------------------------------------------
+
+    def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        res = self.kubectl("get", "pod", name, "-n", namespace, "-o", "json", check=False)
+        return json.loads(res.stdout) if res.returncode == 0 else None
+
+    def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.get_json("pods", "-n", namespace, "-l", selector)[
+            "items"
+        ]
+        return sorted(items, key=lambda p: p["metadata"]["creationTimestamp"])
+
+    def wait_pod_running(self, namespace: str, name: str, timeout: float = 60) -> dict[str, Any]:
+        """Wait until the pod is Running with every container started; returns the pod."""
+        got: dict[str, Any] = {}
+
+        def running() -> bool:
+            pod = self.pod(namespace, name)
+            if pod is None:
+                return False
+            got.update(pod)
+            st = pod.get("status", {})
+            return st.get("phase") == "Running" and all(
+                "running" in (c.get("state") or {}) for c in st.get("containerStatuses", [])
+            )
+
+        try:
+            wait_until(
+                running, timeout=timeout, interval=0.5, what=f"pod {namespace}/{name} Running"
+            )
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; last status: {json.dumps(got.get('status'))}") from None
+        return got
+
+    def pod_logs(self, namespace: str, name: str, container: str | None = None) -> str:
+        args = ["logs", name, "-n", namespace]
+        if container:
+            args += ["-c", container]
+        return str(self.kubectl(*args).stdout)
+
+    def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """core/v1 Events whose involvedObject is `name` in `namespace`, oldest first."""
+        items = self.get_json("events", "-n", namespace)["items"]
+        evs = [e for e in items if e.get("involvedObject", {}).get("name") == name]
+        return sorted(evs, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
 
     # -- diagnostics / teardown -------------------------------------------------------
 
@@ -107,19 +158,26 @@ class KubeCluster:
             if n["metadata"]["name"] not in ("kube-system", "kube-public", "kube-node-lease")
         ]
         for ns in nss:
-            self.kubectl("delete", "deployments,replicasets,statefulsets,daemonsets,jobs",
-                         "--all", "-n", ns, "--wait=false", check=False)
-            self.kubectl("delete", "pods", "--all", "-n", ns, "--grace-period=1",
-                         "--wait=false", check=False)
+            self.kubectl(
+                "delete",
+                "deployments,replicasets,statefulsets,daemonsets,jobs",
+                "--all",
+                "-n",
+                ns,
+                "--wait=false",
+                check=False,
+            )
+            self.kubectl(
+                "delete", "pods", "--all", "-n", ns, "--grace-period=1", "--wait=false", check=False
+            )
 
         def no_pods() -> bool:
             res = self.kubectl("get", "pods", "-A", "-o", "name", check=False)
             return res.returncode == 0 and not res.stdout.strip()
 
-        try:
+        # on timeout, containerd-level teardown still kills whatever is left
+        with contextlib.suppress(TimeoutError):
             wait_until(no_pods, timeout=timeout, what="all pods gone")
-        except TimeoutError:
-            pass  # containerd-level teardown still kills whatever is left
 
     def stop(self) -> dict[str, Any]:
         report: dict[str, Any] = {}
@@ -191,21 +249,38 @@ def start_cluster(
     t_cp = time.monotonic()
 
     procs = ProcessGroup(log_dir=workdir / "logs")
-    cluster = KubeCluster(control_plane=cp, workdir=workdir, procs=procs, pause_image=pause,
-                          hello_image=hello, owns_control_plane=owns_cp)
+    cluster = KubeCluster(
+        control_plane=cp,
+        workdir=workdir,
+        procs=procs,
+        pause_image=pause,
+        hello_image=hello,
+        owns_control_plane=owns_cp,
+    )
     try:
         ca_key = _ca_key(cp)
         ca = pki.CA(cert=cp.ca_file, key=ca_key, dir=workdir / "pki")
         (workdir / "pki").mkdir(exist_ok=True)
-        kcm_cert = ca.issue("kube-controller-manager",
-                            common_name="system:kube-controller-manager", client=True)
+        kcm_cert = ca.issue(
+            "kube-controller-manager", common_name="system:kube-controller-manager", client=True
+        )
         sched_cert = ca.issue("kube-scheduler", common_name="system:kube-scheduler", client=True)
-        kcm_kc = _write_kubeconfig(workdir / "kcm.kubeconfig", server=cp.server,
-                                   ca_file=cp.ca_file, user="system:kube-controller-manager",
-                                   cert=kcm_cert.cert, key=kcm_cert.key)
-        sched_kc = _write_kubeconfig(workdir / "scheduler.kubeconfig", server=cp.server,
-                                     ca_file=cp.ca_file, user="system:kube-scheduler",
-                                     cert=sched_cert.cert, key=sched_cert.key)
+        kcm_kc = _write_kubeconfig(
+            workdir / "kcm.kubeconfig",
+            server=cp.server,
+            ca_file=cp.ca_file,
+            user="system:kube-controller-manager",
+            cert=kcm_cert.cert,
+            key=kcm_cert.key,
+        )
+        sched_kc = _write_kubeconfig(
+            workdir / "scheduler.kubeconfig",
+            server=cp.server,
+            ca_file=cp.ca_file,
+            user="system:kube-scheduler",
+            cert=sched_cert.cert,
+            key=sched_cert.key,
+        )
         procs.start("kube-controller-manager", [
             str(bin_dir / "kube-controller-manager"),
             f"--kubeconfig={kcm_kc}",
@@ -268,12 +343,72 @@ def start_cluster(
         raise
 
 
-def events_for(cluster: KubeCluster, namespace: str, name: str) -> Iterator[dict[str, Any]]:
-    """core/v1 Events regarding object `name` in `namespace`."""
-    items = cluster.get_json("events", "-n", namespace)["items"]
-    for e in items:
-        if e.get("involvedObject", {}).get("name") == name:
-            yield e
+def waiting_reasons(pod: dict[str, Any]) -> dict[str, str]:
+    """container name → waiting reason (init containers included)."""
+    st = pod.get("status", {})
+    out = {}
+    for c in st.get("initContainerStatuses", []) + st.get("containerStatuses", []):
+        waiting = (c.get("state") or {}).get("waiting")
+        if waiting:
+            out[c["name"]] = waiting.get("reason", "")
+    return out
+
+
+def pod_spec(
+    image: str, *, pull_policy: str = "IfNotPresent", args: list[str] | None = None
+) -> dict[str, Any]:
+    """A hostNetwork pod spec for the test images (loopback only; quick to stop)."""
+    container: dict[str, Any] = {"name": "app", "image": image, "imagePullPolicy": pull_policy}
+    if args is not None:
+        container["args"] = args
+    return {
+        "hostNetwork": True,
+        "dnsPolicy": "Default",
+        "terminationGracePeriodSeconds": 1,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "containers": [container],
+    }
+
+
+def pod_manifest(
+    name: str,
+    namespace: str,
+    image: str,
+    *,
+    annotations: dict[str, str] | None = None,
+    **spec_kw: Any,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
+        "spec": pod_spec(image, **spec_kw),
+    }
+
+
+def deployment_manifest(
+    name: str,
+    namespace: str,
+    image: str,
+    *,
+    annotations: dict[str, str] | None = None,
+    **spec_kw: Any,
+) -> dict[str, Any]:
+    """One replica; pods labelled app=<name>; `annotations` go on the pod template."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": annotations or {}},
+                "spec": pod_spec(image, **spec_kw),
+            },
+        },
+    }
 
 
 def _main() -> None:

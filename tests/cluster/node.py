@@ -28,6 +28,7 @@ Choices forced by this kind of machine (see docs/e2e-cluster.md):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -73,7 +74,8 @@ oom_score = 0
   stream_server_port = "0"
   enable_selinux = false
   disable_apparmor = true
-  restrict_oom_score_adj = false
+  # no CAP_SYS_RESOURCE here: never ask for an oom_score_adj below containerd's own
+  restrict_oom_score_adj = true
   max_concurrent_downloads = 3
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
@@ -419,10 +421,8 @@ class KubeletNode:
         leftovers = self.leftover_pids()
         report["leftover_pids"] = [_describe(p) for p in leftovers]
         for pid in leftovers:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if leftovers:
             wait_until(lambda: not self.leftover_pids(), timeout=10, what="leftovers gone")
         report["still_mounted"] = unmount_all_under(self.workdir)
@@ -442,9 +442,7 @@ def _describe(pid: int) -> str:
     return f"{pid}: {cmd[:200]}"
 
 
-def kubelet_config(
-    node: KubeletNode, *, ca_file: Path, healthz_port: int
-) -> dict[str, Any]:
+def kubelet_config(node: KubeletNode, *, ca_file: Path, healthz_port: int) -> dict[str, Any]:
     d = node.workdir
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -526,8 +524,9 @@ def start_kubelet_node(
     procs = ProcessGroup(log_dir=workdir / "logs")
     node: KubeletNode | None = None
     try:
-        cd = start_containerd(procs, workdir / "containerd", name=name, pause_image=pause.name,
-                              subnet=subnet)
+        cd = start_containerd(
+            procs, workdir / "containerd", name=name, pause_image=pause.name, subnet=subnet
+        )
         t_cd = time.monotonic()
         cd.import_image(pause)
         t_pause = time.monotonic()
@@ -547,11 +546,22 @@ def start_kubelet_node(
             "kubelet-client", common_name=f"system:node:{name}",
             organizations=("system:nodes",), client=True,
         )  # fmt: skip
-        ca.issue("kubelet-serving", common_name=name, ip_addresses=(node_ip,),
-                 dns_names=("localhost",), server=True)
+        ca.issue(
+            "kubelet-serving",
+            common_name=name,
+            ip_addresses=(node_ip,),
+            dns_names=("localhost",),
+            server=True,
+        )
         kubeconfig = workdir / "kubelet.kubeconfig"
-        _write_kubeconfig(kubeconfig, server=server, ca_file=ca_file, user=f"system:node:{name}",
-                          cert=client.cert, key=client.key)
+        _write_kubeconfig(
+            kubeconfig,
+            server=server,
+            ca_file=ca_file,
+            user=f"system:node:{name}",
+            cert=client.cert,
+            key=client.key,
+        )
         config_path = workdir / "kubelet-config.yaml"
         healthz_port = free_port()
         config_path.write_text(
@@ -591,10 +601,8 @@ def start_kubelet_node(
         else:
             procs.stop_all()
             for pid in _pids_referencing(str(workdir)):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             unmount_all_under(workdir)
         raise
 
@@ -618,9 +626,14 @@ def _write_kubeconfig(
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [
-            {"name": "tote-test", "cluster": {"server": server, "certificate-authority": str(ca_file)}}
+            {
+                "name": "tote-test",
+                "cluster": {"server": server, "certificate-authority": str(ca_file)},
+            }
         ],
-        "users": [{"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}],
+        "users": [
+            {"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}
+        ],
         "contexts": [{"name": user, "context": {"cluster": "tote-test", "user": user}}],
         "current-context": user,
     }

@@ -1,0 +1,87 @@
+"""e2e fixtures: a real one-machine cluster (control plane, controller-manager, scheduler, a
+kubelet on containerd) shared by the session, and a loopback registry per test.
+
+Skips with the reason when the machine cannot run it (binaries not built, packages missing,
+not root); under CI=true those are failures instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import node as node_mod
+from tests.cluster import oci
+from tests.cluster import registry as registry_mod
+from tests.cluster.cluster import KubeCluster, missing_binaries, start_cluster
+from tests.cluster.controlplane import ControlPlane
+from tests.cluster.registry import Registry
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def _unavailable(msg: str) -> None:
+    if _in_ci():
+        pytest.fail(msg + " [CI is set: this is a failure]", pytrace=False)
+    pytest.skip(msg)
+
+
+def cluster_prerequisites(bin_dir: Path) -> list[str]:
+    missing = missing_binaries(bin_dir) + node_mod.missing_prerequisites() + oci.missing_tools()
+    if not registry_mod.available():
+        missing.append(registry_mod.REGISTRY_BINARY)
+    return missing
+
+
+@pytest.fixture(scope="session")
+def e2e_bin_dir(k8s_bin_dir: Path) -> Path:
+    missing = cluster_prerequisites(k8s_bin_dir)
+    if missing:
+        _unavailable(f"the e2e cluster cannot run on this machine, missing: {missing}")
+    return k8s_bin_dir
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(
+    e2e_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KubeCluster]:
+    """etcd, kube-apiserver, kube-controller-manager, kube-scheduler and one kubelet node
+    (Ready, with tote.test/pause and tote.test/hello preloaded); torn down at session end."""
+    workdir = tmp_path_factory.mktemp("e2e-cluster")
+    cluster = start_cluster(workdir, e2e_bin_dir)
+    try:
+        yield cluster
+    finally:
+        report = cluster.stop()
+        if os.environ.get("TOTE_KEEP_E2E_WORKDIR") != "1":
+            shutil.rmtree(workdir, ignore_errors=True)
+        leftovers = {
+            k: v for k, v in report.items()
+            if isinstance(v, dict) and (v.get("leftover_pids") or v.get("still_mounted"))
+        }  # fmt: skip
+        if leftovers:
+            raise RuntimeError(f"e2e cluster teardown left things behind: {leftovers}")
+
+
+@pytest.fixture(scope="session")
+def control_plane(kube_cluster: KubeCluster) -> ControlPlane:
+    """In tests/e2e the shared `control_plane` (and so `test_namespace`) is the cluster's."""
+    return kube_cluster.control_plane
+
+
+@pytest.fixture
+def local_registry(kube_cluster: KubeCluster, tmp_path: Path) -> Iterator[Registry]:
+    """A fresh plain-HTTP registry on 127.0.0.1 that every kubelet node trusts."""
+    reg = registry_mod.start_registry(tmp_path / "registry")
+    for n in kube_cluster.nodes:
+        n.trust_registry(reg.host)
+    try:
+        yield reg
+    finally:
+        reg.stop()

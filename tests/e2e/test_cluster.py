@@ -1,0 +1,146 @@
+"""Smoke tests of the e2e cluster itself: a real kubelet runs real pods, and a real registry
+outage produces a real ImagePullBackOff. The salvage scenarios build on exactly this."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import oci
+from tests.cluster.cluster import (
+    KubeCluster,
+    deployment_manifest,
+    pod_manifest,
+    start_cluster,
+    waiting_reasons,
+)
+from tests.cluster.node import _cgroup_subsystem_dirs, _mounts_under
+from tests.cluster.procs import wait_until
+from tests.cluster.registry import Registry
+
+pytestmark = pytest.mark.e2e
+
+
+def test_node_ready(kube_cluster: KubeCluster) -> None:
+    node = kube_cluster.get_json("node", kube_cluster.node.name)
+    conds = {c["type"]: c["status"] for c in node["status"]["conditions"]}
+    assert conds["Ready"] == "True", conds
+    addrs = {a["type"]: a["address"] for a in node["status"]["addresses"]}
+    assert addrs["InternalIP"] == "127.0.0.1", addrs
+    assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
+    assert not [t for t in node["spec"].get("taints") or [] if t["effect"] == "NoSchedule"]
+    # the locally built images are what the node has (nothing was pulled)
+    names = kube_cluster.node.image_names()
+    assert oci.PAUSE_IMAGE in names and oci.HELLO_IMAGE in names, names
+    print("startup:", json.dumps(kube_cluster.startup_seconds))
+
+
+def test_preloaded_image_pod_runs(kube_cluster: KubeCluster, test_namespace: str) -> None:
+    marker = f"e2e-hello-{uuid.uuid4().hex[:8]}"
+    kube_cluster.apply(pod_manifest("hello", test_namespace, oci.HELLO_IMAGE, args=[marker]))
+    pod = kube_cluster.wait_pod_running(test_namespace, "hello", timeout=60)
+    assert pod["spec"]["nodeName"] == kube_cluster.node.name
+    assert pod["status"]["podIP"] == "127.0.0.1"
+    wait_until(
+        lambda: marker in kube_cluster.pod_logs(test_namespace, "hello"),
+        timeout=20, what="marker in pod log",
+    )  # fmt: skip
+    reasons = {e["reason"] for e in kube_cluster.events(test_namespace, "hello")}
+    assert "Pulled" in reasons  # "already present on machine"
+    assert "Pulling" not in reasons
+
+
+def test_registry_pull_then_outage_gives_image_pull_backoff(
+    kube_cluster: KubeCluster, test_namespace: str, local_registry: Registry, tmp_path: Path
+) -> None:
+    reg = local_registry
+    repo = f"{reg.host}/tote/hello"
+    v1 = oci.build_hello(tmp_path / "img", f"{repo}:v1", marker=f"registry-v1-{uuid.uuid4()}")
+    v1.push(f"{repo}:v1")
+
+    # 1. a real pull from the registry works
+    kube_cluster.apply(deployment_manifest("web", test_namespace, f"{repo}:v1"))
+    wait_until(lambda: bool(kube_cluster.pods(test_namespace, "app=web")), timeout=30,
+               what="deployment pod created")  # fmt: skip
+    first = kube_cluster.pods(test_namespace, "app=web")[0]["metadata"]["name"]
+    pod = kube_cluster.wait_pod_running(test_namespace, first, timeout=60)
+    assert pod["status"]["containerStatuses"][0]["imageID"].endswith(v1.digest)
+    assert "registry-v1-" in kube_cluster.pod_logs(test_namespace, first)
+    msgs = [e["message"] for e in kube_cluster.events(test_namespace, first)]
+    assert any("Successfully pulled" in m for m in msgs), msgs
+
+    # 2. a new tag exists in the registry, the registry goes down, the rollout needs it
+    v2 = oci.build_hello(tmp_path / "img", f"{repo}:v2", marker=f"registry-v2-{uuid.uuid4()}")
+    v2.push(f"{repo}:v2")
+    assert v2.digest != v1.digest
+    reg.stop()
+    assert f"{repo}:v2" not in kube_cluster.node.image_names()
+    t0 = time.monotonic()
+    kube_cluster.kubectl("set", "image", "deployment/web", f"app={repo}:v2", "-n", test_namespace)
+
+    def new_pod() -> str | None:
+        for p in kube_cluster.pods(test_namespace, "app=web"):
+            if p["spec"]["containers"][0]["image"].endswith(":v2"):
+                return str(p["metadata"]["name"])
+        return None
+
+    wait_until(lambda: new_pod() is not None, timeout=30, what="rollout pod")
+    name = new_pod()
+    assert name is not None
+    seen: set[str] = set()
+
+    def backoff() -> bool:
+        pod = kube_cluster.pod(test_namespace, name)
+        if pod is None:
+            return False
+        seen.update(waiting_reasons(pod).values())
+        reasons = {e["reason"] for e in kube_cluster.events(test_namespace, name)}
+        return "ImagePullBackOff" in seen and {"Failed", "BackOff"} <= reasons
+
+    wait_until(backoff, timeout=90, interval=1, what="ImagePullBackOff with Failed+BackOff events")
+    print(f"registry down → ImagePullBackOff after {time.monotonic() - t0:.1f}s; seen {seen}")
+    assert seen <= {"ErrImagePull", "ImagePullBackOff", "ContainerCreating"}, seen
+    failed = [
+        e["message"] for e in kube_cluster.events(test_namespace, name) if e["reason"] == "Failed"
+    ]
+    assert any(f"{repo}:v2" in m for m in failed), failed
+    # the old pod keeps serving (rolling update), the new image is still absent
+    assert kube_cluster.pod(test_namespace, first) is not None
+    assert f"{repo}:v2" not in kube_cluster.node.image_names()
+
+
+def test_teardown_leaves_nothing_behind(e2e_bin_dir: Path, tmp_path: Path) -> None:
+    """A second, private cluster: run a pod (so there is a shim and a container), tear down,
+    and check every PID, shim, mount and cgroup is gone."""
+    cluster = start_cluster(tmp_path / "c", e2e_bin_dir)
+    stopped = False
+    try:
+        ns = "teardown"
+        cluster.kubectl("create", "namespace", ns)
+        cluster.apply(pod_manifest("hello", ns, oci.HELLO_IMAGE, args=["teardown-marker"]))
+        cluster.wait_pod_running(ns, "hello", timeout=60)
+        node = cluster.node
+        shims = node.leftover_pids()  # while running: the shim(s) and the pod's processes
+        assert shims, "expected containerd shims for the running pod"
+        pids = cluster.all_pids()
+        cgroup_root = node.cgroup_root
+        report = cluster.stop()
+        stopped = True
+    finally:
+        if not stopped:
+            cluster.stop()
+    assert not cluster.alive_pids()
+    for pid in pids + shims:
+        assert not Path(f"/proc/{pid}").exists(), f"pid {pid} still exists"
+    node_report = report[node.name]
+    # graceful path worked: nothing had to be killed after containerd stopped
+    assert node_report["leftover_pids"] == [], node_report
+    assert node.leftover_pids() == []
+    assert node_report["still_mounted"] == [] and _mounts_under(tmp_path) == []
+    assert node_report["cgroups_left"] == []
+    for base in _cgroup_subsystem_dirs():
+        assert not (base / cgroup_root.lstrip("/")).exists()
