@@ -119,7 +119,7 @@ def controller_ssl_context(settings: Any) -> ssl.SSLContext | None:
 
 @contextlib.asynccontextmanager
 async def open_agent(node: str, settings: Any = None, cache: Any = None,
-                     timeout: float = RPC_TIMEOUT) -> AsyncIterator[Any]:
+                     rpc_timeout: float = RPC_TIMEOUT) -> AsyncIterator[Any]:
     """An `AgentClient` for `node`'s agent with the controller's identity (for salvage code:
     inventory via `list_images`, `resolve_tag`, `remove_image`, `inspect`, `health`)."""
     from tote_containerd.agent.client import AgentClient
@@ -128,7 +128,7 @@ async def open_agent(node: str, settings: Any = None, cache: Any = None,
     cache = cache if cache is not None else _state.cache
     endpoint = agent_endpoint(settings, cache, node)
     async with AgentClient.connect(endpoint, ssl_context=controller_ssl_context(settings),
-                                   timeout=timeout) as client:
+                                   rpc_timeout=rpc_timeout) as client:
         yield client
 
 
@@ -190,9 +190,7 @@ async def run_transfer(request: TransferRequest, progress: ProgressCallback, *,
                 blobs_total=p.blobs_total, blobs_skipped=p.blobs_skipped))
 
         try:
-            async with open_agent(request.target_node, settings, cache,
-                                  timeout=float(getattr(settings, "transfer_timeout", 1800))
-                                  ) as target:
+            async with open_agent(request.target_node, settings, cache) as target:
                 done = await target.import_from(ImportRequest(
                     source_node=request.source_node, source_endpoint=src_ep, token=token,
                     digest=request.digest, names=[request.image_ref],

@@ -84,7 +84,7 @@ async def run(settings: AgentSettings, *,
 
     @contextlib.asynccontextmanager
     async def open_peer(endpoint: str) -> AsyncIterator[engine.Peer]:
-        async with AgentClient.connect(endpoint, ssl_context=peer_ctx, timeout=60) as c:
+        async with AgentClient.connect(endpoint, ssl_context=peer_ctx, rpc_timeout=60) as c:
             yield c
 
     async with _aio.open_loop():

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         trio.run(_main)
-    except BaseException as exc:  # noqa: BLE001 - unwrap nursery groups to report config errors
+    except BaseException as exc:
         leaf = single_leaf(exc)
         if isinstance(leaf, ConfigError):
             print(f"tote agent: {leaf}", file=sys.stderr)

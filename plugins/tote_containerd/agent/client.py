@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpclib.client
@@ -67,7 +67,7 @@ async def ensure_loop() -> AsyncIterator[None]:
 
 class AgentClient:
     def __init__(self, endpoint: str, *, ssl_context: ssl.SSLContext | None = None,
-                 timeout: float = 30.0) -> None:
+                 rpc_timeout: float = 30.0) -> None:
         host, _, port = endpoint.rpartition(":")
         if not host or not port.isdigit():
             raise errors.InvalidArgument(f"invalid agent endpoint {endpoint!r}")
@@ -75,16 +75,16 @@ class AgentClient:
         self._host = host.strip("[]")
         self._port = int(port)
         self._ssl = ssl_context
-        self.timeout = timeout
+        self.rpc_timeout = rpc_timeout
         self._channel: Any = None
         self._stub: Any = None
 
     @classmethod
     @contextlib.asynccontextmanager
     async def connect(cls, endpoint: str, *, ssl_context: ssl.SSLContext | None = None,
-                      timeout: float = 30.0) -> AsyncIterator[AgentClient]:
+                      rpc_timeout: float = 30.0) -> AsyncIterator[AgentClient]:
         async with ensure_loop():
-            client = cls(endpoint, ssl_context=ssl_context, timeout=timeout)
+            client = cls(endpoint, ssl_context=ssl_context, rpc_timeout=rpc_timeout)
             await client.open()
             try:
                 yield client
@@ -109,9 +109,9 @@ class AgentClient:
 
             await aio(_close)
 
-    async def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+    async def _unary(self, method: Any, request: Any, deadline: float | None = None) -> Any:
         with _mapped(self.endpoint):
-            return await aio(method, request, timeout=timeout or self.timeout)
+            return await aio(method, request, timeout=deadline or self.rpc_timeout)
 
     # ---------------------------------------------------------------- controller calls
     async def inspect(self, ref: str, platform: str = "") -> InspectResult:
@@ -133,7 +133,7 @@ class AgentClient:
 
     async def health(self) -> Health:
         return convert.health_from_pb(
-            await self._unary(self._stub.Health, pb.HealthRequest(), timeout=10))
+            await self._unary(self._stub.Health, pb.HealthRequest(), deadline=10))
 
     async def import_from(
         self, request: ImportRequest,
@@ -168,7 +168,7 @@ class AgentClient:
                 await stream.send(pb.ReadBlobRequest(session=session, digest=digest,
                                                      offset=offset, length=length), end=True)
 
-                async def chunks() -> AsyncIterator[tuple[int, bytes, int]]:
+                async def chunks() -> AsyncGenerator[tuple[int, bytes, int], None]:
                     with _mapped(self.endpoint):
                         async for msg in stream:
                             yield msg.offset, msg.data, msg.total

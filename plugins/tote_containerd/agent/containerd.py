@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import Any
 
 import grpclib.client
@@ -105,20 +105,20 @@ class ContainerdClient:
         return md
 
     async def _unary(self, method: Any, request: Any, *, lease: str | None = None,
-                     timeout: float | None = 60) -> Any:
+                     deadline: float | None = 60) -> Any:
         with _mapped():
-            return await aio(method, request, metadata=self._md(lease), timeout=timeout)
+            return await aio(method, request, metadata=self._md(lease), timeout=deadline)
 
     # --- server ------------------------------------------------------------------------
     async def version(self) -> str:
-        resp = await self._unary(self._version.Version, empty_pb2.Empty(), timeout=5)
+        resp = await self._unary(self._version.Version, empty_pb2.Empty(), deadline=5)
         return str(resp.version)
 
     async def content_root(self) -> str:
         resp = await self._unary(
             self._intro.Plugins,
             introspection_pb2.PluginsRequest(filters=["type==io.containerd.content.v1"]),
-            timeout=10,
+            deadline=10,
         )
         for p in resp.plugins:
             if "root" in p.exports:
@@ -177,7 +177,7 @@ class ContainerdClient:
                 await stream.send(content_pb2.ReadContentRequest(
                     digest=digest, offset=offset, size=size), end=True)
 
-                async def chunks() -> AsyncIterator[bytes]:
+                async def chunks() -> AsyncGenerator[bytes, None]:
                     with _mapped():
                         while True:
                             msg = await stream.recv()

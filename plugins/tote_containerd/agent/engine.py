@@ -52,6 +52,7 @@ CRI_LABELS = {oci.CRI_LABEL: "managed"}
 
 ProgressFn = Callable[[ImportProgress], Awaitable[None]]
 SendChunk = Callable[[int, bytes, int], Awaitable[None]]
+Chunk = tuple[int, bytes, int]  # offset, data, blob size
 
 
 class Peer(Protocol):
@@ -60,7 +61,7 @@ class Peer(Protocol):
     async def open_session(self, token: str, target_node: str) -> Session: ...
 
     def read_blob(self, session: str, digest: str, offset: int = 0, length: int = 0
-                  ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[tuple[int, bytes, int]]]:
+                  ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[Chunk]]:
         ...
 
 
@@ -639,7 +640,8 @@ async def remove_image(cd: ContainerdClient, names: list[str], digest: str) -> l
             oci.parse_ref(n)
     todo = list(names)
     if digest:
-        todo += [r.name for r in await cd.list_images([f"target.digest=={oci.check_digest(digest)}"])]
+        flt = [f"target.digest=={oci.check_digest(digest)}"]
+        todo += [r.name for r in await cd.list_images(flt)]
     if not todo:
         raise InvalidArgument("nothing to remove: give names or a digest")
     removed = []

@@ -18,10 +18,13 @@ async def serve(host: str, port: int, healthy: Callable[[], tuple[bool, str]], *
                 task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     listeners = await trio.open_tcp_listeners(port, host=host or None)
     task_status.started()
-    await trio.serve_listeners(lambda s: _handle(s, healthy), listeners)
+    async def handler(stream: trio.abc.Stream) -> None:
+        await _handle(stream, healthy)
+
+    await trio.serve_listeners(handler, listeners)
 
 
-async def _handle(stream: trio.SocketStream, healthy: Callable[[], tuple[bool, str]]) -> None:
+async def _handle(stream: trio.abc.Stream, healthy: Callable[[], tuple[bool, str]]) -> None:
     try:
         with trio.move_on_after(10):
             buf = b""

@@ -47,7 +47,7 @@ def _grpc_error(exc: AgentError) -> grpclib.exceptions.GRPCError:
     return grpclib.exceptions.GRPCError(status, msg)
 
 
-class AgentService(agent_grpc.AgentBase):
+class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
     def __init__(self, core: engine.AgentCore, *, insecure: bool) -> None:
         self.core = core
         self.insecure = insecure

@@ -8,15 +8,16 @@ import time
 import urllib.request
 
 import pytest
-
-from tests.images.build import layered_image
-from tests.integration.containerd.certs import Identity
-from tests.integration.containerd.nodes import REPO, Env
+import trio
 from tote_containerd.agent import errors
 from tote_containerd.agent.api import ImportRequest
 from tote_containerd.agent.client import AgentClient
 from tote_containerd.agent.tls import client_context
 from tote_containerd.agent.tokens import Signer
+
+from tests.images.build import layered_image
+from tests.integration.containerd.certs import Identity
+from tests.integration.containerd.nodes import REPO, Env
 
 pytestmark = pytest.mark.integration
 
@@ -59,11 +60,12 @@ async def test_health_without_client_cert(env: Env) -> None:
         "    r = await HealthStub(ch).Check(HealthCheckRequest(), timeout=10)\n"
         "    print(r.status); ch.close()\n"
         "asyncio.run(main())\n")
-    out = subprocess.run([sys.executable, "-c", code, ca, str(env.agents["a"].port)],
-                         capture_output=True, text=True, timeout=60)
+    out = await trio.to_thread.run_sync(lambda: subprocess.run(
+        [sys.executable, "-c", code, ca, str(env.agents["a"].port)],
+        capture_output=True, text=True, timeout=60))
     assert out.stdout.strip() == "1", out.stderr  # SERVING
-    body = urllib.request.urlopen(
-        f"http://127.0.0.1:{env.agents['a'].metrics_port}/healthz", timeout=5).read()
+    url = f"http://127.0.0.1:{env.agents['a'].metrics_port}/healthz"
+    body = await trio.to_thread.run_sync(lambda: urllib.request.urlopen(url, timeout=5).read())
     assert body.startswith(b"ok")
 
 
