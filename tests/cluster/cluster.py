@@ -10,7 +10,6 @@ process is tracked by PID. `python -m tests.cluster.cluster` brings it up by han
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import sys
@@ -175,9 +174,11 @@ class KubeCluster:
             res = self.kubectl("get", "pods", "-A", "-o", "name", check=False)
             return res.returncode == 0 and not res.stdout.strip()
 
-        # on timeout, containerd-level teardown still kills whatever is left
-        with contextlib.suppress(TimeoutError):
+        try:
             wait_until(no_pods, timeout=timeout, what="all pods gone")
+        except TimeoutError:  # containerd-level teardown still kills whatever is left
+            left = self.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
+            print(f"pods left at teardown after {timeout}s:\n{left}", file=sys.stderr)
 
     def stop(self) -> dict[str, Any]:
         report: dict[str, Any] = {}

@@ -426,12 +426,26 @@ class KubeletNode:
         if leftovers:
             wait_until(lambda: not self.leftover_pids(), timeout=10, what="leftovers gone")
         report["still_mounted"] = unmount_all_under(self.workdir)
+        # kubelet links container logs from the fixed /var/log/containers into our podLogsDir
+        report["log_links_removed"] = _remove_links_into(Path("/var/log/containers"), self.workdir)
         report["cgroups_left"] = []
         if self.cgroup_root:
             for base in _cgroup_subsystem_dirs():
                 report["cgroups_left"] += _remove_cgroup_tree(base / self.cgroup_root.lstrip("/"))
         self.teardown_report = report
         return report
+
+
+def _remove_links_into(directory: Path, target_root: Path) -> list[str]:
+    removed: list[str] = []
+    if not directory.is_dir():
+        return removed
+    prefix = str(target_root.resolve()) + "/"
+    for link in directory.iterdir():
+        if link.is_symlink() and os.readlink(link).startswith(prefix):
+            link.unlink(missing_ok=True)
+            removed.append(link.name)
+    return removed
 
 
 def _describe(pid: int) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,6 +74,32 @@ def kube_cluster(
 def control_plane(kube_cluster: KubeCluster) -> ControlPlane:
     """In tests/e2e the shared `control_plane` (and so `test_namespace`) is the cluster's."""
     return kube_cluster.control_plane
+
+
+@pytest.fixture
+def test_namespace(kube_cluster: KubeCluster) -> Iterator[str]:
+    """A fresh namespace opted in with `tote.dev/allow: "true"`.
+
+    Overrides the root fixture: this cluster has a namespace controller and a kubelet, so the
+    namespace is deleted the real way (workloads first, pods terminated by the kubelet)
+    instead of being force-finalized, which would leave recreated pods behind.
+    """
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    kube_cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name, "annotations": {"tote.dev/allow": "true"}},
+        }
+    )
+    try:
+        yield name
+    finally:
+        kube_cluster.kubectl(
+            "delete", "deployments,replicasets,statefulsets,daemonsets,jobs,cronjobs", "--all",
+            "-n", name, "--wait=false", check=False,
+        )  # fmt: skip
+        kube_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture
