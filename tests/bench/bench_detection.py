@@ -152,7 +152,7 @@ def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))] * 1000
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] * 1000
 
 
 def main() -> None:
