@@ -249,7 +249,7 @@ def start_containerd(
 
 
 def _cgroup_subsystem_dirs() -> list[Path]:
-    """The v1 hierarchies kubelet uses (one dir per mounted controller set)."""
+    """The cgroup hierarchies kubelet uses (v1 controller mounts, or the v2 unified one)."""
     dirs: list[Path] = []
     try:
         mounts = Path("/proc/self/mounts").read_text().splitlines()
@@ -257,8 +257,8 @@ def _cgroup_subsystem_dirs() -> list[Path]:
         return dirs
     for line in mounts:
         parts = line.split()
-        if len(parts) >= 3 and parts[2] == "cgroup":
-            dirs.append(Path(parts[1]))
+        if len(parts) >= 3 and parts[2] in ("cgroup", "cgroup2"):
+            dirs.append(Path(parts[1]))  # v1: one per controller set; v2: the unified one
     return dirs
 
 
