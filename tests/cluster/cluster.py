@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +21,14 @@ from typing import Any
 
 from tests.cluster import oci, pki
 from tests.cluster.controlplane import ControlPlane, binaries_dir, start_control_plane
-from tests.cluster.node import KubeletNode, _write_kubeconfig, start_kubelet_node
-from tests.cluster.procs import ProcessGroup, wait_until
+from tests.cluster.node import (
+    ImageNode,
+    KubeletNode,
+    _write_kubeconfig,
+    start_image_node,
+    start_kubelet_node,
+)
+from tests.cluster.procs import Proc, ProcessGroup, wait_until
 
 CLUSTER_BINARIES = ("kube-controller-manager", "kube-scheduler", "kubelet")
 
@@ -41,6 +48,12 @@ class KubeCluster:
     startup_seconds: dict[str, float] = field(default_factory=dict)
     owns_control_plane: bool = True
     teardown_report: dict[str, Any] = field(default_factory=dict)
+    image_nodes: list[ImageNode] = field(default_factory=list)
+    heartbeat_interval: float = 5.0
+    heartbeat_errors: list[str] = field(default_factory=list)
+    _hb_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _hb_stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _hb_thread: threading.Thread | None = field(default=None, repr=False)
 
     @property
     def node(self) -> KubeletNode:
@@ -93,6 +106,81 @@ class KubeCluster:
             == 0,
             timeout=timeout, what="default ServiceAccount (controller-manager up)",
         )  # fmt: skip
+
+    # -- image-only nodes ---------------------------------------------------------------
+
+    def add_image_node(
+        self,
+        name: str,
+        *,
+        address: str = "127.0.0.1",
+        report_images: bool = True,
+        timeout: float = 60,
+    ) -> ImageNode:
+        """Start a containerd standing in for node `name` (holds images, runs no pods),
+        register its Node object and keep it Ready with Lease heartbeats; returns once the
+        node is Ready without the not-ready taint."""
+        assert self.pause_image is not None
+        node = start_image_node(
+            self.workdir / "image-nodes" / name, name=name, address=address,
+            pause_image=self.pause_image.name, report_images=report_images,
+        )  # fmt: skip
+        try:
+            self.apply(node.register_manifests())
+            self._heartbeat_one(node)
+            with self._hb_lock:
+                self.image_nodes.append(node)
+            self._ensure_heartbeat()
+            wait_until(lambda: self.node_ready(name), timeout=timeout, interval=0.5,
+                       what=f"image node {name} Ready and untainted")  # fmt: skip
+        except BaseException:
+            self.remove_image_node(name, node=node)
+            raise
+        return node
+
+    def image_node(self, name: str) -> ImageNode:
+        return next(n for n in self.image_nodes if n.name == name)
+
+    def remove_image_node(self, name: str, *, node: ImageNode | None = None) -> None:
+        """Stop the node's containerd, delete its Node object and Lease."""
+        with self._hb_lock:
+            node = node or self.image_node(name)
+            if node in self.image_nodes:
+                self.image_nodes.remove(node)
+        node.stop()
+        self.kubectl("delete", "node", name, "--ignore-not-found", "--wait=false", check=False)
+        self.kubectl("delete", "lease", name, "-n", "kube-node-lease", "--ignore-not-found",
+                     check=False)  # fmt: skip
+
+    def sync_image_nodes(self) -> None:
+        """Heartbeat now (e.g. right after importing an image, to publish status.images)."""
+        with self._hb_lock:
+            nodes = list(self.image_nodes)
+        for n in nodes:
+            self._heartbeat_one(n)
+
+    def _heartbeat_one(self, node: ImageNode) -> None:
+        self.kubectl("patch", "node", node.name, "--subresource=status", "--type=merge",
+                     "-p", json.dumps(node.status_patch()))  # fmt: skip
+        self.apply(node.lease())
+
+    def _ensure_heartbeat(self) -> None:
+        if self._hb_thread is not None and self._hb_thread.is_alive():
+            return
+        self._hb_stop.clear()
+
+        def loop() -> None:
+            while not self._hb_stop.wait(self.heartbeat_interval):
+                with self._hb_lock:
+                    nodes = list(self.image_nodes)
+                for n in nodes:
+                    try:
+                        self._heartbeat_one(n)
+                    except Exception as exc:  # keep beating for the others
+                        self.heartbeat_errors.append(f"{n.name}: {exc}")
+
+        self._hb_thread = threading.Thread(target=loop, name="image-node-heartbeat", daemon=True)
+        self._hb_thread.start()
 
     # -- workloads --------------------------------------------------------------------
 
@@ -147,6 +235,8 @@ class KubeCluster:
         out.update(self.procs.logs())
         for n in self.nodes:
             out.update({f"{n.name}/{k}": v for k, v in n.logs().items()})
+        for m in self.image_nodes:
+            out.update({f"{m.name}/{k}": v for k, v in m.logs().items()})
         return out
 
     def delete_all_pods(self, timeout: float = 30) -> None:
@@ -187,6 +277,11 @@ class KubeCluster:
                 self.delete_all_pods()
         except Exception as exc:
             report["delete_pods_error"] = repr(exc)
+        self._hb_stop.set()
+        if self._hb_thread is not None:
+            self._hb_thread.join(timeout=30)
+        for m in list(self.image_nodes):
+            report[m.name] = m.stop()
         for n in self.nodes:
             report[n.name] = n.stop()
         self.procs.stop_all()
@@ -195,21 +290,19 @@ class KubeCluster:
         self.teardown_report = report
         return report
 
-    def all_pids(self) -> list[int]:
+    def _all_procs(self) -> list[Proc]:
         procs = list(self.procs.procs)
-        for n in self.nodes:
+        for n in [*self.nodes, *self.image_nodes]:
             procs += n.procs.procs
         if self.owns_control_plane and self.control_plane.procs is not None:
             procs += self.control_plane.procs.procs
-        return [p.pid for p in procs]
+        return procs
+
+    def all_pids(self) -> list[int]:
+        return [p.pid for p in self._all_procs()]
 
     def alive_pids(self) -> list[int]:
-        procs = list(self.procs.procs)
-        for n in self.nodes:
-            procs += n.procs.procs
-        if self.owns_control_plane and self.control_plane.procs is not None:
-            procs += self.control_plane.procs.procs
-        return [p.pid for p in procs if p.alive()]
+        return [p.pid for p in self._all_procs() if p.alive()]
 
 
 def _ca_key(cp: ControlPlane) -> Path:

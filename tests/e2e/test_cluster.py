@@ -144,3 +144,37 @@ def test_teardown_leaves_nothing_behind(e2e_bin_dir: Path, tmp_path: Path) -> No
     assert node_report["cgroups_left"] == []
     for base in _cgroup_subsystem_dirs():
         assert not (base / cgroup_root.lstrip("/")).exists()
+
+
+def test_image_only_node_holds_images_and_stays_ready(
+    kube_cluster: KubeCluster, tmp_path: Path
+) -> None:
+    """An extra "node": containerd + a Node object kept Ready by Lease heartbeats, reporting
+    its images in Node.status.images like kubelet; pods are never scheduled there."""
+    name = f"img-{uuid.uuid4().hex[:6]}"
+    node = kube_cluster.add_image_node(name)
+    try:
+        img = oci.build_hello(tmp_path / "img", "registry.invalid/tote/held:v1", marker="held")
+        node.import_image(img)
+        assert "registry.invalid/tote/held:v1" in node.image_names()
+        kube_cluster.sync_image_nodes()
+        obj = kube_cluster.get_json("node", name)
+        names = [n for i in obj["status"]["images"] for n in i["names"]]
+        assert f"registry.invalid/tote/held@{img.digest}" in names, names
+        assert "registry.invalid/tote/held:v1" in names, names
+        assert any(t["key"] == "tote.test/image-only" for t in obj["spec"]["taints"])
+        lease = kube_cluster.get_json("lease", name, "-n", "kube-node-lease")
+        first_renew = lease["spec"]["renewTime"]
+        wait_until(
+            lambda: kube_cluster.get_json("lease", name, "-n", "kube-node-lease")["spec"][
+                "renewTime"
+            ]
+            != first_renew,
+            timeout=3 * kube_cluster.heartbeat_interval + 5, what="lease renewed",
+        )  # fmt: skip
+        assert kube_cluster.node_ready(name)
+        assert not kube_cluster.heartbeat_errors
+    finally:
+        kube_cluster.remove_image_node(name)
+    assert not node.procs.procs[0].alive()
+    assert kube_cluster.kubectl("get", "node", name, check=False).returncode != 0
