@@ -167,8 +167,14 @@ class Containerd:
             "  skip_verify = true\n"
         )
 
-    def import_image(self, image: oci.OciImage, name: str | None = None) -> None:
-        image.import_into(self.socket, name=name)
+    def import_image(
+        self, image: oci.OciImage, name: str | None = None, *, unpack: bool = True
+    ) -> None:
+        image.import_into(self.socket, name=name, unpack=unpack)
+
+    def delete_blob(self, digest: str) -> None:
+        """Remove one blob from the content store (to make a corrupt image record)."""
+        self.ctr("content", "rm", digest)
 
     def remove_all_tasks(self) -> list[str]:
         """SIGKILL and delete every task and container in `k8s.io` (what a drain would do)."""
@@ -391,8 +397,13 @@ class KubeletNode:
     def trust_registry(self, host: str) -> None:
         self.containerd.trust_registry(host)
 
-    def import_image(self, image: oci.OciImage, name: str | None = None) -> None:
-        self.containerd.import_image(image, name=name)
+    def import_image(
+        self, image: oci.OciImage, name: str | None = None, *, unpack: bool = True
+    ) -> None:
+        self.containerd.import_image(image, name=name, unpack=unpack)
+
+    def delete_blob(self, digest: str) -> None:
+        self.containerd.delete_blob(digest)
 
     def logs(self) -> dict[str, str]:
         return self.procs.logs()
@@ -709,8 +720,13 @@ class ImageNode:
     def trust_registry(self, host: str) -> None:
         self.containerd.trust_registry(host)
 
-    def import_image(self, image: oci.OciImage, name: str | None = None) -> None:
-        self.containerd.import_image(image, name=name)
+    def import_image(
+        self, image: oci.OciImage, name: str | None = None, *, unpack: bool = True
+    ) -> None:
+        self.containerd.import_image(image, name=name, unpack=unpack)
+
+    def delete_blob(self, digest: str) -> None:
+        self.containerd.delete_blob(digest)
 
     def logs(self) -> dict[str, str]:
         return self.procs.logs()

@@ -25,6 +25,7 @@ import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 BIN_CACHE = (
@@ -88,6 +89,14 @@ class OciImage:
     digest: str  # manifest digest
     config_digest: str  # the image ID kubelet/CRI report
 
+    def manifest(self) -> dict[str, Any]:
+        data = (self.layout / "blobs" / "sha256" / self.digest.split(":", 1)[1]).read_text()
+        return dict(json.loads(data))
+
+    @property
+    def layer_digests(self) -> list[str]:
+        return [str(layer["digest"]) for layer in self.manifest()["layers"]]
+
     @property
     def source(self) -> str:
         return f"{self.layout}:{self.tag}"
@@ -118,8 +127,14 @@ class OciImage:
                 tar.addfile(info, io.BytesIO(data))
         return path
 
-    def import_into(self, socket: str, *, name: str | None = None, namespace: str = "k8s.io",
-                    unpack: bool = True) -> None:
+    def import_into(
+        self,
+        socket: str,
+        *,
+        name: str | None = None,
+        namespace: str = "k8s.io",
+        unpack: bool = True,
+    ) -> None:
         """`ctr images import` into a containerd (what a previous pull would have left)."""
         arch = self.archive(name=name)
         argv = ["ctr", "--address", socket, "--namespace", namespace, "images", "import"]
@@ -128,8 +143,20 @@ class OciImage:
         _run([*argv, str(arch)], timeout=120)
         # CRI only lists images it manages; a pull would have set this label.
         for ref in (name or self.name,):
-            _run(["ctr", "--address", socket, "--namespace", namespace, "images", "label",
-                  ref, "io.cri-containerd.image=managed"], timeout=60)
+            _run(
+                [
+                    "ctr",
+                    "--address",
+                    socket,
+                    "--namespace",
+                    namespace,
+                    "images",
+                    "label",
+                    ref,
+                    "io.cri-containerd.image=managed",
+                ],
+                timeout=60,
+            )
 
     def push(self, dest: str, *, insecure: bool = True) -> str:
         """`skopeo copy` to `docker://dest` (e.g. 127.0.0.1:5000/tote/hello:v1); the digest."""
@@ -190,9 +217,7 @@ def build_image(
         if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag
     ]
     digest = desc["digest"]
-    manifest = json.loads(
-        (layout / "blobs" / "sha256" / digest.split(":", 1)[1]).read_text()
-    )
+    manifest = json.loads((layout / "blobs" / "sha256" / digest.split(":", 1)[1]).read_text())
     return OciImage(
         name=name, layout=layout, tag=tag, digest=digest,
         config_digest=manifest["config"]["digest"],

@@ -178,3 +178,40 @@ def test_image_only_node_holds_images_and_stays_ready(
         kube_cluster.remove_image_node(name)
     assert not node.procs.procs[0].alive()
     assert kube_cluster.kubectl("get", "node", name, check=False).returncode != 0
+
+
+def test_missing_blobs_give_create_container_error(
+    kube_cluster: KubeCluster, test_namespace: str, tmp_path: Path
+) -> None:
+    """Corrupt image records on the kubelet node (what scenario 6 starts from). On containerd
+    1.6 the two shapes give different messages; both are CreateContainerError with
+    `content digest <d>: not found`, and kubelet still thinks the image is present."""
+    node = kube_cluster.node
+    cases = {}
+    for kind in ("config", "layer"):
+        ref = f"registry.invalid/tote/corrupt-{kind}-{uuid.uuid4().hex[:6]}:v1"
+        img = oci.build_hello(tmp_path / "img", ref, marker=f"corrupt-{kind}")
+        node.import_image(img, unpack=False)  # a record + blobs, no snapshot yet
+        gone = img.config_digest if kind == "config" else img.layer_digests[0]
+        node.delete_blob(gone)
+        kube_cluster.apply(pod_manifest(f"corrupt-{kind}", test_namespace, ref))
+        cases[kind] = gone
+    messages: dict[str, str] = {}
+
+    def failed() -> bool:
+        for kind in cases:
+            pod = kube_cluster.pod(test_namespace, f"corrupt-{kind}") or {}
+            for c in pod.get("status", {}).get("containerStatuses", []):
+                w = (c.get("state") or {}).get("waiting") or {}
+                if w.get("reason") == "CreateContainerError":
+                    messages[kind] = w.get("message", "")
+        return len(messages) == len(cases)
+
+    wait_until(failed, timeout=60, interval=1, what="CreateContainerError on both pods")
+    print(json.dumps(messages, indent=1))
+    for kind, gone in cases.items():
+        assert f"content digest {gone}: not found" in messages[kind], messages[kind]
+        reasons = [e["reason"] for e in kube_cluster.events(test_namespace, f"corrupt-{kind}")]
+        assert "Pulled" in reasons and "Pulling" not in reasons, reasons  # "already present"
+    assert "failed to resolve rootfs" in messages["config"]
+    assert "failed to extract layer" in messages["layer"]
