@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -513,8 +514,14 @@ def _main() -> None:
     workdir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/tote-e2e-cluster")
     if workdir.exists():
         shutil.rmtree(workdir)
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # background jobs of a non-interactive shell ignore SIGINT: SIGTERM tears down as well
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     cluster = start_cluster(workdir, bin_dir)
-    print(f"export KUBECONFIG={cluster.admin_kubeconfig}")
+    print(f"export KUBECONFIG={cluster.admin_kubeconfig}", flush=True)
     try:
         while True:
             time.sleep(3600)
