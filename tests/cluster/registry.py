@@ -82,8 +82,11 @@ class Registry:
         if not self.port:
             self.port = free_port()
         else:  # restart on the same port: the old listener may linger briefly
-            wait_until(lambda: not port_open("127.0.0.1", self.port), timeout=15,
-                       what=f"registry port {self.port} free")
+            wait_until(
+                lambda: not port_open("127.0.0.1", self.port),
+                timeout=15,
+                what=f"registry port {self.port} free",
+            )
         self.storage.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "config.yml"
         cfg.write_text(CONFIG.format(storage=self.storage, port=self.port))
