@@ -112,6 +112,7 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     reconcile_timeout: float = 30.0
     transfer_timeout: float = 1800.0
     salvagerecord_ttl: float = 168 * 3600.0
+    reap_interval: float = 600.0
     backup_registry: str = ""
     backup_registry_secret: str = ""
     backup_registry_insecure: bool = False
@@ -162,12 +163,14 @@ class AgentSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
     fast_path: bool = True  # read/write blob files directly (verified); API path otherwise
     platform: str = ""  # os/arch[/variant] to import; empty = this node's platform
     transfer_parallelism: int = 4  # blobs fetched in parallel per import
+    data_port: int = 9092  # bulk blob channel for the fast path (mTLS, sessions); 0 = off
 
 
 # Flags whose value is parsed before msgspec validation.
 _CONVERTERS: dict[str, Any] = {
     "max_image_size": parse_size,
     "salvagerecord_ttl": parse_duration,
+    "reap_interval": parse_duration,
     "registry_resolve_timeout": parse_duration,
     "reconcile_timeout": parse_duration,
     "transfer_timeout": parse_duration,

@@ -27,6 +27,8 @@ from tote_core.kube.client import KubeClient
 from tote_core.reconcile.engine import Engine
 from tote_core.reconcile.pods import PodReconciler
 from tote_core.reconcile.queue import WorkQueue
+from tote_core.salvage.engine import SalvageEngine
+from tote_core.salvage.reaper import Reaper
 from tote_core.settings import ControllerSettings
 from tote_core.structs.kube import Node, Pod
 
@@ -63,7 +65,16 @@ class Controller:
         )
         self.recorder = EventRecorder(self.kube, instance=self.identity)
         self.queue = WorkQueue(base_delay=1.0, max_delay=300.0)
-        self.reconciler = PodReconciler(self.settings, self.caches, self.host, self.recorder)
+        self.salvage = SalvageEngine(
+            self.settings, self.kube, self.caches, self.host, self.recorder
+        )
+        self.reaper = Reaper(
+            self.salvage.records, ttl=self.settings.salvagerecord_ttl,
+            interval=self.settings.reap_interval,
+        )
+        self.reconciler = PodReconciler(
+            self.settings, self.caches, self.host, self.recorder, salvage=self.salvage.submit
+        )
         self.engine = Engine(
             "pods", self.queue, self.reconciler,
             workers=self.settings.workers, deadline=self.settings.reconcile_timeout,
@@ -141,7 +152,9 @@ class Controller:
     async def _lead(self) -> None:
         log.info("leading: starting %d reconcile workers", self.settings.workers)
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.salvage.run)
             await nursery.start(self.engine.run)
+            nursery.start_soon(self.reaper.run)
             for name, service in self.plugin_context.services:
                 log.debug("starting plugin service %s", name)
                 nursery.start_soon(service)

@@ -82,6 +82,37 @@ def transfer(
     """
 
 
+@hookspec(firstresult=True)
+def find_image(digest: str, nodes: list[str]) -> list[str] | None:
+    """Which of `nodes` hold `digest`, asked of the nodes themselves (agents' ListImages).
+
+    Complements `Node.status.images`, which kubelet caps at 50 images. Implementations fan
+    out in parallel under a deadline and may cache briefly. firstresult; None = cannot tell.
+    """
+
+
+@hookspec(firstresult=True)
+def resolve_tag(image_ref: str, nodes: list[str]) -> str | None:
+    """The digest that one of `nodes` holds for the normalised tagged `image_ref`.
+
+    Asked after `Node.status.images` had no answer, before any registry lookup.
+    """
+
+
+@hookspec(firstresult=True)
+def registry_resolve(image_ref: str, namespace: str, pull_secrets: list[str]) -> str | None:
+    """The digest the registry serves for `image_ref` (opt-in, `--registry-resolve`).
+
+    Uses the pod's pull secrets for auth. A digest found here but on no node produces
+    `ImageResolvedUncached`.
+    """
+
+
+@hookspec(firstresult=True)
+def remove_image(node: str, image_ref: str, digest: str | None) -> bool | None:
+    """Remove a stale image record (content missing) on `node`; True when removed."""
+
+
 @hookspec
 def on_salvaged(incident: Incident, request: TransferRequest, result: TransferResult) -> None:
     """A transfer succeeded. Broadcast; failures are logged and never fail the salvage."""

@@ -171,6 +171,27 @@ class PluginHost:
         value = await self.first("transfer", isolate=False, request=request, progress=progress)
         return value  # type: ignore[no-any-return]
 
+    async def find_image(self, digest: str, nodes: list[str]) -> list[str] | None:
+        value = await self.first("find_image", digest=digest, nodes=nodes)
+        return list(value) if value is not None else None
+
+    async def resolve_tag(self, image_ref: str, nodes: list[str]) -> str | None:
+        value = await self.first("resolve_tag", image_ref=image_ref, nodes=nodes)
+        return str(value) if value is not None else None
+
+    async def registry_resolve(
+        self, image_ref: str, namespace: str, pull_secrets: list[str]
+    ) -> str | None:
+        value = await self.first(
+            "registry_resolve", image_ref=image_ref, namespace=namespace,
+            pull_secrets=pull_secrets,
+        )
+        return str(value) if value is not None else None
+
+    async def remove_image(self, node: str, image_ref: str, digest: str | None) -> bool:
+        value = await self.first("remove_image", node=node, image_ref=image_ref, digest=digest)
+        return bool(value)
+
     async def on_salvaged(
         self, incident: Incident, request: TransferRequest, result: TransferResult
     ) -> None:

@@ -10,6 +10,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import trio
+
 from tote_core import metrics
 from tote_core.annotations import ALLOW, AUTO_SALVAGE, SYSTEM_NAMESPACES, flag
 from tote_core.components.events import EventRecorder
@@ -25,6 +27,8 @@ from tote_core.settings import ControllerSettings
 from tote_core.structs.kube import Pod
 
 log = logging.getLogger("tote.detect")
+
+AGENT_TIMEOUT = 5.0
 
 SalvageSink = Callable[[Incident, Pod], None]
 
@@ -116,7 +120,18 @@ class PodReconciler:
             await self._submit(pod, failure, ref.digest, [], kind="corrupt")
             return
         nodes = list(self.caches.nodes.items.values())
+        names = sorted(n.metadata.name for n in nodes)
         digest = ref.digest or resolve_tag(nodes, ref)
+        from_registry = False
+        if digest is None and ref.tagged:
+            with trio.move_on_after(AGENT_TIMEOUT):
+                digest = await self.host.resolve_tag(ref.tagged, names)
+        if digest is None and ref.tagged and self.settings.registry_resolve:
+            digest = await self.host.registry_resolve(
+                ref.name, pod.metadata.namespace,
+                [s.name for s in pod.spec.image_pull_secrets],
+            )
+            from_registry = digest is not None
         if digest is None:
             self.waiting_on_nodes.add(key)
             await self._not_actionable(
@@ -126,14 +141,28 @@ class PodReconciler:
             )
             return
         target = pod.spec.node_name
-        holders = nodes_with_digest(nodes, digest)
+        holders = set(nodes_with_digest(nodes, digest))
+        if not holders - {target}:
+            # kubelet lists at most 50 images per node: ask the nodes themselves.
+            with trio.move_on_after(AGENT_TIMEOUT):
+                holders.update(await self.host.find_image(digest, names) or [])
         if target and target in holders:
             log.debug("%s: target node %s already holds %s; kubelet will retry", key, target,
                       digest)
             return
-        candidates = [n for n in holders if n != target]
+        candidates = sorted(holders - {target})
         if not candidates:
             self.waiting_on_nodes.add(key)
+            if from_registry:
+                if self.incidents.first(uid, failure.container, image_key, "uncached"):
+                    metrics.NOT_ACTIONABLE.inc()
+                await self.recorder.emit(
+                    pod, "ImageResolvedUncached",
+                    f"Registry resolves {ref.name} to {digest}, but no node holds that "
+                    f"digest; nothing to salvage from. {messages.DEBT}",
+                    action="Detect",
+                )
+                return
             await self._not_actionable(
                 pod, failure, image_key, f"no other node holds digest {digest}"
             )

@@ -1,0 +1,1 @@
+"""Salvage orchestration: the planner (pure), SalvageRecords, the transfer pool, the reaper."""

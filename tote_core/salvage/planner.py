@@ -1,0 +1,87 @@
+"""Pure decisions of the salvage path: names, labels, back-off, source order, progress text."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+
+from tote_core.hooks.types import NodeInfo
+
+BACKOFF_STEPS = (30.0, 60.0, 120.0, 300.0)  # WO-20: 30s, 1m, 2m, 5m (capped)
+LABEL_DIGEST = "tote.dev/digest"
+LABEL_TARGET = "tote.dev/target-node"
+LABEL_MANAGED = "app.kubernetes.io/managed-by"
+
+_DNS_LABEL = re.compile(r"[^a-z0-9-]+")
+
+
+def backoff(retry_count: int) -> float:
+    """Delay before attempt number `retry_count + 1` (retry_count failures so far)."""
+    if retry_count <= 0:
+        return 0.0
+    return BACKOFF_STEPS[min(retry_count, len(BACKOFF_STEPS)) - 1]
+
+
+def digest_hex(digest: str) -> str:
+    return digest.split(":", 1)[1] if ":" in digest else digest
+
+
+def label_value(text: str) -> str:
+    """A valid label value (≤ 63 chars, alnum ends); long values keep a hash suffix."""
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")
+    if len(clean) <= 63:
+        return clean
+    h = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{clean[:52].rstrip('-._')}-{h}"
+
+
+def record_name(digest: str, target_node: str) -> str:
+    """Deterministic per (digest, target node): lookups are a GET, never a list scan."""
+    node = _DNS_LABEL.sub("-", target_node.lower()).strip("-")
+    name = f"{digest_hex(digest)[:20]}-{node}"
+    if len(name) > 253:
+        name = f"{name[:240]}-{hashlib.sha256(target_node.encode()).hexdigest()[:12]}"
+    return name
+
+
+def record_labels(digest: str, target_node: str) -> dict[str, str]:
+    return {
+        LABEL_DIGEST: digest_hex(digest)[:63],
+        LABEL_TARGET: label_value(target_node),
+        LABEL_MANAGED: "tote",
+    }
+
+
+def default_source_order(
+    candidates: Sequence[NodeInfo], *, target_zone: str | None
+) -> list[str]:
+    """Ready nodes first, same zone first, then fewest active transfers, then name."""
+    ready = [c for c in candidates if c.ready]
+    return [
+        c.name
+        for c in sorted(
+            ready,
+            key=lambda c: (
+                0 if target_zone and c.zone == target_zone else 1,
+                c.active_transfers,
+                c.name,
+            ),
+        )
+    ]
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f}{unit}" if unit != "B" else f"{int(value)}B"
+        value /= 1024
+    return f"{value:.1f}GiB"
+
+
+def progress_text(done: int, total: int) -> str:
+    if total <= 0:
+        return human_bytes(done)
+    pct = min(100, int(done * 100 / total))
+    return f"{human_bytes(done)}/{human_bytes(total)} ({pct}%)"

@@ -1,0 +1,98 @@
+"""SalvageRecord reads and writes.
+
+Status is written only through the `/status` subresource: with a status subresource the
+API server ignores `status` in create and update calls (the Go original's bug that left
+records Pending forever and broke idempotency and TTL cleanup).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from tote_core.errors import Conflict, NotFound
+from tote_core.kube.client import KubeClient, resource_path
+from tote_core.salvage.planner import record_labels, record_name
+from tote_core.structs.kube import ObjectList, ObjectMeta
+from tote_core.structs.salvagerecord import (
+    GROUP_VERSION,
+    PLURAL,
+    SalvageRecord,
+    SalvageRecordSpec,
+)
+
+
+class RecordStore:
+    def __init__(self, kube: KubeClient) -> None:
+        self.kube = kube
+
+    def _path(self, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
+        return resource_path(GROUP_VERSION, PLURAL, namespace, name, sub)
+
+    async def get(self, namespace: str, name: str) -> SalvageRecord | None:
+        try:
+            return await self.kube.get(self._path(namespace, name), SalvageRecord)
+        except NotFound:
+            return None
+
+    async def ensure(self, namespace: str, spec: SalvageRecordSpec) -> SalvageRecord:
+        """Get the record for (digest, target node), creating it (phase Pending) if absent."""
+        name = record_name(spec.digest, spec.target_node)
+        existing = await self.get(namespace, name)
+        if existing is not None:
+            return existing
+        record = SalvageRecord(
+            metadata=ObjectMeta(
+                name=name, namespace=namespace,
+                labels=record_labels(spec.digest, spec.target_node),
+            ),
+            spec=spec,
+        )
+        try:
+            created: SalvageRecord = await self.kube.create(
+                self._path(namespace), msgspec.to_builtins(record), SalvageRecord
+            )
+        except Conflict:
+            again = await self.get(namespace, name)
+            if again is None:
+                raise
+            return again
+        return await self.patch_status(namespace, name, {"phase": "Pending"}) or created
+
+    async def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> SalvageRecord | None:
+        try:
+            result: SalvageRecord = await self.kube.patch(
+                self._path(namespace, name, "status"), {"status": status}, type_=SalvageRecord
+            )
+            return result
+        except NotFound:
+            return None
+
+    async def patch_spec(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        try:
+            await self.kube.patch(self._path(namespace, name), {"spec": spec})
+        except NotFound:
+            return
+
+    async def find(self, digest: str, target_node: str) -> list[SalvageRecord]:
+        """Records for (digest, target node) in any namespace, by label selector."""
+        labels = record_labels(digest, target_node)
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        result: ObjectList[SalvageRecord] = await self.kube.list(
+            self._path(None), SalvageRecord, labelSelector=selector
+        )
+        return result.items
+
+    async def list_all(self) -> list[SalvageRecord]:
+        result: ObjectList[SalvageRecord] = await self.kube.list(self._path(None), SalvageRecord)
+        return result.items
+
+    async def delete(self, namespace: str, name: str, uid: str) -> bool:
+        try:
+            await self.kube.delete(self._path(namespace, name), uid=uid)
+            return True
+        except (NotFound, Conflict):
+            return False
