@@ -293,8 +293,9 @@ class KubeCluster:
 
     def _all_procs(self) -> list[Proc]:
         procs = list(self.procs.procs)
-        for n in [*self.nodes, *self.image_nodes]:
-            procs += n.procs.procs
+        groups = [n.procs for n in self.nodes] + [m.procs for m in self.image_nodes]
+        for g in groups:
+            procs += g.procs
         if self.owns_control_plane and self.control_plane.procs is not None:
             procs += self.control_plane.procs.procs
         return procs
@@ -514,6 +515,7 @@ def _main() -> None:
     workdir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/tote-e2e-cluster")
     if workdir.exists():
         shutil.rmtree(workdir)
+
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 

@@ -337,7 +337,7 @@ def _descendants(pids: list[int]) -> list[int]:
 
 def _mounts_under(root: Path) -> list[str]:
     prefix = str(root.resolve()) + "/"
-    out = []
+    out: list[str] = []
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:

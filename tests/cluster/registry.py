@@ -123,7 +123,8 @@ class Registry:
         )  # fmt: skip
         try:
             with urllib.request.urlopen(req, timeout=5) as resp:
-                return resp.headers.get("Docker-Content-Digest")
+                digest = resp.headers.get("Docker-Content-Digest")
+                return str(digest) if digest else None
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return None
