@@ -66,7 +66,7 @@ def _fast_path_root(settings: AgentSettings, reported: str) -> str:
 
 async def run(settings: AgentSettings, *,
               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    from tote_containerd.agent import _aio, engine, httpd, oci, tls
+    from tote_containerd.agent import _aio, dataplane, engine, httpd, oci, tls
     from tote_containerd.agent.client import AgentClient
     from tote_containerd.agent.containerd import ContainerdClient
     from tote_containerd.agent.server import GrpcServer
@@ -100,7 +100,7 @@ async def run(settings: AgentSettings, *,
             core = engine.AgentCore(
                 cd=cd, node=node, platform=platform, verifier=verifier, open_peer=open_peer,
                 content_root=root or reported, fast_path=bool(root),
-                parallelism=settings.transfer_parallelism)
+                parallelism=settings.transfer_parallelism, data_ssl=peer_ctx)
             await core.probe()
             last_ok = [time.monotonic() if core.containerd_error == "" else 0.0]
 
@@ -116,10 +116,14 @@ async def run(settings: AgentSettings, *,
                 async with trio.open_nursery() as nursery:
                     await nursery.start(httpd.serve, settings.listen_address,
                                         settings.metrics_port, healthy)
-                    log.info("agent %s serving on %s:%d (%s, platform %s, fast path %s)",
-                             node, settings.listen_address, settings.grpc_port,
-                             "mTLS" if secure else "INSECURE", platform,
-                             "on" if core.fast_path else "off")
+                    if core.fast_path and settings.data_port:
+                        data = dataplane.DataServer(core.authorise_file_read, server_ctx)
+                        core.data_port = await nursery.start(
+                            data.run, settings.listen_address, settings.data_port)
+                    log.info("agent %s serving on %s:%d (%s, platform %s, fast path %s, "
+                             "data port %s)", node, settings.listen_address,
+                             settings.grpc_port, "mTLS" if secure else "INSECURE", platform,
+                             "on" if core.fast_path else "off", core.data_port or "off")
                     task_status.started()
                     while True:
                         ok = await core.probe()

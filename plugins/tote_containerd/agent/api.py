@@ -79,3 +79,4 @@ class Session(msgspec.Struct, frozen=True, kw_only=True):
     session: str
     expires_unix: int
     source_node: str
+    data_port: int = 0

@@ -100,4 +100,5 @@ def health_from_pb(m: Any) -> Health:
 
 
 def session_from_pb(m: Any) -> Session:
-    return Session(session=m.session, expires_unix=m.expires_unix, source_node=m.source_node)
+    return Session(session=m.session, expires_unix=m.expires_unix, source_node=m.source_node,
+                   data_port=m.data_port)

@@ -5,10 +5,14 @@ bridge clients (`containerd.ContainerdClient`, `client.AgentClient`)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import inspect
 import logging
 import os
 import secrets
+import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,7 +21,7 @@ from typing import Any, Protocol
 import msgspec
 import trio
 
-from tote_containerd.agent import metrics, oci
+from tote_containerd.agent import dataplane, metrics, oci
 from tote_containerd.agent.api import (
     BlobInfo,
     Health,
@@ -68,6 +72,12 @@ class Peer(Protocol):
 PeerOpener = Callable[[str], contextlib.AbstractAsyncContextManager[Peer]]
 
 
+# trio ≥ 0.23 calls it abandon_on_cancel, older versions cancellable.
+_ABANDON: dict[str, Any] = {
+    "abandon_on_cancel" if "abandon_on_cancel" in inspect.signature(
+        trio.to_thread.run_sync).parameters else "cancellable": True}
+
+
 class _SessionState(msgspec.Struct):
     caller: str
     source: str
@@ -75,6 +85,28 @@ class _SessionState(msgspec.Struct):
     digest: str
     allowed: dict[str, int]  # digest → size
     expires: float
+
+
+def _place(part: Path, final: Path) -> bool:
+    """Hard-link the verified file into containerd's blob directory (if not there yet)."""
+    if final.exists():
+        return True
+    if not part.exists():
+        return False
+    with contextlib.suppress(FileExistsError):
+        os.link(part, final)
+    return True
+
+
+def _sweep_parts(tmpdir: Path, max_age: float) -> None:
+    """Delete partial fast-path files nobody resumed within `max_age` seconds."""
+    if not tmpdir.is_dir():
+        return
+    cutoff = time.time() - max_age
+    for p in tmpdir.glob("*.part"):
+        with contextlib.suppress(OSError):
+            if p.stat().st_mtime < cutoff:
+                p.unlink()
 
 
 def _sha256_file_prefix(path: Path, length: int) -> Any:
@@ -93,7 +125,8 @@ def _sha256_file_prefix(path: Path, length: int) -> Any:
 class AgentCore:
     def __init__(self, *, cd: ContainerdClient, node: str, platform: str,
                  verifier: Verifier, open_peer: PeerOpener, content_root: str = "",
-                 fast_path: bool = False, parallelism: int = 4) -> None:
+                 fast_path: bool = False, parallelism: int = 4, data_port: int = 0,
+                 data_ssl: ssl.SSLContext | None = None) -> None:
         self.cd = cd
         self.node = node
         self.platform = platform
@@ -102,6 +135,8 @@ class AgentCore:
         self.content_root = content_root
         self.fast_path = fast_path and bool(content_root)
         self.parallelism = max(1, parallelism)
+        self.data_port = data_port if self.fast_path else 0  # served only with file access
+        self.data_ssl = data_ssl
         self._sessions: dict[str, _SessionState] = {}
         self._import_locks: dict[str, trio.Lock] = {}
         self.containerd_version = ""
@@ -228,7 +263,8 @@ class AgentCore:
                                             allowed=allowed, expires=expires)
         log.info("session opened for %s → %s (%d blobs)", claims.digest, claims.target,
                  len(allowed))
-        return Session(session=sid, expires_unix=int(expires), source_node=self.node)
+        return Session(session=sid, expires_unix=int(expires), source_node=self.node,
+                       data_port=self.data_port)
 
     def _gc_sessions(self) -> None:
         now = time.time()
@@ -260,8 +296,17 @@ class AgentCore:
                 allowed[d.digest] = d.size
         return allowed
 
-    async def read_blob(self, session: str, digest: str, offset: int, length: int,
-                        caller: Identity, send: SendChunk) -> None:
+    async def authorise_file_read(self, session: str, digest: str, offset: int, length: int,
+                                  caller: Identity) -> tuple[Path, int, int, int]:
+        """For the data channel: (blob file, offset, end, size) if the session may read it."""
+        size, end = self._authorise_read(session, digest, offset, length, caller)
+        path = self._blob_path(digest)
+        if not self.fast_path or path is None or not path.exists():
+            raise FailedPrecondition("no direct access to this blob here; use ReadBlob")
+        return path, offset, end, size
+
+    def _authorise_read(self, session: str, digest: str, offset: int, length: int,
+                        caller: Identity) -> tuple[int, int]:
         st = self._sessions.get(session)
         if st is None or st.expires < time.time():
             raise PermissionDenied("unknown or expired session")
@@ -275,6 +320,11 @@ class AgentCore:
             raise InvalidArgument(
                 f"invalid range offset={offset} length={length} for a blob of {size} bytes")
         end = size if length == 0 else min(size, offset + length)
+        return size, end
+
+    async def read_blob(self, session: str, digest: str, offset: int, length: int,
+                        caller: Identity, send: SendChunk) -> None:
+        size, end = self._authorise_read(session, digest, offset, length, caller)
         sent = 0
         path = self._blob_path(digest)
         if self.fast_path and path is not None and path.exists():
@@ -325,20 +375,23 @@ class AgentCore:
         result = "error"
         try:
             async with lock:
-                out = await self._import_locked(req, want, progress)
+                out = await self._import_locked(req, want, progress, host.strip("[]"))
             result = "ok"
             return out
         finally:
             metrics.TRANSFERS.labels(result=result).inc()
             metrics.TRANSFER_SECONDS.observe(time.monotonic() - started)
 
-    async def _import_locked(self, req: ImportRequest, want: str, progress: ProgressFn
-                             ) -> ImportProgress:
+    async def _import_locked(self, req: ImportRequest, want: str, progress: ProgressFn,
+                             host: str) -> ImportProgress:
         hexd = req.digest.split(":", 1)[1]
         lease = f"tote-import-{hexd[:32]}"
         await self.cd.create_lease(lease, expire_in=IMPORT_LEASE_TTL,
                                    labels={"tote.dev/import": req.digest})
         prog = ImportProgress(phase="resolving", path="fast" if self.fast_path else "api")
+        if self.fast_path:
+            await trio.to_thread.run_sync(_sweep_parts, Path(self.content_root) / "tote-tmp",
+                                          IMPORT_LEASE_TTL)
         async with self.open_peer(req.source_endpoint) as peer:
             sess = await peer.open_session(req.token, self.node)
             if sess.source_node and sess.source_node != req.source_node:
@@ -390,8 +443,8 @@ class AgentCore:
             try:
                 async with trio.open_nursery() as nursery:
                     for d in sorted(missing, key=lambda x: -x.size):
-                        nursery.start_soon(self._fetch_one, peer, sess.session, d, lease, sem,
-                                           reporter)
+                        nursery.start_soon(self._fetch_one, peer, sess, d, lease, sem,
+                                           reporter, host)
                     nursery.start_soon(reporter.run)
                     # reporter.run ends once every fetch is done
                     reporter.expect(len(missing))
@@ -470,14 +523,15 @@ class AgentCore:
                 return
         await self.cd.update_labels(digest, labels)
 
-    async def _fetch_one(self, peer: Peer, session: str, d: oci.Desc, lease: str,
-                         sem: trio.Semaphore, reporter: _Reporter) -> None:
+    async def _fetch_one(self, peer: Peer, sess: Session, d: oci.Desc, lease: str,
+                         sem: trio.Semaphore, reporter: _Reporter, host: str) -> None:
         try:
             async with sem:
                 if self.fast_path:
-                    await self._fetch_fast(peer, session, d, lease, reporter)
+                    data = (host, sess.data_port) if sess.data_port else None
+                    await self._fetch_fast(peer, sess.session, d, lease, reporter, data)
                 else:
-                    await self._fetch_api(peer, session, d, lease, reporter)
+                    await self._fetch_api(peer, sess.session, d, lease, reporter)
         finally:
             reporter.one_done()
 
@@ -514,7 +568,7 @@ class AgentCore:
             raise
 
     async def _fetch_fast(self, peer: Peer, session: str, d: oci.Desc, lease: str,
-                          reporter: _Reporter) -> None:
+                          reporter: _Reporter, data_ep: tuple[str, int] | None) -> None:
         """Write a verified blob file next to containerd's blobs, then link it via the API."""
         assert self.content_root
         root = Path(self.content_root)
@@ -536,10 +590,13 @@ class AgentCore:
             try:
                 pos = offset
 
-                def _put(data: bytes) -> None:
+                def _put(data: bytes | memoryview) -> None:
                     f.write(data)
                     h.update(data)
 
+                if pos < d.size and data_ep is not None:
+                    pos += await self._fetch_data_channel(data_ep, session, d, pos, _put,
+                                                          reporter)
                 if pos < d.size:
                     async with peer.read_blob(session, d.digest, pos) as chunks:
                         async for off, data, total in chunks:
@@ -561,23 +618,69 @@ class AgentCore:
                 raise DataLoss(f"{d.digest}: bytes from the source do not match the digest; "
                                "rejected", reason="digest_mismatch")
             os.chmod(part, 0o444)
-            if not final.exists():
-                os.rename(part, final)
-            else:
-                part.unlink(missing_ok=True)
         else:
             reporter.add(d.size)
-        # Link into the namespace: STAT (offset == total) + COMMIT, no data.
-        for _attempt in range(3):
-            async with self.cd.writer(f"tote-fast-{hexd}", d.size, d.digest, lease=lease) as w:
-                if w.exists:
-                    return
-                if w.offset == d.size:
-                    await w.commit()
-                    return
-            if not final.exists():
-                break  # a containerd GC swept the file before it was linked: fetch again
-        raise Unavailable(f"{d.digest}: containerd did not accept the placed blob")
+        await self._link_fast(d, final, part, lease)
+
+    async def _fetch_data_channel(self, data_ep: tuple[str, int], session: str, d: oci.Desc,
+                                  offset: int, sink: Callable[[memoryview], None],
+                                  reporter: _Reporter) -> int:
+        """Bulk bytes over the data channel (worker thread). Returns bytes written to `sink`;
+        on a transport failure the caller continues from there over gRPC."""
+        token = trio.lowlevel.current_trio_token()
+        stop = threading.Event()
+        written = [0]
+
+        def counted(mv: memoryview) -> None:
+            sink(mv)
+            written[0] += len(mv)
+
+        def on_bytes(n: int) -> None:
+            metrics.BYTES_RECEIVED.labels(path="fast").inc(n)
+            trio.from_thread.run_sync(reporter.add, n, trio_token=token)
+
+        fetch = functools.partial(
+            dataplane.download, data_ep[0], data_ep[1], self.data_ssl, session=session,
+            digest=d.digest, offset=offset, size=d.size, sink=counted, on_bytes=on_bytes,
+            stop=stop)
+        try:
+            await trio.to_thread.run_sync(fetch, **_ABANDON)
+        except (OSError, ValueError) as exc:
+            log.info("data channel for %s failed after %d bytes (%s); continuing over gRPC",
+                     d.digest, written[0], exc)
+        except FailedPrecondition as exc:
+            log.debug("data channel refused %s: %s", d.digest, exc)
+        finally:
+            stop.set()
+        return written[0]
+
+    async def _link_fast(self, d: oci.Desc, final: Path, part: Path, lease: str) -> None:
+        """Place the verified file and register it: STAT (offset == total) + COMMIT.
+
+        A containerd GC between placing and COMMIT deletes blob files it has no metadata for,
+        so the verified copy stays hard-linked under tote-tmp until COMMIT succeeded and is
+        re-linked if the GC got there first."""
+        ref = f"tote-fast-{d.digest.split(':', 1)[1]}"
+        last: Exception | None = None
+        for attempt in range(6):
+            if not await trio.to_thread.run_sync(_place, part, final):
+                raise Unavailable(f"{d.digest}: placed blob vanished before registration")
+            try:
+                async with self.cd.writer(ref, d.size, d.digest, lease=lease) as w:
+                    if w.exists:
+                        break
+                    if w.offset == d.size:
+                        await w.commit()
+                        break
+                await self.cd.abort(ref)  # the file went between link and STAT: again
+            except (FailedPrecondition, NotFound, Unavailable) as exc:
+                last = exc
+                await self.cd.abort(ref)
+            await trio.sleep(0.05 * (attempt + 1))
+        else:
+            raise Unavailable(f"{d.digest}: containerd did not accept the placed blob "
+                              f"({last})")
+        await trio.to_thread.run_sync(functools.partial(part.unlink, missing_ok=True))
 
 
 class _Reporter:

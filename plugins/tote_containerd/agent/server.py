@@ -106,7 +106,8 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
         s = await self._run("OpenSession", self.core.open_session, req.token, req.target_node,
                             ident)
         await stream.send_message(pb.OpenSessionResponse(
-            session=s.session, expires_unix=s.expires_unix, source_node=s.source_node))
+            session=s.session, expires_unix=s.expires_unix, source_node=s.source_node,
+            data_port=s.data_port))
 
     async def ReadBlob(self, stream: Any) -> None:
         ident = self._authorise(stream, "ReadBlob")

@@ -49,6 +49,8 @@ def env() -> Iterator[Env]:
         for name in ("a", "b", "c"):
             e.agents[name] = e.agent(name, "--no-fast-path")
         e.agents["d"] = e.agent("d")
+        for name in ("a", "c"):
+            e.extra[f"{name}-fast"] = e.agent(name, name=f"agent-{name}-fast")
         yield e
     except BaseException:
         for n, log in group.logs().items():

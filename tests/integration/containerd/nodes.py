@@ -46,7 +46,8 @@ class Node:
         return sorted(line.strip() for line in out.splitlines() if line.strip())
 
     def blob_present(self, digest: str) -> bool:
-        return (self.content_root / "blobs" / "sha256" / digest.split(":", 1)[1]).exists()
+        """In the namespace's content metadata (files of deleted blobs go at the next GC)."""
+        return digest in self.ctr("content", "ls", "-q").stdout.split()
 
     def import_archive(self, archive: Path, *, all_platforms: bool = False) -> None:
         args = ["images", "import", "--no-unpack"]
@@ -104,6 +105,7 @@ def start_agent(group: ProcessGroup, node: Node, *extra: str, name: str | None =
                 env: dict[str, str] | None = None) -> AgentProc:
     port = free_port()
     mport = free_port()
+    dport = free_port()
     argv = [
         sys.executable, "-m", "tote_containerd.agent",
         "--containerd-socket", node.socket,
@@ -111,6 +113,7 @@ def start_agent(group: ProcessGroup, node: Node, *extra: str, name: str | None =
         "--listen-address", "127.0.0.1",
         "--grpc-port", str(port),
         "--metrics-port", str(mport),
+        "--data-port", str(dport),
         "--log-level", "debug",
         *extra,
     ]
@@ -131,6 +134,8 @@ class Env:
     pki: PKI
     nodes: dict[str, Node] = field(default_factory=dict)
     agents: dict[str, AgentProc] = field(default_factory=dict)
+    # Extra agents, e.g. "a-fast": a fast-path (direct file access + data channel) source.
+    extra: dict[str, AgentProc] = field(default_factory=dict)
 
     def tls_args(self) -> list[str]:
         a = self.pki.agent

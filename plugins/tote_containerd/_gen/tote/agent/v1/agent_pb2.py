@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tote/agent/v1/agent.proto\x12\rtote.agent.v1\"[\n\x08\x42lobInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0f\n\x07present\x18\x04 \x01(\x08\x12\x0c\n\x04role\x18\x05 \x01(\t\"/\n\x0eInspectRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\"\xfd\x01\n\x0fInspectResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12&\n\x05\x62lobs\x18\x03 \x03(\x0b\x32\x17.tote.agent.v1.BlobInfo\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x15\n\rpresent_bytes\x18\x05 \x01(\x03\x12\x10\n\x08\x63omplete\x18\x06 \x01(\x08\x12\x18\n\x10layers_discarded\x18\x07 \x01(\x08\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\r\n\x05names\x18\t \x03(\t\x12\x10\n\x08platform\x18\n \x01(\t\x12\x15\n\rconfig_digest\x18\x0b \x01(\t\"8\n\x12OpenSessionRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x13\n\x0btarget_node\x18\x02 \x01(\t\"Q\n\x13OpenSessionResponse\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x14\n\x0c\x65xpires_unix\x18\x02 \x01(\x03\x12\x13\n\x0bsource_node\x18\x03 \x01(\t\"R\n\x0fReadBlobRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0e\n\x06length\x18\x04 \x01(\x03\"?\n\x10ReadBlobResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05total\x18\x03 \x01(\x03\"\xa9\x01\n\x11ImportFromRequest\x12\x13\n\x0bsource_node\x18\x01 \x01(\t\x12\x17\n\x0fsource_endpoint\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\r\n\x05names\x18\x05 \x03(\t\x12\x11\n\tmax_bytes\x18\x06 \x01(\x03\x12\x13\n\x0bparallelism\x18\x07 \x01(\x05\x12\x10\n\x08platform\x18\x08 \x01(\t\"\xd4\x01\n\x0eImportProgress\x12\x13\n\x0b\x62ytes_total\x18\x01 \x01(\x03\x12\x19\n\x11\x62ytes_transferred\x18\x02 \x01(\x03\x12\x13\n\x0b\x62lobs_total\x18\x03 \x01(\x05\x12\x15\n\rblobs_skipped\x18\x04 \x01(\x05\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12\r\n\x05names\x18\x06 \x03(\t\x12\x15\n\rconfig_digest\x18\x07 \x01(\t\x12\r\n\x05phase\x18\x08 \x01(\t\x12\x15\n\rbytes_resumed\x18\t \x01(\x03\x12\x0c\n\x04path\x18\n \x01(\t\"\xb4\x01\n\x0bImageRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x36\n\x06labels\x18\x05 \x03(\x0b\x32&.tote.agent.v1.ImageRecord.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"#\n\x11ListImagesRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"@\n\x12ListImagesResponse\x12*\n\x06images\x18\x01 \x03(\x0b\x32\x1a.tote.agent.v1.ImageRecord\" \n\x11ResolveTagRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"G\n\x12ResolveTagResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\"3\n\x12RemoveImageRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"&\n\x13RemoveImageResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t\"\x0f\n\rHealthRequest\"\xa0\x01\n\x0eHealthResponse\x12\x15\n\rcontainerd_ok\x18\x01 \x01(\x08\x12\x1a\n\x12\x63ontainerd_version\x18\x02 \x01(\t\x12\x11\n\tnode_name\x18\x03 \x01(\t\x12\x10\n\x08platform\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_root\x18\x05 \x01(\t\x12\x11\n\tfast_path\x18\x06 \x01(\x08\x12\r\n\x05\x65rror\x18\x07 \x01(\t2\x8a\x05\n\x05\x41gent\x12H\n\x07Inspect\x12\x1d.tote.agent.v1.InspectRequest\x1a\x1e.tote.agent.v1.InspectResponse\x12T\n\x0bOpenSession\x12!.tote.agent.v1.OpenSessionRequest\x1a\".tote.agent.v1.OpenSessionResponse\x12M\n\x08ReadBlob\x12\x1e.tote.agent.v1.ReadBlobRequest\x1a\x1f.tote.agent.v1.ReadBlobResponse0\x01\x12O\n\nImportFrom\x12 .tote.agent.v1.ImportFromRequest\x1a\x1d.tote.agent.v1.ImportProgress0\x01\x12Q\n\nListImages\x12 .tote.agent.v1.ListImagesRequest\x1a!.tote.agent.v1.ListImagesResponse\x12Q\n\nResolveTag\x12 .tote.agent.v1.ResolveTagRequest\x1a!.tote.agent.v1.ResolveTagResponse\x12T\n\x0bRemoveImage\x12!.tote.agent.v1.RemoveImageRequest\x1a\".tote.agent.v1.RemoveImageResponse\x12\x45\n\x06Health\x12\x1c.tote.agent.v1.HealthRequest\x1a\x1d.tote.agent.v1.HealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tote/agent/v1/agent.proto\x12\rtote.agent.v1\"[\n\x08\x42lobInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0f\n\x07present\x18\x04 \x01(\x08\x12\x0c\n\x04role\x18\x05 \x01(\t\"/\n\x0eInspectRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\"\xfd\x01\n\x0fInspectResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12&\n\x05\x62lobs\x18\x03 \x03(\x0b\x32\x17.tote.agent.v1.BlobInfo\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x15\n\rpresent_bytes\x18\x05 \x01(\x03\x12\x10\n\x08\x63omplete\x18\x06 \x01(\x08\x12\x18\n\x10layers_discarded\x18\x07 \x01(\x08\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\r\n\x05names\x18\t \x03(\t\x12\x10\n\x08platform\x18\n \x01(\t\x12\x15\n\rconfig_digest\x18\x0b \x01(\t\"8\n\x12OpenSessionRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x13\n\x0btarget_node\x18\x02 \x01(\t\"d\n\x13OpenSessionResponse\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x14\n\x0c\x65xpires_unix\x18\x02 \x01(\x03\x12\x13\n\x0bsource_node\x18\x03 \x01(\t\x12\x11\n\tdata_port\x18\x04 \x01(\x05\"R\n\x0fReadBlobRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0e\n\x06length\x18\x04 \x01(\x03\"?\n\x10ReadBlobResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05total\x18\x03 \x01(\x03\"\xa9\x01\n\x11ImportFromRequest\x12\x13\n\x0bsource_node\x18\x01 \x01(\t\x12\x17\n\x0fsource_endpoint\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\r\n\x05names\x18\x05 \x03(\t\x12\x11\n\tmax_bytes\x18\x06 \x01(\x03\x12\x13\n\x0bparallelism\x18\x07 \x01(\x05\x12\x10\n\x08platform\x18\x08 \x01(\t\"\xd4\x01\n\x0eImportProgress\x12\x13\n\x0b\x62ytes_total\x18\x01 \x01(\x03\x12\x19\n\x11\x62ytes_transferred\x18\x02 \x01(\x03\x12\x13\n\x0b\x62lobs_total\x18\x03 \x01(\x05\x12\x15\n\rblobs_skipped\x18\x04 \x01(\x05\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12\r\n\x05names\x18\x06 \x03(\t\x12\x15\n\rconfig_digest\x18\x07 \x01(\t\x12\r\n\x05phase\x18\x08 \x01(\t\x12\x15\n\rbytes_resumed\x18\t \x01(\x03\x12\x0c\n\x04path\x18\n \x01(\t\"\xb4\x01\n\x0bImageRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x36\n\x06labels\x18\x05 \x03(\x0b\x32&.tote.agent.v1.ImageRecord.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"#\n\x11ListImagesRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"@\n\x12ListImagesResponse\x12*\n\x06images\x18\x01 \x03(\x0b\x32\x1a.tote.agent.v1.ImageRecord\" \n\x11ResolveTagRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"G\n\x12ResolveTagResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\"3\n\x12RemoveImageRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"&\n\x13RemoveImageResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t\"\x0f\n\rHealthRequest\"\xa0\x01\n\x0eHealthResponse\x12\x15\n\rcontainerd_ok\x18\x01 \x01(\x08\x12\x1a\n\x12\x63ontainerd_version\x18\x02 \x01(\t\x12\x11\n\tnode_name\x18\x03 \x01(\t\x12\x10\n\x08platform\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_root\x18\x05 \x01(\t\x12\x11\n\tfast_path\x18\x06 \x01(\x08\x12\r\n\x05\x65rror\x18\x07 \x01(\t2\x8a\x05\n\x05\x41gent\x12H\n\x07Inspect\x12\x1d.tote.agent.v1.InspectRequest\x1a\x1e.tote.agent.v1.InspectResponse\x12T\n\x0bOpenSession\x12!.tote.agent.v1.OpenSessionRequest\x1a\".tote.agent.v1.OpenSessionResponse\x12M\n\x08ReadBlob\x12\x1e.tote.agent.v1.ReadBlobRequest\x1a\x1f.tote.agent.v1.ReadBlobResponse0\x01\x12O\n\nImportFrom\x12 .tote.agent.v1.ImportFromRequest\x1a\x1d.tote.agent.v1.ImportProgress0\x01\x12Q\n\nListImages\x12 .tote.agent.v1.ListImagesRequest\x1a!.tote.agent.v1.ListImagesResponse\x12Q\n\nResolveTag\x12 .tote.agent.v1.ResolveTagRequest\x1a!.tote.agent.v1.ResolveTagResponse\x12T\n\x0bRemoveImage\x12!.tote.agent.v1.RemoveImageRequest\x1a\".tote.agent.v1.RemoveImageResponse\x12\x45\n\x06Health\x12\x1c.tote.agent.v1.HealthRequest\x1a\x1d.tote.agent.v1.HealthResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,35 +42,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPENSESSIONREQUEST']._serialized_start=442
   _globals['_OPENSESSIONREQUEST']._serialized_end=498
   _globals['_OPENSESSIONRESPONSE']._serialized_start=500
-  _globals['_OPENSESSIONRESPONSE']._serialized_end=581
-  _globals['_READBLOBREQUEST']._serialized_start=583
-  _globals['_READBLOBREQUEST']._serialized_end=665
-  _globals['_READBLOBRESPONSE']._serialized_start=667
-  _globals['_READBLOBRESPONSE']._serialized_end=730
-  _globals['_IMPORTFROMREQUEST']._serialized_start=733
-  _globals['_IMPORTFROMREQUEST']._serialized_end=902
-  _globals['_IMPORTPROGRESS']._serialized_start=905
-  _globals['_IMPORTPROGRESS']._serialized_end=1117
-  _globals['_IMAGERECORD']._serialized_start=1120
-  _globals['_IMAGERECORD']._serialized_end=1300
-  _globals['_IMAGERECORD_LABELSENTRY']._serialized_start=1255
-  _globals['_IMAGERECORD_LABELSENTRY']._serialized_end=1300
-  _globals['_LISTIMAGESREQUEST']._serialized_start=1302
-  _globals['_LISTIMAGESREQUEST']._serialized_end=1337
-  _globals['_LISTIMAGESRESPONSE']._serialized_start=1339
-  _globals['_LISTIMAGESRESPONSE']._serialized_end=1403
-  _globals['_RESOLVETAGREQUEST']._serialized_start=1405
-  _globals['_RESOLVETAGREQUEST']._serialized_end=1437
-  _globals['_RESOLVETAGRESPONSE']._serialized_start=1439
-  _globals['_RESOLVETAGRESPONSE']._serialized_end=1510
-  _globals['_REMOVEIMAGEREQUEST']._serialized_start=1512
-  _globals['_REMOVEIMAGEREQUEST']._serialized_end=1563
-  _globals['_REMOVEIMAGERESPONSE']._serialized_start=1565
-  _globals['_REMOVEIMAGERESPONSE']._serialized_end=1603
-  _globals['_HEALTHREQUEST']._serialized_start=1605
-  _globals['_HEALTHREQUEST']._serialized_end=1620
-  _globals['_HEALTHRESPONSE']._serialized_start=1623
-  _globals['_HEALTHRESPONSE']._serialized_end=1783
-  _globals['_AGENT']._serialized_start=1786
-  _globals['_AGENT']._serialized_end=2436
+  _globals['_OPENSESSIONRESPONSE']._serialized_end=600
+  _globals['_READBLOBREQUEST']._serialized_start=602
+  _globals['_READBLOBREQUEST']._serialized_end=684
+  _globals['_READBLOBRESPONSE']._serialized_start=686
+  _globals['_READBLOBRESPONSE']._serialized_end=749
+  _globals['_IMPORTFROMREQUEST']._serialized_start=752
+  _globals['_IMPORTFROMREQUEST']._serialized_end=921
+  _globals['_IMPORTPROGRESS']._serialized_start=924
+  _globals['_IMPORTPROGRESS']._serialized_end=1136
+  _globals['_IMAGERECORD']._serialized_start=1139
+  _globals['_IMAGERECORD']._serialized_end=1319
+  _globals['_IMAGERECORD_LABELSENTRY']._serialized_start=1274
+  _globals['_IMAGERECORD_LABELSENTRY']._serialized_end=1319
+  _globals['_LISTIMAGESREQUEST']._serialized_start=1321
+  _globals['_LISTIMAGESREQUEST']._serialized_end=1356
+  _globals['_LISTIMAGESRESPONSE']._serialized_start=1358
+  _globals['_LISTIMAGESRESPONSE']._serialized_end=1422
+  _globals['_RESOLVETAGREQUEST']._serialized_start=1424
+  _globals['_RESOLVETAGREQUEST']._serialized_end=1456
+  _globals['_RESOLVETAGRESPONSE']._serialized_start=1458
+  _globals['_RESOLVETAGRESPONSE']._serialized_end=1529
+  _globals['_REMOVEIMAGEREQUEST']._serialized_start=1531
+  _globals['_REMOVEIMAGEREQUEST']._serialized_end=1582
+  _globals['_REMOVEIMAGERESPONSE']._serialized_start=1584
+  _globals['_REMOVEIMAGERESPONSE']._serialized_end=1622
+  _globals['_HEALTHREQUEST']._serialized_start=1624
+  _globals['_HEALTHREQUEST']._serialized_end=1639
+  _globals['_HEALTHRESPONSE']._serialized_start=1642
+  _globals['_HEALTHRESPONSE']._serialized_end=1802
+  _globals['_AGENT']._serialized_start=1805
+  _globals['_AGENT']._serialized_end=2455
 # @@protoc_insertion_point(module_scope)

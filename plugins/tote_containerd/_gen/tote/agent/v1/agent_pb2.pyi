@@ -63,14 +63,16 @@ class OpenSessionRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ..., target_node: _Optional[str] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
-    __slots__ = ("session", "expires_unix", "source_node")
+    __slots__ = ("session", "expires_unix", "source_node", "data_port")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
     SOURCE_NODE_FIELD_NUMBER: _ClassVar[int]
+    DATA_PORT_FIELD_NUMBER: _ClassVar[int]
     session: str
     expires_unix: int
     source_node: str
-    def __init__(self, session: _Optional[str] = ..., expires_unix: _Optional[int] = ..., source_node: _Optional[str] = ...) -> None: ...
+    data_port: int
+    def __init__(self, session: _Optional[str] = ..., expires_unix: _Optional[int] = ..., source_node: _Optional[str] = ..., data_port: _Optional[int] = ...) -> None: ...
 
 class ReadBlobRequest(_message.Message):
     __slots__ = ("session", "digest", "offset", "length")
