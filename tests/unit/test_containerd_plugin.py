@@ -1,0 +1,85 @@
+"""Controller side of the containerd plugin: endpoint discovery, error mapping, settings."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from tote_containerd import plugin
+from tote_containerd.agent import errors
+from tote_core.errors import ConfigError, PermanentError, RetryLater
+from tote_core.settings import AgentSettings, ControllerSettings, parse_args
+
+
+class Pod(msgspec.Struct):
+    namespace: str
+    node_name: str
+    pod_ip: str
+    labels: dict[str, str]
+    phase: str = "Running"
+
+
+SEL = "app.kubernetes.io/component=agent,app.kubernetes.io/name=tote"
+LABELS = {"app.kubernetes.io/component": "agent", "app.kubernetes.io/name": "tote"}
+
+
+def test_parse_selector() -> None:
+    assert plugin.parse_selector(SEL) == LABELS
+    assert plugin.parse_selector("a==b, c=d") == {"a": "b", "c": "d"}
+    with pytest.raises(ValueError):
+        plugin.parse_selector("a in (b)")
+
+
+def test_endpoints_from_pods() -> None:
+    pods = [
+        Pod("tote-system", "n1", "10.0.0.1", LABELS),
+        Pod("tote-system", "n2", "fd00::2", LABELS),
+        Pod("other", "n3", "10.0.0.3", LABELS),
+        Pod("tote-system", "n4", "", LABELS),
+        Pod("tote-system", "n5", "10.0.0.5", {"app": "x"}),
+        Pod("tote-system", "n6", "10.0.0.6", LABELS, phase="Pending"),
+    ]
+    got = plugin.endpoints_from_pods(pods, selector=SEL, namespace="tote-system", port=9090)
+    assert got == {"n1": "10.0.0.1:9090", "n2": "[fd00::2]:9090"}
+
+
+def test_agent_endpoint_static_then_pods() -> None:
+    s = ControllerSettings(agent_endpoints={"n1": "127.0.0.1:1"}, agent_namespace="t")
+
+    class Cache:
+        pods = [Pod("t", "n2", "10.1.1.1", LABELS)]
+
+    assert plugin.agent_endpoint(s, None, "n1") == "127.0.0.1:1"
+    assert plugin.agent_endpoint(s, Cache(), "n2") == "10.1.1.1:9090"
+    with pytest.raises(RetryLater) as err:
+        plugin.agent_endpoint(s, Cache(), "n9")
+    assert err.value.reason == "agent_unavailable"
+
+
+def test_controller_tls_required_unless_insecure() -> None:
+    with pytest.raises(PermanentError):
+        plugin.controller_ssl_context(ControllerSettings())
+    assert plugin.controller_ssl_context(ControllerSettings(insecure=True)) is None
+
+
+@pytest.mark.parametrize("exc,kind,reason", [
+    (errors.FailedPrecondition("x", reason="too_large"), PermanentError, "too_large"),
+    (errors.FailedPrecondition("x", reason="platform_missing"), PermanentError,
+     "platform_missing"),
+    (errors.DataLoss("x", reason="digest_mismatch"), RetryLater, "digest_mismatch"),
+    (errors.PermissionDenied("x"), PermanentError, "unauthorized"),
+    (errors.InvalidArgument("x"), PermanentError, "invalid_request"),
+    (errors.NotFound("x"), RetryLater, "source_unavailable"),
+    (errors.Unavailable("x"), RetryLater, "agent_unavailable"),
+])
+def test_error_translation(exc: errors.AgentError, kind: type, reason: str) -> None:
+    out = plugin._translate(exc, "here")
+    assert isinstance(out, kind) and out.reason == reason  # type: ignore[attr-defined]
+
+
+def test_agent_settings_flags() -> None:
+    s = parse_args(AgentSettings, ["--no-fast-path", "--data-port", "0", "--insecure",
+                                   "--platform", "linux/arm64"], "tote agent")
+    assert (s.fast_path, s.data_port, s.insecure, s.platform) == (False, 0, True, "linux/arm64")
+    with pytest.raises(ConfigError):
+        parse_args(AgentSettings, ["--grpc-port", "x"], "tote agent")
