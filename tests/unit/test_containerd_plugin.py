@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-
 from tote_containerd import plugin
 from tote_containerd.agent import errors
+
 from tote_core.errors import ConfigError, PermanentError, RetryLater
 from tote_core.settings import AgentSettings, ControllerSettings, parse_args
 

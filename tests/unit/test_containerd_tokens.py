@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tests.integration.containerd.certs import PKI, make_pki
 from tote_containerd.agent.errors import PermissionDenied, Unauthenticated
 from tote_containerd.agent.tls import identity_of
 from tote_containerd.agent.tokens import Signer, Verifier, describe
+
+from tests.integration.containerd.certs import PKI, make_pki
 
 D = "sha256:" + "d" * 64
 
