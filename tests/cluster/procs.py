@@ -8,6 +8,7 @@ killed by name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -44,17 +45,13 @@ class Proc:
     def stop(self, grace: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
         """Signal the process (and its own process group), wait, escalate to SIGKILL."""
         if self.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, sig)
-            except ProcessLookupError:
-                pass
             try:
                 self.popen.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.popen.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 self.popen.wait(timeout=10)
         return self.popen.returncode
 

@@ -94,6 +94,15 @@ def test_corrupt_content_detected_with_status_digest() -> None:
     assert f.verdict is Verdict.CORRUPT and f.digest == D
 
 
+def test_corrupt_layer_blob_message_of_containerd_16() -> None:
+    msg = (
+        "failed to create containerd container: error unpacking image: failed to extract "
+        f"layer {D}: failed to get reader from content store: content digest {D}: not found"
+    )
+    (f,) = detect(pod(reason="CreateContainerError", message=msg))
+    assert f.verdict is Verdict.CORRUPT
+
+
 def _node(name: str, *names: str) -> Node:
     return msgspec.convert(
         {"metadata": {"name": name}, "status": {"images": [{"names": list(names)}]}}, Node

@@ -21,7 +21,10 @@ def test_backoff_schedule_is_30s_1m_2m_5m_capped() -> None:
 def test_record_name_is_deterministic_and_valid() -> None:
     a = planner.record_name(D, "Node_1.example.com")
     assert a == planner.record_name(D, "Node_1.example.com")
-    assert a.startswith("ab" * 10) and a == a.lower() and len(a) <= 253
+    assert a.startswith("ab" * 32) and a == a.lower() and len(a) <= 253
+    # Digests sharing a long prefix still get distinct records.
+    assert planner.record_name("sha256:" + "0" * 63 + "1", "n") != planner.record_name(
+        "sha256:" + "0" * 64, "n")
     assert planner.record_name(D, "n1") != planner.record_name(D, "n2")
     long = planner.record_name(D, "x" * 400)
     assert len(long) <= 253

@@ -22,8 +22,12 @@ _AUTH_RE = re.compile(
     r"\bforbidden\b|no basic auth credentials|insufficient_scope",
     re.IGNORECASE,
 )
+# containerd 1.6 words it two ways: a missing config blob fails "resolve rootfs"; a missing
+# layer blob of a never-unpacked image fails "extract layer … failed to get reader".
 _CORRUPT_RE = re.compile(
-    r"failed to resolve rootfs.*content digest.*not found", re.IGNORECASE | re.DOTALL
+    r"(failed to resolve rootfs|failed to extract layer|error unpacking image)"
+    r".*content digest \S+:? not found",
+    re.IGNORECASE | re.DOTALL,
 )
 
 

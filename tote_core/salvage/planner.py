@@ -37,9 +37,12 @@ def label_value(text: str) -> str:
 
 
 def record_name(digest: str, target_node: str) -> str:
-    """Deterministic per (digest, target node): lookups are a GET, never a list scan."""
+    """Deterministic per (digest, target node): lookups are a GET, never a list scan.
+
+    The whole digest is kept: a prefix would let two images share one record.
+    """
     node = _DNS_LABEL.sub("-", target_node.lower()).strip("-")
-    name = f"{digest_hex(digest)[:20]}-{node}"
+    name = f"{digest_hex(digest)}-{node}"
     if len(name) > 253:
         name = f"{name[:240]}-{hashlib.sha256(target_node.encode()).hexdigest()[:12]}"
     return name
