@@ -95,6 +95,8 @@ def agent_endpoint(settings: Any, cache: Any, node: str) -> str:
     if pods is not None:
         if callable(pods):
             pods = pods()
+        elif hasattr(pods, "items") and isinstance(pods.items, dict):
+            pods = list(pods.items.values())  # the controller's pod informer
         found = endpoints_from_pods(
             pods, selector=getattr(settings, "agent_selector", ""),
             namespace=getattr(settings, "agent_namespace", "") or getattr(
@@ -213,3 +215,10 @@ async def transfer(request: TransferRequest, progress: ProgressCallback
     if _state.settings is None:
         return None
     return await run_transfer(request, progress, settings=_state.settings, cache=_state.cache)
+
+
+# Inventory hooks (find_image, resolve_tag, remove_image) live in their own module; importing
+# them here registers them with this plugin, so `plugins.disabled: [containerd]` covers them.
+from tote_containerd.inventory import find_image, remove_image, resolve_tag  # noqa: E402
+
+__all__ = ["configure", "find_image", "remove_image", "resolve_tag", "transfer"]
