@@ -163,7 +163,6 @@ async def run_transfer(request: TransferRequest, progress: ProgressCallback, *,
 
     started = time.monotonic()
     src_ep = agent_endpoint(settings, cache, request.source_node)
-    dst_ep = agent_endpoint(settings, cache, request.target_node)
     secure = controller_ssl_context(settings) is not None
     signer = Signer(settings.tls_cert, settings.tls_key) if secure else Signer()
     async with ensure_loop():
@@ -202,7 +201,6 @@ async def run_transfer(request: TransferRequest, progress: ProgressCallback, *,
                              ) from exc
     log.info("transferred %s %s → %s: %d bytes moved, %d blobs skipped", request.digest,
              request.source_node, request.target_node, done.bytes_total, done.blobs_skipped)
-    _ = dst_ep
     return TransferResult(bytes_total=done.bytes_total,
                           bytes_transferred=done.bytes_transferred - done.bytes_resumed,
                           blobs_skipped=done.blobs_skipped,

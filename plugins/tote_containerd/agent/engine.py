@@ -379,6 +379,8 @@ class AgentCore:
             result = "ok"
             return out
         finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._import_locks.pop(req.digest, None)
             metrics.TRANSFERS.labels(result=result).inc()
             metrics.TRANSFER_SECONDS.observe(time.monotonic() - started)
 
@@ -409,9 +411,8 @@ class AgentCore:
                                              reason="platform_missing")
                 m_bytes = await self._small_blob(peer, sess.session, mdesc.digest, mdesc.size)
                 manifest = oci.load_json(m_bytes, "manifest")
-                m_mt = oci.media_type_of(manifest, mdesc.media_type or oci.MT_OCI_MANIFEST)
             elif top_mt in oci.MANIFEST_TYPES:
-                manifest, m_bytes, m_mt = top_doc, top_bytes, top_mt
+                manifest, m_bytes = top_doc, top_bytes
                 mdesc = oci.Desc(top_mt, req.digest, len(top_bytes))
             else:
                 raise FailedPrecondition(f"unsupported media type {top_mt!r}")
@@ -465,8 +466,7 @@ class AgentCore:
             prog.bytes_transferred = prog.bytes_total
         # Image records last: nothing is visible before every blob is committed.
         target = Descriptor(media_type=top_mt, digest=req.digest, size=len(top_bytes))
-        repo_hint = None
-        names = oci.image_names(req.names[0] if req.names else None, repo_hint, req.digest,
+        names = oci.image_names(req.names[0] if req.names else None, None, req.digest,
                                 config.digest)
         for extra in req.names[1:]:
             if extra not in names:
@@ -478,7 +478,6 @@ class AgentCore:
             how = await self.cd.put_image(name, target, dict(CRI_LABELS))
             log.info("image record %s %s → %s", name, how, req.digest)
         await self.cd.delete_lease(lease)
-        _ = m_mt
         prog.names = names
         prog.phase = "done"
         prog.done = True
