@@ -116,6 +116,12 @@ class TrioStream(Generic[S, R]):
         self._stream = await aio(_open)
         return self
 
+    def peer_cert(self) -> dict[str, Any] | None:
+        """The server's verified certificate (after the request was sent), if TLS."""
+        peer = getattr(self._stream, "peer", None)
+        cert = peer.cert() if peer is not None else None
+        return cert if isinstance(cert, dict) else None
+
     async def send(self, message: S, *, end: bool = False) -> None:
         await aio(self._stream.send_message, message, end=end)
         if end:

@@ -30,6 +30,7 @@ from tote_containerd.agent.api import (
     Resolved,
     Session,
 )
+from tote_containerd.agent.tls import identity_of
 
 _REASON_MARK = " [reason="
 
@@ -67,7 +68,7 @@ async def ensure_loop() -> AsyncIterator[None]:
 
 class AgentClient:
     def __init__(self, endpoint: str, *, ssl_context: ssl.SSLContext | None = None,
-                 rpc_timeout: float = 30.0) -> None:
+                 rpc_timeout: float = 30.0, expect_role: str | None = "agent") -> None:
         host, _, port = endpoint.rpartition(":")
         if not host or not port.isdigit():
             raise errors.InvalidArgument(f"invalid agent endpoint {endpoint!r}")
@@ -76,6 +77,7 @@ class AgentClient:
         self._port = int(port)
         self._ssl = ssl_context
         self.rpc_timeout = rpc_timeout
+        self.expect_role = expect_role
         self._channel: Any = None
         self._stub: Any = None
 
@@ -100,6 +102,24 @@ class AgentClient:
 
         self._channel = await aio(_mk)
         self._stub = agent_grpc.AgentStub(self._channel)
+        if self._ssl is not None and self.expect_role:
+            await self._verify_peer()
+
+    async def _verify_peer(self) -> None:
+        """Check the server's certificate carries the expected tote identity (the chain was
+        verified by TLS; host names are not used, agents are reached by pod IP)."""
+        stream: TrioStream[Any, Any] = TrioStream(self._stub.Health, timeout=10)
+        with _mapped(self.endpoint):
+            async with stream:
+                await stream.send(pb.HealthRequest(), end=True)
+                cert = stream.peer_cert()
+                while await stream.recv() is not None:
+                    pass
+        role = identity_of(cert).role
+        if role != self.expect_role:
+            raise errors.PermissionDenied(
+                f"peer {self.endpoint} presents identity {role!r}, expected "
+                f"{self.expect_role!r}", reason="unauthorized")
 
     async def close(self) -> None:
         ch, self._channel = self._channel, None

@@ -111,6 +111,22 @@ async def test_identities_are_enforced(env: Env, image: str) -> None:
     assert not _names_on_b(env, image)
 
 
+async def test_client_checks_the_server_identity(env: Env) -> None:
+    """A server with a valid tote certificate but the controller identity is no agent."""
+    from tests.integration.containerd.nodes import start_agent
+
+    c = env.pki.controller
+    fake = start_agent(env.group, env.nodes["c"], "--tls-cert", c.cert, "--tls-key", c.key,
+                       "--tls-ca", c.ca, "--no-fast-path", name="agent-c-wrong-identity")
+    try:
+        with pytest.raises(errors.PermissionDenied, match="expected 'agent'"):
+            async with AgentClient.connect(fake.endpoint,
+                                           ssl_context=_ctx(c, c.ca)) as client:
+                await client.list_images()
+    finally:
+        fake.proc.stop()
+
+
 async def _import_with(env: Env, token: str, digest: str) -> None:
     async with AgentClient.connect(
             env.agents["b"].endpoint,
