@@ -146,10 +146,13 @@ class SalvageEngine:
             ),
         )
         st = record.status
-        if st.phase == "Completed":
+        holders = await self._holders(digest)
+        if st.phase == "Completed" and target in holders:
             await self._restart_pods(job)
             self.jobs.pop(key, None)
             return None
+        # A Completed record whose image has since vanished from the target (GC, manual
+        # removal, corrupt record removed) is salvaged again under the same record.
         if st.phase == "Failed" and any(c.reason == PERMANENT for c in st.conditions):
             self.jobs.pop(key, None)
             return None
@@ -159,14 +162,16 @@ class SalvageEngine:
             if wait > 0:
                 return Result(requeue_after=wait)
 
-        holders = await self._holders(digest)
         if target in holders:
             await self._complete(job, record, None, "already present on the target node")
             return None
         candidates = sorted(holders - {target})
         if not candidates:
+            # Not requeued (nothing to wait for), but not sticky either: if a node reports
+            # the digest later, detection submits again and this record is retried.
             await self._fail(job, record, f"no other node holds {digest}", "no_source",
-                             permanent=True)
+                             permanent=False)
+            self.jobs.pop(key, None)
             return None
         order = await self._order(inc, candidates, target)
         if not order:

@@ -49,9 +49,13 @@ class RecordStore:
             ),
             spec=spec,
         )
+        body = msgspec.to_builtins(record)
+        # omit_defaults drops them, and custom resources need both on create.
+        body.update(apiVersion=GROUP_VERSION, kind="SalvageRecord")
+        body.pop("status", None)  # ignored on create anyway: status goes through /status
         try:
             created: SalvageRecord = await self.kube.create(
-                self._path(namespace), msgspec.to_builtins(record), SalvageRecord
+                self._path(namespace), body, SalvageRecord
             )
         except Conflict:
             again = await self.get(namespace, name)

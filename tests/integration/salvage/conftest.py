@@ -1,0 +1,109 @@
+"""Fixtures: the real apiserver plus containerd "nodes" with real agents, and a controller.
+
+Three containerd instances stand in for nodes `n1`, `n2`, `n3`, each with an agent (mTLS);
+the harness creates matching Node objects and writes `status.images` the way kubelet does.
+The controller runs as its own process with the restricted RBAC identity and reaches the
+agents through `--agent-endpoints`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.controller import ControllerProcess
+from tests.cluster.controlplane import ControlPlane
+from tests.cluster.objects import create_node, set_node_images
+from tests.cluster.procs import ProcessGroup, wait_until
+from tests.integration.containerd.certs import make_pki
+from tests.integration.containerd.nodes import Env, start_node
+
+NODES = ("n1", "n2", "n3")
+
+
+@dataclass
+class SalvageEnv:
+    cp: ControlPlane
+    ctd: Env
+    workdir: Path
+    controllers: list[ControllerProcess] = field(default_factory=list)
+
+    def node_status_from_containerd(self, node: str, *, hide: set[str] | None = None) -> None:
+        """Write Node.status.images from what the node's containerd holds (kubelet-like)."""
+        names = self.ctd.nodes[node].image_names()
+        by_target: dict[str, list[str]] = {}
+        for line in self.ctd.nodes[node].ctr("images", "ls").stdout.splitlines()[1:]:
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] in names:
+                by_target.setdefault(parts[2], []).append(parts[0])
+        images = [sorted(v)[:5] for k, v in by_target.items() if k not in (hide or set())]
+        set_node_images(self.cp, node, images)
+
+    def controller(self, identity: str, *extra: str) -> ControllerProcess:
+        c = self.ctd.pki.controller
+        endpoints = ",".join(f"{n}={a.endpoint}" for n, a in self.ctd.agents.items())
+        ctl = ControllerProcess(
+            self.cp, self.workdir / identity, identity=identity,
+            extra_args=[
+                f"--lease-name=salvage-{identity}", f"--agent-endpoints={endpoints}",
+                f"--tls-cert={c.cert}", f"--tls-key={c.key}", f"--tls-ca={c.ca}", *extra,
+            ],
+        ).start()
+        self.controllers.append(ctl)
+        wait_until(ctl.leading, timeout=30, what=f"{identity} leads", proc=ctl.proc)
+        return ctl
+
+    def logs(self) -> dict[str, str]:
+        out = dict(self.ctd.group.logs())
+        for c in self.controllers:
+            out.update(c.logs())
+        return out
+
+
+def _usable() -> str | None:
+    if not shutil.which("containerd") or not shutil.which("ctr"):
+        return "containerd/ctr not installed"
+    if os.geteuid() != 0:
+        return "needs root to run containerd"
+    return None
+
+
+@pytest.fixture(scope="module")
+def senv(control_plane: ControlPlane) -> Iterator[SalvageEnv]:
+    why = _usable()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    base = Path(tempfile.mkdtemp(prefix="tote-salvage-"))
+    group = ProcessGroup(base / "logs")
+    ctd = Env(base=base, group=group, pki=make_pki(base / "pki"))
+    env = SalvageEnv(cp=control_plane, ctd=ctd, workdir=base / "ctl")
+    try:
+        for name in NODES:
+            ctd.nodes[name] = start_node(group, base / "nodes", name)
+            ctd.agents[name] = ctd.agent(name)
+            create_node(control_plane, name)
+        yield env
+    finally:
+        for c in env.controllers:
+            c.stop()
+        group.stop_all()
+        keep = os.environ.get("TOTE_KEEP_LOGS")
+        if keep:
+            shutil.copytree(base / "logs", Path(keep) / base.name, dirs_exist_ok=True)
+        for name in NODES:
+            control_plane.kubectl("delete", "node", name, "--ignore-not-found", check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def records(cp: ControlPlane, ns: str) -> list[dict[str, object]]:
+    out = cp.kubectl("get", "salvagerecords", "-n", ns, "-o", "json").stdout
+    return json.loads(out)["items"]  # type: ignore[no-any-return]
