@@ -1,0 +1,306 @@
+"""Salvage end to end on the real kubelet (issue 5): registry down → tote → pod Running.
+
+The cluster (tests/e2e/conftest.py) has a real kubelet node `127.0.0.1` on its own
+containerd; this module adds image-only node `node-b` (its own containerd, Node object kept
+Ready, kubelet-like status.images), a `tote agent` per node with mTLS and the `tote
+controller` process with the restricted RBAC identity (tests/e2e/salvage_env.py). Every
+failure below is real: kubelet/containerd fail to pull from a stopped loopback registry, or
+fail to create a container from an image whose layer blob is gone.
+
+1. Deployment, image X only on node B, registry stopped → ErrImagePull/BackOff → salvaged
+   from node-b → replacement pod Running; its log proves it runs X. Prints the timings.
+2. Tag-only image no node has → ImageNotActionable, no SalvageRecord.
+3. Kill switch (ConfigMap tote-system/tote-config `enabled: "false"`) → the same real
+   failure produces no tote event and no record; switched back on, the pod is salvaged.
+4. (scenario 1's incident) SalvageRecord Completed with its progress fields, and
+   `kubectl events` tells the story (ImageSalvageable, ImageSalvaged).
+5. Standalone pod → salvaged, never deleted: kubelet's next retry starts it (same UID).
+6. Corrupt image record on the kubelet node (layer blob deleted) → CreateContainerError →
+   ImageCorrupt, record removed through the node's agent, owned pod deleted → the
+   replacement fails to pull → salvaged → Running.
+7. imagePullPolicy Always → ImageNotActionable once (no loop), no SalvageRecord.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster import oci
+from tests.cluster import registry as registry_mod
+from tests.cluster.cluster import KubeCluster
+from tests.cluster.procs import free_port, wait_until
+from tests.cluster.registry import Registry
+from tests.e2e.salvage_env import (
+    SalvageEnv,
+    Timeline,
+    deployment,
+    image_only_on_node_b,
+    namespace,
+    standalone_pod,
+    start_salvage_env,
+)
+
+pytestmark = pytest.mark.e2e
+
+NODE_B = "node-b"
+
+
+@pytest.fixture(scope="module")
+def tote(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[SalvageEnv]:  # fmt: skip
+    """node-b + agents on 127.0.0.1 and node-b + the controller, for this module."""
+    env = start_salvage_env(kube_cluster, tmp_path_factory.mktemp("tote-e2e"),
+                            image_nodes=(NODE_B,))  # fmt: skip
+    print(f"tote on the e2e cluster up in {env.startup_seconds}")
+    try:
+        yield env
+    finally:
+        env.stop()
+
+
+def _no_records(tote: SalvageEnv, ns: str) -> None:
+    recs = tote.records(ns)
+    assert recs == [], [r["metadata"]["name"] for r in recs]
+
+
+def _reasons(tote: SalvageEnv, ns: str, pod: str | None = None) -> list[str]:
+    return [str(e.get("reason")) for e in tote.tote_events(ns, pod)]
+
+
+# --------------------------------------------------------------------------- scenario 1 (+4)
+
+
+@dataclass
+class Salvaged:
+    ns: str
+    image: oci.OciImage
+    ref: str
+    timeline: Timeline
+    first_pod: tuple[str, str]
+    pod: dict[str, Any]
+    marker: str
+
+
+@pytest.fixture(scope="module")
+def scenario1(tote: SalvageEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Salvaged]:
+    cluster = tote.cluster
+    tmp = tmp_path_factory.mktemp("s1")
+    reg = registry_mod.start_registry(tmp / "registry")
+    cluster.node.trust_registry(reg.host)
+    ns = namespace(cluster)
+    try:
+        marker = f"image-X-{uuid.uuid4().hex[:8]}"
+        img = image_only_on_node_b(tote, reg, tmp / "img", "shop/web", marker=marker)
+        ref = img.name
+        tl = Timeline(cluster, ns, selector="app=web")
+        cluster.apply(deployment("web", ns, ref))
+        pod = tl.wait_running(timeout=150)
+        yield Salvaged(ns=ns, image=img, ref=ref, timeline=tl, first_pod=tl.pods[0], pod=pod,
+                       marker=marker)
+    finally:
+        reg.stop()
+        cluster.kubectl("delete", "deployments", "--all", "-n", ns, "--wait=false", check=False)
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_1_registry_down_deployment_salvaged_from_node_b(
+    tote: SalvageEnv, scenario1: Salvaged
+) -> None:
+    s, cluster = scenario1, tote.cluster
+    tl = s.timeline
+    print(f"scenario 1 timeline (s since the Deployment was applied): {tl.summary()}")
+    # a real pull failure happened on the kubelet node first
+    assert tl.first_failure() is not None, tl.first
+    assert "ImageSalvageable" in tl.first and "ImageSalvaged" in tl.first, tl.first
+    # the pod that failed was replaced (owned pod deleted with UID precondition)
+    first_name, first_uid = s.first_pod
+    assert s.pod["metadata"]["uid"] != first_uid, tl.pods
+    old = cluster.pod(s.ns, first_name)
+    assert old is None or old["metadata"].get("deletionTimestamp"), old  # gone or going
+    # … and its replacement runs image X, from the kubelet node's own containerd
+    assert s.pod["spec"]["nodeName"] == cluster.node.name
+    status = s.pod["status"]["containerStatuses"][0]
+    assert status["imageID"].endswith(s.image.digest), status
+    name = s.pod["metadata"]["name"]
+    wait_until(lambda: s.marker in cluster.pod_logs(s.ns, name), timeout=20,
+               what=f"image X's marker {s.marker!r} in the pod log")  # fmt: skip
+    assert s.ref in cluster.node.image_names()
+    fail = tl.first_failure()
+    backoff = tl.first_backoff()
+    print(
+        f"scenario 1: first pull failure ({fail}) → Running {tl.since(fail or '')}s; "
+        f"first BackOff ({backoff}) → Running {tl.since(backoff) if backoff else 'n/a'}s; "
+        f"ImageSalvageable → ImageSalvaged {tl.since('ImageSalvageable', 'ImageSalvaged')}s"
+    )
+
+
+def test_4_record_completed_and_kubectl_events_tell_the_story(
+    tote: SalvageEnv, scenario1: Salvaged
+) -> None:
+    s, cluster = scenario1, tote.cluster
+    recs = tote.records(s.ns)
+    assert len(recs) == 1, recs
+    rec = recs[0]
+    spec, st = rec["spec"], rec.get("status", {})
+    assert st.get("phase") == "Completed", st
+    assert spec["digest"] == s.image.digest
+    assert spec["sourceNode"] == NODE_B and spec["targetNode"] == cluster.node.name, spec
+    assert spec["podName"] == s.first_pod[0] and spec["podUID"] == s.first_pod[1], spec
+    assert s.ref.split(":v1")[0] in spec["imageRef"], spec
+    assert st.get("bytesTotal", 0) > 0, st
+    assert st.get("bytesTransferred", 0) > 0, st
+    assert st["bytesTransferred"] <= st["bytesTotal"], st
+    assert "blobsSkipped" in st, st
+    assert st.get("startedAt") and st.get("completedAt"), st
+    assert not st.get("error"), st
+    table = cluster.kubectl("get", "salvagerecords", "-n", s.ns).stdout
+    print(table)
+    assert "Completed" in table and NODE_B in table
+    out = cluster.kubectl("events", "-n", s.ns).stdout
+    print(out)
+    for reason in ("ImageSalvageable", "ImageSalvaged"):
+        assert reason in out, out
+    assert "BackOff" in out or "ErrImagePull" in out or "Failed" in out, out
+    salvageable = tote.tote_events(s.ns, s.first_pod[0])
+    notes = {e["reason"]: e.get("note", "") for e in salvageable}
+    assert NODE_B in notes["ImageSalvageable"] and s.image.digest in notes["ImageSalvageable"]
+    assert "technical debt" in notes["ImageSalvageable"]
+    assert notes.get("ImageSalvaged"), notes
+
+
+# --------------------------------------------------------------------------- scenario 2
+
+
+def test_2_tag_only_image_no_node_has_is_not_actionable(
+    tote: SalvageEnv, test_namespace: str
+) -> None:
+    ns, cluster = test_namespace, tote.cluster
+    ref = f"127.0.0.1:{free_port()}/tote/ghost-{uuid.uuid4().hex[:6]}:v1"  # nothing listens
+    tl = Timeline(cluster, ns, selector="app=ghost")
+    cluster.apply(deployment("ghost", ns, ref))
+    ev = tote.wait_tote_event(ns, "ImageNotActionable", timeout=60)
+    assert "no node reports a digest" in ev.get("note", ""), ev
+    wait_until(lambda: tl.poll() or "BackOff" in tl.first, timeout=60,
+               what="kubelet back-off")  # fmt: skip
+    time.sleep(3)
+    _no_records(tote, ns)
+    assert set(_reasons(tote, ns)) == {"ImageNotActionable"}, _reasons(tote, ns)
+    print(f"scenario 2 timeline: {tl.summary()}")
+
+
+# --------------------------------------------------------------------------- scenario 3
+
+
+def test_3_kill_switch_off_real_failure_no_tote_events(
+    tote: SalvageEnv, test_namespace: str, local_registry: Registry, tmp_path: Path
+) -> None:
+    ns, cluster = test_namespace, tote.cluster
+    tote.set_enabled(False)
+    try:
+        img = image_only_on_node_b(tote, local_registry, tmp_path, "shop/off",
+                                   marker=f"off-{uuid.uuid4().hex[:8]}")  # fmt: skip
+        tl = Timeline(cluster, ns, selector="app=off")
+        cluster.apply(deployment("off", ns, img.name))
+        wait_until(lambda: tl.poll() or "BackOff" in tl.first, timeout=60, interval=0.5,
+                   what="real pull failure and BackOff")  # fmt: skip
+        tl.watch(5)
+        print(f"scenario 3 (switched off) timeline: {tl.summary()}")
+        assert "Running" not in tl.first and tl.first_failure() is not None, tl.first
+        assert tote.tote_events(ns) == [], _reasons(tote, ns)
+        _no_records(tote, ns)
+    finally:
+        tote.set_enabled(True)
+    # switched back on without a restart: the pod still failing is picked up and salvaged
+    tl.wait_running(timeout=90)
+    assert "ImageSalvaged" in _reasons(tote, ns), _reasons(tote, ns)
+    print(f"scenario 3 (switched back on) timeline: {tl.summary()}")
+
+
+# --------------------------------------------------------------------------- scenario 5
+
+
+def test_5_standalone_pod_recovers_without_being_deleted(
+    tote: SalvageEnv, test_namespace: str, local_registry: Registry, tmp_path: Path
+) -> None:
+    ns, cluster = test_namespace, tote.cluster
+    marker = f"alone-{uuid.uuid4().hex[:8]}"
+    img = image_only_on_node_b(tote, local_registry, tmp_path, "shop/alone", marker=marker)
+    tl = Timeline(cluster, ns, pod_name="alone")
+    cluster.apply(standalone_pod("alone", ns, img.name))
+    pod = tl.wait_running(timeout=300, interval=1)
+    print(f"scenario 5 timeline: {tl.summary()}; pull failure → Running "
+          f"{tl.since(tl.first_failure() or '')}s")  # fmt: skip
+    assert len({uid for _, uid in tl.pods}) == 1, tl.pods  # never deleted
+    assert tl.first_failure() is not None, tl.first
+    assert "ImageSalvaged" in _reasons(tote, ns, "alone"), _reasons(tote, ns)
+    assert pod["status"]["containerStatuses"][0]["imageID"].endswith(img.digest)
+    wait_until(lambda: marker in cluster.pod_logs(ns, "alone"), timeout=20,
+               what="marker in the pod log")  # fmt: skip
+    (rec,) = tote.records(ns)
+    assert rec["status"]["phase"] == "Completed", rec["status"]
+
+
+# --------------------------------------------------------------------------- scenario 6
+
+
+def test_6_corrupt_image_record_removed_pod_replaced_then_salvaged(
+    tote: SalvageEnv, test_namespace: str, local_registry: Registry, tmp_path: Path
+) -> None:
+    ns, cluster = test_namespace, tote.cluster
+    node = cluster.node
+    marker = f"corrupt-{uuid.uuid4().hex[:8]}"
+    img = image_only_on_node_b(tote, local_registry, tmp_path, "shop/corrupt", marker=marker)
+    # the kubelet node has a record of X whose layer blob is gone (never unpacked)
+    node.import_image(img, unpack=False)
+    node.delete_blob(img.layer_digests[0])
+    assert img.name in node.image_names()
+    tl = Timeline(cluster, ns, selector="app=corrupt")
+    cluster.apply(deployment("corrupt", ns, img.name))
+    pod = tl.wait_running(timeout=180)
+    print(f"scenario 6 timeline: {tl.summary()}")
+    assert "CreateContainerError" in tl.first, tl.first
+    reasons = _reasons(tote, ns)
+    assert "ImageCorrupt" in reasons and "ImageSalvaged" in reasons, reasons
+    first_uid = tl.pods[0][1]
+    assert pod["metadata"]["uid"] != first_uid, tl.pods  # the owned pod was replaced
+    # the replacement really failed to pull (the stale record was gone) before salvage
+    assert tl.first_failure() is not None, tl.first
+    assert pod["status"]["containerStatuses"][0]["imageID"].endswith(img.digest)
+    wait_until(lambda: marker in cluster.pod_logs(ns, pod["metadata"]["name"]), timeout=20,
+               what="marker in the pod log")  # fmt: skip
+    assert any(r["status"].get("phase") == "Completed" for r in tote.records(ns))
+
+
+# --------------------------------------------------------------------------- scenario 7
+
+
+def test_7_pull_policy_always_not_actionable_no_loop(
+    tote: SalvageEnv, test_namespace: str, local_registry: Registry, tmp_path: Path
+) -> None:
+    ns, cluster = test_namespace, tote.cluster
+    img = image_only_on_node_b(tote, local_registry, tmp_path, "shop/always",
+                               marker=f"always-{uuid.uuid4().hex[:8]}")  # fmt: skip
+    before = tote.ctl.metric("tote_not_actionable_total")
+    tl = Timeline(cluster, ns, selector="app=always")
+    cluster.apply(deployment("always", ns, img.name, pull_policy="Always"))
+    ev = tote.wait_tote_event(ns, "ImageNotActionable", timeout=60)
+    assert "Always" in ev.get("note", ""), ev
+    # let kubelet go round its back-off loop at least once more
+    wait_until(lambda: tl.poll() or "BackOff" in tl.first, timeout=60, what="kubelet back-off")
+    tl.watch(12)
+    print(f"scenario 7 timeline: {tl.summary()}")
+    assert "Running" not in tl.first
+    _no_records(tote, ns)
+    evs = tote.tote_events(ns)
+    assert [e["reason"] for e in evs] == ["ImageNotActionable"], [
+        (e["reason"], e.get("note")) for e in evs
+    ]
+    assert tote.ctl.metric("tote_not_actionable_total") - before == 1
+    assert len(tl.pods) == 1, tl.pods  # nothing deleted or recreated
