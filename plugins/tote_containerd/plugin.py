@@ -156,6 +156,7 @@ def _translate(exc: Exception, where: str) -> Exception:
 
 async def run_transfer(request: TransferRequest, progress: ProgressCallback, *,
                        settings: Any, cache: Any = None) -> TransferResult:
+    from tote_containerd import inventory
     from tote_containerd.agent.api import ImportProgress, ImportRequest
     from tote_containerd.agent.client import ensure_loop
     from tote_containerd.agent.errors import AgentError
@@ -199,6 +200,10 @@ async def run_transfer(request: TransferRequest, progress: ProgressCallback, *,
         except AgentError as exc:
             raise _translate(exc, f"import {request.source_node} → {request.target_node}"
                              ) from exc
+        finally:
+            # The target may hold the image now: a cached "who holds it" answer from before
+            # the transfer would make the next pod on that node salvage it again.
+            inventory.invalidate()
     log.info("transferred %s %s → %s: %d bytes moved, %d blobs skipped", request.digest,
              request.source_node, request.target_node, done.bytes_total, done.blobs_skipped)
     return TransferResult(bytes_total=done.bytes_total,

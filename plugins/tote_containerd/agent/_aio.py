@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
+import grpclib.exceptions
 import trio
 import trio_asyncio
 
@@ -97,6 +98,14 @@ class TrioStream(Generic[S, R]):
     On exit without error the stream is finished normally (trailers checked, so a server error
     raises); on error or cancellation it is reset, so an abandoned stream never keeps the
     HTTP/2 window full.
+
+    A server that ends a call before the client half-closed it (a gRPC-Go server answering a
+    client-streaming call with an error, e.g. containerd's content Write STAT → ALREADY_EXISTS)
+    sends its status and then RST_STREAM(NO_ERROR) right behind it. When both frames arrive in
+    one socket read, grpclib marks the stream terminated before the waiting task has looked at
+    the status and raises `StreamTerminatedError("Stream reset by remote party, error_code:
+    0")`. `recv`/`finish` then raise the status the server did send (`GRPCError`), and once a
+    status was delivered the stream is closed without reading it again.
     """
 
     def __init__(self, method: Any, *, metadata: dict[str, str] | None = None,
@@ -107,6 +116,7 @@ class TrioStream(Generic[S, R]):
         self._stream: Any = None
         self._ended = False
         self._done = False
+        self._status_delivered = False
 
     async def __aenter__(self) -> TrioStream[S, R]:
         async def _open() -> Any:
@@ -133,7 +143,8 @@ class TrioStream(Generic[S, R]):
             self._ended = True
 
     async def recv(self) -> R | None:
-        msg: R | None = await aio(self._stream.recv_message)
+        """The next message; None at the end. A server error status raises `GRPCError`."""
+        msg: R | None = await self._status_call(self._stream.recv_message)
         if msg is None:
             self._done = True
         return msg
@@ -146,7 +157,28 @@ class TrioStream(Generic[S, R]):
             if not stream._recv_trailing_metadata_done:
                 await stream.recv_trailing_metadata()
 
-        await aio(_finish)
+        await self._status_call(_finish)
+
+    async def _status_call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await aio(fn)
+        except grpclib.exceptions.GRPCError:
+            self._done = self._status_delivered = True
+            raise
+        except grpclib.exceptions.StreamTerminatedError:
+            status = self._received_status()
+            if status is None:
+                raise
+            self._done = self._status_delivered = True
+            raise status from None
+
+    def _received_status(self) -> grpclib.exceptions.GRPCError | None:
+        """The error status the server sent before it reset the stream, if it sent one."""
+        try:
+            self._stream._maybe_raise()
+        except grpclib.exceptions.GRPCError as exc:
+            return exc
+        return None
 
     async def __aiter__(self) -> AsyncIterator[R]:
         while True:
@@ -170,5 +202,12 @@ class TrioStream(Generic[S, R]):
             # Shielded: the reset must reach the server even when we are being cancelled.
             with trio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await aio(_close, True)
+            return
+        if self._status_delivered:
+            # The caller already has the server's final status (and handled it); grpclib
+            # would only raise it, or the reset that followed it, a second time.
+            with contextlib.suppress(grpclib.exceptions.GRPCError,
+                                     grpclib.exceptions.StreamTerminatedError):
+                await aio(_close, False)
             return
         await aio(_close, False)

@@ -295,7 +295,6 @@ class ContentWriter:
         except grpclib.exceptions.GRPCError as exc:
             if exc.status.name == "ALREADY_EXISTS":
                 self.exists = True
-                self._stream._done = True
                 self.offset = self.total
                 return
             raise

@@ -477,7 +477,13 @@ class AgentCore:
         for name in names:
             how = await self.cd.put_image(name, target, dict(CRI_LABELS))
             log.info("image record %s %s → %s", name, how, req.digest)
-        await self.cd.delete_lease(lease)
+        # The image is complete and recorded: from here on nothing may turn it into a failure
+        # (the controller would retry a finished transfer). The lease expires on its own.
+        try:
+            await self.cd.delete_lease(lease)
+        except AgentError as exc:
+            log.warning("import of %s complete, but releasing lease %s failed (it expires "
+                        "in %d s): %s", req.digest, lease, IMPORT_LEASE_TTL, exc)
         prog.names = names
         prog.phase = "done"
         prog.done = True

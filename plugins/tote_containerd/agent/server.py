@@ -82,6 +82,8 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
         except AgentError as exc:
             metrics.RPCS.labels(method=method, code=exc.code).inc()
             log.info("%s failed: %s", method, exc)
+            if exc.__cause__ is not None:
+                log.debug("%s failure detail", method, exc_info=exc)
             raise _grpc_error(exc) from exc
         except grpclib.exceptions.GRPCError:
             raise

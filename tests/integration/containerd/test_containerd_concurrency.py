@@ -1,0 +1,98 @@
+"""Imports while the controller's inventory calls hammer the same agents (salvage test 8).
+
+Regression: an `ImportFrom` of an image whose manifest (or index) is already in the target's
+content store re-commits it with its GC labels. containerd answers the Write stream's STAT
+with ALREADY_EXISTS as a trailers-only response and, because the client has not half-closed
+the stream yet, follows it with RST_STREAM(NO_ERROR) in the same write. When both frames
+arrive in one socket read grpclib marks the stream terminated before the waiting task picks
+up the headers, so the agent reported "containerd unreachable: Stream reset by remote party,
+error_code: 0" for an import that had nothing left to do. The controller saw a failure and
+retried 30 s later. (The parallel calls are what the controller does meanwhile; the re-import
+alone already failed every time.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import trio
+from tote_containerd.agent.api import ImportProgress, ImportRequest
+from tote_containerd.agent.errors import AgentError
+from tote_containerd.agent.tokens import Signer
+from tote_containerd.plugin import open_agent
+
+from tests.images.build import layered_image
+from tests.integration.containerd.nodes import Env
+
+MiB = 1024 * 1024
+pytestmark = pytest.mark.integration
+
+ROUNDS = 12
+
+
+async def _import(env: Env, source: str, target: str, digest: str, names: list[str]
+                  ) -> ImportProgress:
+    token = Signer(env.pki.controller.cert, env.pki.controller.key).mint(
+        digest=digest, source=source, target=target, ttl=60)
+    async with open_agent(target, env.settings()) as agent:
+        return await agent.import_from(ImportRequest(
+            source_node=source, source_endpoint=env.agents[source].endpoint,
+            token=token, digest=digest, names=names))
+
+
+async def _hammer(env: Env, node: str, ref: str, digest: str, stop: trio.Event,
+                  calls: list[int]) -> None:
+    """What `inventory.find_image` does, in a loop: ListImages, ResolveTag, Inspect."""
+    async with open_agent(node, env.settings()) as agent:
+        while not stop.is_set():
+            await agent.list_images()
+            await agent.list_images(digest)
+            await agent.resolve_tag(ref)
+            with contextlib.suppress(AgentError):  # absent on the target at first: fine
+                await agent.inspect(digest)
+            calls[0] += 1
+            await trio.lowlevel.checkpoint()
+
+
+@pytest.mark.parametrize("target", ["b", "d"], ids=["api", "fast"])
+async def test_reimport_under_concurrent_inventory_calls(env: Env, target: str) -> None:
+    """An image imported, then imported again and again (all blobs present), while
+    ListImages / ResolveTag / Inspect run in parallel against source and target: every
+    import reports success and the image stays complete."""
+    a = env.nodes["a"]
+    img = layered_image(f"127.0.0.1:5999/shop/again-{target}:v1", [1 * MiB, 64 * 1024],
+                        seed=301 + (target == "d"))
+    a.import_archive(img.write_archive(env.base / f"again-{target}.tar"))
+    ref = f"127.0.0.1:5999/shop/again-{target}@{img.digest}"
+    calls = [0]
+    failures: list[str] = []
+    results: list[ImportProgress] = []
+    stop = trio.Event()
+
+    async def importer() -> None:
+        try:
+            for _ in range(ROUNDS):
+                try:
+                    results.append(await _import(env, "a", target, img.digest, [ref]))
+                except Exception as exc:  # collect: the assertion below shows them all
+                    failures.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            stop.set()
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            for node in ("a", target):
+                for _ in range(3):
+                    nursery.start_soon(_hammer, env, node, ref, img.digest, stop, calls)
+            nursery.start_soon(importer)
+    print(f"re-import: {len(results)} ok, {len(failures)} failed, "
+          f"{calls[0]} inventory rounds in parallel")
+    assert not failures, failures
+    assert len(results) == ROUNDS
+    assert results[0].bytes_total == sum(x.size for x in img.blobs)
+    assert all(r.done and r.bytes_total == 0 for r in results[1:])
+    async with open_agent(target, env.settings()) as agent:
+        res = await agent.inspect(ref)
+    assert res.complete, res.reason
+    env.nodes[target].ctr("images", "check")
