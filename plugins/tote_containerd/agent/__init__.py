@@ -66,21 +66,54 @@ def _fast_path_root(settings: AgentSettings, reported: str) -> str:
 
 async def run(settings: AgentSettings, *,
               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the agent until cancelled.
+
+    Configuration problems (TLS files missing or unreadable, bad `--platform`, a port that
+    cannot be bound) raise a plain `ConfigError`, never wrapped in an exception group, so the
+    CLI prints one line instead of a traceback."""
+    from tote_containerd.agent.errors import single_leaf
+
+    try:
+        await _run(settings, task_status=task_status)
+    except BaseExceptionGroup as eg:
+        leaf = single_leaf(eg)
+        if isinstance(leaf, ConfigError):
+            raise leaf from None
+        raise
+
+
+def _listen_error(what: str, host: str, port: int, exc: OSError) -> ConfigError:
+    return ConfigError(f"cannot listen on {host or '*'}:{port} ({what}): "
+                       f"{exc.strerror or exc}")
+
+
+async def _run(settings: AgentSettings, *, task_status: trio.TaskStatus[None]) -> None:
+    import ssl
+
     from tote_containerd.agent import _aio, dataplane, engine, httpd, oci, tls
     from tote_containerd.agent.client import AgentClient
     from tote_containerd.agent.containerd import ContainerdClient
+    from tote_containerd.agent.errors import AgentError
     from tote_containerd.agent.server import GrpcServer
     from tote_containerd.agent.tokens import Verifier
 
     secure = _check_tls(settings)
     node = _node_name(settings)
-    platform = oci.check_platform(settings.platform) if settings.platform \
-        else oci.node_platform()
-    server_ctx = tls.server_context(settings.tls_cert, settings.tls_key, settings.tls_ca) \
-        if secure else None
-    peer_ctx = tls.client_context(settings.tls_cert, settings.tls_key, settings.tls_ca) \
-        if secure else None
-    verifier = Verifier(settings.tls_ca if secure else "")
+    try:
+        platform = oci.check_platform(settings.platform) if settings.platform \
+            else oci.node_platform()
+    except AgentError as exc:
+        raise ConfigError(f"invalid --platform {settings.platform!r}: {exc}") from None
+    try:
+        server_ctx = tls.server_context(settings.tls_cert, settings.tls_key, settings.tls_ca) \
+            if secure else None
+        peer_ctx = tls.client_context(settings.tls_cert, settings.tls_key, settings.tls_ca) \
+            if secure else None
+        verifier = Verifier(settings.tls_ca if secure else "")
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ConfigError(f"cannot use the TLS files (--tls-cert {settings.tls_cert}, "
+                          f"--tls-key {settings.tls_key}, --tls-ca {settings.tls_ca}): "
+                          f"{exc}") from None
 
     @contextlib.asynccontextmanager
     async def open_peer(endpoint: str) -> AsyncIterator[engine.Peer]:
@@ -111,15 +144,28 @@ async def run(settings: AgentSettings, *,
                 return False, f"containerd unreachable: {core.containerd_error or 'no answer'}"
 
             grpc_server = GrpcServer(core, insecure=not secure)
-            await grpc_server.start(settings.listen_address, settings.grpc_port, server_ctx)
+            try:
+                await grpc_server.start(settings.listen_address, settings.grpc_port,
+                                        server_ctx)
+            except OSError as exc:
+                raise _listen_error("--grpc-port", settings.listen_address,
+                                    settings.grpc_port, exc) from None
             try:
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(httpd.serve, settings.listen_address,
-                                        settings.metrics_port, healthy)
+                    try:
+                        await nursery.start(httpd.serve, settings.listen_address,
+                                            settings.metrics_port, healthy)
+                    except OSError as exc:
+                        raise _listen_error("--metrics-port", settings.listen_address,
+                                            settings.metrics_port, exc) from None
                     if core.fast_path and settings.data_port:
                         data = dataplane.DataServer(core.authorise_file_read, server_ctx)
-                        core.data_port = await nursery.start(
-                            data.run, settings.listen_address, settings.data_port)
+                        try:
+                            core.data_port = await nursery.start(
+                                data.run, settings.listen_address, settings.data_port)
+                        except OSError as exc:
+                            raise _listen_error("--data-port", settings.listen_address,
+                                                settings.data_port, exc) from None
                     log.info("agent %s serving on %s:%d (%s, platform %s, fast path %s, "
                              "data port %s)", node, settings.listen_address,
                              settings.grpc_port, "mTLS" if secure else "INSECURE", platform,
