@@ -1,6 +1,10 @@
 """Inventory hooks answered by the agents: who holds a digest, what a tag points to, and
 removal of stale image records.
 
+`find_image` counts a node only when it has an image record for the digest *and* `Inspect`
+finds the whole chain for its platform present (records of images whose layers were
+discarded after unpack do not count).
+
 Fan-outs run in parallel with a per-agent deadline; a dead or unknown agent only removes its
 node from the answer (logged at debug level: per-reconcile chatter). Answers are cached for
 a few seconds so a burst of failing pods costs one round of RPCs.
@@ -86,7 +90,21 @@ async def find_image(digest: str, nodes: list[str]) -> list[str] | None:
 
     async def holds(agent: Any) -> bool:
         records = await agent.list_images(digest)
-        return any(r.digest == digest for r in records)
+        if not any(r.digest == digest for r in records):
+            return False
+        # A record is not the image: containerd keeps records whose layers were discarded
+        # after unpack (discard_unpacked_layers) or whose blobs are gone. Such a node can
+        # neither serve the image nor is it done as a target. Inspect for the node's own
+        # platform (what it runs and what a salvage would have put there).
+        from tote_containerd.agent.errors import NotFound
+
+        try:
+            info = await agent.inspect(digest)
+        except NotFound:
+            return False
+        if not info.complete:
+            log.debug("%s on a node is incomplete: %s", digest, info.reason)
+        return bool(info.complete)
 
     answers = await _ask_all(nodes, holds)
     found = sorted(n for n, yes in answers.items() if yes)
