@@ -100,6 +100,12 @@ def _plugins(argv: Sequence[str]) -> int:
     return 0
 
 
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "controller": (_controller, "run the controller (detection, salvage orchestration)"),
     "agent": (_agent, "run the node agent (containerd access, transfers)"),
@@ -125,6 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command[0](args[1:])
     except ConfigError as exc:
         print(f"tote {args[0]}: {exc}", file=sys.stderr)
+        return 2
+    except BaseExceptionGroup as group:
+        # trio nurseries wrap errors in groups; a configuration error is still just that.
+        matched, _ = group.split(ConfigError)
+        if matched is None:
+            raise
+        print(f"tote {args[0]}: {_first_leaf(matched)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

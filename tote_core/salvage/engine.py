@@ -49,6 +49,8 @@ INVENTORY_TIMEOUT = 10.0
 PROGRESS_INTERVAL = 1.0
 CORRUPT_BACKOFF = 60.0
 PERMANENT = "Permanent"
+# Permanent for one source, not for the salvage: try the next candidate.
+SOURCE_SPECIFIC = frozenset({"layers_discarded", "platform_missing"})
 
 
 def _now() -> datetime:
@@ -94,6 +96,9 @@ class SalvageEngine:
         self.active_by_source: Counter[str] = Counter()
         self.active = 0
         self._corrupt_seen: dict[tuple[str, str], float] = {}
+        # (digest, node) this controller put there itself: fresher than any inventory cache.
+        self._delivered: set[tuple[str, str]] = set()
+        self._announced: set[str] = set()  # pod UIDs told ImageSalvaged
         self.engine = Engine(
             "salvage", self.queue, self.reconcile,
             workers=settings.max_concurrent_salvages,
@@ -148,6 +153,11 @@ class SalvageEngine:
         st = record.status
         holders = await self._holders(digest)
         if st.phase == "Completed" and target in holders:
+            # Pods that failed while (or after) the image was delivered: tell them too.
+            await self._announce(job, (
+                f"Image {inc.image_ref} ({digest}) was salvaged to node {target} "
+                f"(SalvageRecord {job.record}). {messages.DEBT}"
+            ))
             await self._restart_pods(job)
             self.jobs.pop(key, None)
             return None
@@ -188,7 +198,14 @@ class SalvageEngine:
                             source, exc)
                 continue
             except PermanentError as exc:
-                await self._fail(job, record, str(exc), exc.reason, permanent=True, source=source)
+                if exc.reason in SOURCE_SPECIFIC and source != order[-1]:
+                    # Only this source cannot serve it (e.g. it discarded layers after
+                    # unpack); another may. Permanent only if every candidate says so.
+                    errors.append(f"{source}: {exc}")
+                    log.warning("salvage %s: source %s unusable: %s", key, source, exc)
+                    continue
+                await self._fail(job, record, "; ".join([*errors, f"{source}: {exc}"]),
+                                 exc.reason, permanent=True, source=source)
                 return None
             if result is None:
                 await self._fail(job, record, "no transfer plugin is loaded", "no_plugin",
@@ -201,6 +218,7 @@ class SalvageEngine:
     async def _holders(self, digest: str) -> set[str]:
         nodes = list(self.caches.nodes.items.values())
         holders = set(nodes_with_digest(nodes, digest))
+        holders.update(node for d, node in self._delivered if d == digest)
         names = sorted(n.metadata.name for n in nodes)
         with trio.move_on_after(INVENTORY_TIMEOUT):
             found = await self.host.find_image(digest, names)
@@ -281,6 +299,10 @@ class SalvageEngine:
         inc = job.incident
         status: dict[str, object] = {"phase": "Completed", "completedAt": micro_time(),
                                      "error": ""}
+        if inc.digest and inc.node_name:
+            self._delivered.add((inc.digest, inc.node_name))
+            if len(self._delivered) > 10000:
+                self._delivered.clear()
         if moved is not None:
             source, result = moved
             status.update({
@@ -305,12 +327,22 @@ class SalvageEngine:
         else:
             text = f"Image {inc.image_ref} ({inc.digest}) is {note}; nothing to move."
         await self.records.patch_status(job.namespace, job.record, status)
-        for pod in job.pods.values():
-            await self.recorder.emit(pod, "ImageSalvaged", text, action="Salvage")
+        await self._announce(job, text)
         log.info("salvage %s/%s completed%s", job.namespace, job.record,
                  f" ({note})" if note else "")
         await self._restart_pods(job)
         self.jobs.pop(f"{job.namespace}/{job.record}", None)
+
+    async def _announce(self, job: Job, text: str) -> None:
+        """One ImageSalvaged event per pod (by UID), however often the pod is resubmitted."""
+        for pod in job.pods.values():
+            if pod.metadata.uid in self._announced:
+                continue
+            self._announced.add(pod.metadata.uid)
+            await self.recorder.emit(pod, "ImageSalvaged", text, type_="Warning",
+                                     action="Salvage")
+        if len(self._announced) > 50000:
+            self._announced.clear()
 
     async def _fail(
         self, job: Job, record: SalvageRecord, error: str, reason: str, *,

@@ -21,9 +21,10 @@ import pytest
 from tests.cluster.controller import ControllerProcess
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.objects import create_node, set_node_images
-from tests.cluster.procs import ProcessGroup, wait_until
+from tests.cluster.procs import ProcessGroup, port_open, wait_until
+from tests.images.build import Image
 from tests.integration.containerd.certs import make_pki
-from tests.integration.containerd.nodes import Env, start_node
+from tests.integration.containerd.nodes import REPO, AgentProc, Env, start_node
 
 NODES = ("n1", "n2", "n3")
 
@@ -34,6 +35,18 @@ class SalvageEnv:
     ctd: Env
     workdir: Path
     controllers: list[ControllerProcess] = field(default_factory=list)
+
+    def preload(self, node: str, img: Image, archive: Path) -> None:
+        """Put an image on a node as a CRI pull would have: the tag, `repo@digest`
+        and the config-digest image ID, then report it in Node.status.images."""
+        n = self.ctd.nodes[node]
+        n.import_archive(archive)
+        repo = img.name.rsplit(":", 1)[0]
+        config = next(iter(img.configs.values())).digest
+        for extra in (f"{repo}@{img.digest}", config):
+            if extra not in n.image_names():
+                n.ctr("images", "tag", img.name, extra)
+        self.node_status_from_containerd(node)
 
     def node_status_from_containerd(self, node: str, *, hide: set[str] | None = None) -> None:
         """Write Node.status.images from what the node's containerd holds (kubelet-like)."""
@@ -46,19 +59,38 @@ class SalvageEnv:
         images = [sorted(v)[:5] for k, v in by_target.items() if k not in (hide or set())]
         set_node_images(self.cp, node, images)
 
-    def controller(self, identity: str, *extra: str) -> ControllerProcess:
+    def controller(self, identity: str, *extra: str, lease: str | None = None,
+                   wait_lead: bool = True) -> ControllerProcess:
         c = self.ctd.pki.controller
         endpoints = ",".join(f"{n}={a.endpoint}" for n, a in self.ctd.agents.items())
         ctl = ControllerProcess(
             self.cp, self.workdir / identity, identity=identity,
             extra_args=[
-                f"--lease-name=salvage-{identity}", f"--agent-endpoints={endpoints}",
+                f"--lease-name={lease or 'salvage-' + identity}",
+                f"--agent-endpoints={endpoints}",
                 f"--tls-cert={c.cert}", f"--tls-key={c.key}", f"--tls-ca={c.ca}", *extra,
             ],
         ).start()
         self.controllers.append(ctl)
-        wait_until(ctl.leading, timeout=30, what=f"{identity} leads", proc=ctl.proc)
+        if wait_lead:
+            wait_until(ctl.leading, timeout=30, what=f"{identity} leads", proc=ctl.proc)
         return ctl
+
+    def stop_agent(self, node: str) -> None:
+        self.ctd.agents[node].proc.kill()
+
+    def restart_agent(self, node: str) -> None:
+        """Start the node's agent again with the very same argv (same ports)."""
+        old = self.ctd.agents[node]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "plugins"),
+                                             env.get("PYTHONPATH", "")])
+        wait_until(lambda: not port_open("127.0.0.1", old.port), timeout=15, what="port free")
+        proc = self.ctd.group.start(f"agent-{node}-again", old.proc.argv, env=env, cwd=REPO)
+        wait_until(lambda: port_open("127.0.0.1", old.port), timeout=60,
+                   what=f"agent {node} back", proc=proc)
+        self.ctd.agents[node] = AgentProc(node=old.node, port=old.port,
+                                          metrics_port=old.metrics_port, proc=proc)
 
     def logs(self) -> dict[str, str]:
         out = dict(self.ctd.group.logs())

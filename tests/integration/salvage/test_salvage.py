@@ -69,10 +69,9 @@ def test_1_digest_pinned_pod_salvaged_owned_pod_restarted_standalone_kept(
     senv: SalvageEnv, controller: ControllerProcess, test_namespace: str, tmp_path: Path
 ) -> None:
     ns, cp = test_namespace, senv.cp
-    n1, n2 = senv.ctd.nodes["n1"], senv.ctd.nodes["n2"]
+    n1 = senv.ctd.nodes["n1"]
     img = runnable_image("127.0.0.1:5999/shop/web:v1", [2 * MiB, 1 * MiB], seed=11)
-    n2.import_archive(img.write_archive(tmp_path / "web.tar"))
-    senv.node_status_from_containerd("n2")
+    senv.preload("n2", img, img.write_archive(tmp_path / "web.tar"))
     ref = f"127.0.0.1:5999/shop/web@{img.digest}"
     attempts0 = controller.metric("tote_salvage_attempts_total")
     owned = create_pod(cp, ns, "web-owned", ref, node="n1", owner=owner_rs(senv, ns),
@@ -131,11 +130,10 @@ def test_7_corrupt_record_removed_then_salvaged(
     senv: SalvageEnv, controller: ControllerProcess, test_namespace: str, tmp_path: Path
 ) -> None:
     ns, cp = test_namespace, senv.cp
-    n1, n2 = senv.ctd.nodes["n1"], senv.ctd.nodes["n2"]
+    n1 = senv.ctd.nodes["n1"]
     img = layered_image("127.0.0.1:5999/shop/cart:v3", [1 * MiB, 1 * MiB], seed=13)
     archive = img.write_archive(tmp_path / "cart.tar")
-    n2.import_archive(archive)
-    senv.node_status_from_containerd("n2")
+    senv.preload("n2", img, archive)
     n1.import_archive(archive)
     layer = img.layers["linux/amd64"][0].digest
     n1.ctr("content", "rm", layer)  # the record stays, its content is gone
@@ -166,10 +164,8 @@ def test_8_many_pods_one_transfer_per_target_node(
     senv: SalvageEnv, controller: ControllerProcess, test_namespace: str, tmp_path: Path
 ) -> None:
     ns, cp = test_namespace, senv.cp
-    n2 = senv.ctd.nodes["n2"]
     img = layered_image("127.0.0.1:5999/shop/batch:v4", [1 * MiB], seed=14)
-    n2.import_archive(img.write_archive(tmp_path / "batch.tar"))
-    senv.node_status_from_containerd("n2")
+    senv.preload("n2", img, img.write_archive(tmp_path / "batch.tar"))
     ref = f"127.0.0.1:5999/shop/batch@{img.digest}"
     attempts0 = controller.metric("tote_salvage_attempts_total")
     pods = [f"batch-{i}" for i in range(20)]
