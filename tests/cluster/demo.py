@@ -1,94 +1,289 @@
-"""The embedded default: a local real cluster and a demo incident, narrated.
+"""The embedded default: a real one-machine cluster, a registry outage, and tote saving the day.
 
-Brings up etcd + kube-apiserver (built from Go modules, cached), installs tote's CRD and
-RBAC from the chart, starts `tote controller` with the restricted identity, then plays an
-incident: node `demo-node-b` holds an image by digest, a Deployment's pod on `demo-node-a`
-fails to pull it. What tote detects is printed as it happens (Kubernetes events), then
-everything is torn down (`--keep` leaves it running until Ctrl-C).
+Brings up the e2e cluster (etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
+a real kubelet node `127.0.0.1` on its own containerd; Kubernetes binaries built from Go
+modules and cached), an image-only node `node-b` (its own containerd), a `tote agent` per node
+(mTLS) and `tote controller` with its restricted RBAC identity. Then it plays the incident:
 
-Run: python -m tests.cluster.demo [--keep]
+1. image `shop/web:v1` is pushed to a loopback registry; node-b pulled it earlier (its
+   containerd holds the exact digest); the registry goes down;
+2. a Deployment opted in to salvage is scheduled to node `127.0.0.1`, which does not have the
+   image: kubelet fails to pull it (ErrImagePull → ImagePullBackOff);
+3. tote finds the digest on node-b, streams it node to node into 127.0.0.1's containerd,
+   deletes the failing pod, and its ReplicaSet's replacement starts from the salvaged image.
+
+Every event is printed as it happens, then a summary (what failed, which node had the
+image, bytes moved, time to Running). Everything is torn down at the end; `--keep` leaves the
+cluster up until Ctrl-C. Needs root and what `.ci/install` installs.
+
+Run: python -m tests.cluster.demo [--keep] [--payload-mib N]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from tests.cluster.controller import ControllerProcess
-from tests.cluster.controlplane import binaries_dir, start_control_plane
-from tests.cluster.objects import create_node, create_pod, set_waiting, tote_events
-from tests.cluster.procs import wait_until
+from tests.cluster import node as node_mod
+from tests.cluster import oci
+from tests.cluster import registry as registry_mod
+from tests.cluster.cluster import KubeCluster, missing_binaries, start_cluster
+from tests.cluster.controlplane import binaries_dir
+from tests.e2e.salvage_env import (
+    SalvageEnv,
+    deployment,
+    image_only_on_node_b,
+    namespace,
+    start_salvage_env,
+)
 
-DIGEST = "sha256:" + "5e" * 32
-IMAGE = f"registry.demo.local:5000/shop/web@{DIGEST}"
+NS = "shop"
+APP = "web"
 
 
-def say(text: str) -> None:
-    print(f"[tote demo] {text}", flush=True)
+def say(text: str = "") -> None:
+    print(f"[tote demo] {text}" if text else "", flush=True)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def _prerequisites(bins: Path | None) -> list[str]:
+    missing = [] if bins is None else missing_binaries(bins)
+    if bins is None:
+        missing.append("Kubernetes binaries (tests/cluster/build-binaries.sh)")
+    missing += node_mod.missing_prerequisites() + oci.missing_tools()
+    if not registry_mod.available():
+        missing.append(registry_mod.REGISTRY_BINARY)
+    return missing
+
+
+class Narrator:
+    """Prints each new event of the namespace once (and again when its count grows)."""
+
+    def __init__(self, cluster: KubeCluster, t0: float) -> None:
+        self.cluster = cluster
+        self.t0 = t0
+        self.seen: dict[str, int] = {}
+        self.first: dict[str, float] = {}
+
+    def poll(self) -> None:
+        res = self.cluster.kubectl("get", "events", "-n", NS, "-o", "json", check=False)
+        if res.returncode != 0:
+            return
+        items = json.loads(res.stdout)["items"]
+        items.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        now = time.monotonic() - self.t0
+        for e in items:
+            uid, count = e["metadata"]["uid"], int(e.get("count") or 1)
+            if self.seen.get(uid, 0) >= count:
+                continue
+            repeat = uid in self.seen
+            self.seen[uid] = count
+            obj = e.get("involvedObject", {})
+            if obj.get("kind") not in ("Pod", "ReplicaSet"):
+                continue
+            reason = e.get("reason", "")
+            self.first.setdefault(reason, now)
+            src = e.get("reportingComponent") or (e.get("source") or {}).get("component", "")
+            who = "tote" if "tote" in src else (src or "?")
+            again = f" (x{count})" if repeat else ""
+            msg = e.get("message", "")
+            if len(msg) > 300:
+                msg = msg[:300] + "…"
+            kind = str(obj.get("kind", "")).lower()
+            say(f"  +{now:5.1f}s  {who:>17}  {e.get('type', ''):7} {reason}{again} "
+                f"{kind}/{obj.get('name')}: {msg}")  # fmt: skip
+
+
+def _running_pod(cluster: KubeCluster) -> dict[str, Any] | None:
+    for p in cluster.pods(NS, f"app={APP}"):
+        st = p.get("status", {})
+        cs = st.get("containerStatuses", [])
+        if (
+            st.get("phase") == "Running" and cs
+            and all("running" in (c.get("state") or {}) for c in cs)
+            and not p["metadata"].get("deletionTimestamp")
+        ):  # fmt: skip
+            return p
+    return None
+
+
+def play(env: SalvageEnv, work: Path, payload_mib: int, timeout: float) -> bool:
+    cluster = env.cluster
+    reg = registry_mod.start_registry(work / "registry")
+    try:
+        cluster.node.trust_registry(reg.host)
+        namespace(cluster, NS)
+        say(f'namespace {NS} opted in (annotation tote.dev/allow="true")')
+        say()
+        say(f"1. building image X = {reg.host}/shop/web:v1 (payload {payload_mib} MiB), pushing "
+            f"it to the registry at {reg.host}, and letting node-b pull it…")  # fmt: skip
+        img = image_only_on_node_b(env, reg, work / "img", "shop/web", payload_mib=payload_mib,
+                                   marker="hello from image X, salvaged by tote",
+                                   stop_registry=False)  # fmt: skip
+        say(f"   node-b's containerd holds {img.name} = {img.digest}")
+        has = img.name in cluster.node.image_names()
+        say(f"   node 127.0.0.1 (the only node that runs pods) has it: {'yes' if has else 'no'}")
+        reg.stop()
+        say(f"2. the registry at {reg.host} is DOWN now (process stopped)")
+        say(f"3. applying Deployment {NS}/{APP} (image {img.name}, imagePullPolicy IfNotPresent,"
+            " pod template annotated tote.dev/auto-salvage=\"true\")…")  # fmt: skip
+        say()
+        t0 = time.monotonic()
+        narr = Narrator(cluster, t0)
+        cluster.apply(deployment(APP, NS, img.name))
+        pod = None
+        t_running = None
+        while time.monotonic() - t0 < timeout:
+            narr.poll()
+            pod = _running_pod(cluster)
+            if pod is not None:
+                t_running = time.monotonic() - t0
+                break
+            time.sleep(0.3)
+        narr.poll()
+        say()
+        if pod is None or t_running is None:
+            say(f"the pod did not reach Running within {timeout:.0f}s — see the events above")
+            print(cluster.kubectl("get", "pods,salvagerecords", "-n", NS, "-o", "wide").stdout)
+            say(f"controller log: {env.ctl.proc.log_path if env.ctl.proc else '?'}")
+            return False
+        name = pod["metadata"]["name"]
+        say(f"pod {NS}/{name} is Running at +{t_running:.1f}s on node {pod['spec']['nodeName']}, "
+            f"image {pod['status']['containerStatuses'][0]['imageID']}")  # fmt: skip
+        log = ""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and "salvaged" not in log:
+            log = cluster.kubectl("logs", name, "-n", NS, check=False).stdout
+            time.sleep(0.3)
+        say(f"its output: {log.strip()!r}")
+        say()
+        recs = env.records(NS)
+        fail_key = min((k for k in ("Failed", "BackOff") if k in narr.first),
+                       key=lambda k: narr.first[k], default=None)  # fmt: skip
+        failed_msgs = [
+            e["message"] for e in json.loads(cluster.kubectl(
+                "get", "events", "-n", NS, "--field-selector", "reason=Failed", "-o", "json"
+            ).stdout)["items"] if "Failed to pull" in e.get("message", "")
+        ]  # fmt: skip
+        say("SUMMARY")
+        say(f"  what failed : kubelet on 127.0.0.1 could not pull {img.name}")
+        if failed_msgs:
+            say(f"                ({failed_msgs[0].split(': ')[-1]})")
+        for r in recs:
+            st, spec = r.get("status", {}), r["spec"]
+            say(f"  who had it  : node {spec['sourceNode']} (digest {spec['digest'][:19]}…)")
+            say(f"  bytes moved : {_human(st.get('bytesTransferred', 0))} of "
+                f"{_human(st.get('bytesTotal', 0))} "
+                f"({st.get('blobsSkipped', 0)} blobs already on the target), "
+                f"node-b → {spec['targetNode']}; SalvageRecord {r['metadata']['name'][:16]}… "
+                f"{st.get('phase')}")  # fmt: skip
+        if fail_key:
+            say(f"  time        : first pull failure → Running in "
+                f"{t_running - narr.first[fail_key]:.1f}s")  # fmt: skip
+        if "BackOff" in narr.first:
+            say(
+                f"                first BackOff event → Running in "
+                f"{t_running - narr.first['BackOff']:.1f}s "
+                "(kubelet alone would keep backing off while the registry is down)"
+            )
+        say()
+        say("kubectl get salvagerecords -n shop:")
+        print(cluster.kubectl("get", "salvagerecords", "-n", NS).stdout, flush=True)
+        say("kubectl events -n shop:")
+        print(cluster.kubectl("events", "-n", NS).stdout, flush=True)
+        m = env.ctl.metrics()
+        say("controller metrics: " + ", ".join(
+            f"{k}={v:g}" for k, v in sorted(m.items())
+            if k.startswith("tote_") and k.endswith("_total") and v
+        ))  # fmt: skip
+        return True
+    finally:
+        reg.stop()
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(prog="python -m tests.cluster.demo")
+    ap = argparse.ArgumentParser(
+        prog="python -m tests.cluster.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--keep", action="store_true", help="leave the cluster up until Ctrl-C")
+    ap.add_argument(
+        "--payload-mib",
+        type=int,
+        default=16,
+        help="size of the incompressible payload in image X (default 16)",
+    )
+    ap.add_argument("--timeout", type=float, default=180, help="seconds to wait for Running")
     args = ap.parse_args()
-    say("building or locating Kubernetes binaries (first run builds from Go modules)…")
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    say("locating (or building from Go modules, cached) the Kubernetes binaries…")
     bins = binaries_dir(build=True)
-    if bins is None:
-        say("could not build the Kubernetes binaries; see tests/cluster/build-binaries.sh")
+    missing = _prerequisites(bins)
+    if missing or bins is None:
+        say(f"this machine cannot run the demo cluster, missing: {missing}")
+        say("run `bash .ci/install` first (as root)")
         return 1
     work = Path(tempfile.mkdtemp(prefix="tote-demo-"))
-    t0 = time.monotonic()
-    cp = start_control_plane(work / "cp", bins)
-    ctl = None
+    t = time.monotonic()
+    say(f"starting the cluster under {work} …")
+    cluster = start_cluster(work / "cluster", bins)
+    ok = False
+    env: SalvageEnv | None = None
     try:
-        say(f"control plane up at {cp.server} in {time.monotonic() - t0:.1f}s; "
-            f"admin kubeconfig: {cp.admin_kubeconfig}")
-        ctl = ControllerProcess(cp, work / "ctl", identity="demo").start()
-        wait_until(ctl.leading, timeout=30, what="controller leads")
-        say("tote controller running as ServiceAccount tote-system/tote-controller "
-            f"(metrics http://127.0.0.1:{ctl.port}/metrics)")
-        create_node(cp, "demo-node-b", [[IMAGE, "registry.demo.local:5000/shop/web:1.4"]])
-        create_node(cp, "demo-node-a")
-        say(f"node demo-node-b holds {IMAGE}; demo-node-a does not")
-        cp.apply({"apiVersion": "v1", "kind": "Namespace",
-                  "metadata": {"name": "shop", "annotations": {"tote.dev/allow": "true"}}})
-        create_pod(cp, "shop", "web-7d9f-x2x", IMAGE, node="demo-node-a",
-                   annotations={"tote.dev/auto-salvage": "true"})
-        say("namespace shop opted in (tote.dev/allow); pod web-7d9f-x2x opted in "
-            "(tote.dev/auto-salvage) and scheduled to demo-node-a")
-        set_waiting(cp, "shop", "web-7d9f-x2x", reason="ErrImagePull",
-                    message="failed to pull: registry.demo.local:5000: no such host")
-        say("the registry is gone: the pod's container is waiting with ErrImagePull")
-        seen: set[str] = set()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not seen:
-            for ev in tote_events(cp, "shop"):
-                if ev["metadata"]["name"] not in seen:
-                    seen.add(ev["metadata"]["name"])
-                    say(f"EVENT {ev['type']} {ev['reason']}: {ev['note']}")
-            time.sleep(0.5)
-        say("kubectl events shows the same story:")
-        print(cp.kubectl("events", "-n", "shop").stdout, flush=True)
-        metrics = ctl.metrics()
-        say("metrics: " + json.dumps({k: v for k, v in metrics.items()
-                                      if k.startswith("tote_") and "total" in k and v}))
+        say(
+            f"cluster up in {time.monotonic() - t:.1f}s: etcd, kube-apiserver, "
+            "kube-controller-manager, kube-scheduler, kubelet node 127.0.0.1 on containerd"
+        )
+        t = time.monotonic()
+        env = start_salvage_env(cluster, work / "tote", image_nodes=("node-b",))
+        say(f"image-only node node-b (own containerd, Node object Ready), a tote agent on "
+            f"each of 127.0.0.1 and node-b (mTLS), and tote controller as ServiceAccount "
+            f"tote-system/tote-controller: up in {time.monotonic() - t:.1f}s")  # fmt: skip
+        ok = play(env, work, args.payload_mib, args.timeout)
+        say("DONE: the workload survived the registry outage." if ok else "FAILED")
         if args.keep:
-            say(f"cluster left running; KUBECONFIG={cp.admin_kubeconfig}. Ctrl-C to stop.")
+            say(f"cluster left running: export KUBECONFIG={cluster.admin_kubeconfig}")
+            say("Ctrl-C (or SIGTERM) tears everything down.")
             try:
                 while True:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
-        return 0 if seen else 1
+    except KeyboardInterrupt:
+        say("interrupted")
     finally:
-        if ctl is not None:
-            ctl.stop()
-        cp.stop()
+        say("tearing down…")
+        if env is not None:
+            env.stop()
+        report = cluster.stop()
+        left = {k: v for k, v in report.items() if isinstance(v, dict)
+                and (v.get("leftover_pids") or v.get("still_mounted"))}  # fmt: skip
+        if left:
+            say(f"teardown had to clean up: {left}")
+        if os.environ.get("TOTE_KEEP_DEMO_WORKDIR") != "1":
+            shutil.rmtree(work, ignore_errors=True)
         say("stopped every process the demo started")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,7 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster import oci
-from tests.cluster.cluster import KubeCluster, deployment_manifest, pod_manifest
+from tests.cluster.cluster import (
+    KubeCluster,
+    deployment_manifest,
+    pod_manifest,
+    waiting_reasons,
+)
 from tests.cluster.controller import ControllerProcess
 from tests.cluster.node import ImageNode
 from tests.cluster.objects import events as k8s_events
@@ -122,8 +128,13 @@ class SalvageEnv:
             return bool(got)
 
         try:
-            wait_until(seen, timeout=timeout, interval=0.5,
-                       what=f"tote event {reason} in {namespace}", proc=self.ctl.proc)
+            wait_until(
+                seen,
+                timeout=timeout,
+                interval=0.5,
+                what=f"tote event {reason} in {namespace}",
+                proc=self.ctl.proc,
+            )
         except TimeoutError:
             have = [(e.get("reason"), e.get("note")) for e in self.tote_events(namespace)]
             raise TimeoutError(f"no {reason} event in {namespace} after {timeout}s; "
@@ -245,16 +256,42 @@ def standalone_pod(
     return pod_manifest(name, ns, image, annotations=OPT_IN if opt_in else {}, **spec_kw)
 
 
+def workload_image(workdir: Path, name: str, *, marker: str, payload_mib: int = 0) -> oci.OciImage:
+    """The hello program printing `marker`; with `payload_mib`, plus an incompressible
+    `/payload.bin` of that size in the same layer (gzip leaves it as large)."""
+    if not payload_mib:
+        return oci.build_hello(workdir, name, marker=marker)
+    workdir.mkdir(parents=True, exist_ok=True)
+    payload = workdir / f"payload-{uuid.uuid4().hex[:8]}.bin"
+    with payload.open("wb") as f:
+        for _ in range(payload_mib):
+            f.write(os.urandom(1 << 20))
+    try:
+        return oci.build_image(
+            workdir, name, {"/hello": oci.go_binary("hello"), "/payload.bin": payload},
+            entrypoint=["/hello"], cmd=[marker], labels={"dev.tote.test.marker": marker},
+        )  # fmt: skip
+    finally:
+        payload.unlink()
+
+
 def image_only_on_node_b(
-    env: SalvageEnv, registry: Registry, tmp: Path, repo: str, *, marker: str,
-    tag: str = "v1", stop_registry: bool = True,
+    env: SalvageEnv,
+    registry: Registry,
+    tmp: Path,
+    repo: str,
+    *,
+    marker: str,
+    tag: str = "v1",
+    stop_registry: bool = True,
+    payload_mib: int = 0,
 ) -> oci.OciImage:
     """Image X: pushed to the loopback registry, loaded onto node B from the same OCI layout
     (same digest, what an earlier pull would have left: tag record labelled CRI-managed),
     published in node B's status.images; then the registry is stopped. The kubelet node
     does not have it."""
     ref = f"{registry.host}/{repo}:{tag}"
-    img = oci.build_hello(tmp, ref, marker=marker)
+    img = workload_image(tmp, ref, marker=marker, payload_mib=payload_mib)
     img.push(ref)
     env.node_b.import_image(img)
     env.cluster.sync_image_nodes()
@@ -334,11 +371,29 @@ class Timeline:
         return False
 
     def wait_running(self, timeout: float, interval: float = 0.5) -> dict[str, Any]:
-        wait_until(self.poll, timeout=timeout, interval=interval,
-                   what=f"{self.selector or self.pod_name} Running in {self.namespace}; "
-                        f"seen so far {self.first}")  # fmt: skip
+        try:
+            wait_until(
+                self.poll,
+                timeout=timeout,
+                interval=interval,
+                what=f"{self.selector or self.pod_name} Running in {self.namespace}",
+            )
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; seen so far {self.first}; {self.describe()}") from None
         assert self.running_pod is not None
         return self.running_pod
+
+    def describe(self) -> str:
+        """Pods (phase, node, waiting reasons, deletion) and the namespace's events."""
+        pods = [
+            (p["metadata"]["name"], p.get("status", {}).get("phase"), p["spec"].get("nodeName"),
+             waiting_reasons(p), p["metadata"].get("deletionTimestamp"))
+            for p in self._pods()
+        ]  # fmt: skip
+        evs = self.cluster.kubectl("get", "events", "-n", self.namespace, check=False).stdout
+        rs = self.cluster.kubectl("get", "deploy,rs,pods", "-n", self.namespace, "-o", "wide",
+                                  check=False).stdout  # fmt: skip
+        return f"pods {pods}\n{rs}\nevents:\n{evs}"
 
     def watch(self, seconds: float, interval: float = 1.0) -> bool:
         """Poll for `seconds`; True if it became Running meanwhile."""

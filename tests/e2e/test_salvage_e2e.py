@@ -102,8 +102,9 @@ def scenario1(tote: SalvageEnv, tmp_path_factory: pytest.TempPathFactory) -> Ite
         tl = Timeline(cluster, ns, selector="app=web")
         cluster.apply(deployment("web", ns, ref))
         pod = tl.wait_running(timeout=150)
-        yield Salvaged(ns=ns, image=img, ref=ref, timeline=tl, first_pod=tl.pods[0], pod=pod,
-                       marker=marker)
+        yield Salvaged(
+            ns=ns, image=img, ref=ref, timeline=tl, first_pod=tl.pods[0], pod=pod, marker=marker
+        )
     finally:
         reg.stop()
         cluster.kubectl("delete", "deployments", "--all", "-n", ns, "--wait=false", check=False)
