@@ -1,0 +1,1 @@
+"""Built-in plugin: resolve a tag to its digest by asking the registry (`--registry-resolve`)."""
