@@ -1,20 +1,27 @@
 """A real OCI registry (Debian's `docker-registry`, CNCF distribution v2) on loopback.
 
-Plain HTTP on `127.0.0.1:PORT`, storage in a tmp dir. It can be stopped (→ pulls fail with
-"connection refused", a real `ErrImagePull`), started again on the same port, and emptied
-(→ "manifest unknown"). containerd nodes must be told the host is insecure:
-`KubeletNode.trust_registry(registry.host)` writes the hosts.toml for it.
+Plain HTTP on `127.0.0.1:PORT`, storage in a tmp dir. Optional: htpasswd Basic auth
+(`users={"user": "password"}`, bcrypt entries) and TLS (`tls=CertPair`, `ca=` the CA file
+the harness itself trusts); without them behaviour is unchanged.
+
+It can be stopped (→ pulls fail with "connection refused", a real `ErrImagePull`), started
+again on the same port, and emptied (→ "manifest unknown"). containerd nodes must be told
+the host is insecure: `KubeletNode.trust_registry(registry.host)` writes the hosts.toml for it.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from tests.cluster.pki import CertPair
 from tests.cluster.procs import Proc, ProcessGroup, free_port, port_open, wait_until
 
 REGISTRY_BINARY = "docker-registry"
@@ -39,6 +46,25 @@ http:
     X-Content-Type-Options: [nosniff]
 """
 
+AUTH_CONFIG = """auth:
+  htpasswd:
+    realm: tote-test-registry
+    path: {htpasswd}
+"""
+
+TLS_CONFIG = """  tls:
+    certificate: {cert}
+    key: {key}
+"""
+
+
+def htpasswd_line(user: str, password: str) -> str:
+    """One htpasswd entry with a bcrypt hash (the only kind distribution accepts)."""
+    import bcrypt  # dev extra; only needed by auth-enabled registries
+
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
+    return f"{user}:{hashed}"
+
 
 def available() -> bool:
     return shutil.which(REGISTRY_BINARY) is not None
@@ -49,6 +75,9 @@ class Registry:
     workdir: Path
     port: int = 0
     procs: ProcessGroup | None = field(default=None, repr=False)
+    users: dict[str, str] | None = field(default=None, repr=False)
+    tls: CertPair | None = None
+    ca: Path | None = None
     _proc: Proc | None = field(default=None, repr=False)
 
     @property
@@ -58,7 +87,34 @@ class Registry:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
+
+    def _context(self) -> ssl.SSLContext | None:
+        if self.tls is None:
+            return None
+        return ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
+
+    def _headers(self) -> dict[str, str]:
+        if not self.users:
+            return {}
+        user, password = next(iter(self.users.items()))
+        raw = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {raw}"}
+
+    def _open(self, req: urllib.request.Request | str, timeout: float = 5) -> Any:
+        if isinstance(req, str):
+            req = urllib.request.Request(req)
+        for k, v in self._headers().items():
+            req.add_header(k, v)
+        return urllib.request.urlopen(req, timeout=timeout, context=self._context())
+
+    @property
+    def creds(self) -> str | None:
+        """`user:password` for `skopeo --dest-creds` (the first user), or None."""
+        if not self.users:
+            return None
+        user, password = next(iter(self.users.items()))
+        return f"{user}:{password}"
 
     @property
     def storage(self) -> Path:
@@ -69,8 +125,10 @@ class Registry:
 
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/v2/", timeout=2) as resp:
+            with self._open(f"{self.url}/v2/", timeout=2) as resp:
                 return bool(resp.status == 200)
+        except urllib.error.HTTPError as exc:
+            return bool(exc.code == 401 and self.users)  # up, and asking for credentials
         except (OSError, urllib.error.URLError):
             return False
 
@@ -89,7 +147,16 @@ class Registry:
             )
         self.storage.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "config.yml"
-        cfg.write_text(CONFIG.format(storage=self.storage, port=self.port))
+        text = CONFIG.format(storage=self.storage, port=self.port)
+        if self.tls is not None:
+            text += TLS_CONFIG.format(cert=self.tls.cert, key=self.tls.key)
+        if self.users:
+            htpasswd = self.workdir / "htpasswd"
+            htpasswd.write_text(
+                "".join(htpasswd_line(u, p) + "\n" for u, p in self.users.items())
+            )
+            text += AUTH_CONFIG.format(htpasswd=htpasswd)
+        cfg.write_text(text)
         if self._proc is not None and self._proc in self.procs.procs:
             self.procs.procs.remove(self._proc)
         self._proc = self.procs.start("registry", [REGISTRY_BINARY, "serve", str(cfg)])
@@ -122,7 +189,7 @@ class Registry:
             ])},
         )  # fmt: skip
         try:
-            with urllib.request.urlopen(req, timeout=5) as resp:
+            with self._open(req) as resp:
                 digest = resp.headers.get("Docker-Content-Digest")
                 return str(digest) if digest else None
         except urllib.error.HTTPError as exc:
@@ -131,15 +198,18 @@ class Registry:
             raise
 
     def catalog(self) -> list[str]:
-        with urllib.request.urlopen(f"{self.url}/v2/_catalog", timeout=5) as resp:
+        with self._open(f"{self.url}/v2/_catalog") as resp:
             return list(json.load(resp).get("repositories") or [])
 
     def logs(self) -> dict[str, str]:
         return self.procs.logs() if self.procs is not None else {}
 
 
-def start_registry(workdir: Path, port: int = 0) -> Registry:
+def start_registry(
+    workdir: Path, port: int = 0, *, users: dict[str, str] | None = None,
+    tls: CertPair | None = None, ca: Path | None = None,
+) -> Registry:
     workdir.mkdir(parents=True, exist_ok=True)
-    reg = Registry(workdir=workdir, port=port)
+    reg = Registry(workdir=workdir, port=port, users=users, tls=tls, ca=ca)
     reg.start()
     return reg
