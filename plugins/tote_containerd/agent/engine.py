@@ -678,9 +678,12 @@ class AgentCore:
                         await w.commit()
                         break
                 await self.cd.abort(ref)  # the file went between link and STAT: again
-            except (FailedPrecondition, NotFound, Unavailable) as exc:
+            except AgentError as exc:
+                # GC raced us, or containerd is still tearing down the previous attempt's
+                # ingest of this ref ("unlinkat …/ingest/…: directory not empty"): again.
                 last = exc
-                await self.cd.abort(ref)
+                with contextlib.suppress(AgentError):
+                    await self.cd.abort(ref)
             await trio.sleep(0.05 * (attempt + 1))
         else:
             raise Unavailable(f"{d.digest}: containerd did not accept the placed blob "

@@ -58,4 +58,7 @@ def env() -> Iterator[Env]:
         raise
     finally:
         group.stop_all()
+        keep = os.environ.get("TOTE_KEEP_LOGS")
+        if keep:  # as in the salvage suite: process logs survive the run
+            shutil.copytree(base / "logs", Path(keep) / base.name, dirs_exist_ok=True)
         shutil.rmtree(base, ignore_errors=True)
