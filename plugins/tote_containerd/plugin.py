@@ -204,9 +204,6 @@ async def run_transfer(request: TransferRequest, progress: ProgressCallback, *,
             # The target may hold the image now: a cached "who holds it" answer from before
             # the transfer would make the next pod on that node salvage it again.
             inventory.invalidate()
-    from tote_containerd import inventory
-
-    inventory.invalidate()  # what the target holds just changed
     log.info("transferred %s %s → %s: %d bytes moved, %d blobs skipped", request.digest,
              request.source_node, request.target_node, done.bytes_total, done.blobs_skipped)
     return TransferResult(bytes_total=done.bytes_total,
