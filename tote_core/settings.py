@@ -94,6 +94,13 @@ class CommonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tls_ca: str = ""
     insecure: bool = False  # explicit opt-out of mTLS (loudly logged)
 
+    def __post_init__(self) -> None:
+        # A path that cannot be read is a start-up error, not a feature silently off later.
+        for name in ("tls_cert", "tls_key", "tls_ca"):
+            path = getattr(self, name)
+            if path and not os.access(path, os.R_OK):
+                raise ValueError(f"{name}: cannot read {path}")
+
 
 class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
     """`tote controller` settings. Names follow SPEC.md flags with dashes → underscores."""
@@ -137,6 +144,9 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     plugins_disabled: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.registry_resolve_ca and not os.access(self.registry_resolve_ca, os.R_OK):
+            raise ValueError(f"registry_resolve_ca: cannot read {self.registry_resolve_ca}")
         if self.max_concurrent_salvages < 1:
             raise ValueError("max_concurrent_salvages must be at least 1")
         if self.workers < 1:

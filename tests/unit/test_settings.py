@@ -72,6 +72,8 @@ def test_flags() -> None:
         ({"max_image_size": "lots"}, "--max-image-size"),
         ({"webhook_events": "detected,exploded"}, "exploded"),
         ({"agent_endpoints": "nonsense"}, "name=value"),
+        ({"registry_resolve_ca": "/nonexistent/ca.pem"}, "registry_resolve_ca"),
+        ({"tls_cert": "/nonexistent/cert.pem"}, "tls_cert"),
     ],
 )
 def test_bad_values_name_the_setting(flags: dict[str, str], needle: str) -> None:
