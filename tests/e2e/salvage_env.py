@@ -320,6 +320,7 @@ class Timeline:
     t0: float = field(default_factory=time.monotonic)
     first: dict[str, float] = field(default_factory=dict)
     pods: list[tuple[str, str]] = field(default_factory=list)  # (name, uid)
+    counts: dict[str, int] = field(default_factory=dict)  # event reason → summed count
     running_pod: dict[str, Any] | None = None
 
     def _pods(self) -> list[dict[str, Any]]:
@@ -350,6 +351,7 @@ class Timeline:
         res = self.cluster.kubectl("get", "events", "-n", self.namespace, "-o", "json",
                                    check=False)  # fmt: skip
         if res.returncode == 0:
+            counts: dict[str, int] = {}
             for e in json.loads(res.stdout)["items"]:
                 involved = e.get("involvedObject", {})
                 if involved.get("kind") == "Pod" and (
@@ -357,6 +359,9 @@ class Timeline:
                     or any(involved.get("uid") == uid for _, uid in self.pods)
                 ):
                     self._note(e.get("reason", ""), now)
+                    r = e.get("reason", "")
+                    counts[r] = counts.get(r, 0) + int(e.get("count") or 1)
+            self.counts = counts
         for p in pods:
             st = p.get("status", {})
             cs = st.get("containerStatuses", [])
