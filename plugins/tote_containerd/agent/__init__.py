@@ -66,7 +66,8 @@ def _fast_path_root(settings: AgentSettings, reported: str) -> str:
 
 async def run(settings: AgentSettings, *,
               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run the agent until cancelled.
+    """Run the agent until cancelled. Never returns normally: if a server task ends or
+    crashes, this raises (and the process exits non-zero, so the kubelet restarts it).
 
     Configuration problems (TLS files missing or unreadable, bad `--platform`, a port that
     cannot be bound) raise a plain `ConfigError`, never wrapped in an exception group, so the
@@ -80,6 +81,9 @@ async def run(settings: AgentSettings, *,
         if isinstance(leaf, ConfigError):
             raise leaf from None
         raise
+    # _run ends only by cancellation or by raising. Should it ever return, nothing serves
+    # any more: raise, so the process exits non-zero instead of idling without a listener.
+    raise RuntimeError("the agent stopped serving unexpectedly")
 
 
 def _listen_error(what: str, host: str, port: int, exc: OSError) -> ConfigError:
@@ -172,6 +176,10 @@ async def _run(settings: AgentSettings, *, task_status: trio.TaskStatus[None]) -
                              "on" if core.fast_path else "off", core.data_port or "off")
                     task_status.started()
                     while True:
+                        if not grpc_server.listening():
+                            # Never stay up without serving: end the process (non-zero),
+                            # so the kubelet restarts the agent.
+                            raise RuntimeError("the agent gRPC server stopped listening")
                         ok = await core.probe()
                         if ok:
                             last_ok[0] = time.monotonic()

@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(leaf, ConfigError):
             print(f"tote agent: {leaf}", file=sys.stderr)
             return 2
-        raise
+        if isinstance(leaf, KeyboardInterrupt):
+            return 130
+        # Anything else ended the server: log it and exit non-zero (the kubelet restarts us).
+        logging.getLogger("tote.agent").critical("agent crashed: %r", leaf, exc_info=exc)
+        return 1
     return 0
 
 

@@ -12,6 +12,7 @@ client stream so trio code can send/receive messages on it.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
@@ -21,6 +22,7 @@ import trio_asyncio
 
 from tote_containerd.agent.errors import single_leaf
 
+log = logging.getLogger("tote.agent.aio")
 T = TypeVar("T")
 S = TypeVar("S")
 R = TypeVar("R")
@@ -68,16 +70,46 @@ async def open_loop() -> AsyncIterator[None]:
     """Run an asyncio loop for the lifetime of the block (needed by every grpclib object).
 
     trio-asyncio's loop nursery wraps whatever escapes the block in an exception group;
-    a single error is unwrapped again so callers can catch it by type."""
+    a single error is unwrapped again so callers can catch it by type.
+
+    The loop's exception handler only logs. trio-asyncio's default handler re-raises every
+    report it gets into the loop's nursery, which ends the whole process: grpclib reports an
+    unclosed `Channel` from `__del__` that way, so one leaked channel (e.g. of an import
+    whose caller went away) used to kill the agent at the next garbage collection."""
     tune_h2()
     try:
-        async with trio_asyncio.open_loop():
+        async with trio_asyncio.open_loop() as loop:
+            loop.set_exception_handler(_log_asyncio_error)
             yield
     except BaseExceptionGroup as eg:
         leaf = single_leaf(eg)
         if leaf is eg:
             raise
         raise leaf from None
+
+
+def _log_asyncio_error(loop: Any, context: dict[str, Any]) -> None:
+    """asyncio "unhandled error" reports (unclosed resources, exceptions nobody retrieved):
+    logged, never raised — they concern one object or call, not the process."""
+    exc = context.get("exception")
+    msg = context.get("message") or "unhandled error in the asyncio loop"
+    log.error("asyncio: %s", msg, exc_info=exc if isinstance(exc, BaseException) else None)
+
+
+async def close_channel(channel: Any) -> None:
+    """Close a grpclib channel, even while the calling task is being cancelled (an unclosed
+    channel leaks its connection; see `open_loop`)."""
+    if channel is None:
+        return
+
+    async def _close() -> None:
+        channel.close()
+
+    with trio.CancelScope(shield=True):
+        try:
+            await aio(_close)
+        except Exception as exc:  # closing is best effort
+            log.debug("closing a channel failed: %s", exc)
 
 
 async def aio(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:

@@ -20,7 +20,7 @@ import trio_asyncio
 from tote_containerd._gen.tote.agent.v1 import agent_grpc
 from tote_containerd._gen.tote.agent.v1 import agent_pb2 as pb
 from tote_containerd.agent import convert, errors
-from tote_containerd.agent._aio import TrioStream, aio, open_loop
+from tote_containerd.agent._aio import TrioStream, aio, close_channel, open_loop
 from tote_containerd.agent.api import (
     Health,
     ImageRecord,
@@ -87,8 +87,8 @@ class AgentClient:
                       rpc_timeout: float = 30.0) -> AsyncIterator[AgentClient]:
         async with ensure_loop():
             client = cls(endpoint, ssl_context=ssl_context, rpc_timeout=rpc_timeout)
-            await client.open()
             try:
+                await client.open()  # a failed peer check must not leak the channel either
                 yield client
             finally:
                 await client.close()
@@ -122,12 +122,9 @@ class AgentClient:
                 f"{self.expect_role!r}", reason="unauthorized")
 
     async def close(self) -> None:
+        """Idempotent; runs even when the caller is being cancelled."""
         ch, self._channel = self._channel, None
-        if ch is not None:
-            async def _close() -> None:
-                ch.close()
-
-            await aio(_close)
+        await close_channel(ch)
 
     async def _unary(self, method: Any, request: Any, deadline: float | None = None) -> Any:
         with _mapped(self.endpoint):

@@ -27,7 +27,7 @@ from tote_containerd._gen.containerd.services.leases.v1 import leases_grpc, leas
 from tote_containerd._gen.containerd.services.version.v1 import version_grpc
 from tote_containerd._gen.containerd.types import descriptor_pb2
 from tote_containerd.agent import errors
-from tote_containerd.agent._aio import TrioStream, aio
+from tote_containerd.agent._aio import TrioStream, aio, close_channel
 
 WRITE_CHUNK = 4 * 1024 * 1024  # containerd refuses messages > 16 MiB
 WRITES_IN_FLIGHT = 4
@@ -89,14 +89,9 @@ class ContainerdClient:
         self._version = version_grpc.VersionStub(self._channel)
 
     async def close(self) -> None:
-        if self._channel is not None:
-            ch = self._channel
-            self._channel = None
-
-            async def _close() -> None:
-                ch.close()
-
-            await aio(_close)
+        """Idempotent; runs even when the caller is being cancelled."""
+        ch, self._channel = self._channel, None
+        await close_channel(ch)
 
     def _md(self, lease: str | None = None) -> dict[str, str]:
         md = {"containerd-namespace": self.namespace}

@@ -177,6 +177,11 @@ class GrpcServer:
 
         await aio(_start)
 
+    def listening(self) -> bool:
+        """Whether the listening socket is still open (the asyncio server behind grpclib)."""
+        srv = getattr(self._server, "_server", None)
+        return srv is not None and bool(srv.is_serving())
+
     async def set_serving(self, ok: bool) -> None:
         async def _set() -> None:
             if self._status is not None:
