@@ -15,6 +15,7 @@ import grpclib.client
 import grpclib.config
 import grpclib.exceptions
 import msgspec
+import trio
 from google.protobuf import empty_pb2, field_mask_pb2
 
 from tote_containerd._gen.containerd.services.content.v1 import content_grpc, content_pb2
@@ -29,6 +30,7 @@ from tote_containerd._gen.containerd.types import descriptor_pb2
 from tote_containerd.agent import errors
 from tote_containerd.agent._aio import TrioStream, aio, close_channel
 
+WRITER_LOCK_RETRIES = 8
 WRITE_CHUNK = 4 * 1024 * 1024  # containerd refuses messages > 16 MiB
 WRITES_IN_FLIGHT = 4
 
@@ -187,13 +189,29 @@ class ContainerdClient:
     @contextlib.asynccontextmanager
     async def writer(self, ref: str, total: int, expected: str, *, lease: str | None
                      ) -> AsyncIterator[ContentWriter]:
-        stream: TrioStream[Any, Any] = TrioStream(self._content.Write,
-                                                  metadata=self._md(lease), timeout=None)
-        with _mapped():
-            async with stream:
-                w = ContentWriter(stream, ref, total, expected)
-                await w.stat()
-                yield w
+        """A content Write stream for ingest `ref`, after STAT.
+
+        containerd holds an ingest ref locked while a Write stream on it is open, and
+        releases it only once it has processed the end of that stream. An import cancelled
+        because its caller went away resets its streams, and the next import of the same
+        digest may STAT the ref before containerd let go ("ref … locked: unavailable"): that
+        is retried for a few seconds."""
+        for attempt in range(WRITER_LOCK_RETRIES + 1):
+            stream: TrioStream[Any, Any] = TrioStream(self._content.Write,
+                                                      metadata=self._md(lease), timeout=None)
+            with _mapped():
+                async with stream:
+                    w = ContentWriter(stream, ref, total, expected)
+                    try:
+                        await w.stat()
+                    except grpclib.exceptions.GRPCError as exc:
+                        if (exc.status.name != "UNAVAILABLE" or "locked" not in
+                                (exc.message or "") or attempt == WRITER_LOCK_RETRIES):
+                            raise
+                    else:
+                        yield w
+                        return
+            await trio.sleep(min(1.0, 0.05 * 2 ** attempt))
 
     # --- leases ------------------------------------------------------------------------
     async def create_lease(self, lease_id: str, *, expire_in: float,
