@@ -272,6 +272,10 @@ def main() -> int:
     except KeyboardInterrupt:
         say("interrupted")
     finally:
+        # a second Ctrl-C / SIGTERM (e.g. `timeout` signals the child and its group) must
+        # not cut the teardown short and leave daemons behind
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         say("tearing down…")
         if env is not None:
             env.stop()
