@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import trio
@@ -18,6 +17,7 @@ import trio
 from tote_core.errors import Conflict, KubeError, NotFound
 from tote_core.kube.client import KubeClient, resource_path
 from tote_core.structs.kube import Pod
+from tote_core.timefmt import micro_time
 
 log = logging.getLogger("tote.events")
 
@@ -27,10 +27,6 @@ MAX_NOTE = 1024
 
 EventType = Literal["Normal", "Warning"]
 
-
-def micro_time(when: datetime | None = None) -> str:
-    """RFC3339 with microseconds, as MicroTime fields require."""
-    return (when or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def event_name(pod: Pod, reason: str, note: str) -> str:

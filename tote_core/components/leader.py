@@ -15,21 +15,13 @@ import msgspec
 import trio
 
 from tote_core import metrics
-from tote_core.components.events import micro_time
 from tote_core.errors import Conflict, KubeError, NotFound
 from tote_core.kube.client import KubeClient, resource_path
 from tote_core.structs.kube import Lease, LeaseSpec, ObjectMeta
+from tote_core.timefmt import micro_time, parse_time
 
 log = logging.getLogger("tote.leader")
 
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 class LeaderElector:
@@ -78,7 +70,7 @@ class LeaderElector:
             return True
         spec = lease.spec
         self.leader_identity = spec.holder_identity
-        renewed = _parse_time(spec.renew_time)
+        renewed = parse_time(spec.renew_time)
         duration = spec.lease_duration_seconds or int(self.lease_duration)
         held_by_other = bool(spec.holder_identity) and spec.holder_identity != self.identity
         if held_by_other and renewed and (now - renewed).total_seconds() < duration:

@@ -15,12 +15,11 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import trio
 
 from tote_core import metrics
-from tote_core.components.events import EventRecorder, micro_time
+from tote_core.components.events import EventRecorder
 from tote_core.detect import messages
 from tote_core.detect.inventory import nodes_with_digest
 from tote_core.errors import KubeError, NotFound, PermanentError, RetryLater
@@ -42,6 +41,7 @@ from tote_core.salvage.records import RecordStore
 from tote_core.settings import ControllerSettings
 from tote_core.structs.kube import Pod
 from tote_core.structs.salvagerecord import SalvageRecord, SalvageRecordSpec
+from tote_core.timefmt import micro_time, parse_time, utcnow
 
 log = logging.getLogger("tote.salvage")
 
@@ -53,17 +53,6 @@ PERMANENT = "Permanent"
 SOURCE_SPECIFIC = frozenset({"layers_discarded", "platform_missing"})
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _parse(ts: str | None) -> datetime | None:
-    if not ts:
-        return None
-    try:
-        return datetime.fromisoformat(ts.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 @dataclass
@@ -166,9 +155,9 @@ class SalvageEngine:
         if st.phase == "Failed" and any(c.reason == PERMANENT for c in st.conditions):
             self.jobs.pop(key, None)
             return None
-        last = _parse(st.last_attempt_at)
+        last = parse_time(st.last_attempt_at)
         if st.retry_count and last is not None:
-            wait = planner.backoff(st.retry_count) - (_now() - last).total_seconds()
+            wait = planner.backoff(st.retry_count) - (utcnow() - last).total_seconds()
             if wait > 0:
                 return Result(requeue_after=wait)
 
@@ -387,7 +376,7 @@ class SalvageEngine:
             type=type_,  # type: ignore[arg-type]
             pod_name=inc.pod_name, namespace=inc.namespace, image_ref=inc.image_ref,
             digest=inc.digest or "", source_node=source, target_node=inc.node_name or "",
-            error=error, timestamp=_now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            error=error, timestamp=utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
         ))
 
     async def _restart_pods(self, job: Job) -> None:

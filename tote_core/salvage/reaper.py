@@ -17,21 +17,14 @@ from tote_core import metrics
 from tote_core.errors import KubeError
 from tote_core.salvage.records import RecordStore
 from tote_core.structs.salvagerecord import PHASES, SalvageRecord
+from tote_core.timefmt import parse_time
 
 log = logging.getLogger("tote.reaper")
 
 
-def _parse(ts: str | None) -> datetime | None:
-    if not ts:
-        return None
-    try:
-        return datetime.fromisoformat(ts.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
 
 def expired(record: SalvageRecord, ttl: float, now: datetime) -> bool:
-    since = _parse(record.status.completed_at) or _parse(record.metadata.creation_timestamp)
+    since = parse_time(record.status.completed_at) or parse_time(record.metadata.creation_timestamp)
     return since is not None and (now - since).total_seconds() > ttl
 
 
