@@ -176,6 +176,64 @@ class AgentSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
     data_port: int = 9092  # bulk blob channel for the fast path (mTLS, sessions); 0 = off
 
 
+# `--help` text per setting (README has the same tables).
+HELP: dict[str, str] = {
+    "log_format": "text or json (default text)",
+    "log_level": "debug, info, warning or error (default info)",
+    "tls_cert": "PEM certificate for mTLS with agents",
+    "tls_key": "PEM key for --tls-cert",
+    "tls_ca": "PEM CA bundle that signed controller and agent identities",
+    "insecure": "run without mTLS (loudly logged; agents refuse to start without it or TLS)",
+    "kubeconfig": "kubeconfig path (default: in-cluster, then $KUBECONFIG, ~/.kube/config)",
+    "enabled": "global switch (default true); also ConfigMap --config-map key 'enabled'",
+    "deny_namespaces": "comma list of namespaces never acted in",
+    "salvage_on_auth_failure": "salvage even when the pull failed on 401/403 (default false)",
+    "registry_resolve": "resolve tags in the registry when no node knows the digest",
+    "registry_resolve_timeout": "registry lookup timeout (default 5s)",
+    "registry_resolve_ca": "PEM bundle appended to system roots for registry lookups",
+    "registry_insecure": "plain HTTP / unverified TLS for registry lookups",
+    "max_image_size": "max bytes to move per salvage, e.g. 2GB (default); 0 = no limit",
+    "max_concurrent_salvages": "simultaneous transfers (default 2)",
+    "workers": "detection reconcile workers (default 4)",
+    "reconcile_timeout": "deadline per detection reconcile (default 30s)",
+    "transfer_timeout": "deadline per transfer (default 30m)",
+    "salvagerecord_ttl": "delete SalvageRecords older than this (default 168h)",
+    "reap_interval": "how often the leader reaps SalvageRecords (default 10m)",
+    "backup_registry": "HOST[/prefix] to push salvaged images to (accepted; not implemented yet)",
+    "backup_registry_secret": "dockerconfigjson Secret for the backup registry (accepted; not implemented yet)",
+    "backup_registry_insecure": "plain HTTP for the backup registry (accepted; not implemented yet)",
+    "webhook_url": "POST notifications here (accepted; not implemented yet)",
+    "webhook_events": "comma list of detected,salvaged,failed,pushed (default all) (accepted; not implemented yet)",
+    "webhook_format": "json or slack (accepted; not implemented yet)",
+    "agent_endpoints": "static node=host:port,... map of agents (out-of-cluster runs)",
+    "agent_namespace": "namespace of agent pods (default: the controller's)",
+    "agent_selector": "label selector of agent pods",
+    "agent_port": "agent gRPC port (default 9090)",
+    "config_map": "runtime kill-switch ConfigMap name (default tote-config)",
+    "namespace": "the controller's namespace (default: service account namespace)",
+    "leader_election": "elect a leader among replicas (default true)",
+    "lease_name": "Lease used for leader election (default tote-controller)",
+    "lease_duration": "leader lease duration (default 15s)",
+    "renew_deadline": "give up leadership if not renewed within this (default 10s)",
+    "retry_period": "lease acquire/renew interval (default 2s)",
+    "identity": "leader identity (default: pod name or hostname-pid)",
+    "metrics_address": "host:port for /metrics (default 0.0.0.0:8080)",
+    "health_address": "host:port for /healthz and /readyz (default 0.0.0.0:8081)",
+    "plugins_disabled": "comma list of plugin names not to load",
+    "containerd_socket": "containerd gRPC socket (default /run/containerd/containerd.sock)",
+    "containerd_namespace": "containerd namespace (default k8s.io)",
+    "node_name": "node this agent serves (default $NODE_NAME, then hostname)",
+    "listen_address": "address the agent listens on (default 0.0.0.0)",
+    "grpc_port": "agent gRPC API port (default 9090)",
+    "metrics_port": "plain HTTP /metrics and /healthz (default 9091)",
+    "content_root": "containerd content directory for the fast path (default: ask containerd)",
+    "fast_path": "read/write verified blob files directly (default true)",
+    "platform": "os/arch[/variant] to import (default: this node's)",
+    "transfer_parallelism": "blobs fetched in parallel per import (default 4)",
+    "data_port": "fast-path bulk data port (default 9092; 0 = off)",
+}
+
+
 # Flags whose value is parsed before msgspec validation.
 _CONVERTERS: dict[str, Any] = {
     "max_image_size": parse_size,
@@ -288,7 +346,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[msgspec.Struct]) -> Non
     for f in msgspec.structs.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool:
-            parser.add_argument(flag, nargs="?", const="true", default=None, dest=f.name)
+            parser.add_argument(flag, nargs="?", const="true", default=None, dest=f.name,
+                                metavar="true|false", help=HELP.get(f.name))
             parser.add_argument(
                 "--no-" + f.name.replace("_", "-"),
                 action="store_const",
@@ -297,7 +356,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[msgspec.Struct]) -> Non
                 help=argparse.SUPPRESS,
             )
         else:
-            parser.add_argument(flag, default=None, dest=f.name)
+            parser.add_argument(flag, default=None, dest=f.name, metavar="VALUE",
+                                help=HELP.get(f.name))
 
 
 def parse_args(
@@ -305,7 +365,8 @@ def parse_args(
 ) -> Any:
     """Parse a subcommand's argv into validated settings (used by the CLI and tests)."""
     parser = argparse.ArgumentParser(prog=prog)
-    parser.add_argument("--config", default=None)
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="YAML/JSON settings file (flags > TOTE_* env > file)")
     add_flags(parser, cls)
     ns = vars(parser.parse_args(list(argv)))
     config_file = ns.pop("config")
