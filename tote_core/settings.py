@@ -177,6 +177,7 @@ class AgentSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
 
 
 # `--help` text per setting (README has the same tables).
+_NOT_YET = " (accepted; not implemented yet)"
 HELP: dict[str, str] = {
     "log_format": "text or json (default text)",
     "log_level": "debug, info, warning or error (default info)",
@@ -199,12 +200,12 @@ HELP: dict[str, str] = {
     "transfer_timeout": "deadline per transfer (default 30m)",
     "salvagerecord_ttl": "delete SalvageRecords older than this (default 168h)",
     "reap_interval": "how often the leader reaps SalvageRecords (default 10m)",
-    "backup_registry": "HOST[/prefix] to push salvaged images to (accepted; not implemented yet)",
-    "backup_registry_secret": "dockerconfigjson Secret for the backup registry (accepted; not implemented yet)",
-    "backup_registry_insecure": "plain HTTP for the backup registry (accepted; not implemented yet)",
-    "webhook_url": "POST notifications here (accepted; not implemented yet)",
-    "webhook_events": "comma list of detected,salvaged,failed,pushed (default all) (accepted; not implemented yet)",
-    "webhook_format": "json or slack (accepted; not implemented yet)",
+    "backup_registry": "HOST[/prefix] to push salvaged images to" + _NOT_YET,
+    "backup_registry_secret": "dockerconfigjson Secret for the backup registry" + _NOT_YET,
+    "backup_registry_insecure": "plain HTTP for the backup registry" + _NOT_YET,
+    "webhook_url": "POST notifications here" + _NOT_YET,
+    "webhook_events": "comma list of detected,salvaged,failed,pushed (default all)" + _NOT_YET,
+    "webhook_format": "json or slack" + _NOT_YET,
     "agent_endpoints": "static node=host:port,... map of agents (out-of-cluster runs)",
     "agent_namespace": "namespace of agent pods (default: the controller's)",
     "agent_selector": "label selector of agent pods",
