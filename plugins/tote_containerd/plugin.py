@@ -18,6 +18,7 @@ import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
+from types import SimpleNamespace
 from typing import Any
 
 from tote_core.errors import PermanentError, RetryLater
@@ -63,6 +64,18 @@ def parse_selector(selector: str) -> dict[str, str]:
     return out
 
 
+def _pod_view(pod: Any) -> Any:
+    """A flat view of a pod: the controller's informer holds `tote_core` Pod structs
+    (metadata / spec / status); flat views pass through unchanged."""
+    meta = getattr(pod, "metadata", None)
+    if meta is None:
+        return pod
+    return SimpleNamespace(
+        namespace=meta.namespace, labels=meta.labels, node_name=pod.spec.node_name,
+        pod_ip=pod.status.pod_ip, phase=pod.status.phase,
+    )
+
+
 def endpoints_from_pods(pods: Iterable[Any], *, selector: str, namespace: str, port: int
                         ) -> dict[str, str]:
     """node name → `podIP:port` for running agent pods matching `selector` (and `namespace`
@@ -70,7 +83,7 @@ def endpoints_from_pods(pods: Iterable[Any], *, selector: str, namespace: str, p
     `.namespace` (and optionally `.phase`)."""
     want = parse_selector(selector)
     out: dict[str, str] = {}
-    for pod in pods:
+    for pod in map(_pod_view, pods):
         if namespace and getattr(pod, "namespace", "") != namespace:
             continue
         labels: Mapping[str, str] = getattr(pod, "labels", None) or {}

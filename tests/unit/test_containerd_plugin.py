@@ -83,3 +83,26 @@ def test_agent_settings_flags() -> None:
     assert (s.fast_path, s.data_port, s.insecure, s.platform) == (False, 0, True, "linux/arm64")
     with pytest.raises(ConfigError):
         parse_args(AgentSettings, ["--grpc-port", "x"], "tote agent")
+
+
+def test_endpoints_from_the_controllers_own_pod_structs() -> None:
+    """The controller's informer holds tote_core Pod structs (metadata/spec/status), not
+    flat views: discovery must read those — the Go original never found its agents."""
+    from tote_core.structs.kube import Pod
+
+    def agent(name: str, node: str, ip: str, ns: str = "tote-system",
+              phase: str = "Running") -> Pod:
+        return msgspec.convert({
+            "metadata": {"name": name, "namespace": ns, "labels": {
+                "app.kubernetes.io/name": "tote", "app.kubernetes.io/component": "agent"}},
+            "spec": {"nodeName": node},
+            "status": {"podIP": ip, "phase": phase},
+        }, Pod)
+
+    pods = [agent("a1", "n1", "10.0.0.1"), agent("a2", "n2", "10.0.0.2"),
+            agent("a3", "n3", "10.0.0.3", ns="elsewhere"),
+            agent("a4", "n4", "10.0.0.4", phase="Pending")]
+    found = plugin.endpoints_from_pods(
+        pods, selector="app.kubernetes.io/component=agent,app.kubernetes.io/name=tote",
+        namespace="tote-system", port=9090)
+    assert found == {"n1": "10.0.0.1:9090", "n2": "10.0.0.2:9090"}

@@ -58,6 +58,8 @@ class Controller:
     def __post_init__(self) -> None:
         cfg = kube_config.load(self.settings.kubeconfig)
         self.namespace = self.settings.namespace or cfg.namespace
+        # Plugins read the resolved namespace (agent discovery defaults to it).
+        self.settings.namespace = self.namespace
         self.identity = self.settings.identity or default_identity()
         self.kube = KubeClient(cfg)
         self.caches = Caches(

@@ -60,14 +60,16 @@ class SalvageEnv:
         set_node_images(self.cp, node, images)
 
     def controller(self, identity: str, *extra: str, lease: str | None = None,
-                   wait_lead: bool = True) -> ControllerProcess:
+                   wait_lead: bool = True, static_endpoints: bool = True) -> ControllerProcess:
         c = self.ctd.pki.controller
         endpoints = ",".join(f"{n}={a.endpoint}" for n, a in self.ctd.agents.items())
+        if not static_endpoints:
+            endpoints = ""
         ctl = ControllerProcess(
             self.cp, self.workdir / identity, identity=identity,
             extra_args=[
                 f"--lease-name={lease or 'salvage-' + identity}",
-                f"--agent-endpoints={endpoints}",
+                *([f"--agent-endpoints={endpoints}"] if endpoints else []),
                 f"--tls-cert={c.cert}", f"--tls-key={c.key}", f"--tls-ca={c.ca}", *extra,
             ],
         ).start()
