@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
+from prometheus_client import Counter
 
 from tote_core import metrics
 from tote_core.annotations import ALLOW, AUTO_SALVAGE, SYSTEM_NAMESPACES, flag
@@ -110,12 +111,11 @@ class PodReconciler:
         assert ref is not None
         if failure.verdict is Verdict.CORRUPT:
             # Handled by the salvage engine (next layer); detection only reports it.
-            if self.incidents.first(uid, failure.container, image_key, "corrupt"):
-                metrics.CORRUPT_IMAGES.inc()
-            await self.recorder.emit(
-                pod, "ImageCorrupt",
+            await self._report(
+                pod, failure, image_key, "corrupt", metrics.CORRUPT_IMAGES, "ImageCorrupt",
                 f"Image {ref.name} is present on node {pod.spec.node_name} but its content is "
                 f"missing ({failure.message[:200]}). {messages.DEBT}",
+                action="Salvage",
             )
             await self._submit(pod, failure, ref.digest, [], kind="corrupt")
             return
@@ -154,13 +154,11 @@ class PodReconciler:
         if not candidates:
             self.waiting_on_nodes.add(key)
             if from_registry:
-                if self.incidents.first(uid, failure.container, image_key, "uncached"):
-                    metrics.NOT_ACTIONABLE.inc()
-                await self.recorder.emit(
-                    pod, "ImageResolvedUncached",
+                await self._report(
+                    pod, failure, image_key, "uncached", metrics.NOT_ACTIONABLE,
+                    "ImageResolvedUncached",
                     f"Registry resolves {ref.name} to {digest}, but no node holds that "
                     f"digest; nothing to salvage from. {messages.DEBT}",
-                    action="Detect",
                 )
                 return
             await self._not_actionable(
@@ -168,11 +166,9 @@ class PodReconciler:
             )
             return
         self.waiting_on_nodes.discard(key)
-        if self.incidents.first(uid, failure.container, image_key, "salvageable"):
-            metrics.SALVAGEABLE_IMAGES.inc()
-        await self.recorder.emit(
-            pod, "ImageSalvageable", messages.salvageable(ref.name, digest, candidates),
-            action="Detect",
+        await self._report(
+            pod, failure, image_key, "salvageable", metrics.SALVAGEABLE_IMAGES,
+            "ImageSalvageable", messages.salvageable(ref.name, digest, candidates),
         )
         await self._submit(pod, failure, digest, candidates, kind="pull")
 
@@ -203,9 +199,16 @@ class PodReconciler:
     async def _not_actionable(
         self, pod: Pod, failure: Failure, image_key: str, why: str
     ) -> None:
-        if self.incidents.first(pod.metadata.uid, failure.container, image_key, "not_actionable"):
-            metrics.NOT_ACTIONABLE.inc()
-        await self.recorder.emit(
-            pod, "ImageNotActionable", messages.not_actionable(failure.raw_image, why),
-            action="Detect",
+        await self._report(
+            pod, failure, image_key, "not_actionable", metrics.NOT_ACTIONABLE,
+            "ImageNotActionable", messages.not_actionable(failure.raw_image, why),
         )
+
+    async def _report(
+        self, pod: Pod, failure: Failure, image_key: str, outcome: str, counter: Counter,
+        reason: str, note: str, *, action: str = "Detect",
+    ) -> None:
+        """Count `outcome` once per incident; post (or aggregate) the event every time."""
+        if self.incidents.first(pod.metadata.uid, failure.container, image_key, outcome):
+            counter.inc()
+        await self.recorder.emit(pod, reason, note, action=action)
