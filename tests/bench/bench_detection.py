@@ -41,11 +41,12 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def client(cp: ControlPlane) -> httpx.AsyncClient:
+def client(cp: ControlPlane, timeout: float = 60) -> httpx.AsyncClient:
+    """An admin client (client certificate) for driving the API server at full speed."""
     assert cp.admin_cert is not None
     ctx = ssl.create_default_context(cafile=str(cp.ca_file))
     ctx.load_cert_chain(str(cp.admin_cert.cert), str(cp.admin_cert.key))
-    return httpx.AsyncClient(base_url=cp.server, verify=ctx, timeout=60,
+    return httpx.AsyncClient(base_url=cp.server, verify=ctx, timeout=timeout,
                              limits=httpx.Limits(max_connections=16))
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import ssl
 import statistics
 import tempfile
 import time
@@ -23,19 +22,12 @@ from pathlib import Path
 import httpx
 import trio
 
+from tests.bench.bench_detection import client
 from tests.cluster.controlplane import ControlPlane, binaries_dir, start_control_plane
 from tote_core.salvage.planner import record_labels, record_name
 
 NS = "bench-records"
 BASE = f"/apis/tote.dev/v1alpha1/namespaces/{NS}/salvagerecords"
-
-
-def client(cp: ControlPlane) -> httpx.AsyncClient:
-    assert cp.admin_cert is not None
-    ctx = ssl.create_default_context(cafile=str(cp.ca_file))
-    ctx.load_cert_chain(str(cp.admin_cert.cert), str(cp.admin_cert.key))
-    return httpx.AsyncClient(base_url=cp.server, verify=ctx, timeout=120,
-                             limits=httpx.Limits(max_connections=16))
 
 
 def digest(i: int) -> str:
@@ -77,7 +69,7 @@ LAST_SIZE = [0]
 
 async def run(cp: ControlPlane, counts: list[int], lookups: int) -> list[str]:
     rows = []
-    async with client(cp) as http:
+    async with client(cp, timeout=120) as http:
         r = await http.post("/api/v1/namespaces", content=json.dumps({"metadata": {"name": NS}}),
                             headers={"Content-Type": "application/json"})
         assert r.status_code in (201, 409)

@@ -21,22 +21,14 @@ if str(REPO) not in sys.path:
 
 from tests.cluster.procs import ProcessGroup  # noqa: E402
 from tests.integration.containerd.certs import make_pki  # noqa: E402
-from tests.integration.containerd.nodes import Env, start_node  # noqa: E402
+from tests.integration.containerd.nodes import Env, containerd_unusable, start_node  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 
-def _usable() -> str | None:
-    if not shutil.which("containerd") or not shutil.which("ctr"):
-        return "containerd/ctr not installed"
-    if os.geteuid() != 0:
-        return "needs root to run containerd"
-    return None
-
-
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    why = _usable()
+    why = containerd_unusable()
     if why:
         pytest.skip(why)
     base = Path(tempfile.mkdtemp(prefix="tote-ctd-"))

@@ -8,6 +8,7 @@ and stopped through `tests.cluster.procs.ProcessGroup` (by PID, never by name).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -18,6 +19,15 @@ from tests.integration.containerd.certs import PKI
 from tote_core.settings import ControllerSettings
 
 REPO = Path(__file__).resolve().parents[3]
+
+
+def containerd_unusable() -> str | None:
+    """Why real containerd daemons cannot run here (None when they can)."""
+    if not shutil.which("containerd") or not shutil.which("ctr"):
+        return "containerd/ctr not installed"
+    if os.geteuid() != 0:
+        return "needs root to run containerd"
+    return None
 
 
 @dataclass

@@ -24,7 +24,13 @@ from tests.cluster.objects import create_node, set_node_images
 from tests.cluster.procs import ProcessGroup, port_open, wait_until
 from tests.images.build import Image
 from tests.integration.containerd.certs import make_pki
-from tests.integration.containerd.nodes import REPO, AgentProc, Env, start_node
+from tests.integration.containerd.nodes import (
+    REPO,
+    AgentProc,
+    Env,
+    containerd_unusable,
+    start_node,
+)
 
 NODES = ("n1", "n2", "n3")
 
@@ -36,9 +42,10 @@ class SalvageEnv:
     workdir: Path
     controllers: list[ControllerProcess] = field(default_factory=list)
 
-    def preload(self, node: str, img: Image, archive: Path) -> None:
+    def preload(self, node: str, img: Image, archive: Path, *, keep_tag: bool = True) -> None:
         """Put an image on a node as a CRI pull would have: the tag, `repo@digest`
-        and the config-digest image ID, then report it in Node.status.images."""
+        and the config-digest image ID, then report it in Node.status.images.
+        `keep_tag=False` drops the tag name afterwards (nothing on the node names it)."""
         n = self.ctd.nodes[node]
         n.import_archive(archive)
         repo = img.name.rsplit(":", 1)[0]
@@ -46,6 +53,8 @@ class SalvageEnv:
         for extra in (f"{repo}@{img.digest}", config):
             if extra not in n.image_names():
                 n.ctr("images", "tag", img.name, extra)
+        if not keep_tag:
+            n.ctr("images", "rm", img.name)
         self.node_status_from_containerd(node)
 
     def node_status_from_containerd(self, node: str, *, hide: set[str] | None = None) -> None:
@@ -101,17 +110,9 @@ class SalvageEnv:
         return out
 
 
-def _usable() -> str | None:
-    if not shutil.which("containerd") or not shutil.which("ctr"):
-        return "containerd/ctr not installed"
-    if os.geteuid() != 0:
-        return "needs root to run containerd"
-    return None
-
-
 @pytest.fixture(scope="module")
 def senv(control_plane: ControlPlane) -> Iterator[SalvageEnv]:
-    why = _usable()
+    why = containerd_unusable()
     if why:
         if os.environ.get("CI"):
             pytest.fail(why)

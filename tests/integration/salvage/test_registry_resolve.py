@@ -96,16 +96,9 @@ def push(reg: Registry, img: Image, archive: Path) -> None:
 
 def preload_digest_only(senv: SalvageEnv, node: str, img: Image, archive: Path) -> None:
     """The image on `node` as `repo@digest` and config ID only: nothing names the tag."""
-    n = senv.ctd.nodes[node]
-    n.import_archive(archive)
-    repo = img.name.rsplit(":", 1)[0]
-    config = next(iter(img.configs.values())).digest
-    for extra in (f"{repo}@{img.digest}", config):
-        if extra not in n.image_names():
-            n.ctr("images", "tag", img.name, extra)
-    n.ctr("images", "rm", img.name)
+    senv.preload(node, img, archive, keep_tag=False)
+    n, repo = senv.ctd.nodes[node], img.name.rsplit(":", 1)[0]
     assert img.name not in n.image_names() and f"{repo}@{img.digest}" in n.image_names()
-    senv.node_status_from_containerd(node)
 
 
 def pull_secret(senv: SalvageEnv, ns: str, name: str, host: str, user: str, pw: str) -> None:
