@@ -44,15 +44,6 @@ class Caches:
     def namespace_obj(self, name: str) -> Namespace | None:
         return self.namespaces.get(name)
 
-    def pods_with_labels(self, namespace: str | None, labels: dict[str, str]) -> list[Pod]:
-        """Pods whose labels include `labels` (agent discovery); a scan of the pod cache."""
-        return [
-            p
-            for p in self.pods.items.values()
-            if (namespace is None or p.metadata.namespace == namespace)
-            and all(p.metadata.labels.get(k) == v for k, v in labels.items())
-        ]
-
     def runtime_enabled(self) -> bool | None:
         """The kill switch ConfigMap's `enabled` key: True/False, None when absent."""
         cm = self.config.get(f"{self.namespace}/{self.config_map}")
