@@ -24,25 +24,11 @@ from tote_core.errors import ConfigError
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "ki": 1024,
-    "kib": 1024,
-    "mi": 1024**2,
-    "mib": 1024**2,
-    "gi": 1024**3,
-    "gib": 1024**3,
-    "ti": 1024**4,
-    "tib": 1024**4,
+# Binary throughout: SPEC §3 fixes `2GB` = 2147483648 bytes, so GB means GiB here.
+_SIZE_UNITS = {"": 1, "b": 1} | {
+    unit: 1024**power
+    for power, letter in enumerate("kmgt", start=1)
+    for unit in (letter, letter + "b", letter + "i", letter + "ib")
 }
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -63,10 +49,7 @@ def parse_size(text: str | int) -> int:
     unit = m.group(2).lower()
     if unit not in _SIZE_UNITS:
         raise ValueError(f"unknown size unit {m.group(2)!r} in {text!r}")
-    scale = _SIZE_UNITS[unit]
-    if unit in {"k", "kb", "m", "mb", "g", "gb", "t", "tb"}:
-        scale = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[unit[0]]
-    return int(float(m.group(1)) * scale)
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
 
 
 def parse_duration(text: str | float | int) -> float:
