@@ -109,6 +109,7 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     webhook_url: str = ""
     webhook_events: list[str] = msgspec.field(default_factory=list)
     webhook_format: Literal["json", "slack"] = "json"
+    webhook_secret_file: str = ""  # HMAC-SHA256 key for X-Tote-Signature-256
     agent_endpoints: dict[str, str] = msgspec.field(default_factory=dict)
     agent_namespace: str = ""  # where agent pods run; empty = the controller's namespace
     agent_selector: str = "app.kubernetes.io/component=agent,app.kubernetes.io/name=tote"
@@ -136,7 +137,12 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
             raise ValueError("workers must be at least 1")
         bad = set(self.webhook_events) - {"detected", "salvaged", "failed", "pushed"}
         if bad:
-            raise ValueError(f"webhook_events: unknown event types {sorted(bad)}")
+            raise ValueError(f"webhook_events: unknown event types {sorted(bad)} "
+                             "(use detected, salvaged, failed, pushed)")
+        if self.webhook_url and not re.match(r"https?://[^/\s]+", self.webhook_url):
+            raise ValueError(f"webhook_url: {self.webhook_url!r} is not an http(s) URL")
+        if self.webhook_secret_file and not os.access(self.webhook_secret_file, os.R_OK):
+            raise ValueError(f"webhook_secret_file: cannot read {self.webhook_secret_file}")
         if self.renew_deadline >= self.lease_duration:
             raise ValueError("renew_deadline must be shorter than lease_duration")
 
@@ -186,9 +192,10 @@ HELP: dict[str, str] = {
     "backup_registry": "HOST[/prefix] to push salvaged images to" + _NOT_YET,
     "backup_registry_secret": "dockerconfigjson Secret for the backup registry" + _NOT_YET,
     "backup_registry_insecure": "plain HTTP for the backup registry" + _NOT_YET,
-    "webhook_url": "POST notifications here" + _NOT_YET,
-    "webhook_events": "comma list of detected,salvaged,failed,pushed (default all)" + _NOT_YET,
-    "webhook_format": "json or slack" + _NOT_YET,
+    "webhook_url": "POST notifications (JSON or Slack) here; empty = no webhook",
+    "webhook_events": "comma list of detected,salvaged,failed,pushed (default: all)",
+    "webhook_format": "json (default) or slack (Block Kit)",
+    "webhook_secret_file": "file holding the key for X-Tote-Signature-256 (HMAC-SHA256)",
     "agent_endpoints": "static node=host:port,... map of agents (out-of-cluster runs)",
     "agent_namespace": "namespace of agent pods (default: the controller's)",
     "agent_selector": "label selector of agent pods",

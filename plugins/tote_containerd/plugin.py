@@ -233,8 +233,25 @@ async def transfer(request: TransferRequest, progress: ProgressCallback
     return await run_transfer(request, progress, settings=_state.settings, cache=_state.cache)
 
 
-# Inventory hooks (find_image, resolve_tag, remove_image) live in their own module; importing
-# them here registers them with this plugin, so `plugins.disabled: [containerd]` covers them.
+# Inventory hooks (find_image, resolve_tag, remove_image) live in their own module.
 from tote_containerd.inventory import find_image, remove_image, resolve_tag  # noqa: E402
 
-__all__ = ["configure", "find_image", "remove_image", "resolve_tag", "transfer"]
+
+class ContainerdPlugin:
+    """The `containerd` plugin as the host builds it from the entry point.
+
+    Its hooks are this module's functions (so `plugins.disabled: [containerd]` covers the
+    inventory hooks too). The settings and caches still live in the module's `_state`,
+    which the inventory module and tests read; moving them onto this object is a change of
+    its own.
+    """
+
+    configure = staticmethod(configure)
+    transfer = staticmethod(transfer)
+    find_image = staticmethod(find_image)
+    resolve_tag = staticmethod(resolve_tag)
+    remove_image = staticmethod(remove_image)
+
+
+__all__ = ["ContainerdPlugin", "configure", "find_image", "remove_image", "resolve_tag",
+           "transfer"]

@@ -21,6 +21,7 @@ from tote_core.components.events import EventRecorder
 from tote_core.components.leader import LeaderElector
 from tote_core.hooks.context import PluginContext
 from tote_core.hooks.host import PluginHost
+from tote_core.hooks.types import Notification
 from tote_core.kube import config as kube_config
 from tote_core.kube.cache import Caches
 from tote_core.kube.client import KubeClient
@@ -149,22 +150,25 @@ class Controller:
         )
         return (200 if self.caches.synced else 503), "application/json", body + b"\n"
 
+    async def _emit(self, notification: Notification) -> None:
+        await self.host.notify(notification)
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def _lead(self) -> None:
         log.info("leading: starting %d reconcile workers", self.settings.workers)
         async with trio.open_nursery() as nursery:
+            # Plugin services first (e.g. the webhook worker), so the first reconcile's
+            # notifications already have someone to deliver them.
+            await nursery.start(self.host.run_services)
             await nursery.start(self.salvage.run)
             await nursery.start(self.engine.run)
             nursery.start_soon(self.reaper.run)
-            for name, service in self.plugin_context.services:
-                log.debug("starting plugin service %s", name)
-                nursery.start_soon(service)
             self._requeue_failing()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.plugin_context = PluginContext(
-            settings=self.settings, kube=self.kube, cache=self.caches
+            settings=self.settings, kube=self.kube, cache=self.caches, emit=self._emit
         )
         await self.host.configure(self.plugin_context)
         try:
