@@ -6,12 +6,17 @@ tote's event (next to the latency of the same change reaching a plain watch clie
 API server's own floor, measured in the same run).
 
 Run: python -m tests.bench.bench_detection [--pods 5000] [--nodes 200] [--samples 200]
+
+P7 (issue 10): `--webhook-compare` measures the same latency twice in one run, on distinct
+pods: first with no webhook, then with `--webhook-url` pointing at a receiver that accepts
+connections and never answers. Prints both p50/p99 and the p99 ratio (goal <= 1.2x).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import ssl
 import statistics
@@ -28,6 +33,7 @@ import trio
 from tests.cluster.controller import ControllerProcess
 from tests.cluster.controlplane import ControlPlane, binaries_dir, start_control_plane
 from tests.cluster.procs import wait_until
+from tests.cluster.webhook import Receiver
 
 DIGEST = "sha256:" + "d" * 64
 REPO = "127.0.0.1:5999/bench"
@@ -91,8 +97,29 @@ async def populate(cp: ControlPlane, pods: int, nodes: int) -> float:
     return time.monotonic() - t0
 
 
-async def measure_latency(cp: ControlPlane, samples: int) -> tuple[list[float], list[float]]:
-    """Patch `samples` pods to ErrImagePull; time (a) a plain pod watch seeing it, (b) the event."""
+def sample_pods(pods: int, samples: int, offset: int) -> list[tuple[str, str]]:
+    """`samples` distinct (namespace, name) spread over the pods, starting at `offset`."""
+    stride = 23 if math.gcd(23, pods) == 1 else 1
+    picked = [(i + offset) * stride % pods for i in range(samples)]
+    return [(f"bench-{idx % NS_COUNT}", f"p-{idx}") for idx in picked]
+
+
+async def clear_waiting(cp: ControlPlane, pods: list[tuple[str, str]]) -> None:
+    """Put sampled pods back to running, so a later controller does not start on them."""
+    async with client(cp) as http:
+        for ns, name in pods:
+            body = {"status": {"containerStatuses": [{
+                "name": "app", "image": f"{REPO}@{DIGEST}", "imageID": "", "ready": True,
+                "restartCount": 0, "state": {"running": {}}}]}}
+            r = await http.patch(f"/api/v1/namespaces/{ns}/pods/{name}/status",
+                                 content=json.dumps(body),
+                                 headers={"Content-Type": "application/merge-patch+json"})
+            r.raise_for_status()
+
+
+async def measure_latency(cp: ControlPlane, pods: list[tuple[str, str]]
+                          ) -> tuple[list[float], list[float]]:
+    """Patch `pods` to ErrImagePull; time (a) a plain pod watch seeing it, (b) the event."""
     sent: dict[str, float] = {}
     seen_watch: dict[str, float] = {}
     seen_event: dict[str, float] = {}
@@ -126,9 +153,7 @@ async def measure_latency(cp: ControlPlane, samples: int) -> tuple[list[float], 
             n.start_soon(watch, "/api/v1/pods", seen_watch, pod_key)
             n.start_soon(watch, "/apis/events.k8s.io/v1/events", seen_event, event_key)
             await trio.sleep(2)
-            for i in range(samples):
-                idx = i * 23 % 5000
-                ns, name = f"bench-{idx % NS_COUNT}", f"p-{idx}"
+            for ns, name in pods:
                 key = f"{ns}/{name}"
                 body = {"status": {"containerStatuses": [{
                     "name": "app", "image": f"{REPO}@{DIGEST}", "imageID": "", "ready": False,
@@ -156,12 +181,66 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] * 1000
 
 
+def start_controller(cp: ControlPlane, work: Path, name: str, extra: list[str]
+                     ) -> ControllerProcess:
+    ctl = ControllerProcess(cp, work / name, identity=name,
+                            extra_args=[f"--lease-name={name}", "--log-level=info", *extra])
+    ctl.start()
+    wait_until(ctl.leading, timeout=30, what="leads")
+    time.sleep(2)
+    return ctl
+
+
+def latency_line(what: str, lat: list[float], samples: int) -> str:
+    return (f"{what}: p50 {pct(lat, 50):.0f} ms, p99 {pct(lat, 99):.0f} ms "
+            f"(n={len(lat)}/{samples})")
+
+
+def webhook_compare(cp: ControlPlane, work: Path, pods: int, samples: int) -> None:
+    """P7: detection latency with no webhook, then with a webhook that never answers."""
+    quiet = sample_pods(pods, samples, 0)
+    hung = sample_pods(pods, samples, samples)
+    ctl = start_controller(cp, work, "bench-nohook", [])
+    try:
+        watch_a, event_a = trio.run(measure_latency, cp, quiet)
+    finally:
+        ctl.stop()
+    trio.run(clear_waiting, cp, quiet)
+    receiver = Receiver(mode="hang").start()
+    ctl = start_controller(cp, work, "bench-hook", [f"--webhook-url={receiver.url}"])
+    try:
+        watch_b, event_b = trio.run(measure_latency, cp, hung)
+        metrics = ctl.metrics()
+    finally:
+        ctl.stop()
+        receiver.stop()
+    print(latency_line("no webhook:      pod status change → plain watch (API floor)",
+                       watch_a, samples))
+    print(latency_line("no webhook:      pod status change → ImageSalvageable seen",
+                       event_a, samples))
+    print(latency_line("hanging webhook: pod status change → plain watch (API floor)",
+                       watch_b, samples))
+    print(latency_line("hanging webhook: pod status change → ImageSalvageable seen",
+                       event_b, samples))
+    print(f"hanging webhook: {len(receiver.requests)} requests reached the receiver, "
+          f"tote_webhook_failures_total {metrics.get('tote_webhook_failures_total', 0):.0f}, "
+          f"tote_webhook_dropped_total {metrics.get('tote_webhook_dropped_total', 0):.0f}")
+    if event_a and event_b:
+        print(f"P7 detection p99 with a hanging webhook / without: "
+              f"{pct(event_b, 99) / pct(event_a, 99):.2f}x (goal <= 1.2x); p50 "
+              f"{pct(event_b, 50) / pct(event_a, 50):.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pods", type=int, default=5000)
     ap.add_argument("--nodes", type=int, default=200)
     ap.add_argument("--samples", type=int, default=200)
+    ap.add_argument("--webhook-compare", action="store_true",
+                    help="P7: latency without a webhook, then with one that never answers")
     args = ap.parse_args()
+    if args.samples * (2 if args.webhook_compare else 1) > args.pods:
+        ap.error("not enough pods for distinct samples")
     bins = binaries_dir(build=True)
     assert bins is not None
     work = Path(tempfile.mkdtemp(prefix="tote-bench-"))
@@ -171,6 +250,9 @@ def main() -> None:
         took = trio.run(populate, cp, args.pods, args.nodes)
         print(f"created {args.pods} pods, {args.nodes} nodes, {NS_COUNT} namespaces "
               f"through the API in {took:.1f}s")
+        if args.webhook_compare:
+            webhook_compare(cp, work, args.pods, args.samples)
+            return
         base = subprocess.Popen([sys.executable, "-c",
                                  "import tote_core.components.manager, time; time.sleep(30)"])
         time.sleep(3)
@@ -186,7 +268,8 @@ def main() -> None:
         time.sleep(2)
         assert ctl.proc is not None
         rss = rss_mib(ctl.proc.pid)
-        watch_lat, event_lat = trio.run(measure_latency, cp, args.samples)
+        watch_lat, event_lat = trio.run(measure_latency, cp,
+                                        sample_pods(args.pods, args.samples, 0))
         rss_after = rss_mib(ctl.proc.pid)
         print(f"controller ready (caches synced) after start: {sync:.2f}s")
         print(f"controller RSS after sync: {rss:.1f} MiB "
