@@ -204,7 +204,8 @@ class SalvageEngine:
                 return None
             await self._complete(job, record, (source, result), None)
             return None
-        return await self._retry(job, record, "; ".join(errors), reason)
+        # The source named is the last one tried (the record's spec.sourceNode says the same).
+        return await self._retry(job, record, "; ".join(errors), reason, source=order[-1])
 
     async def _holders(self, digest: str) -> set[str]:
         nodes = list(self.caches.nodes.items.values())
@@ -363,10 +364,11 @@ class SalvageEngine:
             self.jobs.pop(f"{job.namespace}/{job.record}", None)
 
     async def _retry(
-        self, job: Job, record: SalvageRecord, error: str, reason: str
+        self, job: Job, record: SalvageRecord, error: str, reason: str, *, source: str = ""
     ) -> Result:
         count = record.status.retry_count + 1
-        await self._fail(job, record, error, reason, permanent=False, retry_count=count)
+        await self._fail(job, record, error, reason, permanent=False, retry_count=count,
+                         source=source)
         delay = planner.backoff(count)
         log.info("salvage %s/%s: retry %d in %.0fs", job.namespace, job.record, count, delay)
         return Result(requeue_after=delay)
