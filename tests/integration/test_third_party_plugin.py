@@ -68,15 +68,23 @@ requires = ["setuptools>=68"]
 build-backend = "setuptools.build_meta"
 
 [project]
-name = "tote-hello-plugin"
-version = "1.4.2"
+name = "{dist}"
+version = "{version}"
 dependencies = []
 
 [project.entry-points.tote]
-hello = "tote_hello_plugin:HelloPlugin"
+{entry}
 
 [tool.setuptools]
-py-modules = ["tote_hello_plugin"]
+py-modules = ["{module}"]
+'''
+TYPO = '''
+from tote_core.hooks.hookspecs import hookimpl
+
+
+class Typo:
+    @hookimpl
+    def on_detcted(self, incident: object) -> None: ...
 '''
 
 
@@ -84,23 +92,31 @@ def uniq(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The plugin built into a wheel and installed with pip into its own directory."""
-    root = tmp_path_factory.mktemp("hello")
+def install(root: Path, dist: str, version: str, module: str, source: str, entry: str
+            ) -> Path:
+    """Write the distribution, build its wheel offline (the project's setuptools, no build
+    isolation) and pip-install it into a directory of its own; returns that directory."""
     src = root / "src"
     src.mkdir()
-    (src / "pyproject.toml").write_text(textwrap.dedent(PYPROJECT))
-    (src / "tote_hello_plugin.py").write_text(textwrap.dedent(PLUGIN))
+    (src / "pyproject.toml").write_text(textwrap.dedent(PYPROJECT).format(
+        dist=dist, version=version, module=module, entry=entry))
+    (src / f"{module}.py").write_text(textwrap.dedent(source))
     wheels, target = root / "wheels", root / "site"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
     subprocess.run([*pip, "wheel", "--no-build-isolation", "--no-deps", "-w", str(wheels),
                     str(src)], check=True, capture_output=True)
-    (wheel,) = wheels.glob("tote_hello_plugin-1.4.2-*.whl")
+    (wheel,) = wheels.glob(f"{module}-{version}-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(target),
                     str(wheel)], check=True, capture_output=True)
-    assert (target / "tote_hello_plugin-1.4.2.dist-info" / "entry_points.txt").exists()
+    assert (target / f"{module}-{version}.dist-info" / "entry_points.txt").exists()
     return target
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tote-hello-plugin, installed."""
+    return install(tmp_path_factory.mktemp("hello"), "tote-hello-plugin", "1.4.2",
+                   "tote_hello_plugin", PLUGIN, "hello = \"tote_hello_plugin:HelloPlugin\"")
 
 
 def env(site: Path, journal: Path) -> dict[str, str]:
@@ -195,3 +211,14 @@ def test_controller_calls_its_wrapper_and_notify_and_config_disables_it(
         off.stop()
     assert journal_entries(journal) == []
     assert "plugin hello (tote_hello_plugin:HelloPlugin) disabled" in logs
+
+
+def test_misspelled_hook_stops_start_up_naming_the_plugin(tmp_path: Path) -> None:
+    typo = install(tmp_path, "tote-typo-plugin", "0.1.0", "tote_typo_plugin", TYPO,
+                   "typo = \"tote_typo_plugin:Typo\"")
+    environ = {**os.environ, "PYTHONPATH": str(typo)}
+    for command in (["plugins"], ["controller", "--kubeconfig=/nonexistent"]):
+        done = subprocess.run([sys.executable, "-m", "tote_core.cli", *command],
+                              capture_output=True, text=True, env=environ)
+        assert done.returncode == 2, (command, done.stderr)
+        assert "plugin typo implements unknown hook(s) on_detcted" in done.stderr, done.stderr
