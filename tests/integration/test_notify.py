@@ -164,7 +164,7 @@ async def test_hanging_receiver_times_out_at_5s_and_never_blocks(receiver: Recei
         assert trio.current_time() - t0 < 0.5  # never waits for the receiver
         await wait_for(lambda: counter(metrics.WEBHOOK_FAILURES) == before + 1, seconds=15)
         took = trio.current_time() - t0
-    assert 4.9 <= took < 9, took
+    assert 4.9 <= took < 12, took  # the 5 s deadline, plus scheduling on a busy machine
     # One in flight, four queued, five dropped and counted.
     assert counter(metrics.WEBHOOK_DROPPED) == dropped + 5
 
