@@ -67,7 +67,7 @@ async def notifier(plugin: NotifyPlugin | None = None, **settings: Any
     host.register(plugin, "notify")
     context = PluginContext(
         settings=msgspec.convert(settings, ControllerSettings),
-        kube=None, cache=None, emit=host.notify,  # type: ignore[arg-type]  # unused by notify
+        kube=None, cache=None, host=host,  # type: ignore[arg-type]  # unused by notify
     )
     await host.configure(context)
     async with trio.open_nursery() as nursery:

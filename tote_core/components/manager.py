@@ -21,7 +21,6 @@ from tote_core.components.events import EventRecorder
 from tote_core.components.leader import LeaderElector
 from tote_core.hooks.context import PluginContext
 from tote_core.hooks.host import PluginHost
-from tote_core.hooks.types import Notification
 from tote_core.kube import config as kube_config
 from tote_core.kube.cache import Caches
 from tote_core.kube.client import KubeClient
@@ -150,9 +149,6 @@ class Controller:
         )
         return (200 if self.caches.synced else 503), "application/json", body + b"\n"
 
-    async def _emit(self, notification: Notification) -> None:
-        await self.host.notify(notification)
-
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def _lead(self) -> None:
@@ -168,7 +164,8 @@ class Controller:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.plugin_context = PluginContext(
-            settings=self.settings, kube=self.kube, cache=self.caches, emit=self._emit
+            settings=self.settings, kube=self.kube, cache=self.caches, host=self.host,
+            recorder=self.recorder,
         )
         await self.host.configure(self.plugin_context)
         try:

@@ -8,13 +8,15 @@ when leadership is lost and never outlives the controller.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tote_core.hooks.types import Notification
 
 if TYPE_CHECKING:
+    from tote_core.components.events import EventRecorder
+    from tote_core.hooks.host import PluginHost
     from tote_core.kube.cache import Caches
     from tote_core.kube.client import KubeClient
     from tote_core.settings import ControllerSettings
@@ -27,23 +29,22 @@ class Service(Protocol):
     def __call__(self, *, task_status: Any = ...) -> Awaitable[None]: ...
 
 
-NotificationSink = Callable[[Notification], Awaitable[None]]
-
-
 @dataclass
 class PluginContext:
     """Settings, clients and caches a plugin may use; services; notifications.
 
     `settings`: the validated controller settings. `kube`: the controller's Kubernetes
     client (its RBAC identity). `cache`: the informer caches (pods, nodes, namespaces),
-    read-only. `emit`: set by the controller to the host's notification path; plugins call
-    `notify` rather than using it directly.
+    read-only. `host`: the plugin host, whose typed methods call other plugins' hooks (a
+    plugin never imports another plugin). `recorder`: the controller's event recorder
+    (events regarding pods), when the controller provides one.
     """
 
     settings: ControllerSettings
     kube: KubeClient
     cache: Caches
-    emit: NotificationSink
+    host: PluginHost
+    recorder: EventRecorder | None = None
     services: list[tuple[str, Service]] = field(default_factory=list)
 
     def add_service(self, name: str, service: Service) -> None:
@@ -56,4 +57,4 @@ class PluginContext:
         """Emit a notification (e.g. `pushed`, or `failed` for a push) through the host: it
         fills in the timestamp, drops repeats of the same incident and type, and calls
         every `notify` implementation. Returns at once; delivery is the notifiers' job."""
-        await self.emit(notification)
+        await self.host.notify(notification)
