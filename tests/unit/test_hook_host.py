@@ -241,3 +241,25 @@ def test_entry_points_and_disable_list() -> None:
     assert loaded["source-policy"].hooks == ("select_source",)
     # Plugins are objects registered by the host, not modules.
     assert type(loaded_host.plugin("inheritance")).__name__ == "InheritancePlugin"
+
+
+def test_an_entry_point_may_name_a_class_a_factory_or_an_object(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The host builds classes and factories once; an object is registered as is."""
+    from importlib import metadata
+
+    import tote_core.hooks.host as host_module
+
+    shared = AsyncPass()
+    targets = {"cls": AsyncPass, "factory": lambda: AsyncPick(["a"]), "obj": shared}
+    eps = metadata.EntryPoints(
+        metadata.EntryPoint(name, f"{__name__}:{name}", "tote") for name in targets
+    )
+    monkeypatch.setattr(host_module.metadata, "entry_points", lambda group: eps)
+    for name, target in targets.items():
+        monkeypatch.setitem(globals(), name, target)
+    host = PluginHost()
+    assert all(p.enabled for p in host.load())
+    assert isinstance(host.plugin("cls"), AsyncPass) and host.plugin("obj") is shared
+    assert isinstance(host.plugin("factory"), AsyncPick)

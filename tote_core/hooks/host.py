@@ -19,12 +19,13 @@ things pluggy cannot do:
   PermanentError are the salvage engine's control flow.
 
 Loading: built-ins and third-party plugins alike come from entry points in group `tote`. An
-entry point names a class (or any zero-argument callable); the host builds one object and
-registers it under the entry-point name, so a plugin's state lives on its object and
-`configure` fills it in. (A module is accepted as a stateless plugin.) `plugins.disabled`
-names are blocked with pluggy's `set_blocked`. After loading, `check_pending()` turns a
-misspelled hook name into a start-up error naming the plugin; pluggy's own validation at
-registration (unknown argument names, a wrapper that is not a generator) does the same.
+entry point names a class (or a zero-argument factory function); the host builds one object
+and registers it under the entry-point name, so a plugin's state lives on its object and
+`configure` fills it in. An entry point naming an object (or a module) registers it as is.
+`plugins.disabled` names are blocked with pluggy's `set_blocked`. After loading,
+`check_pending()` turns a misspelled hook name into a start-up error naming the plugin;
+pluggy's own validation at registration (unknown argument names, a wrapper that is not a
+generator) does the same.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from importlib import metadata
-from types import ModuleType
 from typing import Any
 
 import greenlet
@@ -201,7 +201,9 @@ class PluginHost:
                 continue
             try:
                 loaded = ep.load()
-                plugin = loaded if isinstance(loaded, ModuleType) else loaded()
+                # A class or factory is called once; an object (or module) is the plugin.
+                built = isinstance(loaded, type) or inspect.isroutine(loaded)
+                plugin = loaded() if built else loaded
             except Exception as exc:
                 log.error("plugin %s failed to load: %s: %s", ep.name, type(exc).__name__, exc,
                           exc_info=exc)
