@@ -12,7 +12,7 @@ mTLS agents, `tote controller` with its restricted identity; tests/e2e/salvage_e
 * **with tote**: tote salvages the image from node B and deletes the failing pod; its
   replacement starts. Repeated `--runs` times, each with a fresh image (so all bytes move);
 * **without tote**: the same workload with tote switched off at runtime (ConfigMap
-  `tote-system/tote-config`, `enabled: "false"` — what a cluster without tote does); watched
+  `<harness namespace>/tote-config`, `enabled: "false"` — what a cluster without tote does); watched
   for `--window` seconds.
 
 Times are taken when the test process *receives* the objects from `kubectl get --watch`

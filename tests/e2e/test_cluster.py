@@ -122,6 +122,7 @@ def test_teardown_leaves_nothing_behind(e2e_bin_dir: Path, tmp_path: Path) -> No
     try:
         ns = "teardown"
         cluster.kubectl("create", "namespace", ns)
+        cluster.wait_default_service_account(ns)
         cluster.apply(pod_manifest("hello", ns, oci.HELLO_IMAGE, args=["teardown-marker"]))
         cluster.wait_pod_running(ns, "hello", timeout=60)
         node = cluster.node

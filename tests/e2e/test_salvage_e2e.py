@@ -10,7 +10,7 @@ fail to create a container from an image whose layer blob is gone.
 1. Deployment, image X only on node B, registry stopped → ErrImagePull/BackOff → salvaged
    from node B → replacement pod Running; its log proves it runs X. Prints the timings.
 2. Tag-only image no node has → ImageNotActionable, no SalvageRecord.
-3. Kill switch (ConfigMap tote-system/tote-config `enabled: "false"`) → the same real
+3. Kill switch (ConfigMap <harness namespace>/tote-config `enabled: "false"`) → the same real
    failure produces no tote event and no record; switched back on, the pod is salvaged.
 4. (scenario 1's incident) SalvageRecord Completed with its progress fields, and
    `kubectl events` tells the story (ImageSalvageable, ImageSalvaged).
