@@ -60,8 +60,9 @@ MIRROR = os.environ.get("TOTE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 SECURITY_MIRROR = os.environ.get("TOTE_DEBIAN_SECURITY_MIRROR",
                                  "http://deb.debian.org/debian-security")
 # Besides the Essential set (dpkg needs it to configure packages): the interpreter and the
-# system trust store (registry lookups use system roots plus an optional bundle).
-DEB_PACKAGES = ("python3", "ca-certificates")
+# system trust store (registry lookups use system roots plus an optional bundle), and the C++
+# runtime manylinux wheels may link against (greenlet, via trio-asyncio).
+DEB_PACKAGES = ("python3", "ca-certificates", "libstdc++6")
 PYTHON_TAG = "3.11"  # bookworm's python3
 # manylinux tags glibc 2.36 (bookworm) satisfies, newest first.
 _MANYLINUX = [f"manylinux_2_{n}" for n in range(36, 16, -1)] + ["manylinux2014"]
