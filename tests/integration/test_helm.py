@@ -222,9 +222,9 @@ def test_dashboard_and_alerts_use_only_real_metrics(helm: Helm) -> None:
     import re
 
     from prometheus_client import REGISTRY
+    from tote_containerd.agent.metrics import REGISTRY as AGENT
 
     import tote_core.metrics  # noqa: F401  (registers the controller's metrics)
-    from tote_containerd.agent.metrics import REGISTRY as AGENT
 
     known: set[str] = set()
     for reg in (REGISTRY, AGENT):
@@ -252,11 +252,11 @@ def test_network_policies_allow_tote_flows(helm: Helm) -> None:
     assert ports(ctl["ingress"]) == {8080}
     assert ports(agent["ingress"]) == {9090, 9091, 9092}
     assert ports(agent["egress"]) == {9090, 9092, 53}
-    grpc_in = [r for r in agent["ingress"] if ports([r]) == {9090}][0]
+    grpc_in = next(r for r in agent["ingress"] if ports([r]) == {9090})
     comps = {f["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
              for f in grpc_in["from"]}
     assert comps == {"controller", "agent"}
-    data_in = [r for r in agent["ingress"] if ports([r]) == {9092}][0]
+    data_in = next(r for r in agent["ingress"] if ports([r]) == {9092})
     assert [f["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
             for f in data_in["from"]] == ["agent"]
 

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.integration.containerd.certs import make_pki
-from tests.integration.test_helm import VALUE_SETS, Helm, by_kind, helm, pod_spec  # noqa: F401
 from tote_containerd.agent import _check_tls
 from tote_containerd.agent import tls as agent_tls
 from tote_containerd.agent.tokens import Signer, Verifier
 from tote_containerd.plugin import controller_ssl_context
+
+from tests.integration.containerd.certs import make_pki
+from tests.integration.test_helm import VALUE_SETS, Helm, by_kind, helm, pod_spec  # noqa: F401
 from tote_core.settings import AgentSettings, ControllerSettings, parse_args
 
 ENV = {"NODE_NAME": "node-a", "HOST_IP": "127.0.0.2", "POD_NAME": "tote-controller-0",
@@ -110,7 +110,8 @@ def test_rendered_args_start(helm: Helm, name: str, tmp_path: Path) -> None:  # 
         agent_tls.client_context(agent.tls_cert, agent.tls_key, agent.tls_ca)
         Verifier(agent.tls_ca)
     assert agent.node_name == "node-a"
-    assert agent.containerd_socket.startswith("/run/tote/containerd/")
+    # the socket lies in the mounted containerd-socket volume (materialised under tmp_path)
+    assert Path(agent.containerd_socket).parent.name == "containerd-socket"
     assert ctl.agent_port == agent.grpc_port
 
 
