@@ -27,7 +27,7 @@ CHANGELOG = "CHANGELOG.md"
 VERSION_RE = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)")
 UNRELEASED = "Unreleased"
 # A Keep a Changelog release heading: "## [0.2.0] - 2026-12-01" or "## [Unreleased]".
-HEADING_RE = re.compile(r"^## \[(?P<name>[^\]]+)\](?: - (?P<date>\d{4}-\d{2}-\d{2}))?\s*$", re.M)
+HEADING_RE = re.compile(r"^## \[(?P<name>[^\]]+)\](?: - (?P<date>\d{4}-\d{2}-\d{2}))?[ \t]*$", re.M)
 
 
 class VersionError(Exception):

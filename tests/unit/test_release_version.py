@@ -60,7 +60,7 @@ def test_bump_edits_pyproject_chart_and_changelog(tree: Path) -> None:
     assert versioning.package_version(tree) == "9.8.7"
     assert versioning.chart_versions(tree) == ("9.8.7", "9.8.7")
     after = _texts(tree)
-    assert "## [9.8.7] - 2030-01-02" in after[CHANGELOG]
+    assert "## [Unreleased]\n\n## [9.8.7] - 2030-01-02\n\n#" in after[CHANGELOG]
     assert versioning.changelog_section(after[CHANGELOG], "9.8.7") == unreleased
     assert versioning.changelog_section(after[CHANGELOG], versioning.UNRELEASED) == "\n"
     # Nothing else changed: every differing line is one of the version lines.
