@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
@@ -76,7 +77,9 @@ def _run(argv: list[str], *, what: str, timeout: float = 600, **kw: object) -> s
 
 def installed_version() -> str:
     """What the installed package's `tote --version` prints, without the program name."""
-    out = _run([sys.executable, "-m", "tote_core.cli", "--version"], what="tote --version")
+    script = Path(sys.executable).parent / "tote"
+    argv = [str(script)] if script.is_file() else [sys.executable, "-m", "tote_core.cli"]
+    out = _run([*argv, "--version"], what="tote --version")
     return out.strip().removeprefix("tote ")
 
 
@@ -96,9 +99,20 @@ def helm_binary() -> str | None:
 
 
 def python_packages(b: Build) -> None:
-    """Wheel and sdist; the wheel, installed alone, reports the version."""
-    _run([sys.executable, "-m", "build", "--no-isolation", "--sdist", "--wheel",
-          "--outdir", str(b.dist), "."], what="python -m build")
+    """Wheel and sdist from the files git tracks; the wheel, installed alone, reports the version.
+
+    The build runs in a scratch copy, so no stray file gets in and setuptools' by-products
+    (build/, tote.egg-info, whose metadata would shadow the installed one) stay out of the tree.
+    """
+    tracked = _run(["git", "ls-files", "-z"], what="git ls-files (the release is built from "
+                   "a git checkout)").split("\0")
+    with tempfile.TemporaryDirectory(prefix="tote-src-") as src:
+        for rel in filter(None, tracked):
+            if (ROOT / rel).is_file():  # a tracked file deleted in the work tree is left out
+                (Path(src) / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / rel, Path(src) / rel)
+        _run([sys.executable, "-m", "build", "--no-isolation", "--sdist", "--wheel",
+              "--outdir", str(b.dist), src], what="python -m build")
     wheel = b.dist / f"tote-{b.version}-py3-none-any.whl"
     sdist = b.dist / f"tote-{b.version}.tar.gz"
     for p in (wheel, sdist):
@@ -268,15 +282,20 @@ def build(dist: Path, *, dry_run: bool, tag: str | None, repository: str | None)
 
 def _refresh_install() -> None:
     """Re-install an editable install of this tree, so `tote --version` reads the new version."""
-    try:
-        direct = json.loads(metadata.distribution("tote").read_text("direct_url.json") or "{}")
-    except metadata.PackageNotFoundError:
+    # The installed dist-info in site-packages, not the tote.egg-info that setuptools leaves in
+    # the tree (found first when the current directory is on sys.path).
+    dists = list(metadata.distributions(name="tote", path=[sysconfig.get_path("purelib")]))
+    if not dists:
         return
+    direct = json.loads(dists[0].read_text("direct_url.json") or "{}")
     if not direct.get("dir_info", {}).get("editable") or \
             direct.get("url") != ROOT.as_uri():
         print("[release] the installed tote is not an editable install of this tree; "
               "reinstall it to see the new version")
         return
+    # setuptools' egg-info by-product in the tree shadows the installed metadata for any
+    # process whose sys.path starts at the checkout (python -m pytest): drop the stale copy.
+    shutil.rmtree(ROOT / "tote.egg-info", ignore_errors=True)
     _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
           "-e", "."], what="pip install -e . (refresh the version metadata)")
 

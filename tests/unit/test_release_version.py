@@ -37,11 +37,20 @@ def test_changelog_has_unreleased_section() -> None:
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    """A copy of the three files a bump edits."""
+    """A copy of the three files a bump edits, with something under [Unreleased] (right after
+    a release the real section is empty)."""
     for rel in (PYPROJECT, CHART, CHANGELOG):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / rel, tmp_path / rel)
+    log = tmp_path / CHANGELOG
+    if not (versioning.changelog_section(log.read_text(), "Unreleased") or "").strip():
+        log.write_text(log.read_text().replace(
+            "## [Unreleased]\n", "## [Unreleased]\n\n### Fixed\n\n- a test entry\n", 1))
     return tmp_path
+
+
+def _next_major(root: Path) -> str:
+    return f"{versioning.parse(versioning.package_version(root))[0] + 1}.0.0"
 
 
 def _texts(root: Path) -> dict[str, str]:
@@ -52,25 +61,26 @@ def test_bump_edits_pyproject_chart_and_changelog(tree: Path) -> None:
     before = _texts(tree)
     unreleased = versioning.changelog_section(before[CHANGELOG], versioning.UNRELEASED)
     old = versioning.package_version(tree)
-    plan = versioning.plan_bump(tree, "9.8.7", "2030-01-02")
+    new = _next_major(tree)
+    plan = versioning.plan_bump(tree, new, "2030-01-02")
     assert _texts(tree) == before, "planning writes nothing"
     versioning.apply_bump(tree, plan)
 
-    assert (plan.old, plan.new) == (old, "9.8.7")
-    assert versioning.package_version(tree) == "9.8.7"
-    assert versioning.chart_versions(tree) == ("9.8.7", "9.8.7")
+    assert (plan.old, plan.new) == (old, new)
+    assert versioning.package_version(tree) == new
+    assert versioning.chart_versions(tree) == (new, new)
     after = _texts(tree)
-    assert "## [Unreleased]\n\n## [9.8.7] - 2030-01-02\n\n#" in after[CHANGELOG]
-    assert versioning.changelog_section(after[CHANGELOG], "9.8.7") == unreleased
+    assert f"## [Unreleased]\n\n## [{new}] - 2030-01-02\n\n#" in after[CHANGELOG]
+    assert versioning.changelog_section(after[CHANGELOG], new) == unreleased
     assert versioning.changelog_section(after[CHANGELOG], versioning.UNRELEASED) == "\n"
     # Nothing else changed: every differing line is one of the version lines.
     for rel in (PYPROJECT, CHART):
         changed = {b for a, b in zip(before[rel].splitlines(), after[rel].splitlines(),
                                      strict=True) if a != b}
-        assert changed <= {'version = "9.8.7"', "version: 9.8.7", 'appVersion: "9.8.7"'}, rel
+        assert changed <= {f'version = "{new}"', f"version: {new}", f'appVersion: "{new}"'}, rel
     # The next release starts from the fresh, empty Unreleased section.
     with pytest.raises(VersionError, match="nothing under"):
-        versioning.plan_bump(tree, "9.9.0", "2030-02-01")
+        versioning.plan_bump(tree, _next_major(tree), "2030-02-01")
 
 
 @pytest.mark.parametrize(("new", "date", "error"), [
@@ -79,14 +89,15 @@ def test_bump_edits_pyproject_chart_and_changelog(tree: Path) -> None:
     ("0.2.0rc1", "2030-01-01", "not MAJOR.MINOR.PATCH"),
     ("0.2.0-rc.1", "2030-01-01", "not MAJOR.MINOR.PATCH"),
     ("00.2.0", "2030-01-01", "not MAJOR.MINOR.PATCH"),
-    ("0.0.1", "2030-01-01", "not above"),
-    ("0.2.0", "1 Jan 2030", "not YYYY-MM-DD"),
+    ("0.0.1", "2030-01-01", "not above"),  # the current version is at least 0.1.0
+    ("current", "2030-01-01", "not above"),
+    ("next", "1 Jan 2030", "not YYYY-MM-DD"),
 ])
 def test_bump_refuses_bad_input_and_writes_nothing(
     tree: Path, new: str, date: str, error: str
 ) -> None:
     before = _texts(tree)
-    versioning.package_version(tree)  # the current version (0.1.0 or later) is lower
+    new = {"current": versioning.package_version(tree), "next": _next_major(tree)}.get(new, new)
     with pytest.raises(VersionError, match=error):
         versioning.plan_bump(tree, new, date)
     assert _texts(tree) == before
