@@ -37,6 +37,7 @@ IMAGE_MODULE = "tests.images.tote_image"
 CHART_DIR = ROOT / "deploy" / "helm" / "tote"
 SUMS = "SHA256SUMS"
 NOTES = "RELEASE_NOTES.md"
+IMAGE_WORK = ".image-build"  # the image build's --out, inside dist/
 
 
 class ReleaseError(Exception):
@@ -62,10 +63,9 @@ class Build:
         print(f"[release] skipped: {what}: {why}", flush=True)
 
 
-def _run(argv: list[str], *, what: str, timeout: float = 600, **kw: object) -> str:
+def _run(argv: list[str], *, what: str, timeout: float = 600, cwd: Path = ROOT) -> str:
     try:
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                             **kw)  # type: ignore[call-overload]
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ReleaseError(f"{what}: {exc}") from exc
     if res.returncode != 0:
@@ -161,7 +161,7 @@ def image(b: Build) -> None:
             raise ReleaseError(f"cannot build the image: {why}")
         b.skip("image build and its `tote --version`", why)
         return
-    work = b.dist / ".image-build"
+    work = b.dist / IMAGE_WORK
     out = _run([sys.executable, "-m", IMAGE_MODULE, "--out", str(work)], what="image build",
                timeout=1800)
     lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
@@ -230,9 +230,11 @@ def checksums(b: Build) -> None:
     for line in sums.read_text().splitlines():
         digest, _, name = line.partition("  ")
         listed[name] = digest
-    for name, digest in listed.items():
-        if sha256(b.dist / name) != digest:
-            raise ReleaseError(f"{SUMS}: {name} does not match its checksum")
+    if set(listed) != {p.name for p in b.artefacts}:
+        raise ReleaseError(f"{SUMS} lists {sorted(listed)}, not the artefacts")
+    # Verified the way a user will: coreutils' sha256sum reading the file back.
+    _run(["sha256sum", "--check", "--strict", SUMS], what=f"sha256sum --check {SUMS}",
+         cwd=b.dist)
     unlisted = {p.name for p in b.dist.iterdir()} - set(listed) - {SUMS, NOTES}
     if unlisted:
         raise ReleaseError(f"{b.dist} holds files {SUMS} does not list: {sorted(unlisted)}")
@@ -263,7 +265,12 @@ def build(dist: Path, *, dry_run: bool, tag: str | None, repository: str | None)
         raise ReleaseError(f"tag {tag!r} does not name version {version} (want 'v{version}')")
     if not dry_run and tag is None:
         raise ReleaseError("a release (not --dry-run) needs --tag")
-    shutil.rmtree(dist, ignore_errors=True)
+    if dist.exists():  # emptied first, but only if it holds nothing but release outputs
+        foreign = [p.name for p in dist.iterdir() if not (
+            p.name.startswith("tote-") or p.name in {SUMS, NOTES, IMAGE_WORK})]
+        if foreign:
+            raise ReleaseError(f"{dist} holds files a release did not write: {foreign[:5]}")
+        shutil.rmtree(dist)
     dist.mkdir(parents=True)
     python_packages(b)
     chart(b)
