@@ -204,8 +204,7 @@ def notes(b: Build) -> None:
     source = b.version
     if body is None:
         if not b.dry_run:
-            raise ReleaseError(f"{versioning.CHANGELOG} has no section for {b.version}; "
-                               f"run `python -m tools.release bump {b.version}` first")
+            raise ReleaseError(f"{versioning.CHANGELOG} has no section for {b.version}")
         body, source = versioning.changelog_section(text, versioning.UNRELEASED), "Unreleased"
         if body is None:
             raise ReleaseError(f"{versioning.CHANGELOG} has neither [{b.version}] nor "
@@ -265,6 +264,10 @@ def build(dist: Path, *, dry_run: bool, tag: str | None, repository: str | None)
         raise ReleaseError(f"tag {tag!r} does not name version {version} (want 'v{version}')")
     if not dry_run and tag is None:
         raise ReleaseError("a release (not --dry-run) needs --tag")
+    changelog = (ROOT / versioning.CHANGELOG).read_text()
+    if not dry_run and versioning.changelog_section(changelog, version) is None:
+        raise ReleaseError(f"{versioning.CHANGELOG} has no section for {version}: a release "
+                           "starts with `python -m tools.release bump X.Y.Z` (docs/releasing.md)")
     if dist.exists():  # emptied first, but only if it holds nothing but release outputs
         foreign = [p.name for p in dist.iterdir() if not (
             p.name.startswith("tote-") or p.name in {SUMS, NOTES, IMAGE_WORK})]
