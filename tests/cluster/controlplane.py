@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import ssl
 import subprocess
@@ -33,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from tests.cluster import pki
+from tests.cluster import pki, versions
 from tests.cluster.procs import Proc, ProcessGroup, free_port, port_open, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -63,23 +62,8 @@ SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 
 def _default_cache_dir() -> Path:
-    """The versioned cache dir build-binaries.sh writes, read from the script's pins."""
-    text = BUILD_SCRIPT.read_text()
-
-    def pin(var: str) -> str:
-        env = os.environ.get(f"TOTE_{var}")
-        if env:
-            return env
-        m = re.search(rf'{var}="\$\{{TOTE_{var}:-([^}}]+)\}}"', text)
-        if not m:
-            raise RuntimeError(f"cannot read {var} from {BUILD_SCRIPT}")
-        return m.group(1)
-
-    cache = os.environ.get("TOTE_BIN_CACHE") or str(
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tote" / "bin"
-    )
-    name = f"k8s-{pin('K8S_VERSION')}-etcd-{pin('ETCD_VERSION')}-helm-{pin('HELM_VERSION')}"
-    return Path(cache) / name
+    """The versioned cache dir build-binaries.sh writes for the pinned versions."""
+    return versions.k8s_cache_dir()
 
 
 def _complete(d: Path, names: tuple[str, ...]) -> bool:
