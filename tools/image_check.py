@@ -2,8 +2,8 @@
 
 The label is read straight from the OCI image-layout tar (index → manifest → config). The
 running version is what `tote --version` prints inside a container started by `ctr run` on a
-throwaway containerd (own root, state and socket under a temporary directory, stopped by PID
-through the test harness' ProcessGroup): the same check a user's node would make.
+throwaway containerd (the harness' pinned version; own root, state and socket under a
+temporary directory; stopped by PID through the harness' ProcessGroup).
 """
 
 from __future__ import annotations
@@ -73,9 +73,15 @@ def check_label(archive: Path, version: str) -> None:
 
 
 def containerd_unusable() -> str | None:
-    """Why the image cannot be run here (None when it can)."""
+    """Why the image cannot be run here (None when it can).
+
+    Uses the containerd the test harness pins (tests/cluster/versions.env), put first on PATH
+    for this process as the test suite does.
+    """
+    from tests.cluster import versions
     from tests.integration.containerd.nodes import containerd_unusable as why
 
+    versions.use_containerd()
     return why() or (None if shutil.which("runc") else "runc is not installed")
 
 
