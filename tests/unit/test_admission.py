@@ -80,7 +80,8 @@ async def test_review_route() -> None:
     _, _, body = await admission.review(_review("Namespace", {"tote.dev/allow": "true"}))
     assert msgspec.json.decode(body)["response"] == {"uid": "u-1", "allowed": True}
     _, _, body = await admission.review(
-        _review("Pod", {"tote.dev/auto-salvage": "yes"}, "UPDATE", {"tote.dev/auto-salvage": "yes"}))
+        _review("Pod", {"tote.dev/auto-salvage": "yes"}, "UPDATE",
+                {"tote.dev/auto-salvage": "yes"}))
     assert msgspec.json.decode(body)["response"]["allowed"] is True
     assert (await admission.review(b"{not json"))[0] == 400
     assert (await admission.review(b'{"kind": "AdmissionReview"}'))[0] == 400
