@@ -256,9 +256,11 @@ def test_kill_switch_configmap_uses_the_one_boolean_parser(
     control_plane: ControlPlane, tmp_path: Path
 ) -> None:
     cp = control_plane
-    cm = uniq("tote-config")
-    ctl = ControllerProcess(cp, tmp_path / "ctl", identity=uniq("ks"), extra_args=[
-        f"--lease-name={uniq('lease')}", f"--config-map={cm}"]).start()
+    cm = "tote-config"  # RBAC grants the controller this one name only
+    before = json.loads(cp.kubectl("get", "configmap", cm, "-n", cp.namespace, "-o", "json",
+                                   check=False).stdout or "{}").get("data", {})
+    ctl = ControllerProcess(cp, tmp_path / "ctl", identity=uniq("ks"),
+                            extra_args=[f"--lease-name={uniq('lease')}"]).start()
 
     def set_enabled(value: str) -> None:
         cp.apply({"apiVersion": "v1", "kind": "ConfigMap",
@@ -288,7 +290,9 @@ def test_kill_switch_configmap_uses_the_one_boolean_parser(
         assert any("salvage stays OFF" in text for text in ctl.logs().values())
     finally:
         ctl.stop()
-        cp.kubectl("delete", "configmap", cm, "-n", cp.namespace, check=False)
+        cp.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": {"name": cm, "namespace": cp.namespace},
+                  "data": before or {"enabled": "true"}})
 
 
 # --------------------------------------------------------------------------- config failures
