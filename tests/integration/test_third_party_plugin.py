@@ -217,7 +217,7 @@ def test_misspelled_hook_stops_start_up_naming_the_plugin(tmp_path: Path) -> Non
     typo = install(tmp_path, "tote-typo-plugin", "0.1.0", "tote_typo_plugin", TYPO,
                    "typo = \"tote_typo_plugin:Typo\"")
     environ = {**os.environ, "PYTHONPATH": str(typo)}
-    for command in (["plugins"], ["controller", "--kubeconfig=/nonexistent"]):
+    for command in (["plugins"], ["controller", "--kubeconfig=/nonexistent", "--insecure"]):
         done = subprocess.run([sys.executable, "-m", "tote_core.cli", *command],
                               capture_output=True, text=True, env=environ)
         assert done.returncode == 2, (command, done.stderr)
