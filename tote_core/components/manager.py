@@ -164,7 +164,8 @@ class Controller:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.plugin_context = PluginContext(
-            settings=self.settings, kube=self.kube, cache=self.caches
+            settings=self.settings, kube=self.kube, cache=self.caches, host=self.host,
+            recorder=self.recorder,
         )
         await self.host.configure(self.plugin_context)
         try:

@@ -21,6 +21,8 @@ from tote_core.hooks.types import (
     Notification,
     OptInQuery,
     ProgressCallback,
+    PushRequest,
+    PushResult,
     TransferRequest,
     TransferResult,
 )
@@ -116,6 +118,16 @@ def remove_image(node: str, image_ref: str, digest: str | None) -> bool | None:
 @hookspec
 def on_salvaged(incident: Incident, request: TransferRequest, result: TransferResult) -> None:
     """A transfer succeeded. Broadcast; failures are logged and never fail the salvage."""
+
+
+@hookspec(firstresult=True)
+def push_image(request: PushRequest) -> PushResult | None:
+    """Push an image a node holds to a registry (the backup push, SPEC §7). firstresult.
+
+    Called by the registry plugin's push worker (after a salvage completed), under its
+    deadline. The built-in containerd plugin has `request.node`'s agent upload the blobs from
+    its containerd. Raise `tote_core.errors.RegistryError` on failure; never retried.
+    """
 
 
 @hookspec

@@ -28,6 +28,8 @@ from tote_core.hooks.types import (
     Notification,
     OptInQuery,
     ProgressCallback,
+    PushRequest,
+    PushResult,
     TransferRequest,
     TransferResult,
 )
@@ -196,6 +198,11 @@ class PluginHost:
         self, incident: Incident, request: TransferRequest, result: TransferResult
     ) -> None:
         await self.broadcast("on_salvaged", incident=incident, request=request, result=result)
+
+    async def push_image(self, request: PushRequest) -> PushResult | None:
+        """Errors propagate (not isolated): the push worker reports them as ImagePushFailed."""
+        value = await self.first("push_image", isolate=False, request=request)
+        return value  # type: ignore[no-any-return]
 
     async def notify(self, notification: Notification) -> None:
         await self.broadcast("notify", notification=notification)
