@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import ssl
 import urllib.error
@@ -30,7 +31,7 @@ CONFIG = """version: 0.1
 log:
   level: warn
   accesslog:
-    disabled: true
+    disabled: {no_access_log}
 storage:
   filesystem:
     rootdirectory: {storage}
@@ -78,6 +79,7 @@ class Registry:
     users: dict[str, str] | None = field(default=None, repr=False)
     tls: CertPair | None = None
     ca: Path | None = None
+    access_log: bool = False  # log every request (method, path, status) for `requests()`
     _proc: Proc | None = field(default=None, repr=False)
 
     @property
@@ -147,7 +149,8 @@ class Registry:
             )
         self.storage.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "config.yml"
-        text = CONFIG.format(storage=self.storage, port=self.port)
+        text = CONFIG.format(storage=self.storage, port=self.port,
+                             no_access_log=str(not self.access_log).lower())
         if self.tls is not None:
             text += TLS_CONFIG.format(cert=self.tls.cert, key=self.tls.key)
         if self.users:
@@ -201,15 +204,28 @@ class Registry:
         with self._open(f"{self.url}/v2/_catalog") as resp:
             return list(json.load(resp).get("repositories") or [])
 
+    def requests(self) -> list[tuple[str, str, int]]:
+        """(method, path, status) of every request so far (needs `access_log=True`)."""
+        out = []
+        for proc in self.procs.procs if self.procs is not None else []:
+            try:
+                text = proc.log_path.read_text(errors="replace")
+            except OSError:
+                continue
+            for m in re.finditer(r'"([A-Z]+) (/v2/\S*) HTTP/[\d.]+" (\d{3})', text):
+                out.append((m.group(1), m.group(2), int(m.group(3))))
+        return out
+
     def logs(self) -> dict[str, str]:
         return self.procs.logs() if self.procs is not None else {}
 
 
 def start_registry(
     workdir: Path, port: int = 0, *, users: dict[str, str] | None = None,
-    tls: CertPair | None = None, ca: Path | None = None,
+    tls: CertPair | None = None, ca: Path | None = None, access_log: bool = False,
 ) -> Registry:
     workdir.mkdir(parents=True, exist_ok=True)
-    reg = Registry(workdir=workdir, port=port, users=users, tls=tls, ca=ca)
+    reg = Registry(workdir=workdir, port=port, users=users, tls=tls, ca=ca,
+                   access_log=access_log)
     reg.start()
     return reg

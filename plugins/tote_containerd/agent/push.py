@@ -117,15 +117,26 @@ def _status_error(resp: httpx.Response, what: str) -> AgentError:
     return FailedPrecondition(msg, reason="registry_error")
 
 
+def _why(exc: BaseException) -> str:
+    """The first non-empty message along the cause chain (httpx's ConnectError wrapping a TLS
+    verification failure has none of its own)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if str(seen):
+            return f"{type(seen).__name__}: {seen}"
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__
+
+
 @contextlib.contextmanager
 def _http_errors(what: str) -> Any:
     try:
         yield
     except httpx.TimeoutException as exc:
-        raise DeadlineExceeded(f"registry timed out during {what}: {exc!r}",
+        raise DeadlineExceeded(f"registry timed out during {what}: {_why(exc)}",
                                reason="registry_unreachable") from exc
     except (httpx.TransportError, OSError) as exc:
-        raise Unavailable(f"registry unreachable during {what}: {type(exc).__name__}: {exc}",
+        raise Unavailable(f"registry unreachable during {what}: {_why(exc)}",
                           reason="registry_unreachable") from exc
 
 
