@@ -247,9 +247,17 @@ class Pusher:
 
     # ------------------------------------------------------------------ HTTP
     async def _send(self, http: httpx.AsyncClient, method: str, url: str | httpx.URL,
-                    what: str, **kw: Any) -> httpx.Response:
+                    what: str, *, headers: dict[str, str] | None = None, **kw: Any
+                    ) -> httpx.Response:
+        """One request; the credentials go only to the registry itself, never to another
+        origin an upload `Location` may point at."""
+        headers = dict(headers or {})
+        target = http.base_url.join(url)
+        if self.req.authorization and (target.scheme, target.host, target.port) == (
+                http.base_url.scheme, http.base_url.host, http.base_url.port):
+            headers["Authorization"] = self.req.authorization
         with _http_errors(what):
-            return await http.request(method, url, **kw)
+            return await http.request(method, target, headers=headers, **kw)
 
     def _upload_url(self, resp: httpx.Response, what: str) -> httpx.URL:
         loc = resp.headers.get("Location")
@@ -355,10 +363,9 @@ class Pusher:
         own = [] if chains else [await self._manifest_chain(top)]
         all_chains = [c for c in (chains or own) if c is not None]
         blobs = list({b.digest: b for c in all_chains for b in c.blobs}.values())
-        headers = {"Authorization": self.req.authorization} if self.req.authorization else {}
         async with httpx.AsyncClient(
                 base_url=self.req.registry_url, verify=_ssl_context(self.req), trust_env=False,
-                timeout=HTTP_TIMEOUT, headers=headers, follow_redirects=False) as http:
+                timeout=HTTP_TIMEOUT, follow_redirects=False) as http:
             if await self._manifest_at(http, self.req.tag, top.media_type) == top.digest:
                 # The tag already names this exact manifest: the registry has every blob.
                 self.counts.skipped = len(blobs)
