@@ -17,6 +17,7 @@ import re
 import shutil
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 from tests.cluster.pki import CertPair
 from tests.cluster.procs import Proc, ProcessGroup, free_port, port_open, wait_until
+from tests.cluster.tokenauth import TokenServer
 
 REGISTRY_BINARY = "docker-registry"
 
@@ -80,6 +82,7 @@ class Registry:
     tls: CertPair | None = None
     ca: Path | None = None
     access_log: bool = False  # log every request (method, path, status) for `requests()`
+    token: TokenServer | None = None  # Bearer token auth (users are the token server's)
     _proc: Proc | None = field(default=None, repr=False)
 
     @property
@@ -106,8 +109,22 @@ class Registry:
     def _open(self, req: urllib.request.Request | str, timeout: float = 5) -> Any:
         if isinstance(req, str):
             req = urllib.request.Request(req)
-        for k, v in self._headers().items():
-            req.add_header(k, v)
+        if self.token is None:
+            for k, v in self._headers().items():
+                req.add_header(k, v)
+        try:
+            return urllib.request.urlopen(req, timeout=timeout, context=self._context())
+        except urllib.error.HTTPError as exc:
+            challenge = exc.headers.get("WWW-Authenticate", "") if exc.code == 401 else ""
+            if self.token is None or not challenge.startswith("Bearer "):
+                raise
+        # Token auth: ask the token server for exactly the challenged scope, then again.
+        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+        query = urllib.parse.urlencode({k: params[k] for k in ("scope", "service") if k in params})
+        treq = urllib.request.Request(f"{params['realm']}?{query}", headers=self._headers())
+        with urllib.request.urlopen(treq, timeout=timeout) as resp:
+            token = json.load(resp)["token"]
+        req.add_header("Authorization", f"Bearer {token}")
         return urllib.request.urlopen(req, timeout=timeout, context=self._context())
 
     @property
@@ -130,7 +147,7 @@ class Registry:
             with self._open(f"{self.url}/v2/", timeout=2) as resp:
                 return bool(resp.status == 200)
         except urllib.error.HTTPError as exc:
-            return bool(exc.code == 401 and self.users)  # up, and asking for credentials
+            return bool(exc.code == 401 and (self.users or self.token))  # up, asks for creds
         except (OSError, urllib.error.URLError):
             return False
 
@@ -153,7 +170,9 @@ class Registry:
                              no_access_log=str(not self.access_log).lower())
         if self.tls is not None:
             text += TLS_CONFIG.format(cert=self.tls.cert, key=self.tls.key)
-        if self.users:
+        if self.token is not None:
+            text += self.token.registry_config()
+        elif self.users:
             htpasswd = self.workdir / "htpasswd"
             htpasswd.write_text(
                 "".join(htpasswd_line(u, p) + "\n" for u, p in self.users.items())
@@ -223,9 +242,12 @@ class Registry:
 def start_registry(
     workdir: Path, port: int = 0, *, users: dict[str, str] | None = None,
     tls: CertPair | None = None, ca: Path | None = None, access_log: bool = False,
+    token: TokenServer | None = None,
 ) -> Registry:
+    """`token` (a `tests.cluster.tokenauth.TokenServer`) switches from htpasswd to Bearer
+    token auth; `users` are then the token server's users (for the helpers' requests)."""
     workdir.mkdir(parents=True, exist_ok=True)
     reg = Registry(workdir=workdir, port=port, users=users, tls=tls, ca=ca,
-                   access_log=access_log)
+                   access_log=access_log, token=token)
     reg.start()
     return reg

@@ -275,3 +275,42 @@ async def test_8_only_the_controller_may_push(env: Env, registry: Registry) -> N
             with pytest.raises(exc):
                 await c.push(req, deadline=30)
 
+
+
+async def test_9_bearer_token_registry_plain_http_insecure(env: Env) -> None:
+    """Token auth (a real token server issuing ES256 JWTs the registry verifies) on a
+    plain-HTTP registry: the controller's client falls back from https (insecure), gets one
+    token scoped `repository:<repo>:pull,push`, the agent pushes with it; a wrong password
+    is refused at the token endpoint before any agent is asked."""
+    from tests.cluster.tokenauth import TokenServer
+    from tote_core.errors import RegistryError
+
+    if not available():
+        pytest.skip("docker-registry is needed")
+    tokens = TokenServer(env.base / "token", {USER: PASSWORD})
+    reg = start_registry(env.base / "token-registry", users={USER: PASSWORD}, token=tokens)
+    try:
+        img = layered_image("docker.io/tote/bearer:v1", [1 * MiB], seed=53)
+        env.nodes["c"].import_archive(img.write_archive(env.base / "bearer.tar"))
+        client = RegistryClient(insecure=True)
+        repo = "backup/tote/bearer"
+        async with client.session(reg.host, Credentials(USER, PASSWORD)) as s:
+            base = await s.base()
+            value = await s.authorization([push_scope(repo)])
+        assert base == f"http://{reg.host}" and value.startswith("Bearer ")
+        assert tokens.requests[-1] == (USER, [f"repository:{repo}:pull,push"], 200)
+        async with open_agent("c", env.settings()) as agent:
+            res = await agent.push(PushRequest(
+                digest=img.digest, registry_url=base, repository=repo, tag="v1",
+                authorization=value, insecure=True), deadline=120)
+        assert res.blobs_uploaded == 2 and res.pushed_digest == img.digest
+        assert reg.manifest_digest(repo, "v1") == img.digest
+        with pytest.raises(RegistryError) as err:
+            async with client.session(reg.host, Credentials(USER, "wrong")) as s:
+                await s.authorization([push_scope(repo)])
+        assert err.value.reason == "unauthorized"
+        assert tokens.requests[-1][2] == 401
+    finally:
+        tokens.close()
+        if reg.procs is not None:
+            reg.procs.stop_all()
