@@ -126,10 +126,12 @@ class BackupPush:
     # -- the worker (a host service) ------------------------------------------------------
 
     async def run(self) -> None:
-        async with self._recv:
-            async for job in self._recv:
-                self._queued.discard((job.request.digest, job.destination))
-                await self.push(job)
+        """Until cancelled (leadership lost). The channel stays open: a new term of
+        leadership runs this again and finds what was still queued."""
+        while True:
+            job = await self._recv.receive()
+            self._queued.discard((job.request.digest, job.destination))
+            await self.push(job)
 
     async def push(self, job: Job) -> PushResult | None:
         """One push, reported; never raises (except cancellation)."""

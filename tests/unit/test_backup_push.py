@@ -176,6 +176,12 @@ async def test_queue_is_bounded_and_dedupes(monkeypatch: pytest.MonkeyPatch) -> 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(svc.run)
         with trio.fail_after(5):
+            while len([e for e in rec.events if e[1] == "ImagePushed"]) < 1:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()  # leadership lost after the first push ...
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(svc.run)  # ... and regained: the worker carries on
+        with trio.fail_after(5):
             while len([e for e in rec.events if e[1] == "ImagePushed"]) < 2:
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
