@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.cluster import versions
 from tests.cluster.controlplane import ControlPlane, binaries_dir, start_control_plane
 
 _MARK_BY_DIR = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
@@ -19,6 +20,21 @@ _TESTS_DIR = Path(__file__).resolve().parent
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every test and every process it starts uses the pinned containerd (versions.env)."""
+    versions.use_containerd()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    p = versions.pins()
+    ctd = versions.containerd_bin_dir()
+    return [
+        f"tote harness: kubernetes {p['K8S_VERSION']}, etcd {p['ETCD_VERSION']}, "
+        f"containerd {p['CONTAINERD_VERSION']} ({ctd or 'NOT BUILT'}), "
+        f"kubelet from {os.environ.get('TOTE_KUBELET_BIN_DIR') or 'the control plane build'}"
+    ]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

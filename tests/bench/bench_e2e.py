@@ -1,17 +1,18 @@
 """P3 benchmark: time from the first `BackOff` event to pod Running on the real kubelet.
 
-On the e2e cluster (real kubelet node `127.0.0.1` on containerd, image-only node `node-b`,
+On the e2e cluster (real kubelet node `127.0.0.1` on containerd, source kubelet node
+`127.0.0.2` (node B),
 mTLS agents, `tote controller` with its restricted identity; tests/e2e/salvage_env.py):
 
 * an image of ~`--size-mib` MiB (the hello program + an incompressible payload, one gzip
-  layer) is pushed to a loopback registry and pulled onto node-b (same digest), then the
+  layer) is pushed to a loopback registry and pulled onto node B (same digest), then the
   registry is stopped;
 * a one-replica Deployment opted in to salvage is scheduled to 127.0.0.1 → kubelet fails to
   pull → `Failed`/`BackOff` events;
-* **with tote**: tote salvages the image from node-b and deletes the failing pod; its
+* **with tote**: tote salvages the image from node B and deletes the failing pod; its
   replacement starts. Repeated `--runs` times, each with a fresh image (so all bytes move);
 * **without tote**: the same workload with tote switched off at runtime (ConfigMap
-  `tote-system/tote-config`, `enabled: "false"` — what a cluster without tote does); watched
+  `<harness namespace>/tote-config`, `enabled: "false"` — what a cluster without tote does); watched
   for `--window` seconds.
 
 Times are taken when the test process *receives* the objects from `kubectl get --watch`
@@ -147,7 +148,7 @@ def one_run(
             env, reg, work / f"img-{label}", "bench/app", payload_mib=size_mib,
             marker=f"bench-{label}-{uuid.uuid4().hex[:6]}",
         )  # fmt: skip
-        print(f"[{label}] image {img.digest[:19]}… ({size_mib} MiB payload) on node-b in "
+        print(f"[{label}] image {img.digest[:19]}… ({size_mib} MiB payload) on node B in "
               f"{time.monotonic() - t:.1f}s; registry stopped", flush=True)  # fmt: skip
         env.set_enabled(tote_on)
         t0 = time.monotonic()
@@ -223,7 +224,7 @@ def main() -> int:
     env: SalvageEnv | None = None
     results: list[RunResult] = []
     try:
-        env = start_salvage_env(cluster, work / "tote", image_nodes=("node-b",))
+        env = start_salvage_env(cluster, work / "tote")
         for i in range(args.runs):
             res = one_run(env, work, label=f"tote-{i + 1}", size_mib=args.size_mib,
                           window=args.window, tote_on=True)  # fmt: skip

@@ -9,10 +9,13 @@
 # module requires it and replaces each staging module with the published v0.x release of
 # the same Kubernetes version.
 set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"   # the default pins, one place for scripts and tests
 
-K8S_VERSION="${TOTE_K8S_VERSION:-v1.34.4}"
-ETCD_VERSION="${TOTE_ETCD_VERSION:-v3.6.4}"
-HELM_VERSION="${TOTE_HELM_VERSION:-v3.19.0}"
+K8S_VERSION="${TOTE_K8S_VERSION:-$K8S_VERSION}"
+ETCD_VERSION="${TOTE_ETCD_VERSION:-$ETCD_VERSION}"
+HELM_VERSION="${TOTE_HELM_VERSION:-$HELM_VERSION}"
 CACHE="${TOTE_BIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tote/bin}"
 OUT="$CACHE/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
 WANT=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl helm)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.cluster import oci, pki
+from tests.cluster import oci, pki, versions
 from tests.cluster.controlplane import ControlPlane, binaries_dir, start_control_plane
 from tests.cluster.node import (
     ImageNode,
@@ -32,6 +32,14 @@ from tests.cluster.node import (
 from tests.cluster.procs import Proc, ProcessGroup, wait_until
 
 CLUSTER_BINARIES = ("kube-controller-manager", "kube-scheduler", "kubelet")
+# The workload node (first) and the source node: both real kubelets, each on its own containerd
+# and loopback address. The source node is tainted so test workloads land on the workload node;
+# node agents (a DaemonSet tolerating every taint) run on both.
+NODE_IPS = ("127.0.0.1", "127.0.0.2")
+SOURCE_TAINT = "tote.test/source"
+# The namespace of the harness's own tote identity (processes started by tests). tote-system
+# stays free for `helm install` of the chart, as a user would install it.
+HARNESS_NAMESPACE = "tote-harness"
 
 
 def missing_binaries(bin_dir: Path) -> list[str]:
@@ -58,7 +66,13 @@ class KubeCluster:
 
     @property
     def node(self) -> KubeletNode:
+        """The workload node (untainted): test pods are scheduled here."""
         return self.nodes[0]
+
+    @property
+    def node_b(self) -> KubeletNode:
+        """The source node (tainted `tote.test/source`): holds images for salvage tests."""
+        return self.nodes[1]
 
     @property
     def admin_kubeconfig(self) -> Path:
@@ -93,7 +107,16 @@ class KubeCluster:
 
     def wait_node_ready(self, name: str | None = None, timeout: float = 90) -> None:
         """Ready=True and the not-ready taint removed (i.e. the scheduler may use it)."""
-        node = self.node if name is None else next(n for n in self.nodes if n.name == name)
+        for node in self.nodes if name is None else [n for n in self.nodes if n.name == name]:
+            self._wait_one_ready(node, timeout)
+        # the default ServiceAccount exists once the controller-manager is working
+        wait_until(
+            lambda: self.kubectl("get", "sa", "default", "-n", "default", check=False).returncode
+            == 0,
+            timeout=timeout, what="default ServiceAccount (controller-manager up)",
+        )  # fmt: skip
+
+    def _wait_one_ready(self, node: KubeletNode, timeout: float) -> None:
         wait_until(
             lambda: self.node_ready(node.name),
             timeout=timeout,
@@ -101,12 +124,6 @@ class KubeCluster:
             what=f"node {node.name} Ready and untainted",
             proc=node.kubelet,
         )
-        # the default ServiceAccount exists once the controller-manager is working
-        wait_until(
-            lambda: self.kubectl("get", "sa", "default", "-n", "default", check=False).returncode
-            == 0,
-            timeout=timeout, what="default ServiceAccount (controller-manager up)",
-        )  # fmt: skip
 
     # -- image-only nodes ---------------------------------------------------------------
 
@@ -184,6 +201,16 @@ class KubeCluster:
         self._hb_thread.start()
 
     # -- workloads --------------------------------------------------------------------
+
+    def wait_default_service_account(self, namespace: str, timeout: float = 30) -> None:
+        """ServiceAccount admission rejects pods until the controller-manager has created the
+        namespace's `default` ServiceAccount (a second or so after the namespace)."""
+        wait_until(
+            lambda: self.kubectl(
+                "get", "sa", "default", "-n", namespace, check=False
+            ).returncode == 0,
+            timeout=timeout, interval=0.3, what=f"ServiceAccount {namespace}/default",
+        )  # fmt: skip
 
     def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         res = self.kubectl("get", "pod", name, "-n", namespace, "-o", "json", check=False)
@@ -327,9 +354,12 @@ def start_cluster(
     bin_dir: Path,
     *,
     control_plane: ControlPlane | None = None,
-    node_ip: str = "127.0.0.1",
+    node_ips: tuple[str, ...] = NODE_IPS,
     wait_ready: bool = True,
 ) -> KubeCluster:
+    """Start the cluster; `node_ips[0]` is the workload node, the others are source nodes
+    (tainted `tote.test/source:NoSchedule`). The kubelets come from `TOTE_KUBELET_BIN_DIR`
+    when set (version skew), else from `bin_dir`."""
     missing = missing_binaries(bin_dir)
     if missing:
         raise FileNotFoundError(f"missing binaries in {bin_dir}: {missing}")
@@ -341,7 +371,10 @@ def start_cluster(
     t_img = time.monotonic()
 
     owns_cp = control_plane is None
-    cp = control_plane or start_control_plane(workdir / "controlplane", bin_dir)
+    cp = control_plane or start_control_plane(
+        workdir / "controlplane", bin_dir, namespace=HARNESS_NAMESPACE,
+        service_account_admission=True,
+    )  # fmt: skip
     t_cp = time.monotonic()
 
     procs = ProcessGroup(log_dir=workdir / "logs")
@@ -402,12 +435,18 @@ def start_cluster(
         ])  # fmt: skip
         t_ctl = time.monotonic()
 
-        node = start_kubelet_node(
-            workdir / "node-1", bin_dir=bin_dir, server=cp.server, ca_file=cp.ca_file,
-            ca_key=ca_key, pause=pause, node_ip=node_ip,
-        )  # fmt: skip
-        cluster.nodes.append(node)
-        node.import_image(hello)
+        kubelet_dir = versions.kubelet_bin_dir(bin_dir)
+        # Node dirs are named after the node, so one path with `$(NODE_NAME)` in it (the chart's
+        # agent.containerdSocket / agent.contentRoot) finds each node's own containerd.
+        for i, ip in enumerate(node_ips):
+            taints = () if i == 0 else (f"{SOURCE_TAINT}=true:NoSchedule",)
+            node = start_kubelet_node(
+                workdir / "nodes" / ip, bin_dir=kubelet_dir, server=cp.server,
+                ca_file=cp.ca_file, ca_key=ca_key, pause=pause, node_ip=ip,
+                subnet=f"10.244.{i}.0/24", taints=taints,
+            )  # fmt: skip
+            cluster.nodes.append(node)
+            node.import_image(hello)
         t_node = time.monotonic()
         for p in procs.procs:
             if not p.alive():
@@ -419,15 +458,17 @@ def start_cluster(
             "images": round(t_img - t0, 2),
             "control-plane": round(t_cp - t_img, 2),
             "controller-manager+scheduler": round(t_ctl - t_cp, 2),
-            "node (containerd+kubelet)": round(t_node - t_ctl, 2),
-            "node Ready": round(t_end - t_node, 2),
+            "nodes (containerd+kubelet)": round(t_node - t_ctl, 2),
+            "nodes Ready": round(t_end - t_node, 2),
             "total": round(t_end - t0, 2),
         }
         print(
             "e2e cluster up in {total}s: ".format(**cluster.startup_seconds)
             + ", ".join(f"{k} {v}s" for k, v in cluster.startup_seconds.items() if k != "total")
-            + f"; node {node.name}: "
-            + ", ".join(f"{k} {v}s" for k, v in node.startup_seconds.items()),
+            + "".join(
+                f"; node {n.name}: " + ", ".join(f"{k} {v}s" for k, v in n.startup_seconds.items())
+                for n in cluster.nodes
+            ),
             file=sys.stderr,
         )
         return cluster

@@ -38,6 +38,8 @@ class ControllerProcess:
             f"--metrics-address=127.0.0.1:{self.port}",
             f"--health-address=127.0.0.1:{self.port}",
             "--log-level=debug",
+            # The controller refuses to start with neither mTLS nor --insecure (SPEC §11).
+            *([] if any(a.startswith("--tls-") for a in self.extra_args) else ["--insecure"]),
             *self.extra_args,
         ]  # fmt: skip
         env = {**os.environ, **self.env}

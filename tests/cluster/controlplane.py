@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import ssl
 import subprocess
@@ -33,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from tests.cluster import pki
+from tests.cluster import pki, versions
 from tests.cluster.procs import Proc, ProcessGroup, free_port, port_open, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -63,23 +62,8 @@ SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 
 def _default_cache_dir() -> Path:
-    """The versioned cache dir build-binaries.sh writes, read from the script's pins."""
-    text = BUILD_SCRIPT.read_text()
-
-    def pin(var: str) -> str:
-        env = os.environ.get(f"TOTE_{var}")
-        if env:
-            return env
-        m = re.search(rf'{var}="\$\{{TOTE_{var}:-([^}}]+)\}}"', text)
-        if not m:
-            raise RuntimeError(f"cannot read {var} from {BUILD_SCRIPT}")
-        return m.group(1)
-
-    cache = os.environ.get("TOTE_BIN_CACHE") or str(
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tote" / "bin"
-    )
-    name = f"k8s-{pin('K8S_VERSION')}-etcd-{pin('ETCD_VERSION')}-helm-{pin('HELM_VERSION')}"
-    return Path(cache) / name
+    """The versioned cache dir build-binaries.sh writes for the pinned versions."""
+    return versions.k8s_cache_dir()
 
 
 def _complete(d: Path, names: tuple[str, ...]) -> bool:
@@ -288,8 +272,13 @@ def start_control_plane(
     *,
     namespace: str = "tote-system",
     extra_apiserver_args: tuple[str, ...] = (),
+    service_account_admission: bool = False,
 ) -> ControlPlane:
-    """Bring up etcd + kube-apiserver + tote's CRD/RBAC; see the module docstring."""
+    """Bring up etcd + kube-apiserver + tote's CRD/RBAC; see the module docstring.
+
+    `service_account_admission=True` is for clusters with a kube-controller-manager (which
+    creates each namespace's `default` ServiceAccount): pods then get their token volume as in
+    any real cluster, which tote's own pods (installed by helm) need."""
     t_start = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
     missing = [b for b in REQUIRED_BINARIES if not os.access(bin_dir / b, os.X_OK)]
@@ -370,9 +359,8 @@ def start_control_plane(
             f"--service-account-signing-key-file={sa.key}",
             "--service-cluster-ip-range=10.96.0.0/16",
             # Without kube-controller-manager nobody creates the `default` ServiceAccount,
-            # so ServiceAccount admission would reject every Pod; the e2e cluster (with a
-            # controller-manager) passes its own flags via extra_apiserver_args.
-            "--disable-admission-plugins=ServiceAccount",
+            # so ServiceAccount admission would reject every Pod.
+            *(() if service_account_admission else ("--disable-admission-plugins=ServiceAccount",)),
             # The `kubernetes` Service endpoints would point at 127.0.0.1 (invalid): skip.
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",

@@ -1,15 +1,15 @@
 """The embedded default: a real one-machine cluster, a registry outage, and tote saving the day.
 
 Brings up the e2e cluster (etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
-a real kubelet node `127.0.0.1` on its own containerd; Kubernetes binaries built from Go
-modules and cached), an image-only node `node-b` (its own containerd), a `tote agent` per node
+two real kubelet nodes `127.0.0.1` and `127.0.0.2` ("node B"), each on its own containerd;
+Kubernetes and containerd binaries built from Go modules and cached), a `tote agent` per node
 (mTLS) and `tote controller` with its restricted RBAC identity. Then it plays the incident:
 
-1. image `shop/web:v1` is pushed to a loopback registry; node-b pulled it earlier (its
+1. image `shop/web:v1` is pushed to a loopback registry; node B pulled it earlier (its
    containerd holds the exact digest); the registry goes down;
 2. a Deployment opted in to salvage is scheduled to node `127.0.0.1`, which does not have the
    image: kubelet fails to pull it (ErrImagePull → ImagePullBackOff);
-3. tote finds the digest on node-b, streams it node to node into 127.0.0.1's containerd,
+3. tote finds the digest on node B, streams it node to node into 127.0.0.1's containerd,
    deletes the failing pod, and its ReplicaSet's replacement starts from the salvaged image.
 
 Every event is printed as it happens, then a summary (what failed, which node had the
@@ -131,11 +131,11 @@ def play(env: SalvageEnv, work: Path, payload_mib: int, timeout: float) -> bool:
         say(f'namespace {NS} opted in (annotation tote.dev/allow="true")')
         say()
         say(f"1. building image X = {reg.host}/shop/web:v1 (payload {payload_mib} MiB), pushing "
-            f"it to the registry at {reg.host}, and letting node-b pull it…")  # fmt: skip
+            f"it to the registry at {reg.host}, and letting node B pull it…")  # fmt: skip
         img = image_only_on_node_b(env, reg, work / "img", "shop/web", payload_mib=payload_mib,
                                    marker="hello from image X, salvaged by tote",
                                    stop_registry=False)  # fmt: skip
-        say(f"   node-b's containerd holds {img.name} = {img.digest}")
+        say(f"   node B's containerd holds {img.name} = {img.digest}")
         has = img.name in cluster.node.image_names()
         say(f"   node 127.0.0.1 (the only node that runs pods) has it: {'yes' if has else 'no'}")
         reg.stop()
@@ -190,7 +190,7 @@ def play(env: SalvageEnv, work: Path, payload_mib: int, timeout: float) -> bool:
             say(f"  bytes moved : {_human(st.get('bytesTransferred', 0))} of "
                 f"{_human(st.get('bytesTotal', 0))} "
                 f"({st.get('blobsSkipped', 0)} blobs already on the target), "
-                f"node-b → {spec['targetNode']}; SalvageRecord {r['metadata']['name'][:16]}… "
+                f"node B → {spec['targetNode']}; SalvageRecord {r['metadata']['name'][:16]}… "
                 f"{st.get('phase')}")  # fmt: skip
         if fail_key:
             say(f"  time        : first pull failure → Running in "
@@ -252,13 +252,13 @@ def main() -> int:
     try:
         say(
             f"cluster up in {time.monotonic() - t:.1f}s: etcd, kube-apiserver, "
-            "kube-controller-manager, kube-scheduler, kubelet node 127.0.0.1 on containerd"
+            "kube-controller-manager, kube-scheduler, kubelet nodes 127.0.0.1 and 127.0.0.2"
         )
         t = time.monotonic()
-        env = start_salvage_env(cluster, work / "tote", image_nodes=("node-b",))
-        say(f"image-only node node-b (own containerd, Node object Ready), a tote agent on "
-            f"each of 127.0.0.1 and node-b (mTLS), and tote controller as ServiceAccount "
-            f"tote-system/tote-controller: up in {time.monotonic() - t:.1f}s")  # fmt: skip
+        env = start_salvage_env(cluster, work / "tote")
+        say(f"a tote agent on each of 127.0.0.1 and 127.0.0.2 (node B) (mTLS), and tote "
+            f"controller as ServiceAccount "
+            f"tote-harness/tote-controller: up in {time.monotonic() - t:.1f}s")  # fmt: skip
         ok = play(env, work, args.payload_mib, args.timeout)
         say("DONE: the workload survived the registry outage." if ok else "FAILED")
         if args.keep:

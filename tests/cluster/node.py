@@ -42,56 +42,10 @@ from typing import Any
 
 import yaml
 
-from tests.cluster import oci, pki
+from tests.cluster import containerd_config, oci, pki
 from tests.cluster.procs import Proc, ProcessGroup, free_port, port_open, wait_until
 
 CGROUP_FS = Path("/sys/fs/cgroup")
-
-CONTAINERD_CONFIG = """version = 2
-root = "{d}/root"
-state = "{d}/state"
-oom_score = 0
-
-[grpc]
-  address = "{sock}"
-
-[ttrpc]
-  address = "{sock}.ttrpc"
-
-[debug]
-  address = "{d}/debug.sock"
-  level = "info"
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  enable_selinux = false
-  disable_apparmor = true
-  # no CAP_SYS_RESOURCE here: never ask for an oom_score_adj below containerd's own
-  restrict_oom_score_adj = true
-  max_concurrent_downloads = 3
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    discard_unpacked_layers = false
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{cni_bin}"
-    conf_dir = "{d}/cni/net.d"
-    max_conf_num = 1
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "{d}/certs.d"
-"""
 
 CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 
@@ -202,11 +156,7 @@ def write_containerd_config(d: Path, *, pause_image: str) -> Path:
     for sub in ("root", "state", "opt", "certs.d", "cni/net.d", "cni/ipam"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     cfg = d / "containerd.toml"
-    cfg.write_text(
-        CONTAINERD_CONFIG.format(
-            d=d, sock=d / "containerd.sock", pause=pause_image, cni_bin=cni_bin
-        )
-    )
+    cfg.write_text(containerd_config.cri(d, pause=pause_image, cni_bin=cni_bin))
     return cfg
 
 
@@ -535,6 +485,7 @@ def start_kubelet_node(
     pause: oci.OciImage,
     node_ip: str = "127.0.0.1",
     subnet: str = "10.244.0.0/24",
+    taints: tuple[str, ...] = (),
     extra_kubelet_args: tuple[str, ...] = (),
 ) -> KubeletNode:
     """Start containerd (CRI) + kubelet registering as node `node_ip`. Does not wait for
@@ -603,6 +554,7 @@ def start_kubelet_node(
             f"--root-dir={workdir / 'kubelet'}",
             f"--cert-dir={pki_dir}",
             f"--hostname-override={name}",
+            *([f"--register-with-taints={','.join(taints)}"] if taints else []),
             "--v=2",
             *extra_kubelet_args,
         ]

@@ -2,12 +2,11 @@
 
 `start_salvage_env(cluster, workdir)` adds to a running `KubeCluster`
 
-- an image-only node (`node-b` by default: its own containerd with CRI, a Node object kept
-  Ready, kubelet-like `status.images`; see tests/cluster/node.py),
-- one `tote agent` per node — on the kubelet node's containerd (node name `127.0.0.1`) and
-  on each image node — with mTLS (test PKI: controller and agent identities),
+- one `tote agent` per kubelet node — the workload node `127.0.0.1` and the source node
+  `127.0.0.2` ("node B", tainted so workloads never land there) — with mTLS (test PKI:
+  controller and agent identities),
 - `tote controller` as a process with the control plane's restricted identity
-  (`controller_kubeconfig`, `--namespace tote-system`), reaching the agents through
+  (`controller_kubeconfig`, `--namespace tote-harness`), reaching the agents through
   `--agent-endpoints node=host:port`.
 
 It is used by tests/e2e/test_salvage_e2e.py (module fixture), the demo
@@ -38,7 +37,7 @@ from tests.cluster.cluster import (
     waiting_reasons,
 )
 from tests.cluster.controller import ControllerProcess
-from tests.cluster.node import ImageNode
+from tests.cluster.node import KubeletNode
 from tests.cluster.objects import events as k8s_events
 from tests.cluster.procs import ProcessGroup, wait_until
 from tests.cluster.registry import Registry
@@ -58,7 +57,6 @@ class SalvageEnv:
     workdir: Path
     pki: PKI
     group: ProcessGroup
-    image_nodes: list[ImageNode] = field(default_factory=list)
     agents: dict[str, AgentProc] = field(default_factory=dict)
     controller: ControllerProcess | None = None
     startup_seconds: dict[str, float] = field(default_factory=dict)
@@ -68,8 +66,8 @@ class SalvageEnv:
         return self.cluster.control_plane
 
     @property
-    def node_b(self) -> ImageNode:
-        return self.image_nodes[0]
+    def node_b(self) -> KubeletNode:
+        return self.cluster.node_b
 
     @property
     def ctl(self) -> ControllerProcess:
@@ -164,10 +162,6 @@ class SalvageEnv:
         if self.controller is not None:
             self.controller.stop()
         self.group.stop_all()
-        for n in list(self.image_nodes):
-            with contextlib.suppress(Exception):
-                self.cluster.remove_image_node(n.name, node=n)
-        self.image_nodes.clear()
         self.cluster.kubectl("delete", "configmap", "tote-config", "-n", self.cp.namespace,
                              "--ignore-not-found", check=False)  # fmt: skip
 
@@ -181,7 +175,6 @@ def start_salvage_env(
     cluster: KubeCluster,
     workdir: Path,
     *,
-    image_nodes: tuple[str, ...] = ("node-b",),
     controller_args: tuple[str, ...] = (),
 ) -> SalvageEnv:
     t0 = time.monotonic()
@@ -191,16 +184,10 @@ def start_salvage_env(
         group=ProcessGroup(workdir / "logs"),
     )  # fmt: skip
     try:
-        for name in image_nodes:
-            env.image_nodes.append(cluster.add_image_node(name))
         t_nodes = time.monotonic()
         a = env.pki.agent
         tls = ["--tls-cert", a.cert, "--tls-key", a.key, "--tls-ca", a.ca]
-        kubelet_node = cluster.node
-        targets = [(kubelet_node.name, kubelet_node.socket)] + [
-            (n.name, n.socket) for n in env.image_nodes
-        ]
-        for name, socket in targets:
+        for name, socket in ((n.name, n.socket) for n in cluster.nodes):
             env.agents[name] = start_agent(
                 env.group, _agent_node(name, socket), *tls, "--log-level", "info",
                 name=f"agent-{name}",
@@ -220,7 +207,6 @@ def start_salvage_env(
         wait_until(env.ctl.leading, timeout=30, what="controller leads", proc=env.ctl.proc)
         t_end = time.monotonic()
         env.startup_seconds = {
-            "image nodes": round(t_nodes - t0, 2),
             "agents": round(t_agents - t_nodes, 2),
             "controller": round(t_end - t_agents, 2),
             "total": round(t_end - t0, 2),
@@ -241,6 +227,7 @@ def namespace(cluster: KubeCluster, name: str | None = None) -> str:
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": name, "annotations": {"tote.dev/allow": "true"}},
     })  # fmt: skip
+    cluster.wait_default_service_account(name)
     return name
 
 
@@ -287,14 +274,13 @@ def image_only_on_node_b(
     payload_mib: int = 0,
 ) -> oci.OciImage:
     """Image X: pushed to the loopback registry, loaded onto node B from the same OCI layout
-    (same digest, what an earlier pull would have left: tag record labelled CRI-managed),
-    published in node B's status.images; then the registry is stopped. The kubelet node
-    does not have it."""
+    (same digest, what an earlier pull would have left: tag record labelled CRI-managed;
+    node B's kubelet reports it in status.images on its own); then the registry is stopped.
+    The workload node does not have it."""
     ref = f"{registry.host}/{repo}:{tag}"
     img = workload_image(tmp, ref, marker=marker, payload_mib=payload_mib)
     img.push(ref)
     env.node_b.import_image(img)
-    env.cluster.sync_image_nodes()
     if stop_registry:
         registry.stop()
     assert ref not in env.cluster.node.image_names()

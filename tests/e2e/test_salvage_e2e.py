@@ -1,16 +1,16 @@
 """Salvage end to end on the real kubelet (issue 5): registry down → tote → pod Running.
 
-The cluster (tests/e2e/conftest.py) has a real kubelet node `127.0.0.1` on its own
-containerd; this module adds image-only node `node-b` (its own containerd, Node object kept
-Ready, kubelet-like status.images), a `tote agent` per node with mTLS and the `tote
+The cluster (tests/e2e/conftest.py) has two real kubelet nodes, each on its own containerd:
+the workload node `127.0.0.1` and the source node `127.0.0.2` ("node B", tainted so workloads
+never land there); this module adds a `tote agent` per node with mTLS and the `tote
 controller` process with the restricted RBAC identity (tests/e2e/salvage_env.py). Every
 failure below is real: kubelet/containerd fail to pull from a stopped loopback registry, or
 fail to create a container from an image whose layer blob is gone.
 
 1. Deployment, image X only on node B, registry stopped → ErrImagePull/BackOff → salvaged
-   from node-b → replacement pod Running; its log proves it runs X. Prints the timings.
+   from node B → replacement pod Running; its log proves it runs X. Prints the timings.
 2. Tag-only image no node has → ImageNotActionable, no SalvageRecord.
-3. Kill switch (ConfigMap tote-system/tote-config `enabled: "false"`) → the same real
+3. Kill switch (ConfigMap <harness namespace>/tote-config `enabled: "false"`) → the same real
    failure produces no tote event and no record; switched back on, the pod is salvaged.
 4. (scenario 1's incident) SalvageRecord Completed with its progress fields, and
    `kubectl events` tells the story (ImageSalvageable, ImageSalvaged).
@@ -49,15 +49,14 @@ from tests.e2e.salvage_env import (
 
 pytestmark = pytest.mark.e2e
 
-NODE_B = "node-b"
+NODE_B = "127.0.0.2"  # the source node (tests/cluster/cluster.py NODE_IPS)
 
 
 @pytest.fixture(scope="module")
 def tote(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
          ) -> Iterator[SalvageEnv]:  # fmt: skip
-    """node-b + agents on 127.0.0.1 and node-b + the controller, for this module."""
-    env = start_salvage_env(kube_cluster, tmp_path_factory.mktemp("tote-e2e"),
-                            image_nodes=(NODE_B,))  # fmt: skip
+    """Agents on both kubelet nodes + the controller, for this module."""
+    env = start_salvage_env(kube_cluster, tmp_path_factory.mktemp("tote-e2e"))
     print(f"tote on the e2e cluster up in {env.startup_seconds}")
     try:
         yield env

@@ -22,8 +22,9 @@ _AUTH_RE = re.compile(
     r"\bforbidden\b|no basic auth credentials|insufficient_scope",
     re.IGNORECASE,
 )
-# containerd 1.6 words it two ways: a missing config blob fails "resolve rootfs"; a missing
-# layer blob of a never-unpacked image fails "extract layer … failed to get reader".
+# Each containerd words it its own way: 1.6 fails a missing config blob at "resolve rootfs" and
+# a missing layer blob of a never-unpacked image at "extract layer … failed to get reader";
+# 2.x says "error unpacking image: … content digest …: not found" for both.
 _CORRUPT_RE = re.compile(
     r"(failed to resolve rootfs|failed to extract layer|error unpacking image)"
     r".*content digest \S+:? not found",

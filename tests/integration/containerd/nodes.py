@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.cluster import containerd_config, versions
 from tests.cluster.procs import Proc, ProcessGroup, free_port, port_open, wait_until
 from tests.integration.containerd.certs import PKI
 from tote_core.settings import ControllerSettings
@@ -23,6 +24,11 @@ REPO = Path(__file__).resolve().parents[3]
 
 def containerd_unusable() -> str | None:
     """Why real containerd daemons cannot run here (None when they can)."""
+    if versions.containerd_bin_dir() is None:
+        return (
+            f"containerd {versions.pin('CONTAINERD_VERSION')} is not built "
+            "(bash tests/cluster/build-containerd.sh)"
+        )
     if not shutil.which("containerd") or not shutil.which("ctr"):
         return "containerd/ctr not installed"
     if os.geteuid() != 0:
@@ -66,31 +72,11 @@ class Node:
         self.ctr(*args, str(archive))
 
 
-CONFIG = """version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-
-[grpc]
-  address = "{d}/containerd.sock"
-
-[ttrpc]
-  address = "{d}/containerd.sock.ttrpc"
-
-[debug]
-  address = "{d}/debug.sock"
-  level = "info"
-
-[metrics]
-  address = ""
-"""
-
-
 def start_node(group: ProcessGroup, base: Path, name: str) -> Node:
     d = base / name
     d.mkdir(parents=True, exist_ok=True)
     cfg = d / "config.toml"
-    cfg.write_text(CONFIG.format(d=d))
+    cfg.write_text(containerd_config.plain(d))
     proc = group.start(f"containerd-{name}", ["containerd", "--config", str(cfg)])
     node = Node(name=name, dir=d, proc=proc)
     wait_until(lambda: Path(node.socket).exists() and node.ctr(
