@@ -145,7 +145,7 @@ def one_run(
     try:
         t = time.monotonic()
         img = image_only_on_node_b(
-            env, reg, work / f"img-{label}", "bench/app", payload_mib=size_mib,
+            env.cluster, reg, work / f"img-{label}", "bench/app", payload_mib=size_mib,
             marker=f"bench-{label}-{uuid.uuid4().hex[:6]}",
         )  # fmt: skip
         print(f"[{label}] image {img.digest[:19]}… ({size_mib} MiB payload) on node B in "
@@ -216,6 +216,7 @@ def main() -> int:
     ap.add_argument("--skip-without", action="store_true", help="skip the run without tote")
     args = ap.parse_args()
     bins = binaries_dir(build=True)
+    versions.use_containerd(build=True)
     if bins is None:
         print("Kubernetes binaries missing: run tests/cluster/build-binaries.sh", file=sys.stderr)
         return 1
