@@ -124,6 +124,7 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     identity: str = ""  # leader-election identity; empty = hostname + pid
     metrics_address: str = "0.0.0.0:8080"
     health_address: str = "0.0.0.0:8081"
+    status_address: str = "0.0.0.0:8082"  # WebSocket status feed (`tote status`), path /status
     plugins_disabled: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -203,6 +204,8 @@ HELP: dict[str, str] = {
     "identity": "leader identity (default: pod name or hostname-pid)",
     "metrics_address": "host:port for /metrics (default 0.0.0.0:8080)",
     "health_address": "host:port for /healthz and /readyz (default 0.0.0.0:8081)",
+    "status_address": "host:port of the WebSocket status feed, path /status (default "
+                      "0.0.0.0:8082)",
     "plugins_disabled": "comma list of plugin names not to load",
     "containerd_socket": "containerd gRPC socket (default /run/containerd/containerd.sock)",
     "containerd_namespace": "containerd namespace (default k8s.io)",

@@ -19,8 +19,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tote_core.components import http
 from tote_core.components.events import EventRecorder
 from tote_core.components.leader import LeaderElector
+from tote_core.components.statusfeed import StatusFeed
 from tote_core.hooks.context import PluginContext
 from tote_core.hooks.host import PluginHost
+from tote_core.hooks.types import Incident
 from tote_core.kube import config as kube_config
 from tote_core.kube.cache import Caches
 from tote_core.kube.client import KubeClient
@@ -30,6 +32,12 @@ from tote_core.reconcile.queue import WorkQueue
 from tote_core.salvage.engine import SalvageEngine
 from tote_core.salvage.reaper import Reaper
 from tote_core.settings import ControllerSettings
+from tote_core.status.board import StatusBoard
+from tote_core.status.publish import (
+    PublishingRecorder,
+    PublishingRecordStore,
+    incident_submitted,
+)
 from tote_core.structs.kube import Node, Pod
 
 log = logging.getLogger("tote.controller")
@@ -65,17 +73,22 @@ class Controller:
         self.caches = Caches(
             self.kube, namespace=self.namespace, config_map=self.settings.config_map
         )
-        self.recorder = EventRecorder(self.kube, instance=self.identity)
+        # The status board sees incidents through the recorder and transfers through the
+        # record store (tote_core/status/publish.py); the feed serves it to `tote status`.
+        self.board = StatusBoard()
+        self.recorder: EventRecorder = PublishingRecorder(
+            self.kube, instance=self.identity, board=self.board)
         self.queue = WorkQueue(base_delay=1.0, max_delay=300.0)
         self.salvage = SalvageEngine(
             self.settings, self.kube, self.caches, self.host, self.recorder
         )
+        self.salvage.records = PublishingRecordStore(self.kube, self.board)
         self.reaper = Reaper(
             self.salvage.records, ttl=self.settings.salvagerecord_ttl,
             interval=self.settings.reap_interval,
         )
         self.reconciler = PodReconciler(
-            self.settings, self.caches, self.host, self.recorder, salvage=self.salvage.submit
+            self.settings, self.caches, self.host, self.recorder, salvage=self._submit
         )
         self.engine = Engine(
             "pods", self.queue, self.reconciler,
@@ -90,6 +103,11 @@ class Controller:
             renew_deadline=self.settings.renew_deadline,
             retry_period=self.settings.retry_period,
         )
+        self.feed = StatusFeed(
+            self.board, self.settings.status_address, self.identity,
+            is_leader=lambda: self.elector.is_leader,
+            leader_identity=lambda: self.elector.leader_identity,
+        )
         self._leading = False
         self.caches.pods.add_handler(self._on_pod)
         self.caches.nodes.add_handler(self._on_node)
@@ -97,6 +115,10 @@ class Controller:
         self.caches.namespaces.add_handler(self._on_namespace)
 
     # -- event handlers (sync, never block) ---------------------------------------------
+
+    def _submit(self, incident: Incident, pod: Pod) -> None:
+        incident_submitted(self.board, incident, pod)
+        self.salvage.submit(incident, pod)
 
     def _on_pod(self, key: str, old: Pod | None, new: Pod | None) -> None:
         if new is None:
@@ -160,7 +182,12 @@ class Controller:
             for name, service in self.plugin_context.services:
                 log.debug("starting plugin service %s", name)
                 nursery.start_soon(service)
-            self._requeue_failing()
+            try:
+                self._requeue_failing()
+                await trio.sleep_forever()
+            finally:
+                # A standby has no data: viewers reconnect and find the new leader.
+                self.board.close_all("this replica stopped leading")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.plugin_context = PluginContext(
@@ -186,6 +213,7 @@ class Controller:
                     self.ports["health"] = await nursery.start(
                         http.serve, self.settings.health_address, routes_health
                     )
+                self.ports["status"] = await nursery.start(self.feed.run)
                 t0 = trio.current_time()
                 await nursery.start(self.caches.run)
                 log.info(
