@@ -16,6 +16,7 @@ import msgspec
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tote_core import __version__
 from tote_core.components import http
 from tote_core.components.events import EventRecorder
 from tote_core.components.leader import LeaderElector
@@ -166,6 +167,7 @@ class Controller:
                 "leader": self.elector.is_leader,
                 "leaderIdentity": self.elector.leader_identity,
                 "identity": self.identity,
+                "version": __version__,
                 "enabled": self.reconciler.enabled() if self.caches.synced else None,
             }
         )

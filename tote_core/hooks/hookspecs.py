@@ -17,6 +17,7 @@ import pluggy
 
 from tote_core.hooks.types import (
     Incident,
+    NodeHealth,
     NodeInfo,
     Notification,
     OptInQuery,
@@ -121,3 +122,14 @@ def on_salvaged(incident: Incident, request: TransferRequest, result: TransferRe
 @hookspec
 def notify(notification: Notification) -> None:
     """Deliver a notification (webhook, Slack, …). Broadcast, fire-and-forget."""
+
+
+@hookspec(firstresult=True)
+def node_health(node: str, settings: Any, pods: list[Any]) -> NodeHealth | None:
+    """Reach `node`'s agent the way the controller would and report its health.
+
+    Called by `tote doctor` (its own process, no `configure` call): `settings` is a
+    `ControllerSettings` holding the TLS files and agent discovery settings, `pods` the agent
+    pods listed by the doctor. The caller sets the deadline. firstresult; None = this plugin
+    does not manage node agents.
+    """

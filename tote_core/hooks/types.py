@@ -88,3 +88,18 @@ class OptInQuery(msgspec.Struct, frozen=True, kw_only=True):
     namespace: str
     pod_name: str
     owner_references: tuple[tuple[str, str, str], ...]  # (apiVersion, kind, name)
+
+
+class NodeHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """What `node_health` reports about one node's agent (for `tote doctor`)."""
+
+    node: str
+    reachable: bool
+    endpoint: str = ""
+    containerd_ok: bool = False
+    containerd_version: str = ""
+    # True: sampled images lack their compressed layers (containerd's
+    # discard_unpacked_layers); False: sampled images are complete; None: nothing to sample.
+    layers_discarded: bool | None = None
+    images_sampled: int = 0
+    error: str = ""
