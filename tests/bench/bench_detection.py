@@ -27,7 +27,7 @@ import trio
 
 from tests.cluster.controller import ControllerProcess
 from tests.cluster.controlplane import ControlPlane, binaries_dir, start_control_plane
-from tests.cluster.procs import wait_until
+from tests.cluster.procs import ProcessGroup, wait_until
 
 DIGEST = "sha256:" + "d" * 64
 REPO = "127.0.0.1:5999/bench"
@@ -161,6 +161,8 @@ def main() -> None:
     ap.add_argument("--pods", type=int, default=5000)
     ap.add_argument("--nodes", type=int, default=200)
     ap.add_argument("--samples", type=int, default=200)
+    ap.add_argument("--subscribers", type=int, default=0,
+                    help="`tote status --follow --json` viewers connected while measuring")
     args = ap.parse_args()
     bins = binaries_dir(build=True)
     assert bins is not None
@@ -183,6 +185,12 @@ def main() -> None:
         ctl.start()
         sync = time.monotonic() - t0
         wait_until(ctl.leading, timeout=30, what="leads")
+        viewers = ProcessGroup(work / "viewers")
+        for i in range(args.subscribers):
+            viewers.start(f"status-{i}", [sys.executable, "-m", "tote_core.cli", "status",
+                                         "--follow", "--json", f"--url={ctl.status_url}"])
+        if args.subscribers:
+            print(f"{args.subscribers} status feed subscriber(s) connected")
         time.sleep(2)
         assert ctl.proc is not None
         rss = rss_mib(ctl.proc.pid)
@@ -206,6 +214,8 @@ def main() -> None:
     finally:
         if ctl is not None:
             ctl.stop()
+        if "viewers" in locals():
+            viewers.stop_all()
         cp.stop()
         if os.environ.get("TOTE_BENCH_KEEP") is None:
             subprocess.run(["rm", "-rf", str(work)], check=False)
