@@ -133,7 +133,9 @@ async def watch(open_feed: Callable[[], AbstractAsyncContextManager[WebSocketCon
                          "controller's Service; see docs/operations.md)")
             raise FeedError(f"the API server refused the status feed: {text}") from rej
         except (HandshakeError, OSError) as exc:
-            raise FeedError(f"cannot reach the status feed: {exc!r}") from exc
+            cause = exc.__cause__ or exc.__context__ or exc
+            raise FeedError(f"cannot reach the status feed: {type(cause).__name__}: {cause}"
+                            ) from exc
         except msgspec.DecodeError as exc:
             raise FeedError(f"the feed sent something that is not a status message: {exc}"
                             ) from exc
