@@ -19,6 +19,7 @@ from cryptography import x509
 from tote_core import __version__
 from tote_core.errors import KubeError, NotFound
 from tote_core.hooks.host import PluginHost
+from tote_core.hooks.types import NodeHealth
 from tote_core.kube import proxy
 from tote_core.kube.client import KubeClient, resource_path
 from tote_core.settings import ControllerSettings
@@ -78,23 +79,42 @@ async def crd(kube: KubeClient) -> list[Check]:
     return [_ok("crd", f"established, serving {', '.join(served)}", CRD)]
 
 
+def leader_row(lease: dict[str, Any], t: Target, now: dt.datetime) -> Check:
+    """Someone holds the Lease and renewed it within its duration."""
+    spec = lease.get("spec", {})
+    holder = spec.get("holderIdentity") or ""
+    renewed = parse_time(spec.get("renewTime"))
+    duration = float(spec.get("leaseDurationSeconds") or 15)
+    age = (now - renewed).total_seconds() if renewed else None
+    if holder and age is not None and age <= duration:
+        return _ok("leader", f"{holder} (renewed {age:.0f}s ago)", t.lease)
+    return _fail("leader", f"no current leader (holder {holder or 'none'}, "
+                 f"renewed {'never' if age is None else f'{age:.0f}s ago'})", t.lease)
+
+
+def ready_row(code: int, body: bytes, where: str) -> tuple[Check, str | None]:
+    """/readyz's answer → a row and the controller version it reports (if any)."""
+    try:
+        ready = msgspec.json.decode(body) if body else {}
+    except msgspec.DecodeError:
+        ready = None
+    if not isinstance(ready, dict):
+        return _fail("ready", f"/readyz HTTP {code}: not JSON: {body[:200]!r}", where), None
+    version = ready.get("version")
+    version = version if isinstance(version, str) else None
+    if code == 200 and ready.get("synced"):
+        return _ok("ready", f"/readyz ok ({ready.get('identity', '?')}, "
+                   f"leader={ready.get('leader')})", where), version
+    return _fail("ready", f"/readyz HTTP {code}: {body[:200]!r}", where), version
+
+
 async def controller(kube: KubeClient, t: Target) -> tuple[list[Check], str | None]:
     """Lease (someone leads, recently renewed) and /readyz; returns the controller version."""
     out: list[Check] = []
     try:
         lease: dict[str, Any] = await kube.get(
             resource_path("coordination.k8s.io/v1", "leases", t.namespace, t.lease), dict)
-        spec = lease.get("spec", {})
-        holder = spec.get("holderIdentity") or ""
-        renewed = parse_time(spec.get("renewTime"))
-        duration = float(spec.get("leaseDurationSeconds") or 15)
-        age = (dt.datetime.now(dt.UTC) - renewed).total_seconds() if renewed else None
-        if holder and age is not None and age <= duration:
-            out.append(_ok("leader", f"{holder} (renewed {age:.0f}s ago)", t.lease))
-        else:
-            out.append(_fail("leader", f"no current leader (holder {holder or 'none'}, "
-                             f"renewed {'never' if age is None else f'{age:.0f}s ago'})",
-                             t.lease))
+        out.append(leader_row(lease, t, dt.datetime.now(dt.UTC)))
     except KubeError as exc:
         out.append(_fail("leader", f"Lease {t.namespace}/{t.lease}: {exc}", t.lease))
     version = None
@@ -109,14 +129,9 @@ async def controller(kube: KubeClient, t: Target) -> tuple[list[Check], str | No
         else:
             path = proxy.service_proxy_path(t.namespace, t.service, t.health_port, "/readyz")
             code, body = 200, await kube.request("GET", path)
-        ready: dict[str, Any] = msgspec.json.decode(body) if body else {}
-        version = ready.get("version")
-        if code == 200 and ready.get("synced"):
-            out.append(_ok("ready", f"/readyz ok ({ready.get('identity', '?')}, "
-                           f"leader={ready.get('leader')})", where))
-        else:
-            out.append(_fail("ready", f"/readyz HTTP {code}: {body[:200]!r}", where))
-    except (KubeError, OSError, msgspec.DecodeError) as exc:
+        row, version = ready_row(code, body, where)
+        out.append(row)
+    except (KubeError, OSError) as exc:
         out.append(_fail("ready", f"/readyz: {exc}", where))
     except Exception as exc:  # httpx errors: the controller is unreachable
         out.append(_fail("ready", f"/readyz: {type(exc).__name__}: {exc}", where))
@@ -165,6 +180,23 @@ async def rbac(kube: KubeClient, t: Target) -> list[Check]:
     return [_ok("rbac", f"{len(needs)} permissions granted", user)]
 
 
+def agent_row(node: str, h: NodeHealth | None) -> Check:
+    """One node's `node_health` answer → its row (None: no plugin manages agents)."""
+    if h is None:
+        return _fail("agent", "no plugin checks node agents "
+                     "(is the containerd plugin disabled?)", node)
+    if not h.reachable:
+        return _fail("agent", h.error or "unreachable", node)
+    if not h.containerd_ok:
+        return _fail("agent", f"containerd unhealthy: {h.error}", node)
+    layers = {None: "no images to sample", True: "layers DISCARDED after unpack "
+              "(discard_unpacked_layers=true: cannot be a salvage source)",
+              False: f"layers kept ({h.images_sampled} images sampled)"}
+    return Check(check="agent", subject=node, status="warn" if h.layers_discarded else "ok",
+                 detail=f"{h.endpoint} mTLS ok; containerd {h.containerd_version}; "
+                        + layers[h.layers_discarded])
+
+
 async def agents(kube: KubeClient, host: PluginHost, t: Target) -> list[Check]:
     try:
         nodes = [n["metadata"]["name"] for n in
@@ -180,23 +212,8 @@ async def agents(kube: KubeClient, host: PluginHost, t: Target) -> list[Check]:
 
     async def one(node: str) -> None:
         with trio.move_on_after(AGENT_TIMEOUT):
-            h = await host.node_health(node, t.settings, list(pods))
-            if h is None:
-                results[node] = _fail("agent", "no plugin checks node agents "
-                                      "(is the containerd plugin disabled?)", node)
-            elif not h.reachable:
-                results[node] = _fail("agent", h.error or "unreachable", node)
-            elif not h.containerd_ok:
-                results[node] = _fail("agent", f"containerd unhealthy: {h.error}", node)
-            else:
-                layers = {None: "no images to sample", True: "layers DISCARDED after unpack "
-                          "(discard_unpacked_layers=true: cannot be a salvage source)",
-                          False: f"layers kept ({h.images_sampled} images sampled)"}
-                results[node] = Check(
-                    check="agent", subject=node,
-                    status="warn" if h.layers_discarded else "ok",
-                    detail=f"{h.endpoint} mTLS ok; containerd {h.containerd_version}; "
-                           + layers[h.layers_discarded])
+            results[node] = agent_row(node, await host.node_health(node, t.settings,
+                                                                    list(pods)))
             return
         results[node] = _fail("agent", f"no answer within {AGENT_TIMEOUT:.0f}s", node)
 
@@ -206,13 +223,14 @@ async def agents(kube: KubeClient, host: PluginHost, t: Target) -> list[Check]:
     return [results[n] for n in sorted(results)]
 
 
-def _cert_rows(label: str, pem: bytes) -> list[Check]:
+def cert_rows(label: str, pem: bytes, now: dt.datetime | None = None) -> list[Check]:
+    """One row per certificate in `pem`: fail if expired, warn under CERT_WARN_DAYS."""
     rows: list[Check] = []
     try:
         certs = x509.load_pem_x509_certificates(pem)
     except ValueError as exc:
         return [_fail("certificate", f"not a PEM certificate: {exc}", label)]
-    now = dt.datetime.now(dt.UTC)
+    now = now or dt.datetime.now(dt.UTC)
     for cert in certs:
         left = cert.not_valid_after_utc - now
         name = cert.subject.rfc4514_string() or "?"
@@ -233,7 +251,7 @@ async def certificates(kube: KubeClient, t: Target) -> list[Check]:
     for label in (t.settings.tls_cert, t.settings.tls_ca):
         if label:
             try:
-                rows += _cert_rows(label, await trio.Path(label).read_bytes())
+                rows += cert_rows(label, await trio.Path(label).read_bytes())
             except OSError as exc:
                 rows.append(_fail("certificate", str(exc), label))
     if t.tls_secret:
@@ -243,7 +261,7 @@ async def certificates(kube: KubeClient, t: Target) -> list[Check]:
             for key in ("tls.crt", "ca.crt"):
                 data = secret.get("data", {}).get(key)
                 if data:
-                    rows += _cert_rows(f"secret {t.tls_secret}/{key}", base64.b64decode(data))
+                    rows += cert_rows(f"secret {t.tls_secret}/{key}", base64.b64decode(data))
         except KubeError as exc:
             rows.append(_fail("certificate", str(exc), f"secret {t.tls_secret}"))
     if not rows:
@@ -281,7 +299,7 @@ async def webhook(kube: KubeClient, t: Target) -> list[Check]:
         else:
             rows.append(_ok("webhook", "configured", name))
         if client.get("caBundle"):
-            rows += _cert_rows(f"webhook {name} caBundle", base64.b64decode(client["caBundle"]))
+            rows += cert_rows(f"webhook {name} caBundle", base64.b64decode(client["caBundle"]))
     return rows or [_fail("webhook", "configuration has no webhooks", t.webhook)]
 
 

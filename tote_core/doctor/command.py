@@ -77,17 +77,22 @@ async def _run(args: argparse.Namespace, settings: ControllerSettings) -> list[c
         await kube.aclose()
 
 
-def run(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
-    args = parse(argv)
-    settings = _settings(args)
-    rows = trio.run(_run, args, settings)
-    failed = any(r.status == "fail" for r in rows)
-    if args.json:
-        out.write(msgspec.json.encode(rows).decode() + "\n")
-        return 1 if failed else 0
-    from rich.console import Console
+def exit_code(rows: Sequence[checks.Check]) -> int:
+    """1 when any row failed; warnings alone leave the exit status 0."""
+    return 1 if any(r.status == "fail" for r in rows) else 0
+
+
+def to_json(rows: Sequence[checks.Check]) -> str:
+    """The `--json` output: one array of {check, status, detail, subject} objects."""
+    return msgspec.json.encode(list(rows)).decode()
+
+
+def render_table(rows: Sequence[checks.Check], out: TextIO) -> None:
+    """The people view: one table row per check row, then a one-line tally."""
     from rich.table import Table
     from rich.text import Text
+
+    from tote_core.terminal import console as make_console
 
     table = Table(title="tote doctor", title_justify="left")
     for col in ("CHECK", "SUBJECT", "STATUS", "DETAIL"):
@@ -95,10 +100,20 @@ def run(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
     for r in rows:
         table.add_row(r.check, r.subject, Text(r.status.upper(), style=_STYLE[r.status]),
                       r.detail)
-    console = Console(file=out)
+    console = make_console(out)
     console.print(table)
     n_fail = sum(r.status == "fail" for r in rows)
     n_warn = sum(r.status == "warn" for r in rows)
     console.print(f"{n_fail} failed, {n_warn} warnings, {len(rows) - n_fail - n_warn} ok",
-                  style="bold red" if failed else "green")
-    return 1 if failed else 0
+                  style="bold red" if n_fail else "green")
+
+
+def run(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
+    args = parse(argv)
+    settings = _settings(args)
+    rows = trio.run(_run, args, settings)
+    if args.json:
+        out.write(to_json(rows) + "\n")
+    else:
+        render_table(rows, out)
+    return exit_code(rows)
