@@ -101,15 +101,16 @@ def _plugins(argv: Sequence[str]) -> int:
 
 
 def _status(argv: Sequence[str]) -> int:
-    from tote_core.status import command
+    from tote_core.status import command as status_command
 
-    return command.run(argv)
+    return status_command.run(argv)
 
 
 def _doctor(argv: Sequence[str]) -> int:
-    from tote_core.doctor import command
+    # Distinct names: mypy binds a function-local `command` import once per module.
+    from tote_core.doctor import command as doctor_command
 
-    return command.run(argv)
+    return doctor_command.run(argv)
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

@@ -58,6 +58,20 @@ def test_view_renders_progress_and_incidents() -> None:
     assert "50%" in text and "ImageNotActionable" in text and "n2 → n1" in text
 
 
+def test_piped_view_keeps_every_value_on_one_line() -> None:
+    """Piped, rich would assume 80 columns and fold `Completed` into `Complet` / `ed`."""
+    from tote_core.terminal import console
+
+    long_ref = "127.0.0.1:5999/shop/feed@sha256:" + "a" * 64
+    done = msgspec.structs.replace(transfer("ns/r", 35155023, 35155023, "Completed"),
+                                   image=long_ref, namespace="t-2e95d79e44")
+    out = io.StringIO()
+    console(out).print(render(Hello(controller="c", version="0", leader=True), [done]))
+    row = next(line for line in out.getvalue().splitlines() if "t-2e95d79e44" in line)
+    for value in (long_ref, "Completed", "n2 → n1", "(100%)"):
+        assert value in row, out.getvalue()
+
+
 async def _serve(board: StatusBoard, nursery: trio.Nursery, *, leader: bool = True) -> str:
     feed = StatusFeed(board, "127.0.0.1:0", "ctl-1", is_leader=lambda: leader,
                       leader_identity=lambda: "ctl-0")

@@ -2,8 +2,9 @@
 
 The feed is reached with the user's kubeconfig through the API server's service proxy
 (`tote_core/kube/proxy.py`), so RBAC decides who may watch: `get` on `services/proxy` for
-the controller's Service. `--url ws://host:port/status` connects directly instead (a
-controller run outside the cluster, or a port-forward).
+the controller's Service and feed port (resourceName `tote-controller:status`).
+`--url ws://host:port/status` connects directly instead (a controller run outside the
+cluster, or a port-forward).
 
 Without `--follow` the snapshot is printed and the command exits; with it, changes stream
 until the feed ends. A close reason from the controller becomes the exit message; the exit
@@ -129,8 +130,9 @@ async def watch(open_feed: Callable[[], AbstractAsyncContextManager[WebSocketCon
         except ConnectionRejected as rej:
             text = proxy.rejection_text(rej.status_code, rej.body)
             if rej.status_code == 403:
-                text += ("\n(watching needs RBAC `get` on `services/proxy` for the "
-                         "controller's Service; see docs/operations.md)")
+                text += ("\n(watching needs RBAC `get` on `services/proxy` with the "
+                         "resourceName quoted above, SERVICE:PORT such as "
+                         "tote-controller:status; see docs/operations.md)")
             raise FeedError(f"the API server refused the status feed: {text}") from rej
         except (HandshakeError, OSError) as exc:
             cause = exc.__cause__ or exc.__context__ or exc
@@ -170,12 +172,12 @@ def run(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
 def _run_rich(args: argparse.Namespace,
               open_feed: Callable[[], AbstractAsyncContextManager[WebSocketConnection]],
               out: TextIO) -> int:
-    from rich.console import Console
     from rich.live import Live
 
     from tote_core.status.view import render
+    from tote_core.terminal import console as make_console
 
-    console = Console(file=out)
+    console = make_console(out)
     live: Live | None = None
 
     def on_message(state: Watch, message: Message) -> None:
@@ -197,6 +199,7 @@ def _run_rich(args: argparse.Namespace,
     finally:
         if live is not None:
             live.stop()
-    if end:
-        console.print(f"tote status: {end}", style="red")
+    if end:  # the reason goes to stderr, as with --json: stdout holds only the view
+        make_console(sys.stderr).print(f"tote status: {end}", style="red", markup=False,
+                                       highlight=False)
     return 1 if end else 0

@@ -22,6 +22,9 @@ _PHASE_STYLE = {
     "ImageResolvedUncached": "red", "ImageCorrupt": "yellow", "ImageSalvageable": "cyan",
 }
 
+# Only these columns fold on a narrow terminal; short values (phase, nodes, names) stay whole.
+_FOLDING = frozenset({"IMAGE", "PROGRESS", "ERROR"})
+
 
 def _short(digest: str) -> str:
     return digest.split(":", 1)[-1][:12] if digest else "-"
@@ -44,7 +47,7 @@ def transfers_table(items: Iterable[Item]) -> Table:
     table = Table(title="Transfers", title_justify="left", expand=False)
     for col in ("NAMESPACE", "POD", "IMAGE", "DIGEST", "SOURCE → TARGET", "PHASE",
                 "PROGRESS", "ERROR"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col not in _FOLDING)
     for it in sorted(items, key=lambda i: (i.phase in FINISHED_PHASES, i.started_at, i.key)):
         table.add_row(
             it.namespace, it.pod, it.image, _short(it.digest),
@@ -58,7 +61,7 @@ def transfers_table(items: Iterable[Item]) -> Table:
 def incidents_table(items: Iterable[Item]) -> Table:
     table = Table(title="Incidents", title_justify="left", expand=False)
     for col in ("NAMESPACE", "POD", "NODE", "IMAGE", "DIGEST", "OUTCOME", "SINCE"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col not in _FOLDING)
     for it in sorted(items, key=lambda i: (i.started_at, i.key)):
         table.add_row(it.namespace, it.pod, it.target or "-", it.image, _short(it.digest),
                       Text(it.phase, style=_PHASE_STYLE.get(it.phase, "")), it.started_at)
