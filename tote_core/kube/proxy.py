@@ -1,8 +1,9 @@
 """Reaching a Service through the API server's service proxy with the user's kubeconfig.
 
 `GET /api/v1/namespaces/<ns>/services/<scheme>:<name>:<port>/proxy/<path>` is authorised by
-RBAC as `get` on `services/proxy` (resourceName = the Service), so whoever may use it is
-decided by Kubernetes, not by a second login on the controller. WebSocket upgrades pass
+RBAC as `get` on `services/proxy`, so whoever may use it is decided by Kubernetes, not by a
+second login on the controller. The resourceName RBAC compares is that path segment exactly
+(`tote-controller:status`, not `tote-controller`): a rule must name it so. WebSocket upgrades pass
 through the proxy too; `tote status` and `tote doctor` use it to reach the controller.
 """
 
