@@ -46,6 +46,32 @@ def test_board_prunes_finished_items_after_retention() -> None:
     assert [i.key for i in snapshot] == ["ns/running"]
 
 
+def test_board_over_its_cap_drops_the_least_recently_touched_item() -> None:
+    now = [0.0]
+    board = StatusBoard(clock=lambda: now[0], max_items=3)
+    for key in ("ns/a", "ns/b", "ns/c"):
+        now[0] += 1
+        board.publish(transfer(key))
+    now[0] += 1
+    board.publish(transfer("ns/a", done=50))  # a is touched again: b is now the oldest
+    now[0] += 1
+    board.publish(transfer("ns/d"))
+    assert sorted(board.items) == ["ns/a", "ns/c", "ns/d"]
+
+
+def test_board_keeps_running_transfers_past_retention_and_prunes_behind_them() -> None:
+    now = [0.0]
+    board = StatusBoard(clock=lambda: now[0], retain=10)
+    board.publish(transfer("ns/running"))  # oldest, never finishes
+    now[0] = 1.0
+    board.publish(transfer("ns/done", phase="Completed"))
+    now[0] = 5.0
+    board.publish(transfer("ns/fresh", phase="Completed"))
+    now[0] = 12.0
+    snapshot, _ = board.subscribe()
+    assert sorted(i.key for i in snapshot) == ["ns/fresh", "ns/running"]
+
+
 def test_view_renders_progress_and_incidents() -> None:
     from rich.console import Console
 

@@ -58,6 +58,7 @@ class StatusBoard:
         if self.items.get(item.key) == item:
             return
         self.items[item.key] = item
+        self._touched.pop(item.key, None)  # re-insert: `_touched` is kept oldest first
         self._touched[item.key] = self.clock()
         self._prune()
         for sub in list(self._subscribers):
@@ -106,16 +107,26 @@ class StatusBoard:
         self.unsubscribe(sub)
 
     def _prune(self, *, force: bool = False) -> None:
-        now = self.clock()
-        if not force and now - self._pruned_at < 1.0 and len(self.items) <= self.max_items:
-            return  # at most once a second: publish stays O(1) on the detection path
-        self._pruned_at = now
-        for key, item in list(self.items.items()):
-            finished = item.kind == "incident" or item.phase in FINISHED_PHASES
-            if finished and now - self._touched.get(key, now) > self.retain:
-                del self.items[key]
-                self._touched.pop(key, None)
+        """Drop expired finished items (at most once a second) and the oldest over the cap.
+
+        `_touched` is in touch order, oldest first, so neither step scans the whole board:
+        publish stays O(1) on the detection path even with `max_items` on the board.
+        """
         while len(self.items) > self.max_items:
-            oldest = min(self._touched, key=self._touched.__getitem__)
+            oldest = next(iter(self._touched))
             del self.items[oldest]
             del self._touched[oldest]
+        now = self.clock()
+        if not force and now - self._pruned_at < 1.0:
+            return
+        self._pruned_at = now
+        expired = []
+        for key, touched in self._touched.items():
+            if now - touched <= self.retain:
+                break  # every later key was touched more recently
+            item = self.items[key]
+            if item.kind == "incident" or item.phase in FINISHED_PHASES:
+                expired.append(key)
+        for key in expired:
+            del self.items[key]
+            del self._touched[key]
