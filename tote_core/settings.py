@@ -180,6 +180,7 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     admission_address: str = ""
     admission_tls_cert: str = ""
     admission_tls_key: str = ""
+    status_address: str = "0.0.0.0:8082"  # WebSocket status feed (`tote status`), path /status
     plugins_disabled: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -318,6 +319,8 @@ HELP: dict[str, str] = {
                          "/validate; default off)",
     "admission_tls_cert": "PEM serving certificate for --admission-address",
     "admission_tls_key": "PEM key for --admission-tls-cert",
+    "status_address": "host:port of the WebSocket status feed, path /status (default "
+                      "0.0.0.0:8082)",
     "plugins_disabled": "comma list of plugin names not to load",
     "containerd_socket": "containerd gRPC socket (default /run/containerd/containerd.sock)",
     "containerd_namespace": "containerd namespace (default k8s.io)",

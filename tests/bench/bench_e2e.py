@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster import registry as registry_mod
+from tests.cluster import versions
 from tests.cluster.cluster import KubeCluster, start_cluster
 from tests.cluster.controlplane import binaries_dir
 from tests.e2e.salvage_env import (

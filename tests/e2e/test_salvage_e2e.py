@@ -256,7 +256,8 @@ def test_6_corrupt_image_record_removed_pod_replaced_then_salvaged(
     ns, cluster = test_namespace, tote.cluster
     node = cluster.node
     marker = f"corrupt-{uuid.uuid4().hex[:8]}"
-    img = image_only_on_node_b(tote.cluster, local_registry, tmp_path, "shop/corrupt", marker=marker)
+    img = image_only_on_node_b(tote.cluster, local_registry, tmp_path, "shop/corrupt",
+                               marker=marker)  # fmt: skip
     # the kubelet node has a record of X whose layer blob is gone (never unpacked)
     node.import_image(img, unpack=False)
     node.delete_blob(img.layer_digests[0])

@@ -17,6 +17,7 @@ import pluggy
 
 from tote_core.hooks.types import (
     Incident,
+    NodeHealth,
     NodeInfo,
     Notification,
     OptInQuery,
@@ -133,3 +134,14 @@ def push_image(request: PushRequest) -> PushResult | None:
 @hookspec
 def notify(notification: Notification) -> None:
     """Deliver a notification (webhook, Slack, …). Broadcast, fire-and-forget."""
+
+
+@hookspec(firstresult=True)
+def node_health(node: str, settings: Any, pods: list[Any]) -> NodeHealth | None:
+    """Reach `node`'s agent the way the controller would and report its health.
+
+    Called by `tote doctor` (its own process, no `configure` call): `settings` is a
+    `ControllerSettings` holding the TLS files and agent discovery settings, `pods` the agent
+    pods listed by the doctor. The caller sets the deadline. firstresult; None = this plugin
+    does not manage node agents.
+    """

@@ -24,6 +24,7 @@ from tote_core.hooks import hookspecs
 from tote_core.hooks.context import PluginContext
 from tote_core.hooks.types import (
     Incident,
+    NodeHealth,
     NodeInfo,
     Notification,
     OptInQuery,
@@ -206,5 +207,9 @@ class PluginHost:
 
     async def notify(self, notification: Notification) -> None:
         await self.broadcast("notify", notification=notification)
+
+    async def node_health(self, node: str, settings: Any, pods: list[Any]) -> NodeHealth | None:
+        value = await self.first("node_health", node=node, settings=settings, pods=pods)
+        return value if isinstance(value, NodeHealth) else None
 
 

@@ -126,3 +126,18 @@ class PushResult(msgspec.Struct, frozen=True, kw_only=True):
     bytes_uploaded: int
     note: str = ""
     platform: str = ""  # platform of the pushed manifest when the index was not pushed
+
+
+class NodeHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """What `node_health` reports about one node's agent (for `tote doctor`)."""
+
+    node: str
+    reachable: bool
+    endpoint: str = ""
+    containerd_ok: bool = False
+    containerd_version: str = ""
+    # True: sampled images lack their compressed layers (containerd's
+    # discard_unpacked_layers); False: sampled images are complete; None: nothing to sample.
+    layers_discarded: bool | None = None
+    images_sampled: int = 0
+    error: str = ""
