@@ -1,6 +1,6 @@
 """The `tote` command: the only place that calls `trio.run`.
 
-Subcommands: `controller`, `agent`, `plugins`; `--version`.
+Subcommands: `controller`, `agent`, `plugins`, `status`, `doctor`; `--version`.
 """
 
 from __future__ import annotations
@@ -108,6 +108,19 @@ def _plugins(argv: Sequence[str]) -> int:
     return 0
 
 
+def _status(argv: Sequence[str]) -> int:
+    from tote_core.status import command as status_command
+
+    return status_command.run(argv)
+
+
+def _doctor(argv: Sequence[str]) -> int:
+    # Distinct names: mypy binds a function-local `command` import once per module.
+    from tote_core.doctor import command as doctor_command
+
+    return doctor_command.run(argv)
+
+
 def _first_leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
@@ -118,6 +131,8 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "controller": (_controller, "run the controller (detection, salvage orchestration)"),
     "agent": (_agent, "run the node agent (containerd access, transfers)"),
     "plugins": (_plugins, "list plugins and where they come from"),
+    "status": (_status, "live incidents and transfers from the controller's status feed"),
+    "doctor": (_doctor, "check a live install; non-zero exit on any failure"),
 }
 
 

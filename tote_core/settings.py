@@ -20,7 +20,8 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
-from tote_core.errors import ConfigError
+from tote_core.detect import reference
+from tote_core.errors import ConfigError, InvalidReference
 
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -154,6 +155,7 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     backup_registry: str = ""
     backup_registry_secret: str = ""
     backup_registry_insecure: bool = False
+    backup_registry_ca: str = ""
     webhook_url: str = ""
     webhook_events: list[str] = msgspec.field(default_factory=list)
     webhook_format: Literal["json", "slack"] = "json"
@@ -179,12 +181,14 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     admission_address: str = ""
     admission_tls_cert: str = ""
     admission_tls_key: str = ""
+    status_address: str = "0.0.0.0:8082"  # WebSocket status feed (`tote status`), path /status
     plugins_disabled: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.registry_resolve_ca and not os.access(self.registry_resolve_ca, os.R_OK):
             raise ValueError(f"registry_resolve_ca: cannot read {self.registry_resolve_ca}")
+        self._check_backup()
         if self.max_concurrent_salvages < 1:
             raise ValueError("max_concurrent_salvages must be at least 1")
         if self.workers < 1:
@@ -223,6 +227,28 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
                              "--admission-address")
 
 
+    def _check_backup(self) -> None:
+        """`HOST[/prefix]` must start with a registry host; its options need it."""
+        value = self.backup_registry
+        if not value:
+            given = [n for n in ("backup_registry_secret", "backup_registry_insecure",
+                                 "backup_registry_ca") if getattr(self, n)]
+            if given:
+                raise ValueError(f"{', '.join(given)} given without backup_registry")
+            return
+        host = value.split("/", 1)[0]
+        try:
+            ref = reference.parse(f"{value.rstrip('/')}/x:y")
+        except InvalidReference as exc:
+            raise ValueError(f"backup_registry: {value!r} is not HOST[/prefix]: {exc}") from None
+        prefix = value.split("/", 1)[1] if "/" in value else ""
+        if ref.domain != host or "@" in value or value.endswith(":") or ":" in prefix:
+            raise ValueError(f"backup_registry: {value!r} is not HOST[/prefix] (HOST is a "
+                             "registry host such as registry.example.com or 10.0.0.5:5000)")
+        if self.backup_registry_ca and not os.access(self.backup_registry_ca, os.R_OK):
+            raise ValueError(f"backup_registry_ca: cannot read {self.backup_registry_ca}")
+
+
 class AgentSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
     """`tote agent` settings (SPEC §6)."""
 
@@ -250,7 +276,6 @@ class AgentSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
 
 
 # `--help` text per setting (README has the same tables).
-_NOT_YET = " (accepted; not implemented yet)"
 HELP: dict[str, str] = {
     "log_format": "text or json (default text)",
     "log_level": "debug, info, warning or error (default info)",
@@ -273,9 +298,11 @@ HELP: dict[str, str] = {
     "transfer_timeout": "deadline per transfer (default 30m)",
     "salvagerecord_ttl": "delete SalvageRecords older than this (default 168h)",
     "reap_interval": "how often the leader reaps SalvageRecords (default 10m)",
-    "backup_registry": "HOST[/prefix] to push salvaged images to" + _NOT_YET,
-    "backup_registry_secret": "dockerconfigjson Secret for the backup registry" + _NOT_YET,
-    "backup_registry_insecure": "plain HTTP for the backup registry" + _NOT_YET,
+    "backup_registry": "HOST[/prefix] to push salvaged images to (digest preserved)",
+    "backup_registry_secret": "kubernetes.io/dockerconfigjson Secret (controller namespace) "
+                              "with credentials for the backup registry",
+    "backup_registry_insecure": "plain HTTP / unverified TLS for the backup registry",
+    "backup_registry_ca": "PEM bundle appended to system roots for the backup registry",
     "webhook_url": "POST notifications (JSON or Slack) here; empty = no webhook",
     "webhook_events": "comma list of detected,salvaged,failed,pushed (default: all)",
     "webhook_format": "json (default) or slack (Block Kit)",
@@ -298,6 +325,8 @@ HELP: dict[str, str] = {
                          "/validate; default off)",
     "admission_tls_cert": "PEM serving certificate for --admission-address",
     "admission_tls_key": "PEM key for --admission-tls-cert",
+    "status_address": "host:port of the WebSocket status feed, path /status (default "
+                      "0.0.0.0:8082)",
     "plugins_disabled": "comma list of plugin names not to load",
     "containerd_socket": "containerd gRPC socket (default /run/containerd/containerd.sock)",
     "containerd_namespace": "containerd namespace (default k8s.io)",

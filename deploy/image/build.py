@@ -122,11 +122,14 @@ def _run(argv: list[str], **kw: object) -> str:
 
 
 def version() -> str:
-    text = (REPO / "tote_core" / "__init__.py").read_text()
-    m = re.search(r'^__version__ = "([^"]+)"', text, re.M)
-    if not m:
-        raise SystemExit("cannot find __version__ in tote_core/__init__.py")
-    return m.group(1)
+    """The package version: pyproject.toml's `version`, the one place it is written."""
+    import tomllib
+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    ver = data.get("project", {}).get("version")
+    if not isinstance(ver, str) or not ver:
+        raise SystemExit("cannot find project.version in pyproject.toml")
+    return ver
 
 
 def deb_arch() -> str:

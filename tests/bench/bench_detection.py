@@ -6,6 +6,7 @@ tote's event (next to the latency of the same change reaching a plain watch clie
 API server's own floor, measured in the same run).
 
 Run: python -m tests.bench.bench_detection [--pods 5000] [--nodes 200] [--samples 200]
+[--subscribers N] (N `tote status --follow --json` viewers connected while measuring)
 
 P7 (issue 10): `--webhook-compare` measures the same latency twice in one run, on distinct
 pods: first with no webhook, then with `--webhook-url` pointing at a receiver that accepts
@@ -32,7 +33,7 @@ import trio
 
 from tests.cluster.controller import ControllerProcess
 from tests.cluster.controlplane import ControlPlane, binaries_dir, start_control_plane
-from tests.cluster.procs import wait_until
+from tests.cluster.procs import ProcessGroup, wait_until
 from tests.cluster.webhook import Receiver
 
 DIGEST = "sha256:" + "d" * 64
@@ -238,9 +239,11 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--webhook-compare", action="store_true",
                     help="P7: latency without a webhook, then with one that never answers")
+    ap.add_argument("--subscribers", type=int, default=0,
+                    help="`tote status --follow --json` viewers connected while measuring")
     args = ap.parse_args()
     if args.samples * (2 if args.webhook_compare else 1) > args.pods:
-        ap.error("not enough pods for distinct samples")
+        ap.error("not enough pods for distinct samples (each sample patches a different pod)")
     bins = binaries_dir(build=True)
     assert bins is not None
     work = Path(tempfile.mkdtemp(prefix="tote-bench-"))
@@ -265,6 +268,15 @@ def main() -> None:
         ctl.start()
         sync = time.monotonic() - t0
         wait_until(ctl.leading, timeout=30, what="leads")
+        viewers = ProcessGroup(work / "viewers")
+        followers = [viewers.start(f"status-{i}", [
+            sys.executable, "-m", "tote_core.cli", "status", "--follow", "--json",
+            f"--url={ctl.status_url}"]) for i in range(args.subscribers)]
+        for f in followers:
+            wait_until(lambda f=f: '"type":"synced"' in f.log_path.read_text(), timeout=60,
+                       what=f"{f.name} synced", proc=f)
+        if args.subscribers:
+            print(f"{args.subscribers} status feed subscriber(s) connected and synced")
         time.sleep(2)
         assert ctl.proc is not None
         rss = rss_mib(ctl.proc.pid)
@@ -282,6 +294,9 @@ def main() -> None:
         print(f"pod status change → tote ImageSalvageable event seen: "
               f"p50 {pct(event_lat, 50):.0f} ms, p99 {pct(event_lat, 99):.0f} ms "
               f"(n={len(event_lat)}/{args.samples})")
+        for f in followers:  # the feed really carried the incidents being measured
+            seen = f.log_path.read_text().count('"phase":"ImageSalvageable"')
+            print(f"{f.name} received {seen} ImageSalvageable incident messages")
         if event_lat and watch_lat:
             print(f"tote's own share at p50: {pct(event_lat, 50) - pct(watch_lat, 50):.0f} ms "
                   f"(includes the event write and its watch delivery); mean "
@@ -289,6 +304,8 @@ def main() -> None:
     finally:
         if ctl is not None:
             ctl.stop()
+        if "viewers" in locals():
+            viewers.stop_all()
         cp.stop()
         if os.environ.get("TOTE_BENCH_KEEP") is None:
             subprocess.run(["rm", "-rf", str(work)], check=False)

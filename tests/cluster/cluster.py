@@ -551,6 +551,7 @@ def deployment_manifest(
 def _main() -> None:
     """`python -m tests.cluster.cluster [WORKDIR]`: bring the cluster up, wait for Ctrl-C."""
     bin_dir = binaries_dir(build=True)
+    versions.use_containerd(build=True)
     if bin_dir is None:
         raise SystemExit("binaries not built: run tests/cluster/build-binaries.sh")
     workdir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/tote-e2e-cluster")

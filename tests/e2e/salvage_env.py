@@ -263,7 +263,7 @@ def workload_image(workdir: Path, name: str, *, marker: str, payload_mib: int = 
 
 
 def image_only_on_node_b(
-    env: SalvageEnv,
+    cluster: KubeCluster,
     registry: Registry,
     tmp: Path,
     repo: str,
@@ -280,10 +280,10 @@ def image_only_on_node_b(
     ref = f"{registry.host}/{repo}:{tag}"
     img = workload_image(tmp, ref, marker=marker, payload_mib=payload_mib)
     img.push(ref)
-    env.node_b.import_image(img)
+    cluster.node_b.import_image(img)
     if stop_registry:
         registry.stop()
-    assert ref not in env.cluster.node.image_names()
+    assert ref not in cluster.node.image_names()
     return img
 
 

@@ -18,12 +18,15 @@ import msgspec
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tote_core import __version__
 from tote_core.components import admission, http
 from tote_core.components.config_warnings import ConfigWarnings
 from tote_core.components.events import EventRecorder
 from tote_core.components.leader import LeaderElector
+from tote_core.components.statusfeed import StatusFeed
 from tote_core.hooks.context import PluginContext
 from tote_core.hooks.host import PluginHost
+from tote_core.hooks.types import Incident
 from tote_core.kube import config as kube_config
 from tote_core.kube.cache import Caches
 from tote_core.kube.client import KubeClient
@@ -33,6 +36,12 @@ from tote_core.reconcile.queue import WorkQueue
 from tote_core.salvage.engine import SalvageEngine
 from tote_core.salvage.reaper import Reaper
 from tote_core.settings import ControllerSettings
+from tote_core.status.board import StatusBoard
+from tote_core.status.publish import (
+    PublishingRecorder,
+    PublishingRecordStore,
+    incident_submitted,
+)
 from tote_core.structs.kube import Namespace, Node, Pod
 
 log = logging.getLogger("tote.controller")
@@ -68,17 +77,22 @@ class Controller:
         self.caches = Caches(
             self.kube, namespace=self.namespace, config_map=self.settings.config_map
         )
-        self.recorder = EventRecorder(self.kube, instance=self.identity)
+        # The status board sees incidents through the recorder and transfers through the
+        # record store (tote_core/status/publish.py); the feed serves it to `tote status`.
+        self.board = StatusBoard()
+        self.recorder: EventRecorder = PublishingRecorder(
+            self.kube, instance=self.identity, board=self.board)
         self.queue = WorkQueue(base_delay=1.0, max_delay=300.0)
         self.salvage = SalvageEngine(
             self.settings, self.kube, self.caches, self.host, self.recorder
         )
+        self.salvage.records = PublishingRecordStore(self.kube, self.board)
         self.reaper = Reaper(
             self.salvage.records, ttl=self.settings.salvagerecord_ttl,
             interval=self.settings.reap_interval,
         )
         self.reconciler = PodReconciler(
-            self.settings, self.caches, self.host, self.recorder, salvage=self.salvage.submit
+            self.settings, self.caches, self.host, self.recorder, salvage=self._submit
         )
         self.engine = Engine(
             "pods", self.queue, self.reconciler,
@@ -97,6 +111,11 @@ class Controller:
             self.caches, self.recorder, deny_namespaces=self.settings.deny_namespaces,
             pods_allowed_in=self.reconciler.namespace_allowed,
         )
+        self.feed = StatusFeed(
+            self.board, self.settings.status_address, self.identity,
+            is_leader=lambda: self.elector.is_leader,
+            leader_identity=lambda: self.elector.leader_identity,
+        )
         self._leading = False
         self.caches.pods.add_handler(self._on_pod)
         self.caches.nodes.add_handler(self._on_node)
@@ -104,6 +123,10 @@ class Controller:
         self.caches.namespaces.add_handler(self._on_namespace)
 
     # -- event handlers (sync, never block) ---------------------------------------------
+
+    def _submit(self, incident: Incident, pod: Pod) -> None:
+        incident_submitted(self.board, incident, pod)
+        self.salvage.submit(incident, pod)
 
     def _on_pod(self, key: str, old: Pod | None, new: Pod | None) -> None:
         self.warnings.pod(new)
@@ -155,7 +178,7 @@ class Controller:
         reasons = []
         if not self.caches.synced:
             reasons.append("informer caches not synced yet")
-        if not self.host.pm.hook.transfer.get_hookimpls():
+        if not self.host.implementers("transfer"):
             reasons.append("no transfer plugin is loaded (is the containerd plugin in "
                            "plugins.disabled?): nothing could be salvaged")
         return reasons
@@ -170,6 +193,7 @@ class Controller:
                 "leader": self.elector.is_leader,
                 "leaderIdentity": self.elector.leader_identity,
                 "identity": self.identity,
+                "version": __version__,
                 "enabled": self.reconciler.enabled() if self.caches.synced else None,
             }
         )
@@ -193,7 +217,12 @@ class Controller:
             await nursery.start(self.engine.run)
             await nursery.start(self.warnings.run)
             nursery.start_soon(self.reaper.run)
-            self._requeue_failing()
+            try:
+                self._requeue_failing()
+                await trio.sleep_forever()
+            finally:
+                # A standby has no data: viewers reconnect and find the new leader.
+                self.board.close_all("this replica stopped leading")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.plugin_context = PluginContext(
@@ -227,6 +256,7 @@ class Controller:
                         body_routes={admission.PATH: admission.review},
                         ssl_context=self._admission_tls(),
                     ))
+                self.ports["status"] = await nursery.start(self.feed.run)
                 t0 = trio.current_time()
                 await nursery.start(self.caches.run)
                 log.info(

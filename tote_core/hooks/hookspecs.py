@@ -13,24 +13,28 @@ Calling order, `tryfirst`/`trylast`, wrappers (`@hookimpl(wrapper=True)`, a gene
 yields once and returns the — possibly replaced — result) and first-result are pluggy's own;
 see `tote_core.hooks.host` for the two things the host adds: awaiting coroutines and
 isolating failures. A raising implementation is logged at ERROR with its traceback, counted
-in `tote_plugin_failures_total{plugin,hook}` and skipped; the incident continues. The one
-exception is `transfer`, whose `RetryLater` / `PermanentError` are control flow.
+in `tote_plugin_failures_total{plugin,hook}` and skipped; the incident continues. The two
+exceptions are `transfer`, whose `RetryLater` / `PermanentError` are control flow, and
+`push_image`, whose `RegistryError` the push worker reports.
 
 Implementations may declare any subset of a spec's arguments, by name.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from tote_core.hooks.types import (
     Incident,
+    NodeHealth,
     NodeInfo,
     Notification,
     OptInQuery,
     ProgressCallback,
+    PushRequest,
+    PushResult,
     TransferRequest,
     TransferResult,
 )
@@ -169,12 +173,26 @@ def remove_image(node: str, image_ref: str, digest: str | None) -> bool | None:
 
 @hookspec
 def on_salvaged(incident: Incident, request: TransferRequest, result: TransferResult) -> None:
-    """A transfer succeeded and the SalvageRecord is about to be marked Completed.
+    """A transfer succeeded and its SalvageRecord has been marked Completed.
 
     Broadcast; return ignored; failures are logged and never fail the salvage. Called once
     per completed transfer (per SalvageRecord), from a salvage worker. Sync or async; must
     not block (long work such as a backup push goes to a service). Deadline: the salvage
     job's. Built-in: `registry` (backup push).
+    """
+
+
+@hookspec(firstresult=True)
+def push_image(request: PushRequest) -> PushResult | None:
+    """Push an image a node holds to a registry (the backup push, SPEC §7).
+
+    :return: a `PushResult`, or None = this plugin cannot push from `request.node`.
+
+    First-result. Not isolated: raise `tote_core.errors.RegistryError` on failure; it
+    reaches the caller (the push worker reports it as ImagePushFailed), never retried.
+    Called by the registry plugin's push worker (after a salvage completed), through
+    `PluginContext.host`. Async. Deadline: the push worker's. Built-in: `containerd` (the
+    node's agent uploads the blobs from its containerd).
     """
 
 
@@ -186,4 +204,22 @@ def notify(notification: Notification) -> None:
     it at most once per incident and type (duplicates are dropped before this hook). Called
     from detection and salvage workers, and from plugins through `PluginContext.notify`.
     Sync or async; must not block. Deadline: the caller's. Built-in: `notify` (webhook).
+    """
+
+
+# -- doctor -------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def node_health(node: str, settings: Any, pods: list[Any]) -> NodeHealth | None:
+    """Reach `node`'s agent the way the controller would and report its health.
+
+    :param settings: a `ControllerSettings` holding the TLS files and agent discovery
+        settings. :param pods: the agent pods the doctor listed.
+    :return: the node's `NodeHealth`, or None = this plugin does not manage node agents.
+
+    First-result; isolated like every hook (a raising implementation answers None, which
+    doctor reports as a failed row). **Process:** `tote doctor`, its own process, with no
+    `configure` call. Sync or async. Deadline: the doctor's per-node timeout. Built-in:
+    `containerd`.
     """

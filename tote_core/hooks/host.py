@@ -49,10 +49,13 @@ from tote_core.hooks import hookspecs
 from tote_core.hooks.context import PluginContext, Service
 from tote_core.hooks.types import (
     Incident,
+    NodeHealth,
     NodeInfo,
     Notification,
     OptInQuery,
     ProgressCallback,
+    PushRequest,
+    PushResult,
     TransferRequest,
     TransferResult,
 )
@@ -62,7 +65,7 @@ log = logging.getLogger("tote.plugins")
 GROUP = "tote"
 BUILTIN_DISTRIBUTION = "tote"
 # Hooks whose exceptions are the caller's control flow, never isolated.
-CONTROL_FLOW_HOOKS = frozenset({"transfer"})
+CONTROL_FLOW_HOOKS = frozenset({"transfer", "push_image"})
 SERVICE_RESTART_DELAY = 5.0
 NOTIFIED_MAX = 20000  # (incident, type) keys remembered for the once-per-incident rule
 
@@ -174,6 +177,12 @@ class PluginHost:
         """The plugin object registered under `name` (not pluggy's bridged view of it)."""
         proxy = self.pm.get_plugin(name)
         return proxy._tote_plugin if isinstance(proxy, _Registered) else None
+
+    def implementers(self, hook: str) -> list[str]:
+        """Names of the registered plugins implementing `hook` (e.g. /readyz: is any
+        `transfer` plugin loaded?)."""
+        caller = getattr(self.pm.hook, hook)
+        return [impl.plugin_name for impl in caller.get_hookimpls()]
 
     def load(self, disabled: Iterable[str] = ()) -> list[PluginInfo]:
         """Load every entry point in group `tote` except the disabled ones, then check.
@@ -377,6 +386,12 @@ class PluginHost:
     ) -> None:
         await self.call("on_salvaged", incident=incident, request=request, result=result)
 
+    async def push_image(self, request: PushRequest) -> PushResult | None:
+        """Not isolated (a control-flow hook): the push worker reports errors as
+        ImagePushFailed."""
+        value = await self.call("push_image", request=request)
+        return value if isinstance(value, PushResult) else None
+
     async def notify(self, notification: Notification) -> bool:
         """Pass `notification` to every `notify` implementation, once per incident and type.
 
@@ -424,6 +439,12 @@ class PluginHost:
                 self._failed(name, "service", exc)
             status.started()  # never keep the host waiting on a service that crashed
             await trio.sleep(SERVICE_RESTART_DELAY)
+
+    async def node_health(self, node: str, settings: Any, pods: list[Any]) -> NodeHealth | None:
+        """Isolated: a failing plugin answers None, which doctor shows as "no agent check"
+        rather than aborting the whole report."""
+        value = await self.call("node_health", node=node, settings=settings, pods=pods)
+        return value if isinstance(value, NodeHealth) else None
 
 
 class _StartedOnce:

@@ -333,13 +333,17 @@ class SalvageEngine:
                 f"{result.blobs_skipped} blobs already present, "
                 f"{result.duration_seconds:.1f}s. {messages.DEBT}"
             )
+        else:
+            text = f"Image {inc.image_ref} ({inc.digest}) is {note}; nothing to move."
+        await self.records.patch_status(job.namespace, job.record, status)
+        if moved is not None:
+            # After the record says Completed: nothing on_salvaged does (e.g. the backup
+            # push it queues) can hold up or fail the salvage.
+            source, result = moved
             request = TransferRequest(image_ref=inc.image_ref, digest=inc.digest or "",
                                       source_node=source, target_node=inc.node_name or "")
             await self.host.on_salvaged(inc, request, result)
             await self._notify("salvaged", job, source=source)
-        else:
-            text = f"Image {inc.image_ref} ({inc.digest}) is {note}; nothing to move."
-        await self.records.patch_status(job.namespace, job.record, status)
         await self._announce(job, text)
         log.info("salvage %s/%s completed%s", job.namespace, job.record,
                  f" ({note})" if note else "")
