@@ -2,21 +2,25 @@
 
 Brings up the e2e cluster (etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
 two real kubelet nodes `127.0.0.1` and `127.0.0.2` ("node B"), each on its own containerd;
-Kubernetes and containerd binaries built from Go modules and cached), a `tote agent` per node
-(mTLS) and `tote controller` with its restricted RBAC identity. Then it plays the incident:
+Kubernetes and containerd binaries built from Go modules and cached), builds the tote image
+offline, imports it into both nodes and installs tote with `helm install` of deploy/helm/tote
+into `tote-system` — a controller Deployment and an agent DaemonSet with mTLS, as a user would
+(tests/e2e/tote_install.py). Then it plays the incident:
 
 1. image `shop/web:v1` is pushed to a loopback registry; node B pulled it earlier (its
    containerd holds the exact digest); the registry goes down;
 2. a Deployment opted in to salvage is scheduled to node `127.0.0.1`, which does not have the
    image: kubelet fails to pull it (ErrImagePull → ImagePullBackOff);
-3. tote finds the digest on node B, streams it node to node into 127.0.0.1's containerd,
-   deletes the failing pod, and its ReplicaSet's replacement starts from the salvaged image.
+3. tote's pods find the digest on node B, stream it agent to agent into 127.0.0.1's
+   containerd, delete the failing pod, and its ReplicaSet's replacement starts from the
+   salvaged image.
 
 Every event is printed as it happens, then a summary (what failed, which node had the
 image, bytes moved, time to Running). Everything is torn down at the end; `--keep` leaves the
-cluster up until Ctrl-C. Needs root and what `.ci/install` installs.
+cluster up until Ctrl-C and prints how to look around. Needs root and what `.ci/install`
+installs.
 
-Run: python -m tests.cluster.demo [--keep] [--payload-mib N]
+Run: .venv/bin/python -m tests.cluster.demo [--keep] [--payload-mib N]
 """
 
 from __future__ import annotations
@@ -33,17 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster import node as node_mod
-from tests.cluster import oci
+from tests.cluster import oci, versions
 from tests.cluster import registry as registry_mod
 from tests.cluster.cluster import KubeCluster, missing_binaries, start_cluster
 from tests.cluster.controlplane import binaries_dir
-from tests.e2e.salvage_env import (
-    SalvageEnv,
-    deployment,
-    image_only_on_node_b,
-    namespace,
-    start_salvage_env,
-)
+from tests.e2e.salvage_env import deployment, image_only_on_node_b, namespace
+from tests.e2e.tote_install import Install, install_tote
 
 NS = "shop"
 APP = "web"
@@ -122,8 +121,29 @@ def _running_pod(cluster: KubeCluster) -> dict[str, Any] | None:
     return None
 
 
-def play(env: SalvageEnv, work: Path, payload_mib: int, timeout: float) -> bool:
-    cluster = env.cluster
+def _controller_metrics(tote: Install) -> dict[str, float]:
+    """The controller's counters, from its /metrics (host network: the node's address)."""
+    import urllib.request
+
+    port = tote.values["controller"]["metricsPort"]
+    out: dict[str, float] = {}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as r:
+            body = r.read().decode()
+    except OSError:
+        return out
+    for line in body.splitlines():
+        if line.startswith("tote_") and " " in line:
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name.split("{", 1)[0]] = out.get(name.split("{", 1)[0], 0.0) + float(value)
+            except ValueError:
+                continue
+    return out
+
+
+def play(cluster: KubeCluster, tote: Install, work: Path, payload_mib: int,
+         timeout: float) -> bool:  # fmt: skip
     reg = registry_mod.start_registry(work / "registry")
     try:
         cluster.node.trust_registry(reg.host)
@@ -132,7 +152,7 @@ def play(env: SalvageEnv, work: Path, payload_mib: int, timeout: float) -> bool:
         say()
         say(f"1. building image X = {reg.host}/shop/web:v1 (payload {payload_mib} MiB), pushing "
             f"it to the registry at {reg.host}, and letting node B pull it…")  # fmt: skip
-        img = image_only_on_node_b(env, reg, work / "img", "shop/web", payload_mib=payload_mib,
+        img = image_only_on_node_b(cluster, reg, work / "img", "shop/web", payload_mib=payload_mib,
                                    marker="hello from image X, salvaged by tote",
                                    stop_registry=False)  # fmt: skip
         say(f"   node B's containerd holds {img.name} = {img.digest}")
@@ -160,7 +180,7 @@ def play(env: SalvageEnv, work: Path, payload_mib: int, timeout: float) -> bool:
         if pod is None or t_running is None:
             say(f"the pod did not reach Running within {timeout:.0f}s — see the events above")
             print(cluster.kubectl("get", "pods,salvagerecords", "-n", NS, "-o", "wide").stdout)
-            say(f"controller log: {env.ctl.proc.log_path if env.ctl.proc else '?'}")
+            say(f"controller log: kubectl logs -n {tote.namespace} deploy/tote-controller")
             return False
         name = pod["metadata"]["name"]
         say(f"pod {NS}/{name} is Running at +{t_running:.1f}s on node {pod['spec']['nodeName']}, "
@@ -172,7 +192,8 @@ def play(env: SalvageEnv, work: Path, payload_mib: int, timeout: float) -> bool:
             time.sleep(0.3)
         say(f"its output: {log.strip()!r}")
         say()
-        recs = env.records(NS)
+        recs = json.loads(cluster.kubectl("get", "salvagerecords", "-n", NS, "-o", "json")
+                          .stdout)["items"]  # fmt: skip
         fail_key = min((k for k in ("Failed", "BackOff") if k in narr.first),
                        key=lambda k: narr.first[k], default=None)  # fmt: skip
         failed_msgs = [
@@ -206,7 +227,7 @@ def play(env: SalvageEnv, work: Path, payload_mib: int, timeout: float) -> bool:
         print(cluster.kubectl("get", "salvagerecords", "-n", NS).stdout, flush=True)
         say("kubectl events -n shop:")
         print(cluster.kubectl("events", "-n", NS).stdout, flush=True)
-        m = env.ctl.metrics()
+        m = _controller_metrics(tote)
         say("controller metrics: " + ", ".join(
             f"{k}={v:g}" for k, v in sorted(m.items())
             if k.startswith("tote_") and k.endswith("_total") and v
@@ -236,8 +257,9 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
-    say("locating (or building from Go modules, cached) the Kubernetes binaries…")
+    say("locating (or building from Go modules, cached) the Kubernetes and containerd binaries…")
     bins = binaries_dir(build=True)
+    versions.use_containerd(build=True)
     missing = _prerequisites(bins)
     if missing or bins is None:
         say(f"this machine cannot run the demo cluster, missing: {missing}")
@@ -245,24 +267,33 @@ def main() -> int:
         return 1
     work = Path(tempfile.mkdtemp(prefix="tote-demo-"))
     t = time.monotonic()
-    say(f"starting the cluster under {work} …")
+    p = versions.pins()
+    say(f"starting the cluster (Kubernetes {p['K8S_VERSION']}, containerd "
+        f"{p['CONTAINERD_VERSION']}) under {work} …")  # fmt: skip
     cluster = start_cluster(work / "cluster", bins)
     ok = False
-    env: SalvageEnv | None = None
     try:
         say(
             f"cluster up in {time.monotonic() - t:.1f}s: etcd, kube-apiserver, "
             "kube-controller-manager, kube-scheduler, kubelet nodes 127.0.0.1 and 127.0.0.2"
         )
         t = time.monotonic()
-        env = start_salvage_env(cluster, work / "tote")
-        say(f"a tote agent on each of 127.0.0.1 and 127.0.0.2 (node B) (mTLS), and tote "
-            f"controller as ServiceAccount "
-            f"tote-harness/tote-controller: up in {time.monotonic() - t:.1f}s")  # fmt: skip
-        ok = play(env, work, args.payload_mib, args.timeout)
+        say("building the tote image (offline, cached), importing it into both nodes, "
+            "helm install tote deploy/helm/tote -n tote-system --create-namespace …")
+        tote = install_tote(cluster, work / "tote")
+        say(f"tote installed in {time.monotonic() - t:.1f}s ({tote.startup_seconds}):")
+        print(cluster.kubectl("get", "pods", "-n", tote.namespace, "-o", "wide").stdout,
+              flush=True)  # fmt: skip
+        ok = play(cluster, tote, work, args.payload_mib, args.timeout)
         say("DONE: the workload survived the registry outage." if ok else "FAILED")
         if args.keep:
-            say(f"cluster left running: export KUBECONFIG={cluster.admin_kubeconfig}")
+            kc = cluster.admin_kubeconfig
+            say("the cluster stays up. Look around:")
+            say(f"  export KUBECONFIG={kc}")
+            say(f"  kubectl get pods -n {tote.namespace} -o wide   # tote's controller, agents")
+            say(f"  kubectl events -n {NS}                          # the story, as events")
+            say(f"  kubectl get salvagerecords -n {NS}              # what was moved")
+            say(f"  kubectl logs -n {tote.namespace} deploy/tote-controller")
             say("Ctrl-C (or SIGTERM) tears everything down.")
             try:
                 while True:
@@ -277,8 +308,6 @@ def main() -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         say("tearing down…")
-        if env is not None:
-            env.stop()
         report = cluster.stop()
         left = {k: v for k, v in report.items() if isinstance(v, dict)
                 and (v.get("leftover_pids") or v.get("still_mounted"))}  # fmt: skip

@@ -165,15 +165,20 @@ class Install:
         name = pods[0]["metadata"]["name"]
         return str(self.cluster.kubectl("logs", name, "-n", self.namespace, check=False).stdout)
 
-    def logs(self) -> dict[str, str]:
-        """Logs of every tote pod (attached to failing tests)."""
+    def logs(self, *, previous: bool = False) -> dict[str, str]:
+        """Logs of every tote pod (attached to failing tests); with `previous`, also of the
+        last terminated container of each (what a crash-looping pod said)."""
         out = {}
         for comp in ("controller", "agent"):
             for p in self.pods(comp):
                 name = p["metadata"]["name"]
-                res = self.cluster.kubectl("logs", name, "-n", self.namespace, "--tail=200",
-                                           check=False)  # fmt: skip
-                out[f"{name} ({p['spec'].get('nodeName')})"] = res.stdout + res.stderr
+                for prev in (False, True) if previous else (False,):
+                    res = self.cluster.kubectl(
+                        "logs", name, "-n", self.namespace, "--tail=200",
+                        *(["--previous"] if prev else []), check=False,
+                    )  # fmt: skip
+                    key = f"{name} ({p['spec'].get('nodeName')}){' previous' if prev else ''}"
+                    out[key] = res.stdout + res.stderr
         return out
 
     def uninstall(self) -> None:
@@ -202,8 +207,12 @@ def install_tote(
     for key, sub in (extra_values or {}).items():
         values[key] = {**values.get(key, {}), **sub} if isinstance(sub, dict) else sub
     inst = Install(cluster=cluster, helm=helm, workdir=workdir, image=image, values=values)
-    helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace",
-         "-f", str(inst.values_file(values)), "--wait", "--timeout", "300s")  # fmt: skip
+    try:
+        helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace",
+             "-f", str(inst.values_file(values)), "--wait", "--timeout", "300s")  # fmt: skip
+    except RuntimeError as exc:
+        logs = "\n".join(f"--- {k} ---\n{v[-3000:]}" for k, v in inst.logs(previous=True).items())
+        raise RuntimeError(f"{exc}\ntote pods:\n{logs}") from None
     t_helm = time.monotonic()
     inst.wait_leading()
     t_end = time.monotonic()
