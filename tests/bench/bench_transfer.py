@@ -5,8 +5,15 @@ mTLS, API path and fast path, next to baselines measured in the same run:
 * one-process containerd → containerd copy through the content API (no agents, no TLS);
 * dedupe: bytes moved for a second image that shares 3 of its 4 layers.
 
-Run: `python tests/bench/bench_transfer.py [--size-mib 1024]` (root; containerd installed).
-Prints MB/s (10^6 bytes/s). Not a timed test.
+Each agent transfer is also charged its CPU time: user+system seconds of the four processes
+that do the work (source agent, target agent, both containerds; from /proc/<pid>/stat before
+and after), per GiB moved (2^30 bytes), with the share of each process.
+
+Run: `TOTE_CONTAINERD_VERSION=v2.4.2 python tests/bench/bench_transfer.py [--size-mib 1024]`
+(root; the pinned containerd built by tests/cluster/build-containerd.sh, or `system`).
+`--profile DIR` records py-spy profiles (collapsed stacks, native frames included) of both
+fast-path agents during the fast-path transfer into DIR. Prints MB/s (10^6 bytes/s).
+Not a timed test.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,25 +33,45 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
 import trio  # noqa: E402
 
-from tests.cluster.procs import ProcessGroup  # noqa: E402
+from tests.cluster import versions  # noqa: E402
+from tests.cluster.procs import Proc, ProcessGroup  # noqa: E402
 from tests.images.build import CACHE, layered_image  # noqa: E402
 from tests.integration.containerd.certs import make_pki  # noqa: E402
 from tests.integration.containerd.nodes import Env, start_node  # noqa: E402
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """user+system CPU time of processes (and their reaped children) so far."""
+def cpu_seconds(pid: int) -> float:
+    """user+system CPU time of a process (and its reaped children) so far."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(x) for x in fields[11:15]) / tick
-    return total
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / tick
+
+
+class CpuMeter:
+    """CPU seconds spent by named processes between `start()` and `stop()`."""
+
+    def __init__(self, procs: dict[str, int]) -> None:
+        self.procs = procs
+        self._t0: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._t0 = {n: cpu_seconds(p) for n, p in self.procs.items()}
+
+    def stop(self) -> None:
+        self.used = {n: cpu_seconds(p) - self._t0[n] for n, p in self.procs.items()}
+
+    def per_gib(self, nbytes: int) -> str:
+        gib = nbytes / GiB
+        total = sum(self.used.values()) / gib
+        parts = ", ".join(f"{n} {v / gib:.2f}" for n, v in self.used.items())
+        return f"{total:.2f} CPU-s/GiB ({parts})"
 
 
 def disk_ceiling(d: Path, size: int) -> float:
@@ -91,6 +120,18 @@ async def api_copy(src_sock: str, dst_sock: str, blobs: list[tuple[str, int]]) -
     return total / dt / 1e6
 
 
+def profile(group: ProcessGroup, out: Path, procs: dict[str, int]) -> list[Proc]:
+    """py-spy (from the same venv) sampling each process, native frames included."""
+    spy = Path(sys.executable).parent / "py-spy"
+    out.mkdir(parents=True, exist_ok=True)
+    started = [group.start(f"py-spy-{n}", [str(spy), "record", "--native", "--idle",
+                                            "--rate", "200", "--format", "raw",
+                                            "-o", str(out / f"{n}.txt"), "-p", str(pid)])
+               for n, pid in procs.items()]
+    time.sleep(2)  # attached before the transfer starts
+    return started
+
+
 async def agent_copy(env: Env, src_ep: str, target: str, digest: str, name: str
                      ) -> tuple[float, int]:
     from tote_containerd.agent.api import ImportRequest
@@ -111,7 +152,16 @@ async def agent_copy(env: Env, src_ep: str, target: str, digest: str, name: str
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="directory for py-spy profiles of the fast-path agents")
     args = ap.parse_args()
+    ctd = versions.use_containerd()
+    if ctd is None:
+        sys.exit(f"containerd {versions.pin('CONTAINERD_VERSION')} is not built "
+                 "(bash tests/cluster/build-containerd.sh)")
+    ctd_version = subprocess.run(["containerd", "--version"], capture_output=True,
+                                 text=True).stdout.split()[2]
+    print(f"containerd {ctd_version} from {ctd}", flush=True)
     size = args.size_mib * MiB
     layer = size // 4
     spool = CACHE / "bench"
@@ -150,18 +200,32 @@ def main() -> None:
         env.agents["b1"] = env.agent("b1", "--no-fast-path")
         env.agents["b2"] = env.agent("b2")
 
-        mbps, _ = trio.run(agent_copy, env, src_api.endpoint, "b1", img.digest, img.name)
-        results.append(("agents A→B, mTLS, API path", f"{mbps:7.1f} MB/s"))
+        meter = CpuMeter({"agent-src": src_api.proc.pid, "agent-dst": env.agents["b1"].proc.pid,
+                          "ctd-src": a.proc.pid, "ctd-dst": env.nodes["b1"].proc.pid})
+        meter.start()
+        mbps, moved = trio.run(agent_copy, env, src_api.endpoint, "b1", img.digest, img.name)
+        meter.stop()
+        results.append(("agents A→B, mTLS, API path",
+                        f"{mbps:7.1f} MB/s; {meter.per_gib(moved)}"))
         print(results[-1], flush=True)
-        pids = [src_fast.proc.pid, env.agents["b2"].proc.pid, a.proc.pid,
-                env.nodes["b2"].proc.pid]
-        cpu0, t0 = cpu_seconds(pids), time.monotonic()
-        mbps_fast, _ = trio.run(agent_copy, env, src_fast.endpoint, "b2", img.digest,
-                                img.name)
-        cpu = (cpu_seconds(pids) - cpu0) / (time.monotonic() - t0)
+        fast_procs = {"agent-src": src_fast.proc.pid, "agent-dst": env.agents["b2"].proc.pid,
+                      "ctd-src": a.proc.pid, "ctd-dst": env.nodes["b2"].proc.pid}
+        spies = profile(group, args.profile, {k: v for k, v in fast_procs.items()
+                                              if k.startswith("agent")}) \
+            if args.profile else []
+        meter = CpuMeter(fast_procs)
+        meter.start()
+        t0 = time.monotonic()
+        mbps_fast, moved = trio.run(agent_copy, env, src_fast.endpoint, "b2", img.digest,
+                                    img.name)
+        wall = time.monotonic() - t0
+        meter.stop()
+        for spy in spies:
+            spy.stop(grace=30, sig=signal.SIGINT)  # py-spy writes its file on SIGINT
         results.append(("agents A→B, mTLS, fast path",
-                         f"{mbps_fast:7.1f} MB/s ({100 * mbps_fast / ceiling:.0f}% of disk; "
-                         f"agents+containerds used {cpu:.2f} of {os.cpu_count()} CPUs)"))
+                        f"{mbps_fast:7.1f} MB/s ({100 * mbps_fast / ceiling:.0f}% of disk); "
+                        f"{meter.per_gib(moved)}; "
+                        f"{sum(meter.used.values()) / wall:.2f} of {os.cpu_count()} CPUs busy"))
         print(results[-1], flush=True)
         _, moved = trio.run(agent_copy, env, src_fast.endpoint, "b2", img2.digest, img2.name)
         whole = sum(x.size for x in img2.blobs)
@@ -175,7 +239,8 @@ def main() -> None:
     finally:
         group.stop_all()
         shutil.rmtree(base, ignore_errors=True)
-    print("\n| measurement | result |\n|---|---|")
+    print(f"\ncontainerd {ctd_version}, {args.size_mib} MiB image")
+    print("| measurement | result |\n|---|---|")
     for k, v in results:
         print(f"| {k} | {v.strip()} |")
 
