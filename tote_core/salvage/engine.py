@@ -315,6 +315,12 @@ class SalvageEngine:
             await self._notify("salvaged", inc, source=source)
         else:
             text = f"Image {inc.image_ref} ({inc.digest}) is {note}; nothing to move."
+            total = record.status.bytes_total
+            if total and record.status.bytes_transferred != total:
+                # A transfer another leader started finished without its last progress
+                # report being written: the image is whole, so is the progress.
+                status.update({"bytesTransferred": total,
+                               "progress": planner.progress_text(total, total)})
         await self.records.patch_status(job.namespace, job.record, status)
         await self._announce(job, text)
         log.info("salvage %s/%s completed%s", job.namespace, job.record,

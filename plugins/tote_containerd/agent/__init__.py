@@ -113,6 +113,8 @@ async def _run(settings: AgentSettings, *, task_status: trio.TaskStatus[None]) -
             if secure else None
         peer_ctx = tls.client_context(settings.tls_cert, settings.tls_key, settings.tls_ca) \
             if secure else None
+        data_ctx = tls.data_server_context(settings.tls_cert, settings.tls_key,
+                                           settings.tls_ca) if secure else None
         verifier = Verifier(settings.tls_ca if secure else "")
     except (ssl.SSLError, OSError, ValueError) as exc:
         raise ConfigError(f"cannot use the TLS files (--tls-cert {settings.tls_cert}, "
@@ -163,7 +165,7 @@ async def _run(settings: AgentSettings, *, task_status: trio.TaskStatus[None]) -
                         raise _listen_error("--metrics-port", settings.listen_address,
                                             settings.metrics_port, exc) from None
                     if core.fast_path and settings.data_port:
-                        data = dataplane.DataServer(core.authorise_file_read, server_ctx)
+                        data = dataplane.DataServer(core.authorise_file_read, data_ctx)
                         try:
                             core.data_port = await nursery.start(
                                 data.run, settings.listen_address, settings.data_port)

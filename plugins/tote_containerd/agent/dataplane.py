@@ -1,5 +1,6 @@
 """Bulk blob channel for the fast path: raw blob bytes over TLS 1.3 (same mTLS identities and
-sessions as the gRPC API), served and received by blocking sockets in worker threads.
+sessions as the gRPC API; a client certificate is required in the handshake), served and
+received by blocking sockets in worker threads that trio starts and bounds.
 
 Why: HTTP/2 framing in Python (h2) costs more CPU per byte than TLS itself; a plain TLS stream
 moves the same bytes at several times the rate (docs/benchmarks.md). Control stays on gRPC:
@@ -14,6 +15,7 @@ Protocol, one range per connection:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import socket
@@ -33,9 +35,33 @@ log = logging.getLogger("tote.agent.data")
 CHUNK = 4 * 1024 * 1024
 MAX_REQUEST = 4096
 IO_TIMEOUT = 60.0
+HANDSHAKE_TIMEOUT = 10.0
+# Open data connections per agent. A target opens one per blob stream (--transfer-parallelism,
+# default 4), so this serves four imports at full parallelism at once.
+MAX_CONNECTIONS = 16
+
+# trio ≥ 0.23 calls it abandon_on_cancel, older versions cancellable.
+_ABANDON: dict[str, Any] = {
+    "abandon_on_cancel" if "abandon_on_cancel" in inspect.signature(
+        trio.to_thread.run_sync).parameters else "cancellable": True}
 
 # (session, digest, offset, length, caller) → (file, offset, end, size)
 Authorise = Callable[[str, str, int, int, Identity], Awaitable[tuple[Path, int, int, int]]]
+
+
+async def _accept(sock: socket.socket) -> socket.socket:
+    """Wait (in trio) for the next connection on a non-blocking listening socket."""
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            conn, _addr = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError as exc:  # e.g. ECONNABORTED, EMFILE: log, back off, keep serving
+            log.warning("data channel accept failed: %s", exc)
+            await trio.sleep(0.1)
+            continue
+        return conn
 
 
 def _readline(sock: Any, limit: int) -> bytes:
@@ -54,50 +80,70 @@ def _readline(sock: Any, limit: int) -> bytes:
 
 
 class DataServer:
-    """Accepts connections in a thread; each connection is served in its own thread."""
+    """Accepts in trio; each connection's TLS handshake and byte pump run in a worker thread
+    (blocking `ssl` sockets move bulk bytes with the least CPU per byte; docs/benchmarks.md
+    compares a trio `SSLStream`). At most `max_connections` connections are open at once:
+    beyond that the listener stops accepting (the kernel backlog holds the rest), so neither
+    threads nor file handles grow with what peers open.
 
-    def __init__(self, authorise: Authorise, ssl_context: ssl.SSLContext | None) -> None:
+    The TLS context must require a client certificate (`tls.data_server_context`): a peer
+    without one fails the handshake before a byte of the request is read."""
+
+    def __init__(self, authorise: Authorise, ssl_context: ssl.SSLContext | None, *,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
+        if ssl_context is not None and ssl_context.verify_mode != ssl.CERT_REQUIRED:
+            raise ValueError("the data channel's TLS context must require client certificates")
         self.authorise = authorise
         self.ssl_context = ssl_context
-        self._sock: socket.socket | None = None
+        self.max_connections = max_connections
+        self._threads = trio.CapacityLimiter(max_connections)
         self._token: trio.lowlevel.TrioToken | None = None
 
     async def run(self, host: str, port: int, *,
                   task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(64)
-        self._sock = sock
-        self._token = trio.lowlevel.current_trio_token()
-        thread = threading.Thread(target=self._accept_loop, name="tote-data-accept",
-                                  daemon=True)
-        thread.start()
-        task_status.started(sock.getsockname()[1])
         try:
-            await trio.sleep_forever()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(64)
+            sock.setblocking(False)
+            self._token = trio.lowlevel.current_trio_token()
+            slots = trio.Semaphore(self.max_connections)
+            async with trio.open_nursery() as nursery:
+                task_status.started(sock.getsockname()[1])
+                while True:
+                    await slots.acquire()
+                    try:
+                        conn = await _accept(sock)
+                    except BaseException:
+                        slots.release()
+                        raise
+                    nursery.start_soon(self._connection, conn, slots)
         finally:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
-    def _accept_loop(self) -> None:
-        assert self._sock is not None
-        while True:
-            try:
-                conn, _addr = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), name="tote-data-conn",
-                             daemon=True).start()
+    async def _connection(self, conn: socket.socket, slots: trio.Semaphore) -> None:
+        try:
+            await trio.to_thread.run_sync(self._serve, conn, limiter=self._threads,
+                                          **_ABANDON)
+        finally:
+            # On cancellation (agent stopping) wake the thread if it is blocked in I/O.
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            slots.release()
 
     def _serve(self, raw: socket.socket) -> None:
-        raw.settimeout(IO_TIMEOUT)
+        raw.setblocking(True)
+        raw.settimeout(HANDSHAKE_TIMEOUT)
         conn: Any = raw
         try:
             if self.ssl_context is not None:
-                conn = self.ssl_context.wrap_socket(raw, server_side=True)
+                try:
+                    conn = self.ssl_context.wrap_socket(raw, server_side=True)
+                except (OSError, ssl.SSLError) as exc:
+                    log.info("data connection refused in the TLS handshake: %s", exc)
+                    return
                 ident = identity_of(conn.getpeercert())
                 if ident.role != "agent":
                     self._reply(conn, False, code="PERMISSION_DENIED",
@@ -105,6 +151,7 @@ class DataServer:
                     return
             else:
                 ident = INSECURE
+            conn.settimeout(IO_TIMEOUT)
             req = json.loads(_readline(conn, MAX_REQUEST))
             if not isinstance(req, dict):
                 raise ValueError("request is not an object")
@@ -119,18 +166,21 @@ class DataServer:
                 return
             self._reply(conn, True, offset=offset, end=end, size=size)
             sent = 0
-            with path.open("rb") as f:
+            buf = bytearray(CHUNK)
+            mv = memoryview(buf)
+            with path.open("rb", buffering=0) as f:
                 f.seek(offset)
                 left = end - offset
                 while left:
-                    data = f.read(min(CHUNK, left))
-                    if not data:
+                    n = f.readinto(mv[:min(CHUNK, left)])
+                    if not n:
                         raise OSError(f"{path} shorter than expected")
-                    conn.sendall(data)
-                    left -= len(data)
-                    sent += len(data)
+                    conn.sendall(mv[:n])
+                    left -= n
+                    sent += n
             metrics.BYTES_SENT.labels(path="fast").inc(sent)
-        except (OSError, ValueError, ssl.SSLError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, ssl.SSLError, json.JSONDecodeError,
+                trio.RunFinishedError) as exc:
             log.debug("data connection failed: %s", exc)
         finally:
             with contextlib.suppress(OSError):

@@ -41,7 +41,7 @@ from tote_containerd.agent.errors import (
     NotFound,
     PermissionDenied,
     Unavailable,
-    single_leaf,
+    leaves,
 )
 from tote_containerd.agent.tls import Identity
 from tote_containerd.agent.tokens import Verifier
@@ -96,6 +96,24 @@ def _place(part: Path, final: Path) -> bool:
     with contextlib.suppress(FileExistsError):
         os.link(part, final)
     return True
+
+
+def _one_error(eg: BaseExceptionGroup[Any]) -> BaseException:
+    """One status for an import whose parallel blob streams failed together (a source that
+    goes away fails every stream at once): the most telling agent error — bytes that do not
+    match their digest or a refusal before a lost connection — naming how many streams
+    failed. Anything that is not an agent error stays a group (a bug: INTERNAL)."""
+    errs = [e for e in leaves(eg) if isinstance(e, AgentError)]
+    if not errs or len(errs) != len(leaves(eg)):
+        return eg
+    rank: dict[type[AgentError], int] = {
+        DataLoss: 0, PermissionDenied: 1, FailedPrecondition: 2, Unavailable: 4}
+    pick = min(errs, key=lambda e: rank.get(type(e), 3))
+    if len(errs) == 1:
+        return pick
+    one = type(pick)(f"{pick} ({len(errs)} parallel blob streams failed)", reason=pick.reason)
+    one.__cause__ = pick
+    return one
 
 
 def _sweep_parts(tmpdir: Path, max_age: float) -> None:
@@ -388,8 +406,6 @@ class AgentCore:
                              host: str) -> ImportProgress:
         hexd = req.digest.split(":", 1)[1]
         lease = f"tote-import-{hexd[:32]}"
-        await self.cd.create_lease(lease, expire_in=IMPORT_LEASE_TTL,
-                                   labels={"tote.dev/import": req.digest})
         prog = ImportProgress(phase="resolving", path="fast" if self.fast_path else "api")
         if self.fast_path:
             await trio.to_thread.run_sync(_sweep_parts, Path(self.content_root) / "tote-tmp",
@@ -437,6 +453,11 @@ class AgentCore:
                 raise FailedPrecondition(
                     f"{prog.bytes_total} bytes would have to move, more than the limit of "
                     f"{req.max_bytes}", reason="too_large")
+            # The lease only now, when bytes are about to be written: a refused import (bad
+            # token, wrong peer, no such platform, too large) leaves nothing behind. It stays
+            # after a failed transfer so a retry resumes the in-flight ingests.
+            await self.cd.create_lease(lease, expire_in=IMPORT_LEASE_TTL,
+                                       labels={"tote.dev/import": req.digest})
             prog.phase = "transferring"
             await progress(prog)
             reporter = _Reporter(prog, progress)
@@ -450,7 +471,7 @@ class AgentCore:
                     # reporter.run ends once every fetch is done
                     reporter.expect(len(missing))
             except BaseExceptionGroup as eg:
-                leaf = single_leaf(eg)
+                leaf = _one_error(eg)
                 if leaf is eg:
                     raise
                 raise leaf from None
