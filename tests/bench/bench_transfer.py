@@ -11,8 +11,9 @@ and after), per GiB moved (2^30 bytes), with the share of each process.
 
 Run: `TOTE_CONTAINERD_VERSION=v2.4.2 python tests/bench/bench_transfer.py [--size-mib 1024]`
 (root; the pinned containerd built by tests/cluster/build-containerd.sh, or `system`).
-`--profile DIR` records py-spy profiles (collapsed stacks, native frames included) of both
-fast-path agents during the fast-path transfer into DIR. Prints MB/s (10^6 bytes/s).
+`--profile DIR` records, during the fast-path transfer, `perf record -g` of all four processes
+and py-spy profiles (collapsed stacks of on-CPU samples) of both agents into DIR; the CPU
+figures of a profiled run include the profilers' overhead. Prints MB/s (10^6 bytes/s).
 Not a timed test.
 """
 
@@ -121,14 +122,22 @@ async def api_copy(src_sock: str, dst_sock: str, blobs: list[tuple[str, int]]) -
 
 
 def profile(group: ProcessGroup, out: Path, procs: dict[str, int]) -> list[Proc]:
-    """py-spy (from the same venv) sampling each process, native frames included."""
+    """While the fast-path transfer runs: `perf record` of every process (user + kernel
+    time by library and symbol) when perf is installed, and py-spy (from this venv) of the
+    agents (Python call sites of on-CPU samples, native frames included)."""
     spy = Path(sys.executable).parent / "py-spy"
     out.mkdir(parents=True, exist_ok=True)
-    started = [group.start(f"py-spy-{n}", [str(spy), "record", "--native", "--idle",
-                                            "--rate", "200", "--format", "raw",
-                                            "-o", str(out / f"{n}.txt"), "-p", str(pid)])
-               for n, pid in procs.items()]
-    time.sleep(2)  # attached before the transfer starts
+    started = []
+    for n, pid in procs.items():
+        if shutil.which("perf"):
+            started.append(group.start(f"perf-{n}", ["perf", "record", "-F", "499", "-g",
+                                                     "-o", str(out / f"{n}.perf"),
+                                                     "-p", str(pid)]))
+        if n.startswith("agent") and spy.exists():
+            started.append(group.start(f"py-spy-{n}", [
+                str(spy), "record", "--native", "--nonblocking", "--rate", "200",
+                "--format", "raw", "-o", str(out / f"{n}.txt"), "-p", str(pid)]))
+    time.sleep(3)  # attached before the transfer starts
     return started
 
 
@@ -210,9 +219,7 @@ def main() -> None:
         print(results[-1], flush=True)
         fast_procs = {"agent-src": src_fast.proc.pid, "agent-dst": env.agents["b2"].proc.pid,
                       "ctd-src": a.proc.pid, "ctd-dst": env.nodes["b2"].proc.pid}
-        spies = profile(group, args.profile, {k: v for k, v in fast_procs.items()
-                                              if k.startswith("agent")}) \
-            if args.profile else []
+        spies = profile(group, args.profile, fast_procs) if args.profile else []
         meter = CpuMeter(fast_procs)
         meter.start()
         t0 = time.monotonic()
@@ -221,7 +228,7 @@ def main() -> None:
         wall = time.monotonic() - t0
         meter.stop()
         for spy in spies:
-            spy.stop(grace=30, sig=signal.SIGINT)  # py-spy writes its file on SIGINT
+            spy.stop(grace=60, sig=signal.SIGINT)  # both write their files on SIGINT
         results.append(("agents A→B, mTLS, fast path",
                         f"{mbps_fast:7.1f} MB/s ({100 * mbps_fast / ceiling:.0f}% of disk); "
                         f"{meter.per_gib(moved)}; "
