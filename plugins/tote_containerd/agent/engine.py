@@ -604,21 +604,21 @@ class AgentCore:
         part = tmpdir / f"{hexd}.part"
         if not final.exists():
             await trio.to_thread.run_sync(lambda: tmpdir.mkdir(parents=True, exist_ok=True))
-            offset = part.stat().st_size if part.exists() else 0
-            if offset > d.size:
-                offset = 0
+            offset = dataplane.resume_offset(part.stat().st_size if part.exists() else 0,
+                                             d.size)
             h = (await trio.to_thread.run_sync(_sha256_file_prefix, part, offset)
                  if offset else hashlib.sha256())
             if offset:
                 reporter.resumed(offset)
                 log.info("resuming %s (fast path) at %d of %d", d.digest, offset, d.size)
-            f = await trio.to_thread.run_sync(part.open, "ab" if offset else "wb")
+            f = await trio.to_thread.run_sync(dataplane.PartWriter, part, offset)
+            complete = False
             try:
                 pos = offset
 
                 def _put(data: bytes | memoryview) -> None:
-                    f.write(data)
                     h.update(data)
+                    f.write(data)
 
                 if pos < d.size and data_ep is not None:
                     pos += await self._fetch_data_channel(data_ep, session, d, pos, _put,
@@ -634,10 +634,12 @@ class AgentCore:
                             metrics.BYTES_RECEIVED.labels(path="fast").inc(len(data))
                 if pos != d.size:
                     raise Unavailable(f"{d.digest}: stream ended at {pos} of {d.size}")
-                await trio.to_thread.run_sync(f.flush)
-                await trio.to_thread.run_sync(os.fsync, f.fileno())
+                complete = True
             finally:
-                f.close()
+                # Complete: durable before containerd registers it. Interrupted: kept for a
+                # resume, which re-hashes the prefix anyway. Closed even when cancelled.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(functools.partial(f.close, sync=complete))
             if "sha256:" + h.hexdigest() != d.digest:
                 part.unlink(missing_ok=True)
                 metrics.DIGEST_MISMATCH.inc()
