@@ -58,3 +58,35 @@ def test_interrupted_then_resumed_at_a_block_boundary(tmp_path: Path) -> None:
     assert resume_offset(len(data) + 1, len(data)) == 0
     with pytest.raises(ValueError):
         PartWriter(path, 5)
+
+
+def test_source_sends_ranges_from_the_mapped_file(tmp_path: Path) -> None:
+    """The data channel's sender: exact ranges from a mapped blob file; a file shorter than
+    the range is an error, not a short send; an empty range sends nothing."""
+    import socket
+    import threading
+
+    from tote_containerd.agent.dataplane import _send_file
+
+    path = tmp_path / "blob"
+    data = random.Random(9).randbytes(CHUNK + 777)
+    path.write_bytes(data)
+    for offset, end in [(0, len(data)), (5, CHUNK + 1), (len(data), len(data))]:
+        a, b = socket.socketpair()
+        got = bytearray()
+
+        def reader(sock: socket.socket = b, out: bytearray = got) -> None:
+            while chunk := sock.recv(1 << 20):
+                out += chunk
+
+        t = threading.Thread(target=reader)
+        t.start()
+        with path.open("rb", buffering=0) as f:
+            assert _send_file(a, f, offset, end) == end - offset
+        a.close()
+        t.join()
+        b.close()
+        assert bytes(got) == data[offset:end]
+    with socket.socket() as s, path.open("rb", buffering=0) as f, \
+            pytest.raises(OSError, match="shorter"):
+        _send_file(s, f, 0, len(data) + 1)

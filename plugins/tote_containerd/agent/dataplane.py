@@ -168,19 +168,8 @@ class DataServer:
                 self._reply(conn, False, code=exc.code, message=str(exc))
                 return
             self._reply(conn, True, offset=offset, end=end, size=size)
-            sent = 0
-            buf = bytearray(CHUNK)
-            mv = memoryview(buf)
             with path.open("rb", buffering=0) as f:
-                f.seek(offset)
-                left = end - offset
-                while left:
-                    n = f.readinto(mv[:min(CHUNK, left)])
-                    if not n:
-                        raise OSError(f"{path} shorter than expected")
-                    conn.sendall(mv[:n])
-                    left -= n
-                    sent += n
+                sent = _send_file(conn, f, offset, end)
             metrics.BYTES_SENT.labels(path="fast").inc(sent)
         except (OSError, ValueError, ssl.SSLError, json.JSONDecodeError,
                 trio.RunFinishedError) as exc:
@@ -192,6 +181,30 @@ class DataServer:
     @staticmethod
     def _reply(conn: Any, ok: bool, **fields: Any) -> None:
         conn.sendall(json.dumps({"ok": ok, **fields}).encode() + b"\n")
+
+
+def _send_file(conn: Any, f: Any, offset: int, end: int) -> int:
+    """Send `f[offset:end]`, encrypting straight from the page cache (a read-only mapping):
+    a read() into a buffer first was a third of the source agent's CPU (perf:
+    `_copy_to_iter`). Blob files are immutable (content-addressed, only ever unlinked, which
+    leaves a mapping valid), so the mapping cannot lose pages under us. Returns bytes sent."""
+    if end <= offset:
+        return 0
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        if len(m) < end:
+            raise OSError(f"blob file shorter ({len(m)}) than expected ({end})")
+        if hasattr(m, "madvise"):
+            m.madvise(mmap.MADV_SEQUENTIAL)
+        view = memoryview(m)
+        try:
+            pos = offset
+            while pos < end:
+                n = min(CHUNK, end - pos)
+                conn.sendall(view[pos:pos + n])
+                pos += n
+        finally:
+            view.release()
+    return end - offset
 
 
 ALIGN = 4096  # O_DIRECT needs buffer, offset and length aligned to the logical block size
