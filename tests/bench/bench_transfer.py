@@ -12,7 +12,7 @@ and after), per GiB moved (2^30 bytes), with the share of each process.
 Run: `TOTE_CONTAINERD_VERSION=v2.4.2 python tests/bench/bench_transfer.py [--size-mib 1024]`
 (root; the pinned containerd built by tests/cluster/build-containerd.sh, or `system`).
 `--profile DIR` records, during the fast-path transfer, `perf record -g` of all four processes
-and py-spy profiles (collapsed stacks of on-CPU samples) of both agents into DIR; the CPU
+and py-spy profiles (collapsed stacks of on-CPU Python samples) of both agents into DIR; the CPU
 figures of a profiled run include the profilers' overhead. Prints MB/s (10^6 bytes/s).
 Not a timed test.
 """
@@ -128,7 +128,7 @@ async def api_copy(src_sock: str, dst_sock: str, blobs: list[tuple[str, int]]) -
 def profile(group: ProcessGroup, out: Path, procs: dict[str, int]) -> list[Proc]:
     """While the fast-path transfer runs: `perf record` of every process (user + kernel
     time by library and symbol) when perf is installed, and py-spy (from this venv) of the
-    agents (Python call sites of on-CPU samples, native frames included)."""
+    agents (Python call sites of on-CPU samples; time in C shows at the calling line)."""
     spy = Path(sys.executable).parent / "py-spy"
     out.mkdir(parents=True, exist_ok=True)
     started = []
@@ -139,7 +139,7 @@ def profile(group: ProcessGroup, out: Path, procs: dict[str, int]) -> list[Proc]
                                                      "-p", str(pid)]))
         if n.startswith("agent") and spy.exists():
             started.append(group.start(f"py-spy-{n}", [
-                str(spy), "record", "--native", "--nonblocking", "--rate", "200",
+                str(spy), "record", "--nonblocking", "--rate", "200",
                 "--format", "raw", "-o", str(out / f"{n}.txt"), "-p", str(pid)]))
     time.sleep(3)  # attached before the transfer starts
     return started
