@@ -54,6 +54,10 @@ def _fast_path_root(settings: AgentSettings, reported: str) -> str:
         return ""
     blobs = Path(root) / "blobs" / "sha256"
     try:
+        # containerd 1.x creates its content directory at the first write, so on an empty
+        # node it is not there yet; its parent (containerd's root) is, when it is mounted here.
+        if Path(root).parent.is_dir():
+            Path(root).mkdir(mode=0o711, exist_ok=True)
         if Path(root).is_dir() and os.access(root, os.R_OK | os.W_OK | os.X_OK):
             blobs.mkdir(parents=True, exist_ok=True)  # containerd creates it lazily too
             if os.access(blobs, os.R_OK | os.W_OK | os.X_OK):
