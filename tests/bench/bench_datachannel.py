@@ -97,6 +97,7 @@ def run(mode: str, d: Path, blob: Path, streams: int) -> tuple[float, float, flo
     pki = make_pki(d / "pki")
     ag = pki.agent
     port_file = d / f"port-{mode}"
+    port_file.unlink(missing_ok=True)  # from an earlier round
     server = subprocess.Popen([sys.executable, __file__, "--serve", mode, str(port_file),
                                str(blob), ag.cert, ag.key, ag.ca], start_new_session=True)
     try:
