@@ -251,6 +251,24 @@ class PartWriter:
                 raise ValueError("write to a closed blob file")
             self._write(memoryview(data))
 
+    def reserve(self) -> memoryview:
+        """The free part of the staging buffer, to receive into (then `advance`)."""
+        with self._lock:
+            if self._closed:
+                raise ValueError("write to a closed blob file")
+            return self._view[self._fill:]
+
+    def advance(self, n: int) -> None:
+        """`n` bytes were placed at the start of what `reserve` returned."""
+        with self._lock:
+            if self._closed:
+                raise ValueError("write to a closed blob file")
+            if not 0 <= n <= CHUNK - self._fill:
+                raise ValueError(f"advance by {n} with {CHUNK - self._fill} bytes free")
+            self._fill += n
+            if self._fill == CHUNK:
+                self._flush(CHUNK)
+
     def _write(self, mv: memoryview) -> None:
         while mv:
             n = min(len(mv), CHUNK - self._fill)
@@ -305,8 +323,11 @@ class PartWriter:
                 os.fsync(self._fd)
         finally:
             os.close(self._fd)
-            self._view.release()
-            self._buf.close()
+            # A view handed out by `reserve` may still be held by an abandoned download
+            # thread: then the mapping goes when that view does.
+            with contextlib.suppress(BufferError):
+                self._view.release()
+                self._buf.close()
 
 
 def resume_offset(size_on_disk: int, blob_size: int) -> int:
@@ -319,8 +340,11 @@ def resume_offset(size_on_disk: int, blob_size: int) -> int:
 
 def download(host: str, port: int, ssl_context: ssl.SSLContext | None, *, session: str,
              digest: str, offset: int, size: int, sink: Callable[[memoryview], None],
-             on_bytes: Callable[[int], None], stop: threading.Event) -> int:
+             on_bytes: Callable[[int], None], stop: threading.Event,
+             into: Callable[[], memoryview] | None = None) -> int:
     """Blocking: fetch `digest[offset:size]` and feed it to `sink` in ≤ 4 MiB pieces.
+    With `into` (e.g. `PartWriter.reserve`) bytes are received straight into the free space
+    it returns and `sink` is handed that part of it (no copy); else into a buffer of our own.
     Returns the number of bytes received. Raises `errors.AgentError` for refusals and
     `ConnectionError`/`OSError` for transport failures (callers may fall back)."""
     raw = socket.create_connection((host, port), timeout=IO_TIMEOUT)
@@ -349,27 +373,39 @@ def download(host: str, port: int, ssl_context: ssl.SSLContext | None, *, sessio
             raise errors.DataLoss(f"{digest}: source offered an unexpected range {meta}")
         want = size - offset
         got = 0
-        buf = bytearray(CHUNK)
-        mv = memoryview(buf)
-        if rest:
-            if len(rest) > want:
-                raise errors.DataLoss(f"{digest}: source sent more bytes than the blob has")
-            sink(memoryview(rest))
-            got += len(rest)
-            on_bytes(len(rest))
+        own = memoryview(bytearray(CHUNK)) if into is None else None
+
+        def space() -> memoryview:
+            if own is not None:
+                return own
+            assert into is not None
+            return into()
+
+        if len(rest) > want:
+            raise errors.DataLoss(f"{digest}: source sent more bytes than the blob has")
+        extra = memoryview(rest)
+        while extra:  # bytes that came with the reply line
+            target = space()
+            n = min(len(target), len(extra))
+            target[:n] = extra[:n]
+            sink(target[:n])
+            extra = extra[n:]
+            got += n
+            on_bytes(n)
         while got < want:
             if stop.is_set():
                 raise ConnectionAbortedError("cancelled")
+            target = space()
             pos = 0
-            limit = min(CHUNK, want - got)
+            limit = min(len(target), want - got)
             while pos < limit:
-                n = conn.recv_into(mv[pos:limit])
+                n = conn.recv_into(target[pos:limit])
                 if not n:
                     break
                 pos += n
             if pos == 0:
                 raise ConnectionError(f"{digest}: stream ended at {offset + got} of {size}")
-            sink(mv[:pos])
+            sink(target[:pos])
             got += pos
             on_bytes(pos)
         return got

@@ -620,9 +620,13 @@ class AgentCore:
                     h.update(data)
                     f.write(data)
 
+                def _received(view: memoryview) -> None:  # already in f's buffer
+                    h.update(view)
+                    f.advance(len(view))
+
                 if pos < d.size and data_ep is not None:
-                    pos += await self._fetch_data_channel(data_ep, session, d, pos, _put,
-                                                          reporter)
+                    pos += await self._fetch_data_channel(data_ep, session, d, pos, _received,
+                                                          reporter, into=f.reserve)
                 if pos < d.size:
                     async with peer.read_blob(session, d.digest, pos) as chunks:
                         async for off, data, total in chunks:
@@ -652,7 +656,8 @@ class AgentCore:
 
     async def _fetch_data_channel(self, data_ep: tuple[str, int], session: str, d: oci.Desc,
                                   offset: int, sink: Callable[[memoryview], None],
-                                  reporter: _Reporter) -> int:
+                                  reporter: _Reporter,
+                                  into: Callable[[], memoryview] | None = None) -> int:
         """Bulk bytes over the data channel (worker thread). Returns bytes written to `sink`;
         on a transport failure the caller continues from there over gRPC."""
         token = trio.lowlevel.current_trio_token()
@@ -670,7 +675,7 @@ class AgentCore:
         fetch = functools.partial(
             dataplane.download, data_ep[0], data_ep[1], self.data_ssl, session=session,
             digest=d.digest, offset=offset, size=d.size, sink=counted, on_bytes=on_bytes,
-            stop=stop)
+            stop=stop, into=into)
         try:
             await trio.to_thread.run_sync(fetch, **_ABANDON)
         except (OSError, ValueError) as exc:
