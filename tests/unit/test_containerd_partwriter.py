@@ -132,3 +132,28 @@ async def test_download_straight_into_the_part_file(tmp_path: Path) -> None:
             assert part.read_bytes() == data
             assert h.hexdigest() == hashlib.sha256(data).hexdigest()
         nursery.cancel_scope.cancel()
+
+
+def test_peer_gone_mid_send_is_an_os_error(tmp_path: Path) -> None:
+    """A receiver that disappears mid-blob: the sender sees the connection error, not a
+    BufferError from closing the mapping (which used to end the whole source agent)."""
+    import socket
+
+    from tote_containerd.agent.dataplane import _send_file
+
+    path = tmp_path / "blob"
+    path.write_bytes(random.Random(11).randbytes(3 * CHUNK))
+    a, b = socket.socketpair()
+    b.close()
+    with path.open("rb", buffering=0) as f, pytest.raises(OSError):
+        _send_file(a, f, 0, 3 * CHUNK)
+    a.close()
+
+    class TlsLike:
+        """Like `SSLSocket.sendall`, a Python frame that holds the data when it raises."""
+
+        def sendall(self, data: memoryview) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    with path.open("rb", buffering=0) as f, pytest.raises(BrokenPipeError):
+        _send_file(TlsLike(), f, 0, 3 * CHUNK)

@@ -130,6 +130,8 @@ class DataServer:
         try:
             await trio.to_thread.run_sync(self._serve, conn, limiter=self._threads,
                                           **_ABANDON)
+        except Exception:  # a bug in serving one connection must not end the agent
+            log.exception("data connection crashed")
         finally:
             # On cancellation (agent stopping) wake the thread if it is blocked in I/O.
             with contextlib.suppress(OSError):
@@ -190,20 +192,25 @@ def _send_file(conn: Any, f: Any, offset: int, end: int) -> int:
     leaves a mapping valid), so the mapping cannot lose pages under us. Returns bytes sent."""
     if end <= offset:
         return 0
-    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+    m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
         if len(m) < end:
             raise OSError(f"blob file shorter ({len(m)}) than expected ({end})")
         if hasattr(m, "madvise"):
             m.madvise(mmap.MADV_SEQUENTIAL)
         view = memoryview(m)
-        try:
-            pos = offset
-            while pos < end:
-                n = min(CHUNK, end - pos)
-                conn.sendall(view[pos:pos + n])
-                pos += n
-        finally:
-            view.release()
+        pos = offset
+        while pos < end:
+            n = min(CHUNK, end - pos)
+            conn.sendall(view[pos:pos + n])
+            pos += n
+        view.release()
+    finally:
+        # When sending failed (peer gone), the exception's traceback still references the
+        # slice being sent: closing now would raise BufferError over the real error. The
+        # mapping then goes with the last reference.
+        with contextlib.suppress(BufferError):
+            m.close()
     return end - offset
 
 
