@@ -60,6 +60,17 @@ class PermanentError(ToteError):
         self.reason = reason
 
 
+class RegistryError(ToteError):
+    """A registry lookup or push failed.
+
+    `reason` is a bounded word: `unauthorized`, `not_found`, `unreachable` or `error`.
+    """
+
+    def __init__(self, message: str, *, reason: str = "error") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def leaves(exc: BaseException) -> list[BaseException]:
     """The exceptions inside (nested) exception groups, depth first, without trio's
     `Cancelled` (a sibling's failure cancels the rest of a nursery; that is no cause).

@@ -6,6 +6,7 @@ tote's event (next to the latency of the same change reaching a plain watch clie
 API server's own floor, measured in the same run).
 
 Run: python -m tests.bench.bench_detection [--pods 5000] [--nodes 200] [--samples 200]
+[--subscribers N] (N `tote status --follow --json` viewers connected while measuring)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import trio
 
 from tests.cluster.controller import ControllerProcess
 from tests.cluster.controlplane import ControlPlane, binaries_dir, start_control_plane
-from tests.cluster.procs import wait_until
+from tests.cluster.procs import ProcessGroup, wait_until
 
 DIGEST = "sha256:" + "d" * 64
 REPO = "127.0.0.1:5999/bench"
@@ -91,7 +92,8 @@ async def populate(cp: ControlPlane, pods: int, nodes: int) -> float:
     return time.monotonic() - t0
 
 
-async def measure_latency(cp: ControlPlane, samples: int) -> tuple[list[float], list[float]]:
+async def measure_latency(cp: ControlPlane, samples: int, pods: int
+                          ) -> tuple[list[float], list[float]]:
     """Patch `samples` pods to ErrImagePull; time (a) a plain pod watch seeing it, (b) the event."""
     sent: dict[str, float] = {}
     seen_watch: dict[str, float] = {}
@@ -127,7 +129,7 @@ async def measure_latency(cp: ControlPlane, samples: int) -> tuple[list[float], 
             n.start_soon(watch, "/apis/events.k8s.io/v1/events", seen_event, event_key)
             await trio.sleep(2)
             for i in range(samples):
-                idx = i * 23 % 5000
+                idx = i * 23 % pods  # distinct: samples <= pods, 23 ∤ pods (main)
                 ns, name = f"bench-{idx % NS_COUNT}", f"p-{idx}"
                 key = f"{ns}/{name}"
                 body = {"status": {"containerStatuses": [{
@@ -161,7 +163,12 @@ def main() -> None:
     ap.add_argument("--pods", type=int, default=5000)
     ap.add_argument("--nodes", type=int, default=200)
     ap.add_argument("--samples", type=int, default=200)
+    ap.add_argument("--subscribers", type=int, default=0,
+                    help="`tote status --follow --json` viewers connected while measuring")
     args = ap.parse_args()
+    if args.samples > args.pods or args.pods % 23 == 0:
+        ap.error("--samples must not exceed --pods, and --pods must not be a multiple of 23 "
+                 "(each sample patches a different pod)")
     bins = binaries_dir(build=True)
     assert bins is not None
     work = Path(tempfile.mkdtemp(prefix="tote-bench-"))
@@ -183,10 +190,19 @@ def main() -> None:
         ctl.start()
         sync = time.monotonic() - t0
         wait_until(ctl.leading, timeout=30, what="leads")
+        viewers = ProcessGroup(work / "viewers")
+        followers = [viewers.start(f"status-{i}", [
+            sys.executable, "-m", "tote_core.cli", "status", "--follow", "--json",
+            f"--url={ctl.status_url}"]) for i in range(args.subscribers)]
+        for f in followers:
+            wait_until(lambda f=f: '"type":"synced"' in f.log_path.read_text(), timeout=60,
+                       what=f"{f.name} synced", proc=f)
+        if args.subscribers:
+            print(f"{args.subscribers} status feed subscriber(s) connected and synced")
         time.sleep(2)
         assert ctl.proc is not None
         rss = rss_mib(ctl.proc.pid)
-        watch_lat, event_lat = trio.run(measure_latency, cp, args.samples)
+        watch_lat, event_lat = trio.run(measure_latency, cp, args.samples, args.pods)
         rss_after = rss_mib(ctl.proc.pid)
         print(f"controller ready (caches synced) after start: {sync:.2f}s")
         print(f"controller RSS after sync: {rss:.1f} MiB "
@@ -199,6 +215,9 @@ def main() -> None:
         print(f"pod status change → tote ImageSalvageable event seen: "
               f"p50 {pct(event_lat, 50):.0f} ms, p99 {pct(event_lat, 99):.0f} ms "
               f"(n={len(event_lat)}/{args.samples})")
+        for f in followers:  # the feed really carried the incidents being measured
+            seen = f.log_path.read_text().count('"phase":"ImageSalvageable"')
+            print(f"{f.name} received {seen} ImageSalvageable incident messages")
         if event_lat and watch_lat:
             print(f"tote's own share at p50: {pct(event_lat, 50) - pct(watch_lat, 50):.0f} ms "
                   f"(includes the event write and its watch delivery); mean "
@@ -206,6 +225,8 @@ def main() -> None:
     finally:
         if ctl is not None:
             ctl.stop()
+        if "viewers" in locals():
+            viewers.stop_all()
         cp.stop()
         if os.environ.get("TOTE_BENCH_KEEP") is None:
             subprocess.run(["rm", "-rf", str(work)], check=False)

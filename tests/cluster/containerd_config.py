@@ -28,7 +28,8 @@ _DAEMON = """root = "{d}/root"
 state = "{d}/state"
 """
 
-# Where the daemon's own endpoints are configured: top-level tables up to version 3, server
+# Unix socket paths are limited to 104 bytes, and pytest's tmp dirs are long: the ttrpc socket
+# gets a short name of its own. Where the daemon's own endpoints are configured: top-level tables up to version 3, server
 # plugins from version 4 (a version-4 file with a top-level [grpc] table is silently ignored and
 # the daemon binds /run/containerd/containerd.sock).
 _SERVERS_UP_TO_V3 = """
@@ -36,7 +37,7 @@ _SERVERS_UP_TO_V3 = """
   address = "{sock}"
 
 [ttrpc]
-  address = "{sock}.ttrpc"
+  address = "{d}/ttrpc.sock"
 
 [debug]
   address = "{d}/debug.sock"
@@ -54,7 +55,7 @@ _SERVERS_V4 = """
   address = "{sock}"
 
 [plugins.'io.containerd.server.v1.ttrpc']
-  address = "{sock}.ttrpc"
+  address = "{d}/ttrpc.sock"
 
 [plugins.'io.containerd.server.v1.debug']
   address = "{d}/debug.sock"
