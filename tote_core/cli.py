@@ -16,7 +16,7 @@ import msgspec
 import trio
 
 from tote_core import __version__, logs, tlsfiles
-from tote_core.errors import ConfigError
+from tote_core.errors import ConfigError, leaves
 from tote_core.settings import AgentSettings, ControllerSettings, parse_args
 
 log = logging.getLogger("tote")
@@ -121,12 +121,6 @@ def _doctor(argv: Sequence[str]) -> int:
     return doctor_command.run(argv)
 
 
-def _first_leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
-
-
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "controller": (_controller, "run the controller (detection, salvage orchestration)"),
     "agent": (_agent, "run the node agent (containerd access, transfers)"),
@@ -160,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         matched, _ = group.split(ConfigError)
         if matched is None:
             raise
-        print(f"tote {args[0]}: {_first_leaf(matched)}", file=sys.stderr)
+        print(f"tote {args[0]}: {leaves(matched)[0]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

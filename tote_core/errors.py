@@ -69,3 +69,27 @@ class RegistryError(ToteError):
     def __init__(self, message: str, *, reason: str = "error") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, depth first, without trio's
+    `Cancelled` (a sibling's failure cancels the rest of a nursery; that is no cause).
+
+    Why one helper: trio nurseries wrap whatever escapes them in groups, and parallel work
+    (blob streams of one import, tasks of a component) fails together; every caller that
+    turns such a group into one status or message walks it the same way."""
+    import trio
+
+    if not isinstance(exc, BaseExceptionGroup):
+        return [] if isinstance(exc, trio.Cancelled) else [exc]
+    out: list[BaseException] = []
+    for sub in exc.exceptions:
+        out.extend(leaves(sub))
+    return out
+
+
+def single_leaf(exc: BaseException) -> BaseException:
+    """The one meaningful exception inside (nested) exception groups; `exc` itself when
+    there is not exactly one."""
+    found = leaves(exc)
+    return found[0] if len(found) == 1 else exc

@@ -5,15 +5,26 @@ mTLS, API path and fast path, next to baselines measured in the same run:
 * one-process containerd → containerd copy through the content API (no agents, no TLS);
 * dedupe: bytes moved for a second image that shares 3 of its 4 layers.
 
-Run: `python tests/bench/bench_transfer.py [--size-mib 1024]` (root; containerd installed).
-Prints MB/s (10^6 bytes/s). Not a timed test.
+Each agent transfer is also charged its CPU time: user+system seconds of the four processes
+that do the work (source agent, target agent, both containerds; from /proc/<pid>/stat before
+and after), per GiB moved (2^30 bytes), with the share of each process.
+
+Run: `TOTE_CONTAINERD_VERSION=v2.4.2 python tests/bench/bench_transfer.py [--size-mib 1024]`
+(root; the pinned containerd built by tests/cluster/build-containerd.sh, or `system`).
+`--profile DIR` records, during the fast-path transfer, `perf record -g` of all four processes
+and py-spy profiles (collapsed stacks of on-CPU Python samples) of both agents into DIR; the CPU
+figures of a profiled run include the profilers' overhead. Prints MB/s (10^6 bytes/s).
+Not a timed test.
 """
 
 from __future__ import annotations
 
 import argparse
+import mmap
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,39 +35,62 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
 import trio  # noqa: E402
 
-from tests.cluster.procs import ProcessGroup  # noqa: E402
+from tests.cluster import versions  # noqa: E402
+from tests.cluster.procs import Proc, ProcessGroup  # noqa: E402
 from tests.images.build import CACHE, layered_image  # noqa: E402
 from tests.integration.containerd.certs import make_pki  # noqa: E402
 from tests.integration.containerd.nodes import Env, start_node  # noqa: E402
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """user+system CPU time of processes (and their reaped children) so far."""
+def cpu_seconds(pid: int) -> float:
+    """user+system CPU time of a process (and its reaped children) so far."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(x) for x in fields[11:15]) / tick
-    return total
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / tick
 
 
-def disk_ceiling(d: Path, size: int) -> float:
-    buf = os.urandom(4 * MiB)
+class CpuMeter:
+    """CPU seconds spent by named processes between `start()` and `stop()`."""
+
+    def __init__(self, procs: dict[str, int]) -> None:
+        self.procs = procs
+        self._t0: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._t0 = {n: cpu_seconds(p) for n, p in self.procs.items()}
+
+    def stop(self) -> None:
+        self.used = {n: cpu_seconds(p) - self._t0[n] for n, p in self.procs.items()}
+
+    def per_gib(self, nbytes: int) -> str:
+        gib = nbytes / GiB
+        total = sum(self.used.values()) / gib
+        parts = ", ".join(f"{n} {v / gib:.2f}" for n, v in self.used.items())
+        return f"{total:.2f} CPU-s/GiB ({parts})"
+
+
+def disk_ceiling(d: Path, size: int, *, direct: bool = False) -> float:
+    """MB/s writing `size` random bytes in 4 MiB pieces and fsync: through the page cache,
+    or with O_DIRECT (how the fast path's target writes blob files)."""
+    buf = mmap.mmap(-1, 4 * MiB)  # page aligned, as O_DIRECT needs
+    buf.write(os.urandom(4 * MiB))
     p = d / "disk-ceiling.bin"
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_DIRECT if direct else 0))
     t = time.monotonic()
-    with p.open("wb") as f:
+    try:
         left = size
         while left:
-            n = min(left, len(buf))
-            f.write(buf[:n])
-            left -= n
-        f.flush()
-        os.fsync(f.fileno())
+            left -= os.write(fd, memoryview(buf)[:min(left, len(buf))])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     dt = time.monotonic() - t
     p.unlink()
     return size / dt / 1e6
@@ -91,6 +125,26 @@ async def api_copy(src_sock: str, dst_sock: str, blobs: list[tuple[str, int]]) -
     return total / dt / 1e6
 
 
+def profile(group: ProcessGroup, out: Path, procs: dict[str, int]) -> list[Proc]:
+    """While the fast-path transfer runs: `perf record` of every process (user + kernel
+    time by library and symbol) when perf is installed, and py-spy (from this venv) of the
+    agents (Python call sites of on-CPU samples; time in C shows at the calling line)."""
+    spy = Path(sys.executable).parent / "py-spy"
+    out.mkdir(parents=True, exist_ok=True)
+    started = []
+    for n, pid in procs.items():
+        if shutil.which("perf"):
+            started.append(group.start(f"perf-{n}", ["perf", "record", "-F", "499", "-g",
+                                                     "-o", str(out / f"{n}.perf"),
+                                                     "-p", str(pid)]))
+        if n.startswith("agent") and spy.exists():
+            started.append(group.start(f"py-spy-{n}", [
+                str(spy), "record", "--nonblocking", "--rate", "200",
+                "--format", "raw", "-o", str(out / f"{n}.txt"), "-p", str(pid)]))
+    time.sleep(3)  # attached before the transfer starts
+    return started
+
+
 async def agent_copy(env: Env, src_ep: str, target: str, digest: str, name: str
                      ) -> tuple[float, int]:
     from tote_containerd.agent.api import ImportRequest
@@ -111,7 +165,16 @@ async def agent_copy(env: Env, src_ep: str, target: str, digest: str, name: str
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="directory for py-spy profiles of the fast-path agents")
     args = ap.parse_args()
+    ctd = versions.use_containerd()
+    if ctd is None:
+        sys.exit(f"containerd {versions.pin('CONTAINERD_VERSION')} is not built "
+                 "(bash tests/cluster/build-containerd.sh)")
+    ctd_version = subprocess.run(["containerd", "--version"], capture_output=True,
+                                 text=True).stdout.split()[2]
+    print(f"containerd {ctd_version} from {ctd}", flush=True)
     size = args.size_mib * MiB
     layer = size // 4
     spool = CACHE / "bench"
@@ -137,7 +200,12 @@ def main() -> None:
         print(f"load average: {os.getloadavg()}", flush=True)
 
         ceiling = disk_ceiling(base, size)
-        results.append((f"disk write ceiling ({args.size_mib} MiB, fsync)", f"{ceiling:7.1f} MB/s"))
+        results.append((f"disk write ceiling ({args.size_mib} MiB, page cache + fsync)",
+                        f"{ceiling:7.1f} MB/s"))
+        print(results[-1], flush=True)
+        direct = disk_ceiling(base, size, direct=True)
+        results.append((f"disk write ceiling ({args.size_mib} MiB, O_DIRECT + fsync)",
+                        f"{direct:7.1f} MB/s"))
         print(results[-1], flush=True)
 
         blobs = [(x.digest, x.size) for x in img.blobs]
@@ -150,18 +218,31 @@ def main() -> None:
         env.agents["b1"] = env.agent("b1", "--no-fast-path")
         env.agents["b2"] = env.agent("b2")
 
-        mbps, _ = trio.run(agent_copy, env, src_api.endpoint, "b1", img.digest, img.name)
-        results.append(("agents A→B, mTLS, API path", f"{mbps:7.1f} MB/s"))
+        meter = CpuMeter({"agent-src": src_api.proc.pid, "agent-dst": env.agents["b1"].proc.pid,
+                          "ctd-src": a.proc.pid, "ctd-dst": env.nodes["b1"].proc.pid})
+        meter.start()
+        mbps, moved = trio.run(agent_copy, env, src_api.endpoint, "b1", img.digest, img.name)
+        meter.stop()
+        results.append(("agents A→B, mTLS, API path",
+                        f"{mbps:7.1f} MB/s; {meter.per_gib(moved)}"))
         print(results[-1], flush=True)
-        pids = [src_fast.proc.pid, env.agents["b2"].proc.pid, a.proc.pid,
-                env.nodes["b2"].proc.pid]
-        cpu0, t0 = cpu_seconds(pids), time.monotonic()
-        mbps_fast, _ = trio.run(agent_copy, env, src_fast.endpoint, "b2", img.digest,
-                                img.name)
-        cpu = (cpu_seconds(pids) - cpu0) / (time.monotonic() - t0)
+        fast_procs = {"agent-src": src_fast.proc.pid, "agent-dst": env.agents["b2"].proc.pid,
+                      "ctd-src": a.proc.pid, "ctd-dst": env.nodes["b2"].proc.pid}
+        spies = profile(group, args.profile, fast_procs) if args.profile else []
+        meter = CpuMeter(fast_procs)
+        meter.start()
+        t0 = time.monotonic()
+        mbps_fast, moved = trio.run(agent_copy, env, src_fast.endpoint, "b2", img.digest,
+                                    img.name)
+        wall = time.monotonic() - t0
+        meter.stop()
+        for spy in spies:
+            spy.stop(grace=60, sig=signal.SIGINT)  # both write their files on SIGINT
         results.append(("agents A→B, mTLS, fast path",
-                         f"{mbps_fast:7.1f} MB/s ({100 * mbps_fast / ceiling:.0f}% of disk; "
-                         f"agents+containerds used {cpu:.2f} of {os.cpu_count()} CPUs)"))
+                        f"{mbps_fast:7.1f} MB/s ({100 * mbps_fast / ceiling:.0f}% / "
+                        f"{100 * mbps_fast / direct:.0f}% of the two disk ceilings); "
+                        f"{meter.per_gib(moved)}; "
+                        f"{sum(meter.used.values()) / wall:.2f} of {os.cpu_count()} CPUs busy"))
         print(results[-1], flush=True)
         _, moved = trio.run(agent_copy, env, src_fast.endpoint, "b2", img2.digest, img2.name)
         whole = sum(x.size for x in img2.blobs)
@@ -169,13 +250,16 @@ def main() -> None:
                         f"{moved} of {whole} bytes moved"))
         print(results[-1], flush=True)
         after = disk_ceiling(base, size)
-        results.append(("disk write ceiling again, after the transfers", f"{after:7.1f} MB/s"))
+        after_d = disk_ceiling(base, size, direct=True)
+        results.append(("disk write ceilings again, after the transfers",
+                        f"{after:7.1f} / {after_d:.1f} MB/s"))
         print(results[-1], flush=True)
         results.append(("load average at the end", " ".join(f"{x:.2f}" for x in os.getloadavg())))
     finally:
         group.stop_all()
         shutil.rmtree(base, ignore_errors=True)
-    print("\n| measurement | result |\n|---|---|")
+    print(f"\ncontainerd {ctd_version}, {args.size_mib} MiB image")
+    print("| measurement | result |\n|---|---|")
     for k, v in results:
         print(f"| {k} | {v.strip()} |")
 

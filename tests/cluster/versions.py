@@ -106,11 +106,12 @@ def containerd_config_version(binary: str = "containerd") -> int:
     out = subprocess.run(
         [binary, "config", "default"], capture_output=True, text=True, check=True
     ).stdout
-    first = out.lstrip().splitlines()[0]  # "version = 4"
-    key, _, value = first.partition("=")
-    if key.strip() != "version":
-        raise RuntimeError(f"cannot read the config version from {first!r}")
-    return int(value.strip())
+    # "version = 4" is the first line in 2.x; 1.7 prints it after other top-level keys.
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "version" and not line[:1].isspace():
+            return int(value.strip())
+    raise RuntimeError(f"cannot read the config version from {out[:200]!r}")
 
 
 def containerd_major(binary: str = "containerd") -> int:

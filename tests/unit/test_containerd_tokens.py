@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from tote_containerd.agent.errors import PermissionDenied, Unauthenticated
 from tote_containerd.agent.tls import identity_of
 from tote_containerd.agent.tokens import Signer, Verifier, describe
 
-from tests.integration.containerd.certs import PKI, make_pki
+from tests.integration.containerd.certs import PKI, Identity, issue, make_intermediate, make_pki
 
 D = "sha256:" + "d" * 64
 
@@ -88,3 +92,54 @@ def test_identities() -> None:
         == "controller"
     assert identity_of({"subject": ((("commonName", "tote-agent-7"),),)}).role == "agent"
     assert identity_of({"subjectAltName": (("URI", "spiffe://tote/admin"),)}).role is None
+
+
+def _mint(ident: Identity) -> str:
+    return Signer(ident.cert, ident.key).mint(digest=D, source="a", target="b", ttl=60)
+
+
+def test_signer_chain_through_an_intermediate(pki: PKI, tmp_path: Path) -> None:
+    """A controller certificate issued by an intermediate CA: the token carries the
+    intermediate and validates as a chain to the tote root (it used to be refused: only a
+    certificate directly issued by the CA was accepted)."""
+    inter = make_intermediate(tmp_path, pki.root, "tote-intermediate")
+    ctl = issue(tmp_path, inter, "ctl-via-intermediate", "spiffe://tote/controller",
+                chain=[inter[0]], root=pki.root[2])
+    tok = _mint(ctl)
+    assert len(tok.split(".")[2].split("~")) == 2
+    assert Verifier(pki.controller.ca).verify(tok, source="a", target="b").digest == D
+    # Without the intermediate in the token there is no chain to the root.
+    bare = issue(tmp_path, inter, "ctl-bare", "spiffe://tote/controller", root=pki.root[2])
+    with pytest.raises(Unauthenticated, match="chain"):
+        Verifier(pki.controller.ca).verify(_mint(bare), source="a", target="b")
+
+
+@pytest.mark.parametrize("case", ["cn-only", "is-ca", "no-client-auth", "expired",
+                                  "issued-by-leaf", "too-many-certs"])
+def test_signer_role_and_chain_refusals(pki: PKI, tmp_path: Path, case: str) -> None:
+    """Signer certificates from the tote CA that are not a controller identity in a valid
+    chain: each refused as unauthenticated (the first three were accepted before)."""
+    ca = pki.root
+    if case == "cn-only":  # controller CN, but no SAN URI: no role
+        tok = _mint(issue(tmp_path, ca, "tote-controller", None))
+    elif case == "is-ca":  # a CA certificate cannot sign tokens
+        tok = _mint(issue(tmp_path, ca, "ctl-ca", "spiffe://tote/controller", is_ca=True))
+    elif case == "no-client-auth":  # key usage restricted to servers
+        tok = _mint(issue(tmp_path, ca, "ctl-server", "spiffe://tote/controller",
+                          client_auth=False))
+    elif case == "expired":
+        tok = _mint(issue(tmp_path, ca, "ctl-old", "spiffe://tote/controller",
+                          valid_for=dt.timedelta(minutes=-1)))
+    elif case == "issued-by-leaf":  # the agent's (non-CA) key used as an issuer
+        agent_cert = x509.load_pem_x509_certificate(Path(pki.agent.cert).read_bytes())
+        agent_key = serialization.load_pem_private_key(Path(pki.agent.key).read_bytes(), None)
+        assert isinstance(agent_key, ec.EllipticCurvePrivateKey)
+        fake = issue(tmp_path, (agent_cert, agent_key, Path(pki.agent.ca)), "ctl-by-agent",
+                     "spiffe://tote/controller", chain=[agent_cert])
+        tok = _mint(fake)
+    else:
+        parts = _mint(pki.controller).split(".")
+        parts[2] = "~".join([parts[2]] * 5)
+        tok = ".".join(parts)
+    with pytest.raises(Unauthenticated):
+        Verifier(pki.controller.ca).verify(tok, source="a", target="b")

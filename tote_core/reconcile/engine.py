@@ -14,7 +14,7 @@ import msgspec
 import trio
 
 from tote_core import metrics
-from tote_core.errors import PermanentError
+from tote_core.errors import KubeError, PermanentError, RetryLater
 from tote_core.reconcile.queue import WorkQueue
 
 log = logging.getLogger("tote.reconcile")
@@ -68,12 +68,18 @@ class Engine:
             log.warning("%s: %s: %s (not retried)", self.name, key, exc)
             self.queue.forget(key)
             return
-        except Exception as exc:
+        except (RetryLater, KubeError) as exc:  # expected: transient, said in one line
             metrics.RECONCILE_ERRORS.labels(self.name, "error").inc()
             delay = self.queue.add_rate_limited(key)
             log.warning("%s: reconcile of %s failed: %s: %s; retry in %.1fs",
                         self.name, key, type(exc).__name__, exc, delay,
                         exc_info=log.isEnabledFor(logging.DEBUG))
+            return
+        except Exception as exc:  # unexpected (a bug): loud, with its traceback
+            metrics.RECONCILE_ERRORS.labels(self.name, "error").inc()
+            delay = self.queue.add_rate_limited(key)
+            log.error("%s: reconcile of %s failed unexpectedly: %s: %s; retry in %.1fs",
+                      self.name, key, type(exc).__name__, exc, delay, exc_info=exc)
             return
         self.queue.forget(key)
         if result is not None and result.requeue_after is not None:

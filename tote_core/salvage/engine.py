@@ -335,6 +335,12 @@ class SalvageEngine:
             )
         else:
             text = f"Image {inc.image_ref} ({inc.digest}) is {note}; nothing to move."
+            total = record.status.bytes_total
+            if total and record.status.bytes_transferred != total:
+                # A transfer another leader started finished without its last progress
+                # report being written: the image is whole, so is the progress.
+                status.update({"bytesTransferred": total,
+                               "progress": planner.progress_text(total, total)})
         await self.records.patch_status(job.namespace, job.record, status)
         if moved is not None:
             # After the record says Completed: nothing on_salvaged does (e.g. the backup

@@ -47,6 +47,10 @@ def _fast_path_root(settings: AgentSettings, reported: str) -> str:
         return ""
     blobs = Path(root) / "blobs" / "sha256"
     try:
+        # containerd 1.x creates its content directory at the first write, so on an empty
+        # node it is not there yet; its parent (containerd's root) is, when it is mounted here.
+        if Path(root).parent.is_dir():
+            Path(root).mkdir(mode=0o711, exist_ok=True)
         if Path(root).is_dir() and os.access(root, os.R_OK | os.W_OK | os.X_OK):
             blobs.mkdir(parents=True, exist_ok=True)  # containerd creates it lazily too
             if os.access(blobs, os.R_OK | os.W_OK | os.X_OK):
@@ -106,6 +110,8 @@ async def _run(settings: AgentSettings, *, task_status: trio.TaskStatus[None]) -
             if secure else None
         peer_ctx = tls.client_context(settings.tls_cert, settings.tls_key, settings.tls_ca) \
             if secure else None
+        data_ctx = tls.data_server_context(settings.tls_cert, settings.tls_key,
+                                           settings.tls_ca) if secure else None
         verifier = Verifier(settings.tls_ca if secure else "")
     except (ssl.SSLError, OSError, ValueError) as exc:
         raise ConfigError(f"cannot use the TLS files (--tls-cert {settings.tls_cert}, "
@@ -156,7 +162,7 @@ async def _run(settings: AgentSettings, *, task_status: trio.TaskStatus[None]) -
                         raise _listen_error("--metrics-port", settings.listen_address,
                                             settings.metrics_port, exc) from None
                     if core.fast_path and settings.data_port:
-                        data = dataplane.DataServer(core.authorise_file_read, server_ctx)
+                        data = dataplane.DataServer(core.authorise_file_read, data_ctx)
                         try:
                             core.data_port = await nursery.start(
                                 data.run, settings.listen_address, settings.data_port)

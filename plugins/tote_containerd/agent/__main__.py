@@ -8,6 +8,7 @@ import sys
 
 import trio
 
+from tote_core import logs
 from tote_core.errors import ConfigError
 from tote_core.settings import AgentSettings, parse_args
 
@@ -20,15 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tote agent: {exc}", file=sys.stderr)
         return 2
-    level = getattr(logging, settings.log_level.upper())
-    if settings.log_format == "json":
-        fmt = ('{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s",'
-               '"message":"%(message)s"}')
-    else:
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
-    for noisy in ("hpack", "h2", "grpclib", "asyncio", "trio-asyncio"):
-        logging.getLogger(noisy).setLevel(max(level, logging.INFO))
+    logs.setup(settings.log_format, settings.log_level)  # the same set-up as `tote agent`
 
     from tote_containerd.agent import run
 

@@ -43,7 +43,7 @@ from tote_containerd.agent.errors import (
     NotFound,
     PermissionDenied,
     Unavailable,
-    single_leaf,
+    leaves,
 )
 from tote_containerd.agent.tls import Identity
 from tote_containerd.agent.tokens import Verifier
@@ -98,6 +98,24 @@ def _place(part: Path, final: Path) -> bool:
     with contextlib.suppress(FileExistsError):
         os.link(part, final)
     return True
+
+
+def _one_error(eg: BaseExceptionGroup[Any]) -> BaseException:
+    """One status for an import whose parallel blob streams failed together (a source that
+    goes away fails every stream at once): the most telling agent error — bytes that do not
+    match their digest or a refusal before a lost connection — naming how many streams
+    failed. Anything that is not an agent error stays a group (a bug: INTERNAL)."""
+    errs = [e for e in leaves(eg) if isinstance(e, AgentError)]
+    if not errs or len(errs) != len(leaves(eg)):
+        return eg
+    rank: dict[type[AgentError], int] = {
+        DataLoss: 0, PermissionDenied: 1, FailedPrecondition: 2, Unavailable: 4}
+    pick = min(errs, key=lambda e: rank.get(type(e), 3))
+    if len(errs) == 1:
+        return pick
+    one = type(pick)(f"{pick} ({len(errs)} parallel blob streams failed)", reason=pick.reason)
+    one.__cause__ = pick
+    return one
 
 
 def _sweep_parts(tmpdir: Path, max_age: float) -> None:
@@ -397,8 +415,6 @@ class AgentCore:
                              host: str) -> ImportProgress:
         hexd = req.digest.split(":", 1)[1]
         lease = f"tote-import-{hexd[:32]}"
-        await self.cd.create_lease(lease, expire_in=IMPORT_LEASE_TTL,
-                                   labels={"tote.dev/import": req.digest})
         prog = ImportProgress(phase="resolving", path="fast" if self.fast_path else "api")
         if self.fast_path:
             await trio.to_thread.run_sync(_sweep_parts, Path(self.content_root) / "tote-tmp",
@@ -446,6 +462,11 @@ class AgentCore:
                 raise FailedPrecondition(
                     f"{prog.bytes_total} bytes would have to move, more than the limit of "
                     f"{req.max_bytes}", reason="too_large")
+            # The lease only now, when bytes are about to be written: a refused import (bad
+            # token, wrong peer, no such platform, too large) leaves nothing behind. It stays
+            # after a failed transfer so a retry resumes the in-flight ingests.
+            await self.cd.create_lease(lease, expire_in=IMPORT_LEASE_TTL,
+                                       labels={"tote.dev/import": req.digest})
             prog.phase = "transferring"
             await progress(prog)
             reporter = _Reporter(prog, progress)
@@ -459,7 +480,7 @@ class AgentCore:
                     # reporter.run ends once every fetch is done
                     reporter.expect(len(missing))
             except BaseExceptionGroup as eg:
-                leaf = single_leaf(eg)
+                leaf = _one_error(eg)
                 if leaf is eg:
                     raise
                 raise leaf from None
@@ -592,25 +613,29 @@ class AgentCore:
         part = tmpdir / f"{hexd}.part"
         if not final.exists():
             await trio.to_thread.run_sync(lambda: tmpdir.mkdir(parents=True, exist_ok=True))
-            offset = part.stat().st_size if part.exists() else 0
-            if offset > d.size:
-                offset = 0
+            offset = dataplane.resume_offset(part.stat().st_size if part.exists() else 0,
+                                             d.size)
             h = (await trio.to_thread.run_sync(_sha256_file_prefix, part, offset)
                  if offset else hashlib.sha256())
             if offset:
                 reporter.resumed(offset)
                 log.info("resuming %s (fast path) at %d of %d", d.digest, offset, d.size)
-            f = await trio.to_thread.run_sync(part.open, "ab" if offset else "wb")
+            f = await trio.to_thread.run_sync(dataplane.PartWriter, part, offset)
+            complete = False
             try:
                 pos = offset
 
                 def _put(data: bytes | memoryview) -> None:
-                    f.write(data)
                     h.update(data)
+                    f.write(data)
+
+                def _received(view: memoryview) -> None:  # already in f's buffer
+                    h.update(view)
+                    f.advance(len(view))
 
                 if pos < d.size and data_ep is not None:
-                    pos += await self._fetch_data_channel(data_ep, session, d, pos, _put,
-                                                          reporter)
+                    pos += await self._fetch_data_channel(data_ep, session, d, pos, _received,
+                                                          reporter, into=f.reserve)
                 if pos < d.size:
                     async with peer.read_blob(session, d.digest, pos) as chunks:
                         async for off, data, total in chunks:
@@ -622,10 +647,12 @@ class AgentCore:
                             metrics.BYTES_RECEIVED.labels(path="fast").inc(len(data))
                 if pos != d.size:
                     raise Unavailable(f"{d.digest}: stream ended at {pos} of {d.size}")
-                await trio.to_thread.run_sync(f.flush)
-                await trio.to_thread.run_sync(os.fsync, f.fileno())
+                complete = True
             finally:
-                f.close()
+                # Complete: durable before containerd registers it. Interrupted: kept for a
+                # resume, which re-hashes the prefix anyway. Closed even when cancelled.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(functools.partial(f.close, sync=complete))
             if "sha256:" + h.hexdigest() != d.digest:
                 part.unlink(missing_ok=True)
                 metrics.DIGEST_MISMATCH.inc()
@@ -638,7 +665,8 @@ class AgentCore:
 
     async def _fetch_data_channel(self, data_ep: tuple[str, int], session: str, d: oci.Desc,
                                   offset: int, sink: Callable[[memoryview], None],
-                                  reporter: _Reporter) -> int:
+                                  reporter: _Reporter,
+                                  into: Callable[[], memoryview] | None = None) -> int:
         """Bulk bytes over the data channel (worker thread). Returns bytes written to `sink`;
         on a transport failure the caller continues from there over gRPC."""
         token = trio.lowlevel.current_trio_token()
@@ -656,7 +684,7 @@ class AgentCore:
         fetch = functools.partial(
             dataplane.download, data_ep[0], data_ep[1], self.data_ssl, session=session,
             digest=d.digest, offset=offset, size=d.size, sink=counted, on_bytes=on_bytes,
-            stop=stop)
+            stop=stop, into=into)
         try:
             await trio.to_thread.run_sync(fetch, **_ABANDON)
         except (OSError, ValueError) as exc:

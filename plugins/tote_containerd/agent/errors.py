@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import trio
+# One exception-group helper for tote, re-exported for the agent's modules.
+from tote_core.errors import leaves as leaves
+from tote_core.errors import single_leaf as single_leaf
 
 
 class AgentError(Exception):
@@ -66,21 +68,3 @@ BY_CODE: dict[str, type[AgentError]] = {
 
 def from_code(code: str, message: str, reason: str = "") -> AgentError:
     return BY_CODE.get(code, AgentError)(message, reason=reason)
-
-
-def single_leaf(exc: BaseException) -> BaseException:
-    """The one meaningful exception inside (nested) exception groups, ignoring Cancelled;
-    `exc` itself when there is no single such leaf."""
-    if not isinstance(exc, BaseExceptionGroup):
-        return exc
-    leaves: list[BaseException] = []
-
-    def walk(e: BaseException) -> None:
-        if isinstance(e, BaseExceptionGroup):
-            for sub in e.exceptions:
-                walk(sub)
-        elif not isinstance(e, trio.Cancelled):
-            leaves.append(e)
-
-    walk(exc)
-    return leaves[0] if len(leaves) == 1 else exc

@@ -2,8 +2,9 @@
 
 Identities come from the peer certificate: a SAN URI `spiffe://tote/controller` or
 `spiffe://tote/agent[/<node>]`, or (fallback) a CN `tote-controller` / `tote-agent[-…]`.
-Servers request but do not require a client certificate, so health checks work without one;
-every other RPC is authorised per call from the verified certificate. A certificate from
+The gRPC server requests but does not require a client certificate, so health checks work
+without one; every other RPC is authorised per call from the verified certificate. The data
+channel requires one. A certificate from
 another CA fails the handshake.
 """
 
@@ -32,6 +33,17 @@ def server_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
     ctx.load_cert_chain(cert, key)
     ctx.verify_mode = ssl.CERT_OPTIONAL
     ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+def data_server_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
+    """The fast-path data channel (`dataplane`): TLS 1.3 that *requires* a client certificate
+    from the tote CA. Unlike the gRPC port it serves no health checks, so a peer without a
+    certificate fails the handshake before any request byte is read."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(cert, key)
+    ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 

@@ -1,12 +1,16 @@
 """Transfer tokens: controller-signed, short-lived, single-use (SPEC §6, WO-8).
 
 A token binds (digest, source node, target node, expiry, nonce). The controller signs it with
-the private key of its TLS certificate and embeds that certificate; a source agent verifies the
-certificate against the tote CA, checks it carries the controller identity, then checks the
-signature and the claims. Single use is enforced by the source agent (see `engine`).
+the private key of its TLS certificate and embeds that certificate (and any intermediates from
+its certificate file); a source agent validates the certificate as a chain to the tote CA
+(signatures, validity times, CA constraints, client-auth key usage: RFC 5280 path validation
+by `cryptography.x509.verification`), requires the controller role in it (SAN URI
+`spiffe://tote/controller`), then checks the signature and the claims. Single use is enforced
+by the source agent (see `engine`).
 
-Format: `tote1.<claims b64url>.<cert DER b64url>.<signature b64url>`. Without TLS
-(`--insecure`) tokens are unsigned (`tote1.<claims>..`) and only insecure agents accept them.
+Format: `tote1.<claims b64url>.<cert DER b64url>[~<intermediate DER b64url>…].<signature
+b64url>`. Without TLS (`--insecure`) tokens are unsigned (`tote1.<claims>..`) and only
+insecure agents accept them.
 """
 
 from __future__ import annotations
@@ -23,11 +27,20 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
 
 from tote_containerd.agent.errors import PermissionDenied, Unauthenticated
 
 PREFIX = "tote1"
 MAX_TOKEN_LEN = 16384
+MAX_CHAIN = 4  # signer certificate + intermediates carried in a token
+CONTROLLER_URI = "spiffe://tote/controller"
 
 
 class Claims(msgspec.Struct, frozen=True):
@@ -51,11 +64,13 @@ class Signer:
     """Controller side: mints tokens (signed when given a cert/key)."""
 
     def __init__(self, cert_path: str = "", key_path: str = "") -> None:
-        self._cert_der = b""
+        self._chain = ""
         self._key: object = None
         if cert_path:
-            cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
-            self._cert_der = cert.public_bytes(serialization.Encoding.DER)
+            # The certificate file may hold intermediates after the leaf (as for TLS).
+            certs = x509.load_pem_x509_certificates(Path(cert_path).read_bytes())
+            self._chain = "~".join(_b64(c.public_bytes(serialization.Encoding.DER))
+                                   for c in certs[:MAX_CHAIN])
             self._key = serialization.load_pem_private_key(Path(key_path).read_bytes(), None)
 
     def mint(self, *, digest: str, source: str, target: str, ttl: float,
@@ -67,7 +82,7 @@ class Signer:
         if self._key is None:
             return f"{PREFIX}.{body}.."
         signed = f"{PREFIX}.{body}".encode()
-        return f"{PREFIX}.{body}.{_b64(self._cert_der)}.{_b64(_sign(self._key, signed))}"
+        return f"{PREFIX}.{body}.{self._chain}.{_b64(_sign(self._key, signed))}"
 
 
 def _sign(key: object, data: bytes) -> bytes:
@@ -130,40 +145,41 @@ class Verifier:
 
     def _check_signature(self, signed: bytes, cert_b64: str, sig_b64: str,
                          now: float | None) -> None:
+        parts = cert_b64.split("~")
+        if len(parts) > MAX_CHAIN:
+            raise Unauthenticated("transfer token carries too many certificates")
         try:
-            cert = x509.load_der_x509_certificate(_unb64(cert_b64))
+            certs = [x509.load_der_x509_certificate(_unb64(c)) for c in parts]
             sig = _unb64(sig_b64)
         except ValueError as exc:
             raise Unauthenticated(f"malformed transfer token signature: {exc}") from exc
-        for ca in self._cas:
-            try:
-                cert.verify_directly_issued_by(ca)
-                break
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-        else:
-            raise Unauthenticated("transfer token signer is not issued by the tote CA")
         when = dt.datetime.fromtimestamp(now if now is not None else time.time(), dt.UTC)
-        if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
-            raise Unauthenticated("transfer token signer certificate is not valid now")
-        if not _is_controller(cert):
-            raise Unauthenticated("transfer token was not signed by the controller identity")
+        verifier = (PolicyBuilder().store(Store(self._cas)).time(when)
+                    .max_chain_depth(MAX_CHAIN)
+                    .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(),
+                                        ee_policy=_EE_POLICY)
+                    .build_client_verifier())
         try:
-            _verify(cert.public_key(), sig, signed)
+            verified = verifier.verify(certs[0], certs[1:])
+        except VerificationError as exc:
+            raise Unauthenticated(
+                f"transfer token signer is not a valid certificate chain to the tote CA: "
+                f"{exc}") from exc
+        uris = [g.value for g in verified.subjects or []
+                if isinstance(g, x509.UniformResourceIdentifier)]
+        if CONTROLLER_URI not in uris:
+            raise Unauthenticated("transfer token was not signed by the controller identity "
+                                  f"(SAN URI {CONTROLLER_URI} required; found {uris})")
+        try:
+            _verify(certs[0].public_key(), sig, signed)
         except InvalidSignature as exc:
             raise Unauthenticated("transfer token signature is invalid") from exc
 
 
-def _is_controller(cert: x509.Certificate) -> bool:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        if "spiffe://tote/controller" in san.get_values_for_type(
-                x509.UniformResourceIdentifier):
-            return True
-    except x509.ExtensionNotFound:
-        pass
-    cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    return any(a.value == "tote-controller" for a in cns)
+# Leaf rules: the Web PKI defaults (no CA flag, client-auth key usage if restricted, …), but
+# an authority key identifier is optional, as in the TLS handshake (OpenSSL does not need it).
+_EE_POLICY = ExtensionPolicy.webpki_defaults_ee().may_be_present(
+    x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None)
 
 
 def describe(token: str) -> dict[str, object]:

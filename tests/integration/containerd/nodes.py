@@ -92,6 +92,7 @@ class AgentProc:
     port: int
     metrics_port: int
     proc: Proc
+    data_port: int = 0  # the fast-path data channel (served only with content access)
 
     @property
     def endpoint(self) -> str:
@@ -121,7 +122,7 @@ def start_agent(group: ProcessGroup, node: Node, *extra: str, name: str | None =
     proc = group.start(name or f"agent-{node.name}", argv, env=full_env, cwd=REPO)
     wait_until(lambda: port_open("127.0.0.1", port) and port_open("127.0.0.1", mport),
                timeout=60, what=f"agent on {node.name}", proc=proc)
-    return AgentProc(node=node, port=port, metrics_port=mport, proc=proc)
+    return AgentProc(node=node, port=port, metrics_port=mport, proc=proc, data_port=dport)
 
 
 @dataclass

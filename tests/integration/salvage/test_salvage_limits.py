@@ -120,10 +120,15 @@ def test_6_leader_killed_mid_transfer_other_replica_completes(
                    timeout=60, what="transfer started", interval=0.05)
         leader.kill()
         killed_at = time.monotonic()
-        wait_record(senv, ns, "Completed", timeout=120)
+        done = wait_record(senv, ns, "Completed", timeout=120)
         print(f"standby completed the salvage {time.monotonic() - killed_at:.1f}s after "
               f"the leader was killed")
-        assert len(records(senv.cp, ns)) == 1  # exactly one record
+        assert len(done) == 1  # exactly one record
+        # Final progress equals the total, whichever leader saw the transfer end (issue 12:
+        # it used to keep the dead leader's last report, e.g. "808.8MiB/1.0GiB (78%)").
+        st: dict[str, object] = done[0]["status"]  # type: ignore[assignment]
+        assert st["bytesTotal"] and st["bytesTransferred"] == st["bytesTotal"], st
+        assert str(st["progress"]).endswith("(100%)"), st
         n1 = senv.ctd.nodes["n1"]
         assert ref in n1.image_names()
         check = n1.ctr("images", "check").stdout
