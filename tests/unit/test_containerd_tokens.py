@@ -114,14 +114,25 @@ def test_signer_chain_through_an_intermediate(pki: PKI, tmp_path: Path) -> None:
         Verifier(pki.controller.ca).verify(_mint(bare), source="a", target="b")
 
 
-@pytest.mark.parametrize("case", ["cn-only", "is-ca", "no-client-auth", "expired",
-                                  "issued-by-leaf", "too-many-certs"])
+def test_controller_cn_without_sans_signs(pki: PKI, tmp_path: Path) -> None:
+    """The chart's self-generated certificates (Helm's genSignedCert) carry no SAN at all: the
+    role is the CN, as in the TLS handshake (tls.identity_of), still in a valid chain."""
+    tok = _mint(issue(tmp_path, pki.root, "tote-controller", None))
+    assert Verifier(pki.controller.ca).verify(tok, source="a", target="b").digest == D
+
+
+@pytest.mark.parametrize("case", ["agent-cn-only", "controller-cn-agent-uri", "is-ca",
+                                  "no-client-auth", "expired", "issued-by-leaf",
+                                  "too-many-certs"])
 def test_signer_role_and_chain_refusals(pki: PKI, tmp_path: Path, case: str) -> None:
     """Signer certificates from the tote CA that are not a controller identity in a valid
-    chain: each refused as unauthenticated (the first three were accepted before)."""
+    chain: each refused as unauthenticated (is-ca, no-client-auth and issued-by-leaf were
+    accepted before chain validation)."""
     ca = pki.root
-    if case == "cn-only":  # controller CN, but no SAN URI: no role
-        tok = _mint(issue(tmp_path, ca, "tote-controller", None))
+    if case == "agent-cn-only":  # an agent's CN, no SAN: the agent role cannot sign
+        tok = _mint(issue(tmp_path, ca, "tote-agent", None))
+    elif case == "controller-cn-agent-uri":  # URIs decide when present; the CN is ignored
+        tok = _mint(issue(tmp_path, ca, "tote-controller", "spiffe://tote/agent"))
     elif case == "is-ca":  # a CA certificate cannot sign tokens
         tok = _mint(issue(tmp_path, ca, "ctl-ca", "spiffe://tote/controller", is_ca=True))
     elif case == "no-client-auth":  # key usage restricted to servers

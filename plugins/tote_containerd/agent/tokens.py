@@ -5,8 +5,9 @@ the private key of its TLS certificate and embeds that certificate (and any inte
 its certificate file); a source agent validates the certificate as a chain to the tote CA
 (signatures, validity times, CA constraints, client-auth key usage: RFC 5280 path validation
 by `cryptography.x509.verification`), requires the controller role in it (SAN URI
-`spiffe://tote/controller`), then checks the signature and the claims. Single use is enforced
-by the source agent (see `engine`).
+`spiffe://tote/controller`, or CN `tote-controller` on a certificate without URI SANs — the
+same rule as the TLS handshake), then checks the signature and the claims. Single use is
+enforced by the source agent (see `engine`).
 
 Format: `tote1.<claims b64url>.<cert DER b64url>[~<intermediate DER b64url>…].<signature
 b64url>`. Without TLS (`--insecure`) tokens are unsigned (`tote1.<claims>..`) and only
@@ -41,6 +42,7 @@ PREFIX = "tote1"
 MAX_TOKEN_LEN = 16384
 MAX_CHAIN = 4  # signer certificate + intermediates carried in a token
 CONTROLLER_URI = "spiffe://tote/controller"
+CONTROLLER_CN = "tote-controller"  # the role without URIs (as in tls.identity_of)
 
 
 class Claims(msgspec.Struct, frozen=True):
@@ -167,9 +169,12 @@ class Verifier:
                 f"{exc}") from exc
         uris = [g.value for g in verified.subjects or []
                 if isinstance(g, x509.UniformResourceIdentifier)]
-        if CONTROLLER_URI not in uris:
-            raise Unauthenticated("transfer token was not signed by the controller identity "
-                                  f"(SAN URI {CONTROLLER_URI} required; found {uris})")
+        by_cn = not uris and _common_name(certs[0]) == CONTROLLER_CN
+        if CONTROLLER_URI not in uris and not by_cn:
+            raise Unauthenticated(
+                "transfer token was not signed by the controller identity (SAN URI "
+                f"{CONTROLLER_URI}, or CN {CONTROLLER_CN} on a certificate without URIs; "
+                f"found URIs {uris}, CN {_common_name(certs[0])!r})")
         try:
             _verify(certs[0].public_key(), sig, signed)
         except InvalidSignature as exc:
@@ -177,9 +182,19 @@ class Verifier:
 
 
 # Leaf rules: the Web PKI defaults (no CA flag, client-auth key usage if restricted, …), but
-# an authority key identifier is optional, as in the TLS handshake (OpenSSL does not need it).
-_EE_POLICY = ExtensionPolicy.webpki_defaults_ee().may_be_present(
-    x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None)
+# an authority key identifier and the SAN extension are optional, as in the TLS handshake
+# (OpenSSL needs neither): Helm's genSignedCert, the chart's self-generated default, writes no
+# SANs, so its controller certificate names the role by CN only — the same rule as tls.py.
+_EE_POLICY = (
+    ExtensionPolicy.webpki_defaults_ee()
+    .may_be_present(x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None)
+    .may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+)
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""
 
 
 def describe(token: str) -> dict[str, object]:
