@@ -233,7 +233,9 @@ def test_full_render(helm: Helm) -> None:
     alerts = {r["alert"] for g in one(docs, "PrometheusRule")["spec"]["groups"]
               for r in g["rules"]}
     assert alerts == {"ToteSalvageFailures", "ToteAgentsMissing", "ToteNoLeader",
-                      "ToteSalvageHappened"}
+                      "ToteSalvageHappened", "ToteBackupPushFailures"}
+    plain = helm.render({"metrics": {"prometheusRule": {"enabled": True}}})
+    assert "ToteBackupPushFailures" not in json.dumps(one(plain, "PrometheusRule")["spec"])
 
 
 def test_dashboard_and_alerts_use_only_real_metrics(helm: Helm) -> None:
