@@ -67,11 +67,12 @@ def harness_values(cluster: KubeCluster) -> dict[str, Any]:
     """The values tote needs on this cluster (see the module docstring)."""
     nodes_dir = cluster.workdir / "nodes"
     ips = tuple(n.name for n in cluster.nodes)
-    metrics, health, grpc, data, agent_metrics = free_ports(5, ips)
+    metrics, health, status, grpc, data, agent_metrics = free_ports(6, ips)
     api_port = int(cluster.control_plane.server.rsplit(":", 1)[1])
     return {
         "apiServer": {"host": "127.0.0.1", "port": api_port},
-        "controller": {"hostNetwork": True, "metricsPort": metrics, "healthPort": health},
+        "controller": {"hostNetwork": True, "metricsPort": metrics, "healthPort": health,
+                       "statusPort": status},
         "agent": {
             "hostNetwork": True,
             "containerdSocket": f"{nodes_dir}/$(NODE_NAME)/containerd/containerd.sock",

@@ -6,6 +6,7 @@ What the pods would do with the rendered arguments is checked in test_helm_pods.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -40,7 +41,15 @@ FULL_VALUES: dict[str, Any] = {
     "networkPolicy": {"enabled": True, "apiServerCIDRs": ["10.0.0.1/32"],
                       "metricsFrom": [{"namespaceSelector": {"matchLabels": {
                           "kubernetes.io/metadata.name": "monitoring"}}}]},
+    "webhook": {"enabled": True, "port": 9555, "timeoutSeconds": 10},
+    "statusViewers": [
+        {"kind": "Group", "name": "sre", "apiGroup": "rbac.authorization.k8s.io"},
+        {"kind": "ServiceAccount", "name": "dashboard", "namespace": "monitoring"}],
+    "backup": {"registry": "10.0.0.5:5000/salvaged", "secretName": "backup-creds",
+               "caConfigMap": "backup-ca", "caKey": "bundle.pem"},
 }  # fmt: skip
+
+WEBHOOK_VALUES: dict[str, Any] = {"webhook": {"enabled": True}}
 
 # What tote's own test cluster passes (several kubelets on one machine, no kube-proxy).
 HARNESS_VALUES: dict[str, Any] = {
@@ -61,6 +70,10 @@ VALUE_SETS: dict[str, dict[str, Any] | None] = {
         "name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}}}},
     "tls-off": {"tls": {"enabled": False}},
     "dashboard-only": {"dashboard": {"enabled": True}},
+    "webhook-only": WEBHOOK_VALUES,
+    "webhook-cert-manager": {"webhook": {"enabled": True}, "tls": {"certManager": {
+        "enabled": True}}},
+    "backup-insecure": {"backup": {"registry": "registry.local", "insecure": True}},
     "harness": HARNESS_VALUES,
 }
 
@@ -124,7 +137,7 @@ def test_minimal_render(helm: Helm) -> None:
     assert kinds == sorted([
         "ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition",
         "DaemonSet", "Deployment", "Role", "RoleBinding", "Secret", "Secret", "Secret",
-        "Service", "Service", "ServiceAccount", "ServiceAccount",
+        "Service", "Service", "Service", "ServiceAccount", "ServiceAccount",
     ]), kinds  # fmt: skip
     crd = one(docs, "CustomResourceDefinition")
     assert crd["metadata"]["name"] == "salvagerecords.tote.dev"
@@ -183,6 +196,12 @@ def test_full_render(helm: Helm) -> None:
         "--salvage-on-auth-failure=true", "--max-image-size=0", "--registry-resolve=true",
         "--registry-resolve-timeout=3s", "--registry-resolve-ca=/etc/tote/registry-ca/ca.crt",
         "--plugins-disabled=inheritance", "--workers=8", "--tls-ca=/etc/tote/tls/ca.crt",
+        "--status-address=0.0.0.0:8082", "--admission-address=0.0.0.0:9555",
+        "--admission-tls-cert=/etc/tote/webhook-tls/tls.crt",
+        "--admission-tls-key=/etc/tote/webhook-tls/tls.key",
+        "--backup-registry=10.0.0.5:5000/salvaged", "--backup-registry-secret=backup-creds",
+        "--backup-registry-insecure=false",
+        "--backup-registry-ca=/etc/tote/backup-ca/bundle.pem",
     ):  # fmt: skip
         assert want in args, (want, args)
     env = {e["name"]: e.get("value") for e in dep["containers"][0]["env"]}
@@ -214,7 +233,9 @@ def test_full_render(helm: Helm) -> None:
     alerts = {r["alert"] for g in one(docs, "PrometheusRule")["spec"]["groups"]
               for r in g["rules"]}
     assert alerts == {"ToteSalvageFailures", "ToteAgentsMissing", "ToteNoLeader",
-                      "ToteSalvageHappened"}
+                      "ToteSalvageHappened", "ToteBackupPushFailures"}
+    plain = helm.render({"metrics": {"prometheusRule": {"enabled": True}}})
+    assert "ToteBackupPushFailures" not in json.dumps(one(plain, "PrometheusRule")["spec"])
 
 
 def test_dashboard_and_alerts_use_only_real_metrics(helm: Helm) -> None:
@@ -252,7 +273,7 @@ def test_network_policies_allow_tote_flows(helm: Helm) -> None:
         return {p["port"] for r in rules for p in r.get("ports", [])}
 
     assert {443, 6443, 9090, 53} <= ports(ctl["egress"])
-    assert ports(ctl["ingress"]) == {8080}
+    assert ports(ctl["ingress"]) == {8080, 8081, 8082}
     assert ports(agent["ingress"]) == {9090, 9091, 9092}
     assert ports(agent["egress"]) == {9090, 9092, 53}
     grpc_in = next(r for r in agent["ingress"] if ports([r]) == {9090})
@@ -262,6 +283,112 @@ def test_network_policies_allow_tote_flows(helm: Helm) -> None:
     data_in = next(r for r in agent["ingress"] if ports([r]) == {9092})
     assert [f["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
             for f in data_in["from"]] == ["agent"]
+
+
+def test_webhook_self_generated(helm: Helm) -> None:
+    """Service, Secret and ValidatingWebhookConfiguration as the API server needs them."""
+    from cryptography import x509
+
+    docs = helm.render(FULL_VALUES)
+    (vwc,) = by_kind(docs, "ValidatingWebhookConfiguration")
+    assert vwc["metadata"]["name"] == "tote-tote-system"  # per release and namespace
+    (hook,) = vwc["webhooks"]
+    assert hook["name"] == "annotations.tote.dev"
+    assert hook["admissionReviewVersions"] == ["v1"] and hook["sideEffects"] == "None"
+    assert hook["failurePolicy"] == "Ignore" and hook["matchPolicy"] == "Equivalent"
+    assert hook["timeoutSeconds"] == 10
+    assert hook["clientConfig"]["service"] == {
+        "name": "tote-webhook", "namespace": "tote-system", "path": "/validate", "port": 443}
+    assert hook["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"],
+                              "operations": ["CREATE", "UPDATE"],
+                              "resources": ["pods", "namespaces"]}]
+    (expr,) = hook["namespaceSelector"]["matchExpressions"]
+    assert expr == {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [
+        "kube-system", "kube-public", "kube-node-lease", "legacy", "payments"]}
+    svc = one(docs, "Service", "-webhook")
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "admission"}]
+    ctr = pod_spec(docs, "Deployment")["containers"][0]
+    assert {"name": "admission", "containerPort": 9555} in ctr["ports"]
+    secret = one(docs, "Secret", "-webhook-tls")
+    assert secret["data"]["ca.crt"] == hook["clientConfig"]["caBundle"]
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "tote-webhook.tote-system.svc" in sans.get_values_for_type(x509.DNSName)
+    # Host network: the admission listener binds the node IP like metrics and health.
+    hn = helm.render({**WEBHOOK_VALUES, "controller": {"hostNetwork": True}})
+    assert "--admission-address=$(HOST_IP):9443" in pod_spec(hn, "Deployment")[
+        "containers"][0]["args"]
+    assert not by_kind(helm.render(), "ValidatingWebhookConfiguration"), "off by default"
+
+
+def test_webhook_cert_manager(helm: Helm) -> None:
+    docs = helm.render(VALUE_SETS["webhook-cert-manager"])
+    (vwc,) = by_kind(docs, "ValidatingWebhookConfiguration")
+    assert vwc["metadata"]["annotations"] == {
+        "cert-manager.io/inject-ca-from": "tote-system/tote-webhook"}
+    assert "caBundle" not in vwc["webhooks"][0]["clientConfig"]
+    cert = one(docs, "Certificate", "-webhook")
+    assert cert["spec"]["secretName"] == "tote-webhook-tls"
+    assert "tote-webhook.tote-system.svc" in cert["spec"]["dnsNames"]
+    assert cert["spec"]["issuerRef"]["name"] == "tote-ca"  # the chart's CA issuer
+    assert not [d for d in by_kind(docs, "Secret") if "webhook" in d["metadata"]["name"]]
+
+
+def test_status_service_matches_cli_defaults(helm: Helm) -> None:
+    """`tote status` and `tote doctor` reach the default release with their defaults."""
+    from tote_core.doctor.command import parse as doctor_parse
+    from tote_core.status.command import parse as status_parse
+
+    docs = helm.render(FULL_VALUES)
+    st, doc = status_parse([]), doctor_parse([])
+    svc = one(docs, "Service", "-controller")
+    assert svc["metadata"]["name"] == st.service == doc.service
+    assert svc["metadata"]["namespace"] == st.namespace == doc.namespace
+    ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    assert set(ports) == {st.port, doc.health_port} == {"status", "health"}
+    assert ports["status"] == {"name": "status", "port": 8082, "targetPort": "status"}
+    ctr = pod_spec(docs, "Deployment")["containers"][0]
+    assert {"name": "status", "containerPort": 8082} in ctr["ports"]
+    assert doc.webhook == one(docs, "ValidatingWebhookConfiguration")["metadata"]["name"]
+    assert doc.service_account == "tote-controller" and doc.lease == "tote-controller"
+    role = one(docs, "Role", "-status-viewer")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["services/proxy"],
+                              "resourceNames": ["tote-controller:status"], "verbs": ["get"]}]
+    binding = one(docs, "RoleBinding", "-status-viewer")
+    assert binding["roleRef"]["name"] == "tote-status-viewer"
+    assert binding["subjects"] == FULL_VALUES["statusViewers"]
+    assert not [d for d in helm.render() if "status-viewer" in d["metadata"]["name"]]
+    # Another release: the Role names that release's Service.
+    other = helm.render(FULL_VALUES, release="edge")
+    assert one(other, "Role", "-status-viewer")["rules"][0]["resourceNames"] == [
+        "edge-tote-controller:status"]
+
+
+def test_backup_secret_rule_and_egress(helm: Helm) -> None:
+    values = {**FULL_VALUES, "agent": {"hostNetwork": False}}
+    docs = helm.render(values)
+    (rule,) = [r for r in _rules(docs, "Role") if "secrets" in r["resources"]]
+    assert rule == {"apiGroups": [""], "resources": ["secrets"],
+                    "resourceNames": ["backup-creds"], "verbs": ["get"]}
+    assert one(docs, "Role", "-controller")["metadata"]["namespace"] == "tote-system"
+    dep = pod_spec(docs, "Deployment")
+    (vol,) = [v for v in dep["volumes"] if v["name"] == "backup-ca"]
+    assert vol["configMap"]["name"] == "backup-ca"
+    pols = {p["metadata"]["name"]: p["spec"] for p in by_kind(docs, "NetworkPolicy")}
+    for name in ("tote-controller", "tote-agent"):
+        egress_ports = [{p["port"] for p in r["ports"]} for r in pols[name]["egress"]]
+        assert {443, 80, 5000} in egress_ports, (name, egress_ports)
+    # The API server (apiServerCIDRs) may reach status, health and admission, nobody else.
+    (api_in,) = [r for r in pols["tote-controller"]["ingress"]
+                 if {p["port"] for p in r["ports"]} == {8081, 8082, 9555}]
+    assert api_in["from"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+    # Without a Secret: no Secret access at all; without backup: no agent registry egress.
+    anon = helm.render({"backup": {"registry": "registry.local"}})
+    assert not [r for r in _rules(anon, "Role") if "secrets" in r["resources"]]
+    plain = helm.render({"networkPolicy": {"enabled": True}})
+    agent_pol = one(plain, "NetworkPolicy", "-agent")["spec"]
+    assert {p["port"] for r in agent_pol["egress"] for p in r["ports"]} == {9090, 9092, 53}
 
 
 @pytest.mark.parametrize(("values", "needle"), [
@@ -274,9 +401,29 @@ def test_network_policies_allow_tote_flows(helm: Helm) -> None:
     (["--set", "controller.salvageRecordTTL=1week"], "salvageRecordTTL"),
     (["--set", "agent.containerdSocket=relative.sock"], "containerdSocket"),
     (["--set", "controller.registryResolve=true"], "registryResolve"),  # old spelling
-    (["--set", "backupRegistry.host=b.example"], "backupRegistry"),  # not built yet
+    (["--set", "backupRegistry.host=b.example"], "backupRegistry"),  # the spelling is backup.*
     (["--set", "notifications.webhookUrl=https://x"], "notifications"),  # not built yet
     (["--set", "agent.metricsPort=9090"], "three different ports"),
+    (["--set", "webhook.timeoutSeconds=31"], "timeoutSeconds"),
+    (["--set", "webhook.timeoutSeconds=0"], "timeoutSeconds"),
+    (["--set", "webhook.port=70000"], "/webhook/port"),
+    (["--set", "webhook.failurePolicy=Fail"], "failurePolicy"),  # fixed: Ignore
+    (["--set", "webhook.enabled=true", "--set", "webhook.port=8081"], "must all differ"),
+    (["--set", "controller.statusPort=8080"], "must all differ"),
+    (["--set", "controller.hostNetwork=true", "--set", "agent.hostNetwork=true",
+      "--set", "controller.statusPort=9091"], "must differ from the agent's ports"),
+    (["--set", "statusViewers[0].kind=Robot", "--set", "statusViewers[0].name=x"],
+     "statusViewers"),
+    (["--set", "statusViewers[0].kind=ServiceAccount", "--set", "statusViewers[0].name=x"],
+     "namespace"),
+    (["--set", "backup.registry=https://registry.example"], "registry"),
+    (["--set", "backup.registry=Registry.example/UPPER"], "registry"),
+    (["--set", "backup.secretName=creds"], "need backup.registry"),
+    (["--set", "backup.insecure=true"], "need backup.registry"),
+    (["--set", "backup.registry=r.example", "--set", "plugins.disabled={registry}"],
+     "registry plugin"),
+    (["--set", "backup.registry=r.example", "--set", "backup.secretName=Bad_Name"],
+     "secretName"),
     (["--set", "apiServer.host=10.0.0.1"], "set both or neither"),
     (["--set", "tls.existingSecret=x", "--set", "tls.certManager.enabled=true"], "pick one"),
 ], ids=lambda v: v[1] if isinstance(v, list) else None)

@@ -31,6 +31,7 @@ from tote_containerd.plugin import controller_ssl_context
 
 from tests.integration.containerd.certs import make_pki
 from tests.integration.test_helm import VALUE_SETS, Helm, by_kind, helm, pod_spec  # noqa: F401
+from tote_core import tlsfiles
 from tote_core.settings import AgentSettings, ControllerSettings, parse_args
 
 ENV = {"NODE_NAME": "node-a", "HOST_IP": "127.0.0.2", "POD_NAME": "tote-controller-0",
@@ -46,7 +47,10 @@ def _secret_files(docs: list[dict[str, Any]], name: str) -> dict[str, bytes] | N
 
 def _materialise(docs: list[dict[str, Any]], spec: dict[str, Any], role: str,
                  root: Path) -> dict[str, Path]:
-    """Create each mounted volume's files under `root`; mountPath → local directory."""
+    """Create each mounted volume's files under `root`; mountPath → local directory.
+
+    A ConfigMap volume (a CA bundle) gets a PEM file for every name the args use under its
+    mount path: the key the user named in the values."""
     pki = make_pki(root / "pki")
     ident = {"controller": pki.controller, "agent": pki.agent}
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -68,7 +72,12 @@ def _materialise(docs: list[dict[str, Any]], spec: dict[str, Any], role: str,
                                 if key != "ca.crt" else src.ca).read_bytes()
                 (local / item["path"]).write_bytes(data)
         elif "configMap" in vol:
-            (local / "ca.crt").write_bytes(Path(pki.controller.ca).read_bytes())
+            prefix = m["mountPath"] + "/"
+            names = {a.split(prefix, 1)[1] for a in spec["containers"][0]["args"]
+                     if prefix in a}
+            assert names, f"ConfigMap volume {m['name']} is mounted but no arg uses it"
+            for name in names:
+                (local / name).write_bytes(Path(pki.controller.ca).read_bytes())
         out[m["mountPath"]] = local
     return out
 
@@ -113,6 +122,59 @@ def test_rendered_args_start(helm: Helm, name: str, tmp_path: Path) -> None:  # 
     # the socket lies in the mounted containerd-socket volume (materialised under tmp_path)
     assert Path(agent.containerd_socket).parent.name == "containerd-socket"
     assert ctl.agent_port == agent.grpc_port
+    values = VALUE_SETS[name] or {}
+    assert ctl.status_address.endswith(":8082")
+    if values.get("webhook", {}).get("enabled"):
+        # what `tote controller` checks before serving: the mounted pair parses and matches
+        assert Path(ctl.admission_tls_cert).is_file() and Path(ctl.admission_tls_key).is_file()
+        tlsfiles.check_pair(ctl.admission_tls_cert, ctl.admission_tls_key,
+                            cert_flag="--admission-tls-cert", key_flag="--admission-tls-key")
+    else:
+        assert not ctl.admission_address
+    backup = values.get("backup", {})
+    assert ctl.backup_registry == backup.get("registry", "")
+    if backup.get("caConfigMap"):
+        assert Path(ctl.backup_registry_ca).is_file()
+
+
+def test_webhook_certificate_verifies_for_the_service(helm: Helm,  # noqa: F811
+                                                      tmp_path: Path) -> None:
+    """The API server's view: it dials Service tote-webhook.tote-system.svc and checks the
+    certificate against the caBundle. Done here with the rendered Secret and caBundle."""
+    docs = helm.render({"webhook": {"enabled": True}})
+    (vwc,) = by_kind(docs, "ValidatingWebhookConfiguration")
+    secret = _secret_files(docs, "tote-webhook-tls")
+    assert secret is not None
+    for key, data in secret.items():
+        (tmp_path / key).write_bytes(data)
+    ca = base64.b64decode(vwc["webhooks"][0]["clientConfig"]["caBundle"])
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # as the controller does
+    server.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    client = ssl.create_default_context(cadata=ca.decode())
+    lsock = socket.create_server(("127.0.0.1", 0))
+    port = lsock.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = lsock.accept()
+        try:
+            with server.wrap_socket(conn, server_side=True) as tls_conn:
+                tls_conn.sendall(b"ok")
+        except ssl.SSLError:
+            pass  # the wrong-name client below aborts the handshake
+
+    for hostname, ok in (("tote-webhook.tote-system.svc", True),
+                         ("tote-webhook.other.svc", False)):
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            if ok:
+                with client.wrap_socket(raw, server_hostname=hostname) as conn:
+                    assert conn.recv(2) == b"ok"
+            else:
+                with pytest.raises(ssl.SSLCertVerificationError):
+                    client.wrap_socket(raw, server_hostname=hostname)
+        t.join(10)
+    lsock.close()
 
 
 def test_self_generated_identities_handshake(helm: Helm, tmp_path: Path) -> None:  # noqa: F811

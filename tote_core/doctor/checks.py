@@ -30,6 +30,8 @@ Status = Literal["ok", "warn", "fail"]
 CRD = "salvagerecords.tote.dev"
 CERT_WARN_DAYS = 30
 AGENT_TIMEOUT = 15.0
+# The chart names cluster-scoped objects <fullname>-<namespace>: release tote in tote-system.
+DEFAULT_WEBHOOK = "tote-tote-system"
 
 
 class Check(msgspec.Struct, kw_only=True):
@@ -49,7 +51,7 @@ class Target:
     service: str = "tote-controller"
     health_port: str = "health"
     controller_url: str = ""  # direct http://host:port (else: the service proxy)
-    webhook: str = "tote"
+    webhook: str = DEFAULT_WEBHOOK
     tls_secret: str = ""
     settings: ControllerSettings = field(default_factory=ControllerSettings)
 

@@ -41,7 +41,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     a("--health-port", default="health", help="Service port (name/number) of /readyz")
     a("--controller-url", default="",
       help="reach /readyz at http://HOST:PORT directly instead of the service proxy")
-    a("--webhook", default="tote", help="ValidatingWebhookConfiguration name")
+    a("--webhook", default=checks.DEFAULT_WEBHOOK,
+      help="ValidatingWebhookConfiguration name (the chart's <release>-<namespace>; "
+           f"default {checks.DEFAULT_WEBHOOK})")
     a("--tls-secret", default="", help="also check the certificates in this Secret")
     for flag in ("tls-cert", "tls-key", "tls-ca"):
         a(f"--{flag}", default=None, help="the controller's mTLS identity, to reach agents")

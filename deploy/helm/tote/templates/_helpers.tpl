@@ -146,6 +146,26 @@ mount:
         - {protocol: TCP, port: 53}
 {{- end }}
 
+{{/* The controller's listening ports by flag-ish name (admission only with the webhook). */}}
+{{- define "tote.controllerPorts" -}}
+metricsPort: {{ .Values.controller.metricsPort }}
+healthPort: {{ .Values.controller.healthPort }}
+statusPort: {{ .Values.controller.statusPort }}
+{{- if .Values.webhook.enabled }}
+webhook.port: {{ .Values.webhook.port }}
+{{- end }}
+{{- end -}}
+
+{{/* Names the status feed and webhook are reached by (tote status / tote doctor defaults
+follow the default release: Service tote-controller, port "status"). */}}
+{{- define "tote.controllerService" -}}
+{{- printf "%s-controller" (include "tote.fullname" .) -}}
+{{- end -}}
+
+{{- define "tote.webhookService" -}}
+{{- printf "%s-webhook" (include "tote.fullname" .) -}}
+{{- end -}}
+
 {{/* Checks a JSON schema cannot express; a failed check stops rendering with the reason, so
 no release ever holds a pod that would refuse to start. */}}
 {{- define "tote.validate" -}}
@@ -154,17 +174,27 @@ no release ever holds a pod that would refuse to start. */}}
 {{- if or (eq (int $a.grpcPort) (int $a.metricsPort)) (eq (int $a.grpcPort) (int $a.dataPort)) (eq (int $a.metricsPort) (int $a.dataPort)) -}}
 {{- fail "agent.grpcPort, agent.dataPort and agent.metricsPort must be three different ports" -}}
 {{- end -}}
-{{- if eq (int $c.metricsPort) (int $c.healthPort) -}}
-{{- fail "controller.metricsPort and controller.healthPort must differ" -}}
+{{- $cports := include "tote.controllerPorts" . | fromYaml -}}
+{{- $seen := dict -}}
+{{- range $name, $port := $cports -}}
+{{- $key := toString $port -}}
+{{- if hasKey $seen $key -}}
+{{- fail (printf "controller ports must all differ: %s and %s are both %s (metricsPort, healthPort, statusPort, webhook.port)" (get $seen $key) $name $key) -}}
 {{- end -}}
-{{- if and $c.hostNetwork $a.hostNetwork (has (int $a.grpcPort) (list (int $c.metricsPort) (int $c.healthPort))) -}}
-{{- fail "with controller and agent in the host network, controller ports must differ from agent.grpcPort" -}}
+{{- $_ := set $seen $key $name -}}
 {{- end -}}
-{{- if and $c.hostNetwork $a.hostNetwork (has (int $c.metricsPort) (list (int $a.metricsPort) (int $a.dataPort))) -}}
-{{- fail "with controller and agent in the host network, controller.metricsPort must differ from the agent's ports" -}}
+{{- if and $c.hostNetwork $a.hostNetwork -}}
+{{- range $name, $port := $cports -}}
+{{- if has (int $port) (list (int $a.grpcPort) (int $a.metricsPort) (int $a.dataPort)) -}}
+{{- fail (printf "with controller and agent in the host network, controller %s (%d) must differ from the agent's ports" $name (int $port)) -}}
 {{- end -}}
-{{- if and $c.hostNetwork $a.hostNetwork (has (int $c.healthPort) (list (int $a.metricsPort) (int $a.dataPort))) -}}
-{{- fail "with controller and agent in the host network, controller.healthPort must differ from the agent's ports" -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.backup.registry (has "registry" .Values.plugins.disabled) -}}
+{{- fail "backup.registry needs the registry plugin: remove \"registry\" from plugins.disabled" -}}
+{{- end -}}
+{{- if and (not .Values.backup.registry) (or .Values.backup.secretName .Values.backup.insecure .Values.backup.caConfigMap) -}}
+{{- fail "backup.secretName, backup.insecure and backup.caConfigMap need backup.registry" -}}
 {{- end -}}
 {{- if ne (empty .Values.apiServer.host) (empty (toString .Values.apiServer.port)) -}}
 {{- fail "apiServer.host and apiServer.port go together: set both or neither" -}}
