@@ -102,6 +102,11 @@ def _args(docs: list[dict[str, Any]], kind: str, root: Path) -> tuple[list[str],
 @pytest.mark.parametrize("name", list(VALUE_SETS))
 def test_rendered_args_start(helm: Helm, name: str, tmp_path: Path) -> None:  # noqa: F811
     docs = helm.render(VALUE_SETS[name])
+    # Settings come from TOTE_* variables too: kubelet's service links would inject e.g.
+    # TOTE_METRICS_PORT=tcp://10.96.x.y:9091 for the release's tote-metrics Service (seen on
+    # the e2e cluster: every agent refused to start).
+    for kind in ("Deployment", "DaemonSet"):
+        assert pod_spec(docs, kind).get("enableServiceLinks") is False, kind
     ctl_args, _ = _args(docs, "Deployment", tmp_path / "controller")
     assert ctl_args[0] == "controller"
     ctl: ControllerSettings = parse_args(ControllerSettings, ctl_args[1:], "tote controller")
