@@ -47,6 +47,9 @@ FULL_VALUES: dict[str, Any] = {
         {"kind": "ServiceAccount", "name": "dashboard", "namespace": "monitoring"}],
     "backup": {"registry": "10.0.0.5:5000/salvaged", "secretName": "backup-creds",
                "caConfigMap": "backup-ca", "caKey": "bundle.pem"},
+    "notifications": {"webhookUrl": "https://hooks.example.com:8443/tote?team=platform&x=1",
+                      "events": ["failed", "pushed"], "format": "slack",
+                      "signingSecret": {"name": "tote-webhook-signing", "key": "hmac"}},
 }  # fmt: skip
 
 WEBHOOK_VALUES: dict[str, Any] = {"webhook": {"enabled": True}}
@@ -74,6 +77,8 @@ VALUE_SETS: dict[str, dict[str, Any] | None] = {
     "webhook-cert-manager": {"webhook": {"enabled": True}, "tls": {"certManager": {
         "enabled": True}}},
     "backup-insecure": {"backup": {"registry": "registry.local", "insecure": True}},
+    # Unsigned, every event, plain HTTP: only --webhook-url and --webhook-format.
+    "notifications-plain": {"notifications": {"webhookUrl": "http://receiver.monitoring/hook"}},
     "harness": HARNESS_VALUES,
 }
 
@@ -261,7 +266,8 @@ def test_dashboard_and_alerts_use_only_real_metrics(helm: Helm) -> None:
     assert used and used <= known, sorted(used - known)
     panels = [p["title"] for p in json.loads(one(docs, "ConfigMap", "-dashboard")["data"][
         "tote.json"])["panels"] if p["type"] == "row"]
-    assert panels == ["Overview", "Detection", "Salvage", "Backup push", "Latency", "Size"]
+    assert panels == ["Overview", "Detection", "Salvage", "Backup push", "Notifications",
+                      "Latency", "Size"]
 
 
 def test_network_policies_allow_tote_flows(helm: Helm) -> None:
@@ -391,6 +397,54 @@ def test_backup_secret_rule_and_egress(helm: Helm) -> None:
     assert {p["port"] for r in agent_pol["egress"] for p in r["ports"]} == {9090, 9092, 53}
 
 
+def test_notifications(helm: Helm) -> None:
+    """Flags only with a URL; the signing key is the one Secret key, mounted read-only where no
+    other volume is; the controller may reach the URL's port (written, else by scheme)."""
+    docs = helm.render({**FULL_VALUES, "agent": {"hostNetwork": False}})
+    dep = pod_spec(docs, "Deployment")
+    ctr = dep["containers"][0]
+    ours = [a for a in ctr["args"] if a.startswith("--webhook-")]
+    assert ours == ["--webhook-url=https://hooks.example.com:8443/tote?team=platform&x=1",
+                    "--webhook-events=failed,pushed", "--webhook-format=slack",
+                    "--webhook-secret-file=/etc/tote/webhook-signing/signing-key"]
+    (vol,) = [v for v in dep["volumes"] if v["name"] == "webhook-signing"]
+    assert vol["secret"]["secretName"] == "tote-webhook-signing"
+    assert vol["secret"]["items"] == [{"key": "hmac", "path": "signing-key"}]
+    (mount,) = [m for m in ctr["volumeMounts"] if m["name"] == "webhook-signing"]
+    assert mount == {"name": "webhook-signing", "mountPath": "/etc/tote/webhook-signing",
+                     "readOnly": True}
+    # No mount (the admission webhook's /etc/tote/webhook-tls among them) shadows another.
+    paths = [m["mountPath"] + "/" for m in ctr["volumeMounts"]]
+    assert "/etc/tote/webhook-tls/" in paths
+    assert not [(a, b) for a in paths for b in paths if a != b and b.startswith(a)], paths
+    pols = {p["metadata"]["name"]: p["spec"] for p in by_kind(docs, "NetworkPolicy")}
+    ctl_egress = [{p["port"] for p in r["ports"]} for r in pols["tote-controller"]["egress"]]
+    assert {8443} in ctl_egress, ctl_egress
+    agent_egress = {p["port"] for r in pols["tote-agent"]["egress"] for p in r["ports"]}
+    assert 8443 not in agent_egress, "only the controller sends notifications"
+    # No port in the URL: the scheme's; every event and no key: only URL and format.
+    for url, port in (("https://hooks.slack.com/services/T/B/X", 443),
+                      ("http://receiver.monitoring/hook", 80),
+                      ("http://[fd00::5]:9000/hook", 9000)):
+        plain = helm.render({"notifications": {"webhookUrl": url},
+                             "networkPolicy": {"enabled": True}})
+        dep = pod_spec(plain, "Deployment")
+        assert [a for a in dep["containers"][0]["args"] if a.startswith("--webhook-")] == [
+            f"--webhook-url={url}", "--webhook-format=json"]
+        assert "webhook-signing" not in {v["name"] for v in dep["volumes"]}
+        egress = [{p["port"] for p in r["ports"]}
+                  for r in one(plain, "NetworkPolicy", "-controller")["spec"]["egress"]]
+        assert {port} in egress, (url, egress)
+    # Off by default: no flag, no volume, no egress beyond tote's own flows.
+    off = helm.render({"networkPolicy": {"enabled": True}})
+    dep = pod_spec(off, "Deployment")
+    assert not [a for a in dep["containers"][0]["args"] if a.startswith("--webhook-")]
+    assert "webhook-signing" not in {v["name"] for v in dep["volumes"]}
+    egress = {p["port"] for r in one(off, "NetworkPolicy", "-controller")["spec"]["egress"]
+              for p in r["ports"]}
+    assert egress == {443, 6443, 9090, 53}
+
+
 @pytest.mark.parametrize(("values", "needle"), [
     (["--set", "controller.replicas=abc"], "replicas"),
     (["--set", "controller.replicas=0"], "replicas"),
@@ -402,7 +456,27 @@ def test_backup_secret_rule_and_egress(helm: Helm) -> None:
     (["--set", "agent.containerdSocket=relative.sock"], "containerdSocket"),
     (["--set", "controller.registryResolve=true"], "registryResolve"),  # old spelling
     (["--set", "backupRegistry.host=b.example"], "backupRegistry"),  # the spelling is backup.*
-    (["--set", "notifications.webhookUrl=https://x"], "notifications"),  # not built yet
+    (["--set", "notifications.webhookUrl=ftp://hooks.example"], "/notifications/webhookUrl"),
+    (["--set", "notifications.webhookUrl=hooks.example/x"], "/notifications/webhookUrl"),
+    (["--set", "notifications.webhookUrl=https://x", "--set",
+      "notifications.events={detected,salvage}"], "/notifications/events/1"),
+    (["--set", "notifications.webhookUrl=https://x", "--set", "notifications.format=teams"],
+     "/notifications/format"),
+    (["--set", "notifications.webhookUrl=https://x", "--set",
+      "notifications.signingSecret.name=sig"], "/notifications/signingSecret/key"),
+    (["--set", "notifications.webhookUrl=https://x", "--set",
+      "notifications.signingSecret.key=hmac"], "/notifications/signingSecret/name"),
+    (["--set", "notifications.webhookUrl=https://x", "--set",
+      "notifications.signingSecret.name=Bad_Name", "--set", "notifications.signingSecret.key=k"],
+     "/notifications/signingSecret/name"),
+    (["--set", "notifications.webhookUrl=https://x", "--set", "notifications.secret=s"],
+     "secret"),  # not a value
+    (["--set", "notifications.events={failed}"], "need notifications.webhookUrl"),
+    (["--set", "notifications.format=slack"], "need notifications.webhookUrl"),
+    (["--set", "notifications.signingSecret.name=sig", "--set",
+      "notifications.signingSecret.key=k"], "need notifications.webhookUrl"),
+    (["--set", "notifications.webhookUrl=https://x", "--set", "plugins.disabled={notify}"],
+     "notify plugin"),
     (["--set", "agent.metricsPort=9090"], "three different ports"),
     (["--set", "webhook.timeoutSeconds=31"], "timeoutSeconds"),
     (["--set", "webhook.timeoutSeconds=0"], "timeoutSeconds"),

@@ -34,6 +34,7 @@ from tests.integration.test_helm import VALUE_SETS, Helm, by_kind, helm, pod_spe
 from tote_core import tlsfiles
 from tote_core.settings import AgentSettings, ControllerSettings, parse_args
 
+SIGNING_KEY = b"chart-test-hmac-key"
 ENV = {"NODE_NAME": "node-a", "HOST_IP": "127.0.0.2", "POD_NAME": "tote-controller-0",
        "POD_NAMESPACE": "tote-system"}
 
@@ -50,7 +51,9 @@ def _materialise(docs: list[dict[str, Any]], spec: dict[str, Any], role: str,
     """Create each mounted volume's files under `root`; mountPath → local directory.
 
     A ConfigMap volume (a CA bundle) gets a PEM file for every name the args use under its
-    mount path: the key the user named in the values."""
+    mount path: the key the user named in the values. A user's Secret that is not TLS
+    material (the notifications signing key) gets a key as `kubectl create secret
+    --from-file` writes it, trailing newline included."""
     pki = make_pki(root / "pki")
     ident = {"controller": pki.controller, "agent": pki.agent}
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -64,6 +67,8 @@ def _materialise(docs: list[dict[str, Any]], spec: dict[str, Any], role: str,
             for item in vol["secret"]["items"]:
                 if rendered is not None:
                     data = rendered[item["key"]]
+                elif not item["path"].endswith((".crt", ".key")):
+                    data = SIGNING_KEY + b"\n"
                 else:  # cert-manager or a user's Secret: same PEM layout, own identities
                     key = item["key"]
                     src = ident[role] if not key.startswith(("controller", "agent")) \
@@ -140,6 +145,17 @@ def test_rendered_args_start(helm: Helm, name: str, tmp_path: Path) -> None:  # 
     assert ctl.backup_registry == backup.get("registry", "")
     if backup.get("caConfigMap"):
         assert Path(ctl.backup_registry_ca).is_file()
+    notif = values.get("notifications", {})
+    assert ctl.webhook_url == notif.get("webhookUrl", "")
+    assert ctl.webhook_events == notif.get("events", [])
+    assert ctl.webhook_format == notif.get("format", "json")
+    if notif.get("signingSecret", {}).get("name"):
+        # parse_args already refused an unreadable file; the plugin reads the key like this
+        secret_file = Path(ctl.webhook_secret_file)
+        assert secret_file.parent.name == "webhook-signing"  # inside the mounted volume
+        assert secret_file.read_bytes().strip() == SIGNING_KEY
+    else:
+        assert not ctl.webhook_secret_file
 
 
 def test_webhook_certificate_verifies_for_the_service(helm: Helm,  # noqa: F811

@@ -156,6 +156,18 @@ webhook.port: {{ .Values.webhook.port }}
 {{- end }}
 {{- end -}}
 
+{{/* The TCP port of notifications.webhookUrl: the one written in it, else the scheme's
+(443 for https, 80 for http). For the controller's NetworkPolicy egress. */}}
+{{- define "tote.webhookUrlPort" -}}
+{{- $u := urlParse .Values.notifications.webhookUrl -}}
+{{- $explicit := regexFind ":[0-9]+$" $u.host | trimPrefix ":" -}}
+{{- if $explicit -}}
+{{- int $explicit -}}
+{{- else -}}
+{{- ternary 443 80 (eq $u.scheme "https") -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Names the status feed and webhook are reached by (tote status / tote doctor defaults
 follow the default release: Service tote-controller, port "status"). */}}
 {{- define "tote.controllerService" -}}
@@ -195,6 +207,13 @@ no release ever holds a pod that would refuse to start. */}}
 {{- end -}}
 {{- if and (not .Values.backup.registry) (or .Values.backup.secretName .Values.backup.insecure .Values.backup.caConfigMap) -}}
 {{- fail "backup.secretName, backup.insecure and backup.caConfigMap need backup.registry" -}}
+{{- end -}}
+{{- $nt := .Values.notifications -}}
+{{- if and $nt.webhookUrl (has "notify" .Values.plugins.disabled) -}}
+{{- fail "notifications.webhookUrl needs the notify plugin: remove \"notify\" from plugins.disabled" -}}
+{{- end -}}
+{{- if and (not $nt.webhookUrl) (or $nt.events (ne $nt.format "json") $nt.signingSecret.name $nt.signingSecret.key) -}}
+{{- fail "notifications.events, notifications.format and notifications.signingSecret need notifications.webhookUrl" -}}
 {{- end -}}
 {{- if ne (empty .Values.apiServer.host) (empty (toString .Values.apiServer.port)) -}}
 {{- fail "apiServer.host and apiServer.port go together: set both or neither" -}}
