@@ -10,10 +10,14 @@ from tote_core.kube.client import KubeClient, resource_path
 from tote_core.kube.informer import Informer
 from tote_core.structs.kube import ConfigMap, Namespace, Node, Pod
 
+NAMESPACE_INDEX = "namespace"
+
 
 class Caches:
     def __init__(self, client: KubeClient, *, namespace: str, config_map: str) -> None:
         self.pods: Informer[Pod] = Informer(client, resource_path("v1", "pods"), Pod, name="pods")
+        # Agent discovery (and anything else per namespace) without scanning every pod.
+        self.pods.add_index(NAMESPACE_INDEX, lambda pod: (pod.metadata.namespace,))
         self.nodes: Informer[Node] = Informer(
             client, resource_path("v1", "nodes"), Node, name="nodes"
         )
@@ -40,6 +44,9 @@ class Caches:
 
     def node(self, name: str) -> Node | None:
         return self.nodes.get(name)
+
+    def pods_in_namespace(self, namespace: str) -> list[Pod]:
+        return self.pods.by_index(NAMESPACE_INDEX, namespace)
 
     def namespace_obj(self, name: str) -> Namespace | None:
         return self.namespaces.get(name)
