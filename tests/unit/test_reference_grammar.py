@@ -129,7 +129,7 @@ def test_grammar_references_parse_and_normalise_idempotently(
     assert parse(again.name).name == ref.name
 
 
-_alphabet = st.sampled_from(list("abcAZ09._-:/@[]+ ") + ["é", "٣", "日", "\t", "\n", "\x00"])
+_alphabet = st.sampled_from([*"abcAZ09._-:/@[]+ ", "é", "٣", "日", "\t", "\n", "\x00"])
 
 
 @FAST
@@ -185,7 +185,8 @@ def test_non_ascii_tags_are_rejected(text: str) -> None:
 
 
 @FAST
-@given(st.text(max_size=120) | st.builds(lambda t: f"x@sha256:{t}", st.text("0123456789abcdefA", max_size=70)))
+@given(st.text(max_size=120)
+       | st.builds(lambda t: f"x@sha256:{t}", st.text("0123456789abcdefA", max_size=70)))
 def test_image_id_digest_never_raises(text: str) -> None:
     got = digest_of_image_id(text)
     assert got is None or re.fullmatch(r"sha256:[0-9a-f]{64}", got)
