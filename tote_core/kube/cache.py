@@ -6,6 +6,8 @@ from typing import Any
 
 import trio
 
+from tote_core.detect import inventory
+from tote_core.detect.reference import ImageReference
 from tote_core.kube.client import KubeClient, resource_path
 from tote_core.kube.informer import Informer
 from tote_core.structs.kube import ConfigMap, Namespace, Node, Pod
@@ -21,6 +23,8 @@ class Caches:
         self.nodes: Informer[Node] = Informer(
             client, resource_path("v1", "nodes"), Node, name="nodes"
         )
+        self.nodes.add_index(inventory.DIGEST_INDEX, inventory.digests_of)
+        self.nodes.add_index(inventory.TAG_INDEX, inventory.tags_of)
         self.namespaces: Informer[Namespace] = Informer(
             client, resource_path("v1", "namespaces"), Namespace, name="namespaces"
         )
@@ -44,6 +48,19 @@ class Caches:
 
     def node(self, name: str) -> Node | None:
         return self.nodes.get(name)
+
+    def nodes_with_digest(self, digest: str) -> list[str]:
+        """Names of nodes whose status lists `repo@digest` (sorted), from the index."""
+        return sorted(n.metadata.name for n in self.nodes.by_index(inventory.DIGEST_INDEX, digest))
+
+    def resolve_tag(self, ref: ImageReference) -> str | None:
+        """The digest a node reports for `ref`'s repository:tag (only nodes the tag index
+        names are looked at; by node name, so the answer does not depend on list order)."""
+        if ref.tagged is None:
+            return ref.digest
+        nodes = sorted(self.nodes.by_index(inventory.TAG_INDEX, ref.tagged),
+                       key=lambda n: n.metadata.name)
+        return inventory.resolve_tag(nodes, ref)
 
     def pods_in_namespace(self, namespace: str) -> list[Pod]:
         return self.pods.by_index(NAMESPACE_INDEX, namespace)
