@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import trio
@@ -80,4 +81,9 @@ class Caches:
         async with trio.open_nursery() as nursery:
             for informer in self.informers:
                 await nursery.start(informer.run)
+            # The listed objects are the bulk of the heap and live until replaced (then freed
+            # by reference counting: they hold no cycles). Move them out of the cyclic GC's
+            # generations so a full collection no longer traverses them: at 10 000 pods and
+            # 500 nodes that is ~180 000 objects and 120 ms of stopped event loop per pass.
+            gc.freeze()
             task_status.started()
