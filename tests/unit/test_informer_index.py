@@ -42,7 +42,7 @@ _ops = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=1000)
+@settings(max_examples=150, deadline=2000)
 @given(ops=_ops, late=st.booleans())
 def test_index_matches_a_rebuild_after_any_event_sequence(
     ops: list[tuple[str, str, list[str]]], late: bool

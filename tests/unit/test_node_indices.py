@@ -36,7 +36,7 @@ def _caches() -> Caches:
     return Caches(None, namespace="tote", config_map="tote-config")  # type: ignore[arg-type]
 
 
-@settings(max_examples=150, deadline=1000)
+@settings(max_examples=150, deadline=2000)
 @given(_ops)
 def test_indices_match_a_scan(ops: list[tuple[str, list[ContainerImage] | None]]) -> None:
     caches = _caches()

@@ -48,7 +48,7 @@ from tote_core.settings import (
 )
 from tote_core.structs.kube import ConfigMap, ObjectMeta
 
-FAST = settings(max_examples=150, deadline=1000,
+FAST = settings(max_examples=150, deadline=2000,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 _yaml_scalars = st.one_of(

@@ -44,7 +44,7 @@ from tests.integration.containerd.certs import PKI, Identity, make_pki
 
 D = "sha256:" + "d" * 64
 REJECTED = (Unauthenticated, PermissionDenied)
-FAST = settings(max_examples=150, deadline=1000,
+FAST = settings(max_examples=150, deadline=2000,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
