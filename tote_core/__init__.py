@@ -1,3 +1,10 @@
 """tote: rescue pods stuck in ImagePullBackOff from another node's containerd cache."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+# One version source: pyproject.toml's `version`, read back from the installed package's
+# metadata (`tools/release.py bump` edits it together with the chart and the CHANGELOG).
+try:
+    __version__ = version("tote")
+except PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"

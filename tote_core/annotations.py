@@ -19,3 +19,47 @@ def flag(annotations: dict[str, str], key: str) -> bool | None:
     if key not in annotations:
         return None
     return annotations[key] == "true"
+
+
+# Which object kind each key belongs on (SPEC §1): the namespace opt-in and the workload
+# opt-in. The validating webhook (SPEC §9) and the no-webhook warning share `problems`.
+_KEYS_BY_KIND = {"Namespace": (ALLOW,), "Pod": (AUTO_SALVAGE,)}
+_VALUES = ("true", "false")
+
+
+def problems(
+    annotations: dict[str, str],
+    kind: str,
+    old: dict[str, str] | None = None,
+) -> list[str]:
+    """Human-readable reasons why the `tote.dev/*` annotations of a `kind` object are wrong.
+
+    Unknown keys get the closest known key suggested (difflib); values must be exactly
+    "true" or "false". With `old` (an update), only keys added or changed are judged, so an
+    object created before the webhook existed can still be labelled, scaled or deleted.
+    Keys outside `tote.dev/` are never looked at.
+    """
+    import difflib
+
+    own = _KEYS_BY_KIND.get(kind, ())
+    out: list[str] = []
+    for key in sorted(annotations):
+        if not key.startswith(PREFIX):
+            continue
+        value = annotations[key]
+        if old is not None and old.get(key) == value:
+            continue
+        where = f"annotation {key}"
+        if key not in KNOWN:
+            close = difflib.get_close_matches(key, KNOWN, n=1, cutoff=0.6)
+            hint = f'; did you mean "{close[0]}"?' if close else ""
+            out.append(f"{where}: unknown tote.dev annotation (known: "
+                       f"{', '.join(KNOWN)}){hint}")
+            continue
+        if key not in own:
+            home = "Namespace" if key == ALLOW else "Pod (or its pod template)"
+            out.append(f"{where}: belongs on the {home}, not on a {kind}")
+            continue
+        if value not in _VALUES:
+            out.append(f'{where}: value "{value}" is not allowed; use "true" or "false"')
+    return out

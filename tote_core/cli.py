@@ -1,6 +1,6 @@
 """The `tote` command: the only place that calls `trio.run`.
 
-Subcommands: `controller`, `agent`, `plugins`; `--version`.
+Subcommands: `controller`, `agent`, `plugins`, `status`, `doctor`; `--version`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import trio
 
-from tote_core import __version__, logs
+from tote_core import __version__, logs, tlsfiles
 from tote_core.errors import ConfigError
 from tote_core.settings import AgentSettings, ControllerSettings, parse_args
 
@@ -41,6 +41,14 @@ async def _until_signalled(main: Callable[[], Awaitable[Any]]) -> None:
 def _controller(argv: Sequence[str]) -> int:
     settings: ControllerSettings = parse_args(ControllerSettings, argv, "tote controller")
     logs.setup(settings.log_format, settings.log_level)
+    # Fail closed before anything starts (SPEC §11): unusable TLS material, or none without
+    # --insecure, is a one-line error and exit code 2, never a failure recorded later.
+    if not tlsfiles.check_mtls(settings):
+        log.warning("INSECURE MODE: mTLS to agents is off (--insecure); anyone on the network "
+                    "can talk to the agents. Never run like this in a cluster.")
+    if settings.admission_address:
+        tlsfiles.check_pair(settings.admission_tls_cert, settings.admission_tls_key,
+                            cert_flag="--admission-tls-cert", key_flag="--admission-tls-key")
     from tote_core.components.manager import Controller
     from tote_core.hooks.host import PluginHost
 
@@ -100,6 +108,19 @@ def _plugins(argv: Sequence[str]) -> int:
     return 0
 
 
+def _status(argv: Sequence[str]) -> int:
+    from tote_core.status import command as status_command
+
+    return status_command.run(argv)
+
+
+def _doctor(argv: Sequence[str]) -> int:
+    # Distinct names: mypy binds a function-local `command` import once per module.
+    from tote_core.doctor import command as doctor_command
+
+    return doctor_command.run(argv)
+
+
 def _first_leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
@@ -110,6 +131,8 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "controller": (_controller, "run the controller (detection, salvage orchestration)"),
     "agent": (_agent, "run the node agent (containerd access, transfers)"),
     "plugins": (_plugins, "list plugins and where they come from"),
+    "status": (_status, "live incidents and transfers from the controller's status feed"),
+    "doctor": (_doctor, "check a live install; non-zero exit on any failure"),
 }
 
 

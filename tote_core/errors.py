@@ -58,3 +58,14 @@ class PermanentError(ToteError):
     def __init__(self, message: str, *, reason: str = "permanent") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class RegistryError(ToteError):
+    """A registry lookup or push failed.
+
+    `reason` is a bounded word: `unauthorized`, `not_found`, `unreachable` or `error`.
+    """
+
+    def __init__(self, message: str, *, reason: str = "error") -> None:
+        super().__init__(message)
+        self.reason = reason

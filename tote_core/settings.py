@@ -20,7 +20,8 @@ from typing import Any, Literal, NoReturn
 import msgspec
 import yaml
 
-from tote_core.errors import ConfigError
+from tote_core.detect import reference
+from tote_core.errors import ConfigError, InvalidReference
 
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -80,6 +81,52 @@ def parse_duration(text: str | float | int) -> float:
     return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+
+def parse_bool(value: Any) -> bool:
+    """The one boolean parser (SPEC §11): true/false, yes/no, on/off, 1/0, any case.
+
+    Used for every boolean flag, `TOTE_*` variable and config-file value, and for the
+    kill-switch ConfigMap, so the same word means the same thing wherever it is written.
+    """
+    if isinstance(value, bool):
+        return value
+    s = str(value).strip().lower()
+    if s in _TRUE:
+        return True
+    if s in _FALSE:
+        return False
+    raise ValueError(f"not a boolean: {value!r} (use true/false, yes/no, on/off or 1/0)")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_port(name: str, port: int, *, zero_means: str = "") -> None:
+    """0 < port < 65536; `zero_means` documents a port where 0 switches something off."""
+    if zero_means and port == 0:
+        return
+    if not 0 < port < 65536:
+        extra = f" (or 0: {zero_means})" if zero_means else ""
+        raise ValueError(f"{_flag(name)} must be a port between 1 and 65535{extra}, got {port}")
+
+
+def check_address(name: str, address: str) -> None:
+    """`host:port` with a port in range (IPv6 hosts in brackets)."""
+    _host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{_flag(name)} must be host:port, got {address!r}")
+    check_port(name, int(port))
+
+
+def check_positive(name: str, value: float) -> None:
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{_flag(name)} must be a positive duration, got {value!r}")
+
+
 class CommonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Flags both subcommands share."""
 
@@ -92,8 +139,9 @@ class CommonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         # A path that cannot be read is a start-up error, not a feature silently off later.
-        for name in ("tls_cert", "tls_key", "tls_ca"):
-            path = getattr(self, name)
+        for name in ("tls_cert", "tls_key", "tls_ca", "admission_tls_cert",
+                     "admission_tls_key"):
+            path = getattr(self, name, "")
             if path and not os.access(path, os.R_OK):
                 raise ValueError(f"{name}: cannot read {path}")
 
@@ -119,6 +167,7 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     backup_registry: str = ""
     backup_registry_secret: str = ""
     backup_registry_insecure: bool = False
+    backup_registry_ca: str = ""
     webhook_url: str = ""
     webhook_events: list[str] = msgspec.field(default_factory=list)
     webhook_format: Literal["json", "slack"] = "json"
@@ -137,12 +186,20 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     identity: str = ""  # leader-election identity; empty = hostname + pid
     metrics_address: str = "0.0.0.0:8080"
     health_address: str = "0.0.0.0:8081"
+    # Validating admission webhook (SPEC §9): HTTPS on every replica; empty address = off.
+    # Its own serving certificate: the API server verifies it against the webhook's
+    # caBundle for the Service's DNS name, which the mTLS identities do not carry.
+    admission_address: str = ""
+    admission_tls_cert: str = ""
+    admission_tls_key: str = ""
+    status_address: str = "0.0.0.0:8082"  # WebSocket status feed (`tote status`), path /status
     plugins_disabled: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.registry_resolve_ca and not os.access(self.registry_resolve_ca, os.R_OK):
             raise ValueError(f"registry_resolve_ca: cannot read {self.registry_resolve_ca}")
+        self._check_backup()
         if self.max_concurrent_salvages < 1:
             raise ValueError("max_concurrent_salvages must be at least 1")
         if self.workers < 1:
@@ -150,8 +207,52 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
         bad = set(self.webhook_events) - {"detected", "salvaged", "failed", "pushed"}
         if bad:
             raise ValueError(f"webhook_events: unknown event types {sorted(bad)}")
-        if self.renew_deadline >= self.lease_duration:
-            raise ValueError("renew_deadline must be shorter than lease_duration")
+        check_port("agent_port", self.agent_port)
+        for name in ("metrics_address", "health_address"):
+            check_address(name, getattr(self, name))
+        for name in ("registry_resolve_timeout", "reconcile_timeout", "transfer_timeout",
+                     "salvagerecord_ttl", "reap_interval", "lease_duration", "renew_deadline",
+                     "retry_period"):
+            check_positive(name, getattr(self, name))
+        if self.max_image_size < 0:
+            raise ValueError("--max-image-size must not be negative (0 = no limit)")
+        # Leader election only works with lease-duration > renew-deadline > retry-period > 0
+        # (a zero retry period spins a standby replica at full CPU).
+        if not self.lease_duration > self.renew_deadline > self.retry_period:
+            raise ValueError(
+                "leader election needs --lease-duration > --renew-deadline > --retry-period "
+                f"(got {self.lease_duration:g}s, {self.renew_deadline:g}s, "
+                f"{self.retry_period:g}s)")
+        if self.admission_address:
+            check_address("admission_address", self.admission_address)
+            if not (self.admission_tls_cert and self.admission_tls_key):
+                raise ValueError("--admission-address needs --admission-tls-cert and "
+                                 "--admission-tls-key (the API server only calls HTTPS)")
+        elif self.admission_tls_cert or self.admission_tls_key:
+            raise ValueError("--admission-tls-cert/--admission-tls-key given without "
+                             "--admission-address")
+
+
+    def _check_backup(self) -> None:
+        """`HOST[/prefix]` must start with a registry host; its options need it."""
+        value = self.backup_registry
+        if not value:
+            given = [n for n in ("backup_registry_secret", "backup_registry_insecure",
+                                 "backup_registry_ca") if getattr(self, n)]
+            if given:
+                raise ValueError(f"{', '.join(given)} given without backup_registry")
+            return
+        host = value.split("/", 1)[0]
+        try:
+            ref = reference.parse(f"{value.rstrip('/')}/x:y")
+        except InvalidReference as exc:
+            raise ValueError(f"backup_registry: {value!r} is not HOST[/prefix]: {exc}") from None
+        prefix = value.split("/", 1)[1] if "/" in value else ""
+        if ref.domain != host or "@" in value or value.endswith(":") or ":" in prefix:
+            raise ValueError(f"backup_registry: {value!r} is not HOST[/prefix] (HOST is a "
+                             "registry host such as registry.example.com or 10.0.0.5:5000)")
+        if self.backup_registry_ca and not os.access(self.backup_registry_ca, os.R_OK):
+            raise ValueError(f"backup_registry_ca: cannot read {self.backup_registry_ca}")
 
 
 class AgentSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
@@ -170,6 +271,14 @@ class AgentSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
     platform: str = ""  # os/arch[/variant] to import; empty = this node's platform
     transfer_parallelism: int = 4  # blobs fetched in parallel per import
     data_port: int = 9092  # bulk blob channel for the fast path (mTLS, sessions); 0 = off
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_port("grpc_port", self.grpc_port)
+        check_port("metrics_port", self.metrics_port)
+        check_port("data_port", self.data_port, zero_means="fast-path data channel off")
+        if self.transfer_parallelism < 1:
+            raise ValueError("--transfer-parallelism must be at least 1")
 
 
 # `--help` text per setting (README has the same tables).
@@ -196,9 +305,11 @@ HELP: dict[str, str] = {
     "transfer_timeout": "deadline per transfer (default 30m)",
     "salvagerecord_ttl": "delete SalvageRecords older than this (default 168h)",
     "reap_interval": "how often the leader reaps SalvageRecords (default 10m)",
-    "backup_registry": "HOST[/prefix] to push salvaged images to" + _NOT_YET,
-    "backup_registry_secret": "dockerconfigjson Secret for the backup registry" + _NOT_YET,
-    "backup_registry_insecure": "plain HTTP for the backup registry" + _NOT_YET,
+    "backup_registry": "HOST[/prefix] to push salvaged images to (digest preserved)",
+    "backup_registry_secret": "kubernetes.io/dockerconfigjson Secret (controller namespace) "
+                              "with credentials for the backup registry",
+    "backup_registry_insecure": "plain HTTP / unverified TLS for the backup registry",
+    "backup_registry_ca": "PEM bundle appended to system roots for the backup registry",
     "webhook_url": "POST notifications here" + _NOT_YET,
     "webhook_events": "comma list of detected,salvaged,failed,pushed (default all)" + _NOT_YET,
     "webhook_format": "json or slack" + _NOT_YET,
@@ -216,6 +327,12 @@ HELP: dict[str, str] = {
     "identity": "leader identity (default: pod name or hostname-pid)",
     "metrics_address": "host:port for /metrics (default 0.0.0.0:8080)",
     "health_address": "host:port for /healthz and /readyz (default 0.0.0.0:8081)",
+    "admission_address": "host:port for the validating admission webhook (HTTPS, path "
+                         "/validate; default off)",
+    "admission_tls_cert": "PEM serving certificate for --admission-address",
+    "admission_tls_key": "PEM key for --admission-tls-cert",
+    "status_address": "host:port of the WebSocket status feed, path /status (default "
+                      "0.0.0.0:8082)",
     "plugins_disabled": "comma list of plugin names not to load",
     "containerd_socket": "containerd gRPC socket (default /run/containerd/containerd.sock)",
     "containerd_namespace": "containerd namespace (default k8s.io)",
@@ -263,15 +380,6 @@ def _split_map(value: Any) -> dict[str, str]:
     return out
 
 
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    s = str(value).strip().lower()
-    if s in {"true", "1", "yes", "on"}:
-        return True
-    if s in {"false", "0", "no", "off"}:
-        return False
-    raise ValueError(f"not a boolean: {value!r} (use true or false)")
 
 
 def _normalise(cls: type[msgspec.Struct], raw: dict[str, Any]) -> dict[str, Any]:
@@ -286,7 +394,7 @@ def _normalise(cls: type[msgspec.Struct], raw: dict[str, Any]) -> dict[str, Any]
             if name in _CONVERTERS:
                 value = _CONVERTERS[name](value)
             elif hints[name] is bool:
-                value = _bool(value)
+                value = parse_bool(value)
             elif hints[name] is int and isinstance(value, str):
                 value = int(value)
             elif hints[name] is float and isinstance(value, str):

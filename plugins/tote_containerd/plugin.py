@@ -247,6 +247,11 @@ async def transfer(request: TransferRequest, progress: ProgressCallback
 
 # Inventory hooks (find_image, resolve_tag, remove_image) live in their own module; importing
 # them here registers them with this plugin, so `plugins.disabled: [containerd]` covers them.
+from tote_containerd.doctor import node_health  # noqa: E402
 from tote_containerd.inventory import find_image, remove_image, resolve_tag  # noqa: E402
+from tote_containerd.push import push_image  # noqa: E402
 
-__all__ = ["configure", "find_image", "remove_image", "resolve_tag", "transfer"]
+__all__ = [
+    "configure", "find_image", "node_health", "push_image", "remove_image", "resolve_tag",
+    "transfer",
+]

@@ -14,6 +14,7 @@ be on PATH or in the venv; a profiling tool, not a dependency) and prints the ho
 
 Run: python -m tests.bench.bench_detection [--pods 5000] [--nodes 200] [--samples 200]
          [--idle 60] [--burst 1000] [--profile /tmp/detect.txt]
+         [--subscribers N] (N `tote status --follow --json` viewers connected while measuring)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import trio
 
 from tests.cluster.controller import ControllerProcess
 from tests.cluster.controlplane import ControlPlane, binaries_dir, start_control_plane
-from tests.cluster.procs import wait_until
+from tests.cluster.procs import ProcessGroup, wait_until
 
 DIGEST = "sha256:" + "d" * 64
 REPO = "127.0.0.1:5999/bench"
@@ -279,7 +280,12 @@ def main() -> None:
     ap.add_argument("--idle", type=float, default=60, help="seconds of idle CPU (0 = skip)")
     ap.add_argument("--burst", type=int, default=1000, help="pods in the burst (0 = skip)")
     ap.add_argument("--profile", default="", help="py-spy raw profile of the latency phase")
+    ap.add_argument("--subscribers", type=int, default=0,
+                    help="`tote status --follow --json` viewers connected while measuring")
     args = ap.parse_args()
+    if args.samples > args.pods or args.pods % 23 == 0:
+        ap.error("--samples must not exceed --pods, and --pods must not be a multiple of 23 "
+                 "(each sample patches a different pod)")
     bins = binaries_dir(build=True)
     assert bins is not None
     work = Path(tempfile.mkdtemp(prefix="tote-bench-"))
@@ -303,6 +309,15 @@ def main() -> None:
         ctl.start()
         sync = time.monotonic() - t0
         wait_until(ctl.leading, timeout=30, what="leads")
+        viewers = ProcessGroup(work / "viewers")
+        followers = [viewers.start(f"status-{i}", [
+            sys.executable, "-m", "tote_core.cli", "status", "--follow", "--json",
+            f"--url={ctl.status_url}"]) for i in range(args.subscribers)]
+        for f in followers:
+            wait_until(lambda f=f: '"type":"synced"' in f.log_path.read_text(), timeout=60,
+                       what=f"{f.name} synced", proc=f)
+        if args.subscribers:
+            print(f"{args.subscribers} status feed subscriber(s) connected and synced")
         time.sleep(2)
         assert ctl.proc is not None
         pid = ctl.proc.pid
@@ -341,6 +356,9 @@ def main() -> None:
         print(f"pod status change → tote ImageSalvageable event seen: "
               f"p50 {pct(event_lat, 50):.0f} ms, p99 {pct(event_lat, 99):.0f} ms, "
               f"max {pct(event_lat, 100):.0f} ms (n={len(event_lat)}/{args.samples})")
+        for f in followers:  # the feed really carried the incidents being measured
+            seen = f.log_path.read_text().count('"phase":"ImageSalvageable"')
+            print(f"{f.name} received {seen} ImageSalvageable incident messages")
         if event_lat and watch_lat:
             print(f"ratios to the API floor: p50 {pct(event_lat, 50) / pct(watch_lat, 50):.1f}x, "
                   f"p99 {pct(event_lat, 99) / pct(watch_lat, 99):.1f}x; mean "
@@ -373,6 +391,8 @@ def main() -> None:
             spy.kill()
         if ctl is not None:
             ctl.stop()
+        if "viewers" in locals():
+            viewers.stop_all()
         cp.stop()
         if os.environ.get("TOTE_BENCH_KEEP") is None:
             subprocess.run(["rm", "-rf", str(work)], check=False)

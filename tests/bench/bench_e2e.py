@@ -12,7 +12,7 @@ mTLS agents, `tote controller` with its restricted identity; tests/e2e/salvage_e
 * **with tote**: tote salvages the image from node B and deletes the failing pod; its
   replacement starts. Repeated `--runs` times, each with a fresh image (so all bytes move);
 * **without tote**: the same workload with tote switched off at runtime (ConfigMap
-  `tote-system/tote-config`, `enabled: "false"` — what a cluster without tote does); watched
+  `<harness namespace>/tote-config`, `enabled: "false"` — what a cluster without tote does); watched
   for `--window` seconds.
 
 Times are taken when the test process *receives* the objects from `kubectl get --watch`
@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster import registry as registry_mod
+from tests.cluster import versions
 from tests.cluster.cluster import KubeCluster, start_cluster
 from tests.cluster.controlplane import binaries_dir
 from tests.e2e.salvage_env import (
@@ -145,7 +146,7 @@ def one_run(
     try:
         t = time.monotonic()
         img = image_only_on_node_b(
-            env, reg, work / f"img-{label}", "bench/app", payload_mib=size_mib,
+            env.cluster, reg, work / f"img-{label}", "bench/app", payload_mib=size_mib,
             marker=f"bench-{label}-{uuid.uuid4().hex[:6]}",
         )  # fmt: skip
         print(f"[{label}] image {img.digest[:19]}… ({size_mib} MiB payload) on node B in "
@@ -216,6 +217,7 @@ def main() -> int:
     ap.add_argument("--skip-without", action="store_true", help="skip the run without tote")
     args = ap.parse_args()
     bins = binaries_dir(build=True)
+    versions.use_containerd(build=True)
     if bins is None:
         print("Kubernetes binaries missing: run tests/cluster/build-binaries.sh", file=sys.stderr)
         return 1

@@ -37,6 +37,9 @@ CLUSTER_BINARIES = ("kube-controller-manager", "kube-scheduler", "kubelet")
 # node agents (a DaemonSet tolerating every taint) run on both.
 NODE_IPS = ("127.0.0.1", "127.0.0.2")
 SOURCE_TAINT = "tote.test/source"
+# The namespace of the harness's own tote identity (processes started by tests). tote-system
+# stays free for `helm install` of the chart, as a user would install it.
+HARNESS_NAMESPACE = "tote-harness"
 
 
 def missing_binaries(bin_dir: Path) -> list[str]:
@@ -199,6 +202,16 @@ class KubeCluster:
 
     # -- workloads --------------------------------------------------------------------
 
+    def wait_default_service_account(self, namespace: str, timeout: float = 30) -> None:
+        """ServiceAccount admission rejects pods until the controller-manager has created the
+        namespace's `default` ServiceAccount (a second or so after the namespace)."""
+        wait_until(
+            lambda: self.kubectl(
+                "get", "sa", "default", "-n", namespace, check=False
+            ).returncode == 0,
+            timeout=timeout, interval=0.3, what=f"ServiceAccount {namespace}/default",
+        )  # fmt: skip
+
     def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         res = self.kubectl("get", "pod", name, "-n", namespace, "-o", "json", check=False)
         return json.loads(res.stdout) if res.returncode == 0 else None
@@ -358,7 +371,10 @@ def start_cluster(
     t_img = time.monotonic()
 
     owns_cp = control_plane is None
-    cp = control_plane or start_control_plane(workdir / "controlplane", bin_dir)
+    cp = control_plane or start_control_plane(
+        workdir / "controlplane", bin_dir, namespace=HARNESS_NAMESPACE,
+        service_account_admission=True,
+    )  # fmt: skip
     t_cp = time.monotonic()
 
     procs = ProcessGroup(log_dir=workdir / "logs")
@@ -420,10 +436,12 @@ def start_cluster(
         t_ctl = time.monotonic()
 
         kubelet_dir = versions.kubelet_bin_dir(bin_dir)
+        # Node dirs are named after the node, so one path with `$(NODE_NAME)` in it (the chart's
+        # agent.containerdSocket / agent.contentRoot) finds each node's own containerd.
         for i, ip in enumerate(node_ips):
             taints = () if i == 0 else (f"{SOURCE_TAINT}=true:NoSchedule",)
             node = start_kubelet_node(
-                workdir / f"node-{i + 1}", bin_dir=kubelet_dir, server=cp.server,
+                workdir / "nodes" / ip, bin_dir=kubelet_dir, server=cp.server,
                 ca_file=cp.ca_file, ca_key=ca_key, pause=pause, node_ip=ip,
                 subnet=f"10.244.{i}.0/24", taints=taints,
             )  # fmt: skip
@@ -533,6 +551,7 @@ def deployment_manifest(
 def _main() -> None:
     """`python -m tests.cluster.cluster [WORKDIR]`: bring the cluster up, wait for Ctrl-C."""
     bin_dir = binaries_dir(build=True)
+    versions.use_containerd(build=True)
     if bin_dir is None:
         raise SystemExit("binaries not built: run tests/cluster/build-binaries.sh")
     workdir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/tote-e2e-cluster")

@@ -3,8 +3,8 @@
 containerd 1.x reads version 2 files; 2.0-2.3 read version 3 and 2.4 version 4, migrating older
 files in memory with a warning at every start. The harness writes the native format of the
 containerd on PATH (tests/cluster/versions.py), so no daemon ever runs a migrated config.
-Version 4 differs from 3 only in sections the harness does not set (the shim manager and cgroup
-metrics moved), so one body serves both under the daemon's own version number.
+Version 4 moved the daemon's own endpoints (gRPC, ttrpc, debug, metrics) from top-level tables
+into server plugins; the CRI sections are the same in 3 and 4.
 
 In 2.x the CRI plugin is split in three: `io.containerd.cri.v1.images` (snapshotter,
 `discard_unpacked_layers`, the sandbox image, registry hosts), `io.containerd.cri.v1.runtime`
@@ -26,12 +26,18 @@ NO_CRI_V2 = (
 
 _DAEMON = """root = "{d}/root"
 state = "{d}/state"
+"""
 
+# Unix socket paths are limited to 104 bytes, and pytest's tmp dirs are long: the ttrpc socket
+# gets a short name of its own. Where the daemon's own endpoints are configured: top-level tables up to version 3, server
+# plugins from version 4 (a version-4 file with a top-level [grpc] table is silently ignored and
+# the daemon binds /run/containerd/containerd.sock).
+_SERVERS_UP_TO_V3 = """
 [grpc]
   address = "{sock}"
 
 [ttrpc]
-  address = "{sock}.ttrpc"
+  address = "{d}/ttrpc.sock"
 
 [debug]
   address = "{d}/debug.sock"
@@ -40,6 +46,29 @@ state = "{d}/state"
 [metrics]
   address = ""
 """
+
+_SERVERS_V4 = """
+[debug]
+  level = "info"
+
+[plugins.'io.containerd.server.v1.grpc']
+  address = "{sock}"
+
+[plugins.'io.containerd.server.v1.ttrpc']
+  address = "{d}/ttrpc.sock"
+
+[plugins.'io.containerd.server.v1.debug']
+  address = "{d}/debug.sock"
+
+[plugins.'io.containerd.server.v1.metrics']
+  address = ""
+"""
+
+
+def _daemon(d: Path, version: int) -> str:
+    servers = _SERVERS_V4 if version >= 4 else _SERVERS_UP_TO_V3
+    return (_DAEMON + servers).format(d=d, sock=d / "containerd.sock")
+
 
 _CRI_V1 = """
 [plugins."io.containerd.internal.v1.opt"]
@@ -105,15 +134,10 @@ _CRI_V2 = """
 def plain(d: Path, *, config_version: int | None = None) -> str:
     """A daemon without CRI: content, images, leases, snapshots, introspection only."""
     version = config_version or versions.containerd_config_version()
-    sock = d / "containerd.sock"
     if version >= 3:
         disabled = ", ".join(f'"{p}"' for p in NO_CRI_V2)
-        return f"version = {version}\ndisabled_plugins = [{disabled}]\n" + _DAEMON.format(
-            d=d, sock=sock
-        )
-    return 'version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n' + _DAEMON.format(
-        d=d, sock=sock
-    )
+        return f"version = {version}\ndisabled_plugins = [{disabled}]\n" + _daemon(d, version)
+    return 'version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n' + _daemon(d, version)
 
 
 def cri(
@@ -122,13 +146,10 @@ def cri(
 ) -> str:
     """A kubelet node's daemon: CRI on, overlayfs, runc without systemd cgroups."""
     version = config_version or versions.containerd_config_version()
-    sock = d / "containerd.sock"
     fields = {
         "d": d, "pause": pause, "cni_bin": cni_bin,
         "discard": "true" if discard_unpacked_layers else "false",
     }  # fmt: skip
     if version >= 3:
-        return f"version = {version}\n" + _DAEMON.format(d=d, sock=sock) + _CRI_V2.format(**fields)
-    return (
-        "version = 2\noom_score = 0\n" + _DAEMON.format(d=d, sock=sock) + _CRI_V1.format(**fields)
-    )
+        return f"version = {version}\n" + _daemon(d, version) + _CRI_V2.format(**fields)
+    return "version = 2\noom_score = 0\n" + _daemon(d, version) + _CRI_V1.format(**fields)

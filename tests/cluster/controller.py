@@ -24,11 +24,13 @@ class ControllerProcess:
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
+    status_port: int = 0  # the WebSocket status feed (`tote status --url`)
     procs: ProcessGroup | None = None
     proc: Proc | None = None
 
     def start(self, *, wait_ready: bool = True) -> ControllerProcess:
         self.port = free_port()
+        self.status_port = free_port()
         self.procs = self.procs or ProcessGroup(self.log_dir)
         argv = [
             sys.executable, "-m", "tote_core.cli", "controller",
@@ -37,7 +39,10 @@ class ControllerProcess:
             f"--identity={self.identity}",
             f"--metrics-address=127.0.0.1:{self.port}",
             f"--health-address=127.0.0.1:{self.port}",
+            f"--status-address=127.0.0.1:{self.status_port}",
             "--log-level=debug",
+            # The controller refuses to start with neither mTLS nor --insecure (SPEC §11).
+            *([] if any(a.startswith("--tls-") for a in self.extra_args) else ["--insecure"]),
             *self.extra_args,
         ]  # fmt: skip
         env = {**os.environ, **self.env}
@@ -55,6 +60,14 @@ class ControllerProcess:
             return exc.code, exc.read()
         except OSError:
             return 0, b""
+
+    @property
+    def status_url(self) -> str:
+        return f"ws://127.0.0.1:{self.status_port}/status"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def readyz(self) -> dict[str, Any]:
         status, body = self._get("/readyz")

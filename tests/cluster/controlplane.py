@@ -272,8 +272,13 @@ def start_control_plane(
     *,
     namespace: str = "tote-system",
     extra_apiserver_args: tuple[str, ...] = (),
+    service_account_admission: bool = False,
 ) -> ControlPlane:
-    """Bring up etcd + kube-apiserver + tote's CRD/RBAC; see the module docstring."""
+    """Bring up etcd + kube-apiserver + tote's CRD/RBAC; see the module docstring.
+
+    `service_account_admission=True` is for clusters with a kube-controller-manager (which
+    creates each namespace's `default` ServiceAccount): pods then get their token volume as in
+    any real cluster, which tote's own pods (installed by helm) need."""
     t_start = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
     missing = [b for b in REQUIRED_BINARIES if not os.access(bin_dir / b, os.X_OK)]
@@ -354,9 +359,8 @@ def start_control_plane(
             f"--service-account-signing-key-file={sa.key}",
             "--service-cluster-ip-range=10.96.0.0/16",
             # Without kube-controller-manager nobody creates the `default` ServiceAccount,
-            # so ServiceAccount admission would reject every Pod; the e2e cluster (with a
-            # controller-manager) passes its own flags via extra_apiserver_args.
-            "--disable-admission-plugins=ServiceAccount",
+            # so ServiceAccount admission would reject every Pod.
+            *(() if service_account_admission else ("--disable-admission-plugins=ServiceAccount",)),
             # The `kubernetes` Service endpoints would point at 127.0.0.1 (invalid): skip.
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",

@@ -258,7 +258,7 @@ def main() -> int:
         env = start_salvage_env(cluster, work / "tote")
         say(f"a tote agent on each of 127.0.0.1 and 127.0.0.2 (node B) (mTLS), and tote "
             f"controller as ServiceAccount "
-            f"tote-system/tote-controller: up in {time.monotonic() - t:.1f}s")  # fmt: skip
+            f"tote-harness/tote-controller: up in {time.monotonic() - t:.1f}s")  # fmt: skip
         ok = play(env, work, args.payload_mib, args.timeout)
         say("DONE: the workload survived the registry outage." if ok else "FAILED")
         if args.keep:

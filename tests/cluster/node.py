@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from tests.cluster import containerd_config, oci, pki
+from tests.cluster import containerd_config, oci, pki, versions
 from tests.cluster.procs import Proc, ProcessGroup, free_port, port_open, wait_until
 
 CGROUP_FS = Path("/sys/fs/cgroup")
@@ -189,6 +189,7 @@ def write_cni_config(d: Path, *, bridge: str, subnet: str) -> None:
 def start_containerd(
     procs: ProcessGroup, d: Path, *, name: str, pause_image: str, subnet: str = "10.244.0.0/24"
 ) -> Containerd:
+    versions.use_containerd()
     d.mkdir(parents=True, exist_ok=True)
     cfg = write_containerd_config(d, pause_image=pause_image)
     write_cni_config(d, bridge=f"tote{secrets.token_hex(3)}", subnet=subnet)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Any
 
 from tests.cluster.pki import CertPair
 from tests.cluster.procs import Proc, ProcessGroup, free_port, port_open, wait_until
+from tests.cluster.tokenauth import TokenServer
 
 REGISTRY_BINARY = "docker-registry"
 
@@ -30,7 +33,7 @@ CONFIG = """version: 0.1
 log:
   level: warn
   accesslog:
-    disabled: true
+    disabled: {no_access_log}
 storage:
   filesystem:
     rootdirectory: {storage}
@@ -78,6 +81,8 @@ class Registry:
     users: dict[str, str] | None = field(default=None, repr=False)
     tls: CertPair | None = None
     ca: Path | None = None
+    access_log: bool = False  # log every request (method, path, status) for `requests()`
+    token: TokenServer | None = None  # Bearer token auth (users are the token server's)
     _proc: Proc | None = field(default=None, repr=False)
 
     @property
@@ -104,8 +109,22 @@ class Registry:
     def _open(self, req: urllib.request.Request | str, timeout: float = 5) -> Any:
         if isinstance(req, str):
             req = urllib.request.Request(req)
-        for k, v in self._headers().items():
-            req.add_header(k, v)
+        if self.token is None:
+            for k, v in self._headers().items():
+                req.add_header(k, v)
+        try:
+            return urllib.request.urlopen(req, timeout=timeout, context=self._context())
+        except urllib.error.HTTPError as exc:
+            challenge = exc.headers.get("WWW-Authenticate", "") if exc.code == 401 else ""
+            if self.token is None or not challenge.startswith("Bearer "):
+                raise
+        # Token auth: ask the token server for exactly the challenged scope, then again.
+        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+        query = urllib.parse.urlencode({k: params[k] for k in ("scope", "service") if k in params})
+        treq = urllib.request.Request(f"{params['realm']}?{query}", headers=self._headers())
+        with urllib.request.urlopen(treq, timeout=timeout) as resp:
+            token = json.load(resp)["token"]
+        req.add_header("Authorization", f"Bearer {token}")
         return urllib.request.urlopen(req, timeout=timeout, context=self._context())
 
     @property
@@ -128,7 +147,7 @@ class Registry:
             with self._open(f"{self.url}/v2/", timeout=2) as resp:
                 return bool(resp.status == 200)
         except urllib.error.HTTPError as exc:
-            return bool(exc.code == 401 and self.users)  # up, and asking for credentials
+            return bool(exc.code == 401 and (self.users or self.token))  # up, asks for creds
         except (OSError, urllib.error.URLError):
             return False
 
@@ -147,10 +166,13 @@ class Registry:
             )
         self.storage.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "config.yml"
-        text = CONFIG.format(storage=self.storage, port=self.port)
+        text = CONFIG.format(storage=self.storage, port=self.port,
+                             no_access_log=str(not self.access_log).lower())
         if self.tls is not None:
             text += TLS_CONFIG.format(cert=self.tls.cert, key=self.tls.key)
-        if self.users:
+        if self.token is not None:
+            text += self.token.registry_config()
+        elif self.users:
             htpasswd = self.workdir / "htpasswd"
             htpasswd.write_text(
                 "".join(htpasswd_line(u, p) + "\n" for u, p in self.users.items())
@@ -201,15 +223,31 @@ class Registry:
         with self._open(f"{self.url}/v2/_catalog") as resp:
             return list(json.load(resp).get("repositories") or [])
 
+    def requests(self) -> list[tuple[str, str, int]]:
+        """(method, path, status) of every request so far (needs `access_log=True`)."""
+        out = []
+        for proc in self.procs.procs if self.procs is not None else []:
+            try:
+                text = proc.log_path.read_text(errors="replace")
+            except OSError:
+                continue
+            for m in re.finditer(r'"([A-Z]+) (/v2/\S*) HTTP/[\d.]+" (\d{3})', text):
+                out.append((m.group(1), m.group(2), int(m.group(3))))
+        return out
+
     def logs(self) -> dict[str, str]:
         return self.procs.logs() if self.procs is not None else {}
 
 
 def start_registry(
     workdir: Path, port: int = 0, *, users: dict[str, str] | None = None,
-    tls: CertPair | None = None, ca: Path | None = None,
+    tls: CertPair | None = None, ca: Path | None = None, access_log: bool = False,
+    token: TokenServer | None = None,
 ) -> Registry:
+    """`token` (a `tests.cluster.tokenauth.TokenServer`) switches from htpasswd to Bearer
+    token auth; `users` are then the token server's users (for the helpers' requests)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    reg = Registry(workdir=workdir, port=port, users=users, tls=tls, ca=ca)
+    reg = Registry(workdir=workdir, port=port, users=users, tls=tls, ca=ca,
+                   access_log=access_log, token=token)
     reg.start()
     return reg

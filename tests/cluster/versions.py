@@ -76,15 +76,20 @@ def containerd_bin_dir(*, build: bool = False) -> Path | None:
     return d if all(os.access(d / b, os.X_OK) for b in CONTAINERD_BINARIES) else None
 
 
-def use_containerd() -> Path | None:
+def use_containerd(*, build: bool | None = None) -> Path | None:
     """Put the pinned containerd first on PATH for this process and everything it starts.
 
     containerd finds its shim (`containerd-shim-runc-v2`) on PATH, and the harness calls
     `containerd` and `ctr` by name, so one PATH entry switches the whole harness. runc stays
     Debian's (built with libseccomp). Returns the directory, or None when it is not built
-    (callers skip or fail as they do for missing Kubernetes binaries).
+    (callers skip or fail as they do for missing Kubernetes binaries). `build=True` builds it
+    first when missing (default: only with `TOTE_BUILD_BINARIES=1`). Idempotent: every entry
+    point that starts a containerd calls it (pytest's configure hook, the demo, benchmarks,
+    `start_containerd`).
     """
-    d = containerd_bin_dir(build=os.environ.get("TOTE_BUILD_BINARIES") == "1")
+    if build is None:
+        build = os.environ.get("TOTE_BUILD_BINARIES") == "1"
+    d = containerd_bin_dir(build=build)
     if d is None:
         return None
     path = os.environ.get("PATH", "")

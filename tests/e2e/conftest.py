@@ -92,6 +92,7 @@ def test_namespace(kube_cluster: KubeCluster) -> Iterator[str]:
             "metadata": {"name": name, "annotations": {"tote.dev/allow": "true"}},
         }
     )
+    kube_cluster.wait_default_service_account(name)
     try:
         yield name
     finally:

@@ -6,7 +6,7 @@
   `127.0.0.2` ("node B", tainted so workloads never land there) — with mTLS (test PKI:
   controller and agent identities),
 - `tote controller` as a process with the control plane's restricted identity
-  (`controller_kubeconfig`, `--namespace tote-system`), reaching the agents through
+  (`controller_kubeconfig`, `--namespace tote-harness`), reaching the agents through
   `--agent-endpoints node=host:port`.
 
 It is used by tests/e2e/test_salvage_e2e.py (module fixture), the demo
@@ -227,6 +227,7 @@ def namespace(cluster: KubeCluster, name: str | None = None) -> str:
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": name, "annotations": {"tote.dev/allow": "true"}},
     })  # fmt: skip
+    cluster.wait_default_service_account(name)
     return name
 
 
@@ -262,7 +263,7 @@ def workload_image(workdir: Path, name: str, *, marker: str, payload_mib: int = 
 
 
 def image_only_on_node_b(
-    env: SalvageEnv,
+    cluster: KubeCluster,
     registry: Registry,
     tmp: Path,
     repo: str,
@@ -279,10 +280,10 @@ def image_only_on_node_b(
     ref = f"{registry.host}/{repo}:{tag}"
     img = workload_image(tmp, ref, marker=marker, payload_mib=payload_mib)
     img.push(ref)
-    env.node_b.import_image(img)
+    cluster.node_b.import_image(img)
     if stop_registry:
         registry.stop()
-    assert ref not in env.cluster.node.image_names()
+    assert ref not in cluster.node.image_names()
     return img
 
 

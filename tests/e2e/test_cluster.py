@@ -114,14 +114,19 @@ def test_registry_pull_then_outage_gives_image_pull_backoff(
     assert f"{repo}:v2" not in kube_cluster.node.image_names()
 
 
-def test_teardown_leaves_nothing_behind(e2e_bin_dir: Path, tmp_path: Path) -> None:
+def test_teardown_leaves_nothing_behind(
+    e2e_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """A second, private cluster: run a pod (so there is a shim and a container), tear down,
-    and check every PID, shim, mount and cgroup is gone."""
-    cluster = start_cluster(tmp_path / "c", e2e_bin_dir)
+    and check every PID, shim, mount and cgroup is gone. (A short tmp dir: unix socket paths
+    under it are limited to 104 bytes.)"""
+    workdir = tmp_path_factory.mktemp("td")
+    cluster = start_cluster(workdir, e2e_bin_dir)
     stopped = False
     try:
         ns = "teardown"
         cluster.kubectl("create", "namespace", ns)
+        cluster.wait_default_service_account(ns)
         cluster.apply(pod_manifest("hello", ns, oci.HELLO_IMAGE, args=["teardown-marker"]))
         cluster.wait_pod_running(ns, "hello", timeout=60)
         node = cluster.node
@@ -141,7 +146,7 @@ def test_teardown_leaves_nothing_behind(e2e_bin_dir: Path, tmp_path: Path) -> No
     # graceful path worked: nothing had to be killed after containerd stopped
     assert node_report["leftover_pids"] == [], node_report
     assert node.leftover_pids() == []
-    assert node_report["still_mounted"] == [] and _mounts_under(tmp_path) == []
+    assert node_report["still_mounted"] == [] and _mounts_under(workdir) == []
     assert node_report["cgroups_left"] == []
     for base in _cgroup_subsystem_dirs():
         assert not (base / cgroup_root.lstrip("/")).exists()

@@ -10,7 +10,7 @@ fail to create a container from an image whose layer blob is gone.
 1. Deployment, image X only on node B, registry stopped → ErrImagePull/BackOff → salvaged
    from node B → replacement pod Running; its log proves it runs X. Prints the timings.
 2. Tag-only image no node has → ImageNotActionable, no SalvageRecord.
-3. Kill switch (ConfigMap tote-system/tote-config `enabled: "false"`) → the same real
+3. Kill switch (ConfigMap <harness namespace>/tote-config `enabled: "false"`) → the same real
    failure produces no tote event and no record; switched back on, the pod is salvaged.
 4. (scenario 1's incident) SalvageRecord Completed with its progress fields, and
    `kubectl events` tells the story (ImageSalvageable, ImageSalvaged).
@@ -96,7 +96,7 @@ def scenario1(tote: SalvageEnv, tmp_path_factory: pytest.TempPathFactory) -> Ite
     ns = namespace(cluster)
     try:
         marker = f"image-X-{uuid.uuid4().hex[:8]}"
-        img = image_only_on_node_b(tote, reg, tmp / "img", "shop/web", marker=marker)
+        img = image_only_on_node_b(tote.cluster, reg, tmp / "img", "shop/web", marker=marker)
         ref = img.name
         tl = Timeline(cluster, ns, selector="app=web")
         cluster.apply(deployment("web", ns, ref))
@@ -204,7 +204,7 @@ def test_3_kill_switch_off_real_failure_no_tote_events(
     ns, cluster = test_namespace, tote.cluster
     tote.set_enabled(False)
     try:
-        img = image_only_on_node_b(tote, local_registry, tmp_path, "shop/off",
+        img = image_only_on_node_b(tote.cluster, local_registry, tmp_path, "shop/off",
                                    marker=f"off-{uuid.uuid4().hex[:8]}")  # fmt: skip
         tl = Timeline(cluster, ns, selector="app=off")
         cluster.apply(deployment("off", ns, img.name))
@@ -231,7 +231,7 @@ def test_5_standalone_pod_recovers_without_being_deleted(
 ) -> None:
     ns, cluster = test_namespace, tote.cluster
     marker = f"alone-{uuid.uuid4().hex[:8]}"
-    img = image_only_on_node_b(tote, local_registry, tmp_path, "shop/alone", marker=marker)
+    img = image_only_on_node_b(tote.cluster, local_registry, tmp_path, "shop/alone", marker=marker)
     tl = Timeline(cluster, ns, pod_name="alone")
     cluster.apply(standalone_pod("alone", ns, img.name))
     pod = tl.wait_running(timeout=300, interval=1)
@@ -256,7 +256,8 @@ def test_6_corrupt_image_record_removed_pod_replaced_then_salvaged(
     ns, cluster = test_namespace, tote.cluster
     node = cluster.node
     marker = f"corrupt-{uuid.uuid4().hex[:8]}"
-    img = image_only_on_node_b(tote, local_registry, tmp_path, "shop/corrupt", marker=marker)
+    img = image_only_on_node_b(tote.cluster, local_registry, tmp_path, "shop/corrupt",
+                               marker=marker)  # fmt: skip
     # the kubelet node has a record of X whose layer blob is gone (never unpacked)
     node.import_image(img, unpack=False)
     node.delete_blob(img.layer_digests[0])
@@ -285,7 +286,7 @@ def test_7_pull_policy_always_not_actionable_no_loop(
     tote: SalvageEnv, test_namespace: str, local_registry: Registry, tmp_path: Path
 ) -> None:
     ns, cluster = test_namespace, tote.cluster
-    img = image_only_on_node_b(tote, local_registry, tmp_path, "shop/always",
+    img = image_only_on_node_b(tote.cluster, local_registry, tmp_path, "shop/always",
                                marker=f"always-{uuid.uuid4().hex[:8]}")  # fmt: skip
     before = tote.ctl.metric("tote_not_actionable_total")
     tl = Timeline(cluster, ns, selector="app=always")

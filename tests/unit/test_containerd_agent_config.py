@@ -14,14 +14,15 @@ import pytest
 import trio
 from tote_containerd.agent import run
 
+from tests.cluster.procs import free_port
 from tote_core.errors import ConfigError
 from tote_core.settings import AgentSettings, parse_args
 
 
 def _settings(tmp_path: Path, *args: str) -> AgentSettings:
     base = ["--containerd-socket", str(tmp_path / "no-containerd.sock"),
-            "--listen-address", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
-            "--data-port", "0"]
+            "--listen-address", "127.0.0.1", "--grpc-port", str(free_port()),
+            "--metrics-port", str(free_port()), "--data-port", "0"]
     settings: AgentSettings = parse_args(AgentSettings, [*base, *args], "tote agent")
     return settings
 
@@ -62,7 +63,7 @@ def test_missing_tls_file(tmp_path: Path) -> None:
     settings.tls_cert, settings.tls_key, settings.tls_ca = (
         str(tmp_path / "c"), str(tmp_path / "k"), str(tmp_path / "ca"))
     err = _run(settings)
-    assert "TLS file not found" in str(err)
+    assert "--tls-cert" in str(err) and "cannot read" in str(err)
 
 
 def test_unreadable_tls_files(tmp_path: Path) -> None:
@@ -70,7 +71,7 @@ def test_unreadable_tls_files(tmp_path: Path) -> None:
         (tmp_path / name).write_text("not a certificate\n")
     err = _run(_settings(tmp_path, "--tls-cert", str(tmp_path / "c"), "--tls-key",
                          str(tmp_path / "k"), "--tls-ca", str(tmp_path / "ca")))
-    assert "cannot use the TLS files" in str(err)
+    assert "--tls-cert" in str(err) and "no PEM certificate" in str(err)
 
 
 def test_bad_platform(tmp_path: Path) -> None:
@@ -88,7 +89,8 @@ def test_module_entry_point_prints_one_line(tmp_path: Path, busy_port: int) -> N
     proc = subprocess.run(
         [sys.executable, "-m", "tote_containerd.agent", "--insecure",
          "--containerd-socket", str(tmp_path / "no.sock"), "--listen-address", "127.0.0.1",
-         "--grpc-port", "0", "--metrics-port", str(busy_port), "--data-port", "0"],
+         "--grpc-port", str(free_port()), "--metrics-port", str(busy_port),
+         "--data-port", "0"],
         capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

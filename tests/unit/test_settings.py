@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tote_core.errors import ConfigError
-from tote_core.settings import ControllerSettings, load, parse_args, parse_duration, parse_size
+from tote_core.settings import (
+    AgentSettings,
+    ControllerSettings,
+    load,
+    parse_args,
+    parse_bool,
+    parse_duration,
+    parse_size,
+)
 
 
 def test_defaults_match_spec() -> None:
@@ -87,3 +97,93 @@ def test_unknown_config_key(tmp_path: Path) -> None:
     cfg.write_text("max-imagesize: 5\n")
     with pytest.raises(ConfigError, match="unknown setting"):
         load(ControllerSettings, {}, config_file=str(cfg), environ={})
+
+
+@pytest.mark.parametrize(("word", "value"), [
+    ("true", True), ("yes", True), ("on", True), ("1", True), ("TRUE", True), (" On ", True),
+    ("false", False), ("no", False), ("off", False), ("0", False), ("No", False),
+    (True, True), (False, False), (1, True), (0, False),
+])
+def test_one_boolean_parser(word: object, value: bool) -> None:
+    assert parse_bool(word) is value
+
+
+@pytest.mark.parametrize("word", ["", "maybe", "enabled", "2", "tru", "y"])
+def test_boolean_parser_rejects_other_words(word: str) -> None:
+    with pytest.raises(ValueError, match="not a boolean"):
+        parse_bool(word)
+
+
+def test_kill_switch_same_words_from_flag_env_and_file(tmp_path: Path) -> None:
+    """`off`, `no`, `0` mean OFF whether written as flag, TOTE_ENABLED or in the file."""
+    for word in ("off", "no", "0", "false"):
+        assert load(ControllerSettings, {"enabled": word}, environ={}).enabled is False
+        assert load(ControllerSettings, {}, environ={"TOTE_ENABLED": word}).enabled is False
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f'enabled: "{word}"\n')
+        assert load(ControllerSettings, {}, config_file=str(cfg), environ={}).enabled is False
+    cfg.write_text("enabled: off\n")  # YAML's own boolean
+    assert load(ControllerSettings, {}, config_file=str(cfg), environ={}).enabled is False
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        ({"agent_port": "-1"}, "--agent-port must be a port between 1 and 65535, got -1"),
+        ({"agent_port": "0"}, "--agent-port"),
+        ({"agent_port": "65536"}, "--agent-port"),
+        ({"metrics_address": "0.0.0.0:70000"}, "--metrics-address"),
+        ({"health_address": "nonsense"}, "--health-address must be host:port"),
+        ({"retry_period": "0"}, "--retry-period must be a positive duration"),
+        ({"reconcile_timeout": "0s"}, "--reconcile-timeout"),
+        ({"transfer_timeout": "0"}, "--transfer-timeout"),
+        ({"reap_interval": "0"}, "--reap-interval"),
+        ({"salvagerecord_ttl": "0"}, "--salvagerecord-ttl"),
+        ({"registry_resolve_timeout": "0"}, "--registry-resolve-timeout"),
+        ({"lease_duration": "10s", "renew_deadline": "10s"}, "--lease-duration > --renew"),
+        ({"renew_deadline": "2s", "retry_period": "2s"}, "--renew-deadline > --retry-period"),
+        ({"admission_address": "0.0.0.0:9443"}, "needs --admission-tls-cert"),
+        ({"admission_address": "0.0.0.0:0"}, "--admission-address"),
+    ],
+)
+def test_ranges_fail_closed(flags: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(ControllerSettings, flags, environ={})
+    assert needle in str(err.value)
+
+
+def test_ranges_from_config_file_too(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("agent-port: -1\n")
+    with pytest.raises(ConfigError, match="--agent-port"):
+        load(ControllerSettings, {}, config_file=str(cfg), environ={})
+    cfg.write_text("retry-period: .inf\n")
+    with pytest.raises(ConfigError, match="--retry-period"):
+        load(ControllerSettings, {}, config_file=str(cfg), environ={})
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        ({"grpc_port": "-1"}, "--grpc-port"),
+        ({"metrics_port": "99999"}, "--metrics-port"),
+        ({"data_port": "-5"}, "--data-port must be a port between 1 and 65535 (or 0"),
+        ({"transfer_parallelism": "0"}, "--transfer-parallelism"),
+    ],
+)
+def test_agent_ranges(flags: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(AgentSettings, flags, environ={})
+    assert needle in str(err.value)
+    assert load(AgentSettings, {"data_port": "0"}, environ={}).data_port == 0
+
+
+def test_cli_exits_nonzero_with_one_line_for_ranges() -> None:
+    """What was tried: `--agent-port -1` and `--retry-period=0` on the command line."""
+    for bad in (["--agent-port", "-1"], ["--retry-period=0"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "tote_core.cli", "controller", "--insecure", *bad],
+            capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith("tote controller: invalid settings: --")

@@ -16,7 +16,7 @@ import trio
 
 from tote_core.errors import Conflict, KubeError, NotFound
 from tote_core.kube.client import KubeClient, resource_path
-from tote_core.structs.kube import Pod
+from tote_core.structs.kube import ConfigMap, Namespace, Pod
 from tote_core.timefmt import micro_time
 
 log = logging.getLogger("tote.events")
@@ -29,7 +29,15 @@ EventType = Literal["Normal", "Warning"]
 
 
 
-def event_name(pod: Pod, reason: str, note: str) -> str:
+# Events about cluster-scoped objects (a Namespace) must live in `default` (API validation
+# for events.k8s.io/v1 with an eventTime); namespaced objects get events in their namespace.
+CLUSTER_EVENTS_NAMESPACE = "default"
+
+Regarding = Pod | Namespace | ConfigMap
+_KIND = {Pod: "Pod", Namespace: "Namespace", ConfigMap: "ConfigMap"}
+
+
+def event_name(pod: Regarding, reason: str, note: str) -> str:
     digest = hashlib.sha256(f"{pod.metadata.uid}\0{reason}\0{note}".encode()).hexdigest()[:16]
     return f"{pod.metadata.name[:200]}.tote.{digest}"
 
@@ -44,17 +52,18 @@ class EventRecorder:
 
     async def emit(
         self,
-        pod: Pod,
+        pod: Regarding,
         reason: str,
         note: str,
         *,
         type_: EventType = "Warning",
         action: str = "Salvage",
     ) -> None:
-        """Post (or aggregate) one event about `pod`. Never raises: events are best effort."""
+        """Post (or aggregate) one event about `pod` (or a Namespace / ConfigMap). Never
+        raises: events are best effort."""
         note = note[:MAX_NOTE]
         name = event_name(pod, reason, note)
-        ns = pod.metadata.namespace
+        ns = pod.metadata.namespace or CLUSTER_EVENTS_NAMESPACE
         path = resource_path("events.k8s.io/v1", "events", ns)
         now = trio.current_time()
         try:
@@ -92,14 +101,14 @@ class EventRecorder:
             self._seen.clear()
 
     def _body(
-        self, pod: Pod, name: str, reason: str, note: str, type_: str, action: str
+        self, pod: Regarding, name: str, reason: str, note: str, type_: str, action: str
     ) -> dict[str, Any]:
         return {
             "apiVersion": "events.k8s.io/v1",
             "kind": "Event",
             "metadata": {
                 "name": name,
-                "namespace": pod.metadata.namespace,
+                "namespace": pod.metadata.namespace or CLUSTER_EVENTS_NAMESPACE,
                 "labels": {"app.kubernetes.io/managed-by": "tote"},
             },
             "eventTime": micro_time(),
@@ -111,7 +120,7 @@ class EventRecorder:
             "note": note,
             "regarding": {
                 "apiVersion": "v1",
-                "kind": "Pod",
+                "kind": _KIND[type(pod)],
                 "name": pod.metadata.name,
                 "namespace": pod.metadata.namespace,
                 "uid": pod.metadata.uid,

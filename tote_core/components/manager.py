@@ -10,17 +10,23 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 from dataclasses import dataclass, field
+from functools import partial
 
 import msgspec
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tote_core.components import http
+from tote_core import __version__
+from tote_core.components import admission, http
+from tote_core.components.config_warnings import ConfigWarnings
 from tote_core.components.events import EventRecorder
 from tote_core.components.leader import LeaderElector
+from tote_core.components.statusfeed import StatusFeed
 from tote_core.hooks.context import PluginContext
 from tote_core.hooks.host import PluginHost
+from tote_core.hooks.types import Incident
 from tote_core.kube import config as kube_config
 from tote_core.kube.cache import Caches
 from tote_core.kube.client import KubeClient
@@ -30,7 +36,13 @@ from tote_core.reconcile.queue import WorkQueue
 from tote_core.salvage.engine import SalvageEngine
 from tote_core.salvage.reaper import Reaper
 from tote_core.settings import ControllerSettings
-from tote_core.structs.kube import Node, Pod
+from tote_core.status.board import StatusBoard
+from tote_core.status.publish import (
+    PublishingRecorder,
+    PublishingRecordStore,
+    incident_submitted,
+)
+from tote_core.structs.kube import Namespace, Node, Pod
 
 log = logging.getLogger("tote.controller")
 
@@ -65,17 +77,22 @@ class Controller:
         self.caches = Caches(
             self.kube, namespace=self.namespace, config_map=self.settings.config_map
         )
-        self.recorder = EventRecorder(self.kube, instance=self.identity)
+        # The status board sees incidents through the recorder and transfers through the
+        # record store (tote_core/status/publish.py); the feed serves it to `tote status`.
+        self.board = StatusBoard()
+        self.recorder: EventRecorder = PublishingRecorder(
+            self.kube, instance=self.identity, board=self.board)
         self.queue = WorkQueue(base_delay=1.0, max_delay=300.0)
         self.salvage = SalvageEngine(
             self.settings, self.kube, self.caches, self.host, self.recorder
         )
+        self.salvage.records = PublishingRecordStore(self.kube, self.board)
         self.reaper = Reaper(
             self.salvage.records, ttl=self.settings.salvagerecord_ttl,
             interval=self.settings.reap_interval,
         )
         self.reconciler = PodReconciler(
-            self.settings, self.caches, self.host, self.recorder, salvage=self.salvage.submit
+            self.settings, self.caches, self.host, self.recorder, salvage=self._submit
         )
         self.engine = Engine(
             "pods", self.queue, self.reconciler,
@@ -90,6 +107,15 @@ class Controller:
             renew_deadline=self.settings.renew_deadline,
             retry_period=self.settings.retry_period,
         )
+        self.warnings = ConfigWarnings(
+            self.caches, self.recorder, deny_namespaces=self.settings.deny_namespaces,
+            pods_allowed_in=self.reconciler.namespace_allowed,
+        )
+        self.feed = StatusFeed(
+            self.board, self.settings.status_address, self.identity,
+            is_leader=lambda: self.elector.is_leader,
+            leader_identity=lambda: self.elector.leader_identity,
+        )
         self._leading = False
         self.caches.pods.add_handler(self._on_pod)
         self.caches.nodes.add_handler(self._on_node)
@@ -98,7 +124,12 @@ class Controller:
 
     # -- event handlers (sync, never block) ---------------------------------------------
 
+    def _submit(self, incident: Incident, pod: Pod) -> None:
+        incident_submitted(self.board, incident, pod)
+        self.salvage.submit(incident, pod)
+
     def _on_pod(self, key: str, old: Pod | None, new: Pod | None) -> None:
+        self.warnings.pod(new)
         if new is None:
             if old is not None:
                 self.reconciler.incidents.forget_pod(old.metadata.uid)
@@ -119,11 +150,16 @@ class Controller:
 
     def _on_config(self, key: str, old: object, new: object) -> None:
         enabled = self.reconciler.enabled()
+        _, problem = self.caches.runtime_switch()
+        if problem:
+            log.warning("runtime kill switch: %s", problem)
+            self.warnings.config()
         log.info("runtime kill switch: salvage %s", "enabled" if enabled else "disabled")
         if enabled:
             self._requeue_failing()
 
-    def _on_namespace(self, key: str, old: object, new: object) -> None:
+    def _on_namespace(self, key: str, old: Namespace | None, new: Namespace | None) -> None:
+        self.warnings.namespace(new)
         if old is not None and new is not None and old != new and self.caches.synced:
             for pod_key, pod in self.caches.pods.items.items():
                 if pod.metadata.namespace == key and _interesting(pod):
@@ -137,17 +173,37 @@ class Controller:
     async def _healthz(self) -> http.Response:
         return 200, "text/plain", b"ok\n"
 
+    def not_ready_reasons(self) -> list[str]:
+        """Why this replica cannot do its job; empty when ready."""
+        reasons = []
+        if not self.caches.synced:
+            reasons.append("informer caches not synced yet")
+        if not self.host.pm.hook.transfer.get_hookimpls():
+            reasons.append("no transfer plugin is loaded (is the containerd plugin in "
+                           "plugins.disabled?): nothing could be salvaged")
+        return reasons
+
     async def _readyz(self) -> http.Response:
+        reasons = self.not_ready_reasons()
         body = msgspec.json.encode(
             {
+                "ready": not reasons,
+                "reasons": reasons,
                 "synced": self.caches.synced,
                 "leader": self.elector.is_leader,
                 "leaderIdentity": self.elector.leader_identity,
                 "identity": self.identity,
+                "version": __version__,
                 "enabled": self.reconciler.enabled() if self.caches.synced else None,
             }
         )
-        return (200 if self.caches.synced else 503), "application/json", body + b"\n"
+        return (503 if reasons else 200), "application/json", body + b"\n"
+
+    def _admission_tls(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.settings.admission_tls_cert, self.settings.admission_tls_key)
+        return ctx
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -156,15 +212,22 @@ class Controller:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.salvage.run)
             await nursery.start(self.engine.run)
+            await nursery.start(self.warnings.run)
             nursery.start_soon(self.reaper.run)
             for name, service in self.plugin_context.services:
                 log.debug("starting plugin service %s", name)
                 nursery.start_soon(service)
-            self._requeue_failing()
+            try:
+                self._requeue_failing()
+                await trio.sleep_forever()
+            finally:
+                # A standby has no data: viewers reconnect and find the new leader.
+                self.board.close_all("this replica stopped leading")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.plugin_context = PluginContext(
-            settings=self.settings, kube=self.kube, cache=self.caches
+            settings=self.settings, kube=self.kube, cache=self.caches, host=self.host,
+            recorder=self.recorder,
         )
         await self.host.configure(self.plugin_context)
         try:
@@ -186,6 +249,14 @@ class Controller:
                     self.ports["health"] = await nursery.start(
                         http.serve, self.settings.health_address, routes_health
                     )
+                if self.settings.admission_address:
+                    # Every replica answers AdmissionReviews; they need no cache or lease.
+                    self.ports["admission"] = await nursery.start(partial(
+                        http.serve, self.settings.admission_address, {},
+                        body_routes={admission.PATH: admission.review},
+                        ssl_context=self._admission_tls(),
+                    ))
+                self.ports["status"] = await nursery.start(self.feed.run)
                 t0 = trio.current_time()
                 await nursery.start(self.caches.run)
                 log.info(

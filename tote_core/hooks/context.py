@@ -14,13 +14,16 @@ class PluginContext:
     """Settings, clients and caches a plugin may use; plus a way to register services.
 
     `settings` is the controller's `ControllerSettings`; `kube` the `KubeClient`; `cache` the
-    informer caches (`tote_core.kube.cache.Caches`). Typed as Any here to keep the hook
-    module free of import cycles; see those modules for the real types.
+    informer caches (`tote_core.kube.cache.Caches`); `host` the `PluginHost`, through whose
+    typed methods a plugin may call other hooks (e.g. `notify`, `push_image`). Typed as Any
+    here to keep the hook module free of import cycles; see those modules for the real types.
     """
 
     settings: Any
     kube: Any
     cache: Any
+    host: Any = None
+    recorder: Any = None  # the controller's `EventRecorder` (events regarding pods)
     services: list[tuple[str, Service]] = field(default_factory=list)
 
     def add_service(self, name: str, service: Service) -> None:

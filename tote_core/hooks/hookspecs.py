@@ -17,10 +17,13 @@ import pluggy
 
 from tote_core.hooks.types import (
     Incident,
+    NodeHealth,
     NodeInfo,
     Notification,
     OptInQuery,
     ProgressCallback,
+    PushRequest,
+    PushResult,
     TransferRequest,
     TransferResult,
 )
@@ -118,6 +121,27 @@ def on_salvaged(incident: Incident, request: TransferRequest, result: TransferRe
     """A transfer succeeded. Broadcast; failures are logged and never fail the salvage."""
 
 
+@hookspec(firstresult=True)
+def push_image(request: PushRequest) -> PushResult | None:
+    """Push an image a node holds to a registry (the backup push, SPEC §7). firstresult.
+
+    Called by the registry plugin's push worker (after a salvage completed), under its
+    deadline. The built-in containerd plugin has `request.node`'s agent upload the blobs from
+    its containerd. Raise `tote_core.errors.RegistryError` on failure; never retried.
+    """
+
+
 @hookspec
 def notify(notification: Notification) -> None:
     """Deliver a notification (webhook, Slack, …). Broadcast, fire-and-forget."""
+
+
+@hookspec(firstresult=True)
+def node_health(node: str, settings: Any, pods: list[Any]) -> NodeHealth | None:
+    """Reach `node`'s agent the way the controller would and report its health.
+
+    Called by `tote doctor` (its own process, no `configure` call): `settings` is a
+    `ControllerSettings` holding the TLS files and agent discovery settings, `pods` the agent
+    pods listed by the doctor. The caller sets the deadline. firstresult; None = this plugin
+    does not manage node agents.
+    """

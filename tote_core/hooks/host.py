@@ -24,10 +24,13 @@ from tote_core.hooks import hookspecs
 from tote_core.hooks.context import PluginContext
 from tote_core.hooks.types import (
     Incident,
+    NodeHealth,
     NodeInfo,
     Notification,
     OptInQuery,
     ProgressCallback,
+    PushRequest,
+    PushResult,
     TransferRequest,
     TransferResult,
 )
@@ -197,7 +200,16 @@ class PluginHost:
     ) -> None:
         await self.broadcast("on_salvaged", incident=incident, request=request, result=result)
 
+    async def push_image(self, request: PushRequest) -> PushResult | None:
+        """Errors propagate (not isolated): the push worker reports them as ImagePushFailed."""
+        value = await self.first("push_image", isolate=False, request=request)
+        return value  # type: ignore[no-any-return]
+
     async def notify(self, notification: Notification) -> None:
         await self.broadcast("notify", notification=notification)
+
+    async def node_health(self, node: str, settings: Any, pods: list[Any]) -> NodeHealth | None:
+        value = await self.first("node_health", node=node, settings=settings, pods=pods)
+        return value if isinstance(value, NodeHealth) else None
 
 

@@ -88,3 +88,56 @@ class OptInQuery(msgspec.Struct, frozen=True, kw_only=True):
     namespace: str
     pod_name: str
     owner_references: tuple[tuple[str, str, str], ...]  # (apiVersion, kind, name)
+
+
+class PushRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Push `digest`, held by `node`, to `registry_url`/`repository`:`tag` (SPEC §7).
+
+    Built by the registry plugin, which reads the Secret and turns it into `authorization`
+    (a ready `Authorization` header value, scoped for this repository) — never printed.
+    """
+
+    node: str
+    digest: str
+    registry_url: str  # https://host[:port] or http://host[:port]
+    repository: str  # path under the registry host, prefix included
+    tag: str
+    authorization: str = ""
+    ca_pem: str = ""  # PEM certificates trusted besides the system roots
+    insecure: bool = False  # skip TLS verification
+    mount_from: tuple[str, ...] = ()  # repositories of the same registry to mount blobs from
+
+    def __repr__(self) -> str:
+        return (f"PushRequest(node={self.node!r}, digest={self.digest!r}, "
+                f"registry_url={self.registry_url!r}, repository={self.repository!r}, "
+                f"tag={self.tag!r})")
+
+
+class PushResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What a push did; `note` says in words what was (not) pushed, e.g. a partial index."""
+
+    pushed_digest: str  # what the tag points at now
+    index_pushed: bool
+    manifests: tuple[str, ...]  # platform manifests pushed
+    blobs_total: int
+    blobs_uploaded: int
+    blobs_skipped: int  # already in the repository
+    blobs_mounted: int  # cross-repository mounts
+    bytes_uploaded: int
+    note: str = ""
+    platform: str = ""  # platform of the pushed manifest when the index was not pushed
+
+
+class NodeHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """What `node_health` reports about one node's agent (for `tote doctor`)."""
+
+    node: str
+    reachable: bool
+    endpoint: str = ""
+    containerd_ok: bool = False
+    containerd_version: str = ""
+    # True: sampled images lack their compressed layers (containerd's
+    # discard_unpacked_layers); False: sampled images are complete; None: nothing to sample.
+    layers_discarded: bool | None = None
+    images_sampled: int = 0
+    error: str = ""

@@ -11,6 +11,7 @@ from tote_core.detect import inventory
 from tote_core.detect.reference import ImageReference
 from tote_core.kube.client import KubeClient, resource_path
 from tote_core.kube.informer import Informer
+from tote_core.settings import parse_bool
 from tote_core.structs.kube import ConfigMap, Namespace, Node, Pod
 
 NAMESPACE_INDEX = "namespace"
@@ -69,12 +70,28 @@ class Caches:
     def namespace_obj(self, name: str) -> Namespace | None:
         return self.namespaces.get(name)
 
+    def config_obj(self) -> ConfigMap | None:
+        return self.config.get(f"{self.namespace}/{self.config_map}")
+
+    def runtime_switch(self) -> tuple[bool | None, str]:
+        """The kill switch ConfigMap's `enabled` key → (value, problem).
+
+        Read with the one boolean parser the flag uses (true/false, yes/no, on/off, 1/0).
+        Absent: (None, ""). Unrecognised: (False, why) — salvage stays OFF (fail closed)
+        and the caller logs and events the problem.
+        """
+        cm = self.config_obj()
+        if cm is None or "enabled" not in cm.data:
+            return None, ""
+        try:
+            return parse_bool(cm.data["enabled"]), ""
+        except ValueError as exc:
+            return False, (f"ConfigMap {self.namespace}/{self.config_map} key 'enabled': "
+                           f"{exc}; salvage stays OFF until it is fixed")
+
     def runtime_enabled(self) -> bool | None:
         """The kill switch ConfigMap's `enabled` key: True/False, None when absent."""
-        cm = self.config.get(f"{self.namespace}/{self.config_map}")
-        if cm is None or "enabled" not in cm.data:
-            return None
-        return cm.data["enabled"].strip().lower() != "false"
+        return self.runtime_switch()[0]
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start every informer; started() once all have listed (caches synced)."""

@@ -82,9 +82,9 @@ class KubeClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+    async def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = dict(extra or {})
-        token = self.config.bearer()
+        token = await self.config.fresh_bearer()
         if token:
             headers["Authorization"] = f"Bearer {token}"
         return headers
@@ -104,17 +104,23 @@ class KubeClient:
         extra = {"Content-Type": content_type} if content else {}
         if accept:
             extra["Accept"] = accept
-        headers = self._headers(extra)
-        try:
-            response = await self._http.request(
-                method,
-                path,
-                params=params,
-                content=content,
-                headers=headers,
-            )
-        except httpx.HTTPError as exc:
-            raise KubeError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        for attempt in (1, 2):
+            headers = await self._headers(extra)
+            try:
+                response = await self._http.request(
+                    method,
+                    path,
+                    params=params,
+                    content=content,
+                    headers=headers,
+                )
+            except httpx.HTTPError as exc:
+                raise KubeError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            # A refused token (revoked, clock skew) is worth one fresh one from the source.
+            if response.status_code != 401 or attempt == 2:
+                break
+            if not self.config.credentials.invalidate():
+                break
         _raise_for(response, f"{method} {path}")
         return response.content
 
@@ -194,7 +200,7 @@ class KubeClient:
         query.update({k: v for k, v in params.items() if v is not None})
         decoder = msgspec.json.Decoder(WatchEvent)
         request = self._http.build_request(
-            "GET", path, params=query, headers=self._headers(),
+            "GET", path, params=query, headers=await self._headers(),
             timeout=httpx.Timeout(timeout_seconds + 30.0, connect=5.0),
         )
         try:

@@ -2,20 +2,23 @@
 
 The `kubernetes` package's loaders understand every kubeconfig variant (client certs,
 tokens, exec plugins, in-cluster token rotation); tote borrows them and does its own I/O
-on httpx so it can be async under trio.
+on httpx so it can be async under trio. Tokens that expire (exec plugins, OIDC) are
+refreshed through the same loader before they do (`tote_core/kube/credentials.py`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from tote_core.errors import ConfigError
+from tote_core.kube.credentials import Credentials, Reload, strip_bearer
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -32,6 +35,7 @@ class KubeConfig:
     token_file: str | None
     verify: bool
     namespace: str
+    credentials: Credentials = field(default_factory=lambda: Credentials(None), compare=False)
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         if not self.server.startswith("https"):
@@ -47,18 +51,53 @@ class KubeConfig:
         return ctx
 
     def bearer(self) -> str | None:
-        """Current token; re-read from file each time so rotated tokens are picked up."""
-        if self.token_file:
-            try:
-                return Path(self.token_file).read_text().strip()
-            except OSError:
-                return self.token
-        return self.token
+        """Current token without refreshing; re-read from file so rotated tokens are seen."""
+        return self.credentials.current()
+
+    async def fresh_bearer(self) -> str | None:
+        """Current token, refreshed first if it is about to expire (exec plugin, OIDC)."""
+        return await self.credentials.token()
+
+
+def _reloader(
+    path: str | None,
+) -> tuple[Reload, k8s_client.Configuration, dt.datetime | None]:
+    """A kubeconfig loader kept for refreshing, the configuration it produced and the
+    token's expiry (exec plugins' `expirationTimestamp`).
+
+    Mirrors `kubernetes.config.load_kube_config` (same merge of $KUBECONFIG files, same
+    write-back of refreshed OIDC tokens) but keeps the loader, so the credential source can
+    be asked again later.
+    """
+    from kubernetes.config.kube_config import (
+        KUBE_CONFIG_DEFAULT_LOCATION,
+        KubeConfigLoader,
+        KubeConfigMerger,
+    )
+
+    merger = KubeConfigMerger(path or KUBE_CONFIG_DEFAULT_LOCATION)
+    if merger.config is None:
+        raise k8s_config.ConfigException("Invalid kube-config file. No configuration found.")
+    loader = KubeConfigLoader(config_dict=merger.config, config_persister=merger.save_changes)
+    cfg = k8s_client.Configuration()
+    loader.load_and_set(cfg)
+    expiry = getattr(loader, "expiry", None)
+
+    def reload() -> tuple[str | None, dt.datetime | None]:
+        fresh = k8s_client.Configuration()
+        loader.load_and_set(fresh)
+        auth = fresh.api_key.get("authorization") or fresh.api_key.get("BearerToken")
+        expiry = getattr(loader, "expiry", None)
+        return strip_bearer(auth), expiry if isinstance(expiry, dt.datetime) else None
+
+    return reload, cfg, expiry if isinstance(expiry, dt.datetime) else None
 
 
 def load(kubeconfig: str = "") -> KubeConfig:
     """Kubeconfig path → KubeConfig; empty → in-cluster if available, else default kubeconfig."""
     cfg = k8s_client.Configuration()
+    reload: Reload | None = None
+    expiry: dt.datetime | None = None
     in_cluster = not kubeconfig and (SA_DIR / "token").exists()
     namespace = "default"
     try:
@@ -69,7 +108,7 @@ def load(kubeconfig: str = "") -> KubeConfig:
                 namespace = ns_file.read_text().strip()
         else:
             path = kubeconfig or os.environ.get("KUBECONFIG", "") or None
-            k8s_config.load_kube_config(config_file=path, client_configuration=cfg)
+            reload, cfg, expiry = _reloader(path)
             try:
                 _, active = k8s_config.list_kube_config_contexts(config_file=path)
                 namespace = active.get("context", {}).get("namespace") or "default"
@@ -77,10 +116,7 @@ def load(kubeconfig: str = "") -> KubeConfig:
                 namespace = "default"
     except (k8s_config.ConfigException, OSError, TypeError) as exc:
         raise ConfigError(f"cannot load Kubernetes configuration: {exc}") from exc
-    token = None
-    auth = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
-    if auth:
-        token = auth.split(" ", 1)[1] if auth.lower().startswith("bearer ") else auth
+    token = strip_bearer(cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken"))
     token_file = str(SA_DIR / "token") if in_cluster else None
     ca_file = cfg.ssl_ca_cert
     if ca_file is None and not cfg.verify_ssl:
@@ -94,6 +130,9 @@ def load(kubeconfig: str = "") -> KubeConfig:
         token_file=token_file,
         verify=bool(cfg.verify_ssl),
         namespace=namespace,
+        # A kubeconfig is asked again when its token expires or is refused (exec plugins,
+        # OIDC); in-cluster, the token file is re-read on every use instead.
+        credentials=Credentials(token, expiry=expiry, reload=reload if token else None,
+                                token_file=token_file),
     )
-
 

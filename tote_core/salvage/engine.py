@@ -15,6 +15,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import trio
 
@@ -39,7 +40,7 @@ from tote_core.salvage import planner
 from tote_core.salvage.records import RecordStore
 from tote_core.settings import ControllerSettings
 from tote_core.structs.kube import Pod
-from tote_core.structs.salvagerecord import SalvageRecord, SalvageRecordSpec
+from tote_core.structs.salvagerecord import Condition, SalvageRecord, SalvageRecordSpec
 from tote_core.timefmt import micro_time, parse_time, utcnow
 
 log = logging.getLogger("tote.salvage")
@@ -50,6 +51,25 @@ CORRUPT_BACKOFF = 60.0
 PERMANENT = "Permanent"
 # Permanent for one source, not for the salvage: try the next candidate.
 SOURCE_SPECIFIC = frozenset({"layers_discarded", "platform_missing"})
+# Failures caused by tote's own configuration (SPEC §11), never a property of the image:
+# recorded with the condition reason CONFIGURATION, not retried by the process that hit them
+# (same configuration, same result), retried by any controller started after them — so a
+# restart with fixed configuration carries on without anyone deleting records. Records an
+# older version marked Permanent for these reasons are retried too.
+CONFIGURATION = "ConfigurationError"
+CONFIG_REASONS = frozenset({"tls_config", "no_plugin"})
+
+
+def _failure_is_final(conditions: list[Condition], started: datetime) -> bool:
+    """Whether a Failed record's conditions forbid this controller process to retry it."""
+    for c in conditions:
+        if c.reason == PERMANENT and c.message.split(":", 1)[0] not in CONFIG_REASONS:
+            return True
+        if c.reason == CONFIGURATION:
+            failed_at = parse_time(c.last_transition_time)
+            if failed_at is None or failed_at >= started:
+                return True
+    return False
 
 
 
@@ -79,6 +99,7 @@ class SalvageEngine:
         self.host = host
         self.recorder = recorder
         self.records = RecordStore(kube)
+        self.started = utcnow()  # configuration failures from before this are retried
         self.queue = WorkQueue(base_delay=30.0, max_delay=300.0)
         self.jobs: dict[str, Job] = {}
         self.active_by_source: Counter[str] = Counter()
@@ -151,7 +172,7 @@ class SalvageEngine:
             return None
         # A Completed record whose image has since vanished from the target (GC, manual
         # removal, corrupt record removed) is salvaged again under the same record.
-        if st.phase == "Failed" and any(c.reason == PERMANENT for c in st.conditions):
+        if st.phase == "Failed" and _failure_is_final(st.conditions, self.started):
             self.jobs.pop(key, None)
             return None
         last = parse_time(st.last_attempt_at)
@@ -242,6 +263,7 @@ class SalvageEngine:
             "startedAt": record.status.started_at or now,
             "lastAttemptAt": now,
             "error": "",
+            "conditions": [],  # a retried configuration failure is history now
         })
         request = TransferRequest(
             image_ref=inc.image_ref, digest=inc.digest, source_node=source,
@@ -308,13 +330,17 @@ class SalvageEngine:
                 f"{result.blobs_skipped} blobs already present, "
                 f"{result.duration_seconds:.1f}s. {messages.DEBT}"
             )
+        else:
+            text = f"Image {inc.image_ref} ({inc.digest}) is {note}; nothing to move."
+        await self.records.patch_status(job.namespace, job.record, status)
+        if moved is not None:
+            # After the record says Completed: nothing on_salvaged does (e.g. the backup
+            # push it queues) can hold up or fail the salvage.
+            source, result = moved
             request = TransferRequest(image_ref=inc.image_ref, digest=inc.digest or "",
                                       source_node=source, target_node=inc.node_name or "")
             await self.host.on_salvaged(inc, request, result)
             await self._notify("salvaged", inc, source=source)
-        else:
-            text = f"Image {inc.image_ref} ({inc.digest}) is {note}; nothing to move."
-        await self.records.patch_status(job.namespace, job.record, status)
         await self._announce(job, text)
         log.info("salvage %s/%s completed%s", job.namespace, job.record,
                  f" ({note})" if note else "")
@@ -343,13 +369,16 @@ class SalvageEngine:
         }
         if retry_count is not None:
             status["retryCount"] = retry_count
+        configuration = permanent and reason in CONFIG_REASONS
         if permanent:
             status["conditions"] = [{
-                "type": "Failed", "status": "True", "reason": PERMANENT,
+                "type": "Failed", "status": "True",
+                "reason": CONFIGURATION if configuration else PERMANENT,
                 "message": f"{reason}: {error}"[:1000], "lastTransitionTime": micro_time(),
             }]
         await self.records.patch_status(job.namespace, job.record, status)
-        verdict = "not retried" if permanent else "will retry"
+        verdict = ("tote's configuration: retried after the controller restarts with it "
+                   "fixed" if configuration else "not retried" if permanent else "will retry")
         text = (f"Salvage of {inc.image_ref} ({inc.digest}) to node {inc.node_name} failed "
                 f"({reason}, {verdict}): {error}. {messages.DEBT}")
         for pod in job.pods.values():

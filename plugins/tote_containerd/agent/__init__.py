@@ -17,6 +17,7 @@ from pathlib import Path
 
 import trio
 
+from tote_core import tlsfiles
 from tote_core.errors import ConfigError
 from tote_core.settings import AgentSettings
 
@@ -31,18 +32,10 @@ def _node_name(settings: AgentSettings) -> str:
 
 
 def _check_tls(settings: AgentSettings) -> bool:
-    """True when TLS is on. Refuses to start half-configured or without `--insecure`."""
-    files = [settings.tls_cert, settings.tls_key, settings.tls_ca]
-    if all(files):
-        for f in files:
-            if not Path(f).is_file():
-                raise ConfigError(f"TLS file not found: {f}")
+    """True when TLS is on. Refuses to start half-configured, with unusable TLS material
+    (garbage PEM, key/cert mismatch, expired, CA not a CA) or without `--insecure`."""
+    if tlsfiles.check_mtls(settings):
         return True
-    if any(files):
-        raise ConfigError("--tls-cert, --tls-key and --tls-ca must be given together")
-    if not settings.insecure:
-        raise ConfigError("refusing to start without mTLS: give --tls-cert/--tls-key/--tls-ca "
-                          "or pass --insecure explicitly")
     log.warning("INSECURE MODE: mTLS is off; any client on the network can import, remove "
                 "and read images through this agent. Never run like this in a cluster.")
     return False

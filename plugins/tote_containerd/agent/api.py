@@ -80,3 +80,34 @@ class Session(msgspec.Struct, frozen=True, kw_only=True):
     expires_unix: int
     source_node: str
     data_port: int = 0
+
+
+class PushRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Push `digest` from this node to `registry_url`/`repository`:`tag` (controller only)."""
+
+    digest: str
+    registry_url: str
+    repository: str
+    tag: str
+    authorization: str = ""  # an `Authorization` header value; never printed
+    ca_pem: str = ""
+    insecure: bool = False
+    mount_from: list[str] = msgspec.field(default_factory=list)
+    parallelism: int = 0
+
+    def __repr__(self) -> str:  # the header is a credential, even in a traceback
+        return (f"PushRequest(digest={self.digest!r}, registry_url={self.registry_url!r}, "
+                f"repository={self.repository!r}, tag={self.tag!r})")
+
+
+class PushResult(msgspec.Struct, frozen=True, kw_only=True):
+    pushed_digest: str
+    index_pushed: bool
+    manifests: list[str]
+    blobs_total: int
+    blobs_uploaded: int
+    blobs_skipped: int
+    blobs_mounted: int
+    bytes_uploaded: int
+    note: str = ""
+    platform: str = ""

@@ -27,6 +27,8 @@ from tote_containerd.agent.api import (
     ImportProgress,
     ImportRequest,
     InspectResult,
+    PushRequest,
+    PushResult,
     Resolved,
     Session,
 )
@@ -147,6 +149,11 @@ class AgentClient:
         resp = await self._unary(self._stub.RemoveImage,
                                  pb.RemoveImageRequest(names=names or [], digest=digest))
         return list(resp.removed)
+
+    async def push(self, request: PushRequest, deadline: float) -> PushResult:
+        """Have this agent push an image to a registry; the caller owns the deadline."""
+        return convert.push_result_from_pb(await self._unary(
+            self._stub.Push, convert.push_request_to_pb(request), deadline=deadline))
 
     async def health(self) -> Health:
         return convert.health_from_pb(

@@ -12,6 +12,8 @@ from tote_containerd.agent.api import (
     ImportProgress,
     ImportRequest,
     InspectResult,
+    PushRequest,
+    PushResult,
     Resolved,
     Session,
 )
@@ -102,3 +104,33 @@ def health_from_pb(m: Any) -> Health:
 def session_from_pb(m: Any) -> Session:
     return Session(session=m.session, expires_unix=m.expires_unix, source_node=m.source_node,
                    data_port=m.data_port)
+
+
+def push_request_to_pb(r: PushRequest) -> Any:
+    return pb.PushRequest(
+        digest=r.digest, registry_url=r.registry_url, repository=r.repository, tag=r.tag,
+        authorization=r.authorization, ca_pem=r.ca_pem, insecure=r.insecure,
+        mount_from=r.mount_from, parallelism=r.parallelism)
+
+
+def push_request_from_pb(m: Any) -> PushRequest:
+    return PushRequest(
+        digest=m.digest, registry_url=m.registry_url, repository=m.repository, tag=m.tag,
+        authorization=m.authorization, ca_pem=m.ca_pem, insecure=m.insecure,
+        mount_from=list(m.mount_from), parallelism=m.parallelism)
+
+
+def push_result_to_pb(r: PushResult) -> Any:
+    return pb.PushResponse(
+        pushed_digest=r.pushed_digest, index_pushed=r.index_pushed, manifests=r.manifests,
+        blobs_total=r.blobs_total, blobs_uploaded=r.blobs_uploaded,
+        blobs_skipped=r.blobs_skipped, blobs_mounted=r.blobs_mounted,
+        bytes_uploaded=r.bytes_uploaded, note=r.note, platform=r.platform)
+
+
+def push_result_from_pb(m: Any) -> PushResult:
+    return PushResult(
+        pushed_digest=m.pushed_digest, index_pushed=m.index_pushed, manifests=list(m.manifests),
+        blobs_total=m.blobs_total, blobs_uploaded=m.blobs_uploaded,
+        blobs_skipped=m.blobs_skipped, blobs_mounted=m.blobs_mounted,
+        bytes_uploaded=m.bytes_uploaded, note=m.note, platform=m.platform)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import msgspec
 import trio
 
-from tote_containerd.agent import dataplane, metrics, oci
+from tote_containerd.agent import dataplane, metrics, oci, push
 from tote_containerd.agent.api import (
     BlobInfo,
     Health,
@@ -29,6 +29,8 @@ from tote_containerd.agent.api import (
     ImportProgress,
     ImportRequest,
     InspectResult,
+    PushRequest,
+    PushResult,
     Resolved,
     Session,
 )
@@ -353,6 +355,13 @@ class AgentCore:
                 pos += len(data)
                 sent += len(data)
         metrics.BYTES_SENT.labels(path="api").inc(sent)
+
+    async def push(self, req: PushRequest) -> PushResult:
+        """Backup push (see `push`): blobs from the files when this agent reads them directly."""
+        def readable(digest: str) -> Path | None:
+            return self._blob_path(digest) if self.fast_path else None
+
+        return await push.Pusher(self.cd, req, platform=self.platform, blob_path=readable).run()
 
     def _blob_path(self, digest: str) -> Path | None:
         if not self.content_root:

@@ -26,3 +26,8 @@ CONTAINERD_UP = Gauge("tote_agent_containerd_up", "1 if the last containerd prob
                       registry=REGISTRY)
 RPCS = Counter("tote_agent_rpcs_total", "Agent RPCs by method and status code.",
                ["method", "code"], registry=REGISTRY)
+PUSH_BYTES = Counter("tote_agent_push_bytes_total",
+                     "Blob bytes uploaded to registries (backup push).", registry=REGISTRY)
+PUSH_BLOBS = Counter("tote_agent_push_blobs_total",
+                     "Blobs handled by backup pushes: uploaded, mounted or skipped (present).",
+                     ["outcome"], registry=REGISTRY)

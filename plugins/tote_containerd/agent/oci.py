@@ -101,6 +101,9 @@ def _desc(d: Any, where: str) -> Desc:
     return Desc(media_type=str(d.get("mediaType", "")), digest=digest, size=size)
 
 
+descriptor = _desc  # public name for other agent modules
+
+
 def load_json(data: bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(data)

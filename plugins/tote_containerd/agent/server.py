@@ -33,6 +33,7 @@ ACL: dict[str, tuple[Role, ...]] = {
     "ListImages": ("controller",),
     "ResolveTag": ("controller",),
     "RemoveImage": ("controller",),
+    "Push": ("controller",),
     "OpenSession": ("agent",),
     "ReadBlob": ("agent",),
 }
@@ -150,6 +151,12 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
         removed = await self._run("RemoveImage", engine.remove_image, self.core.cd,
                                   list(req.names), req.digest)
         await stream.send_message(pb.RemoveImageResponse(removed=removed))
+
+    async def Push(self, stream: Any) -> None:
+        self._authorise(stream, "Push")
+        req = await stream.recv_message()
+        res = await self._run("Push", self.core.push, convert.push_request_from_pb(req))
+        await stream.send_message(convert.push_result_to_pb(res))
 
     async def Health(self, stream: Any) -> None:
         await stream.recv_message()

@@ -73,6 +73,7 @@ class Node:
 
 
 def start_node(group: ProcessGroup, base: Path, name: str) -> Node:
+    versions.use_containerd()
     d = base / name
     d.mkdir(parents=True, exist_ok=True)
     cfg = d / "config.toml"

@@ -195,7 +195,7 @@ async def test_replayed_token_refused(env: Env, image: str) -> None:
 def test_refuses_to_start_without_tls_or_insecure(env: Env) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "tote_containerd.agent", "--containerd-socket",
-         env.nodes["a"].socket, "--grpc-port", "0"],
+         env.nodes["a"].socket, "--grpc-port", "1"],
         capture_output=True, text=True, timeout=60, cwd=REPO,
         env={"PYTHONPATH": f"{REPO}:{REPO / 'plugins'}", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 2

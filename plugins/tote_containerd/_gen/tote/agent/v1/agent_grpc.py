@@ -43,6 +43,10 @@ class AgentBase(abc.ABC):
         pass
 
     @abc.abstractmethod
+    async def Push(self, stream: 'grpclib.server.Stream[tote_containerd._gen.tote.agent.v1.agent_pb2.PushRequest, tote_containerd._gen.tote.agent.v1.agent_pb2.PushResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
     async def Health(self, stream: 'grpclib.server.Stream[tote_containerd._gen.tote.agent.v1.agent_pb2.HealthRequest, tote_containerd._gen.tote.agent.v1.agent_pb2.HealthResponse]') -> None:
         pass
 
@@ -89,6 +93,12 @@ class AgentBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 tote_containerd._gen.tote.agent.v1.agent_pb2.RemoveImageRequest,
                 tote_containerd._gen.tote.agent.v1.agent_pb2.RemoveImageResponse,
+            ),
+            '/tote.agent.v1.Agent/Push': grpclib.const.Handler(
+                self.Push,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                tote_containerd._gen.tote.agent.v1.agent_pb2.PushRequest,
+                tote_containerd._gen.tote.agent.v1.agent_pb2.PushResponse,
             ),
             '/tote.agent.v1.Agent/Health': grpclib.const.Handler(
                 self.Health,
@@ -143,6 +153,12 @@ class AgentStub:
             '/tote.agent.v1.Agent/RemoveImage',
             tote_containerd._gen.tote.agent.v1.agent_pb2.RemoveImageRequest,
             tote_containerd._gen.tote.agent.v1.agent_pb2.RemoveImageResponse,
+        )
+        self.Push = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/tote.agent.v1.Agent/Push',
+            tote_containerd._gen.tote.agent.v1.agent_pb2.PushRequest,
+            tote_containerd._gen.tote.agent.v1.agent_pb2.PushResponse,
         )
         self.Health = grpclib.client.UnaryUnaryMethod(
             channel,

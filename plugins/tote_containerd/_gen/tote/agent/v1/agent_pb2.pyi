@@ -203,6 +203,52 @@ class RemoveImageResponse(_message.Message):
     removed: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, removed: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class PushRequest(_message.Message):
+    __slots__ = ("digest", "registry_url", "repository", "tag", "authorization", "ca_pem", "insecure", "mount_from", "parallelism")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_URL_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZATION_FIELD_NUMBER: _ClassVar[int]
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    INSECURE_FIELD_NUMBER: _ClassVar[int]
+    MOUNT_FROM_FIELD_NUMBER: _ClassVar[int]
+    PARALLELISM_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    registry_url: str
+    repository: str
+    tag: str
+    authorization: str
+    ca_pem: str
+    insecure: bool
+    mount_from: _containers.RepeatedScalarFieldContainer[str]
+    parallelism: int
+    def __init__(self, digest: _Optional[str] = ..., registry_url: _Optional[str] = ..., repository: _Optional[str] = ..., tag: _Optional[str] = ..., authorization: _Optional[str] = ..., ca_pem: _Optional[str] = ..., insecure: _Optional[bool] = ..., mount_from: _Optional[_Iterable[str]] = ..., parallelism: _Optional[int] = ...) -> None: ...
+
+class PushResponse(_message.Message):
+    __slots__ = ("pushed_digest", "index_pushed", "manifests", "blobs_total", "blobs_uploaded", "blobs_skipped", "blobs_mounted", "bytes_uploaded", "note", "platform")
+    PUSHED_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    INDEX_PUSHED_FIELD_NUMBER: _ClassVar[int]
+    MANIFESTS_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_UPLOADED_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_MOUNTED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_UPLOADED_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    pushed_digest: str
+    index_pushed: bool
+    manifests: _containers.RepeatedScalarFieldContainer[str]
+    blobs_total: int
+    blobs_uploaded: int
+    blobs_skipped: int
+    blobs_mounted: int
+    bytes_uploaded: int
+    note: str
+    platform: str
+    def __init__(self, pushed_digest: _Optional[str] = ..., index_pushed: _Optional[bool] = ..., manifests: _Optional[_Iterable[str]] = ..., blobs_total: _Optional[int] = ..., blobs_uploaded: _Optional[int] = ..., blobs_skipped: _Optional[int] = ..., blobs_mounted: _Optional[int] = ..., bytes_uploaded: _Optional[int] = ..., note: _Optional[str] = ..., platform: _Optional[str] = ...) -> None: ...
+
 class HealthRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -1,0 +1,49 @@
+"""`node_health` for `tote doctor`: reach a node's agent with the controller's identity.
+
+Uses the same discovery (`--agent-endpoints`, else agent pods) and mTLS set-up as a
+transfer, so a green row means a salvage could reach this agent. containerd's
+`discard_unpacked_layers` setting is not visible through its API; instead a few of the
+node's images are inspected (`SAMPLE` distinct digests): if their compressed layers are
+gone, the node discards them and cannot serve as a salvage source.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from tote_core.errors import ToteError
+from tote_core.hooks.hookspecs import hookimpl
+from tote_core.hooks.types import NodeHealth
+
+SAMPLE = 3
+
+
+@hookimpl
+async def node_health(node: str, settings: Any, pods: list[Any]) -> NodeHealth | None:
+    from tote_containerd.agent.client import ensure_loop
+    from tote_containerd.agent.errors import AgentError
+    from tote_containerd.plugin import agent_endpoint, open_agent
+
+    endpoint = ""
+    cache = SimpleNamespace(pods=lambda: pods)
+    try:
+        endpoint = agent_endpoint(settings, cache, node)
+        async with ensure_loop(), open_agent(node, settings, cache) as agent:
+            health = await agent.health()
+            digests: list[str] = []
+            for record in await agent.list_images():
+                if record.digest not in digests:
+                    digests.append(record.digest)
+            discarded: bool | None = None
+            sampled = 0
+            for digest in digests[:SAMPLE]:
+                info = await agent.inspect(digest)
+                sampled += 1
+                discarded = bool(discarded) or info.layers_discarded
+    except (AgentError, ToteError, OSError) as exc:
+        return NodeHealth(node=node, reachable=False, endpoint=endpoint, error=str(exc))
+    return NodeHealth(
+        node=node, reachable=True, endpoint=endpoint, containerd_ok=health.containerd_ok,
+        containerd_version=health.containerd_version, layers_discarded=discarded,
+        images_sampled=sampled, error=health.error)

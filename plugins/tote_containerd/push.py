@@ -1,0 +1,63 @@
+"""Built-in `push_image`: the node's agent uploads an image to a registry (SPEC §6, §7).
+
+The registry plugin decides what to push where and with which `Authorization`; this module
+only carries that to the agent of `request.node` (Push RPC, controller identity over mTLS)
+and maps the agent's errors onto `RegistryError` reasons the caller acts on: `node` (that
+node cannot serve the image: agent down, image incomplete — another node may), or the
+registry's own `unauthorized` / `unreachable` / `error` (no other node would do better).
+"""
+
+from __future__ import annotations
+
+import math
+
+import trio
+
+from tote_core.errors import RegistryError, RetryLater
+from tote_core.hooks.hookspecs import hookimpl
+from tote_core.hooks.types import PushRequest, PushResult
+
+DEFAULT_DEADLINE = 1800.0
+_REGISTRY_REASONS = {"registry_unreachable": "unreachable", "unauthorized": "unauthorized",
+                     "registry_error": "error", "digest_mismatch": "error"}
+
+
+def _mapped(exc: Exception, node: str) -> RegistryError:
+    from tote_containerd.agent import errors as e
+
+    reason = getattr(exc, "reason", "")
+    if reason in _REGISTRY_REASONS:
+        return RegistryError(str(exc), reason=_REGISTRY_REASONS[reason])
+    if isinstance(exc, (RetryLater, e.Unavailable, e.NotFound, e.FailedPrecondition)):
+        return RegistryError(f"node {node}: {exc}", reason="node")
+    return RegistryError(f"node {node}: {exc}")
+
+
+@hookimpl
+async def push_image(request: PushRequest) -> PushResult | None:
+    from tote_containerd.agent import api
+    from tote_containerd.agent.client import ensure_loop
+    from tote_containerd.agent.errors import AgentError
+    from tote_containerd.plugin import _state, open_agent
+
+    if _state.settings is None:
+        return None
+    left = trio.current_effective_deadline() - trio.current_time()
+    deadline = left if math.isfinite(left) else DEFAULT_DEADLINE
+    async with ensure_loop():
+        try:
+            async with open_agent(request.node) as agent:
+                r = await agent.push(api.PushRequest(
+                    digest=request.digest, registry_url=request.registry_url,
+                    repository=request.repository, tag=request.tag,
+                    authorization=request.authorization, ca_pem=request.ca_pem,
+                    insecure=request.insecure, mount_from=list(request.mount_from)),
+                    deadline=max(1.0, deadline))
+        except (AgentError, RetryLater) as exc:
+            raise _mapped(exc, request.node) from exc
+    return PushResult(
+        pushed_digest=r.pushed_digest, index_pushed=r.index_pushed,
+        manifests=tuple(r.manifests), blobs_total=r.blobs_total,
+        blobs_uploaded=r.blobs_uploaded, blobs_skipped=r.blobs_skipped,
+        blobs_mounted=r.blobs_mounted, bytes_uploaded=r.bytes_uploaded, note=r.note,
+        platform=r.platform)

@@ -1,0 +1,185 @@
+"""tote as users meet it: `helm install` on the two-node kubelet cluster, then a real salvage.
+
+The image is built here (no engine, no registry) and imported into both nodes' containerd;
+`helm install` uses the chart's defaults except what this one-machine cluster needs
+(tests/e2e/tote_install.py). Then, in order:
+
+1. controller (Ready, leading) and one agent per node (Ready), as pods;
+2. the salvage story in-cluster: registry down, an opted-in Deployment scheduled to the node
+   without the image, tote's pods salvage it from node B (agent → agent over mTLS), the
+   replacement pod is Running and its log proves it runs the image;
+3. `helm upgrade` changing a value: no certificate regenerated, the SalvageRecord kept, the
+   new controller leads again;
+4. a second release in another namespace: no cluster-scoped name collides, both deployed;
+5. `helm uninstall`: nothing of the release is left but the CRD and the SalvageRecords (the
+   documented behaviour: records are user data, the CRD is shared by releases).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cluster import registry as registry_mod
+from tests.cluster.cluster import KubeCluster
+from tests.cluster.procs import wait_until
+from tests.e2e import tote_install
+from tests.e2e.salvage_env import Timeline, deployment, namespace, workload_image
+from tests.e2e.tote_install import Install
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def tote_helm(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[Install]:  # fmt: skip
+    inst = tote_install.install_tote(kube_cluster, tmp_path_factory.mktemp("helm"))
+    print(f"tote installed by helm in {inst.startup_seconds}")
+    try:
+        yield inst
+    finally:
+        inst.uninstall()
+
+
+def test_1_controller_and_one_agent_per_node_ready(
+    tote_helm: Install, kube_cluster: KubeCluster
+) -> None:
+    ctl = tote_helm.pods("controller")
+    agents = tote_helm.pods("agent")
+    assert len(ctl) == 1, [p["metadata"]["name"] for p in ctl]
+    assert sorted(p["spec"]["nodeName"] for p in agents) == sorted(
+        n.name for n in kube_cluster.nodes
+    )
+    for p in ctl + agents:
+        conds = {c["type"]: c["status"] for c in p["status"].get("conditions", [])}
+        assert conds.get("Ready") == "True", (p["metadata"]["name"], p["status"])
+        image = p["status"]["containerStatuses"][0]["image"]
+        assert image.endswith(f"tote:{tote_helm.image.version}"), image
+    holder = tote_helm.lease_holder()
+    assert holder.startswith(ctl[0]["metadata"]["name"]), (holder, ctl[0]["metadata"]["name"])
+    # the agents bound their node's address (hostNetwork, status.hostIP)
+    for p in agents:
+        assert p["status"]["podIP"] == p["spec"]["nodeName"], p["status"]
+
+
+def test_2_registry_down_salvaged_by_tote_pods(
+    tote_helm: Install, kube_cluster: KubeCluster, tmp_path: Path
+) -> None:
+    reg = registry_mod.start_registry(tmp_path / "registry")
+    ns = namespace(kube_cluster)
+    try:
+        for n in kube_cluster.nodes:
+            n.trust_registry(reg.host)
+        marker = f"in-cluster-{uuid.uuid4().hex[:8]}"
+        ref = f"{reg.host}/shop/helm:v1"
+        img = workload_image(tmp_path / "img", ref, marker=marker)
+        img.push(ref)
+        kube_cluster.node_b.import_image(img)  # node B pulled it earlier
+        reg.stop()  # the outage
+        assert ref not in kube_cluster.node.image_names()
+
+        tl = Timeline(kube_cluster, ns, selector="app=web")
+        kube_cluster.apply(deployment("web", ns, ref))
+        pod = tl.wait_running(timeout=180)
+        print(f"in-cluster salvage: {tl.summary()}")
+        assert pod["spec"]["nodeName"] == kube_cluster.node.name
+        assert pod["status"]["containerStatuses"][0]["imageID"].endswith(img.digest)
+        logs = kube_cluster.pod_logs(ns, pod["metadata"]["name"])
+        assert marker in logs, logs
+        recs = json.loads(kube_cluster.kubectl("get", "salvagerecords", "-n", ns, "-o", "json")
+                          .stdout)["items"]  # fmt: skip
+        assert len(recs) == 1, recs
+        rec = recs[0]
+        assert rec["status"]["phase"] == "Completed", rec["status"]
+        assert rec["spec"]["sourceNode"] == kube_cluster.node_b.name
+        assert rec["spec"]["targetNode"] == kube_cluster.node.name
+        reasons = {e.get("reason") for e in kube_cluster.events(ns, tl.pods[0][0])}
+        assert {"ImageSalvageable", "ImageSalvaged"} <= reasons, reasons
+    finally:
+        reg.stop()
+        kube_cluster.kubectl("delete", "deployments", "--all", "-n", ns, "--wait=false",
+                             check=False)  # fmt: skip
+
+
+def test_3_upgrade_keeps_certificates_and_records(
+    tote_helm: Install, kube_cluster: KubeCluster
+) -> None:
+    before = tote_helm.secret_data()
+    assert {"tote-ca", "tote-controller-tls", "tote-agent-tls"} <= set(before), sorted(before)
+    records_before = kube_cluster.kubectl("get", "salvagerecords", "-A", "-o", "name").stdout
+    old_ctl = tote_helm.pods("controller")[0]["metadata"]["uid"]
+    tote_helm.helm("upgrade", tote_helm.release, str(tote_install.CHART), "-n",
+                   tote_helm.namespace, "--reuse-values", "--set", "controller.logLevel=debug",
+                   "--wait", "--timeout", "300s")  # fmt: skip
+    after = tote_helm.secret_data()
+    for name in ("tote-ca", "tote-controller-tls", "tote-agent-tls"):
+        assert after[name] == before[name], f"{name} was regenerated by helm upgrade"
+    assert kube_cluster.kubectl("get", "salvagerecords", "-A", "-o", "name").stdout == (
+        records_before
+    )
+    wait_until(
+        lambda: any(p["metadata"]["uid"] != old_ctl for p in tote_helm.pods("controller")),
+        timeout=120, what="the upgraded controller pod",
+    )  # fmt: skip
+    ctl = next(p for p in tote_helm.pods("controller") if p["metadata"]["uid"] != old_ctl)
+    args = ctl["spec"]["containers"][0]["args"]
+    assert "--log-level=debug" in args, args
+    wait_until(
+        lambda: tote_helm.lease_holder().startswith(ctl["metadata"]["name"]),
+        timeout=120, interval=1, what="the upgraded controller leads",
+    )  # fmt: skip
+
+
+def test_4_second_release_in_another_namespace_no_collisions(
+    tote_helm: Install, kube_cluster: KubeCluster
+) -> None:
+    other = tote_install.harness_values(kube_cluster)  # its own free ports
+    path = tote_helm.values_file(other, "values-other.yaml")
+    tote_helm.helm("install", "tote", str(tote_install.CHART), "-n", "tote-other",
+                   "--create-namespace", "-f", str(path), "--wait", "--timeout", "300s")
+    try:
+        status = tote_helm.helm("status", "tote", "-n", "tote-other")
+        assert "STATUS: deployed" in status, status
+        first = tote_helm.helm("get", "manifest", "tote", "-n", tote_helm.namespace)
+        second = tote_helm.helm("get", "manifest", "tote", "-n", "tote-other")
+
+        def cluster_scoped(manifest: str) -> set[tuple[str, str]]:
+            return {
+                (d["kind"], d["metadata"]["name"])
+                for d in yaml.safe_load_all(manifest)
+                if d and d["kind"] in ("ClusterRole", "ClusterRoleBinding",
+                                       "ValidatingWebhookConfiguration")
+            }  # fmt: skip
+
+        a, b = cluster_scoped(first), cluster_scoped(second)
+        assert a and b and not (a & b), (a, b)
+    finally:
+        tote_helm.helm("uninstall", "tote", "-n", "tote-other", "--wait", check=False)
+
+
+def test_5_uninstall_leaves_only_crd_and_records(
+    tote_helm: Install, kube_cluster: KubeCluster
+) -> None:
+    records = kube_cluster.kubectl("get", "salvagerecords", "-A", "-o", "name").stdout.split()
+    tote_helm.uninstall()
+    sel = f"app.kubernetes.io/instance={tote_helm.release}"
+    wait_until(
+        lambda: not kube_cluster.kubectl(
+            "get", "all,secrets,configmaps,serviceaccounts,roles,rolebindings,leases",
+            "-n", tote_helm.namespace, "-l", sel, "-o", "name", check=False,
+        ).stdout.strip(),
+        timeout=120, what="every namespaced object of the release gone",
+    )  # fmt: skip
+    left = kube_cluster.kubectl("get", "clusterroles,clusterrolebindings", "-l", sel, "-o",
+                                "name").stdout.strip()  # fmt: skip
+    assert not left, left
+    assert kube_cluster.kubectl("get", "crd", "salvagerecords.tote.dev", check=False
+                                ).returncode == 0  # fmt: skip
+    assert kube_cluster.kubectl("get", "salvagerecords", "-A", "-o", "name").stdout.split() == (
+        records
+    )

@@ -1,0 +1,165 @@
+"""No rendering of the chart produces a pod that would refuse to start.
+
+For every value set of test_helm.py, each container's rendered args go through tote's real
+settings loader (`tote_core.settings.parse_args`, exactly what `tote controller` / `tote agent`
+call first), with `$(VAR)` expanded as kubelet would and every mounted file present: the
+chart's own TLS Secrets where it renders them, else certificates of the shape its documented
+sources provide. Then the start-up checks that refuse to run are applied too (the agent's
+mTLS-or-`--insecure` rule and loading the TLS contexts, the controller's agent TLS context and
+token signer). Nothing is started.
+
+The self-generated certificates are also used for a real TLS 1.3 handshake: the agent's
+server context sees the controller identity, the controller's client context sees an agent,
+and a transfer token signed with the controller key verifies against the rendered CA.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import socket
+import ssl
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tote_containerd.agent import _check_tls
+from tote_containerd.agent import tls as agent_tls
+from tote_containerd.agent.tokens import Signer, Verifier
+from tote_containerd.plugin import controller_ssl_context
+
+from tests.integration.containerd.certs import make_pki
+from tests.integration.test_helm import VALUE_SETS, Helm, by_kind, helm, pod_spec  # noqa: F401
+from tote_core.settings import AgentSettings, ControllerSettings, parse_args
+
+ENV = {"NODE_NAME": "node-a", "HOST_IP": "127.0.0.2", "POD_NAME": "tote-controller-0",
+       "POD_NAMESPACE": "tote-system"}
+
+
+def _secret_files(docs: list[dict[str, Any]], name: str) -> dict[str, bytes] | None:
+    for d in by_kind(docs, "Secret"):
+        if d["metadata"]["name"] == name:
+            return {k: base64.b64decode(v) for k, v in d["data"].items()}
+    return None
+
+
+def _materialise(docs: list[dict[str, Any]], spec: dict[str, Any], role: str,
+                 root: Path) -> dict[str, Path]:
+    """Create each mounted volume's files under `root`; mountPath → local directory."""
+    pki = make_pki(root / "pki")
+    ident = {"controller": pki.controller, "agent": pki.agent}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    out: dict[str, Path] = {}
+    for m in spec["containers"][0].get("volumeMounts", []):
+        local = root / m["name"]
+        local.mkdir(parents=True, exist_ok=True)
+        vol = volumes[m["name"]]
+        if "secret" in vol:
+            rendered = _secret_files(docs, vol["secret"]["secretName"])
+            for item in vol["secret"]["items"]:
+                if rendered is not None:
+                    data = rendered[item["key"]]
+                else:  # cert-manager or a user's Secret: same PEM layout, own identities
+                    key = item["key"]
+                    src = ident[role] if not key.startswith(("controller", "agent")) \
+                        else ident[key.split(".")[0]]
+                    data = Path({"crt": src.cert, "key": src.key}[key.rsplit(".", 1)[1]]
+                                if key != "ca.crt" else src.ca).read_bytes()
+                (local / item["path"]).write_bytes(data)
+        elif "configMap" in vol:
+            (local / "ca.crt").write_bytes(Path(pki.controller.ca).read_bytes())
+        out[m["mountPath"]] = local
+    return out
+
+
+def _args(docs: list[dict[str, Any]], kind: str, root: Path) -> tuple[list[str], str]:
+    spec = pod_spec(docs, kind)
+    (container,) = spec["containers"]
+    role = "controller" if kind == "Deployment" else "agent"
+    mounts = _materialise(docs, spec, role, root)
+    declared = {e["name"] for e in container.get("env", [])}
+    args: list[str] = []
+    for a in container["args"]:
+        for var in re.findall(r"\$\((\w+)\)", a):
+            assert var in declared, f"{kind} arg {a} uses ${var} that is not in env"
+            a = a.replace(f"$({var})", ENV[var])
+        for mount, local in mounts.items():
+            a = a.replace(f"={mount}/", f"={local}/")
+        args.append(a)
+    return args, role
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_rendered_args_start(helm: Helm, name: str, tmp_path: Path) -> None:  # noqa: F811
+    docs = helm.render(VALUE_SETS[name])
+    ctl_args, _ = _args(docs, "Deployment", tmp_path / "controller")
+    assert ctl_args[0] == "controller"
+    ctl: ControllerSettings = parse_args(ControllerSettings, ctl_args[1:], "tote controller")
+    tls_on = (VALUE_SETS[name] or {}).get("tls", {}).get("enabled", True)
+    assert ctl.insecure is (not tls_on)
+    if tls_on:  # what the controller does before its first agent call
+        assert controller_ssl_context(ctl) is not None
+        Signer(ctl.tls_cert, ctl.tls_key)
+    agent_args, _ = _args(docs, "DaemonSet", tmp_path / "agent")
+    assert agent_args[0] == "agent"
+    agent: AgentSettings = parse_args(AgentSettings, agent_args[1:], "tote agent")
+    assert _check_tls(agent) is tls_on  # raises ConfigError when it would refuse
+    if tls_on:
+        agent_tls.server_context(agent.tls_cert, agent.tls_key, agent.tls_ca)
+        agent_tls.client_context(agent.tls_cert, agent.tls_key, agent.tls_ca)
+        Verifier(agent.tls_ca)
+    assert agent.node_name == "node-a"
+    # the socket lies in the mounted containerd-socket volume (materialised under tmp_path)
+    assert Path(agent.containerd_socket).parent.name == "containerd-socket"
+    assert ctl.agent_port == agent.grpc_port
+
+
+def test_self_generated_identities_handshake(helm: Helm, tmp_path: Path) -> None:  # noqa: F811
+    docs = helm.render()
+    files: dict[str, dict[str, str]] = {}
+    for role in ("controller", "agent"):
+        secret = _secret_files(docs, f"tote-{role}-tls")
+        assert secret is not None
+        files[role] = {}
+        for key, data in secret.items():
+            p = tmp_path / f"{role}-{key}"
+            p.write_bytes(data)
+            files[role][key] = str(p)
+    ca = _secret_files(docs, "tote-ca")
+    assert ca is not None and ca["tls.crt"] == _secret_files(docs, "tote-agent-tls")["ca.crt"]  # type: ignore[index]
+    a, c = files["agent"], files["controller"]
+    server = agent_tls.server_context(a["tls.crt"], a["tls.key"], a["ca.crt"])
+    client = agent_tls.client_context(c["tls.crt"], c["tls.key"], c["ca.crt"])
+    seen: dict[str, Any] = {}
+    lsock = socket.create_server(("127.0.0.1", 0))
+    port = lsock.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = lsock.accept()
+        with server.wrap_socket(conn, server_side=True) as tls_conn:
+            seen["server_saw"] = agent_tls.identity_of(tls_conn.getpeercert())
+            seen["version"] = tls_conn.version()
+            tls_conn.sendall(b"ok")
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            client.wrap_socket(raw) as conn:
+        seen["client_saw"] = agent_tls.identity_of(conn.getpeercert())
+        assert conn.recv(2) == b"ok"
+    t.join(10)
+    lsock.close()
+    assert seen["version"] == "TLSv1.3"
+    assert seen["server_saw"].role == "controller"
+    assert seen["client_saw"].role == "agent"
+    token = Signer(c["tls.crt"], c["tls.key"]).mint(
+        digest="sha256:" + "a" * 64, source="node-a", target="node-b", ttl=60)
+    claims = Verifier(a["ca.crt"]).verify(token, source="node-a", target="node-b")
+    assert claims.digest == "sha256:" + "a" * 64
+    # An agent key cannot mint transfer tokens the agents accept.
+    forged = Signer(a["tls.crt"], a["tls.key"]).mint(
+        digest="sha256:" + "a" * 64, source="node-a", target="node-b", ttl=60)
+    with pytest.raises(Exception, match="controller identity"):
+        Verifier(a["ca.crt"]).verify(forged, source="node-a", target="node-b")
+    assert ssl.OPENSSL_VERSION  # the handshake above ran on this OpenSSL

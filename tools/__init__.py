@@ -1,0 +1,1 @@
+"""Release tooling (version bump, artefact build and checks); see docs/releasing.md."""

@@ -1,0 +1,1 @@
+"""`tote doctor`: checks of a live install (checks.py) and the command around them."""

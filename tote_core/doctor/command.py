@@ -1,0 +1,119 @@
+"""`tote doctor [--json]`: check a live install and say plainly what is wrong.
+
+Uses the caller's kubeconfig (it must be allowed to read the CRD, Lease, nodes, pods and
+webhook configuration and to create SubjectAccessReviews — a cluster admin, typically).
+Agents are reached exactly as the controller reaches them, so doctor needs the
+controller's client identity: `--tls-cert/--tls-key/--tls-ca` files (for a chart install,
+extract them from the chart's TLS Secret), or `--insecure` for an install without mTLS.
+`--tls-secret NAME` additionally checks the expiry of the certificates in that Secret.
+
+Exit status: 0 when every row is ok or warn, 1 when any row failed, 2 on bad flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+import msgspec
+import trio
+
+from tote_core.doctor import checks
+from tote_core.hooks.host import PluginHost
+from tote_core.kube import config as kube_config
+from tote_core.kube.client import KubeClient
+from tote_core.settings import ControllerSettings, load
+
+_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="tote doctor", description=__doc__.split("\n\n")[0])
+    a = p.add_argument
+    a("--json", action="store_true", help="one JSON array of check rows")
+    a("--kubeconfig", default="", help="default: $KUBECONFIG, ~/.kube/config")
+    a("--namespace", "-n", default="tote-system", help="tote's namespace (default tote-system)")
+    a("--service-account", default="tote-controller", help="the controller's ServiceAccount")
+    a("--lease", default="tote-controller", help="the leader-election Lease")
+    a("--service", default="tote-controller", help="the controller's Service")
+    a("--health-port", default="health", help="Service port (name/number) of /readyz")
+    a("--controller-url", default="",
+      help="reach /readyz at http://HOST:PORT directly instead of the service proxy")
+    a("--webhook", default="tote", help="ValidatingWebhookConfiguration name")
+    a("--tls-secret", default="", help="also check the certificates in this Secret")
+    for flag in ("tls-cert", "tls-key", "tls-ca"):
+        a(f"--{flag}", default=None, help="the controller's mTLS identity, to reach agents")
+    a("--insecure", action="store_true", help="agents run without mTLS")
+    for flag in ("agent-endpoints", "agent-namespace", "agent-selector", "agent-port",
+                 "config-map", "plugins-disabled"):
+        a(f"--{flag}", default=None, help="as on `tote controller`")
+    return p.parse_args(list(argv))
+
+
+def _settings(args: argparse.Namespace) -> ControllerSettings:
+    flags = {k: getattr(args, k) for k in (
+        "tls_cert", "tls_key", "tls_ca", "agent_endpoints", "agent_namespace",
+        "agent_selector", "agent_port", "config_map", "plugins_disabled")}
+    flags["insecure"] = "true" if args.insecure else None
+    flags["namespace"] = args.namespace
+    settings: ControllerSettings = load(ControllerSettings, flags, environ={})
+    return settings
+
+
+async def _run(args: argparse.Namespace, settings: ControllerSettings) -> list[checks.Check]:
+    host = PluginHost()
+    host.load(settings.plugins_disabled)
+    kube = KubeClient(kube_config.load(args.kubeconfig))
+    target = checks.Target(
+        namespace=args.namespace, service_account=args.service_account, lease=args.lease,
+        service=args.service, health_port=args.health_port,
+        controller_url=args.controller_url, webhook=args.webhook,
+        tls_secret=args.tls_secret, settings=settings)
+    try:
+        return await checks.run_all(kube, host, target)
+    finally:
+        await kube.aclose()
+
+
+def exit_code(rows: Sequence[checks.Check]) -> int:
+    """1 when any row failed; warnings alone leave the exit status 0."""
+    return 1 if any(r.status == "fail" for r in rows) else 0
+
+
+def to_json(rows: Sequence[checks.Check]) -> str:
+    """The `--json` output: one array of {check, status, detail, subject} objects."""
+    return msgspec.json.encode(list(rows)).decode()
+
+
+def render_table(rows: Sequence[checks.Check], out: TextIO) -> None:
+    """The people view: one table row per check row, then a one-line tally."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from tote_core.terminal import console as make_console
+
+    table = Table(title="tote doctor", title_justify="left")
+    for col in ("CHECK", "SUBJECT", "STATUS", "DETAIL"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r.check, r.subject, Text(r.status.upper(), style=_STYLE[r.status]),
+                      r.detail)
+    console = make_console(out)
+    console.print(table)
+    n_fail = sum(r.status == "fail" for r in rows)
+    n_warn = sum(r.status == "warn" for r in rows)
+    console.print(f"{n_fail} failed, {n_warn} warnings, {len(rows) - n_fail - n_warn} ok",
+                  style="bold red" if n_fail else "green")
+
+
+def run(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
+    args = parse(argv)
+    settings = _settings(args)
+    rows = trio.run(_run, args, settings)
+    if args.json:
+        out.write(to_json(rows) + "\n")
+    else:
+        render_table(rows, out)
+    return exit_code(rows)

@@ -1,0 +1,1 @@
+"""The status board and what feeds it; the WebSocket server is in components/statusfeed."""

@@ -1,0 +1,62 @@
+"""Messages of the status feed (`tote status`): one JSON object per WebSocket text message.
+
+The controller sends `Hello`, then one `Item` per incident or transfer it currently knows,
+then `Synced`; after that an `Item` whenever one changes. `tote status --json` prints the
+messages exactly as received, one per line, so scripts read the same shapes documented here.
+Field names are camelCase like the SalvageRecord they mirror.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+Kind = Literal["incident", "transfer"]
+
+
+class _Msg(msgspec.Struct, tag_field="type", rename="camel", kw_only=True, omit_defaults=True):
+    pass
+
+
+class Hello(_Msg, tag="hello"):
+    """First message: who serves the feed (the leader holds the data)."""
+
+    controller: str  # leader-election identity of the serving replica
+    version: str  # tote version of the controller
+    leader: bool
+
+
+class Item(_Msg, tag="item"):
+    """One incident (a failing pod as detected) or one transfer (a SalvageRecord)."""
+
+    kind: Kind
+    key: str  # stable: incidents `namespace/pod/uid`, transfers `namespace/record`
+    namespace: str
+    pod: str = ""
+    image: str = ""
+    digest: str = ""
+    source: str = ""  # source node (transfers)
+    target: str = ""  # failing / target node
+    # incidents: the event reason (ImageSalvageable, ImageNotActionable, ...);
+    # transfers: the record phase (Pending, Transferring, Completed, Failed).
+    phase: str = ""
+    message: str = ""
+    bytes_transferred: int = 0
+    bytes_total: int = 0
+    retry_count: int = 0
+    started_at: str = ""
+    updated_at: str = ""
+    completed_at: str = ""
+    error: str = ""
+
+
+class Synced(_Msg, tag="synced"):
+    """Every item known when the subscriber connected has been sent."""
+
+    items: int
+
+
+Message = Hello | Item | Synced
+
+FINISHED_PHASES = frozenset({"Completed", "Failed"})
