@@ -31,7 +31,10 @@ SALVAGE_FAILURES = Counter(
 PUSH_ATTEMPTS = Counter("tote_push_attempts_total", "Backup registry pushes started.")
 PUSH_SUCCESSES = Counter("tote_push_successes_total", "Backup registry pushes completed.")
 PUSH_FAILURES = Counter("tote_push_failures_total", "Backup registry pushes failed.")
-WEBHOOK_FAILURES = Counter("tote_webhook_failures_total", "Webhook deliveries that failed.")
+WEBHOOK_FAILURES = Counter(
+    "tote_webhook_failures_total",
+    "Notifications the webhook never accepted (after the bounded retry).",
+)
 REGISTRY_RESOLVE = Counter(
     "tote_registry_resolve_total", "Registry tag lookups, by result.", ["result"]
 )
@@ -50,6 +53,10 @@ REGISTRY_RESOLVE_DURATION = Histogram(
 SALVAGERECORDS = Gauge("tote_salvagerecords_total", "SalvageRecords by phase.", ["phase"])
 
 # Operational metrics beyond SPEC §10 (bounded labels).
+WEBHOOK_DROPPED = Counter(
+    "tote_webhook_dropped_total",
+    "Notifications dropped because the webhook queue was full (receiver slow or down).",
+)
 PLUGIN_FAILURES = Counter(
     "tote_plugin_failures_total", "Plugin hook implementations that raised.", ["plugin", "hook"]
 )

@@ -171,6 +171,7 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     webhook_url: str = ""
     webhook_events: list[str] = msgspec.field(default_factory=list)
     webhook_format: Literal["json", "slack"] = "json"
+    webhook_secret_file: str = ""  # HMAC-SHA256 key for X-Tote-Signature-256
     agent_endpoints: dict[str, str] = msgspec.field(default_factory=dict)
     agent_namespace: str = ""  # where agent pods run; empty = the controller's namespace
     agent_selector: str = "app.kubernetes.io/component=agent,app.kubernetes.io/name=tote"
@@ -206,7 +207,12 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
             raise ValueError("workers must be at least 1")
         bad = set(self.webhook_events) - {"detected", "salvaged", "failed", "pushed"}
         if bad:
-            raise ValueError(f"webhook_events: unknown event types {sorted(bad)}")
+            raise ValueError(f"webhook_events: unknown event types {sorted(bad)} "
+                             "(use detected, salvaged, failed, pushed)")
+        if self.webhook_url and not re.match(r"https?://[^/\s]+", self.webhook_url):
+            raise ValueError(f"webhook_url: {self.webhook_url!r} is not an http(s) URL")
+        if self.webhook_secret_file and not os.access(self.webhook_secret_file, os.R_OK):
+            raise ValueError(f"webhook_secret_file: cannot read {self.webhook_secret_file}")
         check_port("agent_port", self.agent_port)
         for name in ("metrics_address", "health_address"):
             check_address(name, getattr(self, name))
@@ -282,7 +288,6 @@ class AgentSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
 
 
 # `--help` text per setting (README has the same tables).
-_NOT_YET = " (accepted; not implemented yet)"
 HELP: dict[str, str] = {
     "log_format": "text or json (default text)",
     "log_level": "debug, info, warning or error (default info)",
@@ -310,9 +315,10 @@ HELP: dict[str, str] = {
                               "with credentials for the backup registry",
     "backup_registry_insecure": "plain HTTP / unverified TLS for the backup registry",
     "backup_registry_ca": "PEM bundle appended to system roots for the backup registry",
-    "webhook_url": "POST notifications here" + _NOT_YET,
-    "webhook_events": "comma list of detected,salvaged,failed,pushed (default all)" + _NOT_YET,
-    "webhook_format": "json or slack" + _NOT_YET,
+    "webhook_url": "POST notifications (JSON or Slack) here; empty = no webhook",
+    "webhook_events": "comma list of detected,salvaged,failed,pushed (default: all)",
+    "webhook_format": "json (default) or slack (Block Kit)",
+    "webhook_secret_file": "file holding the key for X-Tote-Signature-256 (HMAC-SHA256)",
     "agent_endpoints": "static node=host:port,... map of agents (out-of-cluster runs)",
     "agent_namespace": "namespace of agent pods (default: the controller's)",
     "agent_selector": "label selector of agent pods",

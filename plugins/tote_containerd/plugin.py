@@ -245,13 +245,32 @@ async def transfer(request: TransferRequest, progress: ProgressCallback
     return await run_transfer(request, progress, settings=_state.settings, cache=_state.cache)
 
 
-# Inventory hooks (find_image, resolve_tag, remove_image) live in their own module; importing
-# them here registers them with this plugin, so `plugins.disabled: [containerd]` covers them.
+# Inventory hooks (find_image, resolve_tag, remove_image), doctor's node_health and the backup
+# push live in their own modules; ContainerdPlugin below is what registers them.
 from tote_containerd.doctor import node_health  # noqa: E402
 from tote_containerd.inventory import find_image, remove_image, resolve_tag  # noqa: E402
 from tote_containerd.push import push_image  # noqa: E402
 
+
+class ContainerdPlugin:
+    """The `containerd` plugin as the host builds it from the entry point.
+
+    Its hooks are this package's functions (so `plugins.disabled: [containerd]` covers the
+    inventory, doctor and push hooks too). The settings and caches still live in the
+    module's `_state`, which the other modules and tests read; moving them onto this object
+    is a change of its own.
+    """
+
+    configure = staticmethod(configure)
+    transfer = staticmethod(transfer)
+    find_image = staticmethod(find_image)
+    resolve_tag = staticmethod(resolve_tag)
+    remove_image = staticmethod(remove_image)
+    node_health = staticmethod(node_health)
+    push_image = staticmethod(push_image)
+
+
 __all__ = [
-    "configure", "find_image", "node_health", "push_image", "remove_image", "resolve_tag",
-    "transfer",
+    "ContainerdPlugin", "configure", "find_image", "node_health", "push_image", "remove_image",
+    "resolve_tag", "transfer",
 ]

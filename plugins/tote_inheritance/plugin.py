@@ -9,7 +9,6 @@ together cost one lookup per owner rather than one per pod and reconcile.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import trio
 
@@ -18,7 +17,7 @@ from tote_core.errors import KubeError, NotFound
 from tote_core.hooks.context import PluginContext
 from tote_core.hooks.hookspecs import hookimpl
 from tote_core.hooks.types import OptInQuery
-from tote_core.kube.client import resource_path
+from tote_core.kube.client import KubeClient, resource_path
 from tote_core.structs.kube import OwnerReference, PartialObject
 
 log = logging.getLogger("tote.plugins.inheritance")
@@ -39,7 +38,7 @@ OWNER_KINDS: dict[tuple[str, str], str] = {
 
 
 class OwnerWalker:
-    def __init__(self, kube: Any) -> None:
+    def __init__(self, kube: KubeClient) -> None:
         self.kube = kube
         self._cache: dict[tuple[str, str, str, str], tuple[float, PartialObject | None]] = {}
         self.lookups = 0
@@ -89,20 +88,21 @@ class OwnerWalker:
         return None
 
 
-_walker: OwnerWalker | None = None
+class InheritancePlugin:
+    """The `inheritance` plugin: one owner walker per controller, built at `configure`."""
 
+    def __init__(self) -> None:
+        self.walker: OwnerWalker | None = None
 
-@hookimpl
-def configure(context: PluginContext) -> None:
-    global _walker
-    _walker = OwnerWalker(context.kube)
+    @hookimpl
+    def configure(self, context: PluginContext) -> None:
+        self.walker = OwnerWalker(context.kube)
 
-
-@hookimpl
-async def opt_in(query: OptInQuery) -> bool | None:
-    if _walker is None:
-        return None
-    owners = [
-        OwnerReference(api_version=a, kind=k, name=n) for a, k, n in query.owner_references
-    ]
-    return await _walker.decide(query.namespace, owners)
+    @hookimpl
+    async def opt_in(self, query: OptInQuery) -> bool | None:
+        if self.walker is None:
+            return None
+        owners = [
+            OwnerReference(api_version=a, kind=k, name=n) for a, k, n in query.owner_references
+        ]
+        return await self.walker.decide(query.namespace, owners)

@@ -125,9 +125,11 @@ class BackupPush:
 
     # -- the worker (a host service) ------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
         """Until cancelled (leadership lost). The channel stays open: a new term of
         leadership runs this again and finds what was still queued."""
+        task_status.started()
         while True:
             job = await self._recv.receive()
             self._queued.discard((job.request.digest, job.destination))
@@ -253,6 +255,7 @@ class BackupPush:
         inc = job.incident
         await self.host.notify(Notification(
             type=type_,  # type: ignore[arg-type]
-            pod_name=inc.pod_name, namespace=inc.namespace, image_ref=image_ref, digest=digest,
+            pod_name=inc.pod_name, namespace=inc.namespace, pod_uid=inc.pod_uid,
+            image_ref=image_ref, digest=digest,
             source_node=job.request.source_node, target_node=job.request.target_node,
             error=error, timestamp=utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")))

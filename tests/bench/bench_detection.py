@@ -15,6 +15,10 @@ be on PATH or in the venv; a profiling tool, not a dependency) and prints the ho
 Run: python -m tests.bench.bench_detection [--pods 5000] [--nodes 200] [--samples 200]
          [--idle 60] [--burst 1000] [--profile /tmp/detect.txt]
          [--subscribers N] (N `tote status --follow --json` viewers connected while measuring)
+
+P7 (issue 10): `--webhook-compare` measures the same latency twice in one run, on distinct
+pods: first with no webhook, then with `--webhook-url` pointing at a receiver that accepts
+connections and never answers. Prints both p50/p99 and the p99 ratio (goal <= 1.2x).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import os
 import shutil
 import ssl
@@ -39,6 +44,7 @@ import trio
 from tests.cluster.controller import ControllerProcess
 from tests.cluster.controlplane import ControlPlane, binaries_dir, start_control_plane
 from tests.cluster.procs import ProcessGroup, wait_until
+from tests.cluster.webhook import Receiver
 
 DIGEST = "sha256:" + "d" * 64
 REPO = "127.0.0.1:5999/bench"
@@ -180,15 +186,33 @@ async def observe(
     return sent, seen_watch, seen_event
 
 
-async def measure_latency(
-    cp: ControlPlane, samples: int, pods: int
-) -> tuple[list[float], list[float]]:
-    """Patch `samples` pods to ErrImagePull, 50 ms apart; time (a) a plain pod watch seeing
-    it (the API floor), (b) the event."""
+def sample_pods(pods: int, samples: int, offset: int) -> list[tuple[str, str]]:
+    """`samples` distinct (namespace, name) spread over the pods, starting at `offset`."""
+    stride = 23 if math.gcd(23, pods) == 1 else 1
+    picked = [(i + offset) * stride % pods for i in range(samples)]
+    return [pod_ref(idx) for idx in picked]
+
+
+async def clear_waiting(cp: ControlPlane, pods: list[tuple[str, str]]) -> None:
+    """Put sampled pods back to running, so a later controller does not start on them."""
+    async with client(cp) as http:
+        for ns, name in pods:
+            body = {"status": {"containerStatuses": [{
+                "name": "app", "image": f"{REPO}@{DIGEST}", "imageID": "", "ready": True,
+                "restartCount": 0, "state": {"running": {}}}]}}
+            r = await http.patch(f"/api/v1/namespaces/{ns}/pods/{name}/status",
+                                 content=json.dumps(body),
+                                 headers={"Content-Type": "application/merge-patch+json"})
+            r.raise_for_status()
+
+
+async def measure_latency(cp: ControlPlane, pods: list[tuple[str, str]]
+                          ) -> tuple[list[float], list[float]]:
+    """Patch `pods` to ErrImagePull, 50 ms apart; time (a) a plain pod watch seeing it (the
+    API floor), (b) the event."""
 
     async def drive(http: httpx.AsyncClient, sent: dict[str, float]) -> None:
-        for i in range(samples):
-            ns, name = pod_ref(sample_index(i, pods))
+        for ns, name in pods:
             sent[f"{ns}/{name}"] = time.monotonic()
             r = await http.patch(f"/api/v1/namespaces/{ns}/pods/{name}/status",
                                  content=json.dumps(failing_status()),
@@ -202,21 +226,17 @@ async def measure_latency(
     return watch_lat, event_lat
 
 
-def sample_index(i: int, pods: int) -> int:
-    return i * 23 % pods
-
-
 async def burst(cp: ControlPlane, count: int, pods: int, samples: int) -> dict[str, Any]:
     """Patch `count` not-yet-failing pods to ErrImagePull as fast as the API server takes
     them (64 in flight); per-pod time until its event, and until the last event."""
-    used = {sample_index(i, pods) for i in range(samples)}
-    chosen = [i for i in range(pods) if i not in used][:count]
+    used = set(sample_pods(pods, samples, 0))
+    chosen = [ref for ref in map(pod_ref, range(pods)) if ref not in used][:count]
 
     async def drive(http: httpx.AsyncClient, sent: dict[str, float]) -> None:
         limiter = trio.CapacityLimiter(64)
 
-        async def one(idx: int) -> None:
-            ns, name = pod_ref(idx)
+        async def one(ref: tuple[str, str]) -> None:
+            ns, name = ref
             async with limiter:
                 sent[f"{ns}/{name}"] = time.monotonic()
                 r = await http.patch(f"/api/v1/namespaces/{ns}/pods/{name}/status",
@@ -225,8 +245,8 @@ async def burst(cp: ControlPlane, count: int, pods: int, samples: int) -> dict[s
                 r.raise_for_status()
 
         async with trio.open_nursery() as n:
-            for idx in chosen:
-                n.start_soon(one, idx)
+            for ref in chosen:
+                n.start_soon(one, ref)
 
     sent, seen_watch, seen_event = await observe(cp, drive, wait=180)
     first, last_sent = min(sent.values()), max(sent.values())
@@ -272,6 +292,56 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] * 1000
 
 
+def start_controller(cp: ControlPlane, work: Path, name: str, extra: list[str]
+                     ) -> ControllerProcess:
+    ctl = ControllerProcess(cp, work / name, identity=name,
+                            extra_args=[f"--lease-name={name}", "--log-level=info", *extra])
+    ctl.start()
+    wait_until(ctl.leading, timeout=30, what="leads")
+    time.sleep(2)
+    return ctl
+
+
+def latency_line(what: str, lat: list[float], samples: int) -> str:
+    return (f"{what}: p50 {pct(lat, 50):.0f} ms, p99 {pct(lat, 99):.0f} ms "
+            f"(n={len(lat)}/{samples})")
+
+
+def webhook_compare(cp: ControlPlane, work: Path, pods: int, samples: int) -> None:
+    """P7: detection latency with no webhook, then with a webhook that never answers."""
+    quiet = sample_pods(pods, samples, 0)
+    hung = sample_pods(pods, samples, samples)
+    ctl = start_controller(cp, work, "bench-nohook", [])
+    try:
+        watch_a, event_a = trio.run(measure_latency, cp, quiet)
+    finally:
+        ctl.stop()
+    trio.run(clear_waiting, cp, quiet)
+    receiver = Receiver(mode="hang").start()
+    ctl = start_controller(cp, work, "bench-hook", [f"--webhook-url={receiver.url}"])
+    try:
+        watch_b, event_b = trio.run(measure_latency, cp, hung)
+        metrics = ctl.metrics()
+    finally:
+        ctl.stop()
+        receiver.stop()
+    print(latency_line("no webhook:      pod status change → plain watch (API floor)",
+                       watch_a, samples))
+    print(latency_line("no webhook:      pod status change → ImageSalvageable seen",
+                       event_a, samples))
+    print(latency_line("hanging webhook: pod status change → plain watch (API floor)",
+                       watch_b, samples))
+    print(latency_line("hanging webhook: pod status change → ImageSalvageable seen",
+                       event_b, samples))
+    print(f"hanging webhook: {len(receiver.requests)} requests reached the receiver, "
+          f"tote_webhook_failures_total {metrics.get('tote_webhook_failures_total', 0):.0f}, "
+          f"tote_webhook_dropped_total {metrics.get('tote_webhook_dropped_total', 0):.0f}")
+    if event_a and event_b:
+        print(f"P7 detection p99 with a hanging webhook / without: "
+              f"{pct(event_b, 99) / pct(event_a, 99):.2f}x (goal <= 1.2x); p50 "
+              f"{pct(event_b, 50) / pct(event_a, 50):.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pods", type=int, default=5000)
@@ -280,12 +350,13 @@ def main() -> None:
     ap.add_argument("--idle", type=float, default=60, help="seconds of idle CPU (0 = skip)")
     ap.add_argument("--burst", type=int, default=1000, help="pods in the burst (0 = skip)")
     ap.add_argument("--profile", default="", help="py-spy raw profile of the latency phase")
+    ap.add_argument("--webhook-compare", action="store_true",
+                    help="P7: latency without a webhook, then with one that never answers")
     ap.add_argument("--subscribers", type=int, default=0,
                     help="`tote status --follow --json` viewers connected while measuring")
     args = ap.parse_args()
-    if args.samples > args.pods or args.pods % 23 == 0:
-        ap.error("--samples must not exceed --pods, and --pods must not be a multiple of 23 "
-                 "(each sample patches a different pod)")
+    if args.samples * (2 if args.webhook_compare else 1) > args.pods:
+        ap.error("not enough pods for distinct samples (each sample patches a different pod)")
     bins = binaries_dir(build=True)
     assert bins is not None
     work = Path(tempfile.mkdtemp(prefix="tote-bench-"))
@@ -297,6 +368,9 @@ def main() -> None:
         took = trio.run(populate, cp, args.pods, args.nodes)
         print(f"created {args.pods} pods, {args.nodes} nodes, {NS_COUNT} namespaces "
               f"through the API in {took:.1f}s")
+        if args.webhook_compare:
+            webhook_compare(cp, work, args.pods, args.samples)
+            return
         base = subprocess.Popen([sys.executable, "-c",
                                  "import tote_core.components.manager, time; time.sleep(30)"])
         time.sleep(3)
@@ -344,7 +418,8 @@ def main() -> None:
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)
         cpu0 = cpu_seconds(pid)
-        watch_lat, event_lat = trio.run(measure_latency, cp, args.samples, args.pods)
+        watch_lat, event_lat = trio.run(measure_latency, cp,
+                                        sample_pods(args.pods, args.samples, 0))
         cpu_samples = cpu_seconds(pid) - cpu0
         if spy is not None:
             spy.send_signal(2)

@@ -29,9 +29,9 @@ state = "{d}/state"
 """
 
 # Unix socket paths are limited to 104 bytes, and pytest's tmp dirs are long: the ttrpc socket
-# gets a short name of its own. Where the daemon's own endpoints are configured: top-level tables up to version 3, server
-# plugins from version 4 (a version-4 file with a top-level [grpc] table is silently ignored and
-# the daemon binds /run/containerd/containerd.sock).
+# gets a short name of its own. Where the daemon's own endpoints are configured: top-level
+# tables up to version 3, server plugins from version 4 (a version-4 file with a top-level
+# [grpc] table is silently ignored and the daemon binds /run/containerd/containerd.sock).
 _SERVERS_UP_TO_V3 = """
 [grpc]
   address = "{sock}"

@@ -101,9 +101,8 @@ def test_e_inheritance_plugin_disabled_means_no_detection(
         wait_event(cp, ns, "own", "ImageSalvageable")
         time.sleep(2)
         assert tote_events(cp, ns, "child") == []
-        assert "plugin inheritance (tote_inheritance.plugin) disabled" in ctl.logs()[
-            "controller-noinherit"
-        ]
+        logs = ctl.logs()["controller-noinherit"]
+        assert "plugin inheritance (tote_inheritance.plugin:InheritancePlugin) disabled" in logs
     finally:
         ctl.stop()
 

@@ -118,7 +118,7 @@ def test_agent_with_nothing_to_sample_is_ok() -> None:
     (NodeHealth(node="n3", reachable=False), "unreachable"),
     (NodeHealth(node="n3", reachable=True, containerd_ok=False, error="socket gone"),
      "containerd unhealthy: socket gone"),
-    (None, "is the containerd plugin disabled?"),
+    (None, "containerd plugin disabled, or it failed"),
 ])
 def test_agent_failures_name_the_reason(health: NodeHealth | None, says: str) -> None:
     row = checks.agent_row("n3", health)

@@ -36,15 +36,13 @@ def test_labels_fit_kubernetes_limits() -> None:
     assert labels[planner.LABEL_DIGEST] == ("ab" * 32)[:63]
 
 
-def test_default_order_ready_same_zone_then_least_busy() -> None:
+def test_fallback_order_is_ready_nodes_by_name() -> None:
     candidates = [
-        NodeInfo(name="a", ready=True, zone="z2", active_transfers=0),
-        NodeInfo(name="b", ready=True, zone="z1", active_transfers=2),
-        NodeInfo(name="c", ready=True, zone="z1", active_transfers=0),
-        NodeInfo(name="d", ready=False, zone="z1", active_transfers=0),
+        NodeInfo(name="c", ready=True, zone="z1", active_transfers=3),
+        NodeInfo(name="a", ready=True, zone="z2"),
+        NodeInfo(name="b", ready=False),
     ]
-    assert planner.default_source_order(candidates, target_zone="z1") == ["c", "b", "a"]
-    assert planner.default_source_order(candidates, target_zone=None) == ["a", "c", "b"]
+    assert planner.fallback_source_order(candidates) == ["a", "c"]
 
 
 def test_progress_text() -> None:

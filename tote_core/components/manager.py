@@ -178,7 +178,7 @@ class Controller:
         reasons = []
         if not self.caches.synced:
             reasons.append("informer caches not synced yet")
-        if not self.host.pm.hook.transfer.get_hookimpls():
+        if not self.host.implementers("transfer"):
             reasons.append("no transfer plugin is loaded (is the containerd plugin in "
                            "plugins.disabled?): nothing could be salvaged")
         return reasons
@@ -210,13 +210,13 @@ class Controller:
     async def _lead(self) -> None:
         log.info("leading: starting %d reconcile workers", self.settings.workers)
         async with trio.open_nursery() as nursery:
+            # Plugin services first (e.g. the webhook worker), so the first reconcile's
+            # notifications already have someone to deliver them.
+            await nursery.start(self.host.run_services)
             await nursery.start(self.salvage.run)
             await nursery.start(self.engine.run)
             await nursery.start(self.warnings.run)
             nursery.start_soon(self.reaper.run)
-            for name, service in self.plugin_context.services:
-                log.debug("starting plugin service %s", name)
-                nursery.start_soon(service)
             try:
                 self._requeue_failing()
                 await trio.sleep_forever()

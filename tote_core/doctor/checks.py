@@ -181,10 +181,11 @@ async def rbac(kube: KubeClient, t: Target) -> list[Check]:
 
 
 def agent_row(node: str, h: NodeHealth | None) -> Check:
-    """One node's `node_health` answer → its row (None: no plugin manages agents)."""
+    """One node's `node_health` answer → its row (None: no plugin answered — none manages
+    agents, or the one that does raised, which the host logged and counted)."""
     if h is None:
-        return _fail("agent", "no plugin checks node agents "
-                     "(is the containerd plugin disabled?)", node)
+        return _fail("agent", "no plugin checked this node's agent "
+                     "(containerd plugin disabled, or it failed: see the log)", node)
     if not h.reachable:
         return _fail("agent", h.error or "unreachable", node)
     if not h.containerd_ok:

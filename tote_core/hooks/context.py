@@ -1,31 +1,60 @@
-"""What the controller hands plugins at `configure` time."""
+"""What the controller hands plugins at `configure` time: typed clients and two callbacks.
+
+A plugin keeps what it needs from the context on its own object (typed attributes), never in
+module globals. It may not start tasks or threads: long-running work is registered with
+`add_service` and started by the host in the controller's leader-only nursery, so it stops
+when leadership is lost and never outlives the controller.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-Service = Callable[[], Awaitable[None]]
+from tote_core.hooks.types import Notification
+
+if TYPE_CHECKING:
+    from tote_core.components.events import EventRecorder
+    from tote_core.hooks.host import PluginHost
+    from tote_core.kube.cache import Caches
+    from tote_core.kube.client import KubeClient
+    from tote_core.settings import ControllerSettings
+
+
+class Service(Protocol):
+    """A long-running plugin coroutine in the component shape: it calls
+    `task_status.started()` once ready and then runs until cancelled."""
+
+    def __call__(self, *, task_status: Any = ...) -> Awaitable[None]: ...
 
 
 @dataclass
 class PluginContext:
-    """Settings, clients and caches a plugin may use; plus a way to register services.
+    """Settings, clients and caches a plugin may use; services; notifications.
 
-    `settings` is the controller's `ControllerSettings`; `kube` the `KubeClient`; `cache` the
-    informer caches (`tote_core.kube.cache.Caches`); `host` the `PluginHost`, through whose
-    typed methods a plugin may call other hooks (e.g. `notify`, `push_image`). Typed as Any
-    here to keep the hook module free of import cycles; see those modules for the real types.
+    `settings`: the validated controller settings. `kube`: the controller's Kubernetes
+    client (its RBAC identity). `cache`: the informer caches (pods, nodes, namespaces),
+    read-only. `host`: the plugin host, whose typed methods call other plugins' hooks (a
+    plugin never imports another plugin). `recorder`: the controller's event recorder
+    (events regarding pods), when the controller provides one.
     """
 
-    settings: Any
-    kube: Any
-    cache: Any
-    host: Any = None
-    recorder: Any = None  # the controller's `EventRecorder` (events regarding pods)
+    settings: ControllerSettings
+    kube: KubeClient
+    cache: Caches
+    host: PluginHost
+    recorder: EventRecorder | None = None
     services: list[tuple[str, Service]] = field(default_factory=list)
 
     def add_service(self, name: str, service: Service) -> None:
-        """Register a long-running coroutine the host runs in the controller's nursery."""
+        """Register long-running work; the host starts it with `nursery.start(service)`
+        when this replica leads, restarts it (after a pause) if it raises, and cancels it
+        when leadership is lost."""
         self.services.append((name, service))
+
+    async def notify(self, notification: Notification) -> None:
+        """Emit a notification (e.g. `pushed`, or `failed` for a push) through the host: it
+        fills in the timestamp, drops repeats of the same incident and type, and calls
+        every `notify` implementation. Returns at once; delivery is the notifiers' job."""
+        await self.host.notify(notification)

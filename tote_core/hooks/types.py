@@ -68,10 +68,19 @@ class TransferResult(msgspec.Struct, frozen=True, kw_only=True):
 ProgressCallback = Callable[[TransferProgress], Awaitable[None]]
 
 
-class Notification(msgspec.Struct, frozen=True, kw_only=True):
-    """A webhook-worthy event (SPEC §8): once per incident and type."""
+NotificationType = Literal["detected", "salvaged", "failed", "pushed"]
+NOTIFICATION_TYPES: tuple[NotificationType, ...] = ("detected", "salvaged", "failed", "pushed")
 
-    type: Literal["detected", "salvaged", "failed", "pushed"]
+
+class Notification(msgspec.Struct, frozen=True, kw_only=True):
+    """A webhook-worthy event (SPEC §8): the host passes it on once per incident and type.
+
+    The fields are the webhook's JSON payload, except `pod_uid`, which only keys the
+    once-per-incident rule (a StatefulSet pod recreated under the same name is a new
+    incident).
+    """
+
+    type: NotificationType
     pod_name: str
     namespace: str
     image_ref: str
@@ -79,7 +88,8 @@ class Notification(msgspec.Struct, frozen=True, kw_only=True):
     source_node: str = ""
     target_node: str = ""
     error: str = ""
-    timestamp: str = ""  # RFC3339 UTC
+    timestamp: str = ""  # RFC3339 UTC; the host fills it in when empty
+    pod_uid: str = ""
 
 
 class OptInQuery(msgspec.Struct, frozen=True, kw_only=True):

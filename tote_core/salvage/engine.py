@@ -28,6 +28,7 @@ from tote_core.hooks.types import (
     Incident,
     NodeInfo,
     Notification,
+    NotificationType,
     TransferProgress,
     TransferRequest,
     TransferResult,
@@ -167,6 +168,7 @@ class SalvageEngine:
                 f"Image {inc.image_ref} ({digest}) was salvaged to node {target} "
                 f"(SalvageRecord {job.record}). {messages.DEBT}"
             ))
+            await self._notify("salvaged", job, source=record.spec.source_node)
             await self._restart_pods(job)
             self.jobs.pop(key, None)
             return None
@@ -222,7 +224,8 @@ class SalvageEngine:
                 return None
             await self._complete(job, record, (source, result), None)
             return None
-        return await self._retry(job, record, "; ".join(errors), reason)
+        # The source named is the last one tried (the record's spec.sourceNode says the same).
+        return await self._retry(job, record, "; ".join(errors), reason, source=order[-1])
 
     async def _holders(self, digest: str) -> set[str]:
         nodes = list(self.caches.nodes.items.values())
@@ -236,19 +239,18 @@ class SalvageEngine:
         return holders
 
     async def _order(self, inc: Incident, candidates: list[str], target: str) -> list[str]:
-        infos = []
-        for name in candidates:
-            node = self.caches.node(name)
-            infos.append(NodeInfo(
-                name=name, ready=bool(node and node.ready), zone=node.zone if node else None,
-                active_transfers=self.active_by_source[name],
-            ))
-        chosen = await self.host.select_source(inc, infos)
+        """Source order from the `select_source` plugins; core's fallback if none answers."""
+        infos = [self._node_info(name) for name in candidates]
+        chosen = await self.host.select_source(inc, infos, self._node_info(target))
         if chosen is not None:
             return [n for n in chosen if n in candidates]
-        target_node = self.caches.node(target)
-        return planner.default_source_order(
-            infos, target_zone=target_node.zone if target_node else None
+        return planner.fallback_source_order(infos)
+
+    def _node_info(self, name: str) -> NodeInfo:
+        node = self.caches.node(name)
+        return NodeInfo(
+            name=name, ready=bool(node and node.ready), zone=node.zone if node else None,
+            active_transfers=self.active_by_source[name],
         )
 
     async def _transfer(
@@ -340,7 +342,7 @@ class SalvageEngine:
             request = TransferRequest(image_ref=inc.image_ref, digest=inc.digest or "",
                                       source_node=source, target_node=inc.node_name or "")
             await self.host.on_salvaged(inc, request, result)
-            await self._notify("salvaged", inc, source=source)
+            await self._notify("salvaged", job, source=source)
         await self._announce(job, text)
         log.info("salvage %s/%s completed%s", job.namespace, job.record,
                  f" ({note})" if note else "")
@@ -383,29 +385,33 @@ class SalvageEngine:
                 f"({reason}, {verdict}): {error}. {messages.DEBT}")
         for pod in job.pods.values():
             await self.recorder.emit(pod, "ImageSalvageFailed", text[:1024], action="Salvage")
-        await self._notify("failed", inc, source=source, error=error)
+        await self._notify("failed", job, source=source, error=error)
         log.warning("salvage %s/%s failed (%s, %s): %s", job.namespace, job.record, reason,
                     verdict, error)
         if permanent:
             self.jobs.pop(f"{job.namespace}/{job.record}", None)
 
     async def _retry(
-        self, job: Job, record: SalvageRecord, error: str, reason: str
+        self, job: Job, record: SalvageRecord, error: str, reason: str, *, source: str = ""
     ) -> Result:
         count = record.status.retry_count + 1
-        await self._fail(job, record, error, reason, permanent=False, retry_count=count)
+        await self._fail(job, record, error, reason, permanent=False, retry_count=count,
+                         source=source)
         delay = planner.backoff(count)
         log.info("salvage %s/%s: retry %d in %.0fs", job.namespace, job.record, count, delay)
         return Result(requeue_after=delay)
 
-    async def _notify(self, type_: str, inc: Incident, *, source: str = "",
+    async def _notify(self, type_: NotificationType, job: Job, *, source: str = "",
                       error: str = "") -> None:
-        await self.host.notify(Notification(
-            type=type_,  # type: ignore[arg-type]
-            pod_name=inc.pod_name, namespace=inc.namespace, image_ref=inc.image_ref,
-            digest=inc.digest or "", source_node=source, target_node=inc.node_name or "",
-            error=error, timestamp=utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
-        ))
+        """One notification per pod of the job (each is an incident); the host drops
+        repeats, so a retried salvage does not notify `failed` again."""
+        inc = job.incident
+        for pod in job.pods.values():
+            await self.host.notify(Notification(
+                type=type_, pod_name=pod.metadata.name, namespace=pod.metadata.namespace,
+                pod_uid=pod.metadata.uid, image_ref=inc.image_ref, digest=inc.digest or "",
+                source_node=source, target_node=inc.node_name or "", error=error,
+            ))
 
     async def _restart_pods(self, job: Job) -> None:
         """WO-1: delete owned pods (UID precondition) so the owner recreates them at once.

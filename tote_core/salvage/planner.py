@@ -56,22 +56,13 @@ def record_labels(digest: str, target_node: str) -> dict[str, str]:
     }
 
 
-def default_source_order(
-    candidates: Sequence[NodeInfo], *, target_zone: str | None
-) -> list[str]:
-    """Ready nodes first, same zone first, then fewest active transfers, then name."""
-    ready = [c for c in candidates if c.ready]
-    return [
-        c.name
-        for c in sorted(
-            ready,
-            key=lambda c: (
-                0 if target_zone and c.zone == target_zone else 1,
-                c.active_transfers,
-                c.name,
-            ),
-        )
-    ]
+def fallback_source_order(candidates: Sequence[NodeInfo]) -> list[str]:
+    """The order used when no `select_source` plugin answers: ready candidates, by name.
+
+    Kept in core so that salvage works with every plugin disabled; the real policy (zone,
+    load) is the built-in `source-policy` plugin.
+    """
+    return sorted(c.name for c in candidates if c.ready)
 
 
 def human_bytes(n: int) -> str:
