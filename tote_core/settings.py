@@ -44,6 +44,8 @@ def parse_size(text: str | int) -> int:
     if isinstance(text, int) and not isinstance(text, bool):
         if text < 0:
             raise ValueError("size must not be negative")
+        if text >= 2**63:
+            raise ValueError(f"size {text} is too large")
         return text
     if not isinstance(text, str):
         # A config file can hold anything YAML can (true, 1.5, a list, null).

@@ -14,7 +14,8 @@ Tried:
   exactly "true"/"false" are read as such, and neither raises.
 
 Found and fixed (settings.py), each with a regression example below:
-- `parse_size("9" * 400)` raised OverflowError (float → inf → int);
+- `parse_size("9" * 400)` raised OverflowError (float → inf → int); an integer of 2**63
+  or more (YAML) was returned as a size;
 - `parse_size` / `parse_duration` took non-ASCII digits ("٣GB" = 3 GiB) through `\\d`;
 - `parse_duration("9" * 400 + "s")` returned inf; `parse_duration(True)` returned 1.0;
 - YAML values of other types (`max-image-size: null`, `reconcile-timeout: [1]`) raised
@@ -76,6 +77,7 @@ _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "ki": 1024, "kib": 1024, "M": 10
 @example(True)
 @example(None)
 @example(1.5)
+@example(2**63)
 def test_parse_size_returns_bytes_or_value_error(value: Any) -> None:
     try:
         got = parse_size(value)
