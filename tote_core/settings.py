@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import msgspec
 import yaml
@@ -41,29 +41,43 @@ def parse_size(text: str | int) -> int:
     SPEC §3 fixes `2GB` = 2147483648 bytes, so `GB`/`G` are binary here (as in the Go
     original's flag), and `MB` likewise; `Gi`/`Mi` are accepted too.
     """
-    if isinstance(text, int):
+    if isinstance(text, int) and not isinstance(text, bool):
         if text < 0:
             raise ValueError("size must not be negative")
+        if text >= 2**63:
+            raise ValueError(f"size {text} is too large")
         return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not isinstance(text, str):
+        # A config file can hold anything YAML can (true, 1.5, a list, null).
+        raise ValueError(f"not a size: {text!r} (examples: 2GB, 500MB, 0)")
+    # ASCII digits only: \d would take "٣GB"; a float of 400 digits is inf (OverflowError).
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
     if not m:
         raise ValueError(f"not a size: {text!r} (examples: 2GB, 500MB, 0)")
     unit = m.group(2).lower()
     if unit not in _SIZE_UNITS:
         raise ValueError(f"unknown size unit {m.group(2)!r} in {text!r}")
-    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+    value = float(m.group(1)) * _SIZE_UNITS[unit]
+    if not math.isfinite(value) or value >= 2**63:
+        raise ValueError(f"size {text!r} is too large")
+    return int(value)
 
 
 def parse_duration(text: str | float | int) -> float:
     """Parse Go-style durations (`168h`, `30s`, `1h30m`, `500ms`) or plain seconds."""
-    if isinstance(text, (int, float)):
-        if text < 0:
-            raise ValueError("duration must not be negative")
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if text < 0 or text != text or text == float("inf"):
+            raise ValueError(f"duration must be a finite number of seconds >= 0, got {text!r}")
         return float(text)
+    if not isinstance(text, str):
+        # A config file can hold anything YAML can (true, a list, null).
+        raise ValueError(f"not a duration: {text!r} (examples: 168h, 30s, 1h30m)")
     s = text.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", s):
+    # ASCII digits only (\d would take "٣s"), and at most 15 of them before the point so
+    # the value stays finite and exact enough.
+    if re.fullmatch(r"[0-9]{1,15}(\.[0-9]+)?", s):
         return float(s)
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", s)
+    parts = re.findall(r"([0-9]{1,15}(?:\.[0-9]+)?)(ms|s|m|h|d)", s)
     if not parts or "".join(n + u for n, u in parts) != s:
         raise ValueError(f"not a duration: {text!r} (examples: 168h, 30s, 1h30m)")
     return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
@@ -381,7 +395,7 @@ def _normalise(cls: type[msgspec.Struct], raw: dict[str, Any]) -> dict[str, Any]
     hints = {f.name: f.type for f in msgspec.structs.fields(cls)}
     out: dict[str, Any] = {}
     for key, value in raw.items():
-        name = key.replace("-", "_")
+        name = str(key).replace("-", "_")  # YAML keys may be numbers or booleans
         if name not in hints:
             raise ConfigError(f"unknown setting {key!r}")
         try:
@@ -416,7 +430,7 @@ def load(
     if config_file:
         try:
             data = yaml.safe_load(Path(config_file).read_text())
-        except (OSError, yaml.YAMLError) as exc:
+        except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: not UTF-8, NUL
             raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
         if data is None:
             data = {}
@@ -459,11 +473,19 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[msgspec.Struct]) -> Non
                                 help=HELP.get(f.name))
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (one line, exit 2 from the CLI) instead of exiting
+    from inside the parser, so every bad command line fails the same way as a bad value."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
 def parse_args(
     cls: type[msgspec.Struct], argv: Sequence[str], prog: str
 ) -> Any:
     """Parse a subcommand's argv into validated settings (used by the CLI and tests)."""
-    parser = argparse.ArgumentParser(prog=prog)
+    parser = _ArgumentParser(prog=prog)
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="YAML/JSON settings file (flags > TOTE_* env > file)")
     add_flags(parser, cls)

@@ -5,8 +5,16 @@ imported the controller: the baseline), and p50/p99 latency from a pod status ch
 tote's event (next to the latency of the same change reaching a plain watch client: the
 API server's own floor, measured in the same run).
 
+Also (issue 12): idle cost — CPU seconds the controller, kube-apiserver and etcd use over
+`--idle` seconds with every pod quiet; and a burst — `--burst` pods patched to ErrImagePull
+as fast as the API server takes them, the time until each has its ImageSalvageable event,
+and how many SalvageRecords (one per transfer job) exist per (digest, target node).
+`--profile FILE` samples the controller with py-spy during the latency phase (py-spy must
+be on PATH or in the venv; a profiling tool, not a dependency) and prints the hottest frames.
+
 Run: python -m tests.bench.bench_detection [--pods 5000] [--nodes 200] [--samples 200]
-[--subscribers N] (N `tote status --follow --json` viewers connected while measuring)
+         [--idle 60] [--burst 1000] [--profile /tmp/detect.txt]
+         [--subscribers N] (N `tote status --follow --json` viewers connected while measuring)
 
 P7 (issue 10): `--webhook-compare` measures the same latency twice in one run, on distinct
 pods: first with no webhook, then with `--webhook-url` pointing at a receiver that accepts
@@ -16,9 +24,11 @@ connections and never answers. Prints both p50/p99 and the p99 ratio (goal <= 1.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
+import shutil
 import ssl
 import statistics
 import subprocess
@@ -48,6 +58,16 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` so far (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def client(cp: ControlPlane, timeout: float = 60) -> httpx.AsyncClient:
     """An admin client (client certificate) for driving the API server at full speed."""
     assert cp.admin_cert is not None
@@ -55,6 +75,12 @@ def client(cp: ControlPlane, timeout: float = 60) -> httpx.AsyncClient:
     ctx.load_cert_chain(str(cp.admin_cert.cert), str(cp.admin_cert.key))
     return httpx.AsyncClient(base_url=cp.server, verify=ctx, timeout=timeout,
                              limits=httpx.Limits(max_connections=16))
+
+
+def target_of(i: int, targets: list[str]) -> str:
+    """Runs of 5 consecutive pods (5 namespaces) share a node: a burst then has pods of
+    several namespaces failing for one (digest, node)."""
+    return targets[(i // 5) % len(targets)]
 
 
 async def populate(cp: ControlPlane, pods: int, nodes: int) -> float:
@@ -93,43 +119,41 @@ async def populate(cp: ControlPlane, pods: int, nodes: int) -> float:
                 n.start_soon(send, "POST", f"/api/v1/namespaces/{ns}/pods", {
                     "metadata": {"name": f"p-{i}",
                                  "annotations": {"tote.dev/auto-salvage": "true"}},
-                    "spec": {"nodeName": targets[i % len(targets)],
+                    "spec": {"nodeName": target_of(i, targets),
                              "containers": [{"name": "app", "image": f"{REPO}@{DIGEST}"}]}})
     return time.monotonic() - t0
 
 
-def sample_pods(pods: int, samples: int, offset: int) -> list[tuple[str, str]]:
-    """`samples` distinct (namespace, name) spread over the pods, starting at `offset`."""
-    stride = 23 if math.gcd(23, pods) == 1 else 1
-    picked = [(i + offset) * stride % pods for i in range(samples)]
-    return [(f"bench-{idx % NS_COUNT}", f"p-{idx}") for idx in picked]
+def failing_status() -> dict[str, Any]:
+    return {"status": {"containerStatuses": [{
+        "name": "app", "image": f"{REPO}@{DIGEST}", "imageID": "", "ready": False,
+        "restartCount": 0, "state": {"waiting": {"reason": "ErrImagePull",
+                                                 "message": "connection refused"}}}]}}
 
 
-async def clear_waiting(cp: ControlPlane, pods: list[tuple[str, str]]) -> None:
-    """Put sampled pods back to running, so a later controller does not start on them."""
-    async with client(cp) as http:
-        for ns, name in pods:
-            body = {"status": {"containerStatuses": [{
-                "name": "app", "image": f"{REPO}@{DIGEST}", "imageID": "", "ready": True,
-                "restartCount": 0, "state": {"running": {}}}]}}
-            r = await http.patch(f"/api/v1/namespaces/{ns}/pods/{name}/status",
-                                 content=json.dumps(body),
-                                 headers={"Content-Type": "application/merge-patch+json"})
-            r.raise_for_status()
+def pod_ref(idx: int) -> tuple[str, str]:
+    return f"bench-{idx % NS_COUNT}", f"p-{idx}"
 
 
-async def measure_latency(cp: ControlPlane, pods: list[tuple[str, str]]
-                          ) -> tuple[list[float], list[float]]:
-    """Patch `pods` to ErrImagePull; time (a) a plain pod watch seeing it, (b) the event."""
+async def observe(
+    cp: ControlPlane, drive: Any, *, wait: float = 60
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Run `drive(http, sent)` (which patches pods and records send times in `sent`) while a
+    plain pod watch and an event watch record when each key shows up; wait for the events.
+
+    Returns (sent, seen by the pod watch, seen as ImageSalvageable event), monotonic times.
+    """
     sent: dict[str, float] = {}
     seen_watch: dict[str, float] = {}
     seen_event: dict[str, float] = {}
     async with client(cp) as http:
-        async def watch(path: str, into: dict[str, float], key_of: Any) -> None:
+        async def watch(path: str, into: dict[str, float], key_of: Any,
+                        task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             lst = await http.get(path, params={"limit": "1"})
             rv = lst.json()["metadata"]["resourceVersion"]
             async with http.stream("GET", path, params={"watch": "1", "resourceVersion": rv},
                                    timeout=None) as resp:
+                task_status.started()
                 async for line in resp.aiter_lines():
                     if not line:
                         continue
@@ -151,28 +175,114 @@ async def measure_latency(cp: ControlPlane, pods: list[tuple[str, str]]
             return f"{reg.get('namespace')}/{reg.get('name')}"
 
         async with trio.open_nursery() as n:
-            n.start_soon(watch, "/api/v1/pods", seen_watch, pod_key)
-            n.start_soon(watch, "/apis/events.k8s.io/v1/events", seen_event, event_key)
-            await trio.sleep(2)
-            for ns, name in pods:
-                key = f"{ns}/{name}"
-                body = {"status": {"containerStatuses": [{
-                    "name": "app", "image": f"{REPO}@{DIGEST}", "imageID": "", "ready": False,
-                    "restartCount": 0, "state": {"waiting": {"reason": "ErrImagePull",
-                                                             "message": "connection refused"}}}]}}
-                sent[key] = time.monotonic()
-                r = await http.patch(f"/api/v1/namespaces/{ns}/pods/{name}/status",
-                                     content=json.dumps(body),
-                                     headers={"Content-Type": "application/merge-patch+json"})
-                r.raise_for_status()
-                await trio.sleep(0.05)
-            with trio.move_on_after(60):
+            await n.start(watch, "/api/v1/pods", seen_watch, pod_key)
+            await n.start(watch, "/apis/events.k8s.io/v1/events", seen_event, event_key)
+            await trio.sleep(1)
+            await drive(http, sent)
+            with trio.move_on_after(wait):
                 while len(seen_event) < len(sent):
-                    await trio.sleep(0.2)
+                    await trio.sleep(0.1)
             n.cancel_scope.cancel()
+    return sent, seen_watch, seen_event
+
+
+def sample_pods(pods: int, samples: int, offset: int) -> list[tuple[str, str]]:
+    """`samples` distinct (namespace, name) spread over the pods, starting at `offset`."""
+    stride = 23 if math.gcd(23, pods) == 1 else 1
+    picked = [(i + offset) * stride % pods for i in range(samples)]
+    return [pod_ref(idx) for idx in picked]
+
+
+async def clear_waiting(cp: ControlPlane, pods: list[tuple[str, str]]) -> None:
+    """Put sampled pods back to running, so a later controller does not start on them."""
+    async with client(cp) as http:
+        for ns, name in pods:
+            body = {"status": {"containerStatuses": [{
+                "name": "app", "image": f"{REPO}@{DIGEST}", "imageID": "", "ready": True,
+                "restartCount": 0, "state": {"running": {}}}]}}
+            r = await http.patch(f"/api/v1/namespaces/{ns}/pods/{name}/status",
+                                 content=json.dumps(body),
+                                 headers={"Content-Type": "application/merge-patch+json"})
+            r.raise_for_status()
+
+
+async def measure_latency(cp: ControlPlane, pods: list[tuple[str, str]]
+                          ) -> tuple[list[float], list[float]]:
+    """Patch `pods` to ErrImagePull, 50 ms apart; time (a) a plain pod watch seeing it (the
+    API floor), (b) the event."""
+
+    async def drive(http: httpx.AsyncClient, sent: dict[str, float]) -> None:
+        for ns, name in pods:
+            sent[f"{ns}/{name}"] = time.monotonic()
+            r = await http.patch(f"/api/v1/namespaces/{ns}/pods/{name}/status",
+                                 content=json.dumps(failing_status()),
+                                 headers={"Content-Type": "application/merge-patch+json"})
+            r.raise_for_status()
+            await trio.sleep(0.05)
+
+    sent, seen_watch, seen_event = await observe(cp, drive)
     watch_lat = [seen_watch[k] - sent[k] for k in sent if k in seen_watch]
     event_lat = [seen_event[k] - sent[k] for k in sent if k in seen_event]
     return watch_lat, event_lat
+
+
+async def burst(cp: ControlPlane, count: int, pods: int, samples: int) -> dict[str, Any]:
+    """Patch `count` not-yet-failing pods to ErrImagePull as fast as the API server takes
+    them (64 in flight); per-pod time until its event, and until the last event."""
+    used = set(sample_pods(pods, samples, 0))
+    chosen = [ref for ref in map(pod_ref, range(pods)) if ref not in used][:count]
+
+    async def drive(http: httpx.AsyncClient, sent: dict[str, float]) -> None:
+        limiter = trio.CapacityLimiter(64)
+
+        async def one(ref: tuple[str, str]) -> None:
+            ns, name = ref
+            async with limiter:
+                sent[f"{ns}/{name}"] = time.monotonic()
+                r = await http.patch(f"/api/v1/namespaces/{ns}/pods/{name}/status",
+                                     content=json.dumps(failing_status()),
+                                     headers={"Content-Type": "application/merge-patch+json"})
+                r.raise_for_status()
+
+        async with trio.open_nursery() as n:
+            for ref in chosen:
+                n.start_soon(one, ref)
+
+    sent, seen_watch, seen_event = await observe(cp, drive, wait=180)
+    first, last_sent = min(sent.values()), max(sent.values())
+    return {
+        "pods": len(sent),
+        "spread": last_sent - first,
+        "watch": [seen_watch[k] - sent[k] for k in sent if k in seen_watch],
+        "event": [seen_event[k] - sent[k] for k in sent if k in seen_event],
+        "all_events_after": (max(seen_event.values()) - first) if seen_event else float("nan"),
+    }
+
+
+async def records_per_target(cp: ControlPlane) -> collections.Counter[tuple[str, str]]:
+    async with client(cp) as http:
+        r = await http.get("/apis/tote.dev/v1alpha1/salvagerecords")
+        r.raise_for_status()
+        return collections.Counter(
+            (item["spec"]["digest"], item["spec"]["targetNode"]) for item in r.json()["items"]
+        )
+
+
+def top_frames(raw: Path, limit: int = 12) -> list[tuple[float, str]]:
+    """Share of samples per leaf frame and per tote frame (inclusive) from py-spy's raw
+    (collapsed-stack) output."""
+    total = 0
+    inclusive: collections.Counter[str] = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(n)
+        total += count
+        for frame in set(stack.split(";")):
+            if "tote" in frame or "plugins" in frame:
+                inclusive[frame] += count
+    return [(c / max(total, 1), f) for f, c in inclusive.most_common(limit)]
 
 
 def pct(values: list[float], p: float) -> float:
@@ -237,6 +347,9 @@ def main() -> None:
     ap.add_argument("--pods", type=int, default=5000)
     ap.add_argument("--nodes", type=int, default=200)
     ap.add_argument("--samples", type=int, default=200)
+    ap.add_argument("--idle", type=float, default=60, help="seconds of idle CPU (0 = skip)")
+    ap.add_argument("--burst", type=int, default=1000, help="pods in the burst (0 = skip)")
+    ap.add_argument("--profile", default="", help="py-spy raw profile of the latency phase")
     ap.add_argument("--webhook-compare", action="store_true",
                     help="P7: latency without a webhook, then with one that never answers")
     ap.add_argument("--subscribers", type=int, default=0,
@@ -249,6 +362,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tote-bench-"))
     cp = start_control_plane(work / "cp", bins)
     ctl = None
+    spy = None
+    print(f"load average at start: {loadavg()} ({os.cpu_count()} CPUs)")
     try:
         took = trio.run(populate, cp, args.pods, args.nodes)
         print(f"created {args.pods} pods, {args.nodes} nodes, {NS_COUNT} namespaces "
@@ -279,29 +394,76 @@ def main() -> None:
             print(f"{args.subscribers} status feed subscriber(s) connected and synced")
         time.sleep(2)
         assert ctl.proc is not None
-        rss = rss_mib(ctl.proc.pid)
-        watch_lat, event_lat = trio.run(measure_latency, cp,
-                                        sample_pods(args.pods, args.samples, 0))
-        rss_after = rss_mib(ctl.proc.pid)
+        pid = ctl.proc.pid
+        rss = rss_mib(pid)
         print(f"controller ready (caches synced) after start: {sync:.2f}s")
         print(f"controller RSS after sync: {rss:.1f} MiB "
               f"(baseline: idle python with the controller imported {base_rss:.1f} MiB; "
-              f"cache cost {rss - base_rss:.1f} MiB); after {args.samples} incidents "
-              f"{rss_after:.1f} MiB")
+              f"cache cost {rss - base_rss:.1f} MiB)")
+        if args.idle > 0:
+            others = {p.name: p.pid for p in (cp.procs.procs if cp.procs else [])
+                      if p.name in ("kube-apiserver", "etcd")}
+            before = {"controller": cpu_seconds(pid)} | {
+                n: cpu_seconds(q) for n, q in others.items()}
+            time.sleep(args.idle)
+            used = {n: cpu_seconds({"controller": pid, **others}[n]) - v
+                    for n, v in before.items()}
+            print(f"idle {args.idle:.0f}s with {args.pods} quiet pods, CPU seconds: "
+                  + ", ".join(f"{n} {v:.2f}" for n, v in used.items())
+                  + f" (load average {loadavg()})")
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if args.profile and Path(py_spy).exists():
+            spy = subprocess.Popen([py_spy, "record", "-p", str(pid), "-r", "100",
+                                    "--format", "raw", "-o", args.profile, "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)
+        cpu0 = cpu_seconds(pid)
+        watch_lat, event_lat = trio.run(measure_latency, cp,
+                                        sample_pods(args.pods, args.samples, 0))
+        cpu_samples = cpu_seconds(pid) - cpu0
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(timeout=60)
+        rss_after = rss_mib(pid)
         print(f"pod status change → plain watch sees it (API floor): "
               f"p50 {pct(watch_lat, 50):.0f} ms, p99 {pct(watch_lat, 99):.0f} ms "
               f"(n={len(watch_lat)})")
         print(f"pod status change → tote ImageSalvageable event seen: "
-              f"p50 {pct(event_lat, 50):.0f} ms, p99 {pct(event_lat, 99):.0f} ms "
-              f"(n={len(event_lat)}/{args.samples})")
+              f"p50 {pct(event_lat, 50):.0f} ms, p99 {pct(event_lat, 99):.0f} ms, "
+              f"max {pct(event_lat, 100):.0f} ms (n={len(event_lat)}/{args.samples})")
         for f in followers:  # the feed really carried the incidents being measured
             seen = f.log_path.read_text().count('"phase":"ImageSalvageable"')
             print(f"{f.name} received {seen} ImageSalvageable incident messages")
         if event_lat and watch_lat:
-            print(f"tote's own share at p50: {pct(event_lat, 50) - pct(watch_lat, 50):.0f} ms "
-                  f"(includes the event write and its watch delivery); mean "
-                  f"{statistics.mean(event_lat) * 1000:.0f} ms")
+            print(f"ratios to the API floor: p50 {pct(event_lat, 50) / pct(watch_lat, 50):.1f}x, "
+                  f"p99 {pct(event_lat, 99) / pct(watch_lat, 99):.1f}x; mean "
+                  f"{statistics.mean(event_lat) * 1000:.0f} ms; controller CPU during the "
+                  f"samples {cpu_samples:.2f}s; RSS after {rss_after:.1f} MiB "
+                  f"(load average {loadavg()})")
+        if spy is not None and Path(args.profile).exists():
+            print(f"profile (py-spy, {args.profile}): inclusive share of samples")
+            for share, frame in top_frames(Path(args.profile)):
+                print(f"  {share * 100:5.1f}%  {frame}")
+        if args.burst > 0:
+            cpu0 = cpu_seconds(pid)
+            b = trio.run(burst, cp, args.burst, args.pods, args.samples)
+            cpu_burst = cpu_seconds(pid) - cpu0
+            print(f"burst: {b['pods']} pods patched to ErrImagePull within {b['spread']:.2f}s; "
+                  f"API floor p50 {pct(b['watch'], 50):.0f} ms p99 {pct(b['watch'], 99):.0f} ms; "
+                  f"event p50 {pct(b['event'], 50):.0f} ms p99 {pct(b['event'], 99):.0f} ms "
+                  f"max {pct(b['event'], 100):.0f} ms (n={len(b['event'])}); every pod had its "
+                  f"event {b['all_events_after']:.2f}s after the first patch; controller CPU "
+                  f"{cpu_burst:.2f}s (load average {loadavg()})")
+            time.sleep(10)
+            per = trio.run(records_per_target, cp)
+            dup = {k: v for k, v in per.items() if v > 1}
+            print(f"SalvageRecords (transfer jobs): {sum(per.values())} for {len(per)} "
+                  f"(digest, node) pairs; pairs with more than one: {len(dup)} "
+                  f"(max {max(per.values(), default=0)}); salvage attempts "
+                  f"{ctl.metric('tote_salvage_attempts_total'):.0f}")
     finally:
+        if spy is not None and spy.poll() is None:
+            spy.kill()
         if ctl is not None:
             ctl.stop()
         if "viewers" in locals():

@@ -2,10 +2,15 @@
 
 kubelet reports at most 50 images per node (`--node-status-max-images`), so absence here
 proves nothing: agents are asked next (salvage issue).
+
+The node informer keeps two indices over these lists (`digests_of`, `tags_of`): a scan of
+500 nodes x 50 images per lookup cost 40-70 ms of the event loop per detection reconcile
+(issue 12), an index lookup microseconds.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from tote_core.detect.reference import ImageReference, parse
@@ -47,3 +52,33 @@ def resolve_tag(nodes: Iterable[Node], ref: ImageReference) -> str | None:
                 if n.repository == ref.repository and n.digest and n.tag is None:
                     return n.digest
     return None
+
+
+DIGEST_INDEX = "image-digest"
+TAG_INDEX = "image-tag"
+
+_parse_name = functools.lru_cache(maxsize=8192)(parse)  # nodes share most image names
+
+
+def digests_of(node: Node) -> set[str]:
+    """Index function: every digest named as `repo@digest` in the node's status."""
+    return {
+        name[name.rfind("@") + 1:]
+        for image in node.status.images
+        for name in image.names
+        if "@" in name
+    }
+
+
+def tags_of(node: Node) -> set[str]:
+    """Index function: every normalised `repository:tag` (no digest) in the node's status."""
+    out: set[str] = set()
+    for image in node.status.images:
+        for name in image.names:
+            try:
+                ref = _parse_name(name)
+            except InvalidReference:
+                continue
+            if ref.tagged and ref.digest is None:
+                out.add(ref.tagged)
+    return out

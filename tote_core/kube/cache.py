@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import trio
 
+from tote_core.detect import inventory
+from tote_core.detect.reference import ImageReference
 from tote_core.kube.client import KubeClient, resource_path
 from tote_core.kube.informer import Informer
 from tote_core.settings import parse_bool
 from tote_core.structs.kube import ConfigMap, Namespace, Node, Pod
 
+NAMESPACE_INDEX = "namespace"
+
 
 class Caches:
     def __init__(self, client: KubeClient, *, namespace: str, config_map: str) -> None:
         self.pods: Informer[Pod] = Informer(client, resource_path("v1", "pods"), Pod, name="pods")
+        # Agent discovery (and anything else per namespace) without scanning every pod.
+        self.pods.add_index(NAMESPACE_INDEX, lambda pod: (pod.metadata.namespace,))
         self.nodes: Informer[Node] = Informer(
             client, resource_path("v1", "nodes"), Node, name="nodes"
         )
+        self.nodes.add_index(inventory.DIGEST_INDEX, inventory.digests_of)
+        self.nodes.add_index(inventory.TAG_INDEX, inventory.tags_of)
         self.namespaces: Informer[Namespace] = Informer(
             client, resource_path("v1", "namespaces"), Namespace, name="namespaces"
         )
@@ -41,6 +50,22 @@ class Caches:
 
     def node(self, name: str) -> Node | None:
         return self.nodes.get(name)
+
+    def nodes_with_digest(self, digest: str) -> list[str]:
+        """Names of nodes whose status lists `repo@digest` (sorted), from the index."""
+        return sorted(n.metadata.name for n in self.nodes.by_index(inventory.DIGEST_INDEX, digest))
+
+    def resolve_tag(self, ref: ImageReference) -> str | None:
+        """The digest a node reports for `ref`'s repository:tag (only nodes the tag index
+        names are looked at; by node name, so the answer does not depend on list order)."""
+        if ref.tagged is None:
+            return ref.digest
+        nodes = sorted(self.nodes.by_index(inventory.TAG_INDEX, ref.tagged),
+                       key=lambda n: n.metadata.name)
+        return inventory.resolve_tag(nodes, ref)
+
+    def pods_in_namespace(self, namespace: str) -> list[Pod]:
+        return self.pods.by_index(NAMESPACE_INDEX, namespace)
 
     def namespace_obj(self, name: str) -> Namespace | None:
         return self.namespaces.get(name)
@@ -73,4 +98,9 @@ class Caches:
         async with trio.open_nursery() as nursery:
             for informer in self.informers:
                 await nursery.start(informer.run)
+            # The listed objects are the bulk of the heap and live until replaced (then freed
+            # by reference counting: they hold no cycles). Move them out of the cyclic GC's
+            # generations so a full collection no longer traverses them: at 10 000 pods and
+            # 500 nodes that is ~180 000 objects and 120 ms of stopped event loop per pass.
+            gc.freeze()
             task_status.started()

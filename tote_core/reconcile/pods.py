@@ -18,7 +18,6 @@ from tote_core.annotations import ALLOW, AUTO_SALVAGE, SYSTEM_NAMESPACES, flag
 from tote_core.components.events import EventRecorder
 from tote_core.detect import messages
 from tote_core.detect.detector import Failure, Verdict, detect
-from tote_core.detect.inventory import nodes_with_digest, resolve_tag
 from tote_core.hooks.host import PluginHost
 from tote_core.hooks.types import Incident, OptInQuery
 from tote_core.kube.cache import Caches
@@ -119,13 +118,13 @@ class PodReconciler:
             )
             await self._submit(pod, failure, ref.digest, [], kind="corrupt")
             return
-        nodes = list(self.caches.nodes.items.values())
-        names = sorted(n.metadata.name for n in nodes)
-        digest = ref.digest or resolve_tag(nodes, ref)
+        # Indexed lookups: a scan of every node's image list per reconcile was the
+        # detection tail at 500 nodes (issue 12).
+        digest = ref.digest or self.caches.resolve_tag(ref)
         from_registry = False
         if digest is None and ref.tagged:
             with trio.move_on_after(AGENT_TIMEOUT):
-                digest = await self.host.resolve_tag(ref.tagged, names)
+                digest = await self.host.resolve_tag(ref.tagged, self._node_names())
         if digest is None and ref.tagged and self.settings.registry_resolve:
             digest = await self.host.registry_resolve(
                 ref.name, pod.metadata.namespace,
@@ -141,11 +140,11 @@ class PodReconciler:
             )
             return
         target = pod.spec.node_name
-        holders = set(nodes_with_digest(nodes, digest))
+        holders = set(self.caches.nodes_with_digest(digest))
         if not holders - {target}:
             # kubelet lists at most 50 images per node: ask the nodes themselves.
             with trio.move_on_after(AGENT_TIMEOUT):
-                holders.update(await self.host.find_image(digest, names) or [])
+                holders.update(await self.host.find_image(digest, self._node_names()) or [])
         if target and target in holders:
             log.debug("%s: target node %s already holds %s; kubelet will retry", key, target,
                       digest)
@@ -171,6 +170,9 @@ class PodReconciler:
             "ImageSalvageable", messages.salvageable(ref.name, digest, candidates),
         )
         await self._submit(pod, failure, digest, candidates, kind="pull")
+
+    def _node_names(self) -> list[str]:
+        return sorted(self.caches.nodes.items)
 
     async def _submit(
         self, pod: Pod, failure: Failure, digest: str | None, candidates: list[str], *,

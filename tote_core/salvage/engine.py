@@ -22,7 +22,6 @@ import trio
 from tote_core import metrics
 from tote_core.components.events import EventRecorder
 from tote_core.detect import messages
-from tote_core.detect.inventory import nodes_with_digest
 from tote_core.errors import KubeError, NotFound, PermanentError, RetryLater
 from tote_core.hooks.host import PluginHost
 from tote_core.hooks.types import (
@@ -230,7 +229,7 @@ class SalvageEngine:
 
     async def _holders(self, digest: str) -> set[str]:
         nodes = list(self.caches.nodes.items.values())
-        holders = set(nodes_with_digest(nodes, digest))
+        holders = set(self.caches.nodes_with_digest(digest))  # indexed: no scan (issue 12)
         holders.update(node for d, node in self._delivered if d == digest)
         names = sorted(n.metadata.name for n in nodes)
         with trio.move_on_after(INVENTORY_TIMEOUT):

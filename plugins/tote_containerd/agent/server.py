@@ -39,10 +39,19 @@ ACL: dict[str, tuple[Role, ...]] = {
 }
 
 
+# Messages echo the caller's input (a 64 KiB "digest"); as a grpc-message trailer that
+# overflowed HTTP/2's header list and the caller saw a protocol error instead of the status.
+MAX_STATUS_MESSAGE = 1024
+
+
+def _bounded(msg: str) -> str:
+    return msg if len(msg) <= MAX_STATUS_MESSAGE else msg[:MAX_STATUS_MESSAGE - 1] + "…"
+
+
 def _grpc_error(exc: AgentError) -> grpclib.exceptions.GRPCError:
     status = grpclib.const.Status[exc.code] if exc.code in grpclib.const.Status.__members__ \
         else grpclib.const.Status.UNKNOWN
-    msg = str(exc)
+    msg = _bounded(str(exc))
     if exc.reason:
         msg = f"{msg} [reason={exc.reason}]"
     return grpclib.exceptions.GRPCError(status, msg)
@@ -92,8 +101,8 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
             metrics.RPCS.labels(method=method, code="INTERNAL").inc()
             log.exception("%s crashed", method)
             raise grpclib.exceptions.GRPCError(
-                grpclib.const.Status.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-            ) from exc
+                grpclib.const.Status.INTERNAL,
+                _bounded(f"internal error: {type(exc).__name__}: {exc}")) from exc
         metrics.RPCS.labels(method=method, code="OK").inc()
         return result
 

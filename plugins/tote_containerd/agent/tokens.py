@@ -25,7 +25,7 @@ from pathlib import Path
 
 import msgspec
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.verification import (
@@ -131,7 +131,13 @@ class Verifier:
         if self._cas:
             if not cert_b64 or not sig_b64:
                 raise Unauthenticated("unsigned transfer token refused (mTLS is on)")
-            self._check_signature(f"{PREFIX}.{body}".encode(), cert_b64, sig_b64, now)
+            try:
+                self._check_signature(f"{PREFIX}.{body}".encode(), cert_b64, sig_b64, now)
+            except (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
+                # cryptography parses lazily: a damaged certificate can fail at any access
+                # (a flipped version bit raises InvalidVersion, not ValueError).
+                raise Unauthenticated(
+                    f"malformed transfer token signer certificate: {exc}") from exc
         t = now if now is not None else time.time()
         if claims.exp <= t:
             raise PermissionDenied("transfer token expired")
