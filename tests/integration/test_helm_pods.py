@@ -246,3 +246,14 @@ def test_self_generated_identities_handshake(helm: Helm, tmp_path: Path) -> None
     with pytest.raises(Exception, match="controller identity"):
         Verifier(a["ca.crt"]).verify(forged, source="node-a", target="node-b")
     assert ssl.OPENSSL_VERSION  # the handshake above ran on this OpenSSL
+
+
+def test_host_network_controller_rolls_without_surge(helm: Helm) -> None:  # noqa: F811
+    """In the host network a surge replica can never be scheduled next to the old one (same
+    host ports): `helm upgrade --wait` hung on the e2e cluster until maxSurge became 0."""
+    docs = helm.render({"controller": {"hostNetwork": True}})
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    docs = helm.render(None)
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert "strategy" not in dep["spec"]  # the default rolling update elsewhere
