@@ -162,10 +162,18 @@ def image(b: Build) -> None:
         b.skip("image build and its `tote --version`", why)
         return
     work = b.dist / IMAGE_WORK
-    out = _run([sys.executable, "-m", IMAGE_MODULE, "--out", str(work)], what="image build",
-               timeout=1800)
-    lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
-    built = Path(lines[-1]) if lines else None
+    # `--json`: one object (archive, name, version, digest, sizes) instead of two lines to parse
+    out = _run([sys.executable, "-m", IMAGE_MODULE, "--out", str(work), "--json"],
+               what="image build", timeout=1800)
+    built: Path | None = None
+    for line in reversed([ln.strip() for ln in out.splitlines() if ln.strip()]):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("archive"), str):
+            built = Path(obj["archive"])
+            break
     if built is None or not built.is_file():
         raise ReleaseError(f"the image build printed no archive path (output: {out[-500:]!r})")
     archive = b.dist / f"tote-{b.version}-image.oci.tar"
