@@ -112,9 +112,10 @@ def healthy_breakdown(res: RunResult) -> dict[str, float]:
                  [("scheduling", "apply", "Pulling"), ("pull+unpack", "Pulling", "Pulled"),
                   ("container start", "Pulled", "Running"),
                   ("total", "Pulling", "Running")])  # fmt: skip
-    m = re.search(r" in ([0-9.]+)(ms|s)", res.pulled_message)
+    m = re.search(r" in (?:(\d+)m)?([0-9.]+)(ms|s)\b", res.pulled_message)  # Go duration
     if m:
-        out["kubelet pull"] = float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
+        secs = float(m.group(2)) / (1000 if m.group(3) == "ms" else 1)
+        out["kubelet pull"] = 60 * int(m.group(1) or 0) + secs
     return out
 
 
