@@ -20,7 +20,8 @@ streams of events and pods (monotonic clock), so they include the watch latency 
 but not any polling interval.
 
 Run: `python -m tests.bench.bench_e2e [--size-mib 100] [--runs 3] [--window 180]`
-(root; `.ci/install` done). Not a timed test.
+(root; `.ci/install` done). Not a timed test. With `--in-cluster [--pairs 3]`: P3', tote
+installed by helm next to a healthy pull (tests/bench/bench_e2e_incluster.py).
 """
 
 from __future__ import annotations
@@ -129,11 +130,52 @@ class RunResult:
     bytes_moved: int = 0
     record_phase: str = ""
     window: float = 0.0
+    pod_seen: dict[str, float] = field(default_factory=dict)  # pod UID → first arrival
+    pulled_message: str = ""  # kubelet's `Pulled` event ("Successfully pulled ... in 9.1s")
 
     def since(self, start: str, end: str = "Running") -> float | None:
         if start in self.first and end in self.first:
             return self.first[end] - self.first[start]
         return None
+
+
+def watch_workload(
+    cluster: KubeCluster, ns: str, image: str, *, label: str, window: float
+) -> RunResult:
+    """Apply the one-replica Deployment `app` running `image` in `ns` and watch its events
+    and pods until a pod is Running or `window` seconds passed. Also noted: when each pod
+    UID was first seen (`pod_seen`, the replacement's arrival) and kubelet's `Pulled`
+    message (it states the pull's own duration)."""
+    t0 = time.monotonic()
+    events = Watch(cluster, ["events", "-n", ns], t0).start()
+    pods = Watch(cluster, ["pods", "-n", ns, "-l", "app=app"], t0).start()
+    time.sleep(0.5)  # both watches established (they list first: the namespace is empty)
+    t0 = time.monotonic()
+    events.t0 = pods.t0 = t0
+    cluster.apply(deployment("app", ns, image))
+    res = RunResult(label=label, first={}, counts={}, window=window)
+    deadline = t0 + window
+    try:
+        while time.monotonic() < deadline:
+            for at, e in events.snapshot():
+                if e.get("involvedObject", {}).get("kind") != "Pod":
+                    continue
+                r = e.get("reason", "")
+                res.first.setdefault(r, at)
+                res.counts[r] = max(res.counts.get(r, 0), int(e.get("count") or 1))
+                if r == "Pulled":
+                    res.pulled_message = str(e.get("message", ""))
+            for at, p in pods.snapshot():
+                res.pod_seen.setdefault(p["metadata"]["uid"], at)
+                if _running(p):
+                    res.first.setdefault("Running", at)
+            if "Running" in res.first:
+                break
+            time.sleep(0.2)
+    finally:
+        events.stop()
+        pods.stop()
+    return res
 
 
 def one_run(
@@ -152,32 +194,7 @@ def one_run(
         print(f"[{label}] image {img.digest[:19]}… ({size_mib} MiB payload) on node B in "
               f"{time.monotonic() - t:.1f}s; registry stopped", flush=True)  # fmt: skip
         env.set_enabled(tote_on)
-        t0 = time.monotonic()
-        events = Watch(cluster, ["events", "-n", ns], t0).start()
-        pods = Watch(cluster, ["pods", "-n", ns, "-l", "app=app"], t0).start()
-        time.sleep(0.5)  # both watches established (they list first: the namespace is empty)
-        t0 = time.monotonic()
-        events.t0 = pods.t0 = t0
-        cluster.apply(deployment("app", ns, img.name))
-        first: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        deadline = t0 + window
-        while time.monotonic() < deadline:
-            for at, e in events.snapshot():
-                if e.get("involvedObject", {}).get("kind") != "Pod":
-                    continue
-                r = e.get("reason", "")
-                first.setdefault(r, at)
-                counts[r] = max(counts.get(r, 0), int(e.get("count") or 1))
-            for at, p in pods.snapshot():
-                if _running(p):
-                    first.setdefault("Running", at)
-            if "Running" in first:
-                break
-            time.sleep(0.2)
-        events.stop()
-        pods.stop()
-        res = RunResult(label=label, first=first, counts=counts, window=window)
+        res = watch_workload(cluster, ns, img.name, label=label, window=window)
         for r in env.records(ns):
             st = r.get("status", {})
             res.bytes_moved = int(st.get("bytesTransferred") or 0)
@@ -215,6 +232,11 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="runs with tote")
     ap.add_argument("--window", type=float, default=180, help="seconds watched without tote")
     ap.add_argument("--skip-without", action="store_true", help="skip the run without tote")
+    ap.add_argument("--in-cluster", action="store_true",
+                    help="P3': tote installed by helm, salvage next to a healthy pull "
+                         "(tests/bench/bench_e2e_incluster.py)")  # fmt: skip
+    ap.add_argument("--pairs", type=int, default=3,
+                    help="--in-cluster: salvage + healthy-pull pairs")  # fmt: skip
     args = ap.parse_args()
     bins = binaries_dir(build=True)
     versions.use_containerd(build=True)
@@ -223,6 +245,15 @@ def main() -> int:
         return 1
     work = Path(tempfile.mkdtemp(prefix="tote-bench-e2e-"))
     cluster = start_cluster(work / "cluster", bins)
+    if args.in_cluster:
+        from tests.bench import bench_e2e_incluster
+
+        try:
+            return bench_e2e_incluster.run(cluster, work, size_mib=args.size_mib,
+                                           pairs=args.pairs, window=args.window)  # fmt: skip
+        finally:
+            cluster.stop()
+            shutil.rmtree(work, ignore_errors=True)
     env: SalvageEnv | None = None
     results: list[RunResult] = []
     try:
