@@ -49,6 +49,15 @@ def tote_helm(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactor
 def test_1_controller_and_one_agent_per_node_ready(
     tote_helm: Install, kube_cluster: KubeCluster
 ) -> None:
+    def all_ready() -> bool:
+        pods = tote_helm.pods("controller") + tote_helm.pods("agent")
+        return bool(pods) and all(
+            {c["type"]: c["status"] for c in p["status"].get("conditions", [])}.get("Ready")
+            == "True" for p in pods
+        )
+
+    # Readiness is a probe: on a loaded machine a pod may still be between probes here.
+    wait_until(all_ready, timeout=120, interval=1, what="every tote pod Ready")
     ctl = tote_helm.pods("controller")
     agents = tote_helm.pods("agent")
     assert len(ctl) == 1, [p["metadata"]["name"] for p in ctl]

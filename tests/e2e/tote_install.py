@@ -141,6 +141,20 @@ class Install:
                 return str(holder)
         return ""
 
+    def agents_ready(self) -> bool:
+        ds = self.kubectl_json("get", "daemonset", f"{self.release}-agent", "-n", self.namespace)
+        st = ds.get("status", {})
+        want = len(self.cluster.nodes)
+        return bool(
+            st.get("desiredNumberScheduled") == want
+            and st.get("numberReady") == want
+            and st.get("updatedNumberScheduled") == want
+        )
+
+    def wait_agents_ready(self, timeout: float = 180) -> None:
+        wait_until(self.agents_ready, timeout=timeout, interval=1,
+                   what=f"an agent Ready on each of the {len(self.cluster.nodes)} nodes")
+
     def wait_leading(self, timeout: float = 120) -> str:
         wait_until(lambda: bool(self.lease_holder()), timeout=timeout, interval=1,
                    what=f"a tote controller holds its Lease in {self.namespace}")  # fmt: skip
@@ -214,6 +228,9 @@ def install_tote(
     except RuntimeError as exc:
         logs = "\n".join(f"--- {k} ---\n{v[-3000:]}" for k, v in inst.logs(previous=True).items())
         raise RuntimeError(f"{exc}\ntote pods:\n{logs}") from None
+    # helm's --wait counts a DaemonSet ready with maxUnavailable (1) pods still unready: wait
+    # for every agent, as a user checking `kubectl get pods` would.
+    inst.wait_agents_ready()
     t_helm = time.monotonic()
     inst.wait_leading()
     t_end = time.monotonic()

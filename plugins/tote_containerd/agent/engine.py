@@ -43,7 +43,7 @@ from tote_containerd.agent.errors import (
     NotFound,
     PermissionDenied,
     Unavailable,
-    leaves,
+    one_error,
 )
 from tote_containerd.agent.tls import Identity
 from tote_containerd.agent.tokens import Verifier
@@ -98,24 +98,6 @@ def _place(part: Path, final: Path) -> bool:
     with contextlib.suppress(FileExistsError):
         os.link(part, final)
     return True
-
-
-def _one_error(eg: BaseExceptionGroup[Any]) -> BaseException:
-    """One status for an import whose parallel blob streams failed together (a source that
-    goes away fails every stream at once): the most telling agent error — bytes that do not
-    match their digest or a refusal before a lost connection — naming how many streams
-    failed. Anything that is not an agent error stays a group (a bug: INTERNAL)."""
-    errs = [e for e in leaves(eg) if isinstance(e, AgentError)]
-    if not errs or len(errs) != len(leaves(eg)):
-        return eg
-    rank: dict[type[AgentError], int] = {
-        DataLoss: 0, PermissionDenied: 1, FailedPrecondition: 2, Unavailable: 4}
-    pick = min(errs, key=lambda e: rank.get(type(e), 3))
-    if len(errs) == 1:
-        return pick
-    one = type(pick)(f"{pick} ({len(errs)} parallel blob streams failed)", reason=pick.reason)
-    one.__cause__ = pick
-    return one
 
 
 def _sweep_parts(tmpdir: Path, max_age: float) -> None:
@@ -480,7 +462,7 @@ class AgentCore:
                     # reporter.run ends once every fetch is done
                     reporter.expect(len(missing))
             except BaseExceptionGroup as eg:
-                leaf = _one_error(eg)
+                leaf = one_error(eg, "parallel blob streams")
                 if leaf is eg:
                     raise
                 raise leaf from None

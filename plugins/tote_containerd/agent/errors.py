@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 # One exception-group helper for tote, re-exported for the agent's modules.
 from tote_core.errors import leaves as leaves
 from tote_core.errors import single_leaf as single_leaf
@@ -68,3 +70,21 @@ BY_CODE: dict[str, type[AgentError]] = {
 
 def from_code(code: str, message: str, reason: str = "") -> AgentError:
     return BY_CODE.get(code, AgentError)(message, reason=reason)
+
+
+def one_error(eg: BaseExceptionGroup[Any], what: str) -> BaseException:
+    """One status for parallel work that failed together (a source or registry that goes
+    away fails every stream at once): the most telling agent error — bytes that do not match
+    their digest or a refusal before a lost connection — naming how many of `what` failed.
+    Anything that is not an agent error stays a group (a bug: INTERNAL)."""
+    errs = [e for e in leaves(eg) if isinstance(e, AgentError)]
+    if not errs or len(errs) != len(leaves(eg)):
+        return eg
+    rank: dict[type[AgentError], int] = {
+        DataLoss: 0, PermissionDenied: 1, FailedPrecondition: 2, Unavailable: 4}
+    pick = min(errs, key=lambda e: rank.get(type(e), 3))
+    if len(errs) == 1:
+        return pick
+    one = type(pick)(f"{pick} ({len(errs)} {what} failed)", reason=pick.reason)
+    one.__cause__ = pick
+    return one

@@ -50,9 +50,11 @@ from tote_containerd.agent.errors import (
     PermissionDenied,
     Unauthenticated,
     Unavailable,
+    one_error,
 )
 
 log = logging.getLogger("tote.agent.push")
+GC_REF_CONTENT = "containerd.io/gc.ref.content."
 
 READ_CHUNK = 2 * 1024 * 1024
 MONOLITHIC_MAX = 128 * 1024 * 1024
@@ -154,13 +156,22 @@ class Pusher:
 
     # ------------------------------------------------------------------ plan
     async def _manifest_chain(self, desc: oci.Desc) -> _Chain | None:
-        """The chain of one platform manifest if every blob of it is here, else None."""
-        if await self.cd.info(desc.digest) is None:
+        """The chain of one platform manifest if every blob of it is here and held, else None.
+
+        Held = referenced by the manifest's `containerd.io/gc.ref.content.*` labels. An import
+        of one platform (ctr, CRI) writes every blob of the archive but labels only the chosen
+        platform's manifest: the siblings' blobs are present until containerd's next garbage
+        collection, which may run in the middle of a push (seen: "content digest …: not found"
+        halfway through an index push). Such a sibling counts as absent, so the push is the
+        deterministic partial one."""
+        info = await self.cd.info(desc.digest)
+        if info is None:
             return None
+        held = {v for k, v in info.labels.items() if k.startswith(GC_REF_CONTENT)}
         data = await self.cd.read_all(desc.digest, limit=oci.MAX_MANIFEST_BYTES)
         config, layers = oci.manifest_children(oci.load_json(data, desc.digest))
         for d in (config, *layers):
-            if await self.cd.info(d.digest) is None:
+            if d.digest not in held or await self.cd.info(d.digest) is None:
                 return None
         mt = desc.media_type or oci.media_type_of(oci.load_json(data, desc.digest),
                                                   oci.MT_OCI_MANIFEST)
@@ -377,9 +388,15 @@ class Pusher:
                     async with limit:
                         await self._push_blob(http, d)
 
-                async with trio.open_nursery() as nursery:
-                    for d in sorted(blobs, key=lambda b: -b.size):  # big first: less tail
-                        nursery.start_soon(one, d)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        for d in sorted(blobs, key=lambda b: -b.size):  # big first: less tail
+                            nursery.start_soon(one, d)
+                except BaseExceptionGroup as eg:  # parallel uploads fail together
+                    leaf = one_error(eg, "parallel blob uploads")
+                    if leaf is eg:
+                        raise
+                    raise leaf from None
                 for c in chains:  # an index's children, by digest, before the index
                     if await self._manifest_at(http, c.desc.digest, c.desc.media_type) is None:
                         await self._put_manifest(http, c.desc.digest, c.desc, c.data)
