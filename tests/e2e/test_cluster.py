@@ -114,6 +114,24 @@ def test_registry_pull_then_outage_gives_image_pull_backoff(
     assert f"{repo}:v2" not in kube_cluster.node.image_names()
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _same_process_alive(pid: int, cmdline: bytes) -> bool:
+    """The process we recorded still runs: not gone, not a zombie waiting for init to reap it
+    (shims are re-parented to init), and not a new process that got the number (a busy
+    machine reuses PIDs)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and _cmdline(pid) == cmdline
+
+
 def test_teardown_leaves_nothing_behind(
     e2e_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -133,6 +151,7 @@ def test_teardown_leaves_nothing_behind(
         shims = node.leftover_pids()  # while running: the shim(s) and the pod's processes
         assert shims, "expected containerd shims for the running pod"
         pids = cluster.all_pids()
+        cmdlines = {pid: _cmdline(pid) for pid in pids + shims}
         cgroup_root = node.cgroup_root
         report = cluster.stop()
         stopped = True
@@ -141,7 +160,7 @@ def test_teardown_leaves_nothing_behind(
             cluster.stop()
     assert not cluster.alive_pids()
     for pid in pids + shims:
-        assert not Path(f"/proc/{pid}").exists(), f"pid {pid} still exists"
+        assert not _same_process_alive(pid, cmdlines[pid]), f"pid {pid} still exists"
     node_report = report[node.name]
     # graceful path worked: nothing had to be killed after containerd stopped
     assert node_report["leftover_pids"] == [], node_report
