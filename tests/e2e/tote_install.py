@@ -19,7 +19,6 @@ its Lease. Used by tests/e2e/test_helm_install.py and the demo.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import socket
@@ -161,24 +160,14 @@ class Install:
         return self.lease_holder()
 
     def secret_data(self) -> dict[str, dict[str, str]]:
-        """TLS Secrets of the release: name → data (base64 values), for upgrade checks."""
-        out = {}
-        for s in self.kubectl_json("get", "secrets", "-n", self.namespace)["items"]:
-            if s.get("type") != "kubernetes.io/tls" and not s["metadata"]["name"].startswith(
-                f"{self.release}-"
-            ):
-                continue
-            if s["metadata"].get("labels", {}).get("owner") == "helm":
-                continue  # helm's own release records
-            out[s["metadata"]["name"]] = dict(s.get("data") or {})
-        return out
-
-    def controller_log(self) -> str:
-        pods = self.pods("controller")
-        if not pods:
-            return ""
-        name = pods[0]["metadata"]["name"]
-        return str(self.cluster.kubectl("logs", name, "-n", self.namespace, check=False).stdout)
+        """The release's Secrets (its CA and certificates): name → data (base64 values), for
+        upgrade checks. Helm's own release records are skipped."""
+        return {
+            s["metadata"]["name"]: dict(s.get("data") or {})
+            for s in self.kubectl_json("get", "secrets", "-n", self.namespace)["items"]
+            if s["metadata"]["name"].startswith(f"{self.release}-")
+            and s["metadata"].get("labels", {}).get("owner") != "helm"
+        }
 
     def logs(self, *, previous: bool = False) -> dict[str, str]:
         """Logs of every tote pod (attached to failing tests); with `previous`, also of the
@@ -199,10 +188,6 @@ class Install:
     def uninstall(self) -> None:
         self.helm("uninstall", self.release, "-n", self.namespace, "--wait", "--timeout", "120s",
                   check=False)  # fmt: skip
-
-
-def decode(data: dict[str, str], key: str) -> bytes:
-    return base64.b64decode(data[key])
 
 
 def install_tote(
