@@ -76,6 +76,16 @@ def containerd_bin_dir(*, build: bool = False) -> Path | None:
     return d if all(os.access(d / b, os.X_OK) for b in CONTAINERD_BINARIES) else None
 
 
+GO_FALLBACK = Path("/usr/local/go/bin")
+
+
+def use_go() -> None:
+    """Go (for the test images' static programs) where `.ci/install` finds it too: the official
+    tarball's /usr/local/go/bin is not on a minimal PATH (`env -i`, cron, a non-login shell)."""
+    if shutil.which("go") is None and (GO_FALLBACK / "go").exists():
+        os.environ["PATH"] = os.pathsep.join([os.environ.get("PATH", ""), str(GO_FALLBACK)])
+
+
 def use_containerd(*, build: bool | None = None) -> Path | None:
     """Put the pinned containerd first on PATH for this process and everything it starts.
 
@@ -87,6 +97,7 @@ def use_containerd(*, build: bool | None = None) -> Path | None:
     point that starts a containerd calls it (pytest's configure hook, the demo, benchmarks,
     `start_containerd`).
     """
+    use_go()
     if build is None:
         build = os.environ.get("TOTE_BUILD_BINARIES") == "1"
     d = containerd_bin_dir(build=build)
