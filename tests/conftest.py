@@ -111,6 +111,16 @@ def _force_delete_namespace(cp: ControlPlane, name: str) -> None:
 @pytest.fixture
 def test_namespace(control_plane: ControlPlane) -> Iterator[str]:
     """A fresh namespace opted in with `tote.dev/allow: "true"`, removed afterwards."""
+    yield from _opted_in_namespace(control_plane)
+
+
+@pytest.fixture
+def other_namespace(control_plane: ControlPlane) -> Iterator[str]:
+    """A second namespace like `test_namespace`, for what must hold across namespaces."""
+    yield from _opted_in_namespace(control_plane)
+
+
+def _opted_in_namespace(control_plane: ControlPlane) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:10]}"
     control_plane.apply(
         {

@@ -13,7 +13,8 @@ Run: `TOTE_CONTAINERD_VERSION=v2.4.2 python tests/bench/bench_transfer.py [--siz
 (root; the pinned containerd built by tests/cluster/build-containerd.sh, or `system`).
 `--profile DIR` records, during the fast-path transfer, `perf record -g` of all four processes
 and py-spy profiles (collapsed stacks of on-CPU Python samples) of both agents into DIR; the CPU
-figures of a profiled run include the profilers' overhead. Prints MB/s (10^6 bytes/s).
+figures of a profiled run include the profilers' overhead. `--parallelism N` sets the blob
+streams per import (default: the agent's, 4). Prints MB/s (10^6 bytes/s).
 Not a timed test.
 """
 
@@ -145,8 +146,8 @@ def profile(group: ProcessGroup, out: Path, procs: dict[str, int]) -> list[Proc]
     return started
 
 
-async def agent_copy(env: Env, src_ep: str, target: str, digest: str, name: str
-                     ) -> tuple[float, int]:
+async def agent_copy(env: Env, src_ep: str, target: str, digest: str, name: str,
+                     parallelism: int = 0) -> tuple[float, int]:
     from tote_containerd.agent.api import ImportRequest
     from tote_containerd.agent.tokens import Signer
     from tote_containerd.plugin import open_agent
@@ -157,7 +158,7 @@ async def agent_copy(env: Env, src_ep: str, target: str, digest: str, name: str
     async with open_agent(target, env.settings()) as agent:
         done = await agent.import_from(ImportRequest(
             source_node="a", source_endpoint=src_ep, token=token, digest=digest,
-            names=[name]))
+            names=[name], parallelism=parallelism))
     dt = time.monotonic() - t
     return done.bytes_total / dt / 1e6, done.bytes_total
 
@@ -167,6 +168,8 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--profile", type=Path, default=None,
                     help="directory for py-spy profiles of the fast-path agents")
+    ap.add_argument("--parallelism", type=int, default=0,
+                    help="blob streams per import (0: the agent's default, 4)")
     args = ap.parse_args()
     ctd = versions.use_containerd()
     if ctd is None:
@@ -221,7 +224,8 @@ def main() -> None:
         meter = CpuMeter({"agent-src": src_api.proc.pid, "agent-dst": env.agents["b1"].proc.pid,
                           "ctd-src": a.proc.pid, "ctd-dst": env.nodes["b1"].proc.pid})
         meter.start()
-        mbps, moved = trio.run(agent_copy, env, src_api.endpoint, "b1", img.digest, img.name)
+        mbps, moved = trio.run(agent_copy, env, src_api.endpoint, "b1", img.digest, img.name,
+                               args.parallelism)
         meter.stop()
         results.append(("agents A→B, mTLS, API path",
                         f"{mbps:7.1f} MB/s; {meter.per_gib(moved)}"))
@@ -233,7 +237,7 @@ def main() -> None:
         meter.start()
         t0 = time.monotonic()
         mbps_fast, moved = trio.run(agent_copy, env, src_fast.endpoint, "b2", img.digest,
-                                    img.name)
+                                    img.name, args.parallelism)
         wall = time.monotonic() - t0
         meter.stop()
         for spy in spies:
@@ -244,7 +248,8 @@ def main() -> None:
                         f"{meter.per_gib(moved)}; "
                         f"{sum(meter.used.values()) / wall:.2f} of {os.cpu_count()} CPUs busy"))
         print(results[-1], flush=True)
-        _, moved = trio.run(agent_copy, env, src_fast.endpoint, "b2", img2.digest, img2.name)
+        _, moved = trio.run(agent_copy, env, src_fast.endpoint, "b2", img2.digest, img2.name,
+                             args.parallelism)
         whole = sum(x.size for x in img2.blobs)
         results.append(("dedupe: second image (shares 3 of 4 layers)",
                         f"{moved} of {whole} bytes moved"))

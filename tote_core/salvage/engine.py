@@ -1,12 +1,13 @@
 """The salvage engine: a bounded pool of transfer workers fed by detection.
 
 Detection calls `submit()` (synchronous, never blocks) and moves on. Jobs are keyed by
-SalvageRecord — one per (digest, target node) — so twenty failing pods of one Deployment on
-three nodes make three transfers, not twenty. The pool has `--max-concurrent-salvages`
-workers; each job runs under `--transfer-timeout`. State that must survive a leader change
-lives in the record's status (retryCount, lastAttemptAt, phase): a new leader re-detects
-the failing pods, finds the record and carries on from there; the agent resumes the
-transfer from containerd's committed offsets.
+SalvageRecord — one per (digest, target node), whatever namespaces the pods are in — so
+twenty failing pods of one Deployment on three nodes make three transfers, not twenty, and
+the same image failing in five namespaces on one node makes one. The pool has
+`--max-concurrent-salvages` workers; each job runs under `--transfer-timeout`. State that
+must survive a leader change lives in the record's status (retryCount, lastAttemptAt,
+phase): a new leader re-detects the failing pods, finds the record and carries on from
+there; the agent resumes the transfer from containerd's committed offsets.
 """
 
 from __future__ import annotations
@@ -77,7 +78,10 @@ def _failure_is_final(conditions: list[Condition], started: datetime) -> bool:
 
 @dataclass
 class Job:
-    """Everything known about one (digest, target node) salvage."""
+    """Everything known about one (digest, target node) salvage.
+
+    `namespace` is where its record lives: the first failing pod's, until the record is
+    found in another (the pods themselves may be in any namespace)."""
 
     namespace: str
     record: str
@@ -128,11 +132,10 @@ class SalvageEngine:
             self.queue.add(key)
             return
         assert incident.digest and target
-        name = planner.record_name(incident.digest, target)
-        key = f"{pod.metadata.namespace}/{name}"
+        key = planner.record_name(incident.digest, target)  # never contains "/"
         job = self.jobs.get(key)
         if job is None:
-            job = self.jobs[key] = Job(pod.metadata.namespace, name, incident)
+            job = self.jobs[key] = Job(pod.metadata.namespace, key, incident)
         job.pods[pod_key] = pod
         self.queue.add(key)
 
@@ -160,13 +163,14 @@ class SalvageEngine:
                 image_ref=inc.image_ref, target_node=target,
             ),
         )
+        job.namespace = record.metadata.namespace or job.namespace
         st = record.status
         holders = await self._holders(digest)
         if st.phase == "Completed" and target in holders:
             # Pods that failed while (or after) the image was delivered: tell them too.
             await self._announce(job, (
                 f"Image {inc.image_ref} ({digest}) was salvaged to node {target} "
-                f"(SalvageRecord {job.record}). {messages.DEBT}"
+                f"(SalvageRecord {job.namespace}/{job.record}). {messages.DEBT}"
             ))
             await self._notify("salvaged", job, source=record.spec.source_node)
             await self._restart_pods(job)
@@ -353,7 +357,7 @@ class SalvageEngine:
         log.info("salvage %s/%s completed%s", job.namespace, job.record,
                  f" ({note})" if note else "")
         await self._restart_pods(job)
-        self.jobs.pop(f"{job.namespace}/{job.record}", None)
+        self.jobs.pop(job.record, None)
 
     async def _announce(self, job: Job, text: str) -> None:
         """One ImageSalvaged event per pod (by UID), however often the pod is resubmitted."""
@@ -395,7 +399,7 @@ class SalvageEngine:
         log.warning("salvage %s/%s failed (%s, %s): %s", job.namespace, job.record, reason,
                     verdict, error)
         if permanent:
-            self.jobs.pop(f"{job.namespace}/{job.record}", None)
+            self.jobs.pop(job.record, None)
 
     async def _retry(
         self, job: Job, record: SalvageRecord, error: str, reason: str, *, source: str = ""

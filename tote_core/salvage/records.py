@@ -37,11 +37,22 @@ class RecordStore:
             return None
 
     async def ensure(self, namespace: str, spec: SalvageRecordSpec) -> SalvageRecord:
-        """Get the record for (digest, target node), creating it (phase Pending) if absent."""
+        """Get the record for (digest, target node), creating it (phase Pending) in
+        `namespace` if no namespace has one.
+
+        One record — one transfer — per (digest, target node) cluster-wide: pods of five
+        namespaces failing on one image and node share the record of the first of them.
+        The usual case is a GET by name in the pod's own namespace (the API floor); only when
+        that misses does a label-selector list look in the others."""
         name = record_name(spec.digest, spec.target_node)
         existing = await self.get(namespace, name)
         if existing is not None:
             return existing
+        elsewhere = [r for r in await self.find(spec.digest, spec.target_node)
+                     if r.metadata.name == name]
+        if elsewhere:
+            return min(elsewhere, key=lambda r: (r.metadata.creation_timestamp or "",
+                                                 r.metadata.namespace))
         record = SalvageRecord(
             metadata=ObjectMeta(
                 name=name, namespace=namespace,

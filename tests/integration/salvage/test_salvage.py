@@ -4,7 +4,7 @@
 pod deleted, standalone pod kept; (2) tag-only ref resolved through an agent (node status
 does not list it: kubelet's 50-image cap); (7) corrupt image record → removed, owned pod
 deleted, next failure salvaged; (8) many pods of one image on two target nodes → one
-transfer per target node.
+transfer per target node; (8b) … and one per (digest, node) across namespaces.
 """
 
 from __future__ import annotations
@@ -180,3 +180,34 @@ def test_8_many_pods_one_transfer_per_target_node(
     assert controller.metric("tote_salvage_attempts_total") == attempts0 + 2
     salvaged = [e for e in tote_events(cp, ns) if e["reason"] == "ImageSalvaged"]
     assert len({e["regarding"]["name"] for e in salvaged}) == 20
+
+
+def test_8b_one_transfer_per_digest_and_node_across_namespaces(
+    senv: SalvageEnv, controller: ControllerProcess, test_namespace: str,
+    other_namespace: str, tmp_path: Path,
+) -> None:
+    """Issue 12: pods of two namespaces failing together on one image and node make one
+    transfer and one SalvageRecord (in the first pod's namespace), and every pod is told.
+    Tried: three pods in each namespace, all failing within a moment, with two salvage
+    workers free (before the fix each namespace got its own record, and the two transfers
+    ran side by side)."""
+    cp = senv.cp
+    img = layered_image("127.0.0.1:5999/shared/base:v1", [8 * MiB, 8 * MiB], seed=15)
+    senv.preload("n2", img, img.write_archive(tmp_path / "base.tar"))
+    ref = f"127.0.0.1:5999/shared/base@{img.digest}"
+    attempts0 = controller.metric("tote_salvage_attempts_total")
+    pods = [(ns, f"app-{i}") for i in range(3) for ns in (test_namespace, other_namespace)]
+    for ns, name in pods:
+        create_pod(cp, ns, name, ref, node="n1", annotations={"tote.dev/auto-salvage": "true"})
+    for ns, name in pods:
+        set_waiting(cp, ns, name, reason="ErrImagePull", message=REFUSED)
+    for ns, name in pods:
+        wait_event(cp, ns, name, "ImageSalvaged", timeout=90)
+    everywhere = json.loads(cp.kubectl("get", "salvagerecords", "-A", "-o", "json").stdout)
+    mine = [r for r in everywhere["items"] if r["spec"]["digest"] == img.digest]
+    assert len(mine) == 1, [r["metadata"] for r in mine]
+    (rec,) = mine
+    assert rec["status"]["phase"] == "Completed"
+    assert rec["metadata"]["namespace"] in (test_namespace, other_namespace)
+    assert controller.metric("tote_salvage_attempts_total") == attempts0 + 1
+    assert ref in senv.ctd.nodes["n1"].image_names()
