@@ -321,11 +321,15 @@ class SalvageEngine:
                 self._delivered.clear()
         if moved is not None:
             source, result = moved
+            # Completed means the whole image is on the target: progress reads total/total
+            # even when this attempt moved less (blobs already there, or bytes resumed from
+            # an attempt a leader before this one started). What this attempt moved is in
+            # the ImageSalvaged event and the tote_salvage_image_bytes histogram.
             status.update({
                 "bytesTotal": result.bytes_total,
-                "bytesTransferred": result.bytes_transferred,
+                "bytesTransferred": result.bytes_total,
                 "blobsSkipped": result.blobs_skipped,
-                "progress": planner.progress_text(result.bytes_transferred, result.bytes_total),
+                "progress": planner.progress_text(result.bytes_total, result.bytes_total),
             })
             metrics.SALVAGE_SUCCESSES.inc()
             metrics.SALVAGE_DURATION.observe(result.duration_seconds)

@@ -28,6 +28,7 @@ from tests.integration.containerd.nodes import (
     REPO,
     AgentProc,
     Env,
+    Node,
     containerd_unusable,
     start_node,
 )
@@ -90,18 +91,35 @@ class SalvageEnv:
     def stop_agent(self, node: str) -> None:
         self.ctd.agents[node].proc.kill()
 
-    def restart_agent(self, node: str) -> None:
-        """Start the node's agent again with the very same argv (same ports)."""
+    def restart_agent(self, node: str, *, fast_path: bool | None = None) -> None:
+        """Start the node's agent again with the same argv (same ports), stopping it first
+        if it still runs; `fast_path` switches `--no-fast-path` off or on."""
         old = self.ctd.agents[node]
+        if old.proc.alive():
+            old.proc.stop()
+        argv = [a for a in old.proc.argv if a != "--no-fast-path"]
+        if (fast_path is None and "--no-fast-path" in old.proc.argv) or fast_path is False:
+            argv.append("--no-fast-path")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "plugins"),
                                              env.get("PYTHONPATH", "")])
         wait_until(lambda: not port_open("127.0.0.1", old.port), timeout=15, what="port free")
-        proc = self.ctd.group.start(f"agent-{node}-again", old.proc.argv, env=env, cwd=REPO)
+        proc = self.ctd.group.start(f"agent-{node}-again", argv, env=env, cwd=REPO)
         wait_until(lambda: port_open("127.0.0.1", old.port), timeout=60,
                    what=f"agent {node} back", proc=proc)
         self.ctd.agents[node] = AgentProc(node=old.node, port=old.port,
                                           metrics_port=old.metrics_port, proc=proc)
+
+    def restart_containerd(self, node: str) -> None:
+        """SIGKILL the node's containerd and start it again with the same config."""
+        old = self.ctd.nodes[node]
+        old.proc.kill()
+        proc = self.ctd.group.start(f"containerd-{node}-again", old.proc.argv)
+        new = Node(name=old.name, dir=old.dir, proc=proc)
+        wait_until(lambda: new.ctr("version", check=False).returncode == 0, timeout=60,
+                   what=f"containerd {node} back", proc=proc)
+        self.ctd.nodes[node] = new
+        self.ctd.agents[node].node = new
 
     def logs(self) -> dict[str, str]:
         out = dict(self.ctd.group.logs())
@@ -142,3 +160,11 @@ def senv(control_plane: ControlPlane) -> Iterator[SalvageEnv]:
 def records(cp: ControlPlane, ns: str) -> list[dict[str, object]]:
     out = cp.kubectl("get", "salvagerecords", "-n", ns, "-o", "json").stdout
     return json.loads(out)["items"]  # type: ignore[no-any-return]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.integration.salvage import fault_table
+
+    if fault_table.ROWS:
+        terminalreporter.section("fault matrix (tests/integration/salvage/test_fault_matrix.py)")
+        terminalreporter.write_line(fault_table.markdown())
