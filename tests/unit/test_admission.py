@@ -13,7 +13,7 @@ import trio
 
 from tote_core.annotations import problems
 from tote_core.components import admission, http
-from tote_core.salvage.engine import _failure_is_final
+from tote_core.salvage.planner import failure_is_final as _failure_is_final
 from tote_core.structs.salvagerecord import Condition
 
 

@@ -21,7 +21,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tote_core import __version__
 from tote_core.components import admission, http
 from tote_core.components.config_warnings import ConfigWarnings
-from tote_core.components.events import EventRecorder
 from tote_core.components.leader import LeaderElector
 from tote_core.components.statusfeed import StatusFeed
 from tote_core.hooks.context import PluginContext
@@ -30,11 +29,12 @@ from tote_core.hooks.types import Incident
 from tote_core.kube import config as kube_config
 from tote_core.kube.cache import Caches
 from tote_core.kube.client import KubeClient
+from tote_core.kube.events import EventRecorder
 from tote_core.reconcile.engine import Engine
 from tote_core.reconcile.pods import PodReconciler
 from tote_core.reconcile.queue import WorkQueue
-from tote_core.salvage.engine import SalvageEngine
 from tote_core.salvage.reaper import Reaper
+from tote_core.salvage.salvager import SalvageEngine
 from tote_core.settings import ControllerSettings
 from tote_core.status.board import StatusBoard
 from tote_core.status.publish import (
@@ -84,9 +84,9 @@ class Controller:
             self.kube, instance=self.identity, board=self.board)
         self.queue = WorkQueue(base_delay=1.0, max_delay=300.0)
         self.salvage = SalvageEngine(
-            self.settings, self.kube, self.caches, self.host, self.recorder
+            self.settings, self.kube, self.caches, self.host, self.recorder,
+            records=PublishingRecordStore(self.kube, self.board),
         )
-        self.salvage.records = PublishingRecordStore(self.kube, self.board)
         self.reaper = Reaper(
             self.salvage.records, ttl=self.settings.salvagerecord_ttl,
             interval=self.settings.reap_interval,

@@ -1,12 +1,16 @@
-"""Pure decisions of the salvage path: names, labels, back-off, source order, progress text."""
+"""Pure decisions of the salvage path: names, labels, back-off, source order, progress text,
+and which failures are final."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 from collections.abc import Sequence
+from datetime import datetime
 
 from tote_core.hooks.types import NodeInfo
+from tote_core.structs.salvagerecord import Condition
+from tote_core.timefmt import parse_time
 
 BACKOFF_STEPS = (30.0, 60.0, 120.0, 300.0)  # WO-20: 30s, 1m, 2m, 5m (capped)
 LABEL_DIGEST = "tote.dev/digest"
@@ -79,3 +83,27 @@ def progress_text(done: int, total: int) -> str:
         return human_bytes(done)
     pct = min(100, int(done * 100 / total))
     return f"{human_bytes(done)}/{human_bytes(total)} ({pct}%)"
+
+
+PERMANENT = "Permanent"
+# Permanent for one source, not for the salvage: try the next candidate.
+SOURCE_SPECIFIC = frozenset({"layers_discarded", "platform_missing"})
+# Failures caused by tote's own configuration, never a property of the image:
+# recorded with the condition reason CONFIGURATION, not retried by the process that hit them
+# (same configuration, same result), retried by any controller started after them — so a
+# restart with fixed configuration carries on without anyone deleting records. Records an
+# older version marked Permanent for these reasons are retried too.
+CONFIGURATION = "ConfigurationError"
+CONFIG_REASONS = frozenset({"tls_config", "no_plugin"})
+
+
+def failure_is_final(conditions: list[Condition], started: datetime) -> bool:
+    """Whether a Failed record's conditions forbid this controller process to retry it."""
+    for c in conditions:
+        if c.reason == PERMANENT and c.message.split(":", 1)[0] not in CONFIG_REASONS:
+            return True
+        if c.reason == CONFIGURATION:
+            failed_at = parse_time(c.last_transition_time)
+            if failed_at is None or failed_at >= started:
+                return True
+    return False
