@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import trio
 from tote_containerd.agent import run
+from tote_containerd.agent.settings import AgentSettings
 
 from tests.cluster.procs import free_port
 from tote_core.errors import ConfigError
-from tote_core.settings import AgentSettings, parse_args
+from tote_core.settings import parse_args
 
 
 def _settings(tmp_path: Path, *args: str) -> AgentSettings:

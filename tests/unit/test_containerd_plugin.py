@@ -6,9 +6,10 @@ import msgspec
 import pytest
 from tote_containerd import plugin
 from tote_containerd.agent import errors
+from tote_containerd.agent.settings import AgentSettings
 
 from tote_core.errors import ConfigError, PermanentError, RetryLater
-from tote_core.settings import AgentSettings, ControllerSettings, parse_args
+from tote_core.settings import ControllerSettings, parse_args
 
 
 class Pod(msgspec.Struct):

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import trio
 
+from tote_containerd.agent.settings import AgentSettings
 from tote_core import tlsfiles
 from tote_core.errors import ConfigError
-from tote_core.settings import AgentSettings
 
 __all__ = ["run"]
 
