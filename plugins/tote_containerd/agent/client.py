@@ -68,15 +68,20 @@ async def ensure_loop() -> AsyncIterator[None]:
         yield
 
 
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    """`host:port` (IPv6 hosts in brackets) → (host without brackets, port); anything else,
+    including a port outside 1..65535, is InvalidArgument (never a crash in connect())."""
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise errors.InvalidArgument(f"invalid agent endpoint {endpoint!r}")
+    return host.strip("[]"), int(port)
+
+
 class AgentClient:
     def __init__(self, endpoint: str, *, ssl_context: ssl.SSLContext | None = None,
                  rpc_timeout: float = 30.0, expect_role: str | None = "agent") -> None:
-        host, _, port = endpoint.rpartition(":")
-        if not host or not port.isdigit():
-            raise errors.InvalidArgument(f"invalid agent endpoint {endpoint!r}")
+        self._host, self._port = split_endpoint(endpoint)
         self.endpoint = endpoint
-        self._host = host.strip("[]")
-        self._port = int(port)
         self._ssl = ssl_context
         self.rpc_timeout = rpc_timeout
         self.expect_role = expect_role

@@ -34,6 +34,7 @@ from tote_containerd.agent.api import (
     Resolved,
     Session,
 )
+from tote_containerd.agent.client import split_endpoint
 from tote_containerd.agent.containerd import ContainerdClient, Descriptor
 from tote_containerd.agent.errors import (
     AgentError,
@@ -374,9 +375,10 @@ class AgentCore:
         want = oci.check_platform(req.platform) if req.platform else self.platform
         for name in req.names:
             oci.parse_ref(name)
-        host, _, port = req.source_endpoint.rpartition(":")
-        if not host or not port.isdigit():
-            raise InvalidArgument(f"invalid source endpoint {req.source_endpoint!r}")
+        try:
+            host, _port = split_endpoint(req.source_endpoint)
+        except InvalidArgument:
+            raise InvalidArgument(f"invalid source endpoint {req.source_endpoint!r}") from None
         if req.max_bytes < 0:
             raise InvalidArgument("max_bytes must not be negative")
         lock = self._import_locks.setdefault(req.digest, trio.Lock())
@@ -384,7 +386,7 @@ class AgentCore:
         result = "error"
         try:
             async with lock:
-                out = await self._import_locked(req, want, progress, host.strip("[]"))
+                out = await self._import_locked(req, want, progress, host)
             result = "ok"
             return out
         finally:
