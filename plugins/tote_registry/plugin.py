@@ -36,7 +36,7 @@ class RegistryPlugin:
         if s.backup_registry:
             recorder = context.recorder
             if recorder is None:  # embedded use without a manager
-                from tote_core.components.events import EventRecorder
+                from tote_core.kube.events import EventRecorder
 
                 recorder = EventRecorder(context.kube, instance=s.identity or
                                          socket.gethostname())

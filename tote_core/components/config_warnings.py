@@ -23,8 +23,8 @@ from collections.abc import Callable
 import trio
 
 from tote_core.annotations import SYSTEM_NAMESPACES, problems
-from tote_core.components.events import EventRecorder, Regarding
 from tote_core.kube.cache import Caches
+from tote_core.kube.events import EventRecorder, Regarding
 from tote_core.structs.kube import Namespace, Pod
 
 log = logging.getLogger("tote.config")

@@ -21,7 +21,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tote_core import __version__
 from tote_core.components import admission, http
 from tote_core.components.config_warnings import ConfigWarnings
-from tote_core.components.events import EventRecorder
 from tote_core.components.leader import LeaderElector
 from tote_core.components.statusfeed import StatusFeed
 from tote_core.hooks.context import PluginContext
@@ -30,6 +29,7 @@ from tote_core.hooks.types import Incident
 from tote_core.kube import config as kube_config
 from tote_core.kube.cache import Caches
 from tote_core.kube.client import KubeClient
+from tote_core.kube.events import EventRecorder
 from tote_core.reconcile.engine import Engine
 from tote_core.reconcile.pods import PodReconciler
 from tote_core.reconcile.queue import WorkQueue

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tote_core.hooks.types import Notification
 
 if TYPE_CHECKING:
-    from tote_core.components.events import EventRecorder
     from tote_core.hooks.host import PluginHost
     from tote_core.kube.cache import Caches
     from tote_core.kube.client import KubeClient
+    from tote_core.kube.events import EventRecorder
     from tote_core.settings import ControllerSettings
 
 

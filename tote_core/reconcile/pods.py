@@ -15,12 +15,12 @@ from prometheus_client import Counter
 
 from tote_core import metrics
 from tote_core.annotations import ALLOW, AUTO_SALVAGE, SYSTEM_NAMESPACES, flag
-from tote_core.components.events import EventRecorder
 from tote_core.detect import messages
 from tote_core.detect.detector import Failure, Verdict, detect
 from tote_core.hooks.host import PluginHost
 from tote_core.hooks.types import Incident, OptInQuery
 from tote_core.kube.cache import Caches
+from tote_core.kube.events import EventRecorder
 from tote_core.reconcile.engine import Result
 from tote_core.reconcile.incidents import Incidents
 from tote_core.settings import ControllerSettings

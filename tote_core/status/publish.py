@@ -18,9 +18,9 @@ from typing import Any
 
 import msgspec
 
-from tote_core.components.events import EventRecorder, EventType, Regarding
 from tote_core.hooks.types import Incident
 from tote_core.kube.client import KubeClient
+from tote_core.kube.events import EventRecorder, EventType, Regarding
 from tote_core.salvage.records import RecordStore
 from tote_core.status.board import StatusBoard
 from tote_core.structs.kube import Pod
