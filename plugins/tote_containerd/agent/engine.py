@@ -486,8 +486,8 @@ class AgentCore:
             if extra not in names:
                 names.insert(1, extra)
                 ref = oci.parse_ref(extra)
-                if f"{ref.repo}@{req.digest}" not in names:
-                    names.insert(2, f"{ref.repo}@{req.digest}")
+                if ref.with_digest(req.digest) not in names:
+                    names.insert(2, ref.with_digest(req.digest))
         for name in names:
             how = await self.cd.put_image(name, target, dict(CRI_LABELS))
             log.info("image record %s %s → %s", name, how, req.digest)
