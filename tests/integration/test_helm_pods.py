@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tote_containerd.agent import _check_tls
 from tote_containerd.agent import tls as agent_tls
+from tote_containerd.agent.daemon import _check_tls
 from tote_containerd.agent.settings import AgentSettings
 from tote_containerd.agent.tokens import Signer, Verifier
 from tote_containerd.plugin import controller_ssl_context

@@ -1,4 +1,4 @@
-"""`tote_containerd.agent.run` reports configuration problems as one plain `ConfigError`
+"""`tote_containerd.agent.daemon.run` reports configuration problems as one plain `ConfigError`
 (not wrapped in exception groups), so `tote agent` / `python -m tote_containerd.agent` print
 one line instead of a traceback."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from tote_containerd.agent import run
+from tote_containerd.agent.daemon import run
 from tote_containerd.agent.settings import AgentSettings
 
 from tests.cluster.procs import free_port

@@ -114,14 +114,14 @@ def test_endpoints_from_the_controllers_own_pod_structs() -> None:
 def test_agent_endpoints_outside_host_port_are_invalid_arguments(endpoint: str) -> None:
     """Tried: every shape the RPC fuzz sends; a port above 65535 once crashed connect()
     (INTERNAL) instead of being refused."""
-    from tote_containerd.agent.client import split_endpoint
+    from tote_containerd.agent.peer import split_endpoint
 
     with pytest.raises(errors.InvalidArgument, match="invalid agent endpoint"):
         split_endpoint(endpoint)
 
 
 def test_agent_endpoint_split() -> None:
-    from tote_containerd.agent.client import split_endpoint
+    from tote_containerd.agent.peer import split_endpoint
 
     assert split_endpoint("[::1]:9090") == ("::1", 9090)
     assert split_endpoint("10.0.0.5:1") == ("10.0.0.5", 1)

@@ -145,7 +145,7 @@ def test_each_rule_catches_what_it_should(module: str, source: str, package: boo
 
 
 @pytest.mark.parametrize(("module", "source"), [
-    ("tote_containerd.agent.engine", "from tote_core.detect import reference"),
+    ("tote_containerd.agent.oci", "from tote_core.detect import reference"),
     ("tote_containerd.plugin", "from .agent import client"),
     ("tote_core.components.manager", "from tote_core.components.events import EventRecorder"),
     ("tote_core.cli", "from tote_core.components.manager import Controller"),

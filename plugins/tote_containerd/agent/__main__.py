@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logs.setup(settings.log_format, settings.log_level)  # the same set-up as the controller
 
-    from tote_containerd.agent import run
+    from tote_containerd.agent.daemon import run
 
     async def _main() -> None:
         await run(settings)

@@ -32,6 +32,7 @@ from tote_containerd.agent.api import (
     Resolved,
     Session,
 )
+from tote_containerd.agent.peer import split_endpoint
 from tote_containerd.agent.tls import identity_of
 
 _REASON_MARK = " [reason="
@@ -66,15 +67,6 @@ async def ensure_loop() -> AsyncIterator[None]:
             yield
     else:
         yield
-
-
-def split_endpoint(endpoint: str) -> tuple[str, int]:
-    """`host:port` (IPv6 hosts in brackets) → (host without brackets, port); anything else,
-    including a port outside 1..65535, is InvalidArgument (never a crash in connect())."""
-    host, _, port = endpoint.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise errors.InvalidArgument(f"invalid agent endpoint {endpoint!r}")
-    return host.strip("[]"), int(port)
 
 
 class AgentClient:

@@ -247,7 +247,7 @@ class PartWriter:
             self.direct = False
             self._fd = os.open(path, flags, 0o644)
         os.ftruncate(self._fd, offset)
-        # An abandoned download thread may still deliver bytes after `close` (engine cancels
+        # An abandoned download thread may still deliver bytes after `close` (fast_path cancels
         # without waiting for it): never into a closed (possibly reused) descriptor.
         self._lock = threading.Lock()
         self._closed = False
