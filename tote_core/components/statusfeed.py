@@ -48,7 +48,6 @@ class StatusFeed:
     identity: str
     is_leader: Callable[[], bool]
     leader_identity: Callable[[], str | None]
-    shutting_down: bool = False
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                   ) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import inspect
 import logging
 import os
 import ssl
@@ -33,10 +32,6 @@ from tote_containerd.agent.progress import Reporter
 
 log = logging.getLogger("tote.agent")
 
-# trio ≥ 0.23 calls it abandon_on_cancel, older versions cancellable.
-_ABANDON: dict[str, Any] = {
-    "abandon_on_cancel" if "abandon_on_cancel" in inspect.signature(
-        trio.to_thread.run_sync).parameters else "cancellable": True}
 
 
 def _place(part: Path, final: Path) -> bool:
@@ -168,7 +163,7 @@ class FastPath:
             digest=d.digest, offset=offset, size=d.size, sink=counted, on_bytes=on_bytes,
             stop=stop, into=into)
         try:
-            await trio.to_thread.run_sync(fetch, **_ABANDON)
+            await trio.to_thread.run_sync(fetch, abandon_on_cancel=True)
         except (OSError, ValueError) as exc:
             log.info("data channel for %s failed after %d bytes (%s); continuing over gRPC",
                      d.digest, written[0], exc)
