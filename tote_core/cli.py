@@ -1,41 +1,28 @@
-"""The `tote` command: the only place that calls `trio.run`.
+"""The `tote` command.
 
-Subcommands: `controller`, `agent`, `plugins`, `status`, `doctor`; `--version`.
+Core's subcommands: `controller`, `plugins`, `status`, `doctor`; `--version`. A subcommand a
+plugin brings (the node agent: `agent`, from tote_containerd) is found through the
+entry-point group `tote.commands`, never imported here: its entry point names a
+`main(argv) -> int` whose docstring's first line is its `tote --help` line.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from importlib import metadata
 
 import msgspec
 import trio
 
 from tote_core import __version__, logs, tlsfiles
 from tote_core.errors import ConfigError, leaves
-from tote_core.settings import AgentSettings, ControllerSettings, parse_args
+from tote_core.settings import ControllerSettings, parse_args
+from tote_core.signals import until_signalled
 
 log = logging.getLogger("tote")
-
-
-async def _until_signalled(main: Callable[[], Awaitable[Any]]) -> None:
-    """Run `main` until it returns or SIGTERM/SIGINT arrives; then cancel it cleanly."""
-    async with trio.open_nursery() as nursery:
-
-        async def watch_signals() -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    log.info("received %s; shutting down", signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
-                    return
-
-        nursery.start_soon(watch_signals)
-        await main()
-        nursery.cancel_scope.cancel()
 
 
 def _controller(argv: Sequence[str]) -> int:
@@ -59,22 +46,7 @@ def _controller(argv: Sequence[str]) -> int:
     controller = Controller(settings, host=host)
     log.info("tote %s controller starting (identity %s, namespace %s, enabled=%s)",
              __version__, controller.identity, controller.namespace, settings.enabled)
-    trio.run(_until_signalled, controller.run)
-    return 0
-
-
-def _agent(argv: Sequence[str]) -> int:
-    settings: AgentSettings = parse_args(AgentSettings, argv, "tote agent")
-    logs.setup(settings.log_format, settings.log_level)
-    try:
-        import tote_containerd.agent as agent
-    except ImportError as exc:
-        raise ConfigError(f"the containerd agent plugin is not installed: {exc}") from exc
-
-    async def main() -> None:
-        await agent.run(settings)
-
-    trio.run(_until_signalled, main)
+    trio.run(until_signalled, controller.run)
     return 0
 
 
@@ -121,30 +93,70 @@ def _doctor(argv: Sequence[str]) -> int:
     return doctor_command.run(argv)
 
 
-COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
+Command = Callable[[Sequence[str]], int]
+
+# The programs (daemons) come first in `tote --help`, then the commands plugins bring, then
+# the tools.
+PROGRAMS: dict[str, tuple[Command, str]] = {
     "controller": (_controller, "run the controller (detection, salvage orchestration)"),
-    "agent": (_agent, "run the node agent (containerd access, transfers)"),
+}
+TOOLS: dict[str, tuple[Command, str]] = {
     "plugins": (_plugins, "list plugins and where they come from"),
     "status": (_status, "live incidents and transfers from the controller's status feed"),
     "doctor": (_doctor, "check a live install; non-zero exit on any failure"),
 }
+COMMAND_GROUP = "tote.commands"
+
+
+def plugin_command(name: str) -> tuple[Command, str] | None:
+    """The subcommand `name` a plugin brings through `tote.commands` (its `main(argv)` and
+    the first line of its docstring), None when no plugin brings it. A core subcommand's name
+    cannot be taken by a plugin. A command that cannot be loaded is a `ConfigError`."""
+    if name in PROGRAMS or name in TOOLS:
+        return None
+    for ep in metadata.entry_points(group=COMMAND_GROUP, name=name):
+        try:
+            func = ep.load()
+        except Exception as exc:  # an import error of the plugin, whatever its kind
+            raise ConfigError(f"cannot load the {name!r} command ({ep.value}): {exc}") from exc
+        helptext = (func.__doc__ or "").strip().splitlines()
+        return func, (helptext[0] if helptext else "")
+    return None
+
+
+def commands() -> dict[str, str]:
+    """Every subcommand's `tote --help` line, in that order; a plugin's command that cannot
+    be loaded says why there."""
+    brought: dict[str, str] = {}
+    for name in sorted({ep.name for ep in metadata.entry_points(group=COMMAND_GROUP)}):
+        try:
+            found = plugin_command(name)
+        except ConfigError as exc:
+            brought[name] = f"(cannot be loaded: {exc.__cause__})"
+            continue
+        if found is not None:
+            brought[name] = found[1]
+    return ({n: h for n, (_, h) in PROGRAMS.items()} | brought
+            | {n: h for n, (_, h) in TOOLS.items()})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in {"-h", "--help"}:
-        print(f"usage: tote [--version] {{{','.join(COMMANDS)}}} [flags]\n")
-        for name, (_, helptext) in COMMANDS.items():
+        every = commands()
+        print(f"usage: tote [--version] {{{','.join(every)}}} [flags]\n")
+        for name, helptext in every.items():
             print(f"  {name:<12}{helptext}")
         return 0 if args else 2
     if args[0] == "--version":
         print(f"tote {__version__}")
         return 0
-    command = COMMANDS.get(args[0])
-    if command is None:
-        print(f"tote: unknown command {args[0]!r}; try: {', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
     try:
+        command = PROGRAMS.get(args[0]) or TOOLS.get(args[0]) or plugin_command(args[0])
+        if command is None:
+            print(f"tote: unknown command {args[0]!r}; try: {', '.join(commands())}",
+                  file=sys.stderr)
+            return 2
         return command[0](args[1:])
     except ConfigError as exc:
         print(f"tote {args[0]}: {exc}", file=sys.stderr)

@@ -5,6 +5,10 @@ flag names without dashes, e.g. `max-concurrent-salvages` or `max_concurrent_sal
 environment (`TOTE_<FLAG>` with dashes as underscores, e.g. `TOTE_MAX_IMAGE_SIZE`), flags.
 Every value is validated by msgspec after merging, so a bad value from any source produces
 one clear `ConfigError` naming the setting, before anything starts.
+
+Core's groups (the flags both programs share, the controller's) live here; a plugin's group
+(e.g. the node agent's, in tote_containerd) subclasses `CommonSettings` beside the plugin and
+carries the `--help` text of its own flags in a `FLAG_HELP` class variable.
 """
 
 from __future__ import annotations
@@ -263,33 +267,7 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
             raise ValueError(f"backup_registry_ca: cannot read {self.backup_registry_ca}")
 
 
-class AgentSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
-    """`tote agent` settings (SPEC §6)."""
-
-    containerd_socket: str = "/run/containerd/containerd.sock"
-    containerd_namespace: str = "k8s.io"
-    node_name: str = ""  # defaults to $NODE_NAME, then the hostname
-    listen_address: str = "0.0.0.0"
-    grpc_port: int = 9090
-    metrics_port: int = 9091  # plaintext HTTP: /metrics and /healthz (probes, no client cert)
-    # containerd's content directory as the agent sees it (hostPath); empty = ask containerd
-    # (introspection). Used by the fast path when readable and writable.
-    content_root: str = ""
-    fast_path: bool = True  # read/write blob files directly (verified); API path otherwise
-    platform: str = ""  # os/arch[/variant] to import; empty = this node's platform
-    transfer_parallelism: int = 4  # blobs fetched in parallel per import
-    data_port: int = 9092  # bulk blob channel for the fast path (mTLS, sessions); 0 = off
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_port("grpc_port", self.grpc_port)
-        check_port("metrics_port", self.metrics_port)
-        check_port("data_port", self.data_port, zero_means="fast-path data channel off")
-        if self.transfer_parallelism < 1:
-            raise ValueError("--transfer-parallelism must be at least 1")
-
-
-# `--help` text per setting (README has the same tables).
+# `--help` text per core setting (README has the same tables).
 HELP: dict[str, str] = {
     "log_format": "text or json (default text)",
     "log_level": "debug, info, warning or error (default info)",
@@ -342,17 +320,6 @@ HELP: dict[str, str] = {
     "status_address": "host:port of the WebSocket status feed, path /status (default "
                       "0.0.0.0:8082)",
     "plugins_disabled": "comma list of plugin names not to load",
-    "containerd_socket": "containerd gRPC socket (default /run/containerd/containerd.sock)",
-    "containerd_namespace": "containerd namespace (default k8s.io)",
-    "node_name": "node this agent serves (default $NODE_NAME, then hostname)",
-    "listen_address": "address the agent listens on (default 0.0.0.0)",
-    "grpc_port": "agent gRPC API port (default 9090)",
-    "metrics_port": "plain HTTP /metrics and /healthz (default 9091)",
-    "content_root": "containerd content directory for the fast path (default: ask containerd)",
-    "fast_path": "read/write verified blob files directly (default true)",
-    "platform": "os/arch[/variant] to import (default: this node's)",
-    "transfer_parallelism": "blobs fetched in parallel per import (default 4)",
-    "data_port": "fast-path bulk data port (default 9092; 0 = off)",
 }
 
 
@@ -454,13 +421,15 @@ def load(
 def add_flags(parser: argparse.ArgumentParser, cls: type[msgspec.Struct]) -> None:
     """Add one `--flag` per settings field; values stay strings until `load` validates them.
 
-    Booleans accept `--flag`, `--flag=true|false` and `--no-flag`.
+    Booleans accept `--flag`, `--flag=true|false` and `--no-flag`. Help text comes from
+    `HELP`, then from the class's own `FLAG_HELP` (a plugin's settings group).
     """
+    help_text = {**HELP, **getattr(cls, "FLAG_HELP", {})}
     for f in msgspec.structs.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool:
             parser.add_argument(flag, nargs="?", const="true", default=None, dest=f.name,
-                                metavar="true|false", help=HELP.get(f.name))
+                                metavar="true|false", help=help_text.get(f.name))
             parser.add_argument(
                 "--no-" + f.name.replace("_", "-"),
                 action="store_const",
@@ -470,7 +439,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[msgspec.Struct]) -> Non
             )
         else:
             parser.add_argument(flag, default=None, dest=f.name, metavar="VALUE",
-                                help=HELP.get(f.name))
+                                help=help_text.get(f.name))
 
 
 class _ArgumentParser(argparse.ArgumentParser):

@@ -41,7 +41,6 @@ class OwnerWalker:
     def __init__(self, kube: KubeClient) -> None:
         self.kube = kube
         self._cache: dict[tuple[str, str, str, str], tuple[float, PartialObject | None]] = {}
-        self.lookups = 0
 
     async def owner(self, namespace: str, ref: OwnerReference) -> PartialObject | None:
         key = (namespace, ref.api_version, ref.kind, ref.name)
@@ -52,7 +51,6 @@ class OwnerWalker:
         plural = OWNER_KINDS.get((ref.api_version, ref.kind))
         if plural is None:
             return None
-        self.lookups += 1
         try:
             obj: PartialObject | None = await self.kube.get_metadata(
                 resource_path(ref.api_version, plural, namespace, ref.name)

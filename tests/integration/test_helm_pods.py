@@ -24,15 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tote_containerd.agent import _check_tls
 from tote_containerd.agent import tls as agent_tls
+from tote_containerd.agent.daemon import _check_tls
+from tote_containerd.agent.settings import AgentSettings
 from tote_containerd.agent.tokens import Signer, Verifier
 from tote_containerd.plugin import controller_ssl_context
 
 from tests.integration.containerd.certs import make_pki
 from tests.integration.test_helm import VALUE_SETS, Helm, by_kind, helm, pod_spec  # noqa: F401
 from tote_core import tlsfiles
-from tote_core.settings import AgentSettings, ControllerSettings, parse_args
+from tote_core.settings import ControllerSettings, parse_args
 
 SIGNING_KEY = b"chart-test-hmac-key"
 ENV = {"NODE_NAME": "node-a", "HOST_IP": "127.0.0.2", "POD_NAME": "tote-controller-0",

@@ -1,4 +1,4 @@
-"""`tote_containerd.agent.run` reports configuration problems as one plain `ConfigError`
+"""`tote_containerd.agent.daemon.run` reports configuration problems as one plain `ConfigError`
 (not wrapped in exception groups), so `tote agent` / `python -m tote_containerd.agent` print
 one line instead of a traceback."""
 
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from tote_containerd.agent import run
+from tote_containerd.agent.daemon import run
+from tote_containerd.agent.settings import AgentSettings
 
 from tests.cluster.procs import free_port
 from tote_core.errors import ConfigError
-from tote_core.settings import AgentSettings, parse_args
+from tote_core.settings import parse_args
 
 
 def _settings(tmp_path: Path, *args: str) -> AgentSettings:

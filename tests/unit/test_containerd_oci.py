@@ -11,6 +11,10 @@ from hypothesis import strategies as st
 from tote_containerd.agent import oci
 from tote_containerd.agent.errors import FailedPrecondition, InvalidArgument
 
+from tests.unit.test_reference_grammar import references
+from tote_core.detect import reference
+from tote_core.errors import InvalidReference
+
 D1 = "sha256:" + "a" * 64
 D2 = "sha256:" + "b" * 64
 D3 = "sha256:" + "c" * 64
@@ -21,14 +25,25 @@ D3 = "sha256:" + "c" * 64
     ("localhost:5000/a/b@" + D1, "localhost:5000/a/b", None, D1),
     ("registry.example.com/team/app:v1@" + D1, "registry.example.com/team/app", "v1", D1),
     ("docker.io/tote/app", "docker.io/tote/app", None, None),
+    ("docker.io/library/nginx:latest", "docker.io/library/nginx", "latest", None),
+    ("Registry.Example.com/app:v1", "Registry.Example.com/app", "v1", None),
+    ("[::1]:5000/app@" + D1, "[::1]:5000/app", None, D1),
 ])
 def test_parse_ref(ref: str, repo: str, tag: str | None, digest: str | None) -> None:
+    """The agent reads references with core's parser (one grammar for both processes)."""
     r = oci.parse_ref(ref)
-    assert (r.repo, r.tag, r.digest) == (repo, tag, digest)
+    assert (r.repository, r.tag, r.digest) == (repo, tag, digest)
+    assert r.with_digest(D2) == f"{repo}@{D2}"
 
 
 @pytest.mark.parametrize("ref", ["", "nginx", "docker.io/x:", "docker.io/UPPER/x:1",
-                                 "docker.io/x@sha256:abc", "a b/c", "docker.io/x:" + "t" * 200])
+                                 "docker.io/x@sha256:abc", "a b/c", "docker.io/x:" + "t" * 200,
+                                 # not normalised: core's parser would rewrite them
+                                 "docker.io/x", "library/nginx:1", "myhost/app:1",
+                                 "index.docker.io/library/nginx:1",
+                                 # outside the grammar: non-ASCII tag, digests other than sha256
+                                 "docker.io/a/b:é", "r.io/a@sha512:" + "a" * 128,
+                                 " docker.io/library/nginx:1"])
 def test_parse_ref_rejects(ref: str) -> None:
     with pytest.raises(InvalidArgument):
         oci.parse_ref(ref)
@@ -38,6 +53,32 @@ def test_parse_ref_rejects(ref: str) -> None:
 def test_parse_ref_never_crashes(text: str) -> None:
     with contextlib.suppress(InvalidArgument):
         oci.parse_ref(text)
+
+
+@given(references())
+def test_parse_ref_accepts_exactly_what_core_leaves_as_written(
+    case: tuple[str, str | None, str | None, str | None],
+) -> None:
+    """Tried: references from the distribution grammar (hosts or none, ports, IPv6, tags,
+    sha256 and other digests) and their normalised forms: the agent accepts a reference
+    iff core's parser leaves it as written (a missing tag aside) and its digest is sha256."""
+    text = case[0]
+    try:
+        normal = reference.parse(text)
+    except InvalidReference:
+        with pytest.raises(InvalidArgument):
+            oci.parse_ref(text)
+        return
+    sha256 = normal.digest is None or reference.is_digest(normal.digest)
+    for candidate in {text, normal.name}:
+        as_written = candidate in (normal.name, normal.repository)
+        if as_written and sha256:
+            got = oci.parse_ref(candidate)
+            assert (got.name == candidate and got.repository == normal.repository
+                    and got.digest == normal.digest)
+        else:
+            with pytest.raises(InvalidArgument):
+                oci.parse_ref(candidate)
 
 
 @pytest.mark.parametrize("d", ["", "sha256:", "sha256:" + "A" * 64, "sha512:" + "a" * 128,

@@ -6,9 +6,10 @@ import msgspec
 import pytest
 from tote_containerd import plugin
 from tote_containerd.agent import errors
+from tote_containerd.agent.settings import AgentSettings
 
 from tote_core.errors import ConfigError, PermanentError, RetryLater
-from tote_core.settings import AgentSettings, ControllerSettings, parse_args
+from tote_core.settings import ControllerSettings, parse_args
 
 
 class Pod(msgspec.Struct):
@@ -106,3 +107,21 @@ def test_endpoints_from_the_controllers_own_pod_structs() -> None:
         pods, selector="app.kubernetes.io/component=agent,app.kubernetes.io/name=tote",
         namespace="tote-system", port=9090)
     assert found == {"n1": "10.0.0.1:9090", "n2": "10.0.0.2:9090"}
+
+
+@pytest.mark.parametrize("endpoint", ["", "127.0.0.1", "127.0.0.1:99999", "127.0.0.1:0",
+                                      "127.0.0.1:-5", ":1", "host:x"])
+def test_agent_endpoints_outside_host_port_are_invalid_arguments(endpoint: str) -> None:
+    """Tried: every shape the RPC fuzz sends; a port above 65535 once crashed connect()
+    (INTERNAL) instead of being refused."""
+    from tote_containerd.agent.peer import split_endpoint
+
+    with pytest.raises(errors.InvalidArgument, match="invalid agent endpoint"):
+        split_endpoint(endpoint)
+
+
+def test_agent_endpoint_split() -> None:
+    from tote_containerd.agent.peer import split_endpoint
+
+    assert split_endpoint("[::1]:9090") == ("::1", 9090)
+    assert split_endpoint("10.0.0.5:1") == ("10.0.0.5", 1)

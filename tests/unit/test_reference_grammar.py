@@ -29,6 +29,7 @@ from tote_core.detect.reference import (
     MAX_NAME_LENGTH,
     digest_of_image_id,
     parse,
+    parse_normalised,
 )
 from tote_core.errors import InvalidReference
 
@@ -190,3 +191,30 @@ def test_non_ascii_tags_are_rejected(text: str) -> None:
 def test_image_id_digest_never_raises(text: str) -> None:
     got = digest_of_image_id(text)
     assert got is None or re.fullmatch(r"sha256:[0-9a-f]{64}", got)
+
+
+@FAST
+@given(references())
+def test_normalised_names_parse_as_written_and_others_are_refused(
+    case: tuple[str, str | None, str | None, str | None],
+) -> None:
+    """`parse_normalised` (image record names, what the agent accepts): every normalised
+    name reads back as itself; an input `parse` would rewrite is refused naming the form."""
+    text = case[0]
+    try:
+        ref = parse(text)
+    except InvalidReference:
+        with pytest.raises(InvalidReference):
+            parse_normalised(text)
+        return
+    assert parse_normalised(ref.name) == ref
+    if text == ref.name:
+        assert parse_normalised(text) == ref
+    elif text == ref.repository:  # untagged, digestless: stays untagged
+        untagged = parse_normalised(text)
+        assert (untagged.repository, untagged.tag, untagged.digest) == (ref.repository, None,
+                                                                        None)
+        assert untagged.name == text
+    else:
+        with pytest.raises(InvalidReference, match=f"normalised form is {re.escape(ref.name)}"):
+            parse_normalised(text)

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from tote_containerd.agent.settings import AgentSettings
 
 from tote_core.errors import ConfigError
 from tote_core.settings import (
-    AgentSettings,
     ControllerSettings,
     load,
     parse_args,

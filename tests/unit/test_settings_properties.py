@@ -35,12 +35,12 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from tote_containerd.agent.settings import AgentSettings
 
 from tote_core.annotations import flag
 from tote_core.errors import ConfigError
 from tote_core.kube.cache import Caches
 from tote_core.settings import (
-    AgentSettings,
     ControllerSettings,
     load,
     parse_args,

@@ -10,11 +10,11 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from tote_core.components.statusfeed import LAGGING, StatusFeed
+from tote_core.components.statusfeed import StatusFeed
 from tote_core.status import command
 from tote_core.status.board import StatusBoard
 from tote_core.status.view import render
-from tote_core.structs.status import Hello, Item, Message, Synced
+from tote_core.structs.status import LAGGING, Hello, Item, Message, Synced
 
 
 def transfer(key: str, done: int = 0, total: int = 100, phase: str = "Transferring") -> Item:

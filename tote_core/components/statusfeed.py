@@ -31,16 +31,12 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 from tote_core import __version__
 from tote_core.components.http import split_address
 from tote_core.status.board import StatusBoard
-from tote_core.structs.status import Hello, Synced
+from tote_core.structs.status import GOING_AWAY, LAGGING, NOT_LEADER, PATH, Hello, Synced
 
 log = logging.getLogger("tote.statusfeed")
 
-PATH = "/status"
 HANDSHAKE_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
-GOING_AWAY = 1001
-LAGGING = 4001
-NOT_LEADER = 4002
 
 _encoder = msgspec.json.Encoder()
 
@@ -52,7 +48,6 @@ class StatusFeed:
     identity: str
     is_leader: Callable[[], bool]
     leader_identity: Callable[[], str | None]
-    shutting_down: bool = False
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                   ) -> None:

@@ -71,9 +71,14 @@ class ImageReference(msgspec.Struct, frozen=True):
         return self.name
 
 
+def is_digest(value: str) -> bool:
+    """True for a canonical `sha256:<64 lowercase hex>` (the only digests tote stores)."""
+    return bool(_SHA256_RE.fullmatch(value))
+
+
 def validate_digest(digest: str) -> str:
     """Return a canonical `sha256:<64 lowercase hex>`; raise InvalidReference otherwise."""
-    if not _SHA256_RE.fullmatch(digest):
+    if not is_digest(digest):
         raise InvalidReference(
             f"invalid digest {digest!r}: expected sha256: followed by 64 lowercase hex digits"
         )
@@ -135,6 +140,25 @@ def parse(text: str) -> ImageReference:
     if tag is None and digest is None:
         tag = "latest"
     return ImageReference(domain=domain, path=path, tag=tag, digest=digest)
+
+
+def parse_normalised(text: str) -> ImageReference:
+    """Parse a reference already in normalised form: what containerd's CRI plugin stores as
+    image record names and what tote's processes send each other (`docker.io/library/nginx:1.25`,
+    `registry:5000/app@sha256:…`, `docker.io/tote/app`).
+
+    `parse()` must leave it as written, so anything it would rewrite (no registry host, a
+    Docker Hub name without `library/`, a legacy Docker Hub host) is `InvalidReference`
+    naming the normalised form. One exception: with neither tag nor digest the reference
+    stays untagged (`tag` None) — such a record name is a name of its own, not `:latest`.
+    """
+    ref = parse(text)
+    if text == ref.name:
+        return ref
+    if ref.digest is None and ref.tag == "latest" and text == ref.repository:
+        return msgspec.structs.replace(ref, tag=None)
+    raise InvalidReference(f"invalid reference {text!r}: not normalised (the normalised form "
+                           f"is {ref.name})")
 
 
 def digest_of_image_id(image_id: str) -> str | None:

@@ -23,8 +23,6 @@ log = logging.getLogger("tote.kube")
 T = TypeVar("T")
 
 MERGE_PATCH = "application/merge-patch+json"
-JSON_PATCH = "application/json-patch+json"
-STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 METADATA_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 
 _json_encoder = msgspec.json.Encoder()

@@ -63,7 +63,6 @@ class Credentials:
         self._reload = reload
         self._token_file = token_file
         self._lock: trio.Lock | None = None
-        self.refreshes = 0
         self._set(token, expiry)
 
     def _set(self, token: str | None, expiry: dt.datetime | None) -> None:
@@ -71,10 +70,6 @@ class Credentials:
         self.expiry = expiry or (jwt_expiry(token) if token else None)
         self._obtained = self._clock()
         self._stale = False
-
-    @property
-    def refreshable(self) -> bool:
-        return self._reload is not None
 
     def due(self) -> bool:
         if self._reload is None:
@@ -100,7 +95,6 @@ class Credentials:
         """Ask the credential source again (blocking: runs the exec plugin / OIDC call)."""
         assert self._reload is not None
         token, expiry = self._reload()
-        self.refreshes += 1
         if not token:
             raise RuntimeError("the kubeconfig's credential source returned no token")
         self._set(token, expiry)

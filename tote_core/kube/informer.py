@@ -59,9 +59,6 @@ class Informer(Generic[T]):
         self.resource_version = ""
         self._handlers: list[Handler[T]] = []
         self._indices: dict[str, tuple[IndexFunc[T], dict[str, set[str]]]] = {}
-        self.relists = 0
-        self.reconnects = 0
-        self.decode_errors = 0
 
     def add_handler(self, handler: Handler[T]) -> None:
         self._handlers.append(handler)
@@ -125,7 +122,6 @@ class Informer(Generic[T]):
             self._emit(key, old_items[key], None)
         for key, obj in fresh.items():
             self._emit(key, old_items.get(key), obj)
-        self.relists += 1
         log.debug("informer %s: listed %d at rv %s", self.name, len(fresh), self.resource_version)
 
     async def _watch_once(self) -> None:
@@ -152,7 +148,6 @@ class Informer(Generic[T]):
                     obj = msgspec.json.decode(event.object, type=self.type_)
                 except msgspec.ValidationError as exc:
                     # One odd object must not stop the informer (and with it the controller).
-                    self.decode_errors += 1
                     log.warning("informer %s: skipping undecodable %s event: %s; object: %.300s",
                                 self.name, event.type, exc, bytes(event.object))
                     continue
@@ -190,7 +185,6 @@ class Informer(Generic[T]):
                 log.info("informer %s: resourceVersion too old, relisting", self.name)
                 need_list = True
             except KubeError as exc:
-                self.reconnects += 1
                 log.warning(
                     "informer %s: %s; retrying in %.1fs", self.name, exc, backoff
                 )
@@ -201,7 +195,6 @@ class Informer(Generic[T]):
                     need_list = True
             except (msgspec.DecodeError, OSError, ValueError) as exc:
                 # A truncated stream during an API server restart, or a bad list body.
-                self.reconnects += 1
                 log.warning("informer %s: %s: %s; relisting in %.1fs",
                             self.name, type(exc).__name__, exc, backoff)
                 await trio.sleep(backoff)

@@ -29,13 +29,11 @@ class WorkQueue:
         self._timer_lot = trio.lowlevel.ParkingLot()
         self.base_delay = base_delay
         self.max_delay = max_delay
-        self.adds = 0
 
     def __len__(self) -> int:
         return len(self._queue)
 
     def add(self, key: str) -> None:
-        self.adds += 1
         if key in self._processing:
             self._dirty.add(key)
             return

@@ -30,11 +30,10 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from tote_core.components.statusfeed import NOT_LEADER, PATH
 from tote_core.errors import ConfigError
 from tote_core.kube import config as kube_config
 from tote_core.kube import proxy
-from tote_core.structs.status import Hello, Item, Message, Synced
+from tote_core.structs.status import NOT_LEADER, PATH, Hello, Item, Message, Synced
 
 CONNECT_TIMEOUT = 15.0
 NOT_LEADER_RETRIES = 8  # the service proxy picks a replica at random; find the leader

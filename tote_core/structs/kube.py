@@ -28,7 +28,6 @@ class ObjectMeta(_K):
     namespace: str = ""
     uid: str = ""
     resource_version: str = ""
-    generation: int = 0
     creation_timestamp: str | None = None
     deletion_timestamp: str | None = None
     labels: dict[str, str] = msgspec.field(default_factory=dict)
@@ -58,28 +57,20 @@ class ContainerStateWaiting(_K):
     message: str = ""
 
 
-class ContainerStateRunning(_K):
-    started_at: str | None = None
-
-
 class ContainerState(_K):
     waiting: ContainerStateWaiting | None = None
-    running: ContainerStateRunning | None = None
 
 
 class ContainerStatus(_K):
     name: str = ""
     image: str = ""
     image_id: str = msgspec.field(default="", name="imageID")
-    ready: bool = False
-    restart_count: int = 0
     state: ContainerState = msgspec.field(default_factory=ContainerState)
 
 
 class PodStatus(_K):
     phase: str = ""
     pod_ip: str = msgspec.field(default="", name="podIP")
-    host_ip: str = msgspec.field(default="", name="hostIP")
     container_statuses: list[ContainerStatus] = msgspec.field(default_factory=list)
     init_container_statuses: list[ContainerStatus] = msgspec.field(default_factory=list)
 
@@ -92,7 +83,6 @@ class Pod(_K):
 
 class ContainerImage(_K):
     names: list[str] = msgspec.field(default_factory=list)
-    size_bytes: int = 0
 
 
 class NodeCondition(_K):
@@ -100,23 +90,9 @@ class NodeCondition(_K):
     status: str = ""
 
 
-class NodeSystemInfo(_K):
-    architecture: str = ""
-    operating_system: str = ""
-    container_runtime_version: str = ""
-    kubelet_version: str = ""
-
-
-class NodeAddress(_K):
-    type: str = ""
-    address: str = ""
-
-
 class NodeStatus(_K):
     images: list[ContainerImage] = msgspec.field(default_factory=list)
     conditions: list[NodeCondition] = msgspec.field(default_factory=list)
-    node_info: NodeSystemInfo = msgspec.field(default_factory=NodeSystemInfo)
-    addresses: list[NodeAddress] = msgspec.field(default_factory=list)
 
 
 class Node(_K):

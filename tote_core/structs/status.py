@@ -14,6 +14,13 @@ import msgspec
 
 Kind = Literal["incident", "transfer"]
 
+# Where the feed is served and its close codes: the server (components/statusfeed.py) and the
+# client (`tote status`, status/command.py) both speak them.
+PATH = "/status"
+GOING_AWAY = 1001  # the controller is shutting down or lost leadership
+LAGGING = 4001  # this subscriber fell behind (reconnect for a snapshot)
+NOT_LEADER = 4002  # this replica is not the leader; the client retries another
+
 
 class _Msg(msgspec.Struct, tag_field="type", rename="camel", kw_only=True, omit_defaults=True):
     pass

@@ -1,19 +1,23 @@
-"""`python -m tote_containerd.agent ARGS` — same as `tote agent ARGS` (used by tests)."""
+"""The node agent program: `tote agent ARGS` (entry point `tote.commands:agent`) and
+`python -m tote_containerd.agent ARGS` (used by tests) both run `main`."""
 
 from __future__ import annotations
 
 import logging
-import signal
 import sys
+from collections.abc import Sequence
 
 import trio
 
+from tote_containerd.agent.settings import AgentSettings
 from tote_core import logs
-from tote_core.errors import ConfigError
-from tote_core.settings import AgentSettings, parse_args
+from tote_core.errors import ConfigError, single_leaf
+from tote_core.settings import parse_args
+from tote_core.signals import until_signalled
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """run the node agent (containerd access, transfers)"""
     try:
         settings: AgentSettings = parse_args(AgentSettings,
                                              sys.argv[1:] if argv is None else argv,
@@ -21,23 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tote agent: {exc}", file=sys.stderr)
         return 2
-    logs.setup(settings.log_format, settings.log_level)  # the same set-up as `tote agent`
+    logs.setup(settings.log_format, settings.log_level)  # the same set-up as the controller
 
-    from tote_containerd.agent import run
+    from tote_containerd.agent.daemon import run
 
     async def _main() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(run, settings)
-                async for _ in signals:
-                    logging.getLogger("tote.agent").info("signal received, stopping")
-                    nursery.cancel_scope.cancel()
-                    break
-
-    from tote_containerd.agent.errors import single_leaf
+        await run(settings)
 
     try:
-        trio.run(_main)
+        trio.run(until_signalled, _main)
     except BaseException as exc:
         leaf = single_leaf(exc)
         if isinstance(leaf, ConfigError):

@@ -32,6 +32,7 @@ from tote_containerd.agent.api import (
     Resolved,
     Session,
 )
+from tote_containerd.agent.peer import split_endpoint
 from tote_containerd.agent.tls import identity_of
 
 _REASON_MARK = " [reason="
@@ -71,12 +72,8 @@ async def ensure_loop() -> AsyncIterator[None]:
 class AgentClient:
     def __init__(self, endpoint: str, *, ssl_context: ssl.SSLContext | None = None,
                  rpc_timeout: float = 30.0, expect_role: str | None = "agent") -> None:
-        host, _, port = endpoint.rpartition(":")
-        if not host or not port.isdigit():
-            raise errors.InvalidArgument(f"invalid agent endpoint {endpoint!r}")
+        self._host, self._port = split_endpoint(endpoint)
         self.endpoint = endpoint
-        self._host = host.strip("[]")
-        self._port = int(port)
         self._ssl = ssl_context
         self.rpc_timeout = rpc_timeout
         self.expect_role = expect_role

@@ -138,19 +138,9 @@ class ContainerdClient:
         )
         await self._unary(self._content.Update, req)
 
-    async def delete_content(self, digest: str) -> None:
-        await self._unary(self._content.Delete, content_pb2.DeleteContentRequest(digest=digest))
-
     async def abort(self, ref: str) -> None:
         with contextlib.suppress(errors.NotFound):
             await self._unary(self._content.Abort, content_pb2.AbortRequest(ref=ref))
-
-    async def ingest_offset(self, ref: str) -> int | None:
-        try:
-            resp = await self._unary(self._content.Status, content_pb2.StatusRequest(ref=ref))
-        except errors.NotFound:
-            return None
-        return int(resp.status.offset)
 
     async def read_all(self, digest: str, *, limit: int = 16 * 1024 * 1024) -> bytes:
         """A small blob (manifest, index, config) in memory; refuses more than `limit`."""

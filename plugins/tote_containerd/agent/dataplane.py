@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import inspect
 import json
 import logging
 import mmap
@@ -43,10 +42,6 @@ HANDSHAKE_TIMEOUT = 10.0
 # default 4), so this serves four imports at full parallelism at once.
 MAX_CONNECTIONS = 16
 
-# trio ≥ 0.23 calls it abandon_on_cancel, older versions cancellable.
-_ABANDON: dict[str, Any] = {
-    "abandon_on_cancel" if "abandon_on_cancel" in inspect.signature(
-        trio.to_thread.run_sync).parameters else "cancellable": True}
 
 # (session, digest, offset, length, caller) → (file, offset, end, size)
 Authorise = Callable[[str, str, int, int, Identity], Awaitable[tuple[Path, int, int, int]]]
@@ -129,7 +124,7 @@ class DataServer:
     async def _connection(self, conn: socket.socket, slots: trio.Semaphore) -> None:
         try:
             await trio.to_thread.run_sync(self._serve, conn, limiter=self._threads,
-                                          **_ABANDON)
+                                          abandon_on_cancel=True)
         except Exception:  # a bug in serving one connection must not end the agent
             log.exception("data connection crashed")
         finally:
@@ -247,7 +242,7 @@ class PartWriter:
             self.direct = False
             self._fd = os.open(path, flags, 0o644)
         os.ftruncate(self._fd, offset)
-        # An abandoned download thread may still deliver bytes after `close` (engine cancels
+        # An abandoned download thread may still deliver bytes after `close` (fast_path cancels
         # without waiting for it): never into a closed (possibly reused) descriptor.
         self._lock = threading.Lock()
         self._closed = False

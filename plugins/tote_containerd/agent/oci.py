@@ -1,4 +1,5 @@
-"""Pure OCI/Docker image logic: digests, references, manifests, platforms, GC labels."""
+"""Pure OCI/Docker image logic: digests, manifests, platforms, GC labels; references through
+core's one parser (tote_core/detect/reference.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from typing import Any
 import msgspec
 
 from tote_containerd.agent.errors import FailedPrecondition, InvalidArgument
+from tote_core.detect import reference
+from tote_core.detect.reference import ImageReference
+from tote_core.errors import InvalidReference
 
 MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -21,43 +25,26 @@ MANIFEST_TYPES = {MT_OCI_MANIFEST, MT_DOCKER_MANIFEST}
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 CRI_LABEL = "io.cri-containerd.image"
 
-_DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}")
-_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
-_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REF_RE = re.compile(
-    rf"(?P<repo>(?:{_DOMAIN}(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*)"
-    r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
-    r"(?:@(?P<digest>sha256:[a-f0-9]{64}))?"
-)
-
 
 def check_digest(value: str, what: str = "digest") -> str:
-    if not isinstance(value, str) or not _DIGEST_RE.fullmatch(value):
+    if not isinstance(value, str) or not reference.is_digest(value):
         raise InvalidArgument(f"invalid {what} {value!r}: expected sha256:<64 hex digits>")
     return value
 
 
-def is_digest(value: str) -> bool:
-    return bool(_DIGEST_RE.fullmatch(value))
+is_digest = reference.is_digest
 
 
-class Ref(msgspec.Struct, frozen=True):
-    repo: str
-    tag: str | None
-    digest: str | None
-
-
-def parse_ref(value: str) -> Ref:
-    """Parse a normalised reference (`host/path[:tag][@sha256:…]`); the host must be explicit."""
-    if not value or len(value) > 512:
-        raise InvalidArgument(f"invalid image reference {value!r}")
-    m = _REF_RE.fullmatch(value)
-    if not m or "/" not in m.group("repo"):
-        raise InvalidArgument(
-            f"invalid image reference {value!r}: expected a normalised reference such as "
-            "docker.io/library/nginx:1.25 or registry:5000/app@sha256:…")
-    return Ref(repo=m.group("repo"), tag=m.group("tag"), digest=m.group("digest"))
+def parse_ref(value: str) -> ImageReference:
+    """Core's parser for a normalised reference (`host/path[:tag][@sha256:…]`, the host
+    explicit; `reference.parse_normalised`), its refusal as the agent's InvalidArgument."""
+    try:
+        ref = reference.parse_normalised(value)
+    except InvalidReference as exc:
+        raise InvalidArgument(str(exc)) from None
+    if ref.digest is not None and not is_digest(ref.digest):
+        raise InvalidArgument(f"invalid image reference {value!r}: only sha256 digests")
+    return ref
 
 
 def node_platform() -> str:
@@ -168,8 +155,7 @@ def image_names(ref: str | None, repo_hint: str | None, digest: str, config_dige
     names: list[str] = []
     repo = repo_hint
     if ref:
-        r = parse_ref(ref)
-        repo = r.repo
+        repo = parse_ref(ref).repository
         names.append(ref)
     if repo:
         by_digest = f"{repo}@{digest}"

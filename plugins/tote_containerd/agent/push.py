@@ -100,7 +100,8 @@ def _check(req: PushRequest) -> None:
     if not req.tag:
         raise InvalidArgument("a tag is required")
     ref = oci.parse_ref(f"{host.rstrip('/')}/{req.repository}:{req.tag}")
-    if ref.tag != req.tag or ref.digest or ref.repo != f"{host.rstrip('/')}/{req.repository}":
+    if ref.tag != req.tag or ref.digest or \
+            ref.repository != f"{host.rstrip('/')}/{req.repository}":
         raise InvalidArgument(f"invalid repository or tag {req.repository!r}:{req.tag!r}")
 
 

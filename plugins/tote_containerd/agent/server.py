@@ -1,5 +1,5 @@
 """The agent's gRPC server (bridge module): grpclib handlers in asyncio that authorise the
-caller from its certificate and call the trio engine."""
+caller from its certificate and call the trio side (`node_agent.NodeAgent`)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ import grpclib.server
 
 from tote_containerd._gen.tote.agent.v1 import agent_grpc
 from tote_containerd._gen.tote.agent.v1 import agent_pb2 as pb
-from tote_containerd.agent import convert, engine, metrics
+from tote_containerd.agent import convert, metrics, records
 from tote_containerd.agent._aio import aio, trio_from_aio
 from tote_containerd.agent.api import ImportProgress
 from tote_containerd.agent.errors import AgentError, single_leaf
+from tote_containerd.agent.node_agent import NodeAgent
 from tote_containerd.agent.tls import INSECURE, Identity, Role, identity_of
 
 log = logging.getLogger("tote.agent.server")
@@ -58,8 +59,8 @@ def _grpc_error(exc: AgentError) -> grpclib.exceptions.GRPCError:
 
 
 class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
-    def __init__(self, core: engine.AgentCore, *, insecure: bool) -> None:
-        self.core = core
+    def __init__(self, agent: NodeAgent, *, insecure: bool) -> None:
+        self.agent = agent
         self.insecure = insecure
 
     def _authorise(self, stream: Any, method: str) -> Identity:
@@ -109,14 +110,14 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
     async def Inspect(self, stream: Any) -> None:
         self._authorise(stream, "Inspect")
         req = await stream.recv_message()
-        res = await self._run("Inspect", self.core.inspect, req.ref, req.platform)
+        res = await self._run("Inspect", self.agent.inspect, req.ref, req.platform)
         await stream.send_message(convert.inspect_to_pb(res))
 
     async def OpenSession(self, stream: Any) -> None:
         ident = self._authorise(stream, "OpenSession")
         req = await stream.recv_message()
-        s = await self._run("OpenSession", self.core.open_session, req.token, req.target_node,
-                            ident)
+        s = await self._run("OpenSession", self.agent.source.open_session, req.token,
+                            req.target_node, ident)
         await stream.send_message(pb.OpenSessionResponse(
             session=s.session, expires_unix=s.expires_unix, source_node=s.source_node,
             data_port=s.data_port))
@@ -129,8 +130,8 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
             await aio(stream.send_message, pb.ReadBlobResponse(offset=offset, data=data,
                                                                total=total))
 
-        await self._run("ReadBlob", self.core.read_blob, req.session, req.digest, req.offset,
-                        req.length, ident, send)
+        await self._run("ReadBlob", self.agent.source.read_blob, req.session, req.digest,
+                        req.offset, req.length, ident, send)
 
     async def ImportFrom(self, stream: Any) -> None:
         self._authorise(stream, "ImportFrom")
@@ -139,45 +140,45 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
         async def progress(p: ImportProgress) -> None:
             await aio(stream.send_message, convert.progress_to_pb(p))
 
-        await self._run("ImportFrom", self.core.import_from, convert.import_from_pb(req),
+        await self._run("ImportFrom", self.agent.importer.import_from, convert.import_from_pb(req),
                         progress)
 
     async def ListImages(self, stream: Any) -> None:
         self._authorise(stream, "ListImages")
         req = await stream.recv_message()
-        res = await self._run("ListImages", engine.list_images, self.core.cd, req.digest)
+        res = await self._run("ListImages", records.list_images, self.agent.cd, req.digest)
         await stream.send_message(convert.images_to_pb(res))
 
     async def ResolveTag(self, stream: Any) -> None:
         self._authorise(stream, "ResolveTag")
         req = await stream.recv_message()
-        res = await self._run("ResolveTag", engine.resolve_tag, self.core.cd, req.ref)
+        res = await self._run("ResolveTag", records.resolve_tag, self.agent.cd, req.ref)
         await stream.send_message(convert.resolved_to_pb(res))
 
     async def RemoveImage(self, stream: Any) -> None:
         self._authorise(stream, "RemoveImage")
         req = await stream.recv_message()
-        removed = await self._run("RemoveImage", engine.remove_image, self.core.cd,
+        removed = await self._run("RemoveImage", records.remove_image, self.agent.cd,
                                   list(req.names), req.digest)
         await stream.send_message(pb.RemoveImageResponse(removed=removed))
 
     async def Push(self, stream: Any) -> None:
         self._authorise(stream, "Push")
         req = await stream.recv_message()
-        res = await self._run("Push", self.core.push, convert.push_request_from_pb(req))
+        res = await self._run("Push", self.agent.push, convert.push_request_from_pb(req))
         await stream.send_message(convert.push_result_to_pb(res))
 
     async def Health(self, stream: Any) -> None:
         await stream.recv_message()
-        res = await self._run("Health", self.core.health)
+        res = await self._run("Health", self.agent.health)
         await stream.send_message(convert.health_to_pb(res))
 
 
 class GrpcServer:
     """grpclib server + grpc.health.v1 (the latter reflects containerd reachability)."""
 
-    def __init__(self, core: engine.AgentCore, *, insecure: bool) -> None:
-        self.service = AgentService(core, insecure=insecure)
+    def __init__(self, agent: NodeAgent, *, insecure: bool) -> None:
+        self.service = AgentService(agent, insecure=insecure)
         self._status: Any = None
         self._server: Any = None
 

@@ -7,7 +7,7 @@ its certificate file); a source agent validates the certificate as a chain to th
 by `cryptography.x509.verification`), requires the controller role in it (SAN URI
 `spiffe://tote/controller`, or CN `tote-controller` on a certificate without URI SANs — the
 same rule as the TLS handshake), then checks the signature and the claims. Single use is
-enforced by the source agent (see `engine`).
+enforced by the source agent (see `source`).
 
 Format: `tote1.<claims b64url>.<cert DER b64url>[~<intermediate DER b64url>…].<signature
 b64url>`. Without TLS (`--insecure`) tokens are unsigned (`tote1.<claims>..`) and only

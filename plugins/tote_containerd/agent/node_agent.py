@@ -1,0 +1,70 @@
+"""One agent process's state for its node, and the parts that serve the agent API: the
+node's content store (`content`), the source side of transfers (`source`), imports
+(`importer`), inspect, backup push, and the containerd health probe. The gRPC server
+(`server.py`) calls these; image records are plain functions in `records.py`."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from tote_containerd.agent import inspection, metrics, oci, push
+from tote_containerd.agent.api import Health, InspectResult, PushRequest, PushResult
+from tote_containerd.agent.containerd import ContainerdClient
+from tote_containerd.agent.content import LocalContent
+from tote_containerd.agent.errors import AgentError
+from tote_containerd.agent.importer import Importer
+from tote_containerd.agent.peer import PeerOpener
+from tote_containerd.agent.source import SourceSide
+from tote_containerd.agent.tokens import Verifier
+
+
+class NodeAgent:
+    def __init__(self, *, cd: ContainerdClient, node: str, platform: str,
+                 verifier: Verifier, open_peer: PeerOpener, content_root: str = "",
+                 fast_path: bool = False, parallelism: int = 4, data_port: int = 0,
+                 data_ssl: ssl.SSLContext | None = None) -> None:
+        self.cd = cd
+        self.node = node
+        self.platform = platform
+        self.content = LocalContent(cd, node, content_root, fast_path)
+        # The data channel is served only with file access.
+        self.source = SourceSide(self.content, verifier,
+                                 data_port if self.content.fast_path else 0)
+        self.importer = Importer(self.content, platform=platform, open_peer=open_peer,
+                                 parallelism=parallelism, data_ssl=data_ssl)
+        self.containerd_version = ""
+        self.containerd_error = ""
+
+    @property
+    def fast_path(self) -> bool:
+        return self.content.fast_path
+
+    async def probe(self) -> bool:
+        try:
+            self.containerd_version = await self.cd.version()
+            self.containerd_error = ""
+            metrics.CONTAINERD_UP.set(1)
+            return True
+        except AgentError as exc:
+            self.containerd_error = str(exc)
+            metrics.CONTAINERD_UP.set(0)
+            return False
+
+    async def health(self) -> Health:
+        ok = await self.probe()
+        return Health(containerd_ok=ok, containerd_version=self.containerd_version,
+                      node_name=self.node, platform=self.platform,
+                      content_root=self.content.content_root, fast_path=self.fast_path,
+                      error=self.containerd_error)
+
+    async def inspect(self, ref: str, platform: str = "") -> InspectResult:
+        want = oci.check_platform(platform) if platform else self.platform
+        return await inspection.inspect(self.content, ref, want)
+
+    async def push(self, req: PushRequest) -> PushResult:
+        """Backup push (see `push`): blobs from the files when this agent reads them directly."""
+        def readable(digest: str) -> Path | None:
+            return self.content.blob_path(digest) if self.fast_path else None
+
+        return await push.Pusher(self.cd, req, platform=self.platform, blob_path=readable).run()
