@@ -8,17 +8,17 @@ wkt=$(python -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_
 rm -rf "$out"
 mkdir -p "$out"
 cd "$here"
-protos=$(find containerd tote -name '*.proto' | sort)
+protos=$(find containerd runtime tote -name '*.proto' | sort)
 python -m grpc_tools.protoc -I . -I "$wkt" \
   --python_out="$out" --pyi_out="$out" --grpclib_python_out="$out" $protos
 # Generated modules refer to each other by proto package path; make those module paths
 # package-absolute under tote_containerd._gen (gRPC method paths like '/containerd.…' stay).
 python - "$out" <<'PY'
 import pathlib, re, sys
-pat = re.compile(r"(?<![/\w.])(containerd|tote)\.((?:\w+\.)*\w+_pb2)\b")
+pat = re.compile(r"(?<![/\w.])(containerd|runtime|tote)\.((?:\w+\.)*\w+_pb2)\b")
 for f in pathlib.Path(sys.argv[1]).rglob("*.py*"):
     text = f.read_text()
-    text = re.sub(r"(?m)^from (containerd|tote)\.", r"from tote_containerd._gen.\1.", text)
+    text = re.sub(r"(?m)^from (containerd|runtime|tote)\.", r"from tote_containerd._gen.\1.", text)
     f.write_text(pat.sub(r"tote_containerd._gen.\1.\2", text))
 PY
 # Package markers.

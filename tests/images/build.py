@@ -186,6 +186,54 @@ def layered_image(
     return img
 
 
+COMPRESSED_LAYER = {
+    ("oci", "tar"): MT_LAYER,
+    ("oci", "gzip"): MT_LAYER + "+gzip",
+    ("oci", "zstd"): MT_LAYER + "+zstd",
+    ("docker", "gzip"): "application/vnd.docker.image.rootfs.diff.tar.gzip",
+}
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+
+
+def compressed_image(name: str, compressions: list[str], *, size: int = 256 * 1024,
+                     seed: int = 5, docker: bool = False) -> Image:
+    """An image whose layers are compressed as asked ("tar", "gzip", "zstd"), each with a
+    file of `size` random bytes; `docker=True` makes a Docker v2 schema 2 manifest (gzip
+    layers only). The config's diff IDs are the digests of the uncompressed tars."""
+    import gzip
+
+    flavour = "docker" if docker else "oci"
+    layers: list[Blob] = []
+    diff_ids: list[str] = []
+    for i, how in enumerate(compressions):
+        rng = random.Random(seed * 1000 + i)
+        tar = _tar_with_file(f"layer{i}/data", rng.randbytes(size))
+        diff_ids.append(digest_of(tar))
+        if how == "gzip":
+            data = gzip.compress(tar, mtime=0)
+        elif how == "zstd":
+            data = subprocess.run(["zstd", "-q", "-c"], input=tar, capture_output=True,
+                                  check=True).stdout
+        else:
+            data = tar
+        layers.append(_blob(COMPRESSED_LAYER[(flavour, how)], data))
+    config = {"architecture": "amd64", "os": "linux",
+              "config": {"Cmd": ["/bin/true"], "Env": ["PATH=/bin"]},
+              "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    cfg = _blob(DOCKER_CONFIG if docker else MT_CONFIG,
+                json.dumps(config, sort_keys=True).encode())
+    manifest_type = DOCKER_MANIFEST if docker else MT_MANIFEST
+    manifest = _blob(manifest_type, json.dumps({
+        "schemaVersion": 2, "mediaType": manifest_type, "config": cfg.descriptor(),
+        "layers": [layer.descriptor() for layer in layers]}, sort_keys=True).encode())
+    img = Image(name=name, top=manifest, blobs=[manifest, cfg, *layers])
+    img.manifests["linux/amd64"] = manifest
+    img.configs["linux/amd64"] = cfg
+    img.layers["linux/amd64"] = layers
+    return img
+
+
 def multiarch_image(name: str, sizes: list[int], *, seed: int = 7) -> Image:
     """An OCI index with a linux/amd64 and a linux/arm64 manifest (different layers)."""
     img: Image | None = None

@@ -106,6 +106,15 @@ class ContainerdClient:
         with _mapped():
             return await aio(method, request, metadata=self._md(lease), timeout=deadline)
 
+    def stub(self, factory: Any) -> Any:
+        """A stub for another service on this channel (snapshots, diff, CRI: `unpack.py`)."""
+        return factory(self._channel)
+
+    async def call(self, method: Any, request: Any, *, lease: str | None = None,
+                   deadline: float | None = 60) -> Any:
+        """One unary call with the namespace (and lease) metadata, errors mapped."""
+        return await self._unary(method, request, lease=lease, deadline=deadline)
+
     # --- server ------------------------------------------------------------------------
     async def version(self) -> str:
         resp = await self._unary(self._version.Version, empty_pb2.Empty(), deadline=5)

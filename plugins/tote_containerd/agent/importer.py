@@ -1,9 +1,10 @@
 """ImportFrom (target side): copy an image by digest from a source agent into this node's
 containerd — token → session, the top blob and the platform's manifest, the missing config
-and layer blobs in parallel (gRPC stream, or the fast path), parents committed after their
+and layer blobs in parallel (gRPC stream, or the fast path), each layer unpacked into CRI's
+snapshotter as soon as it is committed (`unpack.py`), parents committed after their
 children with GC labels, and the image records last, so nothing is visible before every
-blob is committed. One import per digest at a time; a failed one resumes from containerd's
-committed offsets (the lease keeps in-flight ingests)."""
+blob is committed and unpacked. One import per digest at a time; a failed one resumes from
+containerd's committed offsets (the lease keeps in-flight ingests and finished snapshots)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import hashlib
 import logging
 import ssl
 import time
+from functools import partial
 from typing import Any
 
 import trio
@@ -30,6 +32,7 @@ from tote_containerd.agent.errors import (
 from tote_containerd.agent.fast_path import FastPath
 from tote_containerd.agent.peer import Peer, PeerOpener, split_endpoint
 from tote_containerd.agent.progress import ProgressFn, Reporter
+from tote_containerd.agent.unpack import Unpacker
 
 log = logging.getLogger("tote.agent")
 
@@ -48,6 +51,7 @@ class Importer:
         self.fast = FastPath(content.cd, content.content_root, data_ssl) \
             if content.fast_path else None
         self._import_locks: dict[str, trio.Lock] = {}
+        self._unpacker: Unpacker | None = None
 
     async def import_from(self, req: ImportRequest, progress: ProgressFn) -> ImportProgress:
         oci.check_digest(req.digest)
@@ -130,6 +134,20 @@ class Importer:
             # after a failed transfer so a retry resumes the in-flight ingests.
             await self.cd.create_lease(lease, expire_in=IMPORT_LEASE_TTL,
                                        labels={"tote.dev/import": req.digest})
+            self._unpacker = self._unpacker or Unpacker(self.cd)
+            snapshotter = await self._unpacker.snapshotter()
+            arrived = {d.digest: trio.Event() for d in missing}
+
+            async def committed(digest: str) -> None:
+                if digest in arrived:
+                    await arrived[digest].wait()
+
+            async def report() -> None:
+                await reporter.run()  # ends once every fetch is done
+                if snapshotter:
+                    prog.phase = "unpacking"  # the layers that arrived last
+                    await progress(prog)
+
             prog.phase = "transferring"
             await progress(prog)
             reporter = Reporter(prog, progress)
@@ -138,10 +156,15 @@ class Importer:
                 async with trio.open_nursery() as nursery:
                     for d in sorted(missing, key=lambda x: -x.size):
                         nursery.start_soon(self._fetch_one, peer, sess, d, lease, sem,
-                                           reporter, host)
-                    nursery.start_soon(reporter.run)
-                    # reporter.run ends once every fetch is done
+                                           reporter, host, arrived[d.digest])
+                    nursery.start_soon(report)
                     reporter.expect(len(missing))
+                    if snapshotter:
+                        # Layer by layer, each as soon as it is committed, while later
+                        # ones are still in flight; failure only logs (CRI unpacks later).
+                        nursery.start_soon(partial(
+                            self._unpacker.unpack, snapshotter, config, layers,
+                            committed=committed, lease=lease))
             except BaseExceptionGroup as eg:
                 leaf = one_error(eg, "parallel blob streams")
                 if leaf is eg:
@@ -222,7 +245,8 @@ class Importer:
         await self.cd.update_labels(digest, labels)
 
     async def _fetch_one(self, peer: Peer, sess: Session, d: oci.Desc, lease: str,
-                         sem: trio.Semaphore, reporter: Reporter, host: str) -> None:
+                         sem: trio.Semaphore, reporter: Reporter, host: str,
+                         committed: trio.Event) -> None:
         try:
             async with sem:
                 if self.fast:
@@ -230,6 +254,7 @@ class Importer:
                     await self.fast.fetch(peer, sess.session, d, lease, reporter, data)
                 else:
                     await self._fetch_api(peer, sess.session, d, lease, reporter)
+            committed.set()
         finally:
             reporter.one_done()
 

@@ -31,3 +31,7 @@ PUSH_BYTES = Counter("tote_agent_push_bytes_total",
 PUSH_BLOBS = Counter("tote_agent_push_blobs_total",
                      "Blobs handled by backup pushes: uploaded, mounted or skipped (present).",
                      ["outcome"], registry=REGISTRY)
+UNPACKS = Counter("tote_agent_unpacks_total",
+                  "Imports unpacked into CRI's snapshotter while their bytes arrived, by "
+                  "result (failed: CRI unpacks at container create instead).",
+                  ["result"], registry=REGISTRY)

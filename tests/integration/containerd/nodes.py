@@ -72,12 +72,19 @@ class Node:
         self.ctr(*args, str(archive))
 
 
-def start_node(group: ProcessGroup, base: Path, name: str) -> Node:
+def start_node(group: ProcessGroup, base: Path, name: str, *, cri: bool = False) -> Node:
+    """A containerd "node". `cri=True`: with the CRI plugin (overlayfs), as on a kubelet
+    node — nothing here runs pods, but CRI's image service answers (its image filesystem
+    names the snapshotter imports are unpacked into)."""
     versions.use_containerd()
     d = base / name
     d.mkdir(parents=True, exist_ok=True)
     cfg = d / "config.toml"
-    cfg.write_text(containerd_config.plain(d))
+    if cri:
+        cfg.write_text(containerd_config.cri(d, pause="registry.k8s.io/pause:3.10",
+                                             cni_bin="/usr/lib/cni"))
+    else:
+        cfg.write_text(containerd_config.plain(d))
     proc = group.start(f"containerd-{name}", ["containerd", "--config", str(cfg)])
     node = Node(name=name, dir=d, proc=proc)
     wait_until(lambda: Path(node.socket).exists() and node.ctr(
