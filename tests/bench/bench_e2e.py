@@ -237,6 +237,8 @@ def main() -> int:
                          "(tests/bench/bench_e2e_incluster.py)")  # fmt: skip
     ap.add_argument("--pairs", type=int, default=3,
                     help="--in-cluster: salvage + healthy-pull pairs")  # fmt: skip
+    ap.add_argument("--layers", type=int, default=1,
+                    help="--in-cluster: split the payload into this many layers")
     args = ap.parse_args()
     bins = binaries_dir(build=True)
     versions.use_containerd(build=True)
@@ -250,7 +252,8 @@ def main() -> int:
 
         try:
             return bench_e2e_incluster.run(cluster, work, size_mib=args.size_mib,
-                                           pairs=args.pairs, window=args.window)  # fmt: skip
+                                           pairs=args.pairs, window=args.window,
+                                           layers=args.layers)  # fmt: skip
         finally:
             cluster.stop()
             shutil.rmtree(work, ignore_errors=True)

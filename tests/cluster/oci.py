@@ -176,8 +176,10 @@ def build_image(
     cmd: list[str] | None = None,
     env: dict[str, str] | None = None,
     labels: dict[str, str] | None = None,
+    extra_layers: list[dict[str, Path]] | None = None,
 ) -> OciImage:
-    """Build a one-layer image: `files` maps in-image paths to host files (all 0755)."""
+    """Build an image: `files` maps in-image paths to host files (all 0755) in one layer;
+    each of `extra_layers` (same form) becomes a layer of its own on top."""
     workdir.mkdir(parents=True, exist_ok=True)
     slug = name.replace("/", "_").replace(":", "_").replace("@", "_")
     layout = workdir / f"layout-{slug}"
@@ -196,6 +198,18 @@ def build_image(
     _run(["umoci", "init", "--layout", str(layout)])
     _run(["umoci", "new", "--image", ref])
     _run(["umoci", "insert", "--image", ref, str(rootfs), "/"])
+    for n, layer in enumerate(extra_layers or []):
+        more = workdir / f"rootfs-{slug}-{n}"
+        if more.exists():
+            shutil.rmtree(more)
+        more.mkdir(parents=True)
+        for dest, src in layer.items():
+            target = more / dest.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, target)
+            target.chmod(0o755)
+        _run(["umoci", "insert", "--image", ref, str(more), "/"])
+        shutil.rmtree(more)
     argv = [
         "umoci", "config", "--image", ref, "--os", "linux", "--architecture", go_arch(),
         "--no-history",

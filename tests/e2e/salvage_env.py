@@ -243,23 +243,34 @@ def standalone_pod(
     return pod_manifest(name, ns, image, annotations=OPT_IN if opt_in else {}, **spec_kw)
 
 
-def workload_image(workdir: Path, name: str, *, marker: str, payload_mib: int = 0) -> oci.OciImage:
-    """The hello program printing `marker`; with `payload_mib`, plus an incompressible
-    `/payload.bin` of that size in the same layer (gzip leaves it as large)."""
+def workload_image(workdir: Path, name: str, *, marker: str, payload_mib: int = 0,
+                   payload_layers: int = 1) -> oci.OciImage:
+    """The hello program printing `marker`; with `payload_mib`, plus that many MiB of
+    incompressible payload (gzip leaves it as large): `/payload.bin` in the same layer, or
+    with `payload_layers` N > 1, `/payload-<i>.bin` in N layers of its own."""
     if not payload_mib:
         return oci.build_hello(workdir, name, marker=marker)
     workdir.mkdir(parents=True, exist_ok=True)
-    payload = workdir / f"payload-{uuid.uuid4().hex[:8]}.bin"
-    with payload.open("wb") as f:
-        for _ in range(payload_mib):
-            f.write(os.urandom(1 << 20))
+    parts = max(1, payload_layers)
+    payloads = [workdir / f"payload-{uuid.uuid4().hex[:8]}-{i}.bin" for i in range(parts)]
+    for i, payload in enumerate(payloads):
+        with payload.open("wb") as f:
+            for _ in range(payload_mib // parts + (i < payload_mib % parts)):
+                f.write(os.urandom(1 << 20))
+    files = {"/hello": oci.go_binary("hello")}
+    extra: list[dict[str, Path]] = []
+    if parts == 1:
+        files["/payload.bin"] = payloads[0]
+    else:
+        extra = [{f"/payload-{i}.bin": p} for i, p in enumerate(payloads)]
     try:
         return oci.build_image(
-            workdir, name, {"/hello": oci.go_binary("hello"), "/payload.bin": payload},
-            entrypoint=["/hello"], cmd=[marker], labels={"dev.tote.test.marker": marker},
+            workdir, name, files, entrypoint=["/hello"], cmd=[marker],
+            labels={"dev.tote.test.marker": marker}, extra_layers=extra,
         )  # fmt: skip
     finally:
-        payload.unlink()
+        for payload in payloads:
+            payload.unlink()
 
 
 def image_only_on_node_b(
@@ -272,13 +283,15 @@ def image_only_on_node_b(
     tag: str = "v1",
     stop_registry: bool = True,
     payload_mib: int = 0,
+    payload_layers: int = 1,
 ) -> oci.OciImage:
     """Image X: pushed to the loopback registry, loaded onto node B from the same OCI layout
     (same digest, what an earlier pull would have left: tag record labelled CRI-managed;
     node B's kubelet reports it in status.images on its own); then the registry is stopped.
     The workload node does not have it."""
     ref = f"{registry.host}/{repo}:{tag}"
-    img = workload_image(tmp, ref, marker=marker, payload_mib=payload_mib)
+    img = workload_image(tmp, ref, marker=marker, payload_mib=payload_mib,
+                         payload_layers=payload_layers)
     img.push(ref)
     cluster.node_b.import_image(img)
     if stop_registry:

@@ -132,6 +132,9 @@ def test_1_registry_down_deployment_salvaged_from_node_b(
     wait_until(lambda: s.marker in cluster.pod_logs(s.ns, name), timeout=20,
                what=f"image X's marker {s.marker!r} in the pod log")  # fmt: skip
     assert s.ref in cluster.node.image_names()
+    # The image arrived unpacked (issue 15): the agent put its layers into CRI's snapshotter
+    # while they arrived, so kubelet's CreateContainer found the snapshots in place.
+    assert tote.agent_metric(cluster.node.name, 'tote_agent_unpacks_total{result="ok"}') >= 1
     fail = tl.first_failure()
     backoff = tl.first_backoff()
     print(
