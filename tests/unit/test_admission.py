@@ -1,4 +1,4 @@
-"""The annotation check (pure) and the AdmissionReview v1 route, incl. HTTPS via http.serve."""
+"""The annotation check (pure) and the AdmissionReview v1 route, incl. HTTPS (httpserver)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import msgspec
 import pytest
 import trio
 
+from tote_core import httpserver
 from tote_core.annotations import problems
-from tote_core.components import admission, http
+from tote_core.components import admission
 from tote_core.salvage.planner import failure_is_final as _failure_is_final
 from tote_core.structs.salvagerecord import Condition
 
@@ -88,7 +89,7 @@ async def test_review_route() -> None:
 
 
 async def test_served_over_https(tmp_path: Path) -> None:
-    """http.serve with an SSL context and a body route: a real HTTPS POST, plus a GET (405)
+    """httpserver.serve with an SSL context and a body route: a real HTTPS POST, plus a GET (405)
     and a client that gives up mid-handshake (the server keeps serving)."""
     from tests.unit.test_tlsfiles import _cert, _key, _key_pem, _pem
 
@@ -100,7 +101,7 @@ async def test_served_over_https(tmp_path: Path) -> None:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(cert), str(keyf))
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(lambda task_status: http.serve(
+        port = await nursery.start(lambda task_status: httpserver.serve(
             "127.0.0.1:0", {}, body_routes={admission.PATH: admission.review},
             ssl_context=ctx, task_status=task_status))
         raw = await trio.open_tcp_stream("127.0.0.1", port)

@@ -14,8 +14,8 @@ import logging
 
 import msgspec
 
+from tote_core import httpserver
 from tote_core.annotations import problems
-from tote_core.components import http
 from tote_core.structs.kube import PartialObject
 
 log = logging.getLogger("tote.admission")
@@ -69,7 +69,7 @@ def _response(uid: str, allowed: bool, message: str) -> bytes:
         {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response})
 
 
-async def review(body: bytes) -> http.Response:
+async def review(body: bytes) -> httpserver.Response:
     """The `/validate` route: an AdmissionReview v1 request → an AdmissionReview response."""
     try:
         review = msgspec.json.decode(body, type=AdmissionReview)

@@ -18,8 +18,8 @@ import msgspec
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tote_core import __version__
-from tote_core.components import admission, http
+from tote_core import __version__, httpserver
+from tote_core.components import admission
 from tote_core.components.config_warnings import ConfigWarnings
 from tote_core.components.leader import LeaderElector
 from tote_core.components.statusfeed import StatusFeed
@@ -167,10 +167,10 @@ class Controller:
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    async def _metrics(self) -> http.Response:
+    async def _metrics(self) -> httpserver.Response:
         return 200, CONTENT_TYPE_LATEST, generate_latest()
 
-    async def _healthz(self) -> http.Response:
+    async def _healthz(self) -> httpserver.Response:
         return 200, "text/plain", b"ok\n"
 
     def not_ready_reasons(self) -> list[str]:
@@ -183,7 +183,7 @@ class Controller:
                            "plugins.disabled?): nothing could be salvaged")
         return reasons
 
-    async def _readyz(self) -> http.Response:
+    async def _readyz(self) -> httpserver.Response:
         reasons = self.not_ready_reasons()
         body = msgspec.json.encode(
             {
@@ -232,27 +232,27 @@ class Controller:
         await self.host.configure(self.plugin_context)
         try:
             async with trio.open_nursery() as nursery:
-                routes_metrics: dict[str, http.Route] = {"/metrics": self._metrics}
-                routes_health: dict[str, http.Route] = {
+                routes_metrics: dict[str, httpserver.Route] = {"/metrics": self._metrics}
+                routes_health: dict[str, httpserver.Route] = {
                     "/healthz": self._healthz,
                     "/readyz": self._readyz,
                 }
                 if self.settings.metrics_address == self.settings.health_address:
                     routes_health.update(routes_metrics)
                     self.ports["health"] = self.ports["metrics"] = await nursery.start(
-                        http.serve, self.settings.health_address, routes_health
+                        httpserver.serve, self.settings.health_address, routes_health
                     )
                 else:
                     self.ports["metrics"] = await nursery.start(
-                        http.serve, self.settings.metrics_address, routes_metrics
+                        httpserver.serve, self.settings.metrics_address, routes_metrics
                     )
                     self.ports["health"] = await nursery.start(
-                        http.serve, self.settings.health_address, routes_health
+                        httpserver.serve, self.settings.health_address, routes_health
                     )
                 if self.settings.admission_address:
                     # Every replica answers AdmissionReviews; they need no cache or lease.
                     self.ports["admission"] = await nursery.start(partial(
-                        http.serve, self.settings.admission_address, {},
+                        httpserver.serve, self.settings.admission_address, {},
                         body_routes={admission.PATH: admission.review},
                         ssl_context=self._admission_tls(),
                     ))

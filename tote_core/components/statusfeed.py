@@ -29,7 +29,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from tote_core import __version__
-from tote_core.components.http import split_address
+from tote_core.httpserver import split_address
 from tote_core.status.board import StatusBoard
 from tote_core.structs.status import GOING_AWAY, LAGGING, NOT_LEADER, PATH, Hello, Synced
 
