@@ -4,13 +4,13 @@ pluggy does the calling: order, `tryfirst`/`trylast`, wrappers (new- and old-sty
 first-result all happen in pluggy's own loop (`pm.hook.<name>(...)`). The host adds the two
 things pluggy cannot do:
 
-- **Awaiting.** pluggy calls implementations synchronously. The host runs the pluggy call
-  in a greenlet (greenlet is already installed with trio-asyncio); when an implementation
-  returns an awaitable, its bridge switches back to the calling trio task, which awaits it
-  and switches the result (or exception) back in. pluggy therefore only ever sees awaited
-  values: an async implementation answering None passes to the next one, a wrapper receives
-  the awaited answer, and deadlines and cancellation are the calling task's. Everything runs
-  in the trio thread, inside the task that called the host.
+- **Awaiting** (`bridge.py`). pluggy calls implementations synchronously. The host runs the
+  pluggy call in a greenlet (greenlet is already installed with trio-asyncio); when an
+  implementation returns an awaitable, its bridge switches back to the calling trio task,
+  which awaits it and switches the result (or exception) back in. pluggy therefore only ever
+  sees awaited values: an async implementation answering None passes to the next one, a
+  wrapper receives the awaited answer, and deadlines and cancellation are the calling
+  task's. Everything runs in the trio thread, inside the task that called the host.
 - **Isolation.** Each implementation is registered through a bridge that catches its
   exception, logs it at ERROR with the plugin name and traceback, counts it in
   `tote_plugin_failures_total{plugin,hook}` and answers None, so the call goes on with the
@@ -30,22 +30,20 @@ generator) does the same.
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from typing import Any
 
-import greenlet
 import msgspec
 import pluggy
 import trio
 
 from tote_core import metrics
 from tote_core.errors import ConfigError
-from tote_core.hooks import hookspecs
+from tote_core.hooks import bridge, hookspecs
 from tote_core.hooks.context import PluginContext, Service
 from tote_core.hooks.types import (
     Incident,
@@ -81,32 +79,6 @@ class PluginInfo(msgspec.Struct, frozen=True, kw_only=True):
     enabled: bool
     hooks: tuple[str, ...] = ()
     error: str = ""
-
-
-# -- the bridges pluggy calls ----------------------------------------------------------------
-
-
-class _Await:
-    """Handed from an implementation's bridge to the trio side: "await this for me"."""
-
-    __slots__ = ("awaitable",)
-
-    def __init__(self, awaitable: Awaitable[Any]) -> None:
-        self.awaitable = awaitable
-
-
-class _HookGreenlet(greenlet.greenlet):  # type: ignore[misc]
-    """The greenlet one pluggy call runs in; its parent is the calling trio task."""
-
-
-def _await(awaitable: Awaitable[Any]) -> Any:
-    current = greenlet.getcurrent()
-    if not isinstance(current, _HookGreenlet):
-        close = getattr(awaitable, "close", None)
-        if close is not None:
-            close()  # no "never awaited" warning on top of the real error
-        raise RuntimeError("an async hook implementation was called outside the plugin host")
-    return current.parent.switch(_Await(awaitable))
 
 
 class _Registered:
@@ -234,64 +206,8 @@ class PluginHost:
     def _bridge(
         self, plugin: str, hook: str, function: Callable[..., Any], opts: Any
     ) -> Callable[..., Any]:
-        isolate = hook not in CONTROL_FLOW_HOOKS
-        if opts.get("hookwrapper"):
-            return function  # old-style: pluggy's Result protocol, run as is
-        if opts.get("wrapper"):
-            return self._isolated_wrapper(plugin, hook, function) if isolate else function
-
-        @functools.wraps(function)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                result = function(*args, **kwargs)
-                if inspect.isawaitable(result):
-                    result = _await(result)
-                return result
-            except Exception as exc:
-                if not isolate:
-                    raise
-                self._failed(plugin, hook, exc)
-                return None
-
-        return call
-
-    def _isolated_wrapper(
-        self, plugin: str, hook: str, function: Callable[..., Generator[Any, Any, Any]]
-    ) -> Callable[..., Generator[Any, Any, Any]]:
-        """A new-style wrapper that raises is skipped: the result passes through unchanged.
-
-        An exception coming from inside (thrown into the wrapper by pluggy) is the wrapper's
-        to handle, exactly as pluggy would do it.
-        """
-
-        @functools.wraps(function)
-        def shim(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-            try:
-                gen = function(*args, **kwargs)
-                next(gen)
-            except Exception as exc:  # raised before yielding, or never yielded
-                self._failed(plugin, hook, exc)
-                return (yield)
-            try:
-                result = yield
-            except BaseException as inner:
-                try:
-                    gen.throw(inner)
-                except StopIteration as stop:
-                    return stop.value
-                raise RuntimeError(f"wrapper {plugin}.{hook} yielded twice") from inner
-            try:
-                gen.send(result)
-            except StopIteration as stop:
-                return stop.value
-            except Exception as exc:
-                self._failed(plugin, hook, exc)
-                return result
-            gen.close()
-            self._failed(plugin, hook, RuntimeError(f"wrapper {plugin}.{hook} yielded twice"))
-            return result
-
-        return shim
+        return bridge.bridge(plugin, hook, function, opts,
+                             isolate=hook not in CONTROL_FLOW_HOOKS, failed=self._failed)
 
     def _failed(self, plugin: str, hook: str, exc: BaseException) -> None:
         log.error("plugin %s failed in %s: %s: %s", plugin, hook, type(exc).__name__, exc,
@@ -307,25 +223,14 @@ class PluginHost:
         caller = getattr(self.pm.hook, hook)
         if not caller.get_hookimpls():
             return None if caller.spec and caller.spec.opts.get("firstresult") else []
-        glet = _HookGreenlet(functools.partial(caller, **kwargs))
-        glet.gr_context = contextvars.copy_context()
         try:
-            step = glet.switch()
-            while not glet.dead:
-                assert isinstance(step, _Await)
-                try:
-                    value = await step.awaitable
-                except BaseException as exc:  # Cancelled too: pluggy's wrappers see it
-                    step = glet.throw(exc)
-                else:
-                    step = glet.switch(value)
+            return await bridge.drive(caller, kwargs)
         except Exception as exc:
             if hook in CONTROL_FLOW_HOOKS:
                 raise
             # Only pluggy's own errors and old-style wrappers get here; bridges isolate.
             self._failed("?", hook, exc)
             return None if caller.spec and caller.spec.opts.get("firstresult") else []
-        return step
 
     # -- typed entry points ----------------------------------------------------------------
 
