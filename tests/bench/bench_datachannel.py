@@ -4,7 +4,7 @@ trio (`trio.SSLStream`, file reads in worker threads) — the choice issue 12 as
 
 One server process serves one blob file (page cache warm) over mTLS on 127.0.0.1; this
 process downloads it `--streams` times in parallel with the agent's own client
-(`dataplane.download`, blocking, in threads) and throws the bytes away. Reported: MB/s over
+(`data_receive.download`, blocking, in threads) and throws the bytes away. Reported: MB/s over
 the whole download and CPU seconds per GiB of the server process and of this client.
 
 Run: `python -m tests.bench.bench_datachannel [--size-mib 1024] [--streams 4]`
@@ -90,7 +90,7 @@ def serve(mode: str, port_file: str, blob: str, cert: str, key: str, ca: str) ->
 
 
 def run(mode: str, d: Path, blob: Path, streams: int) -> tuple[float, float, float]:
-    from tote_containerd.agent import dataplane, tls
+    from tote_containerd.agent import data_receive, tls
 
     from tests.integration.containerd.certs import make_pki
 
@@ -113,7 +113,7 @@ def run(mode: str, d: Path, blob: Path, streams: int) -> tuple[float, float, flo
 
         def one() -> None:
             try:
-                dataplane.download("127.0.0.1", port, ctx, session="s", digest="sha256:x",
+                data_receive.download("127.0.0.1", port, ctx, session="s", digest="sha256:x",
                                    offset=0, size=size, sink=lambda mv: None,
                                    on_bytes=lambda n: None, stop=threading.Event())
             except BaseException as exc:  # reported below

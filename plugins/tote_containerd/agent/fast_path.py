@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from tote_containerd.agent import dataplane, metrics, oci
+from tote_containerd.agent import data_receive, metrics, oci
 from tote_containerd.agent.containerd import ContainerdClient
 from tote_containerd.agent.errors import (
     AgentError,
@@ -90,14 +90,14 @@ class FastPath:
         part = tmpdir / f"{hexd}.part"
         if not final.exists():
             await trio.to_thread.run_sync(lambda: tmpdir.mkdir(parents=True, exist_ok=True))
-            offset = dataplane.resume_offset(part.stat().st_size if part.exists() else 0,
+            offset = data_receive.resume_offset(part.stat().st_size if part.exists() else 0,
                                              d.size)
             h = (await trio.to_thread.run_sync(_sha256_file_prefix, part, offset)
                  if offset else hashlib.sha256())
             if offset:
                 reporter.resumed(offset)
                 log.info("resuming %s (fast path) at %d of %d", d.digest, offset, d.size)
-            f = await trio.to_thread.run_sync(dataplane.PartWriter, part, offset)
+            f = await trio.to_thread.run_sync(data_receive.PartWriter, part, offset)
             complete = False
             try:
                 pos = offset
@@ -159,7 +159,7 @@ class FastPath:
             trio.from_thread.run_sync(reporter.add, n, trio_token=token)
 
         fetch = functools.partial(
-            dataplane.download, data_ep[0], data_ep[1], self.data_ssl, session=session,
+            data_receive.download, data_ep[0], data_ep[1], self.data_ssl, session=session,
             digest=d.digest, offset=offset, size=d.size, sink=counted, on_bytes=on_bytes,
             stop=stop, into=into)
         try:
