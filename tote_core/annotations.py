@@ -1,4 +1,4 @@
-"""The `tote.dev/*` annotations (SPEC §1) and how their values are read."""
+"""The `tote.dev/*` annotations and how their values are read."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def flag(annotations: dict[str, str], key: str) -> bool | None:
     return annotations[key] == "true"
 
 
-# Which object kind each key belongs on (SPEC §1): the namespace opt-in and the workload
-# opt-in. The validating webhook (SPEC §9) and the no-webhook warning share `problems`.
+# Which object kind each key belongs on: the namespace opt-in and the workload
+# opt-in. The validating webhook and the no-webhook warning share `problems`.
 _KEYS_BY_KIND = {"Namespace": (ALLOW,), "Pod": (AUTO_SALVAGE,)}
 _VALUES = ("true", "false")
 

@@ -28,7 +28,7 @@ log = logging.getLogger("tote")
 def _controller(argv: Sequence[str]) -> int:
     settings: ControllerSettings = parse_args(ControllerSettings, argv, "tote controller")
     logs.setup(settings.log_format, settings.log_level)
-    # Fail closed before anything starts (SPEC §11): unusable TLS material, or none without
+    # Fail closed before anything starts: unusable TLS material, or none without
     # --insecure, is a one-line error and exit code 2, never a failure recorded later.
     if not tlsfiles.check_mtls(settings):
         log.warning("INSECURE MODE: mTLS to agents is off (--insecure); anyone on the network "

@@ -1,4 +1,4 @@
-"""Every Prometheus metric the controller exports (names fixed by SPEC §10).
+"""Every Prometheus metric the controller exports (their names are part of tote's interface).
 
 Labels only from bounded sets: failure reasons are short fixed words, never image names,
 node names or error strings.
@@ -52,7 +52,7 @@ REGISTRY_RESOLVE_DURATION = Histogram(
 )
 SALVAGERECORDS = Gauge("tote_salvagerecords_total", "SalvageRecords by phase.", ["phase"])
 
-# Operational metrics beyond SPEC §10 (bounded labels).
+# Operational metrics beyond the documented core set (bounded labels).
 WEBHOOK_DROPPED = Counter(
     "tote_webhook_dropped_total",
     "Notifications dropped because the webhook queue was full (receiver slow or down).",

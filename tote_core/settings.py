@@ -30,7 +30,7 @@ from tote_core.errors import ConfigError, InvalidReference
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
-# Binary throughout: SPEC §3 fixes `2GB` = 2147483648 bytes, so GB means GiB here.
+# Binary throughout: the documented `2GB` default is 2147483648 bytes, so GB means GiB here.
 _SIZE_UNITS = {"": 1, "b": 1} | {
     unit: 1024**power
     for power, letter in enumerate("kmgt", start=1)
@@ -42,7 +42,7 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 def parse_size(text: str | int) -> int:
     """Parse `2GB`, `500Mi`, `0`, `2147483648` into bytes.
 
-    SPEC §3 fixes `2GB` = 2147483648 bytes, so `GB`/`G` are binary here (as in the Go
+    The documented `2GB` default is 2147483648 bytes, so `GB`/`G` are binary here (as in the Go
     original's flag), and `MB` likewise; `Gi`/`Mi` are accepted too.
     """
     if isinstance(text, int) and not isinstance(text, bool):
@@ -92,7 +92,7 @@ _FALSE = frozenset({"false", "no", "off", "0"})
 
 
 def parse_bool(value: Any) -> bool:
-    """The one boolean parser (SPEC §11): true/false, yes/no, on/off, 1/0, any case.
+    """The one boolean parser: true/false, yes/no, on/off, 1/0, any case.
 
     Used for every boolean flag, `TOTE_*` variable and config-file value, and for the
     kill-switch ConfigMap, so the same word means the same thing wherever it is written.
@@ -153,7 +153,7 @@ class CommonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
-    """`tote controller` settings. Names follow SPEC.md flags with dashes → underscores."""
+    """`tote controller` settings. Names follow the documented flags with dashes → underscores."""
 
     kubeconfig: str = ""  # empty: in-cluster, then ~/.kube/config
     enabled: bool = True
@@ -193,7 +193,7 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     identity: str = ""  # leader-election identity; empty = hostname + pid
     metrics_address: str = "0.0.0.0:8080"
     health_address: str = "0.0.0.0:8081"
-    # Validating admission webhook (SPEC §9): HTTPS on every replica; empty address = off.
+    # Validating admission webhook: HTTPS on every replica; empty address = off.
     # Its own serving certificate: the API server verifies it against the webhook's
     # caBundle for the Service's DNS name, which the mTLS identities do not carry.
     admission_address: str = ""

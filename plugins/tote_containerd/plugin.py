@@ -1,6 +1,6 @@
 """Built-in `transfer` plugin: moves an image between nodes by driving tote agents.
 
-Controller side of SPEC §6. For a `TransferRequest` it finds the source and target agents
+Controller side of the transfer. For a `TransferRequest` it finds the source and target agents
 (static `--agent-endpoints`, else agent pods from the controller's pod cache), checks the
 source really holds the whole platform chain (discarded layers are reported as not
 salvageable), mints a short-lived single-use token for (digest, source, target), asks the

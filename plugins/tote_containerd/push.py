@@ -1,4 +1,4 @@
-"""Built-in `push_image`: the node's agent uploads an image to a registry (SPEC §6, §7).
+"""Built-in `push_image`: the node's agent uploads an image to a registry.
 
 The registry plugin decides what to push where and with which `Authorization`; this module
 only carries that to the agent of `request.node` (Push RPC, controller identity over mTLS)

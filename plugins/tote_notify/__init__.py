@@ -1,1 +1,1 @@
-"""Built-in plugin `notify`: webhook and Slack notifications (SPEC §8)."""
+"""Built-in plugin `notify`: webhook and Slack notifications."""

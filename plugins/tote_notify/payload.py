@@ -1,8 +1,8 @@
 """What a webhook request carries: the JSON payload, the Slack Block Kit message, the signature.
 
 Pure functions of a `Notification`, so the formats are tested without a network. The JSON
-payload has exactly the fields SPEC §8 names, always present (empty string when unknown), in
-a fixed order; the Slack message shows the same facts.
+payload has exactly the documented fields (docs/plugins.md), always present (empty string
+when unknown), in a fixed order; the Slack message shows the same facts.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The `notify` plugin: detected notifications, and webhook / Slack delivery (SPEC §8).
+"""The `notify` plugin: detected notifications, and webhook / Slack delivery.
 
 Two hooks:
 
@@ -38,7 +38,7 @@ from tote_notify import payload
 log = logging.getLogger("tote.plugins.notify")
 
 QUEUE_SIZE = 256  # a burst of incidents; beyond it the receiver is down and drops are counted
-TIMEOUT = 5.0  # per attempt (SPEC §8)
+TIMEOUT = 5.0  # per attempt
 ATTEMPTS = 3  # one try and two retries
 RETRY_PAUSES = (1.0, 3.0)  # before the 2nd and 3rd attempt
 DROP_LOG_INTERVAL = 60.0  # at most one warning a minute while dropping

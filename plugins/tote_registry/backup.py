@@ -1,4 +1,4 @@
-"""Backup push (SPEC §7): after a salvage, copy the image to `--backup-registry`.
+"""Backup push: after a salvage, copy the image to `--backup-registry`.
 
 The salvage is never held up or failed by it: `on_salvaged` (called once the SalvageRecord
 says Completed) only puts a job on a bounded queue (`QUEUE_SIZE`; a full queue drops the

@@ -41,7 +41,7 @@ class ControllerProcess:
             f"--health-address=127.0.0.1:{self.port}",
             f"--status-address=127.0.0.1:{self.status_port}",
             "--log-level=debug",
-            # The controller refuses to start with neither mTLS nor --insecure (SPEC §11).
+            # The controller refuses to start with neither mTLS nor --insecure.
             *([] if any(a.startswith("--tls-") for a in self.extra_args) else ["--insecure"]),
             *self.extra_args,
         ]  # fmt: skip

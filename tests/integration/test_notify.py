@@ -1,4 +1,4 @@
-"""The `notify` plugin against a real HTTP receiver started by the test (SPEC §8).
+"""The `notify` plugin against a real HTTP receiver started by the test.
 
 The plugin runs inside the real plugin host, its worker started as a host service, exactly
 as in the controller; notifications enter through the host (`on_detected`, `notify`). What

@@ -8,7 +8,8 @@ import random
 from pathlib import Path
 
 import pytest
-from tote_containerd.agent.dataplane import ALIGN, CHUNK, PartWriter, resume_offset
+from tote_containerd.agent.data_receive import ALIGN, PartWriter, resume_offset
+from tote_containerd.agent.dataplane import CHUNK
 
 DIRS = [None, "/dev/shm"]
 
@@ -100,7 +101,8 @@ async def test_download_straight_into_the_part_file(tmp_path: Path) -> None:
     import threading
 
     import trio
-    from tote_containerd.agent.dataplane import DataServer, download
+    from tote_containerd.agent.data_receive import download
+    from tote_containerd.agent.dataplane import DataServer
 
     blob = tmp_path / "blob"
     data = random.Random(10).randbytes(2 * CHUNK + 4321)

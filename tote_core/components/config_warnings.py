@@ -1,6 +1,6 @@
 """Configuration mistakes are never silent: one Warning event per problem, webhook or not.
 
-The validating webhook (SPEC §9) is optional and fails open, so a typo such as
+The validating webhook is optional and fails open, so a typo such as
 `tote.dev/auto-salvage: "yes"` or `tote.dev/auto-slavage` can still reach the cluster, and
 an unparseable kill-switch value (`enabled: maybe`) keeps salvage OFF. Either way tote
 tells the user once, on the object itself:

@@ -1,4 +1,4 @@
-"""Event texts (SPEC §4): they name the image, digest and nodes, and call it technical debt."""
+"""Event texts: they name the image, digest and nodes, and call it technical debt."""
 
 from __future__ import annotations
 

@@ -140,7 +140,7 @@ async def controller(kube: KubeClient, t: Target) -> tuple[list[Check], str | No
     return out, version
 
 
-# What the controller's ServiceAccount must be allowed (SPEC §13), checked with
+# What the controller's ServiceAccount must be allowed, checked with
 # SubjectAccessReviews: (group, resource, verb, namespaced-in-controller-ns, name).
 RBAC_NEEDS: tuple[tuple[str, str, str, bool, str], ...] = (
     *[("", "pods", v, False, "") for v in ("get", "list", "watch", "delete", "patch")],

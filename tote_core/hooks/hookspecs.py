@@ -184,7 +184,7 @@ def on_salvaged(incident: Incident, request: TransferRequest, result: TransferRe
 
 @hookspec(firstresult=True)
 def push_image(request: PushRequest) -> PushResult | None:
-    """Push an image a node holds to a registry (the backup push, SPEC §7).
+    """Push an image a node holds to a registry (the backup push).
 
     :return: a `PushResult`, or None = this plugin cannot push from `request.node`.
 

@@ -73,7 +73,7 @@ NOTIFICATION_TYPES: tuple[NotificationType, ...] = ("detected", "salvaged", "fai
 
 
 class Notification(msgspec.Struct, frozen=True, kw_only=True):
-    """A webhook-worthy event (SPEC §8): the host passes it on once per incident and type.
+    """A webhook-worthy event: the host passes it on once per incident and type.
 
     The fields are the webhook's JSON payload, except `pod_uid`, which only keys the
     once-per-incident rule (a StatefulSet pod recreated under the same name is a new
@@ -101,7 +101,7 @@ class OptInQuery(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PushRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """Push `digest`, held by `node`, to `registry_url`/`repository`:`tag` (SPEC §7).
+    """Push `digest`, held by `node`, to `registry_url`/`repository`:`tag`.
 
     Built by the registry plugin, which reads the Secret and turns it into `authorization`
     (a ready `Authorization` header value, scoped for this repository) — never printed.

@@ -1,4 +1,4 @@
-"""The SalvageRecord custom resource (tote.dev/v1alpha1), SPEC §5."""
+"""The SalvageRecord custom resource (tote.dev/v1alpha1)."""
 
 from __future__ import annotations
 

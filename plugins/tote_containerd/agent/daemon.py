@@ -1,5 +1,5 @@
 """The agent daemon: `run(settings)`, what `tote agent` (`__main__.main`) runs inside
-`trio.run` (SPEC §6). It checks its settings and TLS files, connects to the local
+`trio.run`. It checks its settings and TLS files, connects to the local
 containerd, serves the agent gRPC API (mTLS unless `--insecure`), grpc.health.v1 on the same
 port, and plain HTTP `/metrics` + `/healthz` on `--metrics-port`.
 """

@@ -1,4 +1,4 @@
-"""Agent side of the backup push (SPEC §7): upload an image from this node's containerd to a
+"""Agent side of the backup push: upload an image from this node's containerd to a
 registry with its digest preserved.
 
 Why here and not in the controller: the bytes are on this node. Streaming them from the

@@ -1,4 +1,4 @@
-"""`tote agent` settings (SPEC §6): the node agent's flags, loaded by core's settings loader.
+"""`tote agent` settings: the node agent's flags, loaded by core's settings loader.
 
 They live beside the agent rather than in tote_core/settings.py because the controller never
 reads them; core keeps the loader and the flags both programs share (`CommonSettings`).
@@ -12,7 +12,7 @@ from tote_core.settings import CommonSettings, check_port
 
 
 class AgentSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
-    """`tote agent` settings (SPEC §6)."""
+    """`tote agent` settings."""
 
     containerd_socket: str = "/run/containerd/containerd.sock"
     containerd_namespace: str = "k8s.io"

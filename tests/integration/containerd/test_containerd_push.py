@@ -1,4 +1,4 @@
-"""Backup push through the agent's Push RPC (SPEC §6, §7; issue 10 item 1), against real
+"""Backup push through the agent's Push RPC (issue 10 item 1), against real
 containerd nodes and a real `docker-registry` with htpasswd auth and TLS (its own CA).
 
 The `Authorization` value comes from the same registry client the controller uses

@@ -1,4 +1,4 @@
-"""Transfers between real containerd instances through real agents (SPEC §6, issue 3).
+"""Transfers between real containerd instances through real agents (issue 3).
 
 (1) copy + run + three CRI names, (2) dedupe, (3) resume after the source dies mid-blob,
 (4) corrupt source bytes rejected, (5) multi-arch with one platform on the source,

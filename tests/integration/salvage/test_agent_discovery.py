@@ -1,5 +1,5 @@
 """Agents found the in-cluster way: agent pods (label selector, pod IP) from the
-controller's pod informer, no `--agent-endpoints` (SPEC §6; the Go original's pod cache
+controller's pod informer, no `--agent-endpoints` (the Go original's pod cache
 dropped podIP and never found its agents).
 
 Two extra agents listen on 127.0.0.11 and 127.0.0.12 with one shared port, like agent pods

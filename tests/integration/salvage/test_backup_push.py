@@ -1,4 +1,4 @@
-"""Backup push after a salvage (SPEC §7; issue 10 item 1), end to end: real API server, the
+"""Backup push after a salvage (issue 10 item 1), end to end: real API server, the
 controller process with its restricted RBAC identity, real containerd nodes and agents, a
 real `docker-registry` with htpasswd auth and TLS.
 
