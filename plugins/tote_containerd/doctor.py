@@ -13,13 +13,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from tote_core.errors import ToteError
-from tote_core.hooks.hookspecs import hookimpl
 from tote_core.hooks.types import NodeHealth
 
 SAMPLE = 3
 
 
-@hookimpl
 async def node_health(node: str, settings: Any, pods: list[Any]) -> NodeHealth | None:
     from tote_containerd.agent.client import ensure_loop
     from tote_containerd.agent.errors import AgentError

@@ -21,10 +21,15 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from types import SimpleNamespace
 from typing import Any
 
+from tote_containerd import doctor, push
+from tote_containerd.inventory import Inventory
 from tote_core.errors import PermanentError, RetryLater
 from tote_core.hooks.hookspecs import hookimpl
 from tote_core.hooks.types import (
+    NodeHealth,
     ProgressCallback,
+    PushRequest,
+    PushResult,
     TransferProgress,
     TransferRequest,
     TransferResult,
@@ -34,20 +39,6 @@ log = logging.getLogger("tote.plugin.containerd")
 
 TOKEN_TTL = 120.0  # the token is redeemed once, when the target opens its session
 RPC_TIMEOUT = 30.0
-
-
-class _State:
-    settings: Any = None
-    cache: Any = None
-
-
-_state = _State()
-
-
-@hookimpl
-def configure(context: Any) -> None:
-    _state.settings = context.settings
-    _state.cache = context.cache
 
 
 def parse_selector(selector: str) -> dict[str, str]:
@@ -145,14 +136,12 @@ def controller_ssl_context(settings: Any) -> ssl.SSLContext | None:
 
 
 @contextlib.asynccontextmanager
-async def open_agent(node: str, settings: Any = None, cache: Any = None,
+async def open_agent(node: str, settings: Any, cache: Any = None,
                      rpc_timeout: float = RPC_TIMEOUT) -> AsyncIterator[Any]:
     """An `AgentClient` for `node`'s agent with the controller's identity (for salvage code:
     inventory via `list_images`, `resolve_tag`, `remove_image`, `inspect`, `health`)."""
     from tote_containerd.agent.client import AgentClient
 
-    settings = settings if settings is not None else _state.settings
-    cache = cache if cache is not None else _state.cache
     endpoint = agent_endpoint(settings, cache, node)
     async with AgentClient.connect(endpoint, ssl_context=controller_ssl_context(settings),
                                    rpc_timeout=rpc_timeout) as client:
@@ -181,7 +170,6 @@ def _translate(exc: Exception, where: str) -> Exception:
 
 async def run_transfer(request: TransferRequest, progress: ProgressCallback, *,
                        settings: Any, cache: Any = None) -> TransferResult:
-    from tote_containerd import inventory
     from tote_containerd.agent.api import ImportProgress, ImportRequest
     from tote_containerd.agent.client import ensure_loop
     from tote_containerd.agent.errors import AgentError
@@ -225,10 +213,6 @@ async def run_transfer(request: TransferRequest, progress: ProgressCallback, *,
         except AgentError as exc:
             raise _translate(exc, f"import {request.source_node} → {request.target_node}"
                              ) from exc
-        finally:
-            # The target may hold the image now: a cached "who holds it" answer from before
-            # the transfer would make the next pod on that node salvage it again.
-            inventory.invalidate()
     log.info("transferred %s %s → %s: %d bytes moved, %d blobs skipped", request.digest,
              request.source_node, request.target_node, done.bytes_total, done.blobs_skipped)
     return TransferResult(bytes_total=done.bytes_total,
@@ -237,40 +221,77 @@ async def run_transfer(request: TransferRequest, progress: ProgressCallback, *,
                           duration_seconds=time.monotonic() - started)
 
 
-@hookimpl
-async def transfer(request: TransferRequest, progress: ProgressCallback
-                   ) -> TransferResult | None:
-    if _state.settings is None:
-        return None
-    return await run_transfer(request, progress, settings=_state.settings, cache=_state.cache)
-
-
-# Inventory hooks (find_image, resolve_tag, remove_image), doctor's node_health and the backup
-# push live in their own modules; ContainerdPlugin below is what registers them.
-from tote_containerd.doctor import node_health  # noqa: E402
-from tote_containerd.inventory import find_image, remove_image, resolve_tag  # noqa: E402
-from tote_containerd.push import push_image  # noqa: E402
-
-
 class ContainerdPlugin:
-    """The `containerd` plugin as the host builds it from the entry point.
+    """The `containerd` plugin, one object per process, built by the plugin host from the
+    entry point. `configure` hands it the controller's settings and caches; its hooks —
+    transfer, the inventory (`inventory.py`), doctor's node health (`doctor.py`) and the
+    backup push (`push.py`) — reach the agents with them, so `plugins.disabled: [containerd]`
+    turns all of them off together. Without `configure` (no controller) every hook answers
+    None."""
 
-    Its hooks are this package's functions (so `plugins.disabled: [containerd]` covers the
-    inventory, doctor and push hooks too). The settings and caches still live in the
-    module's `_state`, which the other modules and tests read; moving them onto this object
-    is a change of its own.
-    """
+    def __init__(self) -> None:
+        self.settings: Any = None
+        self.cache: Any = None
+        self.inventory = Inventory(self)
 
-    configure = staticmethod(configure)
-    transfer = staticmethod(transfer)
-    find_image = staticmethod(find_image)
-    resolve_tag = staticmethod(resolve_tag)
-    remove_image = staticmethod(remove_image)
-    node_health = staticmethod(node_health)
-    push_image = staticmethod(push_image)
+    # -- how the hooks reach the agents (inventory.Agents) ---------------------------------
+
+    @property
+    def configured(self) -> bool:
+        return self.settings is not None
+
+    def known_agents(self) -> dict[str, str]:
+        return agent_endpoints(self.settings, self.cache)
+
+    def agent(self, node: str, rpc_timeout: float | None = None
+              ) -> contextlib.AbstractAsyncContextManager[Any]:
+        return open_agent(node, self.settings, self.cache,
+                          RPC_TIMEOUT if rpc_timeout is None else rpc_timeout)
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    @hookimpl
+    def configure(self, context: Any) -> None:
+        self.settings = context.settings
+        self.cache = context.cache
+
+    @hookimpl
+    async def transfer(self, request: TransferRequest, progress: ProgressCallback
+                       ) -> TransferResult | None:
+        if not self.configured:
+            return None
+        try:
+            return await run_transfer(request, progress, settings=self.settings,
+                                      cache=self.cache)
+        finally:
+            # The target may hold the image now: a cached "who holds it" answer from before
+            # the transfer would make the next pod on that node salvage it again.
+            self.inventory.invalidate()
+
+    @hookimpl
+    async def find_image(self, digest: str, nodes: list[str]) -> list[str] | None:
+        return await self.inventory.find_image(digest, nodes)
+
+    @hookimpl
+    async def resolve_tag(self, image_ref: str, nodes: list[str]) -> str | None:
+        return await self.inventory.resolve_tag(image_ref, nodes)
+
+    @hookimpl
+    async def remove_image(self, node: str, image_ref: str, digest: str | None
+                           ) -> bool | None:
+        return await self.inventory.remove_image(node, image_ref, digest)
+
+    @hookimpl
+    async def node_health(self, node: str, settings: Any, pods: list[Any]
+                          ) -> NodeHealth | None:
+        return await doctor.node_health(node, settings, pods)
+
+    @hookimpl
+    async def push_image(self, request: PushRequest) -> PushResult | None:
+        if not self.configured:
+            return None
+        return await push.push_image(request, self.agent)
 
 
-__all__ = [
-    "ContainerdPlugin", "configure", "find_image", "node_health", "push_image", "remove_image",
-    "resolve_tag", "transfer",
-]
+__all__ = ["ContainerdPlugin", "agent_endpoint", "agent_endpoints", "controller_ssl_context",
+           "open_agent", "run_transfer"]

@@ -9,12 +9,14 @@ registry's own `unauthorized` / `unreachable` / `error` (no other node would do 
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable
+from typing import Any
 
 import trio
 
 from tote_core.errors import RegistryError, RetryLater
-from tote_core.hooks.hookspecs import hookimpl
 from tote_core.hooks.types import PushRequest, PushResult
 
 DEFAULT_DEADLINE = 1800.0
@@ -33,21 +35,20 @@ def _mapped(exc: Exception, node: str) -> RegistryError:
     return RegistryError(f"node {node}: {exc}")
 
 
-@hookimpl
-async def push_image(request: PushRequest) -> PushResult | None:
+async def push_image(request: PushRequest,
+                     agent: Callable[[str], contextlib.AbstractAsyncContextManager[Any]]
+                     ) -> PushResult:
+    """Ask `request.node`'s agent (reached through `agent(node)`) to push."""
     from tote_containerd.agent import api
     from tote_containerd.agent.client import ensure_loop
     from tote_containerd.agent.errors import AgentError
-    from tote_containerd.plugin import _state, open_agent
 
-    if _state.settings is None:
-        return None
     left = trio.current_effective_deadline() - trio.current_time()
     deadline = left if math.isfinite(left) else DEFAULT_DEADLINE
     async with ensure_loop():
         try:
-            async with open_agent(request.node) as agent:
-                r = await agent.push(api.PushRequest(
+            async with agent(request.node) as client:
+                r = await client.push(api.PushRequest(
                     digest=request.digest, registry_url=request.registry_url,
                     repository=request.repository, tag=request.tag,
                     authorization=request.authorization, ca_pem=request.ca_pem,

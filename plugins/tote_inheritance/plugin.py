@@ -19,6 +19,7 @@ from tote_core.hooks.hookspecs import hookimpl
 from tote_core.hooks.types import OptInQuery
 from tote_core.kube.client import KubeClient, resource_path
 from tote_core.structs.kube import OwnerReference, PartialObject
+from tote_core.ttlcache import TTLCache
 
 log = logging.getLogger("tote.plugins.inheritance")
 
@@ -40,14 +41,14 @@ OWNER_KINDS: dict[tuple[str, str], str] = {
 class OwnerWalker:
     def __init__(self, kube: KubeClient) -> None:
         self.kube = kube
-        self._cache: dict[tuple[str, str, str, str], tuple[float, PartialObject | None]] = {}
+        self._cache: TTLCache[tuple[str, str, str, str], PartialObject | None] = TTLCache(
+            CACHE_TTL, CACHE_MAX, trio.current_time)
 
     async def owner(self, namespace: str, ref: OwnerReference) -> PartialObject | None:
         key = (namespace, ref.api_version, ref.kind, ref.name)
-        now = trio.current_time()
-        hit = self._cache.get(key)
-        if hit is not None and now - hit[0] < CACHE_TTL:
-            return hit[1]
+        hit, cached = self._cache.get(key)
+        if hit:
+            return cached
         plural = OWNER_KINDS.get((ref.api_version, ref.kind))
         if plural is None:
             return None
@@ -59,9 +60,7 @@ class OwnerWalker:
             obj = None
         if obj is not None and ref.uid and obj.metadata.uid and obj.metadata.uid != ref.uid:
             obj = None  # a different object under the same name: not our owner
-        if len(self._cache) >= CACHE_MAX:
-            self._cache.clear()
-        self._cache[key] = (now, obj)
+        self._cache.put(key, obj)
         return obj
 
     async def decide(self, namespace: str, owners: list[OwnerReference]) -> bool | None:

@@ -26,6 +26,7 @@ from tote_core import metrics
 from tote_core.detect.reference import parse
 from tote_core.errors import InvalidReference, KubeError, RegistryError
 from tote_core.kube.client import resource_path
+from tote_core.ttlcache import TTLCache
 from tote_registry.auth import Credentials, api_host, auths_from_secret, credentials_for
 from tote_registry.client import NOT_FOUND, UNAUTHORIZED, RegistryClient
 
@@ -64,7 +65,8 @@ class Resolver:
     def __init__(self, kube: Any, client: RegistryClient) -> None:
         self.kube = kube
         self.client = client
-        self._cache: dict[tuple[str, str, tuple[str, ...]], tuple[float, str | None]] = {}
+        self._cache: TTLCache[tuple[str, str, tuple[str, ...]], str | None] = TTLCache(
+            CACHE_TTL, CACHE_MAX, time.monotonic)
 
     async def resolve(self, image_ref: str, namespace: str, pull_secrets: list[str]) -> str:
         try:
@@ -92,10 +94,9 @@ class Resolver:
         self, image_ref: str, namespace: str, pull_secrets: list[str]
     ) -> str | None:
         key = (image_ref, namespace, tuple(pull_secrets))
-        now = time.monotonic()
-        hit = self._cache.get(key)
-        if hit is not None and now < hit[0]:
-            return hit[1]
+        hit, cached = self._cache.get(key)
+        if hit:
+            return cached
         started = time.perf_counter()
         digest: str | None = None
         result = ERROR
@@ -114,7 +115,5 @@ class Resolver:
         metrics.REGISTRY_RESOLVE.labels(result).inc()
         if result == FOUND:
             log.debug("registry resolves %s to %s", image_ref, digest)
-        if len(self._cache) >= CACHE_MAX:
-            self._cache.clear()
-        self._cache[key] = (now + (CACHE_TTL if digest else NEGATIVE_TTL), digest)
+        self._cache.put(key, digest, ttl=None if digest else NEGATIVE_TTL)
         return digest

@@ -131,6 +131,19 @@ class ContainerdClient:
                 return str(p.exports["root"])
         return ""
 
+    async def snapshotter_capabilities(self, name: str) -> list[str]:
+        """What the snapshotter plugin `name` advertises (e.g. "rebase"); [] if unknown."""
+        resp = await self._unary(
+            self._intro.Plugins,
+            introspection_pb2.PluginsRequest(
+                filters=[f"type==io.containerd.snapshotter.v1,id=={name}"]),
+            deadline=10,
+        )
+        for p in resp.plugins:
+            if p.id == name:
+                return list(p.capabilities)
+        return []
+
     # --- content -----------------------------------------------------------------------
     async def info(self, digest: str) -> ContentInfo | None:
         try:

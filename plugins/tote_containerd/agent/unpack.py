@@ -10,7 +10,10 @@ image as unpacked and containerd's GC keeps it: one committed snapshot per layer
 its chain ID, each the parent of the next (labels `containerd.io/snapshot.ref`, `…/diff-id`,
 `…/parent-chain-id`); `containerd.io/uncompressed` on each layer blob once containerd's diff
 service has verified the uncompressed digest; `containerd.io/gc.ref.snapshot.<snapshotter>`
-on the config blob, naming the top chain ID. Everything is written under the import's lease,
+on the config blob, naming the top chain ID. On containerd 2.x's overlayfs (it can rebase a
+snapshot at commit) layers are extracted in parallel, each into a snapshot of its own, and
+committed in chain order — as containerd's own unpack does there; elsewhere one after the
+other. Everything is written under the import's lease,
 so nothing is collected half-way; a snapshot that already exists (an earlier, interrupted
 import, or a base layer shared with another image) is kept and not unpacked again.
 
@@ -20,11 +23,12 @@ failure, the image is left as before (CRI unpacks at create) with the reason log
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import trio
 
@@ -33,11 +37,17 @@ from tote_containerd._gen.containerd.services.snapshots.v1 import (
     snapshots_grpc,
     snapshots_pb2,
 )
-from tote_containerd._gen.containerd.types import descriptor_pb2
+from tote_containerd._gen.containerd.types import descriptor_pb2, mount_pb2
 from tote_containerd._gen.runtime.v1 import images_grpc, images_pb2
 from tote_containerd.agent import metrics, oci
 from tote_containerd.agent.containerd import ContainerdClient
-from tote_containerd.agent.errors import AgentError, AlreadyExists, DataLoss, NotFound
+from tote_containerd.agent.errors import (
+    AgentError,
+    AlreadyExists,
+    DataLoss,
+    NotFound,
+    one_error,
+)
 
 log = logging.getLogger("tote.agent")
 
@@ -49,6 +59,8 @@ LABEL_PARENT = "containerd.io/snapshot/parent-chain-id"
 LABEL_GC_SNAPSHOT = "containerd.io/gc.ref.snapshot."
 # No deadline of its own for one layer's apply: the import's caller owns the deadline.
 APPLY_DEADLINE = None
+REBASE = "rebase"  # snapshotter capability: commit onto a parent given only at commit
+EXTRACTIONS_IN_FLIGHT = 3
 
 
 def chain_ids(diff_ids: list[str]) -> list[str]:
@@ -113,22 +125,20 @@ class Unpacker:
 
     async def unpack(self, snapshotter: str, config: oci.Desc, layers: list[oci.Desc], *,
                      committed: Callable[[str], Awaitable[None]], lease: str) -> bool:
-        """Unpack `layers` in order, each once `committed(digest)` returns. True when the
-        whole chain is in place; False (reason logged) when CRI must unpack at create.
-        Cancellation propagates; nothing else does."""
+        """Unpack `layers`, each once `committed(digest)` returns. True when the whole chain
+        is in place; False (reason logged) when CRI must unpack at create. Cancellation
+        propagates; nothing else does."""
         started = time.monotonic()
         try:
             await committed(config.digest)
             ids = diff_ids_of(await self.cd.read_all(config.digest), len(layers))
             chains = chain_ids(ids)
-            made = 0
-            for i, layer in enumerate(layers):
-                if await self._exists(snapshotter, chains[i]):
-                    continue
-                await committed(layer.digest)
-                await self._layer(snapshotter, layer, ids[i], chains[i],
-                                  chains[i - 1] if i else "", lease)
-                made += 1
+            # Parallel only where containerd itself does it (overlayfs that can rebase): the
+            # upper-directory trick below is overlayfs's.
+            parallel = len(layers) > 1 and snapshotter == "overlayfs" and REBASE in \
+                await self.cd.snapshotter_capabilities(snapshotter)
+            run = self._parallel if parallel else self._sequential
+            made = await run(snapshotter, layers, ids, chains, committed, lease)
             if chains:
                 await self.cd.update_labels(
                     config.digest, {LABEL_GC_SNAPSHOT + snapshotter: chains[-1]})
@@ -138,9 +148,71 @@ class Unpacker:
                         "%s", config.digest, snapshotter, exc)
             return False
         metrics.UNPACKS.labels(result="ok").inc()
-        log.info("unpacked %d of %d layers (config %s) into %s in %.1fs", made, len(layers),
-                 config.digest, snapshotter, time.monotonic() - started)
+        log.info("unpacked %d of %d layers (config %s) into %s in %.1fs%s", made, len(layers),
+                 config.digest, snapshotter, time.monotonic() - started,
+                 " (in parallel, committed in order)" if parallel else "")
         return True
+
+    async def _sequential(self, sn: str, layers: list[oci.Desc], ids: list[str],
+                          chains: list[str], committed: Callable[[str], Awaitable[None]],
+                          lease: str) -> int:
+        """One layer after the other, each on top of its parent."""
+        made = 0
+        for i, layer in enumerate(layers):
+            if await self._exists(sn, chains[i]):
+                continue
+            await committed(layer.digest)
+            parent = chains[i - 1] if i else ""
+            labels = _labels(chains[i], ids[i], parent)
+            key = await self._extract(sn, layer, ids[i], chains[i], parent, labels, lease)
+            await self._commit(sn, layer, ids[i], chains[i], key, labels, "", lease)
+            made += 1
+        return made
+
+    async def _parallel(self, sn: str, layers: list[oci.Desc], ids: list[str],
+                        chains: list[str], committed: Callable[[str], Awaitable[None]],
+                        lease: str) -> int:
+        """Snapshotters that can rebase at commit (containerd 2.x overlayfs): each layer is
+        extracted into a snapshot of its own as soon as it arrives, several at once, and the
+        snapshots are committed in chain order, each onto its parent — what containerd's own
+        unpacker does there, and why a healthy pull of many layers is not one apply after
+        the other."""
+        n = len(layers)
+        keys: list[str | None] = [None] * n  # extracted, not yet committed
+        ready = [trio.Event() for _ in range(n)]
+        limiter = trio.CapacityLimiter(EXTRACTIONS_IN_FLIGHT)
+        made = 0
+
+        async def extract(i: int) -> None:
+            if not await self._exists(sn, chains[i]):
+                await committed(layers[i].digest)
+                async with limiter:
+                    keys[i] = await self._extract(
+                        sn, layers[i], ids[i], chains[i], "",
+                        _labels(chains[i], ids[i], chains[i - 1] if i else ""), lease,
+                        upper_only=i > 0)
+            ready[i].set()  # not on failure: the nursery is cancelled then
+
+        try:
+            with _one_error():
+                async with trio.open_nursery() as nursery:
+                    for i in range(n):
+                        nursery.start_soon(extract, i)
+                    for i in range(n):
+                        await ready[i].wait()
+                        key = keys[i]
+                        if key is None:
+                            continue  # already there
+                        keys[i] = None
+                        parent = chains[i - 1] if i else ""
+                        await self._commit(sn, layers[i], ids[i], chains[i], key,
+                                           _labels(chains[i], ids[i], parent), parent, lease)
+                        made += 1
+        finally:
+            for key in keys:
+                if key is not None:
+                    await self._remove(sn, key)
+        return made
 
     async def _exists(self, snapshotter: str, key: str) -> bool:
         try:
@@ -150,37 +222,81 @@ class Unpacker:
             return False
         return True
 
-    async def _layer(self, snapshotter: str, layer: oci.Desc, diff_id: str, chain: str,
-                     parent: str, lease: str) -> None:
+    async def _extract(self, sn: str, layer: oci.Desc, diff_id: str, chain: str,
+                       parent: str, labels: dict[str, str], lease: str, *,
+                       upper_only: bool = False) -> str:
+        """Prepare an extraction snapshot and apply the layer into it; its key. The
+        uncompressed digest must be the config's diff ID. Removed again on any failure."""
         # containerd's own key format for extractions ("extract-<unique> <chain id>").
         key = f"extract-{time.time_ns()}-{os.urandom(4).hex()} {chain}"
-        labels = {LABEL_REF: chain, LABEL_DIFF_ID: diff_id}
-        if parent:
-            labels[LABEL_PARENT] = parent
         resp = await self.cd.call(self._snapshots.Prepare, snapshots_pb2.PrepareSnapshotRequest(
-            snapshotter=snapshotter, key=key, parent=parent, labels=labels), lease=lease)
+            snapshotter=sn, key=key, parent=parent, labels=labels), lease=lease)
+        mounts = list(resp.mounts)
+        if upper_only:
+            mounts = _upper_only(mounts)
         try:
             applied = await self.cd.call(self._diff.Apply, diff_pb2.ApplyRequest(
                 diff=descriptor_pb2.Descriptor(media_type=layer.media_type,
                                                digest=layer.digest, size=layer.size),
-                mounts=list(resp.mounts)), lease=lease, deadline=APPLY_DEADLINE)
+                mounts=mounts), lease=lease, deadline=APPLY_DEADLINE)
             if applied.applied.digest != diff_id:
                 raise DataLoss(f"layer {layer.digest} unpacks to {applied.applied.digest}, "
                                f"the config says {diff_id}")
-            try:
-                await self.cd.call(self._snapshots.Commit, snapshots_pb2.CommitSnapshotRequest(
-                    snapshotter=snapshotter, name=chain, key=key, labels=labels), lease=lease)
-            except AlreadyExists:
-                pass  # unpacked meanwhile (CRI at create, another import): same content
-            else:
-                key = ""  # committed: nothing to clean up
-        finally:
-            if key:
-                with trio.CancelScope(shield=True), trio.move_on_after(30):
-                    try:
-                        await self.cd.call(self._snapshots.Remove,
-                                           snapshots_pb2.RemoveSnapshotRequest(
-                                               snapshotter=snapshotter, key=key))
-                    except AgentError as exc:
-                        log.warning("could not remove extraction snapshot %r: %s", key, exc)
+        except BaseException:
+            await self._remove(sn, key)
+            raise
+        return key
+
+    async def _commit(self, sn: str, layer: oci.Desc, diff_id: str, chain: str, key: str,
+                      labels: dict[str, str], parent: str, lease: str) -> None:
+        """Commit `key` as `chain` (onto `parent` when given: a rebase), then mark the layer
+        blob with its verified uncompressed digest."""
+        try:
+            await self.cd.call(self._snapshots.Commit, snapshots_pb2.CommitSnapshotRequest(
+                snapshotter=sn, name=chain, key=key, labels=labels, parent=parent),
+                lease=lease)
+        except AlreadyExists:
+            await self._remove(sn, key)  # unpacked meanwhile (CRI, another import): same
+        except BaseException:
+            await self._remove(sn, key)
+            raise
         await self.cd.update_labels(layer.digest, {LABEL_UNCOMPRESSED: diff_id})
+
+    async def _remove(self, sn: str, key: str) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(30):
+            try:
+                await self.cd.call(self._snapshots.Remove, snapshots_pb2.RemoveSnapshotRequest(
+                    snapshotter=sn, key=key))
+            except AgentError as exc:
+                log.warning("could not remove extraction snapshot %r: %s", key, exc)
+
+
+@contextlib.contextmanager
+def _one_error() -> Iterator[None]:
+    """Parallel extractions that fail fail as one agent error (the most telling one), so
+    the caller's fallback sees what a sequential unpack would have raised."""
+    try:
+        yield
+    except BaseExceptionGroup as eg:
+        leaf = one_error(eg, "layer extractions")
+        if leaf is eg:
+            raise
+        raise leaf from None
+
+
+def _labels(chain: str, diff_id: str, parent: str) -> dict[str, str]:
+    labels = {LABEL_REF: chain, LABEL_DIFF_ID: diff_id}
+    if parent:
+        labels[LABEL_PARENT] = parent
+    return labels
+
+
+def _upper_only(mounts: list[mount_pb2.Mount]) -> list[mount_pb2.Mount]:
+    """A parentless overlayfs snapshot comes as a bind mount; its layer must be applied as an
+    overlay upper directory so whiteouts become overlay whiteouts (containerd does the same
+    in its parallel unpack)."""
+    if len(mounts) != 1 or mounts[0].type != "bind":
+        return mounts
+    m = mounts[0]
+    options = [o for o in m.options if o != "rbind"] + [f"upperdir={m.source}"]
+    return [mount_pb2.Mount(type="overlay", source="overlay", options=options)]

@@ -101,7 +101,9 @@ async def test_reimport_under_concurrent_inventory_calls(env: Env, target: str) 
 async def test_find_image_skips_nodes_with_discarded_layers(env: Env) -> None:
     """The inventory hook counts a node only if its content is complete: a record whose
     layers were discarded after unpack is not a holder (ListImages alone would say it is)."""
-    from tote_containerd import inventory, plugin
+    from types import SimpleNamespace
+
+    from tote_containerd.plugin import ContainerdPlugin
 
     a, c = env.nodes["a"], env.nodes["c"]
     img = layered_image("docker.io/tote/inv-discarded:v1", [256 * 1024, 128 * 1024], seed=311)
@@ -110,14 +112,9 @@ async def test_find_image_skips_nodes_with_discarded_layers(env: Env) -> None:
     c.import_archive(archive)
     for layer in img.layers["linux/amd64"]:
         c.ctr("content", "rm", layer.digest)
-    saved = plugin._state.settings
-    plugin._state.settings = env.settings()
-    inventory.invalidate()
-    try:
-        async with open_agent("c", env.settings()) as agent:
-            assert [r.digest for r in await agent.list_images(img.digest)] == [img.digest]
-        found = await inventory.find_image(img.digest, ["a", "b", "c"])
-    finally:
-        plugin._state.settings = saved
-        inventory.invalidate()
+    containerd = ContainerdPlugin()  # as the plugin host builds and configures it
+    containerd.configure(SimpleNamespace(settings=env.settings(), cache=None))
+    async with open_agent("c", env.settings()) as agent:
+        assert [r.digest for r in await agent.list_images(img.digest)] == [img.digest]
+    found = await containerd.find_image(img.digest, ["a", "b", "c"])
     assert found == ["a"]
