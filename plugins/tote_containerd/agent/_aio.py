@@ -28,6 +28,18 @@ S = TypeVar("S")
 R = TypeVar("R")
 
 
+def h2_config() -> Any:
+    """The one grpclib HTTP/2 configuration (agent server, agent client, containerd client):
+    flow-control windows large enough (64 MiB per connection, 16 MiB per stream) that blob
+    streams are not held back by HTTP/2's 64 KiB default window waiting for updates."""
+    import grpclib.config
+
+    return grpclib.config.Configuration(
+        http2_connection_window_size=64 * 1024 * 1024,
+        http2_stream_window_size=16 * 1024 * 1024,
+    )
+
+
 def tune_h2() -> None:
     """h2 formats every received frame with repr(); a DATA frame's repr hex-encodes its whole
     payload. Make that repr cheap (it is only used for trace logging)."""

@@ -13,14 +13,13 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpclib.client
-import grpclib.config
 import grpclib.exceptions
 import trio_asyncio
 
 from tote_containerd._gen.tote.agent.v1 import agent_grpc
 from tote_containerd._gen.tote.agent.v1 import agent_pb2 as pb
 from tote_containerd.agent import convert, errors
-from tote_containerd.agent._aio import TrioStream, aio, close_channel, open_loop
+from tote_containerd.agent._aio import TrioStream, aio, close_channel, h2_config, open_loop
 from tote_containerd.agent.api import (
     Health,
     ImageRecord,
@@ -94,9 +93,7 @@ class AgentClient:
 
     async def open(self) -> None:
         async def _mk() -> Any:
-            cfg = grpclib.config.Configuration(
-                http2_connection_window_size=64 * 1024 * 1024,
-                http2_stream_window_size=16 * 1024 * 1024)
+            cfg = h2_config()
             return grpclib.client.Channel(self._host, self._port, ssl=self._ssl, config=cfg)
 
         self._channel = await aio(_mk)

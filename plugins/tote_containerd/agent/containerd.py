@@ -12,7 +12,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import Any
 
 import grpclib.client
-import grpclib.config
 import grpclib.exceptions
 import msgspec
 import trio
@@ -28,7 +27,7 @@ from tote_containerd._gen.containerd.services.leases.v1 import leases_grpc, leas
 from tote_containerd._gen.containerd.services.version.v1 import version_grpc
 from tote_containerd._gen.containerd.types import descriptor_pb2
 from tote_containerd.agent import errors
-from tote_containerd.agent._aio import TrioStream, aio, close_channel
+from tote_containerd.agent._aio import TrioStream, aio, close_channel, h2_config
 
 WRITER_LOCK_RETRIES = 8
 WRITE_CHUNK = 4 * 1024 * 1024  # containerd refuses messages > 16 MiB
@@ -77,10 +76,7 @@ class ContainerdClient:
 
     async def connect(self) -> None:
         async def _mk() -> Any:
-            cfg = grpclib.config.Configuration(
-                http2_connection_window_size=64 * 1024 * 1024,
-                http2_stream_window_size=16 * 1024 * 1024,
-            )
+            cfg = h2_config()
             return grpclib.client.Channel(path=self.socket_path, config=cfg)
 
         self._channel = await aio(_mk)

@@ -8,7 +8,6 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import grpclib.config
 import grpclib.const
 import grpclib.exceptions
 import grpclib.health.check
@@ -18,7 +17,7 @@ import grpclib.server
 from tote_containerd._gen.tote.agent.v1 import agent_grpc
 from tote_containerd._gen.tote.agent.v1 import agent_pb2 as pb
 from tote_containerd.agent import convert, metrics, records
-from tote_containerd.agent._aio import aio, trio_from_aio
+from tote_containerd.agent._aio import aio, h2_config, trio_from_aio
 from tote_containerd.agent.api import ImportProgress
 from tote_containerd.agent.errors import AgentError, single_leaf
 from tote_containerd.agent.node_agent import NodeAgent
@@ -186,9 +185,7 @@ class GrpcServer:
         async def _start() -> None:
             self._status = grpclib.health.check.ServiceStatus()
             health = grpclib.health.service.Health({self.service: [self._status]})
-            cfg = grpclib.config.Configuration(
-                http2_connection_window_size=64 * 1024 * 1024,
-                http2_stream_window_size=16 * 1024 * 1024)
+            cfg = h2_config()
             self._server = grpclib.server.Server([self.service, health], config=cfg)
             await self._server.start(host, port, ssl=ssl_context)
 
