@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster import oci, pki, versions
-from tests.cluster.controlplane import ControlPlane, binaries_dir, start_control_plane
-from tests.cluster.node import (
-    ImageNode,
-    KubeletNode,
-    _write_kubeconfig,
-    start_image_node,
-    start_kubelet_node,
+from tests.cluster.controlplane import (
+    ControlPlane,
+    binaries_dir,
+    start_control_plane,
+    write_kubeconfig,
 )
+from tests.cluster.image_node import ImageNode, start_image_node
+from tests.cluster.node import KubeletNode, start_kubelet_node
 from tests.cluster.procs import Proc, ProcessGroup, wait_until
 
 CLUSTER_BINARIES = ("kube-controller-manager", "kube-scheduler", "kubelet")
@@ -394,21 +394,21 @@ def start_cluster(
             "kube-controller-manager", common_name="system:kube-controller-manager", client=True
         )
         sched_cert = ca.issue("kube-scheduler", common_name="system:kube-scheduler", client=True)
-        kcm_kc = _write_kubeconfig(
+        kcm_kc = write_kubeconfig(
             workdir / "kcm.kubeconfig",
             server=cp.server,
             ca_file=cp.ca_file,
             user="system:kube-controller-manager",
-            cert=kcm_cert.cert,
-            key=kcm_cert.key,
+            client_cert=kcm_cert.cert,
+            client_key=kcm_cert.key,
         )
-        sched_kc = _write_kubeconfig(
+        sched_kc = write_kubeconfig(
             workdir / "scheduler.kubeconfig",
             server=cp.server,
             ca_file=cp.ca_file,
             user="system:kube-scheduler",
-            cert=sched_cert.cert,
-            key=sched_cert.key,
+            client_cert=sched_cert.cert,
+            client_key=sched_cert.key,
         )
         procs.start("kube-controller-manager", [
             str(bin_dir / "kube-controller-manager"),

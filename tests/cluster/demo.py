@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.cluster import node as node_mod
+from tests.cluster import containerd_node as node_mod
 from tests.cluster import oci, versions
 from tests.cluster import registry as registry_mod
 from tests.cluster.cluster import KubeCluster, missing_binaries, start_cluster

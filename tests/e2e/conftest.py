@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import node as node_mod
+from tests.cluster import containerd_node as node_mod
 from tests.cluster import oci
 from tests.cluster import registry as registry_mod
 from tests.cluster.cluster import KubeCluster, missing_binaries, start_cluster

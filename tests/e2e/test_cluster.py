@@ -18,7 +18,7 @@ from tests.cluster.cluster import (
     start_cluster,
     waiting_reasons,
 )
-from tests.cluster.node import _cgroup_subsystem_dirs, _mounts_under
+from tests.cluster.host_cleanup import cgroup_subsystem_dirs, mounts_under
 from tests.cluster.procs import wait_until
 from tests.cluster.registry import Registry
 from tote_core.detect.detector import is_corrupt_content
@@ -165,9 +165,9 @@ def test_teardown_leaves_nothing_behind(
     # graceful path worked: nothing had to be killed after containerd stopped
     assert node_report["leftover_pids"] == [], node_report
     assert node.leftover_pids() == []
-    assert node_report["still_mounted"] == [] and _mounts_under(workdir) == []
+    assert node_report["still_mounted"] == [] and mounts_under(workdir) == []
     assert node_report["cgroups_left"] == []
-    for base in _cgroup_subsystem_dirs():
+    for base in cgroup_subsystem_dirs():
         assert not (base / cgroup_root.lstrip("/")).exists()
 
 

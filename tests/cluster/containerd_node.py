@@ -1,0 +1,201 @@
+"""A containerd daemon with the CRI plugin for a kubelet node: its config, its CNI
+config, starting it, and what a node needs installed (CNI plugins)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.cluster import containerd_config, oci, versions
+from tests.cluster.procs import Proc, ProcessGroup, wait_until
+
+CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
+
+
+
+def cni_bin_dir() -> str | None:
+    for d in CNI_BIN_DIRS:
+        if all(os.access(Path(d) / p, os.X_OK) for p in ("bridge", "host-local", "loopback")):
+            return d
+    return None
+
+
+def missing_prerequisites() -> list[str]:
+    """What this machine lacks to run a kubelet node (empty when it can)."""
+    missing = [
+        t for t in ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "mount", "umount")
+        if shutil.which(t) is None
+    ]  # fmt: skip
+    if cni_bin_dir() is None:
+        missing.append("CNI plugins (bridge, host-local, loopback) in " + " or ".join(CNI_BIN_DIRS))
+    if os.geteuid() != 0:
+        missing.append("root (kubelet and containerd need it)")
+    return missing
+
+
+# --------------------------------------------------------------------------- containerd
+
+
+@dataclass
+class Containerd:
+    """A containerd daemon with the CRI plugin, its own root/state/socket under `dir`."""
+
+    name: str
+    dir: Path
+    proc: Proc
+
+    @property
+    def socket(self) -> str:
+        return str(self.dir / "containerd.sock")
+
+    @property
+    def endpoint(self) -> str:
+        return f"unix://{self.socket}"
+
+    @property
+    def content_root(self) -> Path:
+        return self.dir / "root" / "io.containerd.content.v1.content"
+
+    def ctr(
+        self, *args: str, namespace: str = "k8s.io", check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            ["ctr", "--address", self.socket, "--namespace", namespace, *args],
+            capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+        if check and res.returncode != 0:
+            raise RuntimeError(f"ctr {' '.join(args)} failed: {res.stderr.strip()}")
+        return res
+
+    def image_names(self) -> list[str]:
+        out = self.ctr("images", "ls", "-q").stdout
+        return sorted(line.strip() for line in out.splitlines() if line.strip())
+
+    def trust_registry(self, host: str) -> None:
+        """Treat `host` (e.g. 127.0.0.1:5000) as a plain-HTTP registry (hosts.toml)."""
+        d = self.dir / "certs.d" / host
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "hosts.toml").write_text(
+            f'server = "http://{host}"\n\n'
+            f'[host."http://{host}"]\n'
+            '  capabilities = ["pull", "resolve", "push"]\n'
+            "  skip_verify = true\n"
+        )
+
+    def import_image(
+        self, image: oci.OciImage, name: str | None = None, *, unpack: bool = True
+    ) -> None:
+        image.import_into(self.socket, name=name, unpack=unpack)
+
+    def delete_blob(self, digest: str) -> None:
+        """Remove one blob from the content store (to make a corrupt image record)."""
+        self.ctr("content", "rm", digest)
+
+    def remove_all_tasks(self) -> list[str]:
+        """SIGKILL and delete every task and container in `k8s.io` (what a drain would do)."""
+        removed: list[str] = []
+        if not self.proc.alive():
+            return removed
+        tasks = self.ctr("tasks", "ls", "-q", check=False).stdout.split()
+        for t in tasks:
+            self.ctr("tasks", "kill", "--all", "--signal", "SIGKILL", t, check=False)
+        for t in tasks:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                res = self.ctr("tasks", "delete", "--force", t, check=False)
+                if res.returncode == 0 or "not found" in res.stderr:
+                    break
+                time.sleep(0.2)
+            removed.append(t)
+        for c in self.ctr("containers", "ls", "-q", check=False).stdout.split():
+            self.ctr("containers", "delete", c, check=False)
+        return removed
+
+
+def write_containerd_config(d: Path, *, pause_image: str) -> Path:
+    cni_bin = cni_bin_dir() or CNI_BIN_DIRS[0]
+    for sub in ("root", "state", "opt", "certs.d", "cni/net.d", "cni/ipam"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    cfg = d / "containerd.toml"
+    cfg.write_text(containerd_config.cri(d, pause=pause_image, cni_bin=cni_bin))
+    return cfg
+
+
+def write_cni_config(d: Path, *, bridge: str, subnet: str) -> None:
+    """bridge + host-local (+ CRI's own loopback): makes the node report NetworkReady.
+
+    No test traffic uses it (test pods are hostNetwork); no ipMasq, no portmap → no iptables.
+    """
+    conf = {
+        "cniVersion": "0.4.0",
+        "name": "tote-test",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": False,
+                "ipMasq": False,
+                "hairpinMode": False,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": subnet}]],
+                    "dataDir": str(d / "cni" / "ipam"),
+                },
+            }
+        ],
+    }
+    (d / "cni" / "net.d" / "10-tote.conflist").write_text(json.dumps(conf, indent=2))
+
+
+def start_containerd(
+    procs: ProcessGroup, d: Path, *, name: str, pause_image: str, subnet: str = "10.244.0.0/24"
+) -> Containerd:
+    versions.use_containerd()
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = write_containerd_config(d, pause_image=pause_image)
+    write_cni_config(d, bridge=f"tote{secrets.token_hex(3)}", subnet=subnet)
+    proc = procs.start(f"containerd-{name}", ["containerd", "--config", str(cfg)])
+    cd = Containerd(name=name, dir=d, proc=proc)
+    wait_until(
+        lambda: Path(cd.socket).exists() and cd.ctr("version", check=False).returncode == 0,
+        timeout=30, what=f"containerd {name} socket", proc=proc,
+    )  # fmt: skip
+    return cd
+
+
+class ContainerdBacked:
+    """What a node (kubelet or image-only) answers through its own containerd."""
+
+    containerd: Containerd
+    procs: ProcessGroup
+
+    @property
+    def socket(self) -> str:
+        return self.containerd.socket
+
+    def ctr(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return self.containerd.ctr(*args, **kw)
+
+    def image_names(self) -> list[str]:
+        return self.containerd.image_names()
+
+    def trust_registry(self, host: str) -> None:
+        self.containerd.trust_registry(host)
+
+    def import_image(
+        self, image: oci.OciImage, name: str | None = None, *, unpack: bool = True
+    ) -> None:
+        self.containerd.import_image(image, name=name, unpack=unpack)
+
+    def delete_blob(self, digest: str) -> None:
+        self.containerd.delete_blob(digest)
+
+    def logs(self) -> dict[str, str]:
+        return self.procs.logs()
