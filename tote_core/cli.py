@@ -19,7 +19,8 @@ import trio
 
 from tote_core import __version__, logs, tlsfiles
 from tote_core.errors import ConfigError, leaves
-from tote_core.settings import ControllerSettings, parse_args
+from tote_core.settings import ControllerSettings
+from tote_core.settings_loader import parse_args
 from tote_core.signals import until_signalled
 
 log = logging.getLogger("tote")
@@ -57,7 +58,7 @@ def _plugins(argv: Sequence[str]) -> int:
     parser.add_argument("--config", default=None)
     args = parser.parse_args(list(argv))
     from tote_core.hooks.host import PluginHost
-    from tote_core.settings import load
+    from tote_core.settings_loader import load
 
     disabled = [d for d in args.disabled.split(",") if d]
     if args.config:

@@ -1,12 +1,12 @@
 """No rendering of the chart produces a pod that would refuse to start.
 
 For every value set of test_helm.py, each container's rendered args go through tote's real
-settings loader (`tote_core.settings.parse_args`, exactly what `tote controller` / `tote agent`
-call first), with `$(VAR)` expanded as kubelet would and every mounted file present: the
-chart's own TLS Secrets where it renders them, else certificates of the shape its documented
-sources provide. Then the start-up checks that refuse to run are applied too (the agent's
-mTLS-or-`--insecure` rule and loading the TLS contexts, the controller's agent TLS context and
-token signer). Nothing is started.
+settings loader (`tote_core.settings_loader.parse_args`, exactly what `tote controller` /
+`tote agent` call first), with `$(VAR)` expanded as kubelet would and every mounted file
+present: the chart's own TLS Secrets where it renders them, else certificates of the shape
+its documented sources provide. Then the start-up checks that refuse to run are applied too
+(the agent's mTLS-or-`--insecure` rule and loading the TLS contexts, the controller's agent
+TLS context and token signer). Nothing is started.
 
 The self-generated certificates are also used for a real TLS 1.3 handshake: the agent's
 server context sees the controller identity, the controller's client context sees an agent,
@@ -33,7 +33,8 @@ from tote_containerd.plugin import controller_ssl_context
 from tests.integration.containerd.certs import make_pki
 from tests.integration.test_helm import VALUE_SETS, Helm, by_kind, helm, pod_spec  # noqa: F401
 from tote_core import tlsfiles
-from tote_core.settings import ControllerSettings, parse_args
+from tote_core.settings import ControllerSettings
+from tote_core.settings_loader import parse_args
 
 SIGNING_KEY = b"chart-test-hmac-key"
 ENV = {"NODE_NAME": "node-a", "HOST_IP": "127.0.0.2", "POD_NAME": "tote-controller-0",

@@ -17,7 +17,7 @@ from tote_containerd.agent.settings import AgentSettings
 
 from tests.cluster.procs import free_port
 from tote_core.errors import ConfigError
-from tote_core.settings import parse_args
+from tote_core.settings_loader import parse_args
 
 
 def _settings(tmp_path: Path, *args: str) -> AgentSettings:

@@ -9,7 +9,8 @@ from tote_containerd.agent import errors
 from tote_containerd.agent.settings import AgentSettings
 
 from tote_core.errors import ConfigError, PermanentError, RetryLater
-from tote_core.settings import ControllerSettings, parse_args
+from tote_core.settings import ControllerSettings
+from tote_core.settings_loader import parse_args
 
 
 class Pod(msgspec.Struct):

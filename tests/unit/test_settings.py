@@ -10,14 +10,9 @@ import pytest
 from tote_containerd.agent.settings import AgentSettings
 
 from tote_core.errors import ConfigError
-from tote_core.settings import (
-    ControllerSettings,
-    load,
-    parse_args,
-    parse_bool,
-    parse_duration,
-    parse_size,
-)
+from tote_core.settings import ControllerSettings
+from tote_core.settings_loader import load, parse_args
+from tote_core.values import parse_bool, parse_duration, parse_size
 
 
 def test_defaults_match_spec() -> None:

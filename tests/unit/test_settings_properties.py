@@ -40,14 +40,10 @@ from tote_containerd.agent.settings import AgentSettings
 from tote_core.annotations import flag
 from tote_core.errors import ConfigError
 from tote_core.kube.cache import Caches
-from tote_core.settings import (
-    ControllerSettings,
-    load,
-    parse_args,
-    parse_duration,
-    parse_size,
-)
+from tote_core.settings import ControllerSettings
+from tote_core.settings_loader import load, parse_args
 from tote_core.structs.kube import ConfigMap, ObjectMeta
+from tote_core.values import parse_duration, parse_size
 
 FAST = settings(max_examples=150, deadline=2000,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])

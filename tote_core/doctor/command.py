@@ -24,7 +24,8 @@ from tote_core.doctor import checks
 from tote_core.hooks.host import PluginHost
 from tote_core.kube import config as kube_config
 from tote_core.kube.client import KubeClient
-from tote_core.settings import ControllerSettings, load
+from tote_core.settings import ControllerSettings
+from tote_core.settings_loader import load
 
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
 

@@ -11,8 +11,8 @@ from tote_core.detect import inventory
 from tote_core.detect.reference import ImageReference
 from tote_core.kube.client import KubeClient, resource_path
 from tote_core.kube.informer import Informer
-from tote_core.settings import parse_bool
 from tote_core.structs.kube import ConfigMap, Namespace, Node, Pod
+from tote_core.values import parse_bool
 
 NAMESPACE_INDEX = "namespace"
 

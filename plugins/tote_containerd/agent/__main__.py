@@ -12,7 +12,7 @@ import trio
 from tote_containerd.agent.settings import AgentSettings
 from tote_core import logs
 from tote_core.errors import ConfigError, single_leaf
-from tote_core.settings import parse_args
+from tote_core.settings_loader import parse_args
 from tote_core.signals import until_signalled
 
 

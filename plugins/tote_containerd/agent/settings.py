@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from tote_core.settings import CommonSettings, check_port
+from tote_core.settings import CommonSettings
+from tote_core.values import check_port
 
 
 class AgentSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
