@@ -183,33 +183,24 @@ def build_image(
     workdir.mkdir(parents=True, exist_ok=True)
     slug = name.replace("/", "_").replace(":", "_").replace("@", "_")
     layout = workdir / f"layout-{slug}"
-    rootfs = workdir / f"rootfs-{slug}"
-    for d in (layout, rootfs):
-        if d.exists():
-            shutil.rmtree(d)
-    rootfs.mkdir(parents=True)
-    for dest, src in files.items():
-        target = rootfs / dest.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, target)
-        target.chmod(0o755)
+    if layout.exists():
+        shutil.rmtree(layout)
     tag = "img"
     ref = f"{layout}:{tag}"
     _run(["umoci", "init", "--layout", str(layout)])
     _run(["umoci", "new", "--image", ref])
-    _run(["umoci", "insert", "--image", ref, str(rootfs), "/"])
-    for n, layer in enumerate(extra_layers or []):
-        more = workdir / f"rootfs-{slug}-{n}"
-        if more.exists():
-            shutil.rmtree(more)
-        more.mkdir(parents=True)
+    for n, layer in enumerate([files, *(extra_layers or [])]):
+        rootfs = workdir / f"rootfs-{slug}-{n}"
+        if rootfs.exists():
+            shutil.rmtree(rootfs)
+        rootfs.mkdir(parents=True)
         for dest, src in layer.items():
-            target = more / dest.lstrip("/")
+            target = rootfs / dest.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, target)
             target.chmod(0o755)
-        _run(["umoci", "insert", "--image", ref, str(more), "/"])
-        shutil.rmtree(more)
+        _run(["umoci", "insert", "--image", ref, str(rootfs), "/"])
+        shutil.rmtree(rootfs)
     argv = [
         "umoci", "config", "--image", ref, "--os", "linux", "--architecture", go_arch(),
         "--no-history",
@@ -223,7 +214,6 @@ def build_image(
     for k, v in (labels or {}).items():
         argv += ["--config.label", f"{k}={v}"]
     _run(argv)
-    shutil.rmtree(rootfs)
     index = json.loads((layout / "index.json").read_text())
     (desc,) = [
         m
