@@ -23,6 +23,10 @@ index was not (`note`).
 Credentials arrive as a ready `Authorization` value (the controller reads the Secret and does
 the token exchange, so an agent never sees a password for a token-auth registry); this module
 never logs it. No retries: a failed push is reported to the controller, which reports it.
+
+Why one module of ~400 lines: it is one protocol (the distribution spec's push order —
+blobs, mounts, chunked uploads, manifests last), and the steps share the request's
+registry, credentials and error mapping; split, each half would need the other's.
 """
 
 from __future__ import annotations
