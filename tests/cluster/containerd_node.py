@@ -45,7 +45,8 @@ def missing_prerequisites() -> list[str]:
 
 @dataclass
 class Containerd:
-    """A containerd daemon with the CRI plugin, its own root/state/socket under `dir`."""
+    """A containerd daemon, its own root/state/socket under `dir`: a kubelet node's (CRI
+    plugin on) or an integration test's "node" (`tests/integration/containerd/nodes.py`)."""
 
     name: str
     dir: Path
@@ -64,7 +65,7 @@ class Containerd:
         return self.dir / "root" / "io.containerd.content.v1.content"
 
     def ctr(
-        self, *args: str, namespace: str = "k8s.io", check: bool = True, timeout: float = 60
+        self, *args: str, namespace: str = "k8s.io", check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         res = subprocess.run(
             ["ctr", "--address", self.socket, "--namespace", namespace, *args],
@@ -77,6 +78,16 @@ class Containerd:
     def image_names(self) -> list[str]:
         out = self.ctr("images", "ls", "-q").stdout
         return sorted(line.strip() for line in out.splitlines() if line.strip())
+
+    def blob_present(self, digest: str) -> bool:
+        """In the namespace's content metadata (files of deleted blobs go at the next GC)."""
+        return digest in self.ctr("content", "ls", "-q").stdout.split()
+
+    def import_archive(self, archive: Path, *, all_platforms: bool = False) -> None:
+        args = ["images", "import", "--no-unpack"]
+        if all_platforms:
+            args.append("--all-platforms")
+        self.ctr(*args, str(archive))
 
     def trust_registry(self, host: str) -> None:
         """Treat `host` (e.g. 127.0.0.1:5000) as a plain-HTTP registry (hosts.toml)."""

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.cluster import containerd_config, versions
+
+# The same containerd wrapper as the e2e nodes', under the name these tests use for it.
+from tests.cluster.containerd_node import Containerd as Node
 from tests.cluster.procs import Proc, ProcessGroup, free_port, port_open, wait_until
 from tests.integration.containerd.certs import PKI
 from tote_core.settings import ControllerSettings
@@ -34,42 +36,6 @@ def containerd_unusable() -> str | None:
     if os.geteuid() != 0:
         return "needs root to run containerd"
     return None
-
-
-@dataclass
-class Node:
-    name: str
-    dir: Path
-    proc: Proc
-
-    @property
-    def socket(self) -> str:
-        return str(self.dir / "containerd.sock")
-
-    @property
-    def content_root(self) -> Path:
-        return self.dir / "root" / "io.containerd.content.v1.content"
-
-    def ctr(self, *args: str, namespace: str = "k8s.io", check: bool = True,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["ctr", "--address", self.socket, "--namespace", namespace, *args],
-            capture_output=True, text=True, check=check, timeout=timeout,
-        )
-
-    def image_names(self) -> list[str]:
-        out = self.ctr("images", "ls", "-q").stdout
-        return sorted(line.strip() for line in out.splitlines() if line.strip())
-
-    def blob_present(self, digest: str) -> bool:
-        """In the namespace's content metadata (files of deleted blobs go at the next GC)."""
-        return digest in self.ctr("content", "ls", "-q").stdout.split()
-
-    def import_archive(self, archive: Path, *, all_platforms: bool = False) -> None:
-        args = ["images", "import", "--no-unpack"]
-        if all_platforms:
-            args.append("--all-platforms")
-        self.ctr(*args, str(archive))
 
 
 def start_node(group: ProcessGroup, base: Path, name: str, *, cri: bool = False) -> Node:
