@@ -28,13 +28,10 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
 import trio  # noqa: E402
 
+from tests.cluster.procs import cpu_seconds  # noqa: E402
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
-
-
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
 
 
 async def _serve_trio(port_file: Path, blob: Path, size: int, cert: str, key: str,
@@ -119,14 +116,14 @@ def run(mode: str, d: Path, blob: Path, streams: int) -> tuple[float, float, flo
             except BaseException as exc:  # reported below
                 errors.append(exc)
 
-        s0, c0, t0 = _cpu(server.pid), time.process_time(), time.monotonic()
+        s0, c0, t0 = cpu_seconds(server.pid), time.process_time(), time.monotonic()
         threads = [threading.Thread(target=one) for _ in range(streams)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         wall = time.monotonic() - t0
-        s1, c1 = _cpu(server.pid), time.process_time()
+        s1, c1 = cpu_seconds(server.pid), time.process_time()
         if errors:
             raise errors[0]
         gib = size * streams / GiB

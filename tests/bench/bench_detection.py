@@ -43,7 +43,7 @@ import trio
 
 from tests.cluster.controller import ControllerProcess
 from tests.cluster.controlplane import ControlPlane, binaries_dir, start_control_plane
-from tests.cluster.procs import ProcessGroup, wait_until
+from tests.cluster.procs import ProcessGroup, cpu_seconds, wait_until
 from tests.cluster.webhook import Receiver
 
 DIGEST = "sha256:" + "d" * 64
@@ -56,12 +56,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` so far (from /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def loadavg() -> str:

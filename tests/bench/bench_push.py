@@ -35,8 +35,7 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
 import trio  # noqa: E402
 
-from tests.bench.bench_transfer import cpu_seconds  # noqa: E402
-from tests.cluster.procs import ProcessGroup  # noqa: E402
+from tests.cluster.procs import ProcessGroup, cpu_seconds  # noqa: E402
 from tests.cluster.registry import start_registry  # noqa: E402
 from tests.images.build import CACHE, layered_image  # noqa: E402
 from tests.integration.containerd.certs import make_pki  # noqa: E402
@@ -141,12 +140,12 @@ def main() -> None:
         cpu_agent: list[float] = []
         for r in range(args.rounds):
             reg.empty()
-            cpu0 = cpu_seconds([agent_pid])
+            cpu0 = cpu_seconds(agent_pid, children=True)
             with PeakRSS([agent_pid, os.getpid()]) as peak:
                 mbps, n = trio.run(tote_push, env, url, img.digest, f"tote/bench{r}")
             assert n == moved, (n, moved)
             tote_runs.append(mbps)
-            cpu_agent.append(cpu_seconds([agent_pid]) - cpu0)
+            cpu_agent.append(cpu_seconds(agent_pid, children=True) - cpu0)
             growth_agent.append(peak.growth(agent_pid))
             growth_self.append(peak.growth(os.getpid()))
             print(f"round {r + 1}: tote push {mbps:7.1f} MB/s (agent RSS +"

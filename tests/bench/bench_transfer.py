@@ -37,23 +37,13 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 import trio  # noqa: E402
 
 from tests.cluster import versions  # noqa: E402
-from tests.cluster.procs import Proc, ProcessGroup  # noqa: E402
+from tests.cluster.procs import Proc, ProcessGroup, cpu_seconds  # noqa: E402
 from tests.images.build import CACHE, layered_image  # noqa: E402
 from tests.integration.containerd.certs import make_pki  # noqa: E402
 from tests.integration.containerd.nodes import Env, start_node  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
-
-
-def cpu_seconds(pid: int) -> float:
-    """user+system CPU time of a process (and its reaped children) so far."""
-    tick = os.sysconf("SC_CLK_TCK")
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(x) for x in fields[11:15]) / tick
 
 
 class CpuMeter:
@@ -65,10 +55,10 @@ class CpuMeter:
         self.used: dict[str, float] = {}
 
     def start(self) -> None:
-        self._t0 = {n: cpu_seconds(p) for n, p in self.procs.items()}
+        self._t0 = {n: cpu_seconds(p, children=True) for n, p in self.procs.items()}
 
     def stop(self) -> None:
-        self.used = {n: cpu_seconds(p) - self._t0[n] for n, p in self.procs.items()}
+        self.used = {n: cpu_seconds(p, children=True) - self._t0[n] for n, p in self.procs.items()}
 
     def per_gib(self, nbytes: int) -> str:
         gib = nbytes / GiB

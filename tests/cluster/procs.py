@@ -138,3 +138,11 @@ def port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User + system CPU seconds `pid` has used so far, from /proc/PID/stat; with
+    `children`, plus those of its children it has reaped. Raises OSError once `pid` is
+    gone (a silent 0 would read as "used nothing")."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15 if children else 13]) / os.sysconf("SC_CLK_TCK")

@@ -32,7 +32,7 @@ import pytest
 
 from tests.cluster.controller import ControllerProcess
 from tests.cluster.objects import create_pod, set_waiting, wait_event
-from tests.cluster.procs import wait_until
+from tests.cluster.procs import cpu_seconds, wait_until
 from tests.cluster.registry import available, start_registry
 from tests.cluster.webhook import Receiver
 from tests.images.build import Image, layered_image
@@ -55,11 +55,6 @@ def image(senv: SalvageEnv, tmp_path_factory: pytest.TempPathFactory) -> Image:
         senv.preload(node, img, archive)
     archive.unlink()
     return img
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -192,10 +187,10 @@ class Run:
         ctl = ctl or self.ctl
         assert ctl.proc is not None
         attempts = int(ctl.metric("tote_salvage_attempts_total"))
-        cpu0 = _cpu_seconds(ctl.proc.pid)
+        cpu0 = cpu_seconds(ctl.proc.pid)
         time.sleep(3)
         assert int(ctl.metric("tote_salvage_attempts_total")) == attempts
-        spent = _cpu_seconds(ctl.proc.pid) - cpu0
+        spent = cpu_seconds(ctl.proc.pid) - cpu0
         assert spent < 1.0, f"controller used {spent:.2f} CPU-s in 3 s after the outcome"
         return attempts
 
