@@ -51,7 +51,7 @@ class Importer:
         self.fast = FastPath(content.cd, content.content_root, data_ssl) \
             if content.fast_path else None
         self._import_locks: dict[str, trio.Lock] = {}
-        self._unpacker: Unpacker | None = None
+        self.unpacker = Unpacker(content.cd)
 
     async def import_from(self, req: ImportRequest, progress: ProgressFn) -> ImportProgress:
         oci.check_digest(req.digest)
@@ -134,8 +134,7 @@ class Importer:
             # after a failed transfer so a retry resumes the in-flight ingests.
             await self.cd.create_lease(lease, expire_in=IMPORT_LEASE_TTL,
                                        labels={"tote.dev/import": req.digest})
-            self._unpacker = self._unpacker or Unpacker(self.cd)
-            snapshotter = await self._unpacker.snapshotter()
+            snapshotter = await self.unpacker.snapshotter()
             arrived = {d.digest: trio.Event() for d in missing}
 
             async def committed(digest: str) -> None:
@@ -163,7 +162,7 @@ class Importer:
                         # Layer by layer, each as soon as it is committed, while later
                         # ones are still in flight; failure only logs (CRI unpacks later).
                         nursery.start_soon(partial(
-                            self._unpacker.unpack, snapshotter, config, layers,
+                            self.unpacker.unpack, snapshotter, config, layers,
                             committed=committed, lease=lease))
             except BaseExceptionGroup as eg:
                 leaf = one_error(eg, "parallel blob streams")

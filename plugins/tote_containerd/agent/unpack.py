@@ -101,6 +101,7 @@ class Unpacker:
         self._diff = cd.stub(diff_grpc.DiffStub)
         self._cri = cd.stub(images_grpc.ImageServiceStub)
         self._snapshotter: str | None = None
+        self._parallel: bool | None = None  # rebase-capable overlayfs (fixed per daemon)
 
     async def snapshotter(self) -> str | None:
         """CRI's snapshotter on this node, or None (with the reason logged once per import)."""
@@ -133,11 +134,8 @@ class Unpacker:
             await committed(config.digest)
             ids = diff_ids_of(await self.cd.read_all(config.digest), len(layers))
             chains = chain_ids(ids)
-            # Parallel only where containerd itself does it (overlayfs that can rebase): the
-            # upper-directory trick below is overlayfs's.
-            parallel = len(layers) > 1 and snapshotter == "overlayfs" and REBASE in \
-                await self.cd.snapshotter_capabilities(snapshotter)
-            run = self._parallel if parallel else self._sequential
+            parallel = len(layers) > 1 and await self._can_extract_in_parallel(snapshotter)
+            run = self._parallel_unpack if parallel else self._sequential_unpack
             made = await run(snapshotter, layers, ids, chains, committed, lease)
             if chains:
                 await self.cd.update_labels(
@@ -153,7 +151,7 @@ class Unpacker:
                  " (in parallel, committed in order)" if parallel else "")
         return True
 
-    async def _sequential(self, sn: str, layers: list[oci.Desc], ids: list[str],
+    async def _sequential_unpack(self, sn: str, layers: list[oci.Desc], ids: list[str],
                           chains: list[str], committed: Callable[[str], Awaitable[None]],
                           lease: str) -> int:
         """One layer after the other, each on top of its parent."""
@@ -169,7 +167,7 @@ class Unpacker:
             made += 1
         return made
 
-    async def _parallel(self, sn: str, layers: list[oci.Desc], ids: list[str],
+    async def _parallel_unpack(self, sn: str, layers: list[oci.Desc], ids: list[str],
                         chains: list[str], committed: Callable[[str], Awaitable[None]],
                         lease: str) -> int:
         """Snapshotters that can rebase at commit (containerd 2.x overlayfs): each layer is
@@ -213,6 +211,14 @@ class Unpacker:
                 if key is not None:
                     await self._remove(sn, key)
         return made
+
+    async def _can_extract_in_parallel(self, snapshotter: str) -> bool:
+        """Only where containerd itself does it: overlayfs that can rebase at commit (the
+        upper-directory trick in `_upper_only` is overlayfs's). Asked once per agent."""
+        if self._parallel is None:
+            self._parallel = snapshotter == "overlayfs" and REBASE in \
+                await self.cd.snapshotter_capabilities(snapshotter)
+        return self._parallel
 
     async def _exists(self, snapshotter: str, key: str) -> bool:
         try:
