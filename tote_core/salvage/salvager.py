@@ -64,7 +64,6 @@ class SalvageEngine:
         records: RecordStore | None = None,
     ) -> None:
         self.settings = settings
-        self.kube = kube
         self.caches = caches
         self.host = host
         self.records = records or RecordStore(kube)
@@ -72,7 +71,6 @@ class SalvageEngine:
         self.queue = WorkQueue(base_delay=30.0, max_delay=300.0)
         self.jobs: dict[str, Job] = {}
         self.active_by_source: Counter[str] = Counter()
-        self.active = 0
         pods = PodActions(kube, caches, host, recorder)
         self.outcomes = Outcomes(self.records, pods, host)
         self.corrupt = CorruptRecords(host, pods)
@@ -258,7 +256,6 @@ class SalvageEngine:
 
         metrics.SALVAGE_ATTEMPTS.inc()
         self.active_by_source[source] += 1
-        self.active += 1
         log.info("salvage %s/%s: %s from %s to %s", job.namespace, job.record, inc.digest,
                  source, inc.node_name)
         try:
@@ -270,4 +267,3 @@ class SalvageEngine:
             ) from exc
         finally:
             self.active_by_source[source] -= 1
-            self.active -= 1
