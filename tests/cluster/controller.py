@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.cluster import prom
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.procs import Proc, ProcessGroup, free_port, wait_until
 
@@ -82,12 +83,7 @@ class ControllerProcess:
     def metrics(self) -> dict[str, float]:
         """Sample name (with labels) → value, from /metrics."""
         _, body = self._get("/metrics")
-        out: dict[str, float] = {}
-        for line in body.decode().splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+        return prom.parse(body.decode())
 
     def metric(self, name: str) -> float:
         return self.metrics().get(name, 0.0)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster import containerd_node as node_mod
-from tests.cluster import oci, versions
+from tests.cluster import oci, prom, versions
 from tests.cluster import registry as registry_mod
 from tests.cluster.cluster import KubeCluster, missing_binaries, start_cluster
 from tests.cluster.controlplane import binaries_dir
@@ -122,23 +122,17 @@ def _running_pod(cluster: KubeCluster) -> dict[str, Any] | None:
 
 
 def _controller_metrics(tote: Install) -> dict[str, float]:
-    """The controller's counters, from its /metrics (host network: the node's address)."""
-    import urllib.request
-
-    port = tote.values["controller"]["metricsPort"]
-    out: dict[str, float] = {}
+    """The controller's counters summed over their labels, from its /metrics (host
+    network: the node's address); empty if it cannot be reached."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as r:
-            body = r.read().decode()
+        samples = prom.parse(prom.fetch(tote.values["controller"]["metricsPort"], timeout=3))
     except OSError:
-        return out
-    for line in body.splitlines():
-        if line.startswith("tote_") and " " in line:
-            name, _, value = line.rpartition(" ")
-            try:
-                out[name.split("{", 1)[0]] = out.get(name.split("{", 1)[0], 0.0) + float(value)
-            except ValueError:
-                continue
+        return {}
+    out: dict[str, float] = {}
+    for sample, value in samples.items():
+        name = sample.split("{", 1)[0]
+        if name.startswith("tote_"):
+            out[name] = out.get(name, 0.0) + value
     return out
 
 

@@ -20,7 +20,6 @@ back-off, tote's events, pod replacement, Running.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.cluster import oci
+from tests.cluster import oci, prom
 from tests.cluster.cluster import (
     KubeCluster,
     deployment_manifest,
@@ -140,17 +139,8 @@ class SalvageEnv:
         return got[0]
 
     def agent_metric(self, node: str, name: str) -> float:
-        import urllib.request
-
-        port = self.agents[node].metrics_port
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as r:
-            body = r.read().decode()
-        total = 0.0
-        for line in body.splitlines():
-            if line.startswith(name) and not line.startswith("#"):
-                with contextlib.suppress(ValueError):
-                    total += float(line.rpartition(" ")[2])
-        return total
+        return prom.total(prom.parse(prom.fetch(self.agents[node].metrics_port, timeout=3)),
+                          name)
 
     def logs(self) -> dict[str, str]:
         out = dict(self.group.logs())

@@ -34,6 +34,7 @@ from tote_registry.auth import Credentials
 from tote_registry.client import RegistryClient, push_scope
 
 from tests.cluster.pki import make_ca
+from tests.cluster.prom import scrape_total
 from tests.cluster.registry import Registry, available, start_registry
 from tests.images.build import Image, layered_image, multiarch_image
 from tests.integration.containerd.nodes import Env
@@ -223,10 +224,7 @@ async def test_6_tls_without_ca_and_bad_requests(env: Env, registry: Registry) -
 
 
 def _agent_metric(env: Env, node: str, name: str) -> float:
-    port = env.agents[node].metrics_port
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.decode().splitlines()
-               if line.startswith(name) and not line.startswith("#"))
+    return scrape_total(env.agents[node].metrics_port, name)
 
 
 async def test_7_registry_stopped_mid_push(env: Env, registry: Registry) -> None:

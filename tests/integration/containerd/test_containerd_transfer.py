@@ -8,7 +8,6 @@ test_containerd_security.py.
 
 from __future__ import annotations
 
-import urllib.request
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from tote_containerd.agent.errors import AgentError, DataLoss, InvalidArgument
 from tote_containerd.agent.tokens import Signer
 from tote_containerd.plugin import open_agent, run_transfer
 
+from tests.cluster.prom import scrape_total
 from tests.images.build import layered_image, multiarch_image, runnable_image
 from tests.integration.containerd.nodes import Env
 from tote_core.errors import PermanentError
@@ -45,13 +45,7 @@ async def _import(env: Env, source: str, target: str, digest: str, names: list[s
 
 def _metric(env: Env, node: str, name: str) -> float:
     agent = env.agents[node] if node in env.agents else env.extra[node]
-    port = agent.metrics_port
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-    total = 0.0
-    for line in text.decode().splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return scrape_total(agent.metrics_port, name)
 
 
 async def test_copy_runs_and_has_three_cri_names(env: Env) -> None:

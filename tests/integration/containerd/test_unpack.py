@@ -16,7 +16,6 @@ a multi-arch index.
 from __future__ import annotations
 
 import json
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tote_containerd.agent.tokens import Signer
 from tote_containerd.agent.unpack import chain_ids
 from tote_containerd.plugin import open_agent
 
+from tests.cluster.prom import scrape_total
 from tests.images.build import Blob, Image, compressed_image, digest_of, multiarch_image
 from tests.integration.containerd.nodes import AgentProc, Env, Node, start_node
 
@@ -91,11 +91,8 @@ def _unpack_facts(node: Node, img: Image, namespace: str) -> dict[str, object]:
 
 
 def _unpacks(env: Env, node: str, result: str) -> float:
-    port = env.agents[node].metrics_port
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-    want = f'tote_agent_unpacks_total{{result="{result}"}}'
-    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.decode().splitlines()
-               if ln.startswith(want))
+    return scrape_total(env.agents[node].metrics_port,
+                        f'tote_agent_unpacks_total{{result="{result}"}}')
 
 
 IMAGES = {
