@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 # One exception-group helper for tote, re-exported for the agent's modules.
@@ -88,3 +90,16 @@ def one_error(eg: BaseExceptionGroup[Any], what: str) -> BaseException:
     one = type(pick)(f"{pick} ({len(errs)} {what} failed)", reason=pick.reason)
     one.__cause__ = pick
     return one
+
+
+@contextlib.contextmanager
+def as_one_error(what: str) -> Iterator[None]:
+    """Around a nursery of parallel work: what fails together leaves as `one_error`'s
+    single agent error (or the group itself, when something else failed too)."""
+    try:
+        yield
+    except BaseExceptionGroup as eg:
+        leaf = one_error(eg, what)
+        if leaf is eg:
+            raise
+        raise leaf from None

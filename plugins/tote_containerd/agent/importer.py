@@ -27,7 +27,7 @@ from tote_containerd.agent.errors import (
     FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
-    one_error,
+    as_one_error,
 )
 from tote_containerd.agent.fast_path import FastPath
 from tote_containerd.agent.peer import Peer, PeerOpener, split_endpoint
@@ -151,7 +151,7 @@ class Importer:
             await progress(prog)
             reporter = Reporter(prog, progress)
             sem = trio.Semaphore(max(1, req.parallelism or self.parallelism))
-            try:
+            with as_one_error("parallel blob streams"):
                 async with trio.open_nursery() as nursery:
                     for d in sorted(missing, key=lambda x: -x.size):
                         nursery.start_soon(self._fetch_one, peer, sess, d, lease, sem,
@@ -164,11 +164,6 @@ class Importer:
                         nursery.start_soon(partial(
                             self.unpacker.unpack, snapshotter, config, layers,
                             committed=committed, lease=lease))
-            except BaseExceptionGroup as eg:
-                leaf = one_error(eg, "parallel blob streams")
-                if leaf is eg:
-                    raise
-                raise leaf from None
             prog.phase = "committing"
             await progress(prog)
             # Parents after children, each with GC labels pointing at its children.

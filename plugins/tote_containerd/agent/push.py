@@ -54,7 +54,7 @@ from tote_containerd.agent.errors import (
     PermissionDenied,
     Unauthenticated,
     Unavailable,
-    one_error,
+    as_one_error,
 )
 
 log = logging.getLogger("tote.agent.push")
@@ -393,15 +393,10 @@ class Pusher:
                     async with limit:
                         await self._push_blob(http, d)
 
-                try:
+                with as_one_error("parallel blob uploads"):
                     async with trio.open_nursery() as nursery:
                         for d in sorted(blobs, key=lambda b: -b.size):  # big first: less tail
                             nursery.start_soon(one, d)
-                except BaseExceptionGroup as eg:  # parallel uploads fail together
-                    leaf = one_error(eg, "parallel blob uploads")
-                    if leaf is eg:
-                        raise
-                    raise leaf from None
                 for c in chains:  # an index's children, by digest, before the index
                     if await self._manifest_at(http, c.desc.digest, c.desc.media_type) is None:
                         await self._put_manifest(http, c.desc.digest, c.desc, c.data)

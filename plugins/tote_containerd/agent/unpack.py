@@ -23,12 +23,11 @@ failure, the image is left as before (CRI unpacks at create) with the reason log
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -46,7 +45,7 @@ from tote_containerd.agent.errors import (
     AlreadyExists,
     DataLoss,
     NotFound,
-    one_error,
+    as_one_error,
 )
 
 log = logging.getLogger("tote.agent")
@@ -192,7 +191,7 @@ class Unpacker:
             ready[i].set()  # not on failure: the nursery is cancelled then
 
         try:
-            with _one_error():
+            with as_one_error("layer extractions"):
                 async with trio.open_nursery() as nursery:
                     for i in range(n):
                         nursery.start_soon(extract, i)
@@ -275,19 +274,6 @@ class Unpacker:
                     snapshotter=sn, key=key))
             except AgentError as exc:
                 log.warning("could not remove extraction snapshot %r: %s", key, exc)
-
-
-@contextlib.contextmanager
-def _one_error() -> Iterator[None]:
-    """Parallel extractions that fail fail as one agent error (the most telling one), so
-    the caller's fallback sees what a sequential unpack would have raised."""
-    try:
-        yield
-    except BaseExceptionGroup as eg:
-        leaf = one_error(eg, "layer extractions")
-        if leaf is eg:
-            raise
-        raise leaf from None
 
 
 def _labels(chain: str, diff_id: str, parent: str) -> dict[str, str]:
