@@ -9,25 +9,23 @@ gone, the node discards them and cannot serve as a salvage source.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any
-
+from tote_containerd.agent.errors import AgentError
+from tote_containerd.agents import Agents
 from tote_core.errors import ToteError
 from tote_core.hooks.types import NodeHealth
+from tote_core.settings import ControllerSettings
+from tote_core.structs.kube import Pod
 
 SAMPLE = 3
 
 
-async def node_health(node: str, settings: Any, pods: list[Any]) -> NodeHealth | None:
-    from tote_containerd.agent.client import ensure_loop
-    from tote_containerd.agent.errors import AgentError
-    from tote_containerd.plugin import agent_endpoint, open_agent
-
+async def node_health(node: str, settings: ControllerSettings, pods: list[Pod]
+                      ) -> NodeHealth | None:
     endpoint = ""
-    cache = SimpleNamespace(pods=lambda: pods)
+    agents = Agents(settings, lambda: pods)
     try:
-        endpoint = agent_endpoint(settings, cache, node)
-        async with ensure_loop(), open_agent(node, settings, cache) as agent:
+        endpoint = agents.endpoint(node)
+        async with agents.agent(node) as agent:
             health = await agent.health()
             digests: list[str] = []
             for record in await agent.list_images():

@@ -12,13 +12,15 @@ a few seconds so a burst of failing pods costs one round of RPCs.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import TypeVar
 
 import trio
 
+from tote_containerd.agent.client import AgentClient
+from tote_containerd.agent.errors import NotFound
+from tote_containerd.agents import Agents
 from tote_core.errors import ToteError
 from tote_core.ttlcache import TTLCache
 
@@ -30,35 +32,25 @@ CACHE_MAX = 4096
 T = TypeVar("T")
 
 
-class Agents(Protocol):
-    """How the inventory reaches the agents (the plugin object provides it)."""
-
-    @property
-    def configured(self) -> bool: ...
-
-    def known_agents(self) -> dict[str, str]: ...
-
-    def agent(self, node: str, rpc_timeout: float | None = None
-              ) -> contextlib.AbstractAsyncContextManager[Any]: ...
-
-
 class Inventory:
     def __init__(self, agents: Agents) -> None:
         self.agents = agents
-        self._cache: TTLCache[tuple[str, str], Any] = TTLCache(
+        self._holders: TTLCache[str, list[str]] = TTLCache(
             CACHE_TTL, CACHE_MAX, trio.current_time)
+        self._tags: TTLCache[str, str | None] = TTLCache(CACHE_TTL, CACHE_MAX, trio.current_time)
 
     def invalidate(self) -> None:
         """Forget cached answers (after a transfer changed what a node holds)."""
-        self._cache.clear()
+        self._holders.clear()
+        self._tags.clear()
 
-    async def _ask_all(self, nodes: list[str], call: Callable[[Any], Awaitable[T]]
+    async def _ask_all(self, nodes: list[str], call: Callable[[AgentClient], Awaitable[T]]
                        ) -> dict[str, T]:
         """Run `call(agent_client)` on every node's agent in parallel; collect successes."""
         answers: dict[str, T] = {}
         # Only nodes with a known agent: a task per node that fails at once still cost
         # ~0.1 ms each, 50-300 ms of event loop per 500-node fan-out (issue 12's tail).
-        known = self.agents.known_agents()
+        known = self.agents.known()
         skipped = [n for n in nodes if n not in known]
         if skipped:
             log.debug("no agent known on %d of %d nodes (e.g. %s)", len(skipped), len(nodes),
@@ -74,22 +66,18 @@ class Inventory:
             except Exception as exc:  # an agent bug must not fail the reconcile
                 log.debug("agent on %s failed: %s: %s", node, type(exc).__name__, exc)
 
-        from tote_containerd.agent.client import ensure_loop
-
-        async with ensure_loop(), trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
             for node in nodes:
                 if node in known:
                     nursery.start_soon(one, node)
         return answers
 
     async def find_image(self, digest: str, nodes: list[str]) -> list[str] | None:
-        if not self.agents.configured:
-            return None
-        hit, value = self._cache.get(("find", digest))
+        hit, holders = self._holders.get(digest)
         if hit:
-            return list(value or [])
+            return list(holders or [])
 
-        async def holds(agent: Any) -> bool:
+        async def holds(agent: AgentClient) -> bool:
             records = await agent.list_images(digest)
             if not any(r.digest == digest for r in records):
                 return False
@@ -97,8 +85,6 @@ class Inventory:
             # discarded after unpack (discard_unpacked_layers) or whose blobs are gone. Such
             # a node can neither serve the image nor is it done as a target. Inspect for the
             # node's own platform (what it runs and what a salvage would have put there).
-            from tote_containerd.agent.errors import NotFound
-
             try:
                 info = await agent.inspect(digest)
             except NotFound:
@@ -109,17 +95,15 @@ class Inventory:
 
         answers = await self._ask_all(nodes, holds)
         found = sorted(n for n, yes in answers.items() if yes)
-        self._cache.put(("find", digest), found)
+        self._holders.put(digest, found)
         return found
 
     async def resolve_tag(self, image_ref: str, nodes: list[str]) -> str | None:
-        if not self.agents.configured:
-            return None
-        hit, value = self._cache.get(("tag", image_ref))
+        hit, cached = self._tags.get(image_ref)
         if hit:
-            return value  # type: ignore[no-any-return]
+            return cached
 
-        async def resolve(agent: Any) -> str:
+        async def resolve(agent: AgentClient) -> str:
             got = await agent.resolve_tag(image_ref)
             return str(got.digest) if got.found else ""
 
@@ -128,16 +112,12 @@ class Inventory:
         if len(digests) > 1:
             log.warning("nodes disagree on %s: %s; taking none", image_ref, digests)
         digest = digests[0] if len(digests) == 1 else None
-        self._cache.put(("tag", image_ref), digest)
+        self._tags.put(image_ref, digest)
         return digest
 
     async def remove_image(self, node: str, image_ref: str, digest: str | None
                            ) -> bool | None:
-        if not self.agents.configured:
-            return None
-        from tote_containerd.agent.client import ensure_loop
-
-        async with ensure_loop(), self.agents.agent(node) as agent:
+        async with self.agents.agent(node) as agent:
             removed = await agent.remove_image([image_ref], digest or "")
         self.invalidate()
         log.info("removed image records on %s: %s", node, removed)

@@ -9,13 +9,13 @@ registry's own `unauthorized` / `unreachable` / `error` (no other node would do 
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable
-from typing import Any
 
 import trio
 
+from tote_containerd.agent import api
+from tote_containerd.agent import errors as e
+from tote_containerd.agents import Agents
 from tote_core.errors import RegistryError, RetryLater
 from tote_core.hooks.types import PushRequest, PushResult
 
@@ -25,8 +25,6 @@ _REGISTRY_REASONS = {"registry_unreachable": "unreachable", "unauthorized": "una
 
 
 def _mapped(exc: Exception, node: str) -> RegistryError:
-    from tote_containerd.agent import errors as e
-
     reason = getattr(exc, "reason", "")
     if reason in _REGISTRY_REASONS:
         return RegistryError(str(exc), reason=_REGISTRY_REASONS[reason])
@@ -35,27 +33,20 @@ def _mapped(exc: Exception, node: str) -> RegistryError:
     return RegistryError(f"node {node}: {exc}")
 
 
-async def push_image(request: PushRequest,
-                     agent: Callable[[str], contextlib.AbstractAsyncContextManager[Any]]
-                     ) -> PushResult:
-    """Ask `request.node`'s agent (reached through `agent(node)`) to push."""
-    from tote_containerd.agent import api
-    from tote_containerd.agent.client import ensure_loop
-    from tote_containerd.agent.errors import AgentError
-
+async def push_image(request: PushRequest, agents: Agents) -> PushResult:
+    """Ask `request.node`'s agent to push."""
     left = trio.current_effective_deadline() - trio.current_time()
     deadline = left if math.isfinite(left) else DEFAULT_DEADLINE
-    async with ensure_loop():
-        try:
-            async with agent(request.node) as client:
-                r = await client.push(api.PushRequest(
-                    digest=request.digest, registry_url=request.registry_url,
-                    repository=request.repository, tag=request.tag,
-                    authorization=request.authorization, ca_pem=request.ca_pem,
-                    insecure=request.insecure, mount_from=list(request.mount_from)),
-                    deadline=max(1.0, deadline))
-        except (AgentError, RetryLater) as exc:
-            raise _mapped(exc, request.node) from exc
+    try:
+        async with agents.agent(request.node) as client:
+            r = await client.push(api.PushRequest(
+                digest=request.digest, registry_url=request.registry_url,
+                repository=request.repository, tag=request.tag,
+                authorization=request.authorization, ca_pem=request.ca_pem,
+                insecure=request.insecure, mount_from=list(request.mount_from)),
+                deadline=max(1.0, deadline))
+    except (e.AgentError, RetryLater) as exc:
+        raise _mapped(exc, request.node) from exc
     return PushResult(
         pushed_digest=r.pushed_digest, index_pushed=r.index_pushed,
         manifests=tuple(r.manifests), blobs_total=r.blobs_total,

@@ -81,7 +81,7 @@ class PeakRSS:
 
 async def tote_push(env: Env, url: str, digest: str, repo: str) -> tuple[float, int]:
     from tote_containerd.agent.api import PushRequest
-    from tote_containerd.plugin import open_agent
+    from tote_containerd.agents import open_agent
 
     t = time.monotonic()
     async with open_agent("a", env.settings(), rpc_timeout=900) as agent:

@@ -140,7 +140,7 @@ async def agent_copy(env: Env, src_ep: str, target: str, digest: str, name: str,
                      parallelism: int = 0) -> tuple[float, int]:
     from tote_containerd.agent.api import ImportRequest
     from tote_containerd.agent.tokens import Signer
-    from tote_containerd.plugin import open_agent
+    from tote_containerd.agents import open_agent
 
     ctl = env.pki.controller
     token = Signer(ctl.cert, ctl.key).mint(digest=digest, source="a", target=target, ttl=60)

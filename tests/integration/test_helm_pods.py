@@ -28,7 +28,7 @@ from tote_containerd.agent import tls as agent_tls
 from tote_containerd.agent.daemon import _check_tls
 from tote_containerd.agent.settings import AgentSettings
 from tote_containerd.agent.tokens import Signer, Verifier
-from tote_containerd.plugin import controller_ssl_context
+from tote_containerd.agents import ControllerTLS
 
 from tests.integration.containerd.certs import make_pki
 from tests.integration.test_helm import VALUE_SETS, Helm, by_kind, helm, pod_spec  # noqa: F401
@@ -120,7 +120,7 @@ def test_rendered_args_start(helm: Helm, name: str, tmp_path: Path) -> None:  # 
     tls_on = (VALUE_SETS[name] or {}).get("tls", {}).get("enabled", True)
     assert ctl.insecure is (not tls_on)
     if tls_on:  # what the controller does before its first agent call
-        assert controller_ssl_context(ctl) is not None
+        assert ControllerTLS(ctl)() is not None
         Signer(ctl.tls_cert, ctl.tls_key)
     agent_args, _ = _args(docs, "DaemonSet", tmp_path / "agent")
     assert agent_args[0] == "agent"

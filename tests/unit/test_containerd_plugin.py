@@ -4,64 +4,74 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from tote_containerd import plugin
+from tote_containerd import discovery, transfer
 from tote_containerd.agent import errors
 from tote_containerd.agent.settings import AgentSettings
+from tote_containerd.agents import ControllerTLS
 
 from tote_core.errors import ConfigError, PermanentError, RetryLater
 from tote_core.settings import ControllerSettings
 from tote_core.settings_loader import parse_args
-
-
-class Pod(msgspec.Struct):
-    namespace: str
-    node_name: str
-    pod_ip: str
-    labels: dict[str, str]
-    phase: str = "Running"
-
+from tote_core.structs.kube import Pod
 
 SEL = "app.kubernetes.io/component=agent,app.kubernetes.io/name=tote"
 LABELS = {"app.kubernetes.io/component": "agent", "app.kubernetes.io/name": "tote"}
 
 
+def agent_pod(node: str, ip: str, ns: str = "tote-system", phase: str = "Running",
+              labels: dict[str, str] | None = None) -> Pod:
+    """An agent pod as the controller's informer holds it (tote_core's Pod struct)."""
+    return msgspec.convert({
+        "metadata": {"name": f"agent-{node}", "namespace": ns,
+                     "labels": LABELS if labels is None else labels},
+        "spec": {"nodeName": node},
+        "status": {"podIP": ip, "phase": phase},
+    }, Pod)
+
+
 def test_parse_selector() -> None:
-    assert plugin.parse_selector(SEL) == LABELS
-    assert plugin.parse_selector("a==b, c=d") == {"a": "b", "c": "d"}
+    assert discovery.parse_selector(SEL) == LABELS
+    assert discovery.parse_selector("a==b, c=d") == {"a": "b", "c": "d"}
     with pytest.raises(ValueError):
-        plugin.parse_selector("a in (b)")
+        discovery.parse_selector("a in (b)")
 
 
 def test_endpoints_from_pods() -> None:
+    """The controller's informer holds tote_core Pod structs (metadata/spec/status):
+    discovery reads those — the Go original never found its agents."""
     pods = [
-        Pod("tote-system", "n1", "10.0.0.1", LABELS),
-        Pod("tote-system", "n2", "fd00::2", LABELS),
-        Pod("other", "n3", "10.0.0.3", LABELS),
-        Pod("tote-system", "n4", "", LABELS),
-        Pod("tote-system", "n5", "10.0.0.5", {"app": "x"}),
-        Pod("tote-system", "n6", "10.0.0.6", LABELS, phase="Pending"),
+        agent_pod("n1", "10.0.0.1"),
+        agent_pod("n2", "fd00::2"),
+        agent_pod("n3", "10.0.0.3", ns="other"),
+        agent_pod("n4", ""),
+        agent_pod("n5", "10.0.0.5", labels={"app": "x"}),
+        agent_pod("n6", "10.0.0.6", phase="Pending"),
     ]
-    got = plugin.endpoints_from_pods(pods, selector=SEL, namespace="tote-system", port=9090)
+    got = discovery.endpoints_from_pods(pods, selector=SEL, namespace="tote-system",
+                                        port=9090)
     assert got == {"n1": "10.0.0.1:9090", "n2": "[fd00::2]:9090"}
 
 
 def test_agent_endpoint_static_then_pods() -> None:
     s = ControllerSettings(agent_endpoints={"n1": "127.0.0.1:1"}, agent_namespace="t")
-
-    class Cache:
-        pods = [Pod("t", "n2", "10.1.1.1", LABELS)]
-
-    assert plugin.agent_endpoint(s, None, "n1") == "127.0.0.1:1"
-    assert plugin.agent_endpoint(s, Cache(), "n2") == "10.1.1.1:9090"
+    pods = [agent_pod("n2", "10.1.1.1", ns="t")]
+    assert discovery.agent_endpoint(s, [], "n1") == "127.0.0.1:1"
+    assert discovery.agent_endpoint(s, pods, "n2") == "10.1.1.1:9090"
     with pytest.raises(RetryLater) as err:
-        plugin.agent_endpoint(s, Cache(), "n9")
+        discovery.agent_endpoint(s, pods, "n9")
     assert err.value.reason == "agent_unavailable"
+
+
+def test_agent_namespace_defaults_to_the_controllers() -> None:
+    pods = [agent_pod("n1", "10.0.0.1", ns="ctl"), agent_pod("n2", "10.0.0.2", ns="else")]
+    s = ControllerSettings(namespace="ctl")
+    assert discovery.agent_endpoints(s, pods) == {"n1": "10.0.0.1:9090"}
 
 
 def test_controller_tls_required_unless_insecure() -> None:
     with pytest.raises(PermanentError):
-        plugin.controller_ssl_context(ControllerSettings())
-    assert plugin.controller_ssl_context(ControllerSettings(insecure=True)) is None
+        ControllerTLS(ControllerSettings())()
+    assert ControllerTLS(ControllerSettings(insecure=True))() is None
 
 
 @pytest.mark.parametrize("exc,kind,reason", [
@@ -75,7 +85,7 @@ def test_controller_tls_required_unless_insecure() -> None:
     (errors.Unavailable("x"), RetryLater, "agent_unavailable"),
 ])
 def test_error_translation(exc: errors.AgentError, kind: type, reason: str) -> None:
-    out = plugin._translate(exc, "here")
+    out = transfer.translate(exc, "here")
     assert isinstance(out, kind) and out.reason == reason  # type: ignore[attr-defined]
 
 
@@ -85,29 +95,6 @@ def test_agent_settings_flags() -> None:
     assert (s.fast_path, s.data_port, s.insecure, s.platform) == (False, 0, True, "linux/arm64")
     with pytest.raises(ConfigError):
         parse_args(AgentSettings, ["--grpc-port", "x"], "tote agent")
-
-
-def test_endpoints_from_the_controllers_own_pod_structs() -> None:
-    """The controller's informer holds tote_core Pod structs (metadata/spec/status), not
-    flat views: discovery must read those — the Go original never found its agents."""
-    from tote_core.structs.kube import Pod
-
-    def agent(name: str, node: str, ip: str, ns: str = "tote-system",
-              phase: str = "Running") -> Pod:
-        return msgspec.convert({
-            "metadata": {"name": name, "namespace": ns, "labels": {
-                "app.kubernetes.io/name": "tote", "app.kubernetes.io/component": "agent"}},
-            "spec": {"nodeName": node},
-            "status": {"podIP": ip, "phase": phase},
-        }, Pod)
-
-    pods = [agent("a1", "n1", "10.0.0.1"), agent("a2", "n2", "10.0.0.2"),
-            agent("a3", "n3", "10.0.0.3", ns="elsewhere"),
-            agent("a4", "n4", "10.0.0.4", phase="Pending")]
-    found = plugin.endpoints_from_pods(
-        pods, selector="app.kubernetes.io/component=agent,app.kubernetes.io/name=tote",
-        namespace="tote-system", port=9090)
-    assert found == {"n1": "10.0.0.1:9090", "n2": "10.0.0.2:9090"}
 
 
 @pytest.mark.parametrize("endpoint", ["", "127.0.0.1", "127.0.0.1:99999", "127.0.0.1:0",

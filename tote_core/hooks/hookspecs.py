@@ -22,7 +22,7 @@ Implementations may declare any subset of a spec's arguments, by name.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -41,6 +41,8 @@ from tote_core.hooks.types import (
 
 if TYPE_CHECKING:
     from tote_core.hooks.context import PluginContext
+    from tote_core.settings import ControllerSettings
+    from tote_core.structs.kube import Pod
 
 PROJECT = "tote"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -211,7 +213,8 @@ def notify(notification: Notification) -> None:
 
 
 @hookspec(firstresult=True)
-def node_health(node: str, settings: Any, pods: list[Any]) -> NodeHealth | None:
+def node_health(node: str, settings: ControllerSettings, pods: list[Pod]
+                ) -> NodeHealth | None:
     """Reach `node`'s agent the way the controller would and report its health.
 
     :param settings: a `ControllerSettings` holding the TLS files and agent discovery

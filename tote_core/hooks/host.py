@@ -44,19 +44,10 @@ import trio
 from tote_core import metrics
 from tote_core.errors import ConfigError
 from tote_core.hooks import bridge, hookspecs
+from tote_core.hooks import types as hooktypes
 from tote_core.hooks.context import PluginContext, Service
-from tote_core.hooks.types import (
-    Incident,
-    NodeHealth,
-    NodeInfo,
-    Notification,
-    OptInQuery,
-    ProgressCallback,
-    PushRequest,
-    PushResult,
-    TransferRequest,
-    TransferResult,
-)
+from tote_core.settings import ControllerSettings
+from tote_core.structs.kube import Pod
 from tote_core.timefmt import utcnow
 
 log = logging.getLogger("tote.plugins")
@@ -238,15 +229,16 @@ class PluginHost:
         self.context = context
         await self.call("configure", context=context)
 
-    async def opt_in(self, query: OptInQuery) -> bool | None:
+    async def opt_in(self, query: hooktypes.OptInQuery) -> bool | None:
         value = await self.call("opt_in", query=query)
         return bool(value) if value is not None else None
 
-    async def on_detected(self, incident: Incident) -> None:
+    async def on_detected(self, incident: hooktypes.Incident) -> None:
         await self.call("on_detected", incident=incident)
 
     async def select_source(
-        self, incident: Incident, candidates: list[NodeInfo], target: NodeInfo
+        self, incident: hooktypes.Incident, candidates: list[hooktypes.NodeInfo],
+        target: hooktypes.NodeInfo,
     ) -> list[str] | None:
         value = await self.call(
             "select_source", incident=incident, candidates=candidates, target=target
@@ -260,8 +252,8 @@ class PluginHost:
         return list(value)
 
     async def transfer(
-        self, request: TransferRequest, progress: ProgressCallback
-    ) -> TransferResult | None:
+        self, request: hooktypes.TransferRequest, progress: hooktypes.ProgressCallback
+    ) -> hooktypes.TransferResult | None:
         value = await self.call("transfer", request=request, progress=progress)
         return value  # type: ignore[no-any-return]
 
@@ -287,17 +279,18 @@ class PluginHost:
         return bool(value)
 
     async def on_salvaged(
-        self, incident: Incident, request: TransferRequest, result: TransferResult
+        self, incident: hooktypes.Incident, request: hooktypes.TransferRequest,
+        result: hooktypes.TransferResult,
     ) -> None:
         await self.call("on_salvaged", incident=incident, request=request, result=result)
 
-    async def push_image(self, request: PushRequest) -> PushResult | None:
+    async def push_image(self, request: hooktypes.PushRequest) -> hooktypes.PushResult | None:
         """Not isolated (a control-flow hook): the push worker reports errors as
         ImagePushFailed."""
         value = await self.call("push_image", request=request)
-        return value if isinstance(value, PushResult) else None
+        return value if isinstance(value, hooktypes.PushResult) else None
 
-    async def notify(self, notification: Notification) -> bool:
+    async def notify(self, notification: hooktypes.Notification) -> bool:
         """Pass `notification` to every `notify` implementation, once per incident and type.
 
         Fills in the timestamp (RFC3339 UTC) when empty. Returns False for a repeat, which
@@ -345,11 +338,12 @@ class PluginHost:
             status.started()  # never keep the host waiting on a service that crashed
             await trio.sleep(SERVICE_RESTART_DELAY)
 
-    async def node_health(self, node: str, settings: Any, pods: list[Any]) -> NodeHealth | None:
+    async def node_health(self, node: str, settings: ControllerSettings, pods: list[Pod]
+                          ) -> hooktypes.NodeHealth | None:
         """Isolated: a failing plugin answers None, which doctor shows as "no agent check"
         rather than aborting the whole report."""
         value = await self.call("node_health", node=node, settings=settings, pods=pods)
-        return value if isinstance(value, NodeHealth) else None
+        return value if isinstance(value, hooktypes.NodeHealth) else None
 
 
 class _StartedOnce:

@@ -170,17 +170,6 @@ class TrioStream(Generic[S, R]):
         self._stream = await aio(_open)
         return self
 
-    def peer_cert(self) -> dict[str, Any] | None:
-        """The server's verified certificate (after the request was sent), if TLS."""
-        peer = getattr(self._stream, "peer", None)
-        try:
-            cert = peer.cert() if peer is not None else None
-        except AttributeError as exc:
-            # With TLS 1.3 the server rejects a client certificate *after* the client saw
-            # the handshake finish; the transport may already be torn down here.
-            raise ConnectionResetError("TLS connection closed by the peer") from exc
-        return cert if isinstance(cert, dict) else None
-
     async def send(self, message: S, *, end: bool = False) -> None:
         await aio(self._stream.send_message, message, end=end)
         if end:

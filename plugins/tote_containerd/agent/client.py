@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -32,7 +33,7 @@ from tote_containerd.agent.api import (
     Session,
 )
 from tote_containerd.agent.peer import split_endpoint
-from tote_containerd.agent.tls import identity_of
+from tote_containerd.agent.tls import PeerRoleMismatch
 
 _REASON_MARK = " [reason="
 
@@ -52,6 +53,9 @@ def _mapped(endpoint: str) -> Any:
         yield
     except grpclib.exceptions.GRPCError as exc:
         raise _map(exc) from exc
+    except PeerRoleMismatch as exc:
+        raise errors.PermissionDenied(f"agent {endpoint}: {exc}", reason="unauthorized"
+                                      ) from exc
     except (ConnectionError, OSError, ssl.SSLError,
             grpclib.exceptions.StreamTerminatedError) as exc:
         raise errors.Unavailable(f"agent {endpoint} unreachable: {exc}",
@@ -70,12 +74,11 @@ async def ensure_loop() -> AsyncIterator[None]:
 
 class AgentClient:
     def __init__(self, endpoint: str, *, ssl_context: ssl.SSLContext | None = None,
-                 rpc_timeout: float = 30.0, expect_role: str | None = "agent") -> None:
+                 rpc_timeout: float = 30.0) -> None:
         self._host, self._port = split_endpoint(endpoint)
         self.endpoint = endpoint
-        self._ssl = ssl_context
+        self.ssl_context = ssl_context
         self.rpc_timeout = rpc_timeout
-        self.expect_role = expect_role
         self._channel: Any = None
         self._stub: Any = None
 
@@ -92,30 +95,22 @@ class AgentClient:
                 await client.close()
 
     async def open(self) -> None:
+        """Create the channel; it connects on the first call, and the peer's role is checked
+        in that TLS handshake (and in any later reconnect) by the client context."""
+
         async def _mk() -> Any:
             cfg = h2_config()
-            return grpclib.client.Channel(self._host, self._port, ssl=self._ssl, config=cfg)
+            return grpclib.client.Channel(self._host, self._port, ssl=self.ssl_context, config=cfg)
 
         self._channel = await aio(_mk)
         self._stub = agent_grpc.AgentStub(self._channel)
-        if self._ssl is not None and self.expect_role:
-            await self._verify_peer()
 
-    async def _verify_peer(self) -> None:
-        """Check the server's certificate carries the expected tote identity (the chain was
-        verified by TLS; host names are not used, agents are reached by pod IP)."""
-        stream: TrioStream[Any, Any] = TrioStream(self._stub.Health, timeout=10)
-        with _mapped(self.endpoint):
-            async with stream:
-                await stream.send(pb.HealthRequest(), end=True)
-                cert = stream.peer_cert()
-                while await stream.recv() is not None:
-                    pass
-        role = identity_of(cert).role
-        if role != self.expect_role:
-            raise errors.PermissionDenied(
-                f"peer {self.endpoint} presents identity {role!r}, expected "
-                f"{self.expect_role!r}", reason="unauthorized")
+    def with_timeout(self, rpc_timeout: float) -> AgentClient:
+        """This client's connection with another default deadline per call (a pooled
+        connection is shared by callers with different deadlines)."""
+        view = copy.copy(self)
+        view.rpc_timeout = rpc_timeout
+        return view
 
     async def close(self) -> None:
         """Idempotent; runs even when the caller is being cancelled."""

@@ -109,8 +109,8 @@ async def _run(settings: AgentSettings, *, task_status: trio.TaskStatus[None]) -
     try:
         server_ctx = tls.server_context(settings.tls_cert, settings.tls_key, settings.tls_ca) \
             if secure else None
-        peer_ctx = tls.client_context(settings.tls_cert, settings.tls_key, settings.tls_ca) \
-            if secure else None
+        peer_ctx = tls.client_context(settings.tls_cert, settings.tls_key, settings.tls_ca,
+                                      peer_role="agent") if secure else None
         data_ctx = tls.data_server_context(settings.tls_cert, settings.tls_key,
                                            settings.tls_ca) if secure else None
         verifier = Verifier(settings.tls_ca if secure else "")

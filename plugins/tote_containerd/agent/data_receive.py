@@ -18,7 +18,7 @@ from typing import Any
 
 from tote_containerd.agent import errors
 from tote_containerd.agent.dataplane import CHUNK, IO_TIMEOUT, MAX_REQUEST, read_head
-from tote_containerd.agent.tls import identity_of
+from tote_containerd.agent.tls import PeerRoleMismatch
 
 ALIGN = 4096  # O_DIRECT needs buffer, offset and length aligned to the logical block size
 
@@ -164,10 +164,11 @@ def download(host: str, port: int, ssl_context: ssl.SSLContext | None, *, sessio
     conn: Any = raw
     try:
         if ssl_context is not None:
-            conn = ssl_context.wrap_socket(raw)
-            peer = identity_of(conn.getpeercert())
-            if peer.role != "agent":
-                raise errors.PermissionDenied("data channel peer is not a tote agent")
+            try:
+                conn = ssl_context.wrap_socket(raw)
+            except PeerRoleMismatch as exc:
+                raise errors.PermissionDenied(f"data channel peer: {exc}",
+                                              reason="unauthorized") from exc
         conn.sendall(json.dumps({"session": session, "digest": digest, "offset": offset,
                                  "length": 0}).encode() + b"\n")
         try:

@@ -47,10 +47,54 @@ def data_server_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
     return ctx
 
 
-def client_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
+class PeerRoleMismatch(ssl.SSLCertVerificationError):
+    """The peer's chain is valid (signed by the tote CA) but its certificate names another
+    role than the one this client dials (e.g. a controller listening where an agent was
+    expected)."""
+
+
+class _ClientContext(ssl.SSLContext):
+    """A client context that knows which role its peers must have: every connection made
+    with it — gRPC (asyncio, through `wrap_bio`) and the data channel (blocking sockets) —
+    checks the role right after the handshake, so a connection that is reused or silently
+    re-established is checked as often as it is opened."""
+
+    peer_role: Role | None = None
+
+
+def _check_role(context: ssl.SSLContext, peercert: dict[str, Any] | None) -> None:
+    want = getattr(context, "peer_role", None)
+    if want is None:
+        return
+    got = identity_of(peercert).role
+    if got != want:
+        raise PeerRoleMismatch(f"peer presents identity {got!r}, expected {want!r}")
+
+
+class _RoleCheckedObject(ssl.SSLObject):
+    def do_handshake(self) -> None:
+        super().do_handshake()
+        _check_role(self.context, self.getpeercert())
+
+
+class _RoleCheckedSocket(ssl.SSLSocket):
+    def do_handshake(self, block: bool = False) -> None:
+        super().do_handshake(block)
+        _check_role(self.context, self.getpeercert())
+
+
+_ClientContext.sslobject_class = _RoleCheckedObject
+_ClientContext.sslsocket_class = _RoleCheckedSocket
+
+
+def client_context(cert: str, key: str, ca: str, *, peer_role: Role | None = None
+                   ) -> ssl.SSLContext:
     """Client side: chain verified against the tote CA; peers are addressed by pod IP, so the
-    host name is not checked — the role in the peer's certificate is (see `identity_of`)."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    host name is not checked. With `peer_role`, the role in the peer's certificate (see
+    `identity_of`) is checked in every handshake; a mismatch raises `PeerRoleMismatch`."""
+    ctx = _ClientContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.peer_role = peer_role
+    ctx.load_verify_locations(cafile=ca)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED

@@ -73,8 +73,10 @@ class AgentProc:
 
 
 def start_agent(group: ProcessGroup, node: Node, *extra: str, name: str | None = None,
-                env: dict[str, str] | None = None) -> AgentProc:
-    port = free_port()
+                env: dict[str, str] | None = None, port: int = 0) -> AgentProc:
+    """An agent process for `node`; `port`: its gRPC port (default: a free one), e.g. to
+    bring up something else where an agent used to listen."""
+    port = port or free_port()
     mport = free_port()
     dport = free_port()
     argv = [

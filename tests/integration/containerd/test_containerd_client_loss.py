@@ -24,7 +24,7 @@ import pytest
 import trio
 from tote_containerd.agent.api import ImportProgress, ImportRequest
 from tote_containerd.agent.tokens import Signer
-from tote_containerd.plugin import open_agent
+from tote_containerd.agents import open_agent
 
 from tests.images.build import Image, layered_image
 from tests.integration.containerd.nodes import REPO, Env, Node
@@ -39,7 +39,7 @@ CHILD = textwrap.dedent("""
     import trio
     from tote_core.settings import ControllerSettings
     from tote_containerd.agent.api import ImportRequest
-    from tote_containerd.plugin import open_agent
+    from tote_containerd.agents import open_agent
 
     args = json.loads(sys.argv[1])
 

@@ -20,7 +20,7 @@ import trio
 from tote_containerd.agent.api import ImportProgress, ImportRequest
 from tote_containerd.agent.errors import AgentError
 from tote_containerd.agent.tokens import Signer
-from tote_containerd.plugin import open_agent
+from tote_containerd.agents import open_agent
 
 from tests.images.build import layered_image
 from tests.integration.containerd.nodes import Env
@@ -101,9 +101,8 @@ async def test_reimport_under_concurrent_inventory_calls(env: Env, target: str) 
 async def test_find_image_skips_nodes_with_discarded_layers(env: Env) -> None:
     """The inventory hook counts a node only if its content is complete: a record whose
     layers were discarded after unpack is not a holder (ListImages alone would say it is)."""
-    from types import SimpleNamespace
-
-    from tote_containerd.plugin import ContainerdPlugin
+    from tote_containerd.agents import Agents
+    from tote_containerd.inventory import Inventory
 
     a, c = env.nodes["a"], env.nodes["c"]
     img = layered_image("docker.io/tote/inv-discarded:v1", [256 * 1024, 128 * 1024], seed=311)
@@ -112,9 +111,8 @@ async def test_find_image_skips_nodes_with_discarded_layers(env: Env) -> None:
     c.import_archive(archive)
     for layer in img.layers["linux/amd64"]:
         c.ctr("content", "rm", layer.digest)
-    containerd = ContainerdPlugin()  # as the plugin host builds and configures it
-    containerd.configure(SimpleNamespace(settings=env.settings(), cache=None))
+    inventory = Inventory(Agents(env.settings()))
     async with open_agent("c", env.settings()) as agent:
         assert [r.digest for r in await agent.list_images(img.digest)] == [img.digest]
-    found = await containerd.find_image(img.digest, ["a", "b", "c"])
+    found = await inventory.find_image(img.digest, ["a", "b", "c"])
     assert found == ["a"]

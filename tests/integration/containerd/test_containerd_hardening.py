@@ -19,7 +19,7 @@ from tote_containerd.agent import errors
 from tote_containerd.agent.api import ImportProgress, ImportRequest
 from tote_containerd.agent.tls import client_context
 from tote_containerd.agent.tokens import Signer
-from tote_containerd.plugin import open_agent
+from tote_containerd.agents import open_agent
 
 from tests.images.build import layered_image
 from tests.integration.containerd.nodes import Env

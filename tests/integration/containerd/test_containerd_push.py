@@ -29,7 +29,7 @@ from tote_containerd.agent import errors, push
 from tote_containerd.agent.api import PushRequest, PushResult
 from tote_containerd.agent.client import AgentClient
 from tote_containerd.agent.tls import client_context
-from tote_containerd.plugin import open_agent
+from tote_containerd.agents import open_agent
 from tote_registry.auth import Credentials
 from tote_registry.client import RegistryClient, push_scope
 

@@ -23,9 +23,10 @@ pytestmark = pytest.mark.integration
 
 
 def _ctx(ident: Identity | None, ca: str):  # type: ignore[no-untyped-def]
+    """A client context that dials agents, as the controller's and an agent's do."""
     if ident is None:
-        return client_context("", "", ca)
-    return client_context(ident.cert, ident.key, ca)
+        return client_context("", "", ca, peer_role="agent")
+    return client_context(ident.cert, ident.key, ca, peer_role="agent")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ import trio
 from tote_containerd.agent.api import ImportProgress, ImportRequest
 from tote_containerd.agent.errors import AgentError, DataLoss, InvalidArgument
 from tote_containerd.agent.tokens import Signer
-from tote_containerd.plugin import open_agent, run_transfer
+from tote_containerd.agents import Agents, open_agent
+from tote_containerd.transfer import run_transfer
 
 from tests.cluster.prom import scrape_total
 from tests.images.build import layered_image, multiarch_image, runnable_image
@@ -66,7 +67,7 @@ async def test_copy_runs_and_has_three_cri_names(env: Env) -> None:
     result = await run_transfer(
         TransferRequest(image_ref="docker.io/tote/app:v1", digest=img.digest,
                         source_node="a", target_node="b"),
-        progress, settings=env.settings())
+        progress, Agents(env.settings()))
     assert result.bytes_total == sum(x.size for x in img.blobs)
     assert seen and seen[-1].bytes_transferred == result.bytes_total
 
@@ -193,7 +194,7 @@ async def test_multiarch_source_holds_one_platform(env: Env) -> None:
     result = await run_transfer(
         TransferRequest(image_ref="docker.io/tote/multi:v1", digest=img.digest,
                         source_node="a", target_node="b"),
-        _noop, settings=env.settings())
+        _noop, Agents(env.settings()))
     assert result.bytes_total > 0
     assert "docker.io/tote/multi:v1" in b.image_names()
     assert b.blob_present(img.manifests["linux/amd64"].digest)
@@ -223,7 +224,7 @@ async def test_discarded_layers_not_salvageable(env: Env) -> None:
     with pytest.raises(PermanentError) as err:
         await run_transfer(TransferRequest(image_ref=img.name, digest=img.digest,
                                            source_node="c", target_node="b"),
-                           _noop, settings=env.settings())
+                           _noop, Agents(env.settings()))
     assert err.value.reason == "layers_discarded"
 
 

@@ -23,7 +23,7 @@ import pytest
 from tote_containerd.agent.api import ImportProgress, ImportRequest
 from tote_containerd.agent.tokens import Signer
 from tote_containerd.agent.unpack import chain_ids
-from tote_containerd.plugin import open_agent
+from tote_containerd.agents import open_agent
 
 from tests.cluster.prom import scrape_total
 from tests.images.build import Blob, Image, compressed_image, digest_of, multiarch_image

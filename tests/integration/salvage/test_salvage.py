@@ -211,3 +211,17 @@ def test_8b_one_transfer_per_digest_and_node_across_namespaces(
     assert rec["metadata"]["namespace"] in (test_namespace, other_namespace)
     assert controller.metric("tote_salvage_attempts_total") == attempts0 + 1
     assert ref in senv.ctd.nodes["n1"].image_names()
+
+
+def test_9_the_controller_keeps_one_connection_per_agent(
+    senv: SalvageEnv, controller: ControllerProcess
+) -> None:
+    """After the salvages above (inventory fan-outs, tag resolution, record removal,
+    transfers), the controller has dialled each agent once: its hook calls share the
+    pooled connections of the containerd plugin's service instead of a handshake each."""
+    assert controller.proc is not None
+    log = controller.proc.log_path.read_text()
+    dialled = [line.rsplit(" ", 1)[-1] for line in log.splitlines()
+               if "new connection to agent" in line]
+    assert dialled, "the controller logged no agent connection"
+    assert len(dialled) == len(set(dialled)) <= len(senv.ctd.agents), dialled

@@ -1,0 +1,89 @@
+"""How the controller side reaches a node's agent: where it listens (`discovery`), with which
+identity (the controller's mTLS files, re-read when they change), over which connection
+(`connections`: pooled while the plugin's service runs)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterable
+
+from tote_containerd.agent.client import AgentClient
+from tote_containerd.agent.tls import client_context
+from tote_containerd.agent.tokens import Signer
+from tote_containerd.connections import AgentConnections
+from tote_containerd.discovery import agent_endpoint, agent_endpoints
+from tote_core.errors import PermanentError
+from tote_core.settings import ControllerSettings
+from tote_core.structs.kube import Pod
+
+RPC_TIMEOUT = 30.0
+
+
+class ControllerTLS:
+    """The controller's client context for agents. Rebuilt when one of its files changes
+    (Secret volumes are updated in place when a certificate is renewed), so a renewed
+    certificate is used from the next connection on without a restart."""
+
+    def __init__(self, settings: ControllerSettings) -> None:
+        self.files = (settings.tls_cert, settings.tls_key, settings.tls_ca)
+        self.insecure = settings.insecure
+        self._stamp: tuple[tuple[int, int, int], ...] = ()
+        self._context: ssl.SSLContext | None = None
+
+    def __call__(self) -> ssl.SSLContext | None:
+        cert, key, ca = self.files
+        if not (cert and key and ca):
+            if self.insecure:
+                return None
+            raise PermanentError("mTLS to agents needs --tls-cert, --tls-key and --tls-ca "
+                                 "(or --insecure)", reason="tls_config")
+        stamp = tuple((s.st_ino, s.st_mtime_ns, s.st_size) for s in map(os.stat, self.files))
+        if self._context is None or stamp != self._stamp:
+            self._context = client_context(cert, key, ca, peer_role="agent")
+            self._stamp = stamp
+        return self._context
+
+
+class Agents:
+    """The agents of the cluster as the controller's hooks see them. `pods` answers the
+    current agent pods (the controller's pod cache, or the pods `tote doctor` listed)."""
+
+    def __init__(self, settings: ControllerSettings,
+                 pods: Callable[[], Iterable[Pod]] = tuple,
+                 connections: AgentConnections | None = None) -> None:
+        self.settings = settings
+        self.pods = pods
+        self.connections = connections or AgentConnections(ControllerTLS(settings))
+
+    def known(self) -> dict[str, str]:
+        """node name → endpoint of every node with a known agent."""
+        return agent_endpoints(self.settings, self.pods())
+
+    def endpoint(self, node: str) -> str:
+        """Where `node`'s agent listens; RetryLater if unknown."""
+        return agent_endpoint(self.settings, self.pods(), node)
+
+    def signer(self) -> Signer:
+        """Mints transfer tokens with the controller's key (read afresh: it may have been
+        renewed); unsigned under `--insecure`."""
+        if self.connections.tls() is None:
+            return Signer()
+        return Signer(self.settings.tls_cert, self.settings.tls_key)
+
+    @contextlib.asynccontextmanager
+    async def agent(self, node: str, rpc_timeout: float | None = None
+                    ) -> AsyncIterator[AgentClient]:
+        """A client for `node`'s agent with the controller's identity."""
+        timeout = RPC_TIMEOUT if rpc_timeout is None else rpc_timeout
+        async with self.connections.agent(self.endpoint(node), timeout) as client:
+            yield client
+
+
+@contextlib.asynccontextmanager
+async def open_agent(node: str, settings: ControllerSettings, pods: Iterable[Pod] = (),
+                     rpc_timeout: float = RPC_TIMEOUT) -> AsyncIterator[AgentClient]:
+    """One connection to `node`'s agent outside the controller (tests, benches, doctor)."""
+    async with Agents(settings, lambda: pods).agent(node, rpc_timeout) as client:
+        yield client

@@ -1,0 +1,93 @@
+"""The `transfer` hook's work: check the source really holds the whole platform chain for
+the target's platform, mint a short-lived single-use token for (digest, source, target), ask
+the target agent to import from the source, and relay its progress.
+
+Errors: `RetryLater` (source or agent unreachable, stream cut, corrupt bytes from that
+source — another source may work) and `PermanentError` (too_large, layers_discarded,
+platform_missing, unauthorized, invalid_request).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from tote_containerd.agent import errors as e
+from tote_containerd.agent.api import ImportProgress, ImportRequest
+from tote_containerd.agents import Agents
+from tote_core.errors import PermanentError, RetryLater
+from tote_core.hooks.types import (
+    ProgressCallback,
+    TransferProgress,
+    TransferRequest,
+    TransferResult,
+)
+
+log = logging.getLogger("tote.plugin.containerd")
+
+TOKEN_TTL = 120.0  # the token is redeemed once, when the target opens its session
+PERMANENT_REASONS = frozenset({"too_large", "layers_discarded", "platform_missing"})
+
+
+def translate(exc: Exception, where: str) -> Exception:
+    """An agent's error as the salvage engine's RetryLater / PermanentError."""
+    if not isinstance(exc, e.AgentError):
+        return exc
+    msg = f"{where}: {exc}"
+    if exc.reason in PERMANENT_REASONS:
+        return PermanentError(msg, reason=exc.reason)
+    if isinstance(exc, e.DataLoss):
+        return RetryLater(msg, reason="digest_mismatch")
+    if isinstance(exc, (e.PermissionDenied, e.Unauthenticated)):
+        return PermanentError(msg, reason="unauthorized")
+    if isinstance(exc, e.InvalidArgument):
+        return PermanentError(msg, reason="invalid_request")
+    if isinstance(exc, e.NotFound):
+        return RetryLater(msg, reason="source_unavailable")
+    return RetryLater(msg, reason=exc.reason or "agent_unavailable")
+
+
+async def run_transfer(request: TransferRequest, progress: ProgressCallback, agents: Agents
+                       ) -> TransferResult:
+    started = time.monotonic()
+    source_endpoint = agents.endpoint(request.source_node)
+    signer = agents.signer()
+    try:
+        async with agents.agent(request.target_node) as target:
+            platform = (await target.health()).platform
+    except e.AgentError as exc:
+        raise translate(exc, f"target agent {request.target_node}") from exc
+    try:
+        async with agents.agent(request.source_node) as source:
+            info = await source.inspect(request.digest, platform)
+    except e.AgentError as exc:
+        raise translate(exc, f"source {request.source_node}") from exc
+    if not info.complete:
+        if info.layers_discarded:
+            raise PermanentError(f"source {request.source_node}: {info.reason}",
+                                 reason="layers_discarded")
+        raise RetryLater(f"source {request.source_node} cannot serve {request.digest}: "
+                         f"{info.reason}", reason="source_unavailable")
+    token = signer.mint(digest=request.digest, source=request.source_node,
+                        target=request.target_node, ttl=TOKEN_TTL)
+
+    async def relay(p: ImportProgress) -> None:
+        await progress(TransferProgress(
+            bytes_total=p.bytes_total, bytes_transferred=p.bytes_transferred,
+            blobs_total=p.blobs_total, blobs_skipped=p.blobs_skipped))
+
+    try:
+        async with agents.agent(request.target_node) as target:
+            done = await target.import_from(ImportRequest(
+                source_node=request.source_node, source_endpoint=source_endpoint,
+                token=token, digest=request.digest, names=[request.image_ref],
+                max_bytes=request.max_bytes, platform=platform), relay)
+    except e.AgentError as exc:
+        raise translate(exc, f"import {request.source_node} → {request.target_node}"
+                        ) from exc
+    log.info("transferred %s %s → %s: %d bytes moved, %d blobs skipped", request.digest,
+             request.source_node, request.target_node, done.bytes_total, done.blobs_skipped)
+    return TransferResult(bytes_total=done.bytes_total,
+                          bytes_transferred=done.bytes_transferred - done.bytes_resumed,
+                          blobs_skipped=done.blobs_skipped,
+                          duration_seconds=time.monotonic() - started)
