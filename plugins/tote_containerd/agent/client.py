@@ -123,16 +123,16 @@ class AgentClient:
 
     # ---------------------------------------------------------------- controller calls
     async def inspect(self, ref: str, platform: str = "") -> InspectResult:
-        return convert.inspect_from_pb(
-            await self._unary(self._stub.Inspect, pb.InspectRequest(ref=ref, platform=platform)))
+        return convert.from_pb(await self._unary(
+            self._stub.Inspect, pb.InspectRequest(ref=ref, platform=platform)), InspectResult)
 
     async def list_images(self, digest: str = "") -> list[ImageRecord]:
-        return convert.images_from_pb(
-            await self._unary(self._stub.ListImages, pb.ListImagesRequest(digest=digest)))
+        resp = await self._unary(self._stub.ListImages, pb.ListImagesRequest(digest=digest))
+        return [convert.from_pb(i, ImageRecord) for i in resp.images]
 
     async def resolve_tag(self, ref: str) -> Resolved:
-        return convert.resolved_from_pb(
-            await self._unary(self._stub.ResolveTag, pb.ResolveTagRequest(ref=ref)))
+        return convert.from_pb(
+            await self._unary(self._stub.ResolveTag, pb.ResolveTagRequest(ref=ref)), Resolved)
 
     async def remove_image(self, names: list[str] | None = None, digest: str = "") -> list[str]:
         resp = await self._unary(self._stub.RemoveImage,
@@ -141,12 +141,13 @@ class AgentClient:
 
     async def push(self, request: PushRequest, deadline: float) -> PushResult:
         """Have this agent push an image to a registry; the caller owns the deadline."""
-        return convert.push_result_from_pb(await self._unary(
-            self._stub.Push, convert.push_request_to_pb(request), deadline=deadline))
+        return convert.from_pb(await self._unary(
+            self._stub.Push, convert.to_pb(request, pb.PushRequest), deadline=deadline),
+            PushResult)
 
     async def health(self) -> Health:
-        return convert.health_from_pb(
-            await self._unary(self._stub.Health, pb.HealthRequest(), deadline=10))
+        return convert.from_pb(
+            await self._unary(self._stub.Health, pb.HealthRequest(), deadline=10), Health)
 
     async def import_from(
         self, request: ImportRequest,
@@ -157,9 +158,9 @@ class AgentClient:
         stream: TrioStream[Any, Any] = TrioStream(self._stub.ImportFrom)
         with _mapped(self.endpoint):
             async with stream:
-                await stream.send(convert.import_to_pb(request), end=True)
+                await stream.send(convert.to_pb(request, pb.ImportFromRequest), end=True)
                 async for msg in stream:
-                    last = convert.progress_from_pb(msg)
+                    last = convert.from_pb(msg, ImportProgress)
                     if progress is not None:
                         await progress(last)
         if last is None or not last.done:
@@ -168,8 +169,9 @@ class AgentClient:
 
     # ---------------------------------------------------------------- agent ↔ agent
     async def open_session(self, token: str, target_node: str) -> Session:
-        return convert.session_from_pb(await self._unary(
-            self._stub.OpenSession, pb.OpenSessionRequest(token=token, target_node=target_node)))
+        return convert.from_pb(await self._unary(
+            self._stub.OpenSession, pb.OpenSessionRequest(token=token, target_node=target_node)),
+            Session)
 
     @contextlib.asynccontextmanager
     async def read_blob(self, session: str, digest: str, offset: int = 0, length: int = 0

@@ -12,66 +12,39 @@ from tote_core.errors import single_leaf as single_leaf
 
 
 class AgentError(Exception):
-    """Base; `code` is a gRPC status name (e.g. NOT_FOUND), `reason` a short bounded word."""
+    """Base; `code` is a gRPC status name (e.g. NOT_FOUND), `reason` a short bounded word.
+    Each subclass names its code in its class line and is found again by it (`from_code`)."""
 
     code = "UNKNOWN"
+    by_code: dict[str, type[AgentError]] = {}
+
+    def __init_subclass__(cls, *, code: str, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.code = code
+        AgentError.by_code[code] = cls
 
     def __init__(self, message: str, *, reason: str = "") -> None:
         super().__init__(message)
         self.reason = reason
 
 
-class InvalidArgument(AgentError):
-    code = "INVALID_ARGUMENT"
+class InvalidArgument(AgentError, code="INVALID_ARGUMENT"): ...
+class NotFound(AgentError, code="NOT_FOUND"): ...
+class AlreadyExists(AgentError, code="ALREADY_EXISTS"): ...
+class FailedPrecondition(AgentError, code="FAILED_PRECONDITION"): ...
+class PermissionDenied(AgentError, code="PERMISSION_DENIED"): ...
+class Unauthenticated(AgentError, code="UNAUTHENTICATED"): ...
+class Unavailable(AgentError, code="UNAVAILABLE"): ...
+class ResourceExhausted(AgentError, code="RESOURCE_EXHAUSTED"): ...
+class DeadlineExceeded(AgentError, code="DEADLINE_EXCEEDED"): ...
 
 
-class NotFound(AgentError):
-    code = "NOT_FOUND"
-
-
-class AlreadyExists(AgentError):
-    code = "ALREADY_EXISTS"
-
-
-class FailedPrecondition(AgentError):
-    code = "FAILED_PRECONDITION"
-
-
-class PermissionDenied(AgentError):
-    code = "PERMISSION_DENIED"
-
-
-class Unauthenticated(AgentError):
-    code = "UNAUTHENTICATED"
-
-
-class Unavailable(AgentError):
-    code = "UNAVAILABLE"
-
-
-class ResourceExhausted(AgentError):
-    code = "RESOURCE_EXHAUSTED"
-
-
-class DeadlineExceeded(AgentError):
-    code = "DEADLINE_EXCEEDED"
-
-
-class DataLoss(AgentError):
+class DataLoss(AgentError, code="DATA_LOSS"):
     """Bytes that do not hash to their digest."""
-
-    code = "DATA_LOSS"
-
-
-BY_CODE: dict[str, type[AgentError]] = {
-    cls.code: cls
-    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, PermissionDenied,
-                Unauthenticated, Unavailable, ResourceExhausted, DeadlineExceeded, DataLoss)
-}
 
 
 def from_code(code: str, message: str, reason: str = "") -> AgentError:
-    return BY_CODE.get(code, AgentError)(message, reason=reason)
+    return AgentError.by_code.get(code, AgentError)(message, reason=reason)
 
 
 def one_error(eg: BaseExceptionGroup[Any], what: str) -> BaseException:

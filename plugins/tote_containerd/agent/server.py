@@ -13,12 +13,13 @@ import grpclib.exceptions
 import grpclib.health.check
 import grpclib.health.service
 import grpclib.server
+import msgspec
 
 from tote_containerd._gen.tote.agent.v1 import agent_grpc
 from tote_containerd._gen.tote.agent.v1 import agent_pb2 as pb
 from tote_containerd.agent import convert, metrics, records
 from tote_containerd.agent._aio import aio, h2_config, trio_from_aio
-from tote_containerd.agent.api import ImportProgress
+from tote_containerd.agent.api import ImportProgress, ImportRequest, PushRequest
 from tote_containerd.agent.errors import AgentError, single_leaf
 from tote_containerd.agent.node_agent import NodeAgent
 from tote_containerd.agent.tls import INSECURE, Identity, Role, identity_of
@@ -110,16 +111,14 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
         self._authorise(stream, "Inspect")
         req = await stream.recv_message()
         res = await self._run("Inspect", self.agent.inspect, req.ref, req.platform)
-        await stream.send_message(convert.inspect_to_pb(res))
+        await stream.send_message(convert.to_pb(res, pb.InspectResponse))
 
     async def OpenSession(self, stream: Any) -> None:
         ident = self._authorise(stream, "OpenSession")
         req = await stream.recv_message()
         s = await self._run("OpenSession", self.agent.source.open_session, req.token,
                             req.target_node, ident)
-        await stream.send_message(pb.OpenSessionResponse(
-            session=s.session, expires_unix=s.expires_unix, source_node=s.source_node,
-            data_port=s.data_port))
+        await stream.send_message(convert.to_pb(s, pb.OpenSessionResponse))
 
     async def ReadBlob(self, stream: Any) -> None:
         ident = self._authorise(stream, "ReadBlob")
@@ -137,22 +136,23 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
         req = await stream.recv_message()
 
         async def progress(p: ImportProgress) -> None:
-            await aio(stream.send_message, convert.progress_to_pb(p))
+            await aio(stream.send_message, convert.to_pb(p, pb.ImportProgress))
 
-        await self._run("ImportFrom", self.agent.importer.import_from, convert.import_from_pb(req),
-                        progress)
+        await self._run("ImportFrom", self.agent.importer.import_from,
+                        convert.from_pb(req, ImportRequest), progress)
 
     async def ListImages(self, stream: Any) -> None:
         self._authorise(stream, "ListImages")
         req = await stream.recv_message()
         res = await self._run("ListImages", records.list_images, self.agent.cd, req.digest)
-        await stream.send_message(convert.images_to_pb(res))
+        images = [msgspec.to_builtins(r) for r in res]
+        await stream.send_message(pb.ListImagesResponse(images=images))
 
     async def ResolveTag(self, stream: Any) -> None:
         self._authorise(stream, "ResolveTag")
         req = await stream.recv_message()
         res = await self._run("ResolveTag", records.resolve_tag, self.agent.cd, req.ref)
-        await stream.send_message(convert.resolved_to_pb(res))
+        await stream.send_message(convert.to_pb(res, pb.ResolveTagResponse))
 
     async def RemoveImage(self, stream: Any) -> None:
         self._authorise(stream, "RemoveImage")
@@ -164,13 +164,13 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
     async def Push(self, stream: Any) -> None:
         self._authorise(stream, "Push")
         req = await stream.recv_message()
-        res = await self._run("Push", self.agent.push, convert.push_request_from_pb(req))
-        await stream.send_message(convert.push_result_to_pb(res))
+        res = await self._run("Push", self.agent.push, convert.from_pb(req, PushRequest))
+        await stream.send_message(convert.to_pb(res, pb.PushResponse))
 
     async def Health(self, stream: Any) -> None:
         await stream.recv_message()
         res = await self._run("Health", self.agent.health)
-        await stream.send_message(convert.health_to_pb(res))
+        await stream.send_message(convert.to_pb(res, pb.HealthResponse))
 
 
 class GrpcServer:
