@@ -53,7 +53,7 @@ CACHE = Path(os.environ.get("TOTE_IMAGE_CACHE", Path.home() / ".cache" / "tote" 
 
 # The image reference kubelet resolves the chart's default `image.repository: tote` to.
 IMAGE_REPOSITORY = "docker.io/library/tote"
-UID = 65532  # the controller's user; the agent runs as root (WO-22), set by the chart
+UID = 65532  # the controller's user; the agent runs as root, set by the chart
 
 SUITE = "bookworm"
 MIRROR = os.environ.get("TOTE_DEBIAN_MIRROR", "http://deb.debian.org/debian")

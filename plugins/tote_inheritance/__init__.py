@@ -1,1 +1,1 @@
-"""Built-in plugin: workload opt-in inherited from a pod's owners (WO-12)."""
+"""Built-in plugin: workload opt-in inherited from a pod's owners."""

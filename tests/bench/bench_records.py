@@ -1,4 +1,4 @@
-"""Benchmark (WO-21): SalvageRecord lookup latency with 100, 1 000 and 10 000 records.
+"""Benchmark: SalvageRecord lookup latency with 100, 1 000 and 10 000 records.
 
 tote's idempotency lookup is a GET by deterministic name (digest, target node); lookups by
 (digest, target node) across namespaces use a label selector. Both are timed at each record

@@ -6,6 +6,9 @@ CRD/RBAC), then kube-controller-manager and kube-scheduler with client-certifica
 kubeconfigs from the control plane's CA, and one kubelet node (tests/cluster/node.py), and
 waits until that node is Ready and schedulable. Everything listens on 127.0.0.1; every
 process is tracked by PID. `python -m tests.cluster.cluster` brings it up by hand.
+
+Over 400 lines on purpose: `start_cluster` is one ordered start-up (images, control plane,
+controller-manager, scheduler, kubelets) that reads best whole.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import json
 import shutil
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ from tests.cluster.controlplane import (
     start_control_plane,
     write_kubeconfig,
 )
-from tests.cluster.image_node import ImageNode, start_image_node
+from tests.cluster.image_node import ImageNodes
 from tests.cluster.node import KubeletNode, start_kubelet_node
 from tests.cluster.procs import Proc, ProcessGroup, wait_until
 
@@ -57,12 +59,7 @@ class KubeCluster:
     startup_seconds: dict[str, float] = field(default_factory=dict)
     owns_control_plane: bool = True
     teardown_report: dict[str, Any] = field(default_factory=dict)
-    image_nodes: list[ImageNode] = field(default_factory=list)
-    heartbeat_interval: float = 5.0
-    heartbeat_errors: list[str] = field(default_factory=list)
-    _hb_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _hb_stop: threading.Event = field(default_factory=threading.Event, repr=False)
-    _hb_thread: threading.Thread | None = field(default=None, repr=False)
+    _image_nodes: ImageNodes | None = field(default=None, repr=False)
 
     @property
     def node(self) -> KubeletNode:
@@ -127,78 +124,14 @@ class KubeCluster:
 
     # -- image-only nodes ---------------------------------------------------------------
 
-    def add_image_node(
-        self,
-        name: str,
-        *,
-        address: str = "127.0.0.1",
-        report_images: bool = True,
-        timeout: float = 60,
-    ) -> ImageNode:
-        """Start a containerd standing in for node `name` (holds images, runs no pods),
-        register its Node object and keep it Ready with Lease heartbeats; returns once the
-        node is Ready without the not-ready taint."""
-        assert self.pause_image is not None
-        node = start_image_node(
-            self.workdir / "image-nodes" / name, name=name, address=address,
-            pause_image=self.pause_image.name, report_images=report_images,
-        )  # fmt: skip
-        try:
-            self.apply(node.register_manifests())
-            self._heartbeat_one(node)
-            with self._hb_lock:
-                self.image_nodes.append(node)
-            self._ensure_heartbeat()
-            wait_until(lambda: self.node_ready(name), timeout=timeout, interval=0.5,
-                       what=f"image node {name} Ready and untainted")  # fmt: skip
-        except BaseException:
-            self.remove_image_node(name, node=node)
-            raise
-        return node
-
-    def image_node(self, name: str) -> ImageNode:
-        return next(n for n in self.image_nodes if n.name == name)
-
-    def remove_image_node(self, name: str, *, node: ImageNode | None = None) -> None:
-        """Stop the node's containerd, delete its Node object and Lease."""
-        with self._hb_lock:
-            node = node or self.image_node(name)
-            if node in self.image_nodes:
-                self.image_nodes.remove(node)
-        node.stop()
-        self.kubectl("delete", "node", name, "--ignore-not-found", "--wait=false", check=False)
-        self.kubectl("delete", "lease", name, "-n", "kube-node-lease", "--ignore-not-found",
-                     check=False)  # fmt: skip
-
-    def sync_image_nodes(self) -> None:
-        """Heartbeat now (e.g. right after importing an image, to publish status.images)."""
-        with self._hb_lock:
-            nodes = list(self.image_nodes)
-        for n in nodes:
-            self._heartbeat_one(n)
-
-    def _heartbeat_one(self, node: ImageNode) -> None:
-        self.kubectl("patch", "node", node.name, "--subresource=status", "--type=merge",
-                     "-p", json.dumps(node.status_patch()))  # fmt: skip
-        self.apply(node.lease())
-
-    def _ensure_heartbeat(self) -> None:
-        if self._hb_thread is not None and self._hb_thread.is_alive():
-            return
-        self._hb_stop.clear()
-
-        def loop() -> None:
-            while not self._hb_stop.wait(self.heartbeat_interval):
-                with self._hb_lock:
-                    nodes = list(self.image_nodes)
-                for n in nodes:
-                    try:
-                        self._heartbeat_one(n)
-                    except Exception as exc:  # keep beating for the others
-                        self.heartbeat_errors.append(f"{n.name}: {exc}")
-
-        self._hb_thread = threading.Thread(target=loop, name="image-node-heartbeat", daemon=True)
-        self._hb_thread.start()
+    @property
+    def image_nodes(self) -> ImageNodes:
+        """Image-only nodes (containerd + a Node object, no kubelet), started on demand."""
+        if self._image_nodes is None:
+            assert self.pause_image is not None
+            self._image_nodes = ImageNodes(self.control_plane, self.workdir / "image-nodes",
+                                           self.pause_image.name, self.node_ready)
+        return self._image_nodes
 
     # -- workloads --------------------------------------------------------------------
 
@@ -263,7 +196,7 @@ class KubeCluster:
         out.update(self.procs.logs())
         for n in self.nodes:
             out.update({f"{n.name}/{k}": v for k, v in n.logs().items()})
-        for m in self.image_nodes:
+        for m in self._image_nodes or ():
             out.update({f"{m.name}/{k}": v for k, v in m.logs().items()})
         return out
 
@@ -305,11 +238,8 @@ class KubeCluster:
                 self.delete_all_pods()
         except Exception as exc:
             report["delete_pods_error"] = repr(exc)
-        self._hb_stop.set()
-        if self._hb_thread is not None:
-            self._hb_thread.join(timeout=30)
-        for m in list(self.image_nodes):
-            report[m.name] = m.stop()
+        if self._image_nodes is not None:
+            report.update(self._image_nodes.stop())
         for n in self.nodes:
             report[n.name] = n.stop()
         self.procs.stop_all()
@@ -320,7 +250,7 @@ class KubeCluster:
 
     def _all_procs(self) -> list[Proc]:
         procs = list(self.procs.procs)
-        groups = [n.procs for n in self.nodes] + [m.procs for m in self.image_nodes]
+        groups = [n.procs for n in self.nodes] + [m.procs for m in self._image_nodes or ()]
         for g in groups:
             procs += g.procs
         if self.owns_control_plane and self.control_plane.procs is not None:
@@ -478,74 +408,6 @@ def start_cluster(
         if isinstance(exc, Exception):
             raise RuntimeError(f"e2e cluster failed to start: {exc}\n{tails}") from exc
         raise
-
-
-def waiting_reasons(pod: dict[str, Any]) -> dict[str, str]:
-    """container name → waiting reason (init containers included)."""
-    st = pod.get("status", {})
-    out = {}
-    for c in st.get("initContainerStatuses", []) + st.get("containerStatuses", []):
-        waiting = (c.get("state") or {}).get("waiting")
-        if waiting:
-            out[c["name"]] = waiting.get("reason", "")
-    return out
-
-
-def pod_spec(
-    image: str, *, pull_policy: str = "IfNotPresent", args: list[str] | None = None
-) -> dict[str, Any]:
-    """A hostNetwork pod spec for the test images (loopback only; quick to stop)."""
-    container: dict[str, Any] = {"name": "app", "image": image, "imagePullPolicy": pull_policy}
-    if args is not None:
-        container["args"] = args
-    return {
-        "hostNetwork": True,
-        "dnsPolicy": "Default",
-        "terminationGracePeriodSeconds": 1,
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "containers": [container],
-    }
-
-
-def pod_manifest(
-    name: str,
-    namespace: str,
-    image: str,
-    *,
-    annotations: dict[str, str] | None = None,
-    **spec_kw: Any,
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
-        "spec": pod_spec(image, **spec_kw),
-    }
-
-
-def deployment_manifest(
-    name: str,
-    namespace: str,
-    image: str,
-    *,
-    annotations: dict[str, str] | None = None,
-    **spec_kw: Any,
-) -> dict[str, Any]:
-    """One replica; pods labelled app=<name>; `annotations` go on the pod template."""
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}, "annotations": annotations or {}},
-                "spec": pod_spec(image, **spec_kw),
-            },
-        },
-    }
 
 
 def _main() -> None:

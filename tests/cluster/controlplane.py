@@ -13,6 +13,9 @@
 
 Every daemon is a `procs.ProcessGroup` member: tracked by PID, logged to a file, stopped by
 PID. Nothing here contacts anything outside 127.0.0.1.
+
+Over 400 lines on purpose: `start_control_plane` is one ordered start-up (PKI, etcd,
+kube-apiserver, the chart's CRD and RBAC, the controller's identity) that reads best whole.
 """
 
 from __future__ import annotations

@@ -4,22 +4,26 @@ Lease the harness writes itself (scale tests with many nodes that hold images)."
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tests.cluster import oci
 from tests.cluster.containerd_node import Containerd, ContainerdBacked, start_containerd
+from tests.cluster.controlplane import ControlPlane
 from tests.cluster.host_cleanup import (
     descendants,
     describe_pid,
     pids_referencing,
     unmount_all_under,
 )
-from tests.cluster.procs import ProcessGroup
+from tests.cluster.procs import ProcessGroup, wait_until
 
 # --------------------------------------------------------------------------- image-only nodes
 
@@ -193,3 +197,92 @@ def start_image_node(
         name=name, address=address, workdir=workdir, containerd=cd, procs=procs,
         report_images=report_images, runtime_version=f"containerd://{version}",
     )  # fmt: skip
+
+
+@dataclass
+class ImageNodes:
+    """A cluster's image-only nodes and the kubelet's part for them: the Node object, its
+    status (images, Ready) and Lease heartbeats every `interval`, from one thread."""
+
+    cp: ControlPlane
+    workdir: Path
+    pause_image: str
+    node_ready: Callable[[str], bool]
+    interval: float = 5.0
+    errors: list[str] = field(default_factory=list)  # heartbeats that failed
+    nodes: list[ImageNode] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    def __iter__(self) -> Iterator[ImageNode]:
+        with self._lock:
+            return iter(list(self.nodes))
+
+    def add(self, name: str, *, address: str = "127.0.0.1", report_images: bool = True,
+            timeout: float = 60) -> ImageNode:
+        """Start a containerd standing in for node `name` (holds images, runs no pods),
+        register its Node object and keep it Ready with Lease heartbeats; returns once the
+        node is Ready without the not-ready taint."""
+        node = start_image_node(self.workdir / name, name=name, address=address,
+                                pause_image=self.pause_image, report_images=report_images)
+        try:
+            self.cp.apply(node.register_manifests())
+            self._beat(node)
+            with self._lock:
+                self.nodes.append(node)
+            self._ensure_thread()
+            wait_until(lambda: self.node_ready(name), timeout=timeout, interval=0.5,
+                       what=f"image node {name} Ready and untainted")
+        except BaseException:
+            self.remove(name, node=node)
+            raise
+        return node
+
+    def get(self, name: str) -> ImageNode:
+        return next(n for n in self if n.name == name)
+
+    def remove(self, name: str, *, node: ImageNode | None = None) -> None:
+        """Stop the node's containerd, delete its Node object and Lease."""
+        node = node or self.get(name)
+        with self._lock:
+            if node in self.nodes:
+                self.nodes.remove(node)
+        node.stop()
+        self.cp.kubectl("delete", "node", name, "--ignore-not-found", "--wait=false",
+                        check=False)
+        self.cp.kubectl("delete", "lease", name, "-n", "kube-node-lease", "--ignore-not-found",
+                        check=False)
+
+    def sync(self) -> None:
+        """Heartbeat now (e.g. right after importing an image, to publish status.images)."""
+        for node in self:
+            self._beat(node)
+
+    def stop(self) -> dict[str, Any]:
+        """End the heartbeats and stop every node; their teardown reports by node name."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        return {node.name: node.stop() for node in self}
+
+    def _beat(self, node: ImageNode) -> None:
+        self.cp.kubectl("patch", "node", node.name, "--subresource=status", "--type=merge",
+                        "-p", json.dumps(node.status_patch()))
+        self.cp.apply(node.lease())
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.wait(self.interval):
+                for node in self:
+                    try:
+                        self._beat(node)
+                    except Exception as exc:  # keep beating for the others
+                        self.errors.append(f"{node.name}: {exc}")
+
+        self._thread = threading.Thread(target=loop, name="image-node-heartbeat", daemon=True)
+        self._thread.start()

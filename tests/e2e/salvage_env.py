@@ -16,6 +16,9 @@ Everything is started through `ProcessGroup`s and stopped by PID.
 `Timeline` watches one workload (by label selector) through kubectl and notes, with the
 test process's monotonic clock, when each step of the story was first seen: pull failure,
 back-off, tote's events, pod replacement, Running.
+
+Over 400 lines on purpose: the salvage e2e's one environment (cluster, agents, registry,
+controller) and the timeline that measures it.
 """
 
 from __future__ import annotations
@@ -29,13 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster import oci, prom
-from tests.cluster.cluster import (
-    KubeCluster,
-    deployment_manifest,
-    pod_manifest,
-    waiting_reasons,
-)
+from tests.cluster.cluster import KubeCluster
 from tests.cluster.controller import ControllerProcess
+from tests.cluster.manifests import deployment_manifest, pod_manifest, waiting_reasons
 from tests.cluster.node import KubeletNode
 from tests.cluster.objects import events as k8s_events
 from tests.cluster.procs import ProcessGroup, wait_until

@@ -11,14 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import oci
-from tests.cluster.cluster import (
-    KubeCluster,
-    deployment_manifest,
-    pod_manifest,
-    start_cluster,
-    waiting_reasons,
-)
+from tests.cluster.cluster import KubeCluster, start_cluster
 from tests.cluster.host_cleanup import cgroup_subsystem_dirs, mounts_under
+from tests.cluster.manifests import deployment_manifest, pod_manifest, waiting_reasons
 from tests.cluster.procs import wait_until
 from tests.cluster.registry import Registry
 from tote_core.detect.detector import is_corrupt_content
@@ -177,12 +172,12 @@ def test_image_only_node_holds_images_and_stays_ready(
     """An extra "node": containerd + a Node object kept Ready by Lease heartbeats, reporting
     its images in Node.status.images like kubelet; pods are never scheduled there."""
     name = f"img-{uuid.uuid4().hex[:6]}"
-    node = kube_cluster.add_image_node(name)
+    node = kube_cluster.image_nodes.add(name)
     try:
         img = oci.build_hello(tmp_path / "img", "registry.invalid/tote/held:v1", marker="held")
         node.import_image(img)
         assert "registry.invalid/tote/held:v1" in node.image_names()
-        kube_cluster.sync_image_nodes()
+        kube_cluster.image_nodes.sync()
         obj = kube_cluster.get_json("node", name)
         names = [n for i in obj["status"]["images"] for n in i["names"]]
         assert f"registry.invalid/tote/held@{img.digest}" in names, names
@@ -195,12 +190,12 @@ def test_image_only_node_holds_images_and_stays_ready(
                 "renewTime"
             ]
             != first_renew,
-            timeout=3 * kube_cluster.heartbeat_interval + 5, what="lease renewed",
+            timeout=3 * kube_cluster.image_nodes.interval + 5, what="lease renewed",
         )  # fmt: skip
         assert kube_cluster.node_ready(name)
-        assert not kube_cluster.heartbeat_errors
+        assert not kube_cluster.image_nodes.errors
     finally:
-        kube_cluster.remove_image_node(name)
+        kube_cluster.image_nodes.remove(name)
     assert not node.procs.procs[0].alive()
     assert kube_cluster.kubectl("get", "node", name, check=False).returncode != 0
 

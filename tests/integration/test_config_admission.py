@@ -1,7 +1,10 @@
 """Issue 11 items 1 and 4 against the real API server and real controller processes:
 the validating admission webhook called by kube-apiserver, Warning events for typos without
 the webhook, the kill-switch ConfigMap's words, configuration failures retried after a
-restart, and /readyz without a transfer plugin."""
+restart, and /readyz without a transfer plugin.
+
+Over 400 lines on purpose: the configuration-failure paths share one control plane.
+"""
 
 from __future__ import annotations
 

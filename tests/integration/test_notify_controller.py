@@ -63,7 +63,7 @@ def test_once_per_incident_signed(
         set_waiting(cp, ns, "web", reason="ErrImagePull", message=REFUSED)
         wait_event(cp, ns, "web", "ImageSalvageFailed", timeout=60)
         # kubelet flips between the two reasons; every flip is a reconcile of the same
-        # incident. The salvage retries after 30 s (WO-20): wait for that second attempt.
+        # incident. The salvage retries after 30 s: wait for that second attempt.
         for reason, message in [("ImagePullBackOff", BACKOFF.format(image)),
                                 ("ErrImagePull", REFUSED)] * 2:
             set_waiting(cp, ns, "web", reason=reason, message=message)

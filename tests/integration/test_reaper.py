@@ -1,4 +1,4 @@
-"""SalvageRecord reaper against the real apiserver (issue 4 test 9, WO-15)."""
+"""SalvageRecord reaper against the real apiserver (issue 4 test 9)."""
 
 from __future__ import annotations
 

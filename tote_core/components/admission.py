@@ -1,4 +1,4 @@
-"""The validating admission webhook (WO-23): AdmissionReview v1 in, verdict out.
+"""The validating admission webhook: AdmissionReview v1 in, verdict out.
 
 The API server POSTs an `admission.k8s.io/v1` AdmissionReview for each Pod and Namespace
 create/update its ValidatingWebhookConfiguration selects; this module decodes only what the

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
 
 import msgspec
@@ -23,29 +24,21 @@ from tote_core.timefmt import micro_time, parse_time
 log = logging.getLogger("tote.leader")
 
 
-
+@dataclass(eq=False)
 class LeaderElector:
-    def __init__(
-        self,
-        client: KubeClient,
-        *,
-        namespace: str,
-        name: str,
-        identity: str,
-        lease_duration: float,
-        renew_deadline: float,
-        retry_period: float,
-    ) -> None:
-        self.client = client
-        self.namespace = namespace
-        self.name = name
-        self.identity = identity
-        self.lease_duration = lease_duration
-        self.renew_deadline = renew_deadline
-        self.retry_period = retry_period
-        self.is_leader = False
-        self.leader_identity: str | None = None
-        self._path = resource_path("coordination.k8s.io/v1", "leases", namespace)
+    client: KubeClient
+    _: KW_ONLY
+    namespace: str
+    name: str
+    identity: str
+    lease_duration: float
+    renew_deadline: float
+    retry_period: float
+    is_leader: bool = field(default=False, init=False)
+    leader_identity: str | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self._path = resource_path("coordination.k8s.io/v1", "leases", self.namespace)
 
     async def _try_acquire_or_renew(self) -> bool:
         now = datetime.now(UTC)

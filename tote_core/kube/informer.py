@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Generic, TypeVar
 
 import msgspec
@@ -33,32 +34,24 @@ BACKOFF_START = 0.5
 BACKOFF_CAP = 30.0
 
 
+@dataclass(eq=False)
 class Informer(Generic[T]):
     """Keeps `self.items` (key → object) current for one list/watch path."""
 
-    def __init__(
-        self,
-        client: KubeClient,
-        path: str,
-        type_: type[T],
-        *,
-        name: str,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        watch_timeout: int = 300,
-    ) -> None:
-        self.client = client
-        self.path = path
-        self.type_ = type_
-        self.name = name
-        self.label_selector = label_selector
-        self.field_selector = field_selector
-        self.watch_timeout = watch_timeout
-        self.items: dict[str, T] = {}
-        self.synced = trio.Event()
-        self.resource_version = ""
-        self._handlers: list[Handler[T]] = []
-        self._indices: dict[str, tuple[IndexFunc[T], dict[str, set[str]]]] = {}
+    client: KubeClient
+    path: str
+    type_: type[T]
+    _: KW_ONLY
+    name: str
+    label_selector: str | None = None
+    field_selector: str | None = None
+    watch_timeout: int = 300
+    items: dict[str, T] = field(default_factory=dict, init=False)
+    synced: trio.Event = field(default_factory=trio.Event, init=False)
+    resource_version: str = field(default="", init=False)
+    _handlers: list[Handler[T]] = field(default_factory=list, init=False)
+    _indices: dict[str, tuple[IndexFunc[T], dict[str, set[str]]]] = field(
+        default_factory=dict, init=False)
 
     def add_handler(self, handler: Handler[T]) -> None:
         self._handlers.append(handler)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import KW_ONLY, dataclass
 
 import msgspec
 import trio
@@ -29,21 +30,14 @@ class Result(msgspec.Struct, frozen=True):
 Reconciler = Callable[[str], Awaitable[Result | None]]
 
 
+@dataclass(eq=False)
 class Engine:
-    def __init__(
-        self,
-        name: str,
-        queue: WorkQueue,
-        reconcile: Reconciler,
-        *,
-        workers: int,
-        deadline: float,
-    ) -> None:
-        self.name = name
-        self.queue = queue
-        self.reconcile = reconcile
-        self.workers = workers
-        self.deadline = deadline
+    name: str
+    queue: WorkQueue
+    reconcile: Reconciler
+    _: KW_ONLY
+    workers: int
+    deadline: float
 
     async def _worker(self) -> None:
         while True:

@@ -1,4 +1,4 @@
-"""Corrupt image records (WO-11): the node has the image's record but not all of its
+"""Corrupt image records: the node has the image's record but not all of its
 content, so kubelet's CreateContainer fails for ever and never pulls again.
 
 The record is removed (through the node's plugin) and owned pods restarted, so the next

@@ -12,7 +12,7 @@ from tote_core.hooks.types import NodeInfo
 from tote_core.structs.salvagerecord import Condition
 from tote_core.timefmt import parse_time
 
-BACKOFF_STEPS = (30.0, 60.0, 120.0, 300.0)  # WO-20: 30s, 1m, 2m, 5m (capped)
+BACKOFF_STEPS = (30.0, 60.0, 120.0, 300.0)  # 30s, 1m, 2m, 5m (capped)
 LABEL_DIGEST = "tote.dev/digest"
 LABEL_TARGET = "tote.dev/target-node"
 LABEL_MANAGED = "app.kubernetes.io/managed-by"

@@ -59,7 +59,7 @@ class PodActions:
             ))
 
     async def restart(self, job: Job) -> None:
-        """WO-1: delete owned pods (UID precondition) so the owner recreates them at once.
+        """Delete owned pods (UID precondition) so the owner recreates them at once.
 
         Standalone pods are never deleted: kubelet's next retry finds the image.
         """

@@ -1,4 +1,4 @@
-"""Leader-only reaper (WO-15): delete SalvageRecords older than `--salvagerecord-ttl`.
+"""Leader-only reaper: delete SalvageRecords older than `--salvagerecord-ttl`.
 
 Age counts from `completedAt`, or from creation for records that never completed. The
 reaper also refreshes the `tote_salvagerecords_total{phase}` gauge. A full list every ten

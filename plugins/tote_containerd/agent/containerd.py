@@ -102,6 +102,15 @@ class ContainerdClient:
         with _mapped():
             return await aio(method, request, metadata=self._md(lease), timeout=deadline)
 
+    async def _unary_unless(self, expected: type[errors.AgentError], method: Any,
+                            request: Any) -> Any | None:
+        """A unary call whose `expected` refusal (NOT_FOUND for a lookup, ALREADY_EXISTS for
+        a create) is an answer, None, rather than an error."""
+        try:
+            return await self._unary(method, request)
+        except expected:
+            return None
+
     def stub(self, factory: Any) -> Any:
         """A stub for another service on this channel (snapshots, diff, CRI: `unpack.py`)."""
         return factory(self._channel)
@@ -142,9 +151,9 @@ class ContainerdClient:
 
     # --- content -----------------------------------------------------------------------
     async def info(self, digest: str) -> ContentInfo | None:
-        try:
-            resp = await self._unary(self._content.Info, content_pb2.InfoRequest(digest=digest))
-        except errors.NotFound:
+        resp = await self._unary_unless(errors.NotFound, self._content.Info,
+                                        content_pb2.InfoRequest(digest=digest))
+        if resp is None:
             return None
         i = resp.info
         return ContentInfo(digest=i.digest, size=i.size, labels=dict(i.labels))
@@ -228,12 +237,9 @@ class ContainerdClient:
         exp = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expire_in)
         lab = {"containerd.io/gc.expire": exp.strftime("%Y-%m-%dT%H:%M:%SZ")}
         lab.update(labels or {})
-        try:
-            await self._unary(self._leases.Create,
-                              leases_pb2.CreateRequest(id=lease_id, labels=lab))
-        except errors.AlreadyExists:
-            return False
-        return True
+        created = await self._unary_unless(errors.AlreadyExists, self._leases.Create,
+                                           leases_pb2.CreateRequest(id=lease_id, labels=lab))
+        return created is not None
 
     async def delete_lease(self, lease_id: str, *, sync: bool = False) -> None:
         with contextlib.suppress(errors.NotFound):
@@ -247,11 +253,9 @@ class ContainerdClient:
         return [_image(i) for i in resp.images]
 
     async def get_image(self, name: str) -> ImageRec | None:
-        try:
-            resp = await self._unary(self._images.Get, images_pb2.GetImageRequest(name=name))
-        except errors.NotFound:
-            return None
-        return _image(resp.image)
+        resp = await self._unary_unless(errors.NotFound, self._images.Get,
+                                        images_pb2.GetImageRequest(name=name))
+        return None if resp is None else _image(resp.image)
 
     async def put_image(self, name: str, target: Descriptor, labels: dict[str, str]) -> str:
         """Create the record, or update target and labels of an existing one.
@@ -262,11 +266,9 @@ class ContainerdClient:
             target=descriptor_pb2.Descriptor(
                 media_type=target.media_type, digest=target.digest, size=target.size),
         )
-        try:
-            await self._unary(self._images.Create, images_pb2.CreateImageRequest(image=img))
+        if await self._unary_unless(errors.AlreadyExists, self._images.Create,
+                                    images_pb2.CreateImageRequest(image=img)) is not None:
             return "created"
-        except errors.AlreadyExists:
-            pass
         existing = await self.get_image(name)
         if existing is not None and existing.target == target and all(
                 existing.labels.get(k) == v for k, v in labels.items()):
@@ -277,12 +279,9 @@ class ContainerdClient:
         return "updated"
 
     async def delete_image(self, name: str, *, sync: bool = False) -> bool:
-        try:
-            await self._unary(self._images.Delete,
-                              images_pb2.DeleteImageRequest(name=name, sync=sync))
-        except errors.NotFound:
-            return False
-        return True
+        deleted = await self._unary_unless(errors.NotFound, self._images.Delete,
+                                           images_pb2.DeleteImageRequest(name=name, sync=sync))
+        return deleted is not None
 
 
 def _image(i: Any) -> ImageRec:

@@ -1,4 +1,4 @@
-"""Transfer tokens: controller-signed, short-lived, single-use (WO-8).
+"""Transfer tokens: controller-signed, short-lived, single-use.
 
 A token binds (digest, source node, target node, expiry, nonce). The controller signs it with
 the private key of its TLS certificate and embeds that certificate (and any intermediates from

@@ -15,6 +15,8 @@ on n1 is growing), and then checks the three things that matter on a bad day:
 
 The table (fault → outcome, time from the fault to the outcome, transfers started) is printed
 at the end of the run. Run alone: `python -m pytest tests/integration/salvage/test_fault_matrix.py`.
+
+Over 400 lines on purpose: the twelve rows share one harness and print one table.
 """
 
 from __future__ import annotations

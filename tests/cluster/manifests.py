@@ -1,0 +1,74 @@
+"""The e2e workloads' manifests — hostNetwork pods (tests talk only to loopback), quick to
+stop — and how a pod's waiting reasons read back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def waiting_reasons(pod: dict[str, Any]) -> dict[str, str]:
+    """container name → waiting reason (init containers included)."""
+    st = pod.get("status", {})
+    out = {}
+    for c in st.get("initContainerStatuses", []) + st.get("containerStatuses", []):
+        waiting = (c.get("state") or {}).get("waiting")
+        if waiting:
+            out[c["name"]] = waiting.get("reason", "")
+    return out
+
+
+def pod_spec(
+    image: str, *, pull_policy: str = "IfNotPresent", args: list[str] | None = None
+) -> dict[str, Any]:
+    """A hostNetwork pod spec for the test images (loopback only; quick to stop)."""
+    container: dict[str, Any] = {"name": "app", "image": image, "imagePullPolicy": pull_policy}
+    if args is not None:
+        container["args"] = args
+    return {
+        "hostNetwork": True,
+        "dnsPolicy": "Default",
+        "terminationGracePeriodSeconds": 1,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "containers": [container],
+    }
+
+
+def pod_manifest(
+    name: str,
+    namespace: str,
+    image: str,
+    *,
+    annotations: dict[str, str] | None = None,
+    **spec_kw: Any,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
+        "spec": pod_spec(image, **spec_kw),
+    }
+
+
+def deployment_manifest(
+    name: str,
+    namespace: str,
+    image: str,
+    *,
+    annotations: dict[str, str] | None = None,
+    **spec_kw: Any,
+) -> dict[str, Any]:
+    """One replica; pods labelled app=<name>; `annotations` go on the pod template."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": annotations or {}},
+                "spec": pod_spec(image, **spec_kw),
+            },
+        },
+    }
