@@ -5,8 +5,9 @@ connections, and nothing left open when the service ends."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -72,8 +73,11 @@ async def test_one_connection_per_agent_shared_by_every_call(env: Env) -> None:
     assert agents.connections.dialled == 3
 
 
-async def test_an_agent_that_went_away_is_dialled_again(env: Env) -> None:
-    own = _own_agent(env, "agent-c-pool-restart")
+@contextlib.asynccontextmanager
+async def pooled_then_gone(env: Env, name: str) -> AsyncIterator[tuple[Agents, int]]:
+    """A pool (its service running) holding a connection to an agent of node c that has
+    since stopped; yields the pool and the port the agent listened on."""
+    own = _own_agent(env, name)
     agents = Agents(env.settings(agent_endpoints={"c": own.endpoint}))
     try:
         async with trio.open_nursery() as service:
@@ -81,17 +85,25 @@ async def test_an_agent_that_went_away_is_dialled_again(env: Env) -> None:
             async with agents.agent("c") as agent:
                 await agent.health()
             own.proc.stop()
-            with pytest.raises(errors.Unavailable):
-                async with agents.agent("c") as agent:
-                    await agent.health()
-            own = _own_agent(env, "agent-c-pool-restart-2", port=own.port)
-            async with agents.agent("c") as agent:
-                assert (await agent.health()).node_name == "c"
-            assert agents.connections.dialled == 2
-            assert established_to(own.port) == 1
+            yield agents, own.port
             service.cancel_scope.cancel()
     finally:
         own.proc.stop()
+
+
+async def test_an_agent_that_went_away_is_dialled_again(env: Env) -> None:
+    async with pooled_then_gone(env, "agent-c-pool-restart") as (agents, port):
+        with pytest.raises(errors.Unavailable):
+            async with agents.agent("c") as agent:
+                await agent.health()
+        again = _own_agent(env, "agent-c-pool-restart-2", port=port)
+        try:
+            async with agents.agent("c") as agent:
+                assert (await agent.health()).node_name == "c"
+            assert agents.connections.dialled == 2
+            assert established_to(port) == 1
+        finally:
+            again.proc.stop()
 
 
 async def test_a_silent_reconnect_is_checked_for_the_agent_role(env: Env) -> None:
@@ -99,17 +111,10 @@ async def test_a_silent_reconnect_is_checked_for_the_agent_role(env: Env) -> Non
     certificate of the *controller* role takes its port. grpclib reconnects on its own at
     the next call; that handshake is checked like the first one, and refused."""
     ctl = env.pki.controller
-    own = _own_agent(env, "agent-c-pool-impostor")
-    agents = Agents(env.settings(agent_endpoints={"c": own.endpoint}))
-    impostor: AgentProc | None = None
-    try:
-        async with trio.open_nursery() as service:
-            await service.start(agents.connections.run)
-            async with agents.agent("c") as agent:
-                await agent.health()
-            own.proc.stop()
-            impostor = _own_agent(env, "agent-c-impostor", "--tls-cert", ctl.cert,
-                                  "--tls-key", ctl.key, "--tls-ca", ctl.ca, port=own.port)
+    async with pooled_then_gone(env, "agent-c-pool-impostor") as (agents, port):
+        impostor = _own_agent(env, "agent-c-impostor", "--tls-cert", ctl.cert,
+                              "--tls-key", ctl.key, "--tls-ca", ctl.ca, port=port)
+        try:
             # Let the pool's loop see the old connection close, as it would between two
             # salvages; the next call then reconnects without an error first.
             await trio.sleep(0.5)
@@ -118,10 +123,7 @@ async def test_a_silent_reconnect_is_checked_for_the_agent_role(env: Env) -> Non
                     await agent.list_images()
             assert err.value.reason == "unauthorized"
             assert agents.connections.dialled == 1  # the pooled channel's own reconnect
-            service.cancel_scope.cancel()
-    finally:
-        own.proc.stop()
-        if impostor is not None:
+        finally:
             impostor.proc.stop()
 
 
