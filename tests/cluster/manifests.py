@@ -50,15 +50,11 @@ def pod_manifest(
     }
 
 
-def deployment_manifest(
-    name: str,
-    namespace: str,
-    image: str,
-    *,
-    annotations: dict[str, str] | None = None,
-    **spec_kw: Any,
-) -> dict[str, Any]:
-    """One replica; pods labelled app=<name>; `annotations` go on the pod template."""
+def deployment_manifest(name: str, namespace: str, image: str, **pod_kw: Any
+                        ) -> dict[str, Any]:
+    """One replica of `pod_manifest(name, namespace, image, **pod_kw)`'s pod; pods labelled
+    app=<name>; the pod's annotations go on the template."""
+    pod = pod_manifest(name, namespace, image, **pod_kw)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -67,8 +63,9 @@ def deployment_manifest(
             "replicas": 1,
             "selector": {"matchLabels": {"app": name}},
             "template": {
-                "metadata": {"labels": {"app": name}, "annotations": annotations or {}},
-                "spec": pod_spec(image, **spec_kw),
+                "metadata": {"labels": {"app": name},
+                             "annotations": pod["metadata"]["annotations"]},
+                "spec": pod["spec"],
             },
         },
     }
