@@ -16,6 +16,9 @@ source "$here/versions.env"   # the default pins, one place for scripts and test
 K8S_VERSION="${TOTE_K8S_VERSION:-$K8S_VERSION}"
 ETCD_VERSION="${TOTE_ETCD_VERSION:-$ETCD_VERSION}"
 HELM_VERSION="${TOTE_HELM_VERSION:-$HELM_VERSION}"
+# Without HOME (env -i): the account's home directory, as Python's Path.home() finds it (the
+# cache below and go's own caches live there).
+export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 CACHE="${TOTE_BIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tote/bin}"
 OUT="$CACHE/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
 WANT=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl helm)

@@ -19,6 +19,9 @@ log() { echo "[build-containerd] $*" >&2; }
 if [ "$VERSION" = system ]; then
   d="$(dirname "$(command -v containerd)")"; echo "$d"; exit 0
 fi
+# Without HOME (env -i): the account's home directory, as Python's Path.home() finds it (the
+# cache below and go's own caches live there).
+export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 CACHE="${TOTE_BIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tote/bin}"
 OUT="$CACHE/containerd-$VERSION"
 WANT=(containerd ctr containerd-shim-runc-v2)
