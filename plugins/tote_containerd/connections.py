@@ -67,10 +67,6 @@ class AgentConnections:
         self._loop: Any = None
         self._pool: dict[str, _Pooled] = {}
 
-    @property
-    def pooling(self) -> bool:
-        return self._loop is not None
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         """The plugin service: own the loop the pooled connections live on, close idle

@@ -62,6 +62,8 @@ def agent_endpoints(settings: ControllerSettings, pods: Iterable[Pod]) -> dict[s
 
 def agent_endpoint(settings: ControllerSettings, pods: Iterable[Pod], node: str) -> str:
     """Where the agent of `node` listens; RetryLater if unknown."""
+    if node in settings.agent_endpoints:  # the static map wins; no pod scan needed
+        return settings.agent_endpoints[node]
     endpoint = agent_endpoints(settings, pods).get(node)
     if endpoint is None:
         raise RetryLater(f"no tote agent known for node {node!r}", reason="agent_unavailable")

@@ -25,7 +25,7 @@ async def node_health(node: str, settings: ControllerSettings, pods: list[Pod]
     agents = Agents(settings, lambda: pods)
     try:
         endpoint = agents.endpoint(node)
-        async with agents.agent(node) as agent:
+        async with agents.at(endpoint) as agent:
             health = await agent.health()
             digests: list[str] = []
             for record in await agent.list_images():

@@ -59,7 +59,7 @@ class Inventory:
         async def one(node: str) -> None:
             try:
                 with trio.fail_after(PER_AGENT_TIMEOUT):
-                    async with self.agents.agent(node, PER_AGENT_TIMEOUT) as agent:
+                    async with self.agents.at(known[node], PER_AGENT_TIMEOUT) as agent:
                         answers[node] = await call(agent)
             except (ToteError, trio.TooSlowError, OSError) as exc:
                 log.debug("agent on %s: %s", node, exc)

@@ -51,14 +51,15 @@ async def run_transfer(request: TransferRequest, progress: ProgressCallback, age
                        ) -> TransferResult:
     started = time.monotonic()
     source_endpoint = agents.endpoint(request.source_node)
+    target_endpoint = agents.endpoint(request.target_node)
     signer = agents.signer()
     try:
-        async with agents.agent(request.target_node) as target:
+        async with agents.at(target_endpoint) as target:
             platform = (await target.health()).platform
     except e.AgentError as exc:
         raise translate(exc, f"target agent {request.target_node}") from exc
     try:
-        async with agents.agent(request.source_node) as source:
+        async with agents.at(source_endpoint) as source:
             info = await source.inspect(request.digest, platform)
     except e.AgentError as exc:
         raise translate(exc, f"source {request.source_node}") from exc
@@ -77,7 +78,7 @@ async def run_transfer(request: TransferRequest, progress: ProgressCallback, age
             blobs_total=p.blobs_total, blobs_skipped=p.blobs_skipped))
 
     try:
-        async with agents.agent(request.target_node) as target:
+        async with agents.at(target_endpoint) as target:
             done = await target.import_from(ImportRequest(
                 source_node=request.source_node, source_endpoint=source_endpoint,
                 token=token, digest=request.digest, names=[request.image_ref],
