@@ -99,6 +99,11 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     admission_tls_key: str = ""
     status_address: str = "0.0.0.0:8082"  # WebSocket status feed (`tote status`), path /status
     plugins_disabled: list[str] = msgspec.field(default_factory=list)
+    # Sources that discarded their compressed layers (EKS and other managed node images)
+    # serve layers regenerated from their unpacked snapshots.
+    snapshot_salvage: bool = True
+    snapshot_salvage_strict: bool = False  # only regenerated layers that hash to diff IDs
+    pin_salvaged_images: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -133,6 +138,9 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
                 "leader election needs --lease-duration > --renew-deadline > --retry-period "
                 f"(got {self.lease_duration:g}s, {self.renew_deadline:g}s, "
                 f"{self.retry_period:g}s)")
+        if self.snapshot_salvage_strict and not self.snapshot_salvage:
+            raise ValueError("--snapshot-salvage-strict needs --snapshot-salvage (it narrows "
+                             "snapshot salvage to verified layers; false turns it off)")
         if self.admission_address:
             check_address("admission_address", self.admission_address)
             if not (self.admission_tls_cert and self.admission_tls_key):
@@ -218,4 +226,11 @@ HELP: dict[str, str] = {
     "status_address": "host:port of the WebSocket status feed, path /status (default "
                       "0.0.0.0:8082)",
     "plugins_disabled": "comma list of plugin names not to load",
+    "snapshot_salvage": "salvage from nodes that discarded their compressed layers by "
+                        "regenerating each layer from its unpacked snapshot (default true)",
+    "snapshot_salvage_strict": "accept only regenerated layers whose bytes hash to the "
+                               "image's diff IDs (default false: others are verified end "
+                               "to end)",
+    "pin_salvaged_images": "label salvaged images io.cri-containerd.pinned so kubelet's "
+                           "image GC keeps them while the registry is down (default true)",
 }

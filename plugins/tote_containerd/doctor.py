@@ -4,7 +4,7 @@ Uses the same discovery (`--agent-endpoints`, else agent pods) and mTLS set-up a
 transfer, so a green row means a salvage could reach this agent. containerd's
 `discard_unpacked_layers` setting is not visible through its API; instead a few of the
 node's images are inspected (`SAMPLE` distinct digests): if their compressed layers are
-gone, the node discards them and cannot serve as a salvage source.
+gone, the node discards them and serves salvages in snapshot mode.
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 removal of stale image records.
 
 `find_image` counts a node only when it has an image record for the digest *and* `Inspect`
-finds the whole chain for its platform present (records of images whose layers were
-discarded after unpack do not count).
+finds the whole chain for its platform: as blobs, or — on nodes that discard their layer
+blobs after unpacking — as unpacked snapshots (then the node is a snapshot-mode source, and
+as a target it has the image). It remembers which holders are snapshot-only, so sources
+with the blobs can be preferred (`blob_sources_first`).
 
 Fan-outs run in parallel with a per-agent deadline; a dead or unknown agent only removes its
 node from the answer (logged at debug level: per-reconcile chatter). Answers are cached for
@@ -38,11 +40,14 @@ class Inventory:
         self._holders: TTLCache[str, list[str]] = TTLCache(
             CACHE_TTL, CACHE_MAX, trio.current_time)
         self._tags: TTLCache[str, str | None] = TTLCache(CACHE_TTL, CACHE_MAX, trio.current_time)
+        self._snapshot_only: TTLCache[str, set[str]] = TTLCache(
+            CACHE_TTL, CACHE_MAX, trio.current_time)
 
     def invalidate(self) -> None:
         """Forget cached answers (after a transfer changed what a node holds)."""
         self._holders.clear()
         self._tags.clear()
+        self._snapshot_only.clear()
 
     async def _ask_all(self, nodes: list[str], call: Callable[[AgentClient], Awaitable[T]]
                        ) -> dict[str, T]:
@@ -77,26 +82,41 @@ class Inventory:
         if hit:
             return list(holders or [])
 
-        async def holds(agent: AgentClient) -> bool:
+        async def holds(agent: AgentClient) -> str:
+            """"blobs", "snapshots" or "" (does not hold it)."""
             records = await agent.list_images(digest)
             if not any(r.digest == digest for r in records):
-                return False
-            # A record is not the image: containerd keeps records whose layers were
-            # discarded after unpack (discard_unpacked_layers) or whose blobs are gone. Such
-            # a node can neither serve the image nor is it done as a target. Inspect for the
-            # node's own platform (what it runs and what a salvage would have put there).
+                return ""
+            # A record is not the image: containerd keeps records whose blobs are gone, and
+            # nodes that discard their layer blobs after unpack keep only manifest, config
+            # and snapshots. Inspect for the node's own platform (what it runs and what a
+            # salvage would have put there).
             try:
                 info = await agent.inspect(digest)
             except NotFound:
-                return False
-            if not info.complete:
-                log.debug("%s on a node is incomplete: %s", digest, info.reason)
-            return bool(info.complete)
+                return ""
+            if info.complete:
+                return "blobs"
+            if info.unpacked:
+                return "snapshots"
+            log.debug("%s on a node is incomplete: %s", digest, info.reason)
+            return ""
 
         answers = await self._ask_all(nodes, holds)
-        found = sorted(n for n, yes in answers.items() if yes)
+        found = sorted(n for n, how in answers.items() if how)
         self._holders.put(digest, found)
+        self._snapshot_only.put(digest, {n for n, how in answers.items() if how == "snapshots"})
         return found
+
+    def blob_sources_first(self, digest: str, order: list[str]) -> list[str]:
+        """`order` with the nodes known to hold `digest` only as snapshots moved to the end
+        (stable): the blob path moves the original bytes and is preferred whenever a
+        source has them."""
+        hit, snapshot_only = self._snapshot_only.get(digest)
+        if not hit or not snapshot_only:
+            return order
+        return ([n for n in order if n not in snapshot_only]
+                + [n for n in order if n in snapshot_only])
 
     async def resolve_tag(self, image_ref: str, nodes: list[str]) -> str | None:
         hit, cached = self._tags.get(image_ref)

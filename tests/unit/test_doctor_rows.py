@@ -101,10 +101,17 @@ def test_agent_healthy_with_layers_kept_is_ok() -> None:
                           "layers kept (5 images sampled)")
 
 
-def test_agent_with_discarded_layers_is_a_warning_not_a_failure() -> None:
+def test_agent_with_discarded_layers_is_a_snapshot_mode_source() -> None:
     h = NodeHealth(node="n1", reachable=True, containerd_ok=True, layers_discarded=True)
     row = checks.agent_row("n1", h)
-    assert row.status == "warn" and "discard_unpacked_layers=true" in row.detail
+    assert row.status == "ok" and "discard_unpacked_layers=true" in row.detail
+    assert "snapshot mode" in row.detail
+
+
+def test_agent_with_discarded_layers_and_snapshot_salvage_off_is_a_warning() -> None:
+    h = NodeHealth(node="n1", reachable=True, containerd_ok=True, layers_discarded=True)
+    row = checks.agent_row("n1", h, snapshot_salvage=False)
+    assert row.status == "warn" and "cannot be a salvage source" in row.detail
 
 
 def test_agent_with_nothing_to_sample_is_ok() -> None:

@@ -182,9 +182,11 @@ async def rbac(kube: KubeClient, t: Target) -> list[Check]:
     return [_ok("rbac", f"{len(needs)} permissions granted", user)]
 
 
-def agent_row(node: str, h: NodeHealth | None) -> Check:
+def agent_row(node: str, h: NodeHealth | None, *, snapshot_salvage: bool = True) -> Check:
     """One node's `node_health` answer → its row (None: no plugin answered — none manages
-    agents, or the one that does raised, which the host logged and counted)."""
+    agents, or the one that does raised, which the host logged and counted). A node that
+    discards its layer blobs is a source in snapshot mode, a warning only when
+    `--snapshot-salvage=false` makes it no source at all."""
     if h is None:
         return _fail("agent", "no plugin checked this node's agent "
                      "(containerd plugin disabled, or it failed: see the log)", node)
@@ -192,10 +194,15 @@ def agent_row(node: str, h: NodeHealth | None) -> Check:
         return _fail("agent", h.error or "unreachable", node)
     if not h.containerd_ok:
         return _fail("agent", f"containerd unhealthy: {h.error}", node)
-    layers = {None: "no images to sample", True: "layers DISCARDED after unpack "
-              "(discard_unpacked_layers=true: cannot be a salvage source)",
+    discarded = ("layers discarded after unpack (discard_unpacked_layers=true): a source "
+                 "in snapshot mode (layers regenerated from its snapshots)"
+                 if snapshot_salvage else "layers DISCARDED after unpack "
+                 "(discard_unpacked_layers=true) and --snapshot-salvage=false: cannot be a "
+                 "salvage source")
+    layers = {None: "no images to sample", True: discarded,
               False: f"layers kept ({h.images_sampled} images sampled)"}
-    return Check(check="agent", subject=node, status="warn" if h.layers_discarded else "ok",
+    warn = bool(h.layers_discarded) and not snapshot_salvage
+    return Check(check="agent", subject=node, status="warn" if warn else "ok",
                  detail=f"{h.endpoint} mTLS ok; containerd {h.containerd_version}; "
                         + layers[h.layers_discarded])
 
@@ -215,8 +222,9 @@ async def agents(kube: KubeClient, host: PluginHost, t: Target) -> list[Check]:
 
     async def one(node: str) -> None:
         with trio.move_on_after(AGENT_TIMEOUT):
-            results[node] = agent_row(node, await host.node_health(node, t.settings,
-                                                                    list(pods)))
+            health = await host.node_health(node, t.settings, list(pods))
+            results[node] = agent_row(node, health,
+                                      snapshot_salvage=t.settings.snapshot_salvage)
             return
         results[node] = _fail("agent", f"no answer within {AGENT_TIMEOUT:.0f}s", node)
 

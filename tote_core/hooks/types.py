@@ -63,6 +63,12 @@ class TransferResult(msgspec.Struct, frozen=True, kw_only=True):
     bytes_transferred: int
     blobs_skipped: int
     duration_seconds: float
+    # "blobs": every layer moved as its original blob; "snapshots": regenerated from the
+    # source's unpacked snapshots (it discarded the blobs); "mixed": some of each.
+    mode: Literal["blobs", "snapshots", "mixed"] = "blobs"
+    layers_regenerated: int = 0
+    layers_verified: int = 0  # regenerated layers whose bytes hash to the image's diff IDs
+    pinned: bool = False  # the image records carry CRI's pin label (kubelet GC skips them)
 
 
 ProgressCallback = Callable[[TransferProgress], Awaitable[None]]

@@ -56,6 +56,10 @@ class Outcomes:
                 "bytesTransferred": result.bytes_total,
                 "blobsSkipped": result.blobs_skipped,
                 "progress": planner.progress_text(result.bytes_total, result.bytes_total),
+                "mode": result.mode,
+                "layersRegenerated": result.layers_regenerated,
+                "layersVerified": result.layers_verified,
+                "pinned": result.pinned,
             })
             metrics.SALVAGE_SUCCESSES.inc()
             metrics.SALVAGE_DURATION.observe(result.duration_seconds)
@@ -64,7 +68,7 @@ class Outcomes:
                 f"Salvaged {inc.image_ref} ({inc.digest}) from node {source} to node "
                 f"{inc.node_name}: {planner.human_bytes(result.bytes_transferred)} moved, "
                 f"{result.blobs_skipped} blobs already present, "
-                f"{result.duration_seconds:.1f}s. {messages.DEBT}"
+                f"{result.duration_seconds:.1f}s.{planner.mode_text(result)} {messages.DEBT}"
             )
         else:
             text = f"Image {inc.image_ref} ({inc.digest}) is {note}; nothing to move."

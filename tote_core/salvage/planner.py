@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from datetime import datetime
 
-from tote_core.hooks.types import NodeInfo
+from tote_core.hooks.types import NodeInfo, TransferResult
 from tote_core.structs.salvagerecord import Condition
 from tote_core.timefmt import parse_time
 
@@ -85,16 +85,32 @@ def progress_text(done: int, total: int) -> str:
     return f"{human_bytes(done)}/{human_bytes(total)} ({pct}%)"
 
 
+def mode_text(result: TransferResult) -> str:
+    """What the salvage event says about how the layers moved and were verified (empty for
+    the blob path, where every byte is checked against the manifest's digests)."""
+    if result.mode == "blobs" or not result.layers_regenerated:
+        return ""
+    n, ok = result.layers_regenerated, result.layers_verified
+    text = (f" {n} layer{'s' * (n != 1)} regenerated from the source's unpacked snapshots "
+            "(it had discarded the layer blobs): ")
+    if ok == n:
+        return text + "every one matches the image's diff IDs."
+    return text + (f"{ok} match the image's diff IDs, {n - ok} verified end to end only "
+                   "(the digest the source computed over what it sent).")
+
+
 PERMANENT = "Permanent"
 # Permanent for one source, not for the salvage: try the next candidate.
-SOURCE_SPECIFIC = frozenset({"layers_discarded", "platform_missing"})
+SOURCE_SPECIFIC = frozenset({"layers_discarded", "platform_missing",
+                             "snapshot_salvage_disabled", "layer_unverified"})
 # Failures caused by tote's own configuration, never a property of the image:
 # recorded with the condition reason CONFIGURATION, not retried by the process that hit them
 # (same configuration, same result), retried by any controller started after them — so a
 # restart with fixed configuration carries on without anyone deleting records. Records an
 # older version marked Permanent for these reasons are retried too.
 CONFIGURATION = "ConfigurationError"
-CONFIG_REASONS = frozenset({"tls_config", "no_plugin"})
+CONFIG_REASONS = frozenset({"tls_config", "no_plugin", "snapshot_salvage_disabled",
+                            "layer_unverified"})
 
 
 def failure_is_final(conditions: list[Condition], started: datetime) -> bool:

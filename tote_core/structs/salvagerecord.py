@@ -47,6 +47,10 @@ class SalvageRecordStatus(_K):
     last_attempt_at: str | None = None
     error: str = ""
     conditions: list[Condition] = msgspec.field(default_factory=list)
+    mode: str = ""  # blobs | snapshots | mixed (how the layers moved)
+    layers_regenerated: int = 0
+    layers_verified: int = 0
+    pinned: bool = False
 
 
 class SalvageRecord(_K):

@@ -25,6 +25,7 @@ class InspectResult(msgspec.Struct, frozen=True, kw_only=True):
     names: list[str]
     platform: str
     config_digest: str
+    unpacked: bool = False  # every layer's snapshot is in CRI's snapshotter
 
 
 class ImportProgress(msgspec.Struct, kw_only=True):
@@ -38,6 +39,10 @@ class ImportProgress(msgspec.Struct, kw_only=True):
     phase: str = "resolving"
     bytes_resumed: int = 0
     path: str = "api"
+    mode: str = "blobs"  # blobs | snapshots | mixed
+    layers_regenerated: int = 0
+    layers_verified: int = 0  # regenerated layers whose bytes hash to their diff ID
+    pinned: bool = False
 
 
 class ImportRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,6 +54,9 @@ class ImportRequest(msgspec.Struct, frozen=True, kw_only=True):
     max_bytes: int = 0
     parallelism: int = 0
     platform: str = ""
+    allow_snapshots: bool = True
+    require_verified: bool = False
+    pin: bool = False
 
 
 class ImageRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,6 +88,17 @@ class Session(msgspec.Struct, frozen=True, kw_only=True):
     expires_unix: int
     source_node: str
     data_port: int = 0
+    regenerable: list[str] = msgspec.field(default_factory=list)
+
+
+class ExportedLayer(msgspec.Struct, frozen=True, kw_only=True):
+    """A layer regenerated from the source's snapshots, readable through the session."""
+
+    digest: str
+    size: int
+    diff_id: str
+    verified: bool  # `digest` == `diff_id`
+    method: str  # diff | diff+root
 
 
 class PushRequest(msgspec.Struct, frozen=True, kw_only=True):

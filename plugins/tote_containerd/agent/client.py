@@ -22,6 +22,7 @@ from tote_containerd._gen.tote.agent.v1 import agent_pb2 as pb
 from tote_containerd.agent import convert, errors
 from tote_containerd.agent._aio import TrioStream, aio, close_channel, h2_config, open_loop
 from tote_containerd.agent.api import (
+    ExportedLayer,
     Health,
     ImageRecord,
     ImportProgress,
@@ -139,6 +140,13 @@ class AgentClient:
                                  pb.RemoveImageRequest(names=names or [], digest=digest))
         return list(resp.removed)
 
+    async def set_pinned(self, pinned: bool, names: list[str] | None = None, digest: str = ""
+                         ) -> list[str]:
+        """Set or clear the CRI pin label on image records; the names that changed."""
+        resp = await self._unary(self._stub.SetPinned, pb.SetPinnedRequest(
+            names=names or [], digest=digest, pinned=pinned))
+        return list(resp.updated)
+
     async def push(self, request: PushRequest, deadline: float) -> PushResult:
         """Have this agent push an image to a registry; the caller owns the deadline."""
         return convert.from_pb(await self._unary(
@@ -172,6 +180,15 @@ class AgentClient:
         return convert.from_pb(await self._unary(
             self._stub.OpenSession, pb.OpenSessionRequest(token=token, target_node=target_node)),
             Session)
+
+    async def export_layer(self, session: str, layer_digest: str, deadline: float | None = None
+                           ) -> ExportedLayer:
+        """Have the source regenerate a discarded layer from its snapshots (minutes for a
+        large layer: the caller owns the deadline, None = the import's)."""
+        with _mapped(self.endpoint):
+            resp = await aio(self._stub.ExportLayer, pb.ExportLayerRequest(
+                session=session, layer_digest=layer_digest), timeout=deadline)
+        return convert.from_pb(resp, ExportedLayer)
 
     @contextlib.asynccontextmanager
     async def read_blob(self, session: str, digest: str, offset: int = 0, length: int = 0

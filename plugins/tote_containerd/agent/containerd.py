@@ -165,6 +165,11 @@ class ContainerdClient:
         )
         await self._unary(self._content.Update, req)
 
+    async def delete_content(self, digest: str) -> None:
+        """Delete a blob; one that is already gone is no error."""
+        await self._unary_unless(errors.NotFound, self._content.Delete,
+                                 content_pb2.DeleteContentRequest(digest=digest))
+
     async def abort(self, ref: str) -> None:
         with contextlib.suppress(errors.NotFound):
             await self._unary(self._content.Abort, content_pb2.AbortRequest(ref=ref))
@@ -277,6 +282,12 @@ class ContainerdClient:
         await self._unary(self._images.Update, images_pb2.UpdateImageRequest(
             image=img, update_mask=field_mask_pb2.FieldMask(paths=paths)))
         return "updated"
+
+    async def set_image_label(self, rec: ImageRec, key: str, value: str | None) -> None:
+        """Set one label of an existing record (None removes it); nothing else changes."""
+        img = images_pb2.Image(name=rec.name, labels={key: value} if value is not None else {})
+        await self._unary(self._images.Update, images_pb2.UpdateImageRequest(
+            image=img, update_mask=field_mask_pb2.FieldMask(paths=[f"labels.{key}"])))
 
     async def delete_image(self, name: str, *, sync: bool = False) -> bool:
         deleted = await self._unary_unless(errors.NotFound, self._images.Delete,

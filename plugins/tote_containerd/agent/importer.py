@@ -4,7 +4,14 @@ and layer blobs in parallel (gRPC stream, or the fast path), each layer unpacked
 snapshotter as soon as it is committed (`unpack.py`), parents committed after their
 children with GC labels, and the image records last, so nothing is visible before every
 blob is committed and unpacked. One import per digest at a time; a failed one resumes from
-containerd's committed offsets (the lease keeps in-flight ingests and finished snapshots)."""
+containerd's committed offsets (the lease keeps in-flight ingests and finished snapshots).
+
+Snapshot mode: layers the source discarded after unpacking (its session lists them as
+`regenerable`) are regenerated there from its snapshots (`layer_export`), fetched as
+uncompressed tars verified against the digest the source computed, and applied into the
+snapshot named by the config's chain ID; the compressed blob never exists here, as on a node
+that discards its layers itself. Such a layer cannot fall back to an unpack at container
+create, so its unpack failing fails the import."""
 
 from __future__ import annotations
 
@@ -12,13 +19,12 @@ import hashlib
 import logging
 import ssl
 import time
-from functools import partial
 from typing import Any
 
 import trio
 
 from tote_containerd.agent import metrics, oci
-from tote_containerd.agent.api import ImportProgress, ImportRequest, Session
+from tote_containerd.agent.api import ExportedLayer, ImportProgress, ImportRequest, Session
 from tote_containerd.agent.containerd import Descriptor
 from tote_containerd.agent.content import LocalContent
 from tote_containerd.agent.errors import (
@@ -27,16 +33,19 @@ from tote_containerd.agent.errors import (
     FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
+    Unavailable,
     as_one_error,
 )
 from tote_containerd.agent.fast_path import FastPath
 from tote_containerd.agent.peer import Peer, PeerOpener, split_endpoint
 from tote_containerd.agent.progress import ProgressFn, Reporter
-from tote_containerd.agent.unpack import Unpacker
+from tote_containerd.agent.records import PIN_LABEL, PINNED
+from tote_containerd.agent.unpack import MT_LAYER_TAR, Unpacker, chain_ids, diff_ids_of
 
 log = logging.getLogger("tote.agent")
 
 IMPORT_LEASE_TTL = 3600.0
+FINAL_REFUSALS = frozenset({"too_large", "layer_unverified"})
 CRI_LABELS = {oci.CRI_LABEL: "managed"}
 
 
@@ -109,12 +118,20 @@ class Importer:
             else:
                 raise FailedPrecondition(f"unsupported media type {top_mt!r}")
             config, layers = oci.manifest_children(manifest)
+            snapshotter = await self.unpacker.snapshotter()
+            regen = await self._layers_to_regenerate(req, peer, sess, config, layers,
+                                                     snapshotter)
             children: dict[str, oci.Desc] = {}
             for d in [config, *layers]:
                 children.setdefault(d.digest, d)
             missing: list[oci.Desc] = []
             for d in children.values():
-                if await present(d.digest):
+                if d.digest in regen:
+                    if regen[d.digest]:
+                        missing.append(d)
+                    else:
+                        prog.blobs_skipped += 1  # its snapshot is here already
+                elif await present(d.digest):
                     prog.blobs_skipped += 1
                 else:
                     missing.append(d)
@@ -134,8 +151,14 @@ class Importer:
             # after a failed transfer so a retry resumes the in-flight ingests.
             await self.cd.create_lease(lease, expire_in=IMPORT_LEASE_TTL,
                                        labels={"tote.dev/import": req.digest})
-            snapshotter = await self.unpacker.snapshotter()
             arrived = {d.digest: trio.Event() for d in missing}
+            # Regenerated layers, as their tars arrive: what the unpacker applies instead.
+            tars: dict[str, oci.Desc] = {}
+            regenerated = [d for d in missing if regen.get(d.digest)]
+            if regenerated:
+                prog.mode = "snapshots" if all(
+                    regen.get(d.digest) for d in missing if d.digest != config.digest
+                ) else "mixed"
 
             async def committed(digest: str) -> None:
                 if digest in arrived:
@@ -147,23 +170,41 @@ class Importer:
                     prog.phase = "unpacking"  # the layers that arrived last
                     await progress(prog)
 
+            async def unpack() -> None:
+                assert snapshotter is not None
+                ok = await self.unpacker.unpack(snapshotter, config, layers,
+                                                committed=committed, lease=lease,
+                                                substitutes=tars)
+                if not ok and regenerated:
+                    raise Unavailable(f"{req.digest}: unpacking the layers regenerated from "
+                                      "the source's snapshots failed (see the agent's log)",
+                                      reason="unpack_failed")
+
             prog.phase = "transferring"
             await progress(prog)
             reporter = Reporter(prog, progress)
             sem = trio.Semaphore(max(1, req.parallelism or self.parallelism))
-            with as_one_error("parallel blob streams"):
-                async with trio.open_nursery() as nursery:
-                    for d in sorted(missing, key=lambda x: -x.size):
-                        nursery.start_soon(self._fetch_one, peer, sess, d, lease, sem,
-                                           reporter, host, arrived[d.digest])
-                    nursery.start_soon(report)
-                    reporter.expect(len(missing))
-                    if snapshotter:
-                        # Layer by layer, each as soon as it is committed, while later
-                        # ones are still in flight; failure only logs (CRI unpacks later).
-                        nursery.start_soon(partial(
-                            self.unpacker.unpack, snapshotter, config, layers,
-                            committed=committed, lease=lease))
+            try:
+                with as_one_error("parallel blob streams"):
+                    async with trio.open_nursery() as nursery:
+                        for d in sorted(missing, key=lambda x: -x.size):
+                            if regen.get(d.digest):
+                                nursery.start_soon(self._fetch_regenerated, peer, sess, d,
+                                                   lease, sem, reporter, host,
+                                                   arrived[d.digest], req, tars)
+                            else:
+                                nursery.start_soon(self._fetch_one, peer, sess, d, lease, sem,
+                                                   reporter, host, arrived[d.digest])
+                        nursery.start_soon(report)
+                        reporter.expect(len(missing))
+                        if snapshotter:
+                            # Layer by layer, each as soon as it is committed, while later
+                            # ones are still in flight; failure only logs (CRI unpacks later)
+                            # unless a layer was regenerated (no blob to unpack from later).
+                            nursery.start_soon(unpack)
+            except FailedPrecondition as exc:
+                await self._release_if_final(exc, lease)
+                raise
             prog.phase = "committing"
             await progress(prog)
             # Parents after children, each with GC labels pointing at its children.
@@ -184,9 +225,17 @@ class Importer:
                 ref = oci.parse_ref(extra)
                 if ref.with_digest(req.digest) not in names:
                     names.insert(2, ref.with_digest(req.digest))
+        labels = dict(CRI_LABELS)
+        if req.pin:
+            labels[PIN_LABEL] = PINNED  # kubelet's image GC skips it while the registry is down
         for name in names:
-            how = await self.cd.put_image(name, target, dict(CRI_LABELS))
+            how = await self.cd.put_image(name, target, labels)
             log.info("image record %s %s → %s", name, how, req.digest)
+        prog.pinned = req.pin
+        # The regenerated tars are unpacked now; nothing refers to them (the manifest names
+        # the compressed layers): free their space rather than wait for containerd's GC.
+        for tar in tars.values():
+            await self._discard(tar.digest)
         # The image is complete and recorded: from here on nothing may turn it into a failure
         # (the controller would retry a finished transfer). The lease expires on its own.
         try:
@@ -199,6 +248,83 @@ class Importer:
         prog.done = True
         await progress(prog)
         return prog
+
+    async def _layers_to_regenerate(
+            self, req: ImportRequest, peer: Peer, sess: Session, config: oci.Desc,
+            layers: list[oci.Desc], snapshotter: str | None) -> dict[str, bool]:
+        """Layers this import takes from the source's snapshots: layer digest → whether it
+        has to move (False: its snapshot is here already). Only layers the source
+        discarded and this node lacks; refused before anything is written when snapshot
+        salvage is off here or impossible."""
+        candidates = [d for d in layers if d.digest in set(sess.regenerable)
+                      and not await self.content.present(d.digest)]
+        if not candidates:
+            return {}
+        if not req.allow_snapshots:
+            raise FailedPrecondition(
+                f"source {req.source_node} discarded {len(candidates)} layer blobs of "
+                f"{req.digest} and snapshot salvage is turned off (--snapshot-salvage=false)",
+                reason="snapshot_salvage_disabled")
+        if snapshotter is None:
+            raise FailedPrecondition(
+                "the source discarded layer blobs and this node has no CRI snapshotter to "
+                "apply regenerated layers into", reason="snapshot_unsupported")
+        ids = diff_ids_of(await self._small_blob(peer, sess.session, config.digest,
+                                                 config.size), len(layers))
+        chains = dict(zip((d.digest for d in layers), chain_ids(ids), strict=True))
+        return {d.digest: not await self.unpacker.exists(snapshotter, chains[d.digest])
+                for d in candidates}
+
+    async def _fetch_regenerated(self, peer: Peer, sess: Session, d: oci.Desc, lease: str,
+                                 sem: trio.Semaphore, reporter: Reporter, host: str,
+                                 committed: trio.Event, req: ImportRequest,
+                                 tars: dict[str, oci.Desc]) -> None:
+        """Have the source regenerate layer `d` from its snapshots, then fetch the tar like a
+        blob (verified against the digest the source computed over it)."""
+        prog = reporter.prog
+        try:
+            async with sem:
+                exported: ExportedLayer = await peer.export_layer(sess.session, d.digest)
+                if exported.diff_id != "" and not exported.verified and req.require_verified:
+                    raise FailedPrecondition(
+                        f"layer {d.digest} regenerated by {req.source_node} hashes to "
+                        f"{exported.digest}, not its diff ID {exported.diff_id}, and only "
+                        "verified layers are accepted (--snapshot-salvage-strict)",
+                        reason="layer_unverified")
+                oci.check_digest(exported.digest)
+                prog.bytes_total += exported.size - d.size
+                if req.max_bytes and prog.bytes_total > req.max_bytes:
+                    raise FailedPrecondition(
+                        f"{prog.bytes_total} bytes would have to move (layers regenerated "
+                        f"uncompressed), more than the limit of {req.max_bytes}",
+                        reason="too_large")
+                tar = oci.Desc(MT_LAYER_TAR, exported.digest, exported.size)
+                if self.fast:
+                    data = (host, sess.data_port) if sess.data_port else None
+                    await self.fast.fetch(peer, sess.session, tar, lease, reporter, data)
+                else:
+                    await self._fetch_api(peer, sess.session, tar, lease, reporter)
+            prog.layers_regenerated += 1
+            prog.layers_verified += exported.verified
+            if tar.digest != d.digest:
+                tars[d.digest] = tar
+            # else: an uncompressed layer regenerated byte for byte is its own blob again
+            committed.set()
+        finally:
+            reporter.one_done()
+
+    async def _release_if_final(self, exc: FailedPrecondition, lease: str) -> None:
+        """A refusal found only once bytes moved (a regenerated layer over the size limit
+        or not verifiable in strict mode) is final: nothing is kept for a resume."""
+        if exc.reason in FINAL_REFUSALS:
+            with trio.CancelScope(shield=True), trio.move_on_after(30):
+                await self.cd.delete_lease(lease, sync=True)
+
+    async def _discard(self, digest: str) -> None:
+        try:
+            await self.cd.delete_content(digest)
+        except AgentError as exc:
+            log.info("regenerated layer %s stays until containerd's GC: %s", digest, exc)
 
     async def _small_blob(self, peer: Peer, session: str, digest: str, size: int | None
                           ) -> bytes:

@@ -35,3 +35,8 @@ UNPACKS = Counter("tote_agent_unpacks_total",
                   "Imports unpacked into CRI's snapshotter while their bytes arrived, by "
                   "result (failed: CRI unpacks at container create instead).",
                   ["result"], registry=REGISTRY)
+LAYERS_EXPORTED = Counter("tote_agent_layers_regenerated_total",
+                          "Discarded layers this node regenerated from its snapshots for a "
+                          "snapshot salvage, by whether the bytes hash to the layer's diff ID "
+                          "(false: verified end to end only).",
+                          ["verified"], registry=REGISTRY)

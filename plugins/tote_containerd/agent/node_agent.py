@@ -14,6 +14,7 @@ from tote_containerd.agent.containerd import ContainerdClient
 from tote_containerd.agent.content import LocalContent
 from tote_containerd.agent.errors import AgentError
 from tote_containerd.agent.importer import Importer
+from tote_containerd.agent.layer_export import LayerExporter
 from tote_containerd.agent.peer import PeerOpener
 from tote_containerd.agent.source import SourceSide
 from tote_containerd.agent.tokens import Verifier
@@ -28,11 +29,12 @@ class NodeAgent:
         self.node = node
         self.platform = platform
         self.content = LocalContent(cd, node, content_root, fast_path)
-        # The data channel is served only with file access.
-        self.source = SourceSide(self.content, verifier,
-                                 data_port if self.content.fast_path else 0)
         self.importer = Importer(self.content, platform=platform, open_peer=open_peer,
                                  parallelism=parallelism, data_ssl=data_ssl)
+        self.exporter = LayerExporter(cd, self.importer.unpacker.snapshotter)
+        # The data channel is served only with file access.
+        self.source = SourceSide(self.content, verifier,
+                                 data_port if self.content.fast_path else 0, self.exporter)
         self.containerd_version = ""
         self.containerd_error = ""
 
@@ -60,7 +62,7 @@ class NodeAgent:
 
     async def inspect(self, ref: str, platform: str = "") -> InspectResult:
         want = oci.check_platform(platform) if platform else self.platform
-        return await inspection.inspect(self.content, ref, want)
+        return await inspection.inspect(self.content, ref, want, self.exporter)
 
     async def push(self, req: PushRequest) -> PushResult:
         """Backup push (see `push`): blobs from the files when this agent reads them directly."""

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from tote_containerd.agent import errors
-from tote_containerd.agent.api import Session
+from tote_containerd.agent.api import ExportedLayer, Session
 
 
 def split_endpoint(endpoint: str) -> tuple[str, int]:
@@ -26,6 +26,9 @@ Chunk = tuple[int, bytes, int]  # offset, data, blob size
 
 class Peer(Protocol):
     async def open_session(self, token: str, target_node: str) -> Session: ...
+
+    async def export_layer(self, session: str, layer_digest: str,
+                           deadline: float | None = None) -> ExportedLayer: ...
 
     def read_blob(self, session: str, digest: str, offset: int = 0, length: int = 0
                   ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[Chunk]]:

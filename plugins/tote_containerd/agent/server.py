@@ -34,9 +34,11 @@ ACL: dict[str, tuple[Role, ...]] = {
     "ListImages": ("controller",),
     "ResolveTag": ("controller",),
     "RemoveImage": ("controller",),
+    "SetPinned": ("controller",),
     "Push": ("controller",),
     "OpenSession": ("agent",),
     "ReadBlob": ("agent",),
+    "ExportLayer": ("agent",),
 }
 
 
@@ -131,6 +133,13 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
         await self._run("ReadBlob", self.agent.source.read_blob, req.session, req.digest,
                         req.offset, req.length, ident, send)
 
+    async def ExportLayer(self, stream: Any) -> None:
+        ident = self._authorise(stream, "ExportLayer")
+        req = await stream.recv_message()
+        res = await self._run("ExportLayer", self.agent.source.export_layer, req.session,
+                              req.layer_digest, ident)
+        await stream.send_message(convert.to_pb(res, pb.ExportLayerResponse))
+
     async def ImportFrom(self, stream: Any) -> None:
         self._authorise(stream, "ImportFrom")
         req = await stream.recv_message()
@@ -160,6 +169,13 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
         removed = await self._run("RemoveImage", records.remove_image, self.agent.cd,
                                   list(req.names), req.digest)
         await stream.send_message(pb.RemoveImageResponse(removed=removed))
+
+    async def SetPinned(self, stream: Any) -> None:
+        self._authorise(stream, "SetPinned")
+        req = await stream.recv_message()
+        updated = await self._run("SetPinned", records.set_pinned, self.agent.cd,
+                                  list(req.names), req.digest, req.pinned)
+        await stream.send_message(pb.SetPinnedResponse(updated=updated))
 
     async def Push(self, stream: Any) -> None:
         self._authorise(stream, "Push")

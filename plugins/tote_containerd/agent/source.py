@@ -1,7 +1,9 @@
 """The source side of a transfer: a target agent redeems a transfer token for a session
 (single use, bound to the caller's certificate), then reads the image's blobs through it —
 over gRPC (`read_blob`) or, on the fast path, over the data channel
-(`authorise_file_read`, served by `dataplane.DataServer`)."""
+(`authorise_file_read`, served by `dataplane.DataServer`). Layers this node discarded after
+unpacking are regenerated from its snapshots on request (`export_layer`, see
+`layer_export`) and become readable through the same session."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import msgspec
 import trio
 
 from tote_containerd.agent import metrics, oci
-from tote_containerd.agent.api import Session
+from tote_containerd.agent.api import ExportedLayer, Session
 from tote_containerd.agent.content import LocalContent
 from tote_containerd.agent.errors import (
     FailedPrecondition,
@@ -25,6 +27,7 @@ from tote_containerd.agent.errors import (
     PermissionDenied,
     Unavailable,
 )
+from tote_containerd.agent.layer_export import LayerExporter, Regenerable
 from tote_containerd.agent.tls import Identity
 from tote_containerd.agent.tokens import Verifier
 
@@ -43,12 +46,15 @@ class _SessionState(msgspec.Struct):
     digest: str
     allowed: dict[str, int]  # digest → size
     expires: float
+    regenerable: dict[str, Regenerable]  # discarded layer digest → its snapshots
 
 
 class SourceSide:
-    def __init__(self, content: LocalContent, verifier: Verifier, data_port: int = 0) -> None:
+    def __init__(self, content: LocalContent, verifier: Verifier, data_port: int = 0,
+                 exporter: LayerExporter | None = None) -> None:
         self.content = content
         self.verifier = verifier
+        self.exporter = exporter
         self.data_port = data_port  # announced in sessions; 0 = no data channel
         self._sessions: dict[str, _SessionState] = {}
 
@@ -66,25 +72,28 @@ class SourceSide:
         if not await self.content.cd.create_lease(f"tote-token-{claims.nonce[:64]}",
                                                   expire_in=remaining):
             raise PermissionDenied("transfer token already used (replay refused)")
-        allowed = await self._image_blobs(claims.digest)
+        allowed, regenerable = await self._image_blobs(claims.digest)
         sid = secrets.token_urlsafe(24)
         expires = time.time() + SESSION_TTL
         self._gc_sessions()
         self._sessions[sid] = _SessionState(caller=caller.name, source=claims.source,
                                             target=claims.target, digest=claims.digest,
-                                            allowed=allowed, expires=expires)
-        log.info("session opened for %s → %s (%d blobs)", claims.digest, claims.target,
-                 len(allowed))
+                                            allowed=allowed, expires=expires,
+                                            regenerable=regenerable)
+        log.info("session opened for %s → %s (%d blobs%s)", claims.digest, claims.target,
+                 len(allowed), f", {len(regenerable)} layers from snapshots"
+                 if regenerable else "")
         return Session(session=sid, expires_unix=int(expires), source_node=node,
-                       data_port=self.data_port)
+                       data_port=self.data_port, regenerable=sorted(regenerable))
 
     def _gc_sessions(self) -> None:
         now = time.time()
         for sid in [s for s, st in self._sessions.items() if st.expires < now]:
             del self._sessions[sid]
 
-    async def _image_blobs(self, digest: str) -> dict[str, int]:
-        """Every blob of `digest` this node holds: index, held manifests, configs, layers."""
+    async def _image_blobs(self, digest: str) -> tuple[dict[str, int], dict[str, Regenerable]]:
+        """Every blob of `digest` this node holds — index, held manifests, configs, layers —
+        and the layers it discarded but can regenerate from its snapshots."""
         content = self.content
         info = await content.cd.info(digest)
         if info is None:
@@ -102,13 +111,30 @@ class SourceSide:
                         manifests.append(d)
         else:
             manifests.append(oci.Desc(oci.MT_OCI_MANIFEST, digest, info.size))
+        regenerable: dict[str, Regenerable] = {}
         for m in manifests:
             allowed[m.digest] = m.size
             manifest = await content.json(m.digest, "manifest")
             config, layers = oci.manifest_children(manifest)
             for d in [config, *layers]:
                 allowed[d.digest] = d.size
-        return allowed
+            absent = {d.digest for d in layers if not await content.present(d.digest)}
+            if absent and self.exporter is not None and await content.present(config.digest):
+                regenerable.update(await self.exporter.regenerable(config, layers, absent))
+        return allowed, regenerable
+
+    async def export_layer(self, session: str, layer: str, caller: Identity) -> ExportedLayer:
+        """Regenerate a discarded layer of the session's image; the session may then read
+        the tar it became (by the returned digest)."""
+        st = self._session(session, caller)
+        oci.check_digest(layer)
+        regen = st.regenerable.get(layer)
+        if regen is None or self.exporter is None:
+            raise PermissionDenied(f"{layer} is not a layer this session can regenerate")
+        lease = f"tote-export-{session[:16]}"
+        out = await self.exporter.export(layer, regen, lease)
+        st.allowed[out.digest] = out.size
+        return out
 
     async def authorise_file_read(self, session: str, digest: str, offset: int, length: int,
                                   caller: Identity) -> tuple[Path, int, int, int]:
@@ -119,13 +145,17 @@ class SourceSide:
             raise FailedPrecondition("no direct access to this blob here; use ReadBlob")
         return path, offset, end, size
 
-    def _authorise_read(self, session: str, digest: str, offset: int, length: int,
-                        caller: Identity) -> tuple[int, int]:
+    def _session(self, session: str, caller: Identity) -> _SessionState:
         st = self._sessions.get(session)
         if st is None or st.expires < time.time():
             raise PermissionDenied("unknown or expired session")
         if st.caller != caller.name:
             raise PermissionDenied("session belongs to another peer")
+        return st
+
+    def _authorise_read(self, session: str, digest: str, offset: int, length: int,
+                        caller: Identity) -> tuple[int, int]:
+        st = self._session(session, caller)
         oci.check_digest(digest)
         size = st.allowed.get(digest)
         if size is None:

@@ -52,6 +52,7 @@ log = logging.getLogger("tote.agent")
 
 SNAPSHOTTER_DIR = "io.containerd.snapshotter.v1."
 LABEL_UNCOMPRESSED = "containerd.io/uncompressed"
+MT_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"  # what a regenerated layer is
 LABEL_REF = "containerd.io/snapshot.ref"
 LABEL_DIFF_ID = "containerd.io/snapshot/diff-id"
 LABEL_PARENT = "containerd.io/snapshot/parent-chain-id"
@@ -124,18 +125,24 @@ class Unpacker:
         return self._snapshotter
 
     async def unpack(self, snapshotter: str, config: oci.Desc, layers: list[oci.Desc], *,
-                     committed: Callable[[str], Awaitable[None]], lease: str) -> bool:
+                     committed: Callable[[str], Awaitable[None]], lease: str,
+                     substitutes: dict[str, oci.Desc] | None = None) -> bool:
         """Unpack `layers`, each once `committed(digest)` returns. True when the whole chain
         is in place; False (reason logged) when CRI must unpack at create. Cancellation
-        propagates; nothing else does."""
+        propagates; nothing else does.
+
+        `substitutes` (filled by the time a layer's `committed` returns): layers applied from
+        another blob — a tar regenerated from a source's snapshots — instead of their own,
+        which is not in the content store."""
         started = time.monotonic()
+        subs = substitutes if substitutes is not None else {}
         try:
             await committed(config.digest)
             ids = diff_ids_of(await self.cd.read_all(config.digest), len(layers))
             chains = chain_ids(ids)
             parallel = len(layers) > 1 and await self._can_extract_in_parallel(snapshotter)
             run = self._parallel_unpack if parallel else self._sequential_unpack
-            made = await run(snapshotter, layers, ids, chains, committed, lease)
+            made = await run(snapshotter, layers, ids, chains, committed, lease, subs)
             if chains:
                 await self.cd.update_labels(
                     config.digest, {LABEL_GC_SNAPSHOT + snapshotter: chains[-1]})
@@ -152,23 +159,25 @@ class Unpacker:
 
     async def _sequential_unpack(self, sn: str, layers: list[oci.Desc], ids: list[str],
                           chains: list[str], committed: Callable[[str], Awaitable[None]],
-                          lease: str) -> int:
+                          lease: str, subs: dict[str, oci.Desc]) -> int:
         """One layer after the other, each on top of its parent."""
         made = 0
         for i, layer in enumerate(layers):
-            if await self._exists(sn, chains[i]):
+            if await self.exists(sn, chains[i]):
                 continue
             await committed(layer.digest)
             parent = chains[i - 1] if i else ""
             labels = _labels(chains[i], ids[i], parent)
-            key = await self._extract(sn, layer, ids[i], chains[i], parent, labels, lease)
-            await self._commit(sn, layer, ids[i], chains[i], key, labels, "", lease)
+            key = await self._extract(sn, subs.get(layer.digest, layer), ids[i], chains[i],
+                                      parent, labels, lease)
+            await self._commit(sn, layer, ids[i], chains[i], key, labels, "", lease,
+                               layer.digest not in subs)
             made += 1
         return made
 
     async def _parallel_unpack(self, sn: str, layers: list[oci.Desc], ids: list[str],
                         chains: list[str], committed: Callable[[str], Awaitable[None]],
-                        lease: str) -> int:
+                        lease: str, subs: dict[str, oci.Desc]) -> int:
         """Snapshotters that can rebase at commit (containerd 2.x overlayfs): each layer is
         extracted into a snapshot of its own as soon as it arrives, several at once, and the
         snapshots are committed in chain order, each onto its parent — what containerd's own
@@ -181,11 +190,11 @@ class Unpacker:
         made = 0
 
         async def extract(i: int) -> None:
-            if not await self._exists(sn, chains[i]):
+            if not await self.exists(sn, chains[i]):
                 await committed(layers[i].digest)
                 async with limiter:
                     keys[i] = await self._extract(
-                        sn, layers[i], ids[i], chains[i], "",
+                        sn, subs.get(layers[i].digest, layers[i]), ids[i], chains[i], "",
                         _labels(chains[i], ids[i], chains[i - 1] if i else ""), lease,
                         upper_only=i > 0)
             ready[i].set()  # not on failure: the nursery is cancelled then
@@ -203,7 +212,8 @@ class Unpacker:
                         keys[i] = None
                         parent = chains[i - 1] if i else ""
                         await self._commit(sn, layers[i], ids[i], chains[i], key,
-                                           _labels(chains[i], ids[i], parent), parent, lease)
+                                           _labels(chains[i], ids[i], parent), parent, lease,
+                                           layers[i].digest not in subs)
                         made += 1
         finally:
             for key in keys:
@@ -219,7 +229,7 @@ class Unpacker:
                 await self.cd.snapshotter_capabilities(snapshotter)
         return self._parallel
 
-    async def _exists(self, snapshotter: str, key: str) -> bool:
+    async def exists(self, snapshotter: str, key: str) -> bool:
         try:
             await self.cd.call(self._snapshots.Stat, snapshots_pb2.StatSnapshotRequest(
                 snapshotter=snapshotter, key=key), deadline=30)
@@ -231,7 +241,10 @@ class Unpacker:
                        parent: str, labels: dict[str, str], lease: str, *,
                        upper_only: bool = False) -> str:
         """Prepare an extraction snapshot and apply the layer into it; its key. The
-        uncompressed digest must be the config's diff ID. Removed again on any failure."""
+        uncompressed digest must be the config's diff ID — or, for an uncompressed tar
+        regenerated from a source's snapshots, the tar's own digest, which its source
+        computed and the transfer verified (the diff ID when the source reproduced the
+        original bytes). Removed again on any failure."""
         # containerd's own key format for extractions ("extract-<unique> <chain id>").
         key = f"extract-{time.time_ns()}-{os.urandom(4).hex()} {chain}"
         resp = await self.cd.call(self._snapshots.Prepare, snapshots_pb2.PrepareSnapshotRequest(
@@ -239,23 +252,26 @@ class Unpacker:
         mounts = list(resp.mounts)
         if upper_only:
             mounts = _upper_only(mounts)
+        regenerated = layer.media_type == MT_LAYER_TAR and layer.digest != diff_id
+        expected = layer.digest if regenerated else diff_id
         try:
             applied = await self.cd.call(self._diff.Apply, diff_pb2.ApplyRequest(
                 diff=descriptor_pb2.Descriptor(media_type=layer.media_type,
                                                digest=layer.digest, size=layer.size),
                 mounts=mounts), lease=lease, deadline=APPLY_DEADLINE)
-            if applied.applied.digest != diff_id:
+            if applied.applied.digest != expected:
                 raise DataLoss(f"layer {layer.digest} unpacks to {applied.applied.digest}, "
-                               f"the config says {diff_id}")
+                               f"expected {expected}")
         except BaseException:
             await self._remove(sn, key)
             raise
         return key
 
     async def _commit(self, sn: str, layer: oci.Desc, diff_id: str, chain: str, key: str,
-                      labels: dict[str, str], parent: str, lease: str) -> None:
+                      labels: dict[str, str], parent: str, lease: str, blob_here: bool
+                      ) -> None:
         """Commit `key` as `chain` (onto `parent` when given: a rebase), then mark the layer
-        blob with its verified uncompressed digest."""
+        blob, when it is here, with its verified uncompressed digest."""
         try:
             await self.cd.call(self._snapshots.Commit, snapshots_pb2.CommitSnapshotRequest(
                 snapshotter=sn, name=chain, key=key, labels=labels, parent=parent),
@@ -265,7 +281,8 @@ class Unpacker:
         except BaseException:
             await self._remove(sn, key)
             raise
-        await self.cd.update_labels(layer.digest, {LABEL_UNCOMPRESSED: diff_id})
+        if blob_here:
+            await self.cd.update_labels(layer.digest, {LABEL_UNCOMPRESSED: diff_id})
 
     async def _remove(self, sn: str, key: str) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(30):

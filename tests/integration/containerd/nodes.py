@@ -38,17 +38,20 @@ def containerd_unusable() -> str | None:
     return None
 
 
-def start_node(group: ProcessGroup, base: Path, name: str, *, cri: bool = False) -> Node:
+def start_node(group: ProcessGroup, base: Path, name: str, *, cri: bool = False,
+               discard_unpacked_layers: bool = False) -> Node:
     """A containerd "node". `cri=True`: with the CRI plugin (overlayfs), as on a kubelet
     node — nothing here runs pods, but CRI's image service answers (its image filesystem
-    names the snapshotter imports are unpacked into)."""
+    names the snapshotter imports are unpacked into). `discard_unpacked_layers`: CRI's
+    setting as EKS and other managed node images write it."""
     versions.use_containerd()
     d = base / name
     d.mkdir(parents=True, exist_ok=True)
     cfg = d / "config.toml"
     if cri:
-        cfg.write_text(containerd_config.cri(d, pause="registry.k8s.io/pause:3.10",
-                                             cni_bin="/usr/lib/cni"))
+        cfg.write_text(containerd_config.cri(
+            d, pause="registry.k8s.io/pause:3.10", cni_bin="/usr/lib/cni",
+            discard_unpacked_layers=discard_unpacked_layers))
     else:
         cfg.write_text(containerd_config.plain(d))
     proc = group.start(f"containerd-{name}", ["containerd", "--config", str(cfg)])

@@ -27,6 +27,10 @@ class AgentBase(abc.ABC):
         pass
 
     @abc.abstractmethod
+    async def ExportLayer(self, stream: 'grpclib.server.Stream[tote_containerd._gen.tote.agent.v1.agent_pb2.ExportLayerRequest, tote_containerd._gen.tote.agent.v1.agent_pb2.ExportLayerResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
     async def ImportFrom(self, stream: 'grpclib.server.Stream[tote_containerd._gen.tote.agent.v1.agent_pb2.ImportFromRequest, tote_containerd._gen.tote.agent.v1.agent_pb2.ImportProgress]') -> None:
         pass
 
@@ -40,6 +44,10 @@ class AgentBase(abc.ABC):
 
     @abc.abstractmethod
     async def RemoveImage(self, stream: 'grpclib.server.Stream[tote_containerd._gen.tote.agent.v1.agent_pb2.RemoveImageRequest, tote_containerd._gen.tote.agent.v1.agent_pb2.RemoveImageResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def SetPinned(self, stream: 'grpclib.server.Stream[tote_containerd._gen.tote.agent.v1.agent_pb2.SetPinnedRequest, tote_containerd._gen.tote.agent.v1.agent_pb2.SetPinnedResponse]') -> None:
         pass
 
     @abc.abstractmethod
@@ -70,6 +78,12 @@ class AgentBase(abc.ABC):
                 tote_containerd._gen.tote.agent.v1.agent_pb2.ReadBlobRequest,
                 tote_containerd._gen.tote.agent.v1.agent_pb2.ReadBlobResponse,
             ),
+            '/tote.agent.v1.Agent/ExportLayer': grpclib.const.Handler(
+                self.ExportLayer,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                tote_containerd._gen.tote.agent.v1.agent_pb2.ExportLayerRequest,
+                tote_containerd._gen.tote.agent.v1.agent_pb2.ExportLayerResponse,
+            ),
             '/tote.agent.v1.Agent/ImportFrom': grpclib.const.Handler(
                 self.ImportFrom,
                 grpclib.const.Cardinality.UNARY_STREAM,
@@ -93,6 +107,12 @@ class AgentBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 tote_containerd._gen.tote.agent.v1.agent_pb2.RemoveImageRequest,
                 tote_containerd._gen.tote.agent.v1.agent_pb2.RemoveImageResponse,
+            ),
+            '/tote.agent.v1.Agent/SetPinned': grpclib.const.Handler(
+                self.SetPinned,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                tote_containerd._gen.tote.agent.v1.agent_pb2.SetPinnedRequest,
+                tote_containerd._gen.tote.agent.v1.agent_pb2.SetPinnedResponse,
             ),
             '/tote.agent.v1.Agent/Push': grpclib.const.Handler(
                 self.Push,
@@ -130,6 +150,12 @@ class AgentStub:
             tote_containerd._gen.tote.agent.v1.agent_pb2.ReadBlobRequest,
             tote_containerd._gen.tote.agent.v1.agent_pb2.ReadBlobResponse,
         )
+        self.ExportLayer = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/tote.agent.v1.Agent/ExportLayer',
+            tote_containerd._gen.tote.agent.v1.agent_pb2.ExportLayerRequest,
+            tote_containerd._gen.tote.agent.v1.agent_pb2.ExportLayerResponse,
+        )
         self.ImportFrom = grpclib.client.UnaryStreamMethod(
             channel,
             '/tote.agent.v1.Agent/ImportFrom',
@@ -153,6 +179,12 @@ class AgentStub:
             '/tote.agent.v1.Agent/RemoveImage',
             tote_containerd._gen.tote.agent.v1.agent_pb2.RemoveImageRequest,
             tote_containerd._gen.tote.agent.v1.agent_pb2.RemoveImageResponse,
+        )
+        self.SetPinned = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/tote.agent.v1.Agent/SetPinned',
+            tote_containerd._gen.tote.agent.v1.agent_pb2.SetPinnedRequest,
+            tote_containerd._gen.tote.agent.v1.agent_pb2.SetPinnedResponse,
         )
         self.Push = grpclib.client.UnaryUnaryMethod(
             channel,

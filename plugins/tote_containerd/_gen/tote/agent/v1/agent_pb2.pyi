@@ -29,7 +29,7 @@ class InspectRequest(_message.Message):
     def __init__(self, ref: _Optional[str] = ..., platform: _Optional[str] = ...) -> None: ...
 
 class InspectResponse(_message.Message):
-    __slots__ = ("digest", "media_type", "blobs", "total_bytes", "present_bytes", "complete", "layers_discarded", "reason", "names", "platform", "config_digest")
+    __slots__ = ("digest", "media_type", "blobs", "total_bytes", "present_bytes", "complete", "layers_discarded", "reason", "names", "platform", "config_digest", "unpacked")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
     BLOBS_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class InspectResponse(_message.Message):
     NAMES_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     CONFIG_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    UNPACKED_FIELD_NUMBER: _ClassVar[int]
     digest: str
     media_type: str
     blobs: _containers.RepeatedCompositeFieldContainer[BlobInfo]
@@ -52,7 +53,8 @@ class InspectResponse(_message.Message):
     names: _containers.RepeatedScalarFieldContainer[str]
     platform: str
     config_digest: str
-    def __init__(self, digest: _Optional[str] = ..., media_type: _Optional[str] = ..., blobs: _Optional[_Iterable[_Union[BlobInfo, _Mapping]]] = ..., total_bytes: _Optional[int] = ..., present_bytes: _Optional[int] = ..., complete: _Optional[bool] = ..., layers_discarded: _Optional[bool] = ..., reason: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., platform: _Optional[str] = ..., config_digest: _Optional[str] = ...) -> None: ...
+    unpacked: bool
+    def __init__(self, digest: _Optional[str] = ..., media_type: _Optional[str] = ..., blobs: _Optional[_Iterable[_Union[BlobInfo, _Mapping]]] = ..., total_bytes: _Optional[int] = ..., present_bytes: _Optional[int] = ..., complete: _Optional[bool] = ..., layers_discarded: _Optional[bool] = ..., reason: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., platform: _Optional[str] = ..., config_digest: _Optional[str] = ..., unpacked: _Optional[bool] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
     __slots__ = ("token", "target_node")
@@ -63,16 +65,18 @@ class OpenSessionRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ..., target_node: _Optional[str] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
-    __slots__ = ("session", "expires_unix", "source_node", "data_port")
+    __slots__ = ("session", "expires_unix", "source_node", "data_port", "regenerable")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
     SOURCE_NODE_FIELD_NUMBER: _ClassVar[int]
     DATA_PORT_FIELD_NUMBER: _ClassVar[int]
+    REGENERABLE_FIELD_NUMBER: _ClassVar[int]
     session: str
     expires_unix: int
     source_node: str
     data_port: int
-    def __init__(self, session: _Optional[str] = ..., expires_unix: _Optional[int] = ..., source_node: _Optional[str] = ..., data_port: _Optional[int] = ...) -> None: ...
+    regenerable: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session: _Optional[str] = ..., expires_unix: _Optional[int] = ..., source_node: _Optional[str] = ..., data_port: _Optional[int] = ..., regenerable: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReadBlobRequest(_message.Message):
     __slots__ = ("session", "digest", "offset", "length")
@@ -86,6 +90,28 @@ class ReadBlobRequest(_message.Message):
     length: int
     def __init__(self, session: _Optional[str] = ..., digest: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
+class ExportLayerRequest(_message.Message):
+    __slots__ = ("session", "layer_digest")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    LAYER_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    layer_digest: str
+    def __init__(self, session: _Optional[str] = ..., layer_digest: _Optional[str] = ...) -> None: ...
+
+class ExportLayerResponse(_message.Message):
+    __slots__ = ("digest", "size", "diff_id", "verified", "method")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    DIFF_ID_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    size: int
+    diff_id: str
+    verified: bool
+    method: str
+    def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., diff_id: _Optional[str] = ..., verified: _Optional[bool] = ..., method: _Optional[str] = ...) -> None: ...
+
 class ReadBlobResponse(_message.Message):
     __slots__ = ("offset", "data", "total")
     OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -97,7 +123,7 @@ class ReadBlobResponse(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total: _Optional[int] = ...) -> None: ...
 
 class ImportFromRequest(_message.Message):
-    __slots__ = ("source_node", "source_endpoint", "token", "digest", "names", "max_bytes", "parallelism", "platform")
+    __slots__ = ("source_node", "source_endpoint", "token", "digest", "names", "max_bytes", "parallelism", "platform", "allow_snapshots", "require_verified", "pin")
     SOURCE_NODE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +132,9 @@ class ImportFromRequest(_message.Message):
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     PARALLELISM_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
     source_node: str
     source_endpoint: str
     token: str
@@ -114,10 +143,13 @@ class ImportFromRequest(_message.Message):
     max_bytes: int
     parallelism: int
     platform: str
-    def __init__(self, source_node: _Optional[str] = ..., source_endpoint: _Optional[str] = ..., token: _Optional[str] = ..., digest: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., max_bytes: _Optional[int] = ..., parallelism: _Optional[int] = ..., platform: _Optional[str] = ...) -> None: ...
+    allow_snapshots: bool
+    require_verified: bool
+    pin: bool
+    def __init__(self, source_node: _Optional[str] = ..., source_endpoint: _Optional[str] = ..., token: _Optional[str] = ..., digest: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., max_bytes: _Optional[int] = ..., parallelism: _Optional[int] = ..., platform: _Optional[str] = ..., allow_snapshots: _Optional[bool] = ..., require_verified: _Optional[bool] = ..., pin: _Optional[bool] = ...) -> None: ...
 
 class ImportProgress(_message.Message):
-    __slots__ = ("bytes_total", "bytes_transferred", "blobs_total", "blobs_skipped", "done", "names", "config_digest", "phase", "bytes_resumed", "path")
+    __slots__ = ("bytes_total", "bytes_transferred", "blobs_total", "blobs_skipped", "done", "names", "config_digest", "phase", "bytes_resumed", "path", "mode", "layers_regenerated", "layers_verified", "pinned")
     BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     BYTES_TRANSFERRED_FIELD_NUMBER: _ClassVar[int]
     BLOBS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +160,10 @@ class ImportProgress(_message.Message):
     PHASE_FIELD_NUMBER: _ClassVar[int]
     BYTES_RESUMED_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_REGENERATED_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
     bytes_total: int
     bytes_transferred: int
     blobs_total: int
@@ -138,7 +174,11 @@ class ImportProgress(_message.Message):
     phase: str
     bytes_resumed: int
     path: str
-    def __init__(self, bytes_total: _Optional[int] = ..., bytes_transferred: _Optional[int] = ..., blobs_total: _Optional[int] = ..., blobs_skipped: _Optional[int] = ..., done: _Optional[bool] = ..., names: _Optional[_Iterable[str]] = ..., config_digest: _Optional[str] = ..., phase: _Optional[str] = ..., bytes_resumed: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
+    mode: str
+    layers_regenerated: int
+    layers_verified: int
+    pinned: bool
+    def __init__(self, bytes_total: _Optional[int] = ..., bytes_transferred: _Optional[int] = ..., blobs_total: _Optional[int] = ..., blobs_skipped: _Optional[int] = ..., done: _Optional[bool] = ..., names: _Optional[_Iterable[str]] = ..., config_digest: _Optional[str] = ..., phase: _Optional[str] = ..., bytes_resumed: _Optional[int] = ..., path: _Optional[str] = ..., mode: _Optional[str] = ..., layers_regenerated: _Optional[int] = ..., layers_verified: _Optional[int] = ..., pinned: _Optional[bool] = ...) -> None: ...
 
 class ImageRecord(_message.Message):
     __slots__ = ("name", "digest", "media_type", "size", "labels")
@@ -202,6 +242,22 @@ class RemoveImageResponse(_message.Message):
     REMOVED_FIELD_NUMBER: _ClassVar[int]
     removed: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, removed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SetPinnedRequest(_message.Message):
+    __slots__ = ("names", "digest", "pinned")
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    digest: str
+    pinned: bool
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., digest: _Optional[str] = ..., pinned: _Optional[bool] = ...) -> None: ...
+
+class SetPinnedResponse(_message.Message):
+    __slots__ = ("updated",)
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    updated: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, updated: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
     __slots__ = ("digest", "registry_url", "repository", "tag", "authorization", "ca_pem", "insecure", "mount_from", "parallelism")

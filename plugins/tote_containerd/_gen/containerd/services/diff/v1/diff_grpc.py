@@ -20,6 +20,10 @@ class DiffBase(abc.ABC):
     async def Apply(self, stream: 'grpclib.server.Stream[tote_containerd._gen.containerd.services.diff.v1.diff_pb2.ApplyRequest, tote_containerd._gen.containerd.services.diff.v1.diff_pb2.ApplyResponse]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def Diff(self, stream: 'grpclib.server.Stream[tote_containerd._gen.containerd.services.diff.v1.diff_pb2.DiffRequest, tote_containerd._gen.containerd.services.diff.v1.diff_pb2.DiffResponse]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/containerd.services.diff.v1.Diff/Apply': grpclib.const.Handler(
@@ -27,6 +31,12 @@ class DiffBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 tote_containerd._gen.containerd.services.diff.v1.diff_pb2.ApplyRequest,
                 tote_containerd._gen.containerd.services.diff.v1.diff_pb2.ApplyResponse,
+            ),
+            '/containerd.services.diff.v1.Diff/Diff': grpclib.const.Handler(
+                self.Diff,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                tote_containerd._gen.containerd.services.diff.v1.diff_pb2.DiffRequest,
+                tote_containerd._gen.containerd.services.diff.v1.diff_pb2.DiffResponse,
             ),
         }
 
@@ -39,4 +49,10 @@ class DiffStub:
             '/containerd.services.diff.v1.Diff/Apply',
             tote_containerd._gen.containerd.services.diff.v1.diff_pb2.ApplyRequest,
             tote_containerd._gen.containerd.services.diff.v1.diff_pb2.ApplyResponse,
+        )
+        self.Diff = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/containerd.services.diff.v1.Diff/Diff',
+            tote_containerd._gen.containerd.services.diff.v1.diff_pb2.DiffRequest,
+            tote_containerd._gen.containerd.services.diff.v1.diff_pb2.DiffResponse,
         )

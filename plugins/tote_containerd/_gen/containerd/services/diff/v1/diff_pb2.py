@@ -26,17 +26,25 @@ from tote_containerd._gen.containerd.types import mount_pb2 as containerd_dot_ty
 from tote_containerd._gen.containerd.types import descriptor_pb2 as containerd_dot_types_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&containerd/services/diff/v1/diff.proto\x12\x1b\x63ontainerd.services.diff.v1\x1a\x1c\x63ontainerd/types/mount.proto\x1a!containerd/types/descriptor.proto\"c\n\x0c\x41pplyRequest\x12*\n\x04\x64iff\x18\x01 \x01(\x0b\x32\x1c.containerd.types.Descriptor\x12\'\n\x06mounts\x18\x02 \x03(\x0b\x32\x17.containerd.types.Mount\">\n\rApplyResponse\x12-\n\x07\x61pplied\x18\x01 \x01(\x0b\x32\x1c.containerd.types.Descriptor2f\n\x04\x44iff\x12^\n\x05\x41pply\x12).containerd.services.diff.v1.ApplyRequest\x1a*.containerd.services.diff.v1.ApplyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&containerd/services/diff/v1/diff.proto\x12\x1b\x63ontainerd.services.diff.v1\x1a\x1c\x63ontainerd/types/mount.proto\x1a!containerd/types/descriptor.proto\"c\n\x0c\x41pplyRequest\x12*\n\x04\x64iff\x18\x01 \x01(\x0b\x32\x1c.containerd.types.Descriptor\x12\'\n\x06mounts\x18\x02 \x03(\x0b\x32\x17.containerd.types.Mount\">\n\rApplyResponse\x12-\n\x07\x61pplied\x18\x01 \x01(\x0b\x32\x1c.containerd.types.Descriptor\"\xf2\x01\n\x0b\x44iffRequest\x12%\n\x04left\x18\x01 \x03(\x0b\x32\x17.containerd.types.Mount\x12&\n\x05right\x18\x02 \x03(\x0b\x32\x17.containerd.types.Mount\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x0b\n\x03ref\x18\x04 \x01(\t\x12\x44\n\x06labels\x18\x05 \x03(\x0b\x32\x34.containerd.services.diff.v1.DiffRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x0c\x44iffResponse\x12*\n\x04\x64iff\x18\x03 \x01(\x0b\x32\x1c.containerd.types.Descriptor2\xc3\x01\n\x04\x44iff\x12^\n\x05\x41pply\x12).containerd.services.diff.v1.ApplyRequest\x1a*.containerd.services.diff.v1.ApplyResponse\x12[\n\x04\x44iff\x12(.containerd.services.diff.v1.DiffRequest\x1a).containerd.services.diff.v1.DiffResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tote_containerd._gen.containerd.services.diff.v1.diff_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_DIFFREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_DIFFREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_APPLYREQUEST']._serialized_start=136
   _globals['_APPLYREQUEST']._serialized_end=235
   _globals['_APPLYRESPONSE']._serialized_start=237
   _globals['_APPLYRESPONSE']._serialized_end=299
-  _globals['_DIFF']._serialized_start=301
-  _globals['_DIFF']._serialized_end=403
+  _globals['_DIFFREQUEST']._serialized_start=302
+  _globals['_DIFFREQUEST']._serialized_end=544
+  _globals['_DIFFREQUEST_LABELSENTRY']._serialized_start=499
+  _globals['_DIFFREQUEST_LABELSENTRY']._serialized_end=544
+  _globals['_DIFFRESPONSE']._serialized_start=546
+  _globals['_DIFFRESPONSE']._serialized_end=604
+  _globals['_DIFF']._serialized_start=607
+  _globals['_DIFF']._serialized_end=802
 # @@protoc_insertion_point(module_scope)

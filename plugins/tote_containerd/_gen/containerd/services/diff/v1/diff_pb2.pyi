@@ -21,3 +21,30 @@ class ApplyResponse(_message.Message):
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     applied: _descriptor_pb2.Descriptor
     def __init__(self, applied: _Optional[_Union[_descriptor_pb2.Descriptor, _Mapping]] = ...) -> None: ...
+
+class DiffRequest(_message.Message):
+    __slots__ = ("left", "right", "media_type", "ref", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    RIGHT_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    left: _containers.RepeatedCompositeFieldContainer[_mount_pb2.Mount]
+    right: _containers.RepeatedCompositeFieldContainer[_mount_pb2.Mount]
+    media_type: str
+    ref: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, left: _Optional[_Iterable[_Union[_mount_pb2.Mount, _Mapping]]] = ..., right: _Optional[_Iterable[_Union[_mount_pb2.Mount, _Mapping]]] = ..., media_type: _Optional[str] = ..., ref: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class DiffResponse(_message.Message):
+    __slots__ = ("diff",)
+    DIFF_FIELD_NUMBER: _ClassVar[int]
+    diff: _descriptor_pb2.Descriptor
+    def __init__(self, diff: _Optional[_Union[_descriptor_pb2.Descriptor, _Mapping]] = ...) -> None: ...

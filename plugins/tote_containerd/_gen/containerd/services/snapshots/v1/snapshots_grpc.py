@@ -22,6 +22,10 @@ class SnapshotsBase(abc.ABC):
         pass
 
     @abc.abstractmethod
+    async def View(self, stream: 'grpclib.server.Stream[tote_containerd._gen.containerd.services.snapshots.v1.snapshots_pb2.ViewSnapshotRequest, tote_containerd._gen.containerd.services.snapshots.v1.snapshots_pb2.ViewSnapshotResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
     async def Commit(self, stream: 'grpclib.server.Stream[tote_containerd._gen.containerd.services.snapshots.v1.snapshots_pb2.CommitSnapshotRequest, google.protobuf.empty_pb2.Empty]') -> None:
         pass
 
@@ -40,6 +44,12 @@ class SnapshotsBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 tote_containerd._gen.containerd.services.snapshots.v1.snapshots_pb2.PrepareSnapshotRequest,
                 tote_containerd._gen.containerd.services.snapshots.v1.snapshots_pb2.PrepareSnapshotResponse,
+            ),
+            '/containerd.services.snapshots.v1.Snapshots/View': grpclib.const.Handler(
+                self.View,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                tote_containerd._gen.containerd.services.snapshots.v1.snapshots_pb2.ViewSnapshotRequest,
+                tote_containerd._gen.containerd.services.snapshots.v1.snapshots_pb2.ViewSnapshotResponse,
             ),
             '/containerd.services.snapshots.v1.Snapshots/Commit': grpclib.const.Handler(
                 self.Commit,
@@ -70,6 +80,12 @@ class SnapshotsStub:
             '/containerd.services.snapshots.v1.Snapshots/Prepare',
             tote_containerd._gen.containerd.services.snapshots.v1.snapshots_pb2.PrepareSnapshotRequest,
             tote_containerd._gen.containerd.services.snapshots.v1.snapshots_pb2.PrepareSnapshotResponse,
+        )
+        self.View = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/containerd.services.snapshots.v1.Snapshots/View',
+            tote_containerd._gen.containerd.services.snapshots.v1.snapshots_pb2.ViewSnapshotRequest,
+            tote_containerd._gen.containerd.services.snapshots.v1.snapshots_pb2.ViewSnapshotResponse,
         )
         self.Commit = grpclib.client.UnaryUnaryMethod(
             channel,

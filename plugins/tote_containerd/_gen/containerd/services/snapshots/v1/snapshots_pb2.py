@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tote_containerd._gen.containerd.types import mount_pb2 as containerd_dot_types_dot_mount__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0containerd/services/snapshots/v1/snapshots.proto\x12 containerd.services.snapshots.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1c\x63ontainerd/types/mount.proto\"\xcf\x01\n\x16PrepareSnapshotRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06parent\x18\x03 \x01(\t\x12T\n\x06labels\x18\x04 \x03(\x0b\x32\x44.containerd.services.snapshots.v1.PrepareSnapshotRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\x17PrepareSnapshotResponse\x12\'\n\x06mounts\x18\x01 \x03(\x0b\x32\x17.containerd.types.Mount\"9\n\x15RemoveSnapshotRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\xdb\x01\n\x15\x43ommitSnapshotRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12S\n\x06labels\x18\x04 \x03(\x0b\x32\x43.containerd.services.snapshots.v1.CommitSnapshotRequest.LabelsEntry\x12\x0e\n\x06parent\x18\x05 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x13StatSnapshotRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\xad\x02\n\x04Info\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06parent\x18\x02 \x01(\t\x12\x34\n\x04kind\x18\x03 \x01(\x0e\x32&.containerd.services.snapshots.v1.Kind\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x42\n\x06labels\x18\x06 \x03(\x0b\x32\x32.containerd.services.snapshots.v1.Info.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\x14StatSnapshotResponse\x12\x34\n\x04info\x18\x01 \x01(\x0b\x32&.containerd.services.snapshots.v1.Info*8\n\x04Kind\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x08\n\x04VIEW\x10\x01\x12\n\n\x06\x41\x43TIVE\x10\x02\x12\r\n\tCOMMITTED\x10\x03\x32\xb8\x03\n\tSnapshots\x12~\n\x07Prepare\x12\x38.containerd.services.snapshots.v1.PrepareSnapshotRequest\x1a\x39.containerd.services.snapshots.v1.PrepareSnapshotResponse\x12Y\n\x06\x43ommit\x12\x37.containerd.services.snapshots.v1.CommitSnapshotRequest\x1a\x16.google.protobuf.Empty\x12Y\n\x06Remove\x12\x37.containerd.services.snapshots.v1.RemoveSnapshotRequest\x1a\x16.google.protobuf.Empty\x12u\n\x04Stat\x12\x35.containerd.services.snapshots.v1.StatSnapshotRequest\x1a\x36.containerd.services.snapshots.v1.StatSnapshotResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0containerd/services/snapshots/v1/snapshots.proto\x12 containerd.services.snapshots.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1c\x63ontainerd/types/mount.proto\"\xcf\x01\n\x16PrepareSnapshotRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06parent\x18\x03 \x01(\t\x12T\n\x06labels\x18\x04 \x03(\x0b\x32\x44.containerd.services.snapshots.v1.PrepareSnapshotRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\x17PrepareSnapshotResponse\x12\'\n\x06mounts\x18\x01 \x03(\x0b\x32\x17.containerd.types.Mount\"\xc9\x01\n\x13ViewSnapshotRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06parent\x18\x03 \x01(\t\x12Q\n\x06labels\x18\x04 \x03(\x0b\x32\x41.containerd.services.snapshots.v1.ViewSnapshotRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"?\n\x14ViewSnapshotResponse\x12\'\n\x06mounts\x18\x01 \x03(\x0b\x32\x17.containerd.types.Mount\"9\n\x15RemoveSnapshotRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\xdb\x01\n\x15\x43ommitSnapshotRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12S\n\x06labels\x18\x04 \x03(\x0b\x32\x43.containerd.services.snapshots.v1.CommitSnapshotRequest.LabelsEntry\x12\x0e\n\x06parent\x18\x05 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x13StatSnapshotRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\xad\x02\n\x04Info\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06parent\x18\x02 \x01(\t\x12\x34\n\x04kind\x18\x03 \x01(\x0e\x32&.containerd.services.snapshots.v1.Kind\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x42\n\x06labels\x18\x06 \x03(\x0b\x32\x32.containerd.services.snapshots.v1.Info.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\x14StatSnapshotResponse\x12\x34\n\x04info\x18\x01 \x01(\x0b\x32&.containerd.services.snapshots.v1.Info*8\n\x04Kind\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x08\n\x04VIEW\x10\x01\x12\n\n\x06\x41\x43TIVE\x10\x02\x12\r\n\tCOMMITTED\x10\x03\x32\xaf\x04\n\tSnapshots\x12~\n\x07Prepare\x12\x38.containerd.services.snapshots.v1.PrepareSnapshotRequest\x1a\x39.containerd.services.snapshots.v1.PrepareSnapshotResponse\x12u\n\x04View\x12\x35.containerd.services.snapshots.v1.ViewSnapshotRequest\x1a\x36.containerd.services.snapshots.v1.ViewSnapshotResponse\x12Y\n\x06\x43ommit\x12\x37.containerd.services.snapshots.v1.CommitSnapshotRequest\x1a\x16.google.protobuf.Empty\x12Y\n\x06Remove\x12\x37.containerd.services.snapshots.v1.RemoveSnapshotRequest\x1a\x16.google.protobuf.Empty\x12u\n\x04Stat\x12\x35.containerd.services.snapshots.v1.StatSnapshotRequest\x1a\x36.containerd.services.snapshots.v1.StatSnapshotResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,32 +36,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PREPARESNAPSHOTREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_PREPARESNAPSHOTREQUEST_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_VIEWSNAPSHOTREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_VIEWSNAPSHOTREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_COMMITSNAPSHOTREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_COMMITSNAPSHOTREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_INFO_LABELSENTRY']._loaded_options = None
   _globals['_INFO_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_KIND']._serialized_start=1176
-  _globals['_KIND']._serialized_end=1232
+  _globals['_KIND']._serialized_start=1445
+  _globals['_KIND']._serialized_end=1501
   _globals['_PREPARESNAPSHOTREQUEST']._serialized_start=179
   _globals['_PREPARESNAPSHOTREQUEST']._serialized_end=386
   _globals['_PREPARESNAPSHOTREQUEST_LABELSENTRY']._serialized_start=341
   _globals['_PREPARESNAPSHOTREQUEST_LABELSENTRY']._serialized_end=386
   _globals['_PREPARESNAPSHOTRESPONSE']._serialized_start=388
   _globals['_PREPARESNAPSHOTRESPONSE']._serialized_end=454
-  _globals['_REMOVESNAPSHOTREQUEST']._serialized_start=456
-  _globals['_REMOVESNAPSHOTREQUEST']._serialized_end=513
-  _globals['_COMMITSNAPSHOTREQUEST']._serialized_start=516
-  _globals['_COMMITSNAPSHOTREQUEST']._serialized_end=735
+  _globals['_VIEWSNAPSHOTREQUEST']._serialized_start=457
+  _globals['_VIEWSNAPSHOTREQUEST']._serialized_end=658
+  _globals['_VIEWSNAPSHOTREQUEST_LABELSENTRY']._serialized_start=341
+  _globals['_VIEWSNAPSHOTREQUEST_LABELSENTRY']._serialized_end=386
+  _globals['_VIEWSNAPSHOTRESPONSE']._serialized_start=660
+  _globals['_VIEWSNAPSHOTRESPONSE']._serialized_end=723
+  _globals['_REMOVESNAPSHOTREQUEST']._serialized_start=725
+  _globals['_REMOVESNAPSHOTREQUEST']._serialized_end=782
+  _globals['_COMMITSNAPSHOTREQUEST']._serialized_start=785
+  _globals['_COMMITSNAPSHOTREQUEST']._serialized_end=1004
   _globals['_COMMITSNAPSHOTREQUEST_LABELSENTRY']._serialized_start=341
   _globals['_COMMITSNAPSHOTREQUEST_LABELSENTRY']._serialized_end=386
-  _globals['_STATSNAPSHOTREQUEST']._serialized_start=737
-  _globals['_STATSNAPSHOTREQUEST']._serialized_end=792
-  _globals['_INFO']._serialized_start=795
-  _globals['_INFO']._serialized_end=1096
+  _globals['_STATSNAPSHOTREQUEST']._serialized_start=1006
+  _globals['_STATSNAPSHOTREQUEST']._serialized_end=1061
+  _globals['_INFO']._serialized_start=1064
+  _globals['_INFO']._serialized_end=1365
   _globals['_INFO_LABELSENTRY']._serialized_start=341
   _globals['_INFO_LABELSENTRY']._serialized_end=386
-  _globals['_STATSNAPSHOTRESPONSE']._serialized_start=1098
-  _globals['_STATSNAPSHOTRESPONSE']._serialized_end=1174
-  _globals['_SNAPSHOTS']._serialized_start=1235
-  _globals['_SNAPSHOTS']._serialized_end=1675
+  _globals['_STATSNAPSHOTRESPONSE']._serialized_start=1367
+  _globals['_STATSNAPSHOTRESPONSE']._serialized_end=1443
+  _globals['_SNAPSHOTS']._serialized_start=1504
+  _globals['_SNAPSHOTS']._serialized_end=2063
 # @@protoc_insertion_point(module_scope)

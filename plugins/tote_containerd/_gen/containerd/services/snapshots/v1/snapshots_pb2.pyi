@@ -48,6 +48,31 @@ class PrepareSnapshotResponse(_message.Message):
     mounts: _containers.RepeatedCompositeFieldContainer[_mount_pb2.Mount]
     def __init__(self, mounts: _Optional[_Iterable[_Union[_mount_pb2.Mount, _Mapping]]] = ...) -> None: ...
 
+class ViewSnapshotRequest(_message.Message):
+    __slots__ = ("snapshotter", "key", "parent", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SNAPSHOTTER_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    snapshotter: str
+    key: str
+    parent: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, snapshotter: _Optional[str] = ..., key: _Optional[str] = ..., parent: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ViewSnapshotResponse(_message.Message):
+    __slots__ = ("mounts",)
+    MOUNTS_FIELD_NUMBER: _ClassVar[int]
+    mounts: _containers.RepeatedCompositeFieldContainer[_mount_pb2.Mount]
+    def __init__(self, mounts: _Optional[_Iterable[_Union[_mount_pb2.Mount, _Mapping]]] = ...) -> None: ...
+
 class RemoveSnapshotRequest(_message.Message):
     __slots__ = ("snapshotter", "key")
     SNAPSHOTTER_FIELD_NUMBER: _ClassVar[int]
