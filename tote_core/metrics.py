@@ -51,6 +51,11 @@ REGISTRY_RESOLVE_DURATION = Histogram(
     "tote_registry_resolve_duration_seconds", "Time of one registry tag lookup."
 )
 SALVAGERECORDS = Gauge("tote_salvagerecords_total", "SalvageRecords by phase.", ["phase"])
+PINNED_IMAGES = Gauge(
+    "tote_pinned_images",
+    "Completed SalvageRecords whose image is pinned on the target node (status.pinned), as "
+    "of the reaper's last cycle.",
+)
 
 # Operational metrics beyond the documented core set (bounded labels).
 WEBHOOK_DROPPED = Counter(

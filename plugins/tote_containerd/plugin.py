@@ -2,17 +2,17 @@
 
 The controller side. `ContainerdPlugin` wires the hooks to the modules that do the work:
 `transfer` (a salvage's copy), `inventory` (who holds a digest, what a tag points to,
-removing stale records), `push` (backup push from a node) and `doctor` (node health for
-`tote doctor`). All of them reach the agents through one `Agents` (discovery, the
-controller's mTLS identity, pooled connections), so `plugins.disabled: [containerd]` turns
-all of them off together.
+removing stale records), `pins` (unpinning a salvaged image), `push` (backup push from a
+node) and `doctor` (node health for `tote doctor`). All of them reach the agents through
+one `Agents` (discovery, the controller's mTLS identity, pooled connections), so
+`plugins.disabled: [containerd]` turns all of them off together.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tote_containerd import doctor, push
+from tote_containerd import doctor, pins, push
 from tote_containerd.agents import Agents
 from tote_containerd.discovery import agent_namespace
 from tote_containerd.inventory import Inventory
@@ -80,6 +80,12 @@ class ContainerdPlugin:
         if self.inventory is None:
             return None
         return await self.inventory.remove_image(node, image_ref, digest)
+
+    @hookimpl
+    async def unpin_image(self, node: str, digest: str) -> bool | None:
+        if self.agents is None:
+            return None
+        return await pins.unpin_image(node, digest, self.agents)
 
     @hookimpl
     async def node_health(self, node: str, settings: ControllerSettings, pods: list[Pod]

@@ -1,6 +1,8 @@
 """Built-in `registry` plugin: one registry client (`client.py`) serving two features.
 
-- tag resolution (`registry_resolve`, opt-in `--registry-resolve`; `resolve.py`);
+- tag resolution (`registry_resolve`, opt-in `--registry-resolve`; `resolve.py`), and the
+  same lookup by digest for the reaper (`registry_serves`: may a pinned salvaged image be
+  unpinned?), with the same CA, insecure and timeout settings;
 - the backup push (`on_salvaged`, opt-in `--backup-registry`; `backup.py`), whose worker the
   host runs as a service.
 
@@ -23,16 +25,18 @@ from tote_registry.resolve import Resolver
 class RegistryPlugin:
     def __init__(self) -> None:
         self.resolver: Resolver | None = None
+        self.lookup: Resolver | None = None  # registry_serves, whatever --registry-resolve
         self.backup: BackupPush | None = None
 
     @hookimpl
     def configure(self, context: PluginContext) -> None:
         s = context.settings
         self.resolver = self.backup = None
+        self.lookup = Resolver(context.kube, RegistryClient(
+            ca_file=s.registry_resolve_ca, insecure=s.registry_insecure,
+            timeout=s.registry_resolve_timeout))
         if s.registry_resolve:
-            self.resolver = Resolver(context.kube, RegistryClient(
-                ca_file=s.registry_resolve_ca, insecure=s.registry_insecure,
-                timeout=s.registry_resolve_timeout))
+            self.resolver = self.lookup
         if s.backup_registry:
             recorder = context.recorder
             if recorder is None:  # embedded use without a manager
@@ -54,6 +58,13 @@ class RegistryPlugin:
         if self.resolver is None:
             return None
         return await self.resolver.registry_resolve(image_ref, namespace, pull_secrets)
+
+    @hookimpl
+    async def registry_serves(self, image_ref: str, digest: str, namespace: str,
+                              pull_secrets: list[str]) -> bool | None:
+        if self.lookup is None:
+            return None
+        return await self.lookup.serves(image_ref, digest, namespace, pull_secrets)
 
     @hookimpl
     async def on_salvaged(self, incident: Incident, request: TransferRequest,

@@ -8,7 +8,10 @@ hashed (`client.Session.manifest_digest`). Auth uses the pod's `imagePullSecrets
 the system roots plus `--registry-resolve-ca`; `--registry-insecure` skips verification and
 falls back to plain HTTP.
 
-Every lookup is counted in `tote_registry_resolve_total{result}` (found, not_found,
+The same lookups, by digest, tell the reaper whether the registry serves a pinned salvaged
+image again (`serves`, the `registry_serves` hook; not counted in the resolve metrics).
+
+Every tag lookup is counted in `tote_registry_resolve_total{result}` (found, not_found,
 unauthorized, error) and timed. Failures return None and are logged at debug level,
 without credentials. Results are cached briefly so a reconcile loop does not hammer the
 registry.
@@ -89,6 +92,31 @@ class Resolver:
                     break  # only another credential can fix an auth failure
         assert failure is not None
         raise failure
+
+    async def serves(self, image_ref: str, digest: str, namespace: str,
+                     pull_secrets: list[str]) -> bool | None:
+        """Whether the registry serves `<repository>@<digest>` (HEAD, else GET and hash):
+        True; False when it answers not found or refuses every credential; None when it
+        cannot be asked (unreachable, an error). Never cached: the caller backs off."""
+        try:
+            ref = parse(image_ref)
+        except InvalidReference as exc:
+            log.debug("not a reference, cannot ask its registry: %s", exc)
+            return None
+        all_creds = await read_credentials(self.kube, namespace, pull_secrets, ref.domain)
+        attempts: list[Credentials | None] = list(all_creds) or [None]
+        failure: RegistryError | None = None
+        for creds in attempts:
+            try:
+                async with self.client.session(api_host(ref.domain), creds) as s:
+                    return await s.manifest_digest(ref.path, digest) == digest
+            except RegistryError as exc:
+                failure = exc
+                if exc.reason != UNAUTHORIZED:
+                    break  # only another credential can fix an auth failure
+        assert failure is not None
+        log.debug("does %s serve %s? %s (%s)", ref.domain, digest, failure.reason, failure)
+        return False if failure.reason in (NOT_FOUND, UNAUTHORIZED) else None
 
     async def registry_resolve(
         self, image_ref: str, namespace: str, pull_secrets: list[str]

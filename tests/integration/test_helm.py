@@ -28,7 +28,7 @@ FULL_VALUES: dict[str, Any] = {
     "controller": {
         "replicas": 2, "logFormat": "json", "logLevel": "debug",
         "denyNamespaces": ["legacy", "payments"], "salvageOnAuthFailure": True,
-        "maxImageSize": "0", "extraArgs": ["--workers=8"],
+        "maxImageSize": "0", "extraArgs": ["--workers=8"], "pinSalvagedImages": False,
         "podAnnotations": {"example.com/team": "platform"},
     },
     "agent": {"logFormat": "json", "probes": {"enabled": False}, "hostNetwork": True,
@@ -166,6 +166,7 @@ def test_minimal_render(helm: Helm) -> None:
     # Default image: what the offline build names the image, found with IfNotPresent.
     ctr = pod_spec(docs, "Deployment")["containers"][0]
     assert ctr["image"] == "tote:0.1.0" and ctr["imagePullPolicy"] == "IfNotPresent"
+    assert "--pin-salvaged-images=true" in ctr["args"]  # salvaged images pinned by default
     assert not by_kind(docs, "PodDisruptionBudget"), "one replica: no PDB that blocks drains"
 
 
@@ -209,7 +210,7 @@ def test_full_render(helm: Helm) -> None:
         "--admission-tls-key=/etc/tote/webhook-tls/tls.key",
         "--backup-registry=10.0.0.5:5000/salvaged", "--backup-registry-secret=backup-creds",
         "--backup-registry-insecure=false",
-        "--backup-registry-ca=/etc/tote/backup-ca/bundle.pem",
+        "--backup-registry-ca=/etc/tote/backup-ca/bundle.pem", "--pin-salvaged-images=false",
     ):  # fmt: skip
         assert want in args, (want, args)
     env = {e["name"]: e.get("value") for e in dep["containers"][0]["env"]}
@@ -456,6 +457,7 @@ def test_notifications(helm: Helm) -> None:
     (["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
     (["--set", "controller.maxImageSize=lots"], "maxImageSize"),
     (["--set", "controller.salvageRecordTTL=1week"], "salvageRecordTTL"),
+    (["--set", "controller.pinSalvagedImages=sometimes"], "pinSalvagedImages"),
     (["--set", "agent.containerdSocket=relative.sock"], "containerdSocket"),
     (["--set", "controller.registryResolve=true"], "registryResolve"),  # old spelling
     (["--set", "backupRegistry.host=b.example"], "backupRegistry"),  # the spelling is backup.*

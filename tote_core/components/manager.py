@@ -33,6 +33,7 @@ from tote_core.kube.events import EventRecorder
 from tote_core.reconcile.engine import Engine
 from tote_core.reconcile.pods import PodReconciler
 from tote_core.reconcile.queue import WorkQueue
+from tote_core.salvage.pins import Pins
 from tote_core.salvage.reaper import Reaper
 from tote_core.salvage.salvager import SalvageEngine
 from tote_core.settings import ControllerSettings
@@ -90,6 +91,10 @@ class Controller:
         self.reaper = Reaper(
             self.salvage.records, ttl=self.settings.salvagerecord_ttl,
             interval=self.settings.reap_interval,
+            pins=Pins(self.host, self.salvage.records, self.recorder, self.caches,
+                      enabled=self.settings.pin_salvaged_images,
+                      interval=self.settings.reap_interval,
+                      check_timeout=self.settings.registry_resolve_timeout),
         )
         self.reconciler = PodReconciler(
             self.settings, self.caches, self.host, self.recorder, salvage=self._submit

@@ -1,10 +1,11 @@
 """Every hook tote calls: when, in which process, broadcast or first-result, whose deadline.
 
-Specs are grouped by phase (start-up, detection, salvage, outcome), each docstring in one
-template: summary; the arguments; what a return value means; **first-result** (the first
-non-None answer wins, later implementations are not called) or **broadcast** (every
-implementation is called, results are ignored); **process** (all hooks run in the
-controller process, inside a reconcile or salvage worker unless said otherwise); **sync or
+Specs are grouped by phase (start-up, detection, salvage, outcome, upkeep, doctor), each
+docstring in one template: summary; the arguments; what a return value means;
+**first-result** (the first non-None answer wins, later implementations are not called) or
+**broadcast** (every implementation is called, results are ignored); **process** (all hooks
+run in the controller process, inside a reconcile or salvage worker unless said otherwise —
+the upkeep hooks in the reaper, doctor's in `tote doctor`); **sync or
 async** (any implementation may be `async def`; the host awaits it before pluggy sees the
 result, so an awaited None still passes to the next plugin); **deadline** (whose
 `trio.fail_after` bounds the call — implementations take no timeout of their own).
@@ -206,6 +207,47 @@ def notify(notification: Notification) -> None:
     it at most once per incident and type (duplicates are dropped before this hook). Called
     from detection and salvage workers, and from plugins through `PluginContext.notify`.
     Sync or async; must not block. Deadline: the caller's. Built-in: `notify` (webhook).
+    """
+
+
+# -- upkeep (the reaper) ------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def registry_serves(image_ref: str, digest: str, namespace: str, pull_secrets: list[str]
+                    ) -> bool | None:
+    """Whether the registry of `image_ref` serves `digest` again (the manifest, by digest).
+
+    :param image_ref: the reference the pod used (its domain and repository are asked).
+    :param digest: the salvaged digest, looked up as `<repository>@<digest>`.
+    :param namespace: / :param pull_secrets: the pod's namespace and `imagePullSecrets`
+        names (Secrets the controller cannot read are skipped: the lookup goes anonymous).
+    :return: True = served; False = not served (not found, or refused); None = cannot tell
+        (unreachable, timed out, or this plugin does not look up registries).
+
+    First-result. Called by the reaper (leader only) for pinned SalvageRecords, at most
+    a few at once and backed off per record while the answer is not True. Async.
+    Deadline: the reaper's per-call deadline (`--registry-resolve-timeout`). Built-in:
+    `registry` (HEAD manifest with the pull secrets, `--registry-resolve-ca`,
+    `--registry-insecure`).
+    """
+
+
+@hookspec(firstresult=True)
+def unpin_image(node: str, digest: str) -> bool | None:
+    """Clear CRI's pin label (`io.cri-containerd.pinned`) from every image record of
+    `digest` on `node`, so kubelet's image GC may remove the image again.
+
+    :param node: the target node a SalvageRecord names (only nodes tote salvaged onto).
+    :param digest: the record's digest; records of other digests are never touched.
+    :return: True = no record of `digest` on `node` carries the label any more (also when
+        there was nothing to clear); False = the node could not be reached, try again
+        later; None = this plugin does not manage `node`'s images.
+
+    First-result. Called by the reaper (leader only, every `--reap-interval`) when the
+    registry serves the digest again, when pinning is turned off, and before an expired
+    record is deleted (False or None keeps the record for the next cycle). Async. Deadline:
+    the reaper's per-call deadline (10 s). Built-in: `containerd` (the node's agent).
     """
 
 

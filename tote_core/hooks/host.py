@@ -278,6 +278,19 @@ class PluginHost:
         value = await self.call("remove_image", node=node, image_ref=image_ref, digest=digest)
         return bool(value)
 
+    async def registry_serves(self, image_ref: str, digest: str, namespace: str,
+                              pull_secrets: list[str]) -> bool | None:
+        """True/False from the first plugin that can tell; None when none can."""
+        value = await self.call("registry_serves", image_ref=image_ref, digest=digest,
+                                namespace=namespace, pull_secrets=pull_secrets)
+        return bool(value) if value is not None else None
+
+    async def unpin_image(self, node: str, digest: str) -> bool | None:
+        """True once `node` holds no pinned record of `digest`; False = try again later;
+        None = no plugin manages `node`'s images."""
+        value = await self.call("unpin_image", node=node, digest=digest)
+        return bool(value) if value is not None else None
+
     async def on_salvaged(
         self, incident: hooktypes.Incident, request: hooktypes.TransferRequest,
         result: hooktypes.TransferResult,

@@ -17,6 +17,7 @@ import trio
 from tote_core.errors import Conflict, KubeError, NotFound
 from tote_core.kube.client import KubeClient, resource_path
 from tote_core.structs.kube import ConfigMap, Namespace, Pod
+from tote_core.structs.salvagerecord import GROUP_VERSION, SalvageRecord
 from tote_core.timefmt import micro_time
 
 log = logging.getLogger("tote.events")
@@ -33,8 +34,10 @@ EventType = Literal["Normal", "Warning"]
 # for events.k8s.io/v1 with an eventTime); namespaced objects get events in their namespace.
 CLUSTER_EVENTS_NAMESPACE = "default"
 
-Regarding = Pod | Namespace | ConfigMap
-_KIND = {Pod: "Pod", Namespace: "Namespace", ConfigMap: "ConfigMap"}
+Regarding = Pod | Namespace | ConfigMap | SalvageRecord
+# kind → (apiVersion, kind) of `regarding`.
+_KIND = {Pod: ("v1", "Pod"), Namespace: ("v1", "Namespace"), ConfigMap: ("v1", "ConfigMap"),
+         SalvageRecord: (GROUP_VERSION, "SalvageRecord")}
 
 
 def event_name(pod: Regarding, reason: str, note: str) -> str:
@@ -59,8 +62,8 @@ class EventRecorder:
         type_: EventType = "Warning",
         action: str = "Salvage",
     ) -> None:
-        """Post (or aggregate) one event about `pod` (or a Namespace / ConfigMap). Never
-        raises: events are best effort."""
+        """Post (or aggregate) one event about `pod` (or a Namespace / ConfigMap /
+        SalvageRecord). Never raises: events are best effort."""
         note = note[:MAX_NOTE]
         name = event_name(pod, reason, note)
         ns = pod.metadata.namespace or CLUSTER_EVENTS_NAMESPACE
@@ -119,8 +122,8 @@ class EventRecorder:
             "type": type_,
             "note": note,
             "regarding": {
-                "apiVersion": "v1",
-                "kind": _KIND[type(pod)],
+                "apiVersion": _KIND[type(pod)][0],
+                "kind": _KIND[type(pod)][1],
                 "name": pod.metadata.name,
                 "namespace": pod.metadata.namespace,
                 "uid": pod.metadata.uid,
