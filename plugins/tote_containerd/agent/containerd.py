@@ -284,8 +284,13 @@ class ContainerdClient:
         return "updated"
 
     async def set_image_label(self, rec: ImageRec, key: str, value: str | None) -> None:
-        """Set one label of an existing record (None removes it); nothing else changes."""
-        img = images_pb2.Image(name=rec.name, labels={key: value} if value is not None else {})
+        """Set one label of an existing record (None removes it); nothing else changes. The
+        target goes along although the mask excludes it: containerd 2.4 converts it before
+        reading the mask and crashes on an absent one."""
+        img = images_pb2.Image(
+            name=rec.name, labels={key: value} if value is not None else {},
+            target=descriptor_pb2.Descriptor(media_type=rec.target.media_type,
+                                             digest=rec.target.digest, size=rec.target.size))
         await self._unary(self._images.Update, images_pb2.UpdateImageRequest(
             image=img, update_mask=field_mask_pb2.FieldMask(paths=[f"labels.{key}"])))
 
