@@ -10,6 +10,7 @@ one `Agents` (discovery, the controller's mTLS identity, pooled connections), so
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 from tote_containerd import doctor, pins, push
@@ -19,7 +20,9 @@ from tote_containerd.inventory import Inventory
 from tote_containerd.transfer import run_transfer
 from tote_core.hooks.hookspecs import hookimpl
 from tote_core.hooks.types import (
+    Incident,
     NodeHealth,
+    NodeInfo,
     ProgressCallback,
     PushRequest,
     PushResult,
@@ -61,6 +64,16 @@ class ContainerdPlugin:
             # The target may hold the image now: a cached "who holds it" answer from before
             # the transfer would make the next pod on that node salvage it again.
             self.inventory.invalidate()
+
+    @hookimpl(wrapper=True)
+    def select_source(self, incident: Incident, candidates: list[NodeInfo], target: NodeInfo
+                      ) -> Generator[None, list[str] | None, list[str] | None]:
+        """Whatever order the source policy chose, sources that hold the blobs come before
+        those that would serve the image from snapshots (they discarded the blobs)."""
+        order = yield
+        if order is None or self.inventory is None or not incident.digest:
+            return order
+        return self.inventory.blob_sources_first(incident.digest, list(order))
 
     @hookimpl
     async def find_image(self, digest: str, nodes: list[str]) -> list[str] | None:

@@ -14,7 +14,6 @@ import tarfile
 
 from tests.images.build import MT_CONFIG, MT_LAYER, MT_MANIFEST, Blob, Image, _blob
 
-
 # A file capability (vfs_cap_data revision 2, effective, CAP_NET_RAW permitted): the one
 # extended attribute containerd's tar writer carries.
 CAP_NET_RAW = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
