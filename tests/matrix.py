@@ -3,7 +3,8 @@
     python -m tests.matrix                 # every cell, then a table
     python -m tests.matrix --cells k137-c2,k134-c17 --suites containerd,salvage
 
-A cell is (control plane, kubelet, containerd). Each runs, in its own pytest process, the
+A cell is (control plane, kubelet, containerd[, nodes that discard layer blobs after
+unpack]). Each runs, in its own pytest process, the
 containerd integration suite, the salvage integration suite and the e2e scenarios, with the
 cell's binaries selected through the environment (`TOTE_K8S_VERSION`, `TOTE_ETCD_VERSION`,
 `TOTE_CONTAINERD_VERSION`, `TOTE_KUBELET_BIN_DIR`; tests/cluster/versions.py). Missing
@@ -39,6 +40,7 @@ class Cell:
     k8s: str  # control plane (apiserver, controller-manager, scheduler, etcd)
     kubelet: str
     containerd: str
+    discard: bool = False  # nodes discard layer blobs after unpack (EKS-like node images)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -46,6 +48,7 @@ class Cell:
             TOTE_K8S_VERSION=self.k8s,
             TOTE_ETCD_VERSION=ETCD_FOR[self.k8s],
             TOTE_CONTAINERD_VERSION=self.containerd,
+            TOTE_DISCARD_UNPACKED_LAYERS="1" if self.discard else "",
         )
         env.pop("TOTE_KUBELET_BIN_DIR", None)
         env.pop("TOTE_BIN_DIR", None)
@@ -60,6 +63,10 @@ CELLS = (
     Cell("k134-c2", "v1.34.4", "v1.34.4", "v2.4.2"),
     Cell("k134-c17", "v1.34.4", "v1.34.4", "v1.7.35"),
     Cell("k137-kubelet134-c2", "v1.37.2", "v1.34.4", "v2.4.2"),  # kubelet three minors older
+    # Managed-cluster node images (EKS): every node discards its layer blobs after unpack;
+    # a 2.x config and a 1.7 config.
+    Cell("k137-c2-discard", "v1.37.2", "v1.37.2", "v2.4.2", discard=True),
+    Cell("k137-c17-discard", "v1.37.2", "v1.37.2", "v1.7.35", discard=True),
 )
 
 

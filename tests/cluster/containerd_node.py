@@ -130,12 +130,19 @@ class Containerd:
         return removed
 
 
+def discard_unpacked_layers() -> bool:
+    """Whether kubelet nodes' containerd discard layer blobs after unpack, as EKS and other
+    managed node images configure it (`TOTE_DISCARD_UNPACKED_LAYERS=1`; a matrix cell)."""
+    return os.environ.get("TOTE_DISCARD_UNPACKED_LAYERS", "") == "1"
+
+
 def write_containerd_config(d: Path, *, pause_image: str) -> Path:
     cni_bin = cni_bin_dir() or CNI_BIN_DIRS[0]
     for sub in ("root", "state", "opt", "certs.d", "cni/net.d", "cni/ipam"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     cfg = d / "containerd.toml"
-    cfg.write_text(containerd_config.cri(d, pause=pause_image, cni_bin=cni_bin))
+    cfg.write_text(containerd_config.cri(d, pause=pause_image, cni_bin=cni_bin,
+                                         discard_unpacked_layers=discard_unpacked_layers()))
     return cfg
 
 
@@ -207,6 +214,9 @@ class ContainerdBacked:
 
     def delete_blob(self, digest: str) -> None:
         self.containerd.delete_blob(digest)
+
+    def blob_present(self, digest: str) -> bool:
+        return self.containerd.blob_present(digest)
 
     def logs(self) -> dict[str, str]:
         return self.procs.logs()

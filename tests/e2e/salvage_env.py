@@ -273,16 +273,22 @@ def image_only_on_node_b(
     stop_registry: bool = True,
     payload_mib: int = 0,
     payload_layers: int = 1,
+    discard_layers: bool = False,
 ) -> oci.OciImage:
     """Image X: pushed to the loopback registry, loaded onto node B from the same OCI layout
     (same digest, what an earlier pull would have left: tag record labelled CRI-managed;
     node B's kubelet reports it in status.images on its own); then the registry is stopped.
-    The workload node does not have it."""
+    The workload node does not have it. `discard_layers`: node B then holds it as a node
+    with `discard_unpacked_layers = true` does after a pull — unpacked, its compressed layer
+    blobs deleted, only manifest, config and snapshots left."""
     ref = f"{registry.host}/{repo}:{tag}"
     img = workload_image(tmp, ref, marker=marker, payload_mib=payload_mib,
                          payload_layers=payload_layers)
     img.push(ref)
     cluster.node_b.import_image(img)
+    if discard_layers:
+        for layer in img.layer_digests:
+            cluster.node_b.delete_blob(layer)
     if stop_registry:
         registry.stop()
     assert ref not in cluster.node.image_names()

@@ -19,6 +19,11 @@ fail to create a container from an image whose layer blob is gone.
    ImageCorrupt, record removed through the node's agent, owned pod deleted → the
    replacement fails to pull → salvaged → Running.
 7. imagePullPolicy Always → ImageNotActionable once (no loop), no SalvageRecord.
+8. Node B holds the image as a node that discards its layer blobs (EKS): the layers are
+   regenerated from its snapshots → Running; the record says mode snapshots, pinned.
+
+With `TOTE_DISCARD_UNPACKED_LAYERS=1` (matrix cells `*-discard`) both nodes' containerd
+discard layer blobs after unpack: scenario 1 is then a discarding target fed by a blob source.
 """
 
 from __future__ import annotations
@@ -318,3 +323,40 @@ def test_7_pull_policy_always_not_actionable_no_loop(
         == 1
     ), [ln for ln in log.splitlines() if f" {ns}/" in ln]
     assert len(tl.pods) == 1, tl.pods  # nothing deleted or recreated
+
+
+# --------------------------------------------------------------------------- scenario 8
+
+
+def test_8_source_that_discarded_its_layers_salvages_from_snapshots(
+    tote: SalvageEnv, test_namespace: str, local_registry: Registry, tmp_path: Path
+) -> None:
+    """Node B holds image Z as a node with `discard_unpacked_layers = true` (EKS) does:
+    unpacked, no compressed layer blob left. Registry down → the layers are regenerated
+    from node B's snapshots and applied on the workload node → the pod runs Z; the record
+    says how the layers moved and were verified, and the image is pinned against kubelet's
+    image GC."""
+    ns, cluster = test_namespace, tote.cluster
+    marker = f"image-Z-{uuid.uuid4().hex[:8]}"
+    img = image_only_on_node_b(cluster, local_registry, tmp_path, "shop/discarded",
+                               marker=marker, discard_layers=True)
+    assert not any(cluster.node_b.blob_present(d) for d in img.layer_digests)
+    tl = Timeline(cluster, ns, selector="app=discarded")
+    cluster.apply(deployment("discarded", ns, img.name))
+    pod = tl.wait_running(timeout=150)
+    print(f"scenario 8 timeline: {tl.summary()}")
+    assert "ImageSalvaged" in tl.first, tl.first
+    name = pod["metadata"]["name"]
+    wait_until(lambda: marker in cluster.pod_logs(ns, name), timeout=20,
+               what=f"image Z's marker {marker!r} in the pod log")  # fmt: skip
+    [rec] = tote.records(ns)
+    st = rec["status"]
+    assert st["phase"] == "Completed" and st["mode"] == "snapshots", st
+    assert st["layersRegenerated"] == len(img.layer_digests), st
+    assert 0 <= st["layersVerified"] <= st["layersRegenerated"], st
+    assert st["pinned"] is True, st
+    note = next(e.get("note", "") for e in tote.tote_events(ns) if e["reason"] == "ImageSalvaged")
+    assert "regenerated from the source's unpacked snapshots" in note, note
+    pinned = cluster.node.ctr("images", "ls").stdout
+    row = next(ln for ln in pinned.splitlines() if ln.startswith(img.name))
+    assert "io.cri-containerd.pinned=pinned" in row, row

@@ -36,6 +36,7 @@ FULL_VALUES: dict[str, Any] = {
               "contentRoot": "/var/lib/rancher/k3s/agent/containerd/"
                              "io.containerd.content.v1.content"},
     "registryResolve": {"enabled": True, "timeout": "3s", "caConfigMap": "registry-ca"},
+    "snapshotSalvage": {"enabled": True, "strict": True},
     "plugins": {"disabled": ["inheritance"]},
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
                 "prometheusRule": {"enabled": True}},
@@ -167,6 +168,8 @@ def test_minimal_render(helm: Helm) -> None:
     ctr = pod_spec(docs, "Deployment")["containers"][0]
     assert ctr["image"] == "tote:0.1.0" and ctr["imagePullPolicy"] == "IfNotPresent"
     assert "--pin-salvaged-images=true" in ctr["args"]  # salvaged images pinned by default
+    # discarding nodes (EKS) are sources by default, their layers verified as they can be
+    assert {"--snapshot-salvage=true", "--snapshot-salvage-strict=false"} <= set(ctr["args"])
     assert not by_kind(docs, "PodDisruptionBudget"), "one replica: no PDB that blocks drains"
 
 
@@ -211,6 +214,7 @@ def test_full_render(helm: Helm) -> None:
         "--backup-registry=10.0.0.5:5000/salvaged", "--backup-registry-secret=backup-creds",
         "--backup-registry-insecure=false",
         "--backup-registry-ca=/etc/tote/backup-ca/bundle.pem", "--pin-salvaged-images=false",
+        "--snapshot-salvage=true", "--snapshot-salvage-strict=true",
     ):  # fmt: skip
         assert want in args, (want, args)
     env = {e["name"]: e.get("value") for e in dep["containers"][0]["env"]}
@@ -458,6 +462,9 @@ def test_notifications(helm: Helm) -> None:
     (["--set", "controller.maxImageSize=lots"], "maxImageSize"),
     (["--set", "controller.salvageRecordTTL=1week"], "salvageRecordTTL"),
     (["--set", "controller.pinSalvagedImages=sometimes"], "pinSalvagedImages"),
+    (["--set", "snapshotSalvage.enabled=maybe"], "snapshotSalvage"),
+    (["--set", "snapshotSalvage.enabled=false", "--set", "snapshotSalvage.strict=true"],
+     "snapshotSalvage"),  # strict narrows snapshot salvage: it needs it on
     (["--set", "agent.containerdSocket=relative.sock"], "containerdSocket"),
     (["--set", "controller.registryResolve=true"], "registryResolve"),  # old spelling
     (["--set", "backupRegistry.host=b.example"], "backupRegistry"),  # the spelling is backup.*

@@ -113,3 +113,40 @@ def test_agent_endpoint_split() -> None:
 
     assert split_endpoint("[::1]:9090") == ("::1", 9090)
     assert split_endpoint("10.0.0.5:1") == ("10.0.0.5", 1)
+
+
+async def test_sources_with_the_blobs_come_before_snapshot_only_ones() -> None:
+    """Through pluggy with the real source policy: whatever order the policy chose (same
+    zone first here), holders the inventory saw only as snapshots (they discarded the layer
+    blobs) are tried last; without that knowledge the policy's order stands."""
+    import pluggy
+    from tote_containerd.inventory import Inventory
+    from tote_containerd.plugin import ContainerdPlugin
+    from tote_sourcepolicy.plugin import SourcePolicyPlugin
+
+    from tote_core.hooks import hookspecs
+    from tote_core.hooks.types import Incident, NodeInfo
+
+    pm = pluggy.PluginManager("tote")
+    pm.add_hookspecs(hookspecs)
+    plugin = ContainerdPlugin()
+    plugin.inventory = Inventory(None)  # type: ignore[arg-type]  # no agent is asked here
+    pm.register(plugin, "containerd")
+    pm.register(SourcePolicyPlugin(), "source-policy")
+    digest = "sha256:" + "a" * 64
+    incident = Incident(namespace="ns", pod_name="p", pod_uid="u", container="c",
+                        init_container=False, image_ref="docker.io/library/x:1",
+                        digest=digest, node_name="t", kind="pull", message="")
+    candidates = [NodeInfo(name=n, ready=True, zone=z)
+                  for n, z in (("blob-1", "a"), ("eks-1", "b"), ("eks-2", "b"))]
+    target = NodeInfo(name="t", ready=True, zone="b")
+
+    def order() -> list[str]:
+        return list(pm.hook.select_source(incident=incident, candidates=candidates,
+                                          target=target))
+
+    assert order() == ["eks-1", "eks-2", "blob-1"]  # the policy's: same zone first
+    plugin.inventory._snapshot_only.put(digest, {"eks-1", "eks-2"})
+    assert order() == ["blob-1", "eks-1", "eks-2"]
+    plugin.inventory._snapshot_only.put(digest, set())
+    assert order() == ["eks-1", "eks-2", "blob-1"]
