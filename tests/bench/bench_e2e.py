@@ -239,6 +239,9 @@ def main() -> int:
                     help="--in-cluster: salvage + healthy-pull pairs")  # fmt: skip
     ap.add_argument("--layers", type=int, default=1,
                     help="--in-cluster: split the payload into this many layers")
+    ap.add_argument("--discard-source", action="store_true",
+                    help="--in-cluster: node B holds the image as a node that discards its "
+                         "layer blobs after unpack (EKS): snapshot salvage")
     args = ap.parse_args()
     bins = binaries_dir(build=True)
     versions.use_containerd(build=True)
@@ -253,7 +256,8 @@ def main() -> int:
         try:
             return bench_e2e_incluster.run(cluster, work, size_mib=args.size_mib,
                                            pairs=args.pairs, window=args.window,
-                                           layers=args.layers)  # fmt: skip
+                                           layers=args.layers,
+                                           discard_source=args.discard_source)  # fmt: skip
         finally:
             cluster.stop()
             shutil.rmtree(work, ignore_errors=True)

@@ -49,7 +49,7 @@ def _cleanup(cluster: KubeCluster, ns: str, ref: str) -> None:
 
 
 def one(cluster: KubeCluster, work: Path, *, label: str, size_mib: int, window: float,
-        salvage: bool, layers: int = 1) -> RunResult:  # fmt: skip
+        salvage: bool, layers: int = 1, discard_source: bool = False) -> RunResult:  # fmt: skip
     reg = registry_mod.start_registry(work / f"registry-{label}")
     for node in cluster.nodes:
         node.trust_registry(reg.host)
@@ -61,8 +61,10 @@ def one(cluster: KubeCluster, work: Path, *, label: str, size_mib: int, window: 
         if salvage:
             img = image_only_on_node_b(cluster, reg, work / f"img-{label}", "bench/app",
                                        marker=marker, payload_mib=size_mib,
-                                       payload_layers=layers)  # fmt: skip
-            where = "on node B; registry stopped"
+                                       payload_layers=layers,
+                                       discard_layers=discard_source)  # fmt: skip
+            where = ("on node B (unpacked, layer blobs discarded)" if discard_source
+                     else "on node B") + "; registry stopped"
         else:
             img = workload_image(work / f"img-{label}", ref, marker=marker, payload_mib=size_mib,
                                  payload_layers=layers)
@@ -127,7 +129,7 @@ def _fmt(d: dict[str, float]) -> str:
 
 
 def run(cluster: KubeCluster, work: Path, *, size_mib: int, pairs: int, window: float,
-        layers: int = 1) -> int:
+        layers: int = 1, discard_source: bool = False) -> int:
     print(f"load before: {_uptime()}", flush=True)
     inst = install_tote(cluster, work / "tote")
     print(f"tote installed by helm: {inst.startup_seconds}", flush=True)
@@ -138,7 +140,8 @@ def run(cluster: KubeCluster, work: Path, *, size_mib: int, pairs: int, window: 
             for salvage in (True, False):
                 label = f"{'salvage' if salvage else 'healthy'}-{i + 1}"
                 res = one(cluster, work, label=label, size_mib=size_mib, window=window,
-                          salvage=salvage, layers=layers)  # fmt: skip
+                          salvage=salvage, layers=layers,
+                          discard_source=discard_source)  # fmt: skip
                 (salv if salvage else heal).append(res)
                 bd = salvage_breakdown(res) if salvage else healthy_breakdown(res)
                 moved = f"; {res.bytes_moved / 1e6:.1f} MB moved ({res.record_phase})" if (
@@ -150,7 +153,8 @@ def run(cluster: KubeCluster, work: Path, *, size_mib: int, pairs: int, window: 
     print(f"load after: {_uptime()}")
     s = [x for r in salv if (x := salvage_breakdown(r).get("total")) is not None]
     h = [x for r in heal if (x := healthy_breakdown(r).get("total")) is not None]
-    print(f"\nP3' summary ({size_mib} MiB payload in {layers} layer(s), {pairs} pairs)")
+    mode = ", snapshot salvage (source discarded its layer blobs)" if discard_source else ""
+    print(f"\nP3' summary ({size_mib} MiB payload in {layers} layer(s), {pairs} pairs{mode})")
     if s:
         print(f"  salvage (first pull failure → Running): median {statistics.median(s):.2f}s "
               f"(runs {', '.join(f'{x:.2f}' for x in s)})")  # fmt: skip

@@ -3,7 +3,11 @@ mTLS, API path and fast path, next to baselines measured in the same run:
 
 * disk ceiling: 1 GiB written with fsync to the same filesystem as the content stores;
 * one-process containerd → containerd copy through the content API (no agents, no TLS);
-* dedupe: bytes moved for a second image that shares 3 of its 4 layers.
+* dedupe: bytes moved for a second image that shares 3 of its 4 layers;
+* snapshot salvage: the same image from a source that discarded its layer blobs after
+  unpacking (containerd `discard_unpacked_layers`, as on EKS) — each layer regenerated from
+  its snapshot by the source's containerd diff service — next to the blob path between the
+  same two CRI nodes (both unpack into the target's snapshotter while the bytes arrive).
 
 Each agent transfer is also charged its CPU time: user+system seconds of the four processes
 that do the work (source agent, target agent, both containerds; from /proc/<pid>/stat before
@@ -38,7 +42,7 @@ import trio  # noqa: E402
 
 from tests.cluster import versions  # noqa: E402
 from tests.cluster.procs import Proc, ProcessGroup, cpu_seconds  # noqa: E402
-from tests.images.build import CACHE, layered_image  # noqa: E402
+from tests.images.build import CACHE, Image, layered_image  # noqa: E402
 from tests.integration.containerd.certs import make_pki  # noqa: E402
 from tests.integration.containerd.nodes import Env, start_node  # noqa: E402
 
@@ -137,20 +141,58 @@ def profile(group: ProcessGroup, out: Path, procs: dict[str, int]) -> list[Proc]
 
 
 async def agent_copy(env: Env, src_ep: str, target: str, digest: str, name: str,
-                     parallelism: int = 0) -> tuple[float, int]:
+                     parallelism: int = 0, source: str = "a") -> tuple[float, int]:
     from tote_containerd.agent.api import ImportRequest
     from tote_containerd.agent.tokens import Signer
     from tote_containerd.agents import open_agent
 
     ctl = env.pki.controller
-    token = Signer(ctl.cert, ctl.key).mint(digest=digest, source="a", target=target, ttl=60)
+    token = Signer(ctl.cert, ctl.key).mint(digest=digest, source=source, target=target,
+                                           ttl=60)
     t = time.monotonic()
     async with open_agent(target, env.settings()) as agent:
         done = await agent.import_from(ImportRequest(
-            source_node="a", source_endpoint=src_ep, token=token, digest=digest,
+            source_node=source, source_endpoint=src_ep, token=token, digest=digest,
             names=[name], parallelism=parallelism))
     dt = time.monotonic() - t
+    if done.layers_regenerated:
+        print(f"  mode {done.mode}: {done.layers_regenerated} layers regenerated, "
+              f"{done.layers_verified} of them hash to their diff IDs", flush=True)
     return done.bytes_total / dt / 1e6, done.bytes_total
+
+
+def snapshot_rows(env: Env, group: ProcessGroup, base: Path, img: Image, archive: Path,
+                  parallelism: int) -> list[tuple[str, str]]:
+    """Blob path and snapshot path between CRI nodes, the same image, one run."""
+    rows = []
+    for n, discard in (("s", True), ("c1", False), ("c2", False)):
+        env.nodes[n] = start_node(group, base / "nodes", n, cri=True,
+                                  discard_unpacked_layers=discard)
+    s = env.nodes["s"]
+    print("importing (and unpacking) into node s ...", flush=True)
+    s.ctr("images", "import", "--snapshotter", "overlayfs", str(archive))
+    src = env.agent("s", name="agent-s")
+    env.agents["c1"] = env.agent("c1")
+    env.agents["c2"] = env.agent("c2")
+    runs = {}
+    for target, mode in (("c1", "blob path"), ("c2", "snapshot salvage")):
+        if target == "c2":  # now s holds the image as a discarding node does
+            for layer in img.layers["linux/amd64"]:
+                s.delete_blob(layer.digest)
+        meter = CpuMeter({"agent-src": src.proc.pid, "agent-dst": env.agents[target].proc.pid,
+                          "ctd-src": s.proc.pid, "ctd-dst": env.nodes[target].proc.pid})
+        meter.start()
+        mbps, moved = trio.run(agent_copy, env, src.endpoint, target, img.digest, img.name,
+                               parallelism, "s")
+        meter.stop()
+        runs[mode] = mbps
+        rows.append((f"CRI nodes, fast path, unpacked on arrival: {mode}",
+                     f"{mbps:7.1f} MB/s; {meter.per_gib(moved)}"))
+        print(rows[-1], flush=True)
+    rows.append(("snapshot salvage / blob path",
+                 f"{100 * runs['snapshot salvage'] / runs['blob path']:.0f}%"))
+    print(rows[-1], flush=True)
+    return rows
 
 
 def main() -> None:
@@ -186,9 +228,9 @@ def main() -> None:
             env.nodes[n] = start_node(group, base / "nodes", n)
         a = env.nodes["a"]
         print("importing into node a ...", flush=True)
-        a.import_archive(img.write_archive(base / "img.tar"))
+        archive = img.write_archive(base / "img.tar")
+        a.import_archive(archive)
         a.import_archive(img2.write_archive(base / "img2.tar"))
-        (base / "img.tar").unlink()
         (base / "img2.tar").unlink()
         print(f"load average: {os.getloadavg()}", flush=True)
 
@@ -244,6 +286,8 @@ def main() -> None:
         results.append(("dedupe: second image (shares 3 of 4 layers)",
                         f"{moved} of {whole} bytes moved"))
         print(results[-1], flush=True)
+        results += snapshot_rows(env, group, base, img, archive, args.parallelism)
+        archive.unlink()
         after = disk_ceiling(base, size)
         after_d = disk_ceiling(base, size, direct=True)
         results.append(("disk write ceilings again, after the transfers",
