@@ -33,6 +33,7 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,8 @@ class KubeletNode(ContainerdBacked):
     procs: ProcessGroup
     kubelet_port: int = 0
     kubelet: Proc | None = None
+    kubelet_config_path: Path | None = None
+    kubelet_healthz_port: int = 0
     cgroup_root: str = ""
     startup_seconds: dict[str, float] = field(default_factory=dict)
     # What teardown found and had to clean up (tests assert on it).
@@ -86,6 +89,38 @@ class KubeletNode(ContainerdBacked):
     def node_ip(self) -> str:
         return self.name
 
+
+    def restart_kubelet(self, **overrides: Any) -> None:
+        """Stop the kubelet and start it again, same flags, with these KubeletConfiguration
+        fields replaced (none: the harness's own configuration back)."""
+        assert self.kubelet is not None and self.kubelet_config_path is not None
+        self.kubelet.stop(grace=15)
+        config = yaml.safe_load(self.kubelet_config_path.with_suffix(".base.yaml").read_text())
+        config.update(overrides)
+        self.kubelet_config_path.write_text(yaml.safe_dump(config))
+        self.kubelet = self.procs.start("kubelet", self.kubelet.argv)
+        wait_until(lambda: _healthz(self.kubelet_healthz_port),
+                   timeout=KUBELET_READY_TIMEOUT, what="kubelet /healthz",
+                   proc=self.kubelet)  # fmt: skip
+
+    @contextlib.contextmanager
+    def forced_image_gc(self) -> Iterator[None]:
+        """kubelet deleting every unused image it may, within seconds: restarted with an
+        eviction threshold on the image filesystem it can never meet, so its eviction
+        manager (every 10 s) runs the image GC — which skips images CRI reports pinned. Its
+        own configuration (no GC, no eviction) comes back on exit."""
+        self.restart_kubelet(
+            # GC on (100 % switches the image manager off altogether), never by usage here
+            imageGCHighThresholdPercent=99, imageGCLowThresholdPercent=98,
+            imageMinimumGCAge="1s",  # "0s" reads as unset: the 2 min default
+            evictionHard={"memory.available": "1Mi", "nodefs.available": "99%",
+                          "imagefs.available": "99%", "nodefs.inodesFree": "1%",
+                          "imagefs.inodesFree": "1%"},
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            self.restart_kubelet()
 
     def leftover_pids(self) -> list[int]:
         """Processes still referencing this node's tmp dir (shims, containers' parents…)."""
@@ -251,9 +286,10 @@ def start_kubelet_node(
         )
         config_path = workdir / "kubelet-config.yaml"
         healthz_port = free_port()
-        config_path.write_text(
-            yaml.safe_dump(kubelet_config(node, ca_file=ca_file, healthz_port=healthz_port))
-        )
+        config = yaml.safe_dump(kubelet_config(node, ca_file=ca_file, healthz_port=healthz_port))
+        config_path.write_text(config)
+        config_path.with_suffix(".base.yaml").write_text(config)  # restart_kubelet's base
+        node.kubelet_config_path, node.kubelet_healthz_port = config_path, healthz_port
         for sub in ("kubelet", "pod-logs", "volume-plugins"):
             (workdir / sub).mkdir(exist_ok=True)
         t_cfg = time.monotonic()
