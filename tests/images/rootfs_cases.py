@@ -7,12 +7,11 @@ as BuildKit makes its layers)."""
 from __future__ import annotations
 
 import io
-import json
 import random
 import struct
 import tarfile
 
-from tests.images.build import MT_CONFIG, MT_LAYER, MT_MANIFEST, Blob, Image, _blob
+from tests.images.build import MT_LAYER, Blob, Image, digest_of, layered_image
 
 # A file capability (vfs_cap_data revision 2, effective, CAP_NET_RAW permitted): the one
 # extended attribute containerd's tar writer carries.
@@ -93,20 +92,5 @@ def special_layers(seed: int = 11) -> list[bytes]:
 
 def image_of_tars(name: str, tars: list[bytes]) -> Image:
     """A linux/amd64 image whose layers are these uncompressed tars, as given."""
-    layers = [_blob(MT_LAYER, t) for t in tars]
-    return _image(name, layers)
-
-
-def _image(name: str, layers: list[Blob]) -> Image:
-    config = {"architecture": "amd64", "os": "linux",
-              "config": {"Cmd": ["/bin/true"], "Env": ["PATH=/bin"]},
-              "rootfs": {"type": "layers", "diff_ids": [b.digest for b in layers]}}
-    cfg = _blob(MT_CONFIG, json.dumps(config, sort_keys=True).encode())
-    manifest = _blob(MT_MANIFEST, json.dumps({
-        "schemaVersion": 2, "mediaType": MT_MANIFEST, "config": cfg.descriptor(),
-        "layers": [b.descriptor() for b in layers]}, sort_keys=True).encode())
-    img = Image(name=name, top=manifest, blobs=[manifest, cfg, *layers])
-    img.manifests["linux/amd64"] = manifest
-    img.configs["linux/amd64"] = cfg
-    img.layers["linux/amd64"] = layers
-    return img
+    return layered_image(name, [], extra_layers=[Blob(MT_LAYER, t, digest_of(t), len(t))
+                                                 for t in tars])

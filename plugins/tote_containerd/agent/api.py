@@ -98,7 +98,6 @@ class ExportedLayer(msgspec.Struct, frozen=True, kw_only=True):
     size: int
     diff_id: str
     verified: bool  # `digest` == `diff_id`
-    method: str  # diff | diff+root
 
 
 class PushRequest(msgspec.Struct, frozen=True, kw_only=True):

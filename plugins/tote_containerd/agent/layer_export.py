@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
 
 import msgspec
 import trio
@@ -34,7 +33,7 @@ from tote_containerd.agent import metrics, oci
 from tote_containerd.agent.api import ExportedLayer
 from tote_containerd.agent.containerd import ContainerdClient
 from tote_containerd.agent.errors import AgentError, DataLoss
-from tote_containerd.agent.unpack import MT_LAYER_TAR, chain_ids, diff_ids_of
+from tote_containerd.agent.unpack import MT_LAYER_TAR, Unpacker, chain_ids, diff_ids_of
 
 log = logging.getLogger("tote.agent")
 
@@ -51,10 +50,10 @@ class Regenerable(msgspec.Struct, frozen=True):
 
 
 class LayerExporter:
-    def __init__(self, cd: ContainerdClient,
-                 snapshotter: Callable[[], Awaitable[str | None]]) -> None:
+    def __init__(self, cd: ContainerdClient, unpacker: Unpacker) -> None:
         self.cd = cd
-        self.snapshotter = snapshotter  # CRI's, as the unpacker found it
+        self.unpacker = unpacker  # knows CRI's snapshotter and its snapshots
+        self.snapshotter = unpacker.snapshotter
         self._snapshots = cd.stub(snapshots_grpc.SnapshotsStub)
         self._diff = cd.stub(diff_grpc.DiffStub)
         self._locks: dict[str, trio.Lock] = {}
@@ -68,7 +67,7 @@ class LayerExporter:
         try:
             chains = chain_ids(diff_ids_of(await self.cd.read_all(config.digest), len(layers)))
             for chain in chains:
-                if not await self._committed(sn, chain):
+                if not await self.unpacker.exists(sn, chain):
                     return None
         except AgentError as exc:
             log.debug("snapshots of %s: %s", config.digest, exc)
@@ -111,7 +110,7 @@ class LayerExporter:
         if info is not None:
             metrics.LAYERS_EXPORTED.labels(verified="true").inc()
             return ExportedLayer(digest=regen.diff_id, size=info.size, diff_id=regen.diff_id,
-                                 verified=True, method="diff")
+                                 verified=True)
         started = time.monotonic()
         views: list[str] = []
         try:
@@ -126,7 +125,7 @@ class LayerExporter:
                 deadline=None)
         finally:
             for key in views:
-                await self._remove(regen.snapshotter, key)
+                await self.unpacker.remove(regen.snapshotter, key)
         d = resp.diff
         if not d.digest:
             raise DataLoss(f"containerd's diff service returned no content for {layer}")
@@ -137,15 +136,7 @@ class LayerExporter:
                  "matches its diff ID" if verified else
                  f"hashes to {d.digest}, not its diff ID {regen.diff_id} (end to end only)")
         return ExportedLayer(digest=d.digest, size=d.size, diff_id=regen.diff_id,
-                             verified=verified, method="diff")
-
-    async def _committed(self, sn: str, key: str) -> bool:
-        try:
-            resp = await self.cd.call(self._snapshots.Stat, snapshots_pb2.StatSnapshotRequest(
-                snapshotter=sn, key=key), deadline=30)
-        except AgentError:
-            return False
-        return bool(resp.info.kind == snapshots_pb2.COMMITTED)
+                             verified=verified)
 
     async def _view(self, sn: str, chain: str, lease: str, views: list[str]
                     ) -> list[mount_pb2.Mount]:
@@ -154,13 +145,3 @@ class LayerExporter:
             snapshotter=sn, key=key, parent=chain), lease=lease)
         views.append(key)
         return list(resp.mounts)
-
-    async def _remove(self, sn: str, key: str) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(30):
-            try:
-                await self.cd.call(self._snapshots.Remove, snapshots_pb2.RemoveSnapshotRequest(
-                    snapshotter=sn, key=key))
-            except AgentError as exc:
-                log.warning("could not remove export view %r (its lease removes it): %s",
-                            key, exc)
-

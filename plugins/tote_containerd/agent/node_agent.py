@@ -31,7 +31,7 @@ class NodeAgent:
         self.content = LocalContent(cd, node, content_root, fast_path)
         self.importer = Importer(self.content, platform=platform, open_peer=open_peer,
                                  parallelism=parallelism, data_ssl=data_ssl)
-        self.exporter = LayerExporter(cd, self.importer.unpacker.snapshotter)
+        self.exporter = LayerExporter(cd, self.importer.unpacker)
         # The data channel is served only with file access.
         self.source = SourceSide(self.content, verifier,
                                  data_port if self.content.fast_path else 0, self.exporter)

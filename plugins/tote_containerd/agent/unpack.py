@@ -218,7 +218,7 @@ class Unpacker:
         finally:
             for key in keys:
                 if key is not None:
-                    await self._remove(sn, key)
+                    await self.remove(sn, key)
         return made
 
     async def _can_extract_in_parallel(self, snapshotter: str) -> bool:
@@ -263,7 +263,7 @@ class Unpacker:
                 raise DataLoss(f"layer {layer.digest} unpacks to {applied.applied.digest}, "
                                f"expected {expected}")
         except BaseException:
-            await self._remove(sn, key)
+            await self.remove(sn, key)
             raise
         return key
 
@@ -277,20 +277,23 @@ class Unpacker:
                 snapshotter=sn, name=chain, key=key, labels=labels, parent=parent),
                 lease=lease)
         except AlreadyExists:
-            await self._remove(sn, key)  # unpacked meanwhile (CRI, another import): same
+            await self.remove(sn, key)  # unpacked meanwhile (CRI, another import): same
         except BaseException:
-            await self._remove(sn, key)
+            await self.remove(sn, key)
             raise
         if blob_here:
             await self.cd.update_labels(layer.digest, {LABEL_UNCOMPRESSED: diff_id})
 
-    async def _remove(self, sn: str, key: str) -> None:
+    async def remove(self, sn: str, key: str) -> None:
+        """Remove an active snapshot (an extraction, a view) even while being cancelled; a
+        failure is logged only (its lease's expiry removes it then)."""
         with trio.CancelScope(shield=True), trio.move_on_after(30):
             try:
                 await self.cd.call(self._snapshots.Remove, snapshots_pb2.RemoveSnapshotRequest(
                     snapshotter=sn, key=key))
             except AgentError as exc:
-                log.warning("could not remove extraction snapshot %r: %s", key, exc)
+                log.warning("could not remove snapshot %r (its lease removes it): %s", key,
+                            exc)
 
 
 def _labels(chain: str, diff_id: str, parent: str) -> dict[str, str]:

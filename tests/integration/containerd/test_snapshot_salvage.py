@@ -25,6 +25,7 @@ import, and a regenerated tar altered on the source's disk."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,12 +33,12 @@ import stat
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import trio
-from tote_containerd.agent.api import ImportProgress, ImportRequest
+from tote_containerd.agent.api import ImportProgress, ImportRequest, Session
 from tote_containerd.agent.client import AgentClient
 from tote_containerd.agent.errors import DataLoss, FailedPrecondition
 from tote_containerd.agent.tls import client_context
@@ -83,6 +84,18 @@ async def _import(env: Env, target: str, img: Image, **request: object) -> Impor
         return await agent.import_from(ImportRequest(
             source_node="s", source_endpoint=env.agents["s"].endpoint, token=token,
             digest=img.digest, names=[img.name], **request))  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def _as_target_agent(env: Env, img: Image) -> AsyncIterator[tuple[AgentClient, Session]]:
+    """The source's agent API as target `t`'s agent sees it: its identity, a session for
+    `img` opened with a token the controller signed."""
+    c = env.pki.controller
+    token = Signer(c.cert, c.key).mint(digest=img.digest, source="s", target="t", ttl=60)
+    ctx = client_context(env.pki.agent.cert, env.pki.agent.key, env.pki.agent.ca,
+                         peer_role="agent")
+    async with AgentClient.connect(env.agents["s"].endpoint, ssl_context=ctx) as source:
+        yield source, await source.open_session(token, "t")
 
 
 def _chains(img: Image) -> list[str]:
@@ -204,13 +217,8 @@ async def test_layers_written_by_containerd_come_back_verified(
     s = env.nodes["s"]
     # As the target agent would: a session on the source, each layer regenerated, its tar
     # read back through the session.
-    c = env.pki.controller
-    token = Signer(c.cert, c.key).mint(digest=first.digest, source="s", target="t", ttl=60)
-    ctx = client_context(env.pki.agent.cert, env.pki.agent.key, env.pki.agent.ca,
-                         peer_role="agent")
     tars = []
-    async with AgentClient.connect(env.agents["s"].endpoint, ssl_context=ctx) as source:
-        session = await source.open_session(token, "t")
+    async with _as_target_agent(env, first) as (source, session):
         layers = first.layers["linux/amd64"]
         assert sorted(session.regenerable) == sorted(b.digest for b in layers)
         for layer in layers:
@@ -399,13 +407,8 @@ async def test_fault_tampered_regenerated_layer_is_refused(
     img = image_of_tars("docker.io/tote/snapshot-tampered:v1", special_layers(seed=81))
     _discarding_source(env, img, tmp_path)
     s = env.nodes["s"]
-    c = env.pki.controller
-    token = Signer(c.cert, c.key).mint(digest=img.digest, source="s", target="t", ttl=60)
-    ctx = client_context(env.pki.agent.cert, env.pki.agent.key, env.pki.agent.ca,
-                         peer_role="agent")
     base = img.layers["linux/amd64"][0]
-    async with AgentClient.connect(env.agents["s"].endpoint, ssl_context=ctx) as source:
-        session = await source.open_session(token, "t")
+    async with _as_target_agent(env, img) as (source, session):
         exported = await source.export_layer(session.session, base.digest)
     blob = s.content_root / "blobs" / "sha256" / exported.digest.split(":")[1]
     data = bytearray(blob.read_bytes())

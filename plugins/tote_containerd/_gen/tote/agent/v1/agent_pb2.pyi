@@ -99,18 +99,16 @@ class ExportLayerRequest(_message.Message):
     def __init__(self, session: _Optional[str] = ..., layer_digest: _Optional[str] = ...) -> None: ...
 
 class ExportLayerResponse(_message.Message):
-    __slots__ = ("digest", "size", "diff_id", "verified", "method")
+    __slots__ = ("digest", "size", "diff_id", "verified")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     DIFF_ID_FIELD_NUMBER: _ClassVar[int]
     VERIFIED_FIELD_NUMBER: _ClassVar[int]
-    METHOD_FIELD_NUMBER: _ClassVar[int]
     digest: str
     size: int
     diff_id: str
     verified: bool
-    method: str
-    def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., diff_id: _Optional[str] = ..., verified: _Optional[bool] = ..., method: _Optional[str] = ...) -> None: ...
+    def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., diff_id: _Optional[str] = ..., verified: _Optional[bool] = ...) -> None: ...
 
 class ReadBlobResponse(_message.Message):
     __slots__ = ("offset", "data", "total")
