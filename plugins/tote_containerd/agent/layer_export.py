@@ -10,9 +10,9 @@ original bytes exactly, and then the tar hashes to the config's `diff_id` and th
 verified as strongly as a blob. Where it does not, the target can only check what the source
 computed over what it sent (end to end); the response says which.
 
-Views and the regenerated tar live under a lease of their own (`tote-export-…`, expiring
-with the session), so nothing they hold can be collected midway and nothing outlives it:
-the views are removed at once, the tar once the lease expires."""
+Views and the regenerated tar live under a lease of their own (`tote-export-…`, 10
+minutes), so nothing can be collected midway and nothing stays long: the views are removed
+at once, the tar goes with containerd's first GC after the lease expired."""
 
 from __future__ import annotations
 
@@ -37,7 +37,10 @@ from tote_containerd.agent.unpack import MT_LAYER_TAR, Unpacker, chain_ids, diff
 
 log = logging.getLogger("tote.agent")
 
-EXPORT_LEASE_TTL = 3600.0
+# Long enough for the target to start reading (a read in progress keeps its open file even
+# if GC deletes the blob); short, because a regenerated tar is a second copy of the layer on
+# a node whose operators chose to discard layers to save disk. A retry after it re-exports.
+EXPORT_LEASE_TTL = 600.0
 
 
 class Regenerable(msgspec.Struct, frozen=True):
