@@ -40,6 +40,8 @@ def test_crd_established(control_plane: ControlPlane) -> None:
     assert version["name"] == "v1alpha1" and "status" in version["subresources"]
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
     assert columns == ["Digest", "Source", "Target", "Phase", "Progress", "Age"]
+    wide = [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority")]
+    assert wide == ["Bytes", "Retries", "Mode", "Pinned"]  # kubectl get -o wide
 
 
 def test_controller_identity(control_plane: ControlPlane) -> None:
