@@ -81,6 +81,16 @@ class FastPath:
         """Delete partial files nobody resumed within `max_age` seconds."""
         await trio.to_thread.run_sync(_sweep_parts, self.tmpdir, max_age)
 
+    async def discard_parts(self, digests: list[str]) -> None:
+        """Remove the partial files of blobs that are committed now. An earlier attempt
+        cancelled between its COMMIT and removing its file leaves one, and the blob being
+        present, no later fetch would touch it again (the sweep would, an hour on)."""
+        def discard() -> None:
+            for digest in digests:
+                (self.tmpdir / f"{digest.split(':', 1)[1]}.part").unlink(missing_ok=True)
+
+        await trio.to_thread.run_sync(discard)
+
     async def fetch(self, peer: Peer, session: str, d: oci.Desc, lease: str,
                     reporter: Reporter, data_ep: tuple[str, int] | None) -> None:
         """Write a verified blob file next to containerd's blobs, then link it via the API."""

@@ -243,6 +243,9 @@ class Importer:
         except AgentError as exc:
             log.warning("import of %s complete, but releasing lease %s failed (it expires "
                         "in %d s): %s", req.digest, lease, IMPORT_LEASE_TTL, exc)
+        if self.fast:
+            await self.fast.discard_parts([*children, mdesc.digest, req.digest,
+                                           *(t.digest for t in tars.values())])
         prog.names = names
         prog.phase = "done"
         prog.done = True
