@@ -25,7 +25,7 @@ class InspectResult(msgspec.Struct, frozen=True, kw_only=True):
     names: list[str]
     platform: str
     config_digest: str
-    unpacked: bool = False  # every layer's snapshot is in CRI's snapshotter
+    unpacked: bool = False  # layers_discarded, but every layer's snapshot is in CRI's
 
 
 class ImportProgress(msgspec.Struct, kw_only=True):

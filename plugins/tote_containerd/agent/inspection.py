@@ -50,8 +50,10 @@ async def inspect(content: LocalContent, ref: str, want: str,
                 missing_layers += not p
                 blobs.append(BlobInfo(digest=layer.digest, media_type=layer.media_type,
                                       size=layer.size, present=p, role="layer"))
-            if c_present and exporter is not None:
-                unpacked = await exporter.unpacked(config, layers) is not None
+            # Only where it decides something: a node with every blob is a source anyway, and
+            # the snapshot check costs a Stat per layer on every inventory probe.
+            if c_present and missing_layers and exporter is not None:
+                unpacked = await exporter.unpacked(config, layers)
             if not c_present:
                 reason = "the image config blob is missing"
             elif missing_layers:

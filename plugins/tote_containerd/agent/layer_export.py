@@ -61,35 +61,39 @@ class LayerExporter:
         self._diff = cd.stub(diff_grpc.DiffStub)
         self._locks: dict[str, trio.Lock] = {}
 
-    async def unpacked(self, config: oci.Desc, layers: list[oci.Desc]) -> list[str] | None:
-        """The chain IDs of an image whose every layer is a committed snapshot in CRI's
-        snapshotter (it runs here, and it can be regenerated); None otherwise."""
+    async def unpacked(self, config: oci.Desc, layers: list[oci.Desc]) -> bool:
+        """Every layer of the image is a committed snapshot in CRI's snapshotter: it runs
+        here, and it can be regenerated."""
+        return await self._snapshot_chain(config, layers) is not None
+
+    async def regenerable(self, config: oci.Desc, layers: list[oci.Desc],
+                          absent: set[str]) -> dict[str, Regenerable]:
+        """Which of the `absent` layers can be regenerated here (all of them or none: the
+        chain must be unpacked whole)."""
+        found = await self._snapshot_chain(config, layers) if absent else None
+        if found is None:
+            return {}
+        sn, ids, chains = found
+        return {layer.digest: Regenerable(ids[i], chains[i], chains[i - 1] if i else "", sn)
+                for i, layer in enumerate(layers) if layer.digest in absent}
+
+    async def _snapshot_chain(self, config: oci.Desc, layers: list[oci.Desc]
+                              ) -> tuple[str, list[str], list[str]] | None:
+        """(snapshotter, diff IDs, chain IDs) when every layer's snapshot is committed in
+        CRI's snapshotter; None otherwise (no CRI, no layers, a snapshot missing)."""
         sn = await self.snapshotter()
         if sn is None or not layers:
             return None
         try:
-            chains = chain_ids(diff_ids_of(await self.cd.read_all(config.digest), len(layers)))
+            ids = diff_ids_of(await self.cd.read_all(config.digest), len(layers))
+            chains = chain_ids(ids)
             for chain in chains:
                 if not await self.unpacker.exists(sn, chain):
                     return None
         except AgentError as exc:
             log.debug("snapshots of %s: %s", config.digest, exc)
             return None
-        return chains
-
-    async def regenerable(self, config: oci.Desc, layers: list[oci.Desc],
-                          absent: set[str]) -> dict[str, Regenerable]:
-        """Which of the `absent` layers can be regenerated here (all of them or none: the
-        chain must be unpacked whole)."""
-        sn = await self.snapshotter()
-        if sn is None or not absent:
-            return {}
-        chains = await self.unpacked(config, layers)
-        if chains is None:
-            return {}
-        ids = diff_ids_of(await self.cd.read_all(config.digest), len(layers))
-        return {layer.digest: Regenerable(ids[i], chains[i], chains[i - 1] if i else "", sn)
-                for i, layer in enumerate(layers) if layer.digest in absent}
+        return sn, ids, chains
 
     async def export(self, layer: str, regen: Regenerable, lease: str) -> ExportedLayer:
         """Regenerate `layer` into the content store under `lease`; what the target reads.
