@@ -24,7 +24,6 @@ Tried, in order:
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -33,20 +32,20 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.controller import ControllerProcess
-from tests.cluster.controlplane import CONTROLLER_SA
 from tests.cluster.objects import wait_event
-from tests.cluster.pki import make_ca
 from tests.cluster.procs import wait_until
-from tests.cluster.registry import Registry, available, start_registry
+from tests.cluster.registry import Registry
 from tests.images.build import Image, layered_image
-from tests.integration.salvage.conftest import SalvageEnv, records
-from tests.integration.salvage.test_registry_resolve import (
+from tests.integration.salvage.auth_registry import (
     PASSWORD,
     USER,
+    auth_registry,
     failing_pod,
+    grant_pull_secrets,
     pull_secret,
     push,
 )
+from tests.integration.salvage.conftest import SalvageEnv, records
 
 MiB = 1024 * 1024
 PIN = "io.cri-containerd.pinned=pinned"
@@ -56,26 +55,9 @@ GAUGE = "tote_pinned_images"
 
 @pytest.fixture(scope="module")
 def registry(senv: SalvageEnv) -> Iterator[tuple[Registry, Path]]:
-    if not available() or not subprocess.run(["which", "skopeo"], capture_output=True).stdout:
-        pytest.skip("docker-registry and skopeo are needed")
-    base = senv.workdir.parent / "pin-registry"
-    ca = make_ca(base / "pki", common_name="tote-pinning-test-ca")
-    pair = ca.issue("registry", common_name="127.0.0.1", ip_addresses=("127.0.0.1",),
-                    server=True)
-    reg = start_registry(base / "reg", users={USER: PASSWORD}, tls=pair, ca=ca.cert,
-                         access_log=True)
-    senv.cp.apply({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": SECRETS_ROLE},
-        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
-    })  # fmt: skip
-    try:
-        yield reg, ca.cert
-    finally:
-        if reg.procs is not None:
-            reg.procs.stop_all()
-        senv.cp.kubectl("delete", "clusterrole", SECRETS_ROLE, "--ignore-not-found",
-                        check=False)
+    with auth_registry(senv, "pin-registry", secrets_role=SECRETS_ROLE,
+                       access_log=True) as got:
+        yield got
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +72,7 @@ def ns(senv: SalvageEnv, registry: tuple[Registry, Path], test_namespace: str) -
     """The test namespace with pull secret `regcred`, readable by the controller (the
     chart's `secrets get` rule, granted here by hand)."""
     reg, _ = registry
-    senv.cp.apply({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": "tote-read-pull-secrets", "namespace": test_namespace},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": SECRETS_ROLE},
-        "subjects": [{"kind": "ServiceAccount", "name": CONTROLLER_SA,
-                      "namespace": senv.cp.namespace}],
-    })  # fmt: skip
+    grant_pull_secrets(senv, test_namespace, SECRETS_ROLE)
     pull_secret(senv, test_namespace, "regcred", reg.host, USER, PASSWORD)
     return test_namespace
 

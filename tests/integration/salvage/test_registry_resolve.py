@@ -14,51 +14,36 @@ each test namespace itself, the way the chart's rule would.
 
 from __future__ import annotations
 
-import base64
-import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.cluster.controller import ControllerProcess
-from tests.cluster.controlplane import CONTROLLER_SA
-from tests.cluster.objects import get, set_waiting, wait_event
-from tests.cluster.pki import make_ca
+from tests.cluster.objects import wait_event
 from tests.cluster.procs import wait_until
-from tests.cluster.registry import Registry, available, start_registry
+from tests.cluster.registry import Registry
 from tests.images.build import Image, layered_image
+from tests.integration.salvage.auth_registry import (
+    PASSWORD,
+    USER,
+    auth_registry,
+    failing_pod,
+    grant_pull_secrets,
+    pull_secret,
+    push,
+)
 from tests.integration.salvage.conftest import SalvageEnv, records
 
 MiB = 1024 * 1024
-USER, PASSWORD = "puller", "correct-horse-1"
-REFUSED = "failed to pull: dial tcp 127.0.0.1:5999: connect: connection refused"
 SECRETS_ROLE = "tote-controller-registry-resolve-test"
 RESOLVE = 'tote_registry_resolve_total{result="%s"}'
 
 
 @pytest.fixture(scope="module")
 def registry(senv: SalvageEnv) -> Iterator[tuple[Registry, Path]]:
-    if not available() or not subprocess.run(["which", "skopeo"], capture_output=True).stdout:
-        pytest.skip("docker-registry and skopeo are needed")
-    base = senv.workdir.parent / "registry"
-    ca = make_ca(base / "pki", common_name="tote-registry-test-ca")
-    pair = ca.issue("registry", common_name="127.0.0.1", ip_addresses=("127.0.0.1",),
-                    server=True)
-    reg = start_registry(base / "reg", users={USER: PASSWORD}, tls=pair, ca=ca.cert)
-    senv.cp.apply({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": SECRETS_ROLE},
-        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
-    })  # fmt: skip
-    try:
-        yield reg, ca.cert
-    finally:
-        if reg.procs is not None:
-            reg.procs.stop_all()
-        senv.cp.kubectl("delete", "clusterrole", SECRETS_ROLE, "--ignore-not-found",
-                        check=False)
+    with auth_registry(senv, "registry", secrets_role=SECRETS_ROLE) as got:
+        yield got
 
 
 @pytest.fixture(scope="module")
@@ -71,27 +56,8 @@ def controller(senv: SalvageEnv, registry: tuple[Registry, Path]) -> ControllerP
 @pytest.fixture
 def ns(senv: SalvageEnv, test_namespace: str) -> str:
     """The test namespace, with the controller allowed to read its pull secrets."""
-    senv.cp.apply({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": "tote-read-pull-secrets", "namespace": test_namespace},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": SECRETS_ROLE},
-        "subjects": [{"kind": "ServiceAccount", "name": CONTROLLER_SA,
-                      "namespace": senv.cp.namespace}],
-    })  # fmt: skip
+    grant_pull_secrets(senv, test_namespace, SECRETS_ROLE)
     return test_namespace
-
-
-def push(reg: Registry, img: Image, archive: Path) -> None:
-    """Push with the digest preserved: the registry serves exactly `img.digest`."""
-    assert reg.creds is not None
-    subprocess.run(
-        ["skopeo", "copy", "--quiet", "--preserve-digests", f"oci-archive:{archive}",
-         f"docker://{img.name}", "--dest-tls-verify=false", "--dest-creds", reg.creds],
-        check=True, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    repo, tag = img.name.split("/", 1)[1].rsplit(":", 1)
-    assert reg.manifest_digest(repo, tag) == img.digest
 
 
 def preload_digest_only(senv: SalvageEnv, node: str, img: Image, archive: Path) -> None:
@@ -99,33 +65,6 @@ def preload_digest_only(senv: SalvageEnv, node: str, img: Image, archive: Path) 
     senv.preload(node, img, archive, keep_tag=False)
     n, repo = senv.ctd.nodes[node], img.name.rsplit(":", 1)[0]
     assert img.name not in n.image_names() and f"{repo}@{img.digest}" in n.image_names()
-
-
-def pull_secret(senv: SalvageEnv, ns: str, name: str, host: str, user: str, pw: str) -> None:
-    auth = base64.b64encode(f"{user}:{pw}".encode()).decode()
-    config = {"auths": {host: {"username": user, "password": pw, "auth": auth}}}
-    senv.cp.apply({
-        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
-        "metadata": {"name": name, "namespace": ns},
-        "data": {".dockerconfigjson": base64.b64encode(json.dumps(config).encode()).decode()},
-    })  # fmt: skip
-
-
-def failing_pod(senv: SalvageEnv, ns: str, name: str, image: str, *, node: str = "n1",
-                secrets: tuple[str, ...] = ()) -> None:
-    senv.cp.apply({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns,
-                     "annotations": {"tote.dev/auto-salvage": "true"}},
-        "spec": {"nodeName": node,
-                 "imagePullSecrets": [{"name": s} for s in secrets],
-                 "containers": [{"name": "app", "image": image,
-                                 "imagePullPolicy": "IfNotPresent"}]},
-    })  # fmt: skip
-    assert get(senv.cp, "pod", name, ns)["spec"].get("imagePullSecrets", []) == [
-        {"name": s} for s in secrets
-    ]
-    set_waiting(senv.cp, ns, name, reason="ErrImagePull", message=REFUSED)
 
 
 def test_3_tag_resolved_through_registry_with_auth_then_salvaged(
