@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Build the Kubernetes, etcd and helm binaries the test cluster needs, from Go modules,
-# with this machine's Go toolchain. Nothing prebuilt is downloaded: only module sources
-# from the Go module proxy. Binaries are cached outside git, keyed by version, so a second
-# run returns at once.
+# Build the Kubernetes (kube-proxy included), etcd and helm binaries the test cluster needs,
+# from Go modules, with this machine's Go toolchain. Nothing prebuilt is downloaded: only
+# module sources from the Go module proxy. Binaries are cached outside git, keyed by version,
+# so a second run returns at once (and a binary added to the list later is built alone).
 #
 # k8s.io/kubernetes cannot be `go install`ed: its go.mod points its staging modules
 # (k8s.io/api, k8s.io/apiserver, ...) at ./staging with replace directives. A wrapper
@@ -21,7 +21,7 @@ HELM_VERSION="${TOTE_HELM_VERSION:-$HELM_VERSION}"
 export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 CACHE="${TOTE_BIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tote/bin}"
 OUT="$CACHE/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
-WANT=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl helm)
+WANT=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy helm)
 
 have_all() { for b in "${WANT[@]}"; do [ -x "$OUT/$b" ] || return 1; done; }
 if have_all; then echo "$OUT"; exit 0; fi
@@ -37,7 +37,7 @@ staging_version="v0.${minor}"            # v0.34.4
 major_minor="${K8S_VERSION%.*}"          # v1.34
 
 # --- Kubernetes -------------------------------------------------------------------
-k8s_bins=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+k8s_bins=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy)
 need_k8s=0; for b in "${k8s_bins[@]}"; do [ -x "$OUT/$b" ] || need_k8s=1; done
 if [ "$need_k8s" = 1 ]; then
   mkdir -p "$WORK/k8s" && cd "$WORK/k8s"
@@ -60,6 +60,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kubelet"
 	_ "k8s.io/kubectl/pkg/cmd"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
   log "resolving k8s.io/kubernetes $K8S_VERSION with ${#staging[@]} staging replacements"
