@@ -19,6 +19,8 @@ HERE = Path(__file__).resolve().parent
 VERSIONS_FILE = HERE / "versions.env"
 CONTAINERD_BUILD_SCRIPT = HERE / "build-containerd.sh"
 CONTAINERD_BINARIES = ("containerd", "ctr", "containerd-shim-runc-v2")
+NETWORK_BUILD_SCRIPT = HERE / "build-network.sh"
+NETWORK_BINARIES = ("coredns", "kube-router")
 
 
 def pins() -> dict[str, str]:
@@ -74,6 +76,23 @@ def containerd_bin_dir(*, build: bool = False) -> Path | None:
         return Path(res.stdout.strip().splitlines()[-1])
     d = bin_cache() / f"containerd-{version}"
     return d if all(os.access(d / b, os.X_OK) for b in CONTAINERD_BINARIES) else None
+
+
+def network_bin_dir(*, build: bool = False) -> Path | None:
+    """The directory holding coredns and kube-router of the pinned versions
+    (`COREDNS_VERSION`, `KUBE_ROUTER_VERSION`), or None when they are not built.
+
+    With `build=True` the build script runs first (about a minute, instant when cached).
+    """
+    if build:
+        res = subprocess.run(
+            ["bash", str(NETWORK_BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=True
+        )
+        return Path(res.stdout.strip().splitlines()[-1])
+    p = pins()
+    name = f"network-coredns-{p['COREDNS_VERSION']}-kube-router-{p['KUBE_ROUTER_VERSION']}"
+    d = bin_cache() / name
+    return d if all(os.access(d / b, os.X_OK) for b in NETWORK_BINARIES) else None
 
 
 GO_FALLBACK = Path("/usr/local/go/bin")
