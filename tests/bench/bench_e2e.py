@@ -182,7 +182,7 @@ def one_run(
     env: SalvageEnv, work: Path, *, label: str, size_mib: int, window: float, tote_on: bool
 ) -> RunResult:
     cluster = env.cluster
-    reg = registry_mod.start_registry(work / f"registry-{label}")
+    reg = registry_mod.start_registry(work / f"registry-{label}", address=cluster.net.gateway)
     cluster.node.trust_registry(reg.host)
     ns = namespace(cluster, f"bench-{label}")
     try:

@@ -50,7 +50,7 @@ def _cleanup(cluster: KubeCluster, ns: str, ref: str) -> None:
 
 def one(cluster: KubeCluster, work: Path, *, label: str, size_mib: int, window: float,
         salvage: bool, layers: int = 1, discard_source: bool = False) -> RunResult:  # fmt: skip
-    reg = registry_mod.start_registry(work / f"registry-{label}")
+    reg = registry_mod.start_registry(work / f"registry-{label}", address=cluster.net.gateway)
     for node in cluster.nodes:
         node.trust_registry(reg.host)
     ns = namespace(cluster, f"bench-{label}")

@@ -1,11 +1,23 @@
-"""The e2e cluster: control plane + kube-controller-manager + kube-scheduler + kubelet node(s).
+"""The e2e cluster: control plane, controller-manager, scheduler and three kubelet nodes,
+each a host of its own on a bridge, with a pod network, Services and cluster DNS.
 
-`start_cluster(workdir, bin_dir)` builds the pause and hello images locally, starts (or
-reuses) a `ControlPlane` (tests/cluster/controlplane.py: etcd + kube-apiserver with tote's
-CRD/RBAC), then kube-controller-manager and kube-scheduler with client-certificate
-kubeconfigs from the control plane's CA, and one kubelet node (tests/cluster/node.py), and
-waits until that node is Ready and schedulable. Everything listens on 127.0.0.1; every
-process is tracked by PID. `python -m tests.cluster.cluster` brings it up by hand.
+`start_cluster(workdir, bin_dir)`:
+
+1. builds the pause and hello images locally;
+2. takes a network slot (tests/cluster/netns.py): a bridge, and a network namespace per node;
+3. starts a `ControlPlane` (tests/cluster/controlplane.py: etcd + kube-apiserver with tote's
+   CRD/RBAC) listening on the host's bridge address, then kube-controller-manager and
+   kube-scheduler with client-certificate kubeconfigs from the control plane's CA;
+4. starts the nodes (tests/cluster/node.py) — `node-a`, where workloads run, and the source
+   nodes `node-b` and `node-c` (tainted `tote.test/source`) — each with containerd and the
+   kubelet in its namespace, its pod CIDR recorded on the Node and routed from the host and
+   the other nodes, and kube-proxy and kube-router's NetworkPolicy firewall beside them
+   (tests/cluster/node_network.py);
+5. waits until every node is Ready and schedulable, and installs cluster DNS (CoreDNS,
+   tests/cluster/cluster_dns.py).
+
+Every process is tracked by PID; teardown stops them, then removes the namespaces, links and
+routes it created. `python -m tests.cluster.cluster` brings it up by hand.
 
 Over 400 lines on purpose: `start_cluster` is one ordered start-up (images, control plane,
 controller-manager, scheduler, kubelets) that reads best whole.
@@ -22,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.cluster import oci, pki, versions
+from tests.cluster import cluster_dns, network_images, oci, pki, versions
 from tests.cluster.controlplane import (
     ControlPlane,
     binaries_dir,
@@ -30,14 +42,16 @@ from tests.cluster.controlplane import (
     write_kubeconfig,
 )
 from tests.cluster.image_node import ImageNodes
+from tests.cluster.netns import ClusterNetwork, open_network
 from tests.cluster.node import KubeletNode, start_kubelet_node
+from tests.cluster.node_network import KUBE_ROUTER_RBAC, start_kube_proxy, start_kube_router
 from tests.cluster.procs import Proc, ProcessGroup, wait_until
 
 CLUSTER_BINARIES = ("kube-controller-manager", "kube-scheduler", "kubelet")
-# The workload node (first) and the source node: both real kubelets, each on its own containerd
-# and loopback address. The source node is tainted so test workloads land on the workload node;
-# node agents (a DaemonSet tolerating every taint) run on both.
-NODE_IPS = ("127.0.0.1", "127.0.0.2")
+# The workload node (first) and the source nodes: real kubelets, each on its own containerd in
+# its own network namespace. Source nodes are tainted so test workloads land on the workload
+# node; node agents (a DaemonSet tolerating every taint) run on all.
+NODE_NAMES = ("node-a", "node-b", "node-c")
 SOURCE_TAINT = "tote.test/source"
 # The namespace of the harness's own tote identity (processes started by tests). tote-system
 # stays free for `helm install` of the chart, as a user would install it.
@@ -45,7 +59,10 @@ HARNESS_NAMESPACE = "tote-harness"
 
 
 def missing_binaries(bin_dir: Path) -> list[str]:
-    return [b for b in CLUSTER_BINARIES if not (bin_dir / b).exists()]
+    missing = [b for b in CLUSTER_BINARIES if not (bin_dir / b).exists()]
+    if versions.network_bin_dir() is None:
+        missing += [f"{b} (tests/cluster/build-network.sh)" for b in versions.NETWORK_BINARIES]
+    return missing
 
 
 @dataclass
@@ -53,6 +70,7 @@ class KubeCluster:
     control_plane: ControlPlane
     workdir: Path
     procs: ProcessGroup  # kube-controller-manager, kube-scheduler
+    net: ClusterNetwork
     nodes: list[KubeletNode] = field(default_factory=list)
     pause_image: oci.OciImage | None = None
     hello_image: oci.OciImage | None = None
@@ -68,8 +86,14 @@ class KubeCluster:
 
     @property
     def node_b(self) -> KubeletNode:
-        """The source node (tainted `tote.test/source`): holds images for salvage tests."""
+        """The first source node (tainted `tote.test/source`): holds images for salvage
+        tests."""
         return self.nodes[1]
+
+    @property
+    def node_c(self) -> KubeletNode:
+        """The second source node (tainted `tote.test/source`)."""
+        return self.nodes[2]
 
     @property
     def admin_kubeconfig(self) -> Path:
@@ -112,6 +136,17 @@ class KubeCluster:
             == 0,
             timeout=timeout, what="default ServiceAccount (controller-manager up)",
         )  # fmt: skip
+
+    def record_pod_cidr(self, node: KubeletNode, timeout: float = 60) -> None:
+        """Write the node's pod CIDR into its Node (what node IPAM would have done), once the
+        kubelet has registered it."""
+        assert node.net is not None
+        wait_until(lambda: self.kubectl("get", "node", node.name, check=False).returncode == 0,
+                   timeout=timeout, what=f"node {node.name} registered",
+                   proc=node.kubelet)  # fmt: skip
+        cidr = node.net.pod_cidr
+        self.kubectl("patch", "node", node.name, "--type=merge", "-p",
+                     json.dumps({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}}))  # fmt: skip
 
     def _wait_one_ready(self, node: KubeletNode, timeout: float) -> None:
         wait_until(
@@ -222,8 +257,12 @@ class KubeCluster:
             )
 
         def no_pods() -> bool:
-            res = self.kubectl("get", "pods", "-A", "-o", "name", check=False)
-            return res.returncode == 0 and not res.stdout.strip()
+            # kube-system's add-ons (cluster DNS) stay: containerd-level teardown ends them
+            res = self.kubectl("get", "pods", "-A", "-o", "json", check=False)
+            return res.returncode == 0 and not [
+                p for p in json.loads(res.stdout)["items"]
+                if p["metadata"]["namespace"] in nss
+            ]
 
         try:
             wait_until(no_pods, timeout=timeout, what="all pods gone")
@@ -245,6 +284,7 @@ class KubeCluster:
         self.procs.stop_all()
         if self.owns_control_plane:
             self.control_plane.stop()
+        report["network"] = self.net.down()
         self.teardown_report = report
         return report
 
@@ -283,13 +323,12 @@ def start_cluster(
     workdir: Path,
     bin_dir: Path,
     *,
-    control_plane: ControlPlane | None = None,
-    node_ips: tuple[str, ...] = NODE_IPS,
+    node_names: tuple[str, ...] = NODE_NAMES,
     wait_ready: bool = True,
 ) -> KubeCluster:
-    """Start the cluster; `node_ips[0]` is the workload node, the others are source nodes
-    (tainted `tote.test/source:NoSchedule`). The kubelets come from `TOTE_KUBELET_BIN_DIR`
-    when set (version skew), else from `bin_dir`."""
+    """Start the cluster (see the module docstring); `node_names[0]` is the workload node,
+    the others are source nodes (tainted `tote.test/source:NoSchedule`). The kubelets come
+    from `TOTE_KUBELET_BIN_DIR` when set (version skew), else from `bin_dir`."""
     missing = missing_binaries(bin_dir)
     if missing:
         raise FileNotFoundError(f"missing binaries in {bin_dir}: {missing}")
@@ -298,13 +337,21 @@ def start_cluster(
     images_dir = workdir / "images"
     pause = oci.build_pause(images_dir)
     hello = oci.build_hello(images_dir)
+    network_bins = versions.network_bin_dir()
+    assert network_bins is not None  # missing_binaries said so
+    coredns = network_images.build_coredns_image(images_dir, network_bins)
     t_img = time.monotonic()
 
-    owns_cp = control_plane is None
-    cp = control_plane or start_control_plane(
-        workdir / "controlplane", bin_dir, namespace=HARNESS_NAMESPACE,
-        service_account_admission=True,
-    )  # fmt: skip
+    net = open_network()
+    try:
+        cp = start_control_plane(
+            workdir / "controlplane", bin_dir, namespace=HARNESS_NAMESPACE,
+            service_account_admission=True, address=net.gateway,
+            service_range=net.service_range,
+        )  # fmt: skip
+    except BaseException:
+        net.down()
+        raise
     t_cp = time.monotonic()
 
     procs = ProcessGroup(log_dir=workdir / "logs")
@@ -312,9 +359,9 @@ def start_cluster(
         control_plane=cp,
         workdir=workdir,
         procs=procs,
+        net=net,
         pause_image=pause,
         hello_image=hello,
-        owns_control_plane=owns_cp,
     )
     try:
         ca_key = _ca_key(cp)
@@ -349,8 +396,10 @@ def start_cluster(
             "--use-service-account-credentials=true",
             f"--service-account-private-key-file={_sa_key(cp)}",
             f"--root-ca-file={cp.ca_file}",
+            # Pod CIDRs are the harness's (netns.py), recorded on each Node below; no cloud.
             "--controllers=*,-nodeipam",
             "--allocate-node-cidrs=false",
+            f"--service-cluster-ip-range={net.service_range}",
             "--node-monitor-period=2s",
             "--concurrent-gc-syncs=5",
             "--v=1",
@@ -368,28 +417,38 @@ def start_cluster(
         kubelet_dir = versions.kubelet_bin_dir(bin_dir)
         # Node dirs are named after the node, so one path with `$(NODE_NAME)` in it (the chart's
         # agent.containerdSocket / agent.contentRoot) finds each node's own containerd.
-        for i, ip in enumerate(node_ips):
+        for i, name in enumerate(node_names):
             taints = () if i == 0 else (f"{SOURCE_TAINT}=true:NoSchedule",)
             node = start_kubelet_node(
-                workdir / "nodes" / ip, bin_dir=kubelet_dir, server=cp.server,
-                ca_file=cp.ca_file, ca_key=ca_key, pause=pause, node_ip=ip,
-                subnet=f"10.244.{i}.0/24", taints=taints,
+                workdir / "nodes" / name, bin_dir=kubelet_dir, server=cp.server,
+                ca_file=cp.ca_file, ca_key=ca_key, pause=pause, name=name,
+                net=net.add_node(), cluster_dns=net.dns_service_ip, taints=taints,
             )  # fmt: skip
             cluster.nodes.append(node)
             node.import_image(hello)
+            node.import_image(coredns)
+        net.connect_pods()
+        cluster.apply(KUBE_ROUTER_RBAC)
+        for node in cluster.nodes:
+            cluster.record_pod_cidr(node)
+            start_kube_proxy(node, bin_dir=bin_dir, ca=ca, server=cp.server,
+                             ca_file=cp.ca_file, cluster_cidr=net.pod_range)  # fmt: skip
+            start_kube_router(node, bin_dir=network_bins, ca=ca, server=cp.server,
+                              ca_file=cp.ca_file, service_range=net.service_range)  # fmt: skip
         t_node = time.monotonic()
         for p in procs.procs:
             if not p.alive():
                 raise RuntimeError(f"{p.name} exited ({p.popen.returncode}):\n{p.log_tail()}")
         if wait_ready:
             cluster.wait_node_ready()
+            cluster_dns.install(cluster, coredns.name, net.dns_service_ip)
         t_end = time.monotonic()
         cluster.startup_seconds = {
             "images": round(t_img - t0, 2),
             "control-plane": round(t_cp - t_img, 2),
             "controller-manager+scheduler": round(t_ctl - t_cp, 2),
-            "nodes (containerd+kubelet)": round(t_node - t_ctl, 2),
-            "nodes Ready": round(t_end - t_node, 2),
+            "nodes (containerd, kubelet, kube-proxy, kube-router)": round(t_node - t_ctl, 2),
+            "nodes Ready + cluster DNS": round(t_end - t_node, 2),
             "total": round(t_end - t0, 2),
         }
         print(

@@ -82,6 +82,8 @@ _CRI_V1 = """
   disable_apparmor = true
   # no CAP_SYS_RESOURCE here: never ask for an oom_score_adj below containerd's own
   restrict_oom_score_adj = true
+  # pods' network namespaces under our state dir, not /run/netns: teardown unmounts them
+  netns_mounts_under_state_dir = true
   max_concurrent_downloads = 3
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
@@ -114,6 +116,8 @@ _CRI_V2 = """
   disable_apparmor = true
   # no CAP_SYS_RESOURCE here: never ask for an oom_score_adj below containerd's own
   restrict_oom_score_adj = true
+  # pods' network namespaces under our state dir, not /run/netns: teardown unmounts them
+  netns_mounts_under_state_dir = true
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]

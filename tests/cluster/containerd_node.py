@@ -146,40 +146,46 @@ def write_containerd_config(d: Path, *, pause_image: str) -> Path:
     return cfg
 
 
-def write_cni_config(d: Path, *, bridge: str, subnet: str) -> None:
-    """bridge + host-local (+ CRI's own loopback): makes the node report NetworkReady.
+def write_cni_config(d: Path, *, bridge: str, subnet: str, routed: bool = False) -> None:
+    """bridge + host-local (+ CRI's own loopback).
 
-    No test traffic uses it (test pods are hostNetwork); no ipMasq, no portmap → no iptables.
+    `routed` (a node in its own network namespace): the bridge is the pods' gateway and
+    hairpins (a pod reaching itself through a Service), so pods talk to other nodes' pods
+    and to Services through the node. Otherwise (nodes sharing the host's namespace) it only
+    makes the node report NetworkReady: no gateway, no ipMasq, no portmap, no iptables.
     """
-    conf = {
-        "cniVersion": "0.4.0",
-        "name": "tote-test",
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": bridge,
-                "isGateway": False,
-                "ipMasq": False,
-                "hairpinMode": False,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": subnet}]],
-                    "dataDir": str(d / "cni" / "ipam"),
-                },
-            }
-        ],
+    bridge_conf: dict[str, Any] = {
+        "type": "bridge",
+        "bridge": bridge,
+        "isGateway": routed,
+        "ipMasq": False,
+        "hairpinMode": routed,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": subnet}]],
+            "dataDir": str(d / "cni" / "ipam"),
+            **({"routes": [{"dst": "0.0.0.0/0"}]} if routed else {}),
+        },
     }
+    conf = {"cniVersion": "0.4.0", "name": "tote-test", "plugins": [bridge_conf]}
     (d / "cni" / "net.d" / "10-tote.conflist").write_text(json.dumps(conf, indent=2))
 
 
 def start_containerd(
-    procs: ProcessGroup, d: Path, *, name: str, pause_image: str, subnet: str = "10.244.0.0/24"
+    procs: ProcessGroup, d: Path, *, name: str, pause_image: str, subnet: str = "10.244.0.0/24",
+    exec_prefix: list[str] | None = None,
 ) -> Containerd:
+    """`exec_prefix` (tests/cluster/netns.py) runs the daemon in a node's network namespace;
+    its CNI bridge is then `cni0` there, routed."""
     versions.use_containerd()
     d.mkdir(parents=True, exist_ok=True)
     cfg = write_containerd_config(d, pause_image=pause_image)
-    write_cni_config(d, bridge=f"tote{secrets.token_hex(3)}", subnet=subnet)
-    proc = procs.start(f"containerd-{name}", ["containerd", "--config", str(cfg)])
+    if exec_prefix:
+        write_cni_config(d, bridge="cni0", subnet=subnet, routed=True)
+    else:
+        write_cni_config(d, bridge=f"tote{secrets.token_hex(3)}", subnet=subnet)
+    proc = procs.start(f"containerd-{name}",
+                       [*(exec_prefix or []), "containerd", "--config", str(cfg)])  # fmt: skip
     cd = Containerd(name=name, dir=d, proc=proc)
     wait_until(
         lambda: Path(cd.socket).exists() and cd.ctr("version", check=False).returncode == 0,

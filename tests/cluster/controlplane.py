@@ -4,7 +4,9 @@
 
 1. makes a CA, an apiserver serving cert (127.0.0.1 / localhost / kubernetes.default…), an
    admin client cert (group `system:masters`) and an RSA service-account signing key;
-2. starts etcd and kube-apiserver on free 127.0.0.1 ports (RBAC + Node authorization);
+2. starts etcd and kube-apiserver on free ports (RBAC + Node authorization): etcd on
+   127.0.0.1, the apiserver on 127.0.0.1 or on the address it is given (the e2e cluster's
+   bridge, tests/cluster/netns.py);
 3. writes an admin kubeconfig;
 4. renders `deploy/helm/tote` with the built `helm template` and applies its CRD,
    ServiceAccounts, RBAC and kill-switch ConfigMap into `tote-system`;
@@ -12,7 +14,7 @@
    `controller_kubeconfig`, the restricted identity every controller under test uses.
 
 Every daemon is a `procs.ProcessGroup` member: tracked by PID, logged to a file, stopped by
-PID. Nothing here contacts anything outside 127.0.0.1.
+PID. Nothing here contacts anything outside 127.0.0.1 and the cluster's own bridge.
 
 Over 400 lines on purpose: `start_control_plane` is one ordered start-up (PKI, etcd,
 kube-apiserver, the chart's CRD and RBAC, the controller's identity) that reads best whole.
@@ -20,6 +22,7 @@ kube-apiserver, the chart's CRD and RBAC, the controller's identity) that reads 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -153,7 +156,7 @@ class KubectlError(subprocess.CalledProcessError):
 class ControlPlane:
     bin_dir: Path
     workdir: Path
-    server: str  # https://127.0.0.1:PORT
+    server: str  # https://ADDRESS:PORT (127.0.0.1, or the e2e cluster's bridge address)
     ca_file: Path
     admin_kubeconfig: Path
     controller_kubeconfig: Path
@@ -222,9 +225,9 @@ class ControlPlane:
         assert self.procs is not None
         if self._apiserver is not None and self._apiserver in self.procs.procs:
             self.procs.procs.remove(self._apiserver)
-        port = int(self.server.rsplit(":", 1)[1])
+        host, port = self.server.removeprefix("https://").rsplit(":", 1)
         # The old listener may linger for a moment after exit.
-        wait_until(lambda: not port_open("127.0.0.1", port), timeout=15, what="port free")
+        wait_until(lambda: not port_open(host, int(port)), timeout=15, what="port free")
         self._apiserver = self.procs.start("kube-apiserver", self.apiserver_argv)
         wait_until(
             self.healthy, timeout=timeout, what="kube-apiserver /readyz", proc=self._apiserver
@@ -276,12 +279,22 @@ def start_control_plane(
     namespace: str = "tote-system",
     extra_apiserver_args: tuple[str, ...] = (),
     service_account_admission: bool = False,
+    address: str = "127.0.0.1",
+    service_range: str = "10.96.0.0/16",
 ) -> ControlPlane:
     """Bring up etcd + kube-apiserver + tote's CRD/RBAC; see the module docstring.
 
     `service_account_admission=True` is for clusters with a kube-controller-manager (which
     creates each namespace's `default` ServiceAccount): pods then get their token volume as in
-    any real cluster, which tote's own pods (installed by helm) need."""
+    any real cluster, which tote's own pods (installed by helm) need.
+
+    `address`: where kube-apiserver listens and what it advertises. On loopback (the
+    default) the `kubernetes` Service gets no endpoints (the apiserver refuses loopback
+    ones); on the e2e cluster's bridge address it gets real ones that kube-proxy serves,
+    and the apiserver reaches webhooks and the service proxy's targets at their endpoints
+    (pod IPs, routed from the host), as a control plane without kube-proxy of its own does."""
+    loopback = address.startswith("127.")
+    service_ip = str(next(ipaddress.ip_network(service_range).hosts()))
     t_start = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
     missing = [b for b in REQUIRED_BINARIES if not os.access(bin_dir / b, os.X_OK)]
@@ -301,7 +314,7 @@ def start_control_plane(
             "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local",
         ),
-        ip_addresses=("127.0.0.1", "10.96.0.1"),
+        ip_addresses=tuple(dict.fromkeys(("127.0.0.1", address, service_ip))),
         server=True,
     )
     admin = ca.issue(
@@ -343,14 +356,16 @@ def start_control_plane(
         wait_until(etcd_healthy, timeout=30, what="etcd /health", proc=etcd)
         t_etcd = time.monotonic()
 
-        # -- kube-apiserver
-        port = free_port()
-        server = f"https://127.0.0.1:{port}"
+        # -- kube-apiserver: on a cluster's own bridge address, the port real clusters use
+        # (NetworkPolicies see the port behind the `kubernetes` Service, and tote's chart
+        # allows the usual ones); on loopback, a free one.
+        port = free_port(address) if loopback else 6443
+        server = f"https://{address}:{port}"
         apiserver_argv = [
             str(bin_dir / "kube-apiserver"),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={address}",
+            f"--advertise-address={address}",
             f"--secure-port={port}",
             f"--cert-dir={workdir / 'apiserver-certs'}",
             f"--tls-cert-file={serving.cert}",
@@ -360,12 +375,15 @@ def start_control_plane(
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
             f"--service-account-key-file={sa.cert}",
             f"--service-account-signing-key-file={sa.key}",
-            "--service-cluster-ip-range=10.96.0.0/16",
+            f"--service-cluster-ip-range={service_range}",
             # Without kube-controller-manager nobody creates the `default` ServiceAccount,
             # so ServiceAccount admission would reject every Pod.
             *(() if service_account_admission else ("--disable-admission-plugins=ServiceAccount",)),
             # The `kubernetes` Service endpoints would point at 127.0.0.1 (invalid): skip.
-            "--endpoint-reconciler-type=none",
+            *(("--endpoint-reconciler-type=none",) if loopback
+              # kubelets by address: a node's name would be looked up in the host's DNS
+              else ("--enable-aggregator-routing=true",
+                    "--kubelet-preferred-address-types=InternalIP")),
             "--allow-privileged=true",
             "--profiling=false",
             "--event-ttl=1h",

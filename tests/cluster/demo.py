@@ -1,17 +1,19 @@
 """The embedded default: a real one-machine cluster, a registry outage, and tote saving the day.
 
 Brings up the e2e cluster (etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
-two real kubelet nodes `127.0.0.1` and `127.0.0.2` ("node B"), each on its own containerd;
-Kubernetes and containerd binaries built from Go modules and cached), builds the tote image
-offline, imports it into both nodes and installs tote with `helm install` of deploy/helm/tote
-into `tote-system` — a controller Deployment and an agent DaemonSet with mTLS, as a user would
-(tests/e2e/tote_install.py). Then it plays the incident:
+three real kubelet nodes `node-a`, `node-b` ("node B") and `node-c`, each a host of its own:
+its containerd, kubelet, kube-proxy and kube-router in its own network namespace on a bridge,
+pods on a pod network, cluster DNS; Kubernetes, containerd, CoreDNS and kube-router built
+from Go modules and cached), builds the tote image offline, imports it into every node and
+installs tote with `helm install` of deploy/helm/tote into `tote-system` with the chart's
+defaults — a controller Deployment and an agent DaemonSet with mTLS on the pod network, as a
+user would (tests/e2e/tote_install.py). Then it plays the incident:
 
-1. image `shop/web:v1` is pushed to a loopback registry; node B pulled it earlier (its
+1. image `shop/web:v1` is pushed to a registry; node B pulled it earlier (its
    containerd holds the exact digest); the registry goes down;
-2. a Deployment opted in to salvage is scheduled to node `127.0.0.1`, which does not have the
+2. a Deployment opted in to salvage is scheduled to node `node-a`, which does not have the
    image: kubelet fails to pull it (ErrImagePull → ImagePullBackOff);
-3. tote's pods find the digest on node B, stream it agent to agent into 127.0.0.1's
+3. tote's pods find the digest on node B, stream it agent to agent into node-a's
    containerd, delete the failing pod, and its ReplicaSet's replacement starts from the
    salvaged image.
 
@@ -138,7 +140,7 @@ def _controller_metrics(tote: Install) -> dict[str, float]:
 
 def play(cluster: KubeCluster, tote: Install, work: Path, payload_mib: int,
          timeout: float) -> bool:  # fmt: skip
-    reg = registry_mod.start_registry(work / "registry")
+    reg = registry_mod.start_registry(work / "registry", address=cluster.net.gateway)
     try:
         cluster.node.trust_registry(reg.host)
         namespace(cluster, NS)
@@ -151,7 +153,8 @@ def play(cluster: KubeCluster, tote: Install, work: Path, payload_mib: int,
                                    stop_registry=False)  # fmt: skip
         say(f"   node B's containerd holds {img.name} = {img.digest}")
         has = img.name in cluster.node.image_names()
-        say(f"   node 127.0.0.1 (the only node that runs pods) has it: {'yes' if has else 'no'}")
+        say(f"   node {cluster.node.name} (the only node that runs pods) has it: "
+            f"{'yes' if has else 'no'}")
         reg.stop()
         say(f"2. the registry at {reg.host} is DOWN now (process stopped)")
         say(f"3. applying Deployment {NS}/{APP} (image {img.name}, imagePullPolicy IfNotPresent,"
@@ -196,7 +199,7 @@ def play(cluster: KubeCluster, tote: Install, work: Path, payload_mib: int,
             ).stdout)["items"] if "Failed to pull" in e.get("message", "")
         ]  # fmt: skip
         say("SUMMARY")
-        say(f"  what failed : kubelet on 127.0.0.1 could not pull {img.name}")
+        say(f"  what failed : kubelet on {cluster.node.name} could not pull {img.name}")
         if failed_msgs:
             say(f"                ({failed_msgs[0].split(': ')[-1]})")
         for r in recs:
@@ -269,10 +272,11 @@ def main() -> int:
     try:
         say(
             f"cluster up in {time.monotonic() - t:.1f}s: etcd, kube-apiserver, "
-            "kube-controller-manager, kube-scheduler, kubelet nodes 127.0.0.1 and 127.0.0.2"
+            "kube-controller-manager, kube-scheduler, kubelet nodes "
+            + ", ".join(f"{n.name} ({n.node_ip})" for n in cluster.nodes)
         )
         t = time.monotonic()
-        say("building the tote image (offline, cached), importing it into both nodes, "
+        say("building the tote image (offline, cached), importing it into every node, "
             "helm install tote deploy/helm/tote -n tote-system --create-namespace …")
         tote = install_tote(cluster, work / "tote")
         say(f"tote installed in {time.monotonic() - t:.1f}s ({tote.startup_seconds}):")

@@ -1,5 +1,5 @@
-"""The e2e workloads' manifests — hostNetwork pods (tests talk only to loopback), quick to
-stop — and how a pod's waiting reasons read back."""
+"""The e2e workloads' manifests — pods on the cluster's pod network, quick to stop — and how
+a pod's waiting reasons read back."""
 
 from __future__ import annotations
 
@@ -18,19 +18,22 @@ def waiting_reasons(pod: dict[str, Any]) -> dict[str, str]:
 
 
 def pod_spec(
-    image: str, *, pull_policy: str = "IfNotPresent", args: list[str] | None = None
+    image: str, *, pull_policy: str = "IfNotPresent", args: list[str] | None = None,
+    env: dict[str, str] | None = None, restart_policy: str | None = None,
 ) -> dict[str, Any]:
-    """A hostNetwork pod spec for the test images (loopback only; quick to stop)."""
+    """A pod spec for the test images (quick to stop); `env` e.g. the hello program's
+    TOTE_LISTEN / TOTE_IGNORE_SIGTERM (tests/cluster/hello)."""
     container: dict[str, Any] = {"name": "app", "image": image, "imagePullPolicy": pull_policy}
     if args is not None:
         container["args"] = args
+    if env:
+        container["env"] = [{"name": k, "value": v} for k, v in env.items()]
     return {
-        "hostNetwork": True,
-        "dnsPolicy": "Default",
         "terminationGracePeriodSeconds": 1,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "containers": [container],
+        **({"restartPolicy": restart_policy} if restart_policy else {}),
     }
 
 
@@ -40,12 +43,14 @@ def pod_manifest(
     image: str,
     *,
     annotations: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
     **spec_kw: Any,
 ) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
+        "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {},
+                     "labels": labels or {}},
         "spec": pod_spec(image, **spec_kw),
     }
 

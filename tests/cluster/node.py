@@ -58,6 +58,7 @@ from tests.cluster.host_cleanup import (
     remove_links_into,
     unmount_all_under,
 )
+from tests.cluster.netns import NodeNet
 from tests.cluster.procs import Proc, ProcessGroup, free_port, port_open, wait_until
 
 KUBELET_READY_TIMEOUT = 90.0
@@ -75,6 +76,8 @@ class KubeletNode(ContainerdBacked):
     workdir: Path
     containerd: Containerd
     procs: ProcessGroup
+    # The node's network namespace (tests/cluster/netns.py); None: the host's, on loopback.
+    net: NodeNet | None = None
     kubelet_port: int = 0
     kubelet: Proc | None = None
     kubelet_config_path: Path | None = None
@@ -87,7 +90,12 @@ class KubeletNode(ContainerdBacked):
 
     @property
     def node_ip(self) -> str:
-        return self.name
+        return self.net.ip if self.net is not None else self.name
+
+    @property
+    def exec_prefix(self) -> list[str]:
+        """Prefix for an argv that must run on this node (its network namespace)."""
+        return self.net.exec_prefix if self.net is not None else []
 
 
     def restart_kubelet(self, **overrides: Any) -> None:
@@ -99,7 +107,7 @@ class KubeletNode(ContainerdBacked):
         config.update(overrides)
         self.kubelet_config_path.write_text(yaml.safe_dump(config))
         self.kubelet = self.procs.start("kubelet", self.kubelet.argv)
-        wait_until(lambda: _healthz(self.kubelet_healthz_port),
+        wait_until(lambda: _healthz(self.healthz_host, self.kubelet_healthz_port),
                    timeout=KUBELET_READY_TIMEOUT, what="kubelet /healthz",
                    proc=self.kubelet)  # fmt: skip
 
@@ -121,6 +129,10 @@ class KubeletNode(ContainerdBacked):
             yield
         finally:
             self.restart_kubelet()
+
+    @property
+    def healthz_host(self) -> str:
+        return self.node_ip if self.net is not None else "127.0.0.1"
 
     def leftover_pids(self) -> list[int]:
         """Processes still referencing this node's tmp dir (shims, containers' parents…)."""
@@ -163,15 +175,22 @@ class KubeletNode(ContainerdBacked):
 
 
 
-def kubelet_config(node: KubeletNode, *, ca_file: Path, healthz_port: int) -> dict[str, Any]:
+def kubelet_config(
+    node: KubeletNode, *, ca_file: Path, healthz_port: int, cluster_dns: str | None = None
+) -> dict[str, Any]:
     d = node.workdir
+    dns: dict[str, Any] = {"resolvConf": "/etc/resolv.conf"}
+    if cluster_dns:
+        # Pods resolve cluster names only: the node's upstream list is empty on purpose.
+        (d / "resolv.conf").write_text("# no upstream resolvers: tests stay inside the cluster\n")
+        dns = {"resolvConf": str(d / "resolv.conf"), "clusterDNS": [cluster_dns]}
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
         "address": node.node_ip,
         "port": node.kubelet_port,
         "readOnlyPort": 0,
-        "healthzBindAddress": "127.0.0.1",
+        "healthzBindAddress": node.healthz_host,
         "healthzPort": healthz_port,
         "containerRuntimeEndpoint": node.containerd.endpoint,
         "imageServiceEndpoint": node.containerd.endpoint,
@@ -208,7 +227,7 @@ def kubelet_config(node: KubeletNode, *, ca_file: Path, healthz_port: int) -> di
         },
         "evictionPressureTransitionPeriod": "5s",
         "podLogsDir": str(d / "pod-logs"),
-        "resolvConf": "/etc/resolv.conf",
+        **dns,
         "clusterDomain": "cluster.local",
         "maxPods": 50,
         "nodeStatusUpdateFrequency": "5s",
@@ -233,29 +252,40 @@ def start_kubelet_node(
     subnet: str = "10.244.0.0/24",
     taints: tuple[str, ...] = (),
     extra_kubelet_args: tuple[str, ...] = (),
+    net: NodeNet | None = None,
+    name: str | None = None,
+    cluster_dns: str | None = None,
 ) -> KubeletNode:
-    """Start containerd (CRI) + kubelet registering as node `node_ip`. Does not wait for
-    Ready (the scheduler and node controllers may not be running yet): call
-    `wait_registered()` / the cluster's `wait_node_ready()`."""
+    """Start containerd (CRI) + kubelet. Does not wait for Ready (the scheduler and node
+    controllers may not be running yet): call the cluster's `wait_node_ready()`.
+
+    Without `net` the node is named after its loopback address `node_ip` (see the module
+    doc). With `net` (tests/cluster/netns.py) both daemons run in the node's network
+    namespace, the node is `name` at `net.ip` with the kubelet on its usual ports (10250,
+    healthz 10248) and pods on `net.pod_cidr`; `cluster_dns` is the DNS Service address."""
     missing = missing_prerequisites()
     if missing:
         raise FileNotFoundError(f"cannot run a kubelet node here, missing: {missing}")
     t0 = time.monotonic()
-    name = node_ip
+    if net is not None:
+        node_ip, subnet = net.ip, net.pod_cidr
+    name = name or node_ip
+    prefix = net.exec_prefix if net is not None else []
     workdir.mkdir(parents=True, exist_ok=True)
     procs = ProcessGroup(log_dir=workdir / "logs")
     node: KubeletNode | None = None
     try:
         cd = start_containerd(
-            procs, workdir / "containerd", name=name, pause_image=pause.name, subnet=subnet
+            procs, workdir / "containerd", name=name, pause_image=pause.name, subnet=subnet,
+            exec_prefix=prefix,
         )
         t_cd = time.monotonic()
         cd.import_image(pause)
         t_pause = time.monotonic()
 
         node = KubeletNode(
-            name=name, workdir=workdir, containerd=cd, procs=procs,
-            kubelet_port=free_port(node_ip),
+            name=name, workdir=workdir, containerd=cd, procs=procs, net=net,
+            kubelet_port=free_port(node_ip) if net is None else 10250,
             cgroup_root=f"/tote-{secrets.token_hex(4)}",
         )  # fmt: skip
         make_cgroup_root(node.cgroup_root)
@@ -272,7 +302,7 @@ def start_kubelet_node(
             "kubelet-serving",
             common_name=name,
             ip_addresses=(node_ip,),
-            dns_names=("localhost",),
+            dns_names=("localhost", name),
             server=True,
         )
         kubeconfig = workdir / "kubelet.kubeconfig"
@@ -285,8 +315,9 @@ def start_kubelet_node(
             client_key=client.key,
         )
         config_path = workdir / "kubelet-config.yaml"
-        healthz_port = free_port()
-        config = yaml.safe_dump(kubelet_config(node, ca_file=ca_file, healthz_port=healthz_port))
+        healthz_port = free_port() if net is None else 10248
+        config = yaml.safe_dump(kubelet_config(node, ca_file=ca_file, healthz_port=healthz_port,
+                                               cluster_dns=cluster_dns))  # fmt: skip
         config_path.write_text(config)
         config_path.with_suffix(".base.yaml").write_text(config)  # restart_kubelet's base
         node.kubelet_config_path, node.kubelet_healthz_port = config_path, healthz_port
@@ -295,19 +326,21 @@ def start_kubelet_node(
         t_cfg = time.monotonic()
 
         argv = [
+            *prefix,
             str(bin_dir / "kubelet"),
             f"--config={config_path}",
             f"--kubeconfig={kubeconfig}",
             f"--root-dir={workdir / 'kubelet'}",
             f"--cert-dir={pki_dir}",
             f"--hostname-override={name}",
+            *([f"--node-ip={node_ip}"] if net is not None else []),
             *([f"--register-with-taints={','.join(taints)}"] if taints else []),
             "--v=2",
             *extra_kubelet_args,
         ]
         node.kubelet = procs.start("kubelet", argv)
         wait_until(
-            lambda: _healthz(healthz_port), timeout=KUBELET_READY_TIMEOUT,
+            lambda: _healthz(node.healthz_host, healthz_port), timeout=KUBELET_READY_TIMEOUT,
             what="kubelet /healthz", proc=node.kubelet,
         )  # fmt: skip
         t_end = time.monotonic()
@@ -331,13 +364,13 @@ def start_kubelet_node(
         raise
 
 
-def _healthz(port: int) -> bool:
+def _healthz(host: str, port: int) -> bool:
     import urllib.request
 
-    if not port_open("127.0.0.1", port):
+    if not port_open(host, port):
         return False
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=2) as r:
             return bool(r.status == 200)
     except OSError:
         return False

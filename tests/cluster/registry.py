@@ -1,8 +1,9 @@
 """A real OCI registry (Debian's `docker-registry`, CNCF distribution v2) on loopback.
 
-Plain HTTP on `127.0.0.1:PORT`, storage in a tmp dir. Optional: htpasswd Basic auth
-(`users={"user": "password"}`, bcrypt entries) and TLS (`tls=CertPair`, `ca=` the CA file
-the harness itself trusts); without them behaviour is unchanged.
+Plain HTTP on `127.0.0.1:PORT` (or `address:PORT`: the e2e cluster's bridge address, which
+its nodes reach from their own network namespaces), storage in a tmp dir. Optional:
+htpasswd Basic auth (`users={"user": "password"}`, bcrypt entries) and TLS (`tls=CertPair`,
+`ca=` the CA file the harness itself trusts); without them behaviour is unchanged.
 
 It can be stopped (→ pulls fail with "connection refused", a real `ErrImagePull`), started
 again on the same port, and emptied (→ "manifest unknown"). containerd nodes must be told
@@ -43,7 +44,7 @@ storage:
     uploadpurging:
       enabled: false
 http:
-  addr: 127.0.0.1:{port}
+  addr: {address}:{port}
   secret: tote-test-registry
   headers:
     X-Content-Type-Options: [nosniff]
@@ -77,6 +78,7 @@ def available() -> bool:
 class Registry:
     workdir: Path
     port: int = 0
+    address: str = "127.0.0.1"
     procs: ProcessGroup | None = field(default=None, repr=False)
     users: dict[str, str] | None = field(default=None, repr=False)
     tls: CertPair | None = None
@@ -87,8 +89,8 @@ class Registry:
 
     @property
     def host(self) -> str:
-        """`127.0.0.1:PORT`, the registry part of image references."""
-        return f"127.0.0.1:{self.port}"
+        """`ADDRESS:PORT`, the registry part of image references."""
+        return f"{self.address}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -157,16 +159,16 @@ class Registry:
         if self.procs is None:
             self.procs = ProcessGroup(log_dir=self.workdir / "logs")
         if not self.port:
-            self.port = free_port()
+            self.port = free_port(self.address)
         else:  # restart on the same port: the old listener may linger briefly
             wait_until(
-                lambda: not port_open("127.0.0.1", self.port),
+                lambda: not port_open(self.address, self.port),
                 timeout=15,
                 what=f"registry port {self.port} free",
             )
         self.storage.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "config.yml"
-        text = CONFIG.format(storage=self.storage, port=self.port,
+        text = CONFIG.format(storage=self.storage, port=self.port, address=self.address,
                              no_access_log=str(not self.access_log).lower())
         if self.tls is not None:
             text += TLS_CONFIG.format(cert=self.tls.cert, key=self.tls.key)
@@ -242,12 +244,12 @@ class Registry:
 def start_registry(
     workdir: Path, port: int = 0, *, users: dict[str, str] | None = None,
     tls: CertPair | None = None, ca: Path | None = None, access_log: bool = False,
-    token: TokenServer | None = None,
+    token: TokenServer | None = None, address: str = "127.0.0.1",
 ) -> Registry:
     """`token` (a `tests.cluster.tokenauth.TokenServer`) switches from htpasswd to Bearer
     token auth; `users` are then the token server's users (for the helpers' requests)."""
     workdir.mkdir(parents=True, exist_ok=True)
     reg = Registry(workdir=workdir, port=port, users=users, tls=tls, ca=ca,
-                   access_log=access_log, token=token)
+                   access_log=access_log, token=token, address=address)
     reg.start()
     return reg

@@ -106,7 +106,7 @@ def test_namespace(kube_cluster: KubeCluster) -> Iterator[str]:
 @pytest.fixture
 def local_registry(kube_cluster: KubeCluster, tmp_path: Path) -> Iterator[Registry]:
     """A fresh plain-HTTP registry on 127.0.0.1 that every kubelet node trusts."""
-    reg = registry_mod.start_registry(tmp_path / "registry")
+    reg = registry_mod.start_registry(tmp_path / "registry", address=kube_cluster.net.gateway)
     for n in kube_cluster.nodes:
         n.trust_registry(reg.host)
     try:

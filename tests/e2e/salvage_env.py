@@ -2,9 +2,10 @@
 
 `start_salvage_env(cluster, workdir)` adds to a running `KubeCluster`
 
-- one `tote agent` per kubelet node — the workload node `127.0.0.1` and the source node
-  `127.0.0.2` ("node B", tainted so workloads never land there) — with mTLS (test PKI:
-  controller and agent identities),
+- one `tote agent` per kubelet node — the workload node `node-a` and the source nodes
+  `node-b` ("node B") and `node-c` (tainted so workloads never land there) — with mTLS
+  (test PKI: controller and agent identities), as processes on the host's loopback that
+  reach each node's containerd by its socket,
 - `tote controller` as a process with the control plane's restricted identity
   (`controller_kubeconfig`, `--namespace tote-harness`), reaching the agents through
   `--agent-endpoints node=host:port`.

@@ -3,7 +3,9 @@ outage produces a real ImagePullBackOff. The salvage scenarios build on exactly 
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -14,6 +16,7 @@ from tests.cluster import oci
 from tests.cluster.cluster import KubeCluster, start_cluster
 from tests.cluster.host_cleanup import cgroup_subsystem_dirs, mounts_under
 from tests.cluster.manifests import deployment_manifest, pod_manifest, waiting_reasons
+from tests.cluster.probe import probe_until
 from tests.cluster.procs import wait_until
 from tests.cluster.registry import Registry
 from tote_core.detect.detector import is_corrupt_content
@@ -26,7 +29,9 @@ def test_node_ready(kube_cluster: KubeCluster) -> None:
     conds = {c["type"]: c["status"] for c in node["status"]["conditions"]}
     assert conds["Ready"] == "True", conds
     addrs = {a["type"]: a["address"] for a in node["status"]["addresses"]}
-    assert addrs["InternalIP"] == "127.0.0.1", addrs
+    assert kube_cluster.node.net is not None
+    assert addrs["InternalIP"] == kube_cluster.node.net.ip, addrs
+    assert node["spec"]["podCIDR"] == kube_cluster.node.net.pod_cidr
     assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
     assert not [t for t in node["spec"].get("taints") or [] if t["effect"] == "NoSchedule"]
     # the locally built images are what the node has (nothing was pulled)
@@ -40,7 +45,9 @@ def test_preloaded_image_pod_runs(kube_cluster: KubeCluster, test_namespace: str
     kube_cluster.apply(pod_manifest("hello", test_namespace, oci.HELLO_IMAGE, args=[marker]))
     pod = kube_cluster.wait_pod_running(test_namespace, "hello", timeout=60)
     assert pod["spec"]["nodeName"] == kube_cluster.node.name
-    assert pod["status"]["podIP"] == "127.0.0.1"
+    assert kube_cluster.node.net is not None
+    pod_ip = ipaddress.ip_address(pod["status"]["podIP"])
+    assert pod_ip in ipaddress.ip_network(kube_cluster.node.net.pod_cidr), pod["status"]
     wait_until(
         lambda: marker in kube_cluster.pod_logs(test_namespace, "hello"),
         timeout=20, what="marker in pod log",
@@ -48,6 +55,39 @@ def test_preloaded_image_pod_runs(kube_cluster: KubeCluster, test_namespace: str
     reasons = {e["reason"] for e in kube_cluster.events(test_namespace, "hello")}
     assert "Pulled" in reasons  # "already present on machine"
     assert "Pulling" not in reasons
+
+
+def test_pod_network_services_and_dns(kube_cluster: KubeCluster, test_namespace: str) -> None:
+    """From a pod on the workload node: a pod on another node by its pod IP, the same pod
+    through a ClusterIP Service by its DNS name (CoreDNS + kube-proxy), the API server through
+    the `kubernetes` Service; and nothing outside the cluster (no route: refused at once)."""
+    ns = test_namespace
+    marker = f"served-{uuid.uuid4().hex[:8]}"
+    server = pod_manifest("server", ns, oci.HELLO_IMAGE, args=[marker],
+                          env={"TOTE_LISTEN": ":8080"}, labels={"app": "server"})  # fmt: skip
+    server["spec"]["nodeName"] = kube_cluster.node_b.name
+    kube_cluster.apply(server)
+    kube_cluster.apply({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "server", "namespace": ns},
+        "spec": {"selector": {"app": "server"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    })  # fmt: skip
+    pod = kube_cluster.wait_pod_running(ns, "server")
+    assert kube_cluster.node_b.net is not None
+    assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(
+        kube_cluster.node_b.net.pod_cidr)
+    svc = f"server.{ns}.svc.cluster.local"
+    targets = [
+        f"tcp:{pod['status']['podIP']}:8080", f"dns:{svc}", f"tcp:{svc}:80",
+        "https://kubernetes.default.svc/version", "tcp:203.0.113.1:80",
+    ]  # fmt: skip
+    svc_ip = kube_cluster.get_json("service", "server", "-n", ns)["spec"]["clusterIP"]
+    got = probe_until(kube_cluster, ns, targets, lambda g: all(
+        g[t].startswith("OK") for t in targets[:4]), node=kube_cluster.node.name)
+    assert got[targets[0]] == f"OK {marker}", got
+    assert got[targets[1]] == f"OK {svc_ip}", got
+    assert got[targets[2]] == f"OK {marker}", got
+    assert got[targets[3]].startswith("OK "), got  # any HTTP answer from the API server
+    assert got[targets[4]].startswith("FAIL") and "unreachable" in got[targets[4]], got
 
 
 def test_registry_pull_then_outage_gives_image_pull_backoff(
@@ -127,12 +167,28 @@ def _same_process_alive(pid: int, cmdline: bytes) -> bool:
     return state != "Z" and _cmdline(pid) == cmdline
 
 
+def _host_network_state() -> dict[str, list[str]]:
+    """What the host's network namespace holds: namespaces, links, routes, iptables rules."""
+    def lines(*argv: str) -> list[str]:
+        res = subprocess.run(list(argv), capture_output=True, text=True)
+        return sorted(line.split(" (id:")[0] for line in res.stdout.splitlines()
+                      if line.strip() and not line.startswith("#"))  # fmt: skip
+
+    links = [line.split(":")[1].strip().split("@")[0] for line in lines("ip", "-o", "link")]
+    return {"netns": lines("ip", "netns", "list"), "links": sorted(links),
+            "routes": lines("ip", "route", "show"),
+            "iptables": [r for r in lines("iptables-save") if not r.startswith(":")]}  # fmt: skip
+
+
 def test_teardown_leaves_nothing_behind(
     e2e_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """A second, private cluster: run a pod (so there is a shim and a container), tear down,
-    and check every PID, shim, mount and cgroup is gone. (A short tmp dir: unix socket paths
+    """A second, private cluster: run a pod whose container ignores SIGTERM (so teardown
+    meets a pod still terminating: a shim, a container, a pod network namespace), tear down,
+    and check every PID, shim, mount and cgroup is gone, and the host's network namespaces,
+    links, routes and iptables rules are as before. (A short tmp dir: unix socket paths
     under it are limited to 104 bytes.)"""
+    before = _host_network_state()
     workdir = tmp_path_factory.mktemp("td")
     cluster = start_cluster(workdir, e2e_bin_dir)
     stopped = False
@@ -140,8 +196,13 @@ def test_teardown_leaves_nothing_behind(
         ns = "teardown"
         cluster.kubectl("create", "namespace", ns)
         cluster.wait_default_service_account(ns)
-        cluster.apply(pod_manifest("hello", ns, oci.HELLO_IMAGE, args=["teardown-marker"]))
-        cluster.wait_pod_running(ns, "hello", timeout=60)
+        stubborn = pod_manifest("stubborn", ns, oci.HELLO_IMAGE, args=["teardown-marker"],
+                                env={"TOTE_IGNORE_SIGTERM": "1"})  # fmt: skip
+        stubborn["spec"]["terminationGracePeriodSeconds"] = 300
+        cluster.apply(stubborn)
+        cluster.wait_pod_running(ns, "stubborn", timeout=60)
+        during = _host_network_state()
+        assert set(during["netns"]) - set(before["netns"]), "no node network namespace?"
         node = cluster.node
         shims = node.leftover_pids()  # while running: the shim(s) and the pod's processes
         assert shims, "expected containerd shims for the running pod"
@@ -157,13 +218,14 @@ def test_teardown_leaves_nothing_behind(
     for pid in pids + shims:
         assert not _same_process_alive(pid, cmdlines[pid]), f"pid {pid} still exists"
     node_report = report[node.name]
-    # graceful path worked: nothing had to be killed after containerd stopped
-    assert node_report["leftover_pids"] == [], node_report
     assert node.leftover_pids() == []
     assert node_report["still_mounted"] == [] and mounts_under(workdir) == []
     assert node_report["cgroups_left"] == []
     for base in cgroup_subsystem_dirs():
         assert not (base / cgroup_root.lstrip("/")).exists()
+    assert report["network"]["left"] == [], report["network"]
+    assert report["network"]["killed_in_netns"] == [], report["network"]
+    assert _host_network_state() == before
 
 
 def test_image_only_node_holds_images_and_stays_ready(

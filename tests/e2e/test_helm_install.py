@@ -1,10 +1,10 @@
-"""tote as users meet it: `helm install` on the two-node kubelet cluster, then a real salvage.
+"""tote as users meet it: `helm install` on the three-node kubelet cluster, then a real salvage.
 
-The image is built here (no engine, no registry) and imported into both nodes' containerd;
-`helm install` uses the chart's defaults except what this one-machine cluster needs
+The image is built here (no engine, no registry) and imported into every node's containerd;
+`helm install` uses the chart's defaults except where each node's containerd is
 (tests/e2e/tote_install.py). Then, in order:
 
-1. controller (Ready, leading) and one agent per node (Ready), as pods;
+1. controller (Ready, leading) and one agent per node (Ready), as pods on the pod network;
 2. the salvage story in-cluster: registry down, an opted-in Deployment scheduled to the node
    without the image, tote's pods salvage it from node B (agent → agent over mTLS), the
    replacement pod is Running and its log proves it runs the image;
@@ -17,19 +17,16 @@ The image is built here (no engine, no registry) and imported into both nodes' c
 
 from __future__ import annotations
 
-import json
-import uuid
+import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.cluster import registry as registry_mod
 from tests.cluster.cluster import KubeCluster
 from tests.cluster.procs import wait_until
 from tests.e2e import tote_install
-from tests.e2e.salvage_env import Timeline, deployment, namespace, workload_image
 from tests.e2e.tote_install import Install
 
 pytestmark = pytest.mark.e2e
@@ -71,48 +68,30 @@ def test_1_controller_and_one_agent_per_node_ready(
         assert image.endswith(f"tote:{tote_helm.image.version}"), image
     holder = tote_helm.lease_holder()
     assert holder.startswith(ctl[0]["metadata"]["name"]), (holder, ctl[0]["metadata"]["name"])
-    # the agents bound their node's address (hostNetwork, status.hostIP)
-    for p in agents:
-        assert p["status"]["podIP"] == p["spec"]["nodeName"], p["status"]
+    # the chart's defaults: every tote pod on the pod network, in its node's pod CIDR
+    cidrs = {n.name: ipaddress.ip_network(n.net.pod_cidr) for n in kube_cluster.nodes if n.net}
+    for p in ctl + agents:
+        assert not p["spec"].get("hostNetwork"), p["metadata"]["name"]
+        assert ipaddress.ip_address(p["status"]["podIP"]) in cidrs[p["spec"]["nodeName"]], (
+            p["metadata"]["name"], p["status"]["podIP"])
 
 
 def test_2_registry_down_salvaged_by_tote_pods(
     tote_helm: Install, kube_cluster: KubeCluster, tmp_path: Path
 ) -> None:
-    reg = registry_mod.start_registry(tmp_path / "registry")
-    ns = namespace(kube_cluster)
-    try:
-        for n in kube_cluster.nodes:
-            n.trust_registry(reg.host)
-        marker = f"in-cluster-{uuid.uuid4().hex[:8]}"
-        ref = f"{reg.host}/shop/helm:v1"
-        img = workload_image(tmp_path / "img", ref, marker=marker)
-        img.push(ref)
-        kube_cluster.node_b.import_image(img)  # node B pulled it earlier
-        reg.stop()  # the outage
-        assert ref not in kube_cluster.node.image_names()
-
-        tl = Timeline(kube_cluster, ns, selector="app=web")
-        kube_cluster.apply(deployment("web", ns, ref))
-        pod = tl.wait_running(timeout=180)
-        print(f"in-cluster salvage: {tl.summary()}")
-        assert pod["spec"]["nodeName"] == kube_cluster.node.name
-        assert pod["status"]["containerStatuses"][0]["imageID"].endswith(img.digest)
-        logs = kube_cluster.pod_logs(ns, pod["metadata"]["name"])
-        assert marker in logs, logs
-        recs = json.loads(kube_cluster.kubectl("get", "salvagerecords", "-n", ns, "-o", "json")
-                          .stdout)["items"]  # fmt: skip
-        assert len(recs) == 1, recs
-        rec = recs[0]
-        assert rec["status"]["phase"] == "Completed", rec["status"]
-        assert rec["spec"]["sourceNode"] == kube_cluster.node_b.name
-        assert rec["spec"]["targetNode"] == kube_cluster.node.name
-        reasons = {e.get("reason") for e in kube_cluster.events(ns, tl.pods[0][0])}
-        assert {"ImageSalvageable", "ImageSalvaged"} <= reasons, reasons
-    finally:
-        reg.stop()
-        kube_cluster.kubectl("delete", "deployments", "--all", "-n", ns, "--wait=false",
-                             check=False)  # fmt: skip
+    got = tote_install.registry_outage_salvage(kube_cluster, tmp_path, "shop/helm")
+    print(f"in-cluster salvage: {got.summary}")
+    assert got.pod["spec"]["nodeName"] == kube_cluster.node.name
+    assert got.pod["status"]["containerStatuses"][0]["imageID"].endswith(got.image_digest)
+    logs = kube_cluster.pod_logs(got.namespace, got.pod["metadata"]["name"])
+    assert got.marker in logs, logs
+    assert len(got.records) == 1, got.records
+    rec = got.records[0]
+    assert rec["status"]["phase"] == "Completed", rec["status"]
+    assert rec["spec"]["sourceNode"] == kube_cluster.node_b.name
+    assert rec["spec"]["targetNode"] == kube_cluster.node.name
+    reasons = {e.get("reason") for e in kube_cluster.events(got.namespace, got.first_pod)}
+    assert {"ImageSalvageable", "ImageSalvaged"} <= reasons, reasons
 
 
 def test_3_upgrade_keeps_certificates_and_records(

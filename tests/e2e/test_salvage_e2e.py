@@ -1,11 +1,12 @@
 """Salvage end to end on the real kubelet (issue 5): registry down → tote → pod Running.
 
-The cluster (tests/e2e/conftest.py) has two real kubelet nodes, each on its own containerd:
-the workload node `127.0.0.1` and the source node `127.0.0.2` ("node B", tainted so workloads
-never land there); this module adds a `tote agent` per node with mTLS and the `tote
-controller` process with the restricted RBAC identity (tests/e2e/salvage_env.py). Every
-failure below is real: kubelet/containerd fail to pull from a stopped loopback registry, or
-fail to create a container from an image whose layer blob is gone.
+The cluster (tests/e2e/conftest.py) has three real kubelet nodes, each on its own containerd
+in its own network namespace: the workload node `node-a` and the source nodes `node-b`
+("node B") and `node-c`, tainted so workloads never land there; this module adds a `tote
+agent` process per node with mTLS and the `tote controller` process with the restricted
+RBAC identity (tests/e2e/salvage_env.py). Every failure below is real: kubelet/containerd
+fail to pull from a stopped registry, or fail to create a container from an image whose
+layer blob is gone.
 
 1. Deployment, image X only on node B, registry stopped → ErrImagePull/BackOff → salvaged
    from node B → replacement pod Running; its log proves it runs X. Prints the timings.
@@ -57,7 +58,7 @@ from tests.e2e.salvage_env import (
 
 pytestmark = pytest.mark.e2e
 
-NODE_B = "127.0.0.2"  # the source node (tests/cluster/cluster.py NODE_IPS)
+NODE_B = "node-b"  # the first source node (tests/cluster/cluster.py NODE_NAMES)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ class Salvaged:
 def scenario1(tote: SalvageEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Salvaged]:
     cluster = tote.cluster
     tmp = tmp_path_factory.mktemp("s1")
-    reg = registry_mod.start_registry(tmp / "registry")
+    reg = registry_mod.start_registry(tmp / "registry", address=cluster.net.gateway)
     cluster.node.trust_registry(reg.host)
     ns = namespace(cluster)
     try:
@@ -196,7 +197,8 @@ def test_2_tag_only_image_no_node_has_is_not_actionable(
     tote: SalvageEnv, test_namespace: str
 ) -> None:
     ns, cluster = test_namespace, tote.cluster
-    ref = f"127.0.0.1:{free_port()}/tote/ghost-{uuid.uuid4().hex[:6]}:v1"  # nothing listens
+    gw = cluster.net.gateway
+    ref = f"{gw}:{free_port(gw)}/tote/ghost-{uuid.uuid4().hex[:6]}:v1"  # nothing listens
     tl = Timeline(cluster, ns, selector="app=ghost")
     cluster.apply(deployment("ghost", ns, ref))
     ev = tote.wait_tote_event(ns, "ImageNotActionable", timeout=60)
