@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tote_core import __version__, httpserver
 from tote_core.components import admission
+from tote_core.components.agent_report import AgentReport
 from tote_core.components.config_warnings import ConfigWarnings
 from tote_core.components.leader import LeaderElector
 from tote_core.components.statusfeed import StatusFeed
@@ -241,6 +242,7 @@ class Controller:
                 routes_health: dict[str, httpserver.Route] = {
                     "/healthz": self._healthz,
                     "/readyz": self._readyz,
+                    "/agents": AgentReport(self.kube, self.host, self.settings).serve,
                 }
                 if self.settings.metrics_address == self.settings.health_address:
                     routes_health.update(routes_metrics)

@@ -53,6 +53,9 @@ class Target:
     controller_url: str = ""  # direct http://host:port (else: the service proxy)
     webhook: str = DEFAULT_WEBHOOK
     tls_secret: str = ""
+    # No identity given to doctor (no --tls-*, --insecure or --agent-endpoints): the agent
+    # rows come from the controller, which reaches the agents itself.
+    agents_via_controller: bool = False
     settings: ControllerSettings = field(default_factory=ControllerSettings)
 
 
@@ -110,6 +113,23 @@ def ready_row(code: int, body: bytes, where: str) -> tuple[Check, str | None]:
     return _fail("ready", f"/readyz HTTP {code}: {body[:200]!r}", where), version
 
 
+def _controller_where(t: Target) -> str:
+    return t.controller_url or f"service {t.namespace}/{t.service}:{t.health_port}"
+
+
+async def _controller_get(kube: KubeClient, t: Target, path: str) -> tuple[int, bytes]:
+    """GET `path` on the controller's health port: directly (`--controller-url`) or through
+    the API server's service proxy (an error status raises KubeError there)."""
+    if t.controller_url:
+        import httpx
+
+        async with httpx.AsyncClient(timeout=AGENT_TIMEOUT + 10) as http:
+            resp = await http.get(t.controller_url.rstrip("/") + path)
+        return resp.status_code, resp.content
+    url = proxy.service_proxy_path(t.namespace, t.service, t.health_port, path)
+    return 200, await kube.request("GET", url)
+
+
 async def controller(kube: KubeClient, t: Target) -> tuple[list[Check], str | None]:
     """Lease (someone leads, recently renewed) and /readyz; returns the controller version."""
     out: list[Check] = []
@@ -120,17 +140,9 @@ async def controller(kube: KubeClient, t: Target) -> tuple[list[Check], str | No
     except KubeError as exc:
         out.append(_fail("leader", f"Lease {t.namespace}/{t.lease}: {exc}", t.lease))
     version = None
-    where = t.controller_url or f"service {t.namespace}/{t.service}:{t.health_port}"
+    where = _controller_where(t)
     try:
-        if t.controller_url:
-            import httpx
-
-            async with httpx.AsyncClient(timeout=10) as http:
-                resp = await http.get(t.controller_url.rstrip("/") + "/readyz")
-            code, body = resp.status_code, resp.content
-        else:
-            path = proxy.service_proxy_path(t.namespace, t.service, t.health_port, "/readyz")
-            code, body = 200, await kube.request("GET", path)
+        code, body = await _controller_get(kube, t, "/readyz")
         row, version = ready_row(code, body, where)
         out.append(row)
     except (KubeError, OSError) as exc:
@@ -207,7 +219,25 @@ def agent_row(node: str, h: NodeHealth | None, *, snapshot_salvage: bool = True)
                         + layers[h.layers_discarded])
 
 
+async def agents_from_controller(kube: KubeClient, t: Target) -> list[Check]:
+    """The agent rows as the controller sees them (its `/agents`, components/agent_report.py):
+    what doctor shows when it has no identity of its own to reach agents with."""
+    where = _controller_where(t)
+    try:
+        code, body = await _controller_get(kube, t, "/agents")
+        if code != 200:
+            return [_fail("agent", f"{where} /agents HTTP {code}: {body[:200]!r}")]
+        return msgspec.json.decode(body, type=list[Check])
+    except (KubeError, OSError, msgspec.DecodeError) as exc:
+        return [_fail("agent", f"asking the controller ({where} /agents): {exc}")]
+    except Exception as exc:  # httpx errors: the controller is unreachable
+        return [_fail("agent", f"asking the controller ({where} /agents): "
+                               f"{type(exc).__name__}: {exc}")]
+
+
 async def agents(kube: KubeClient, host: PluginHost, t: Target) -> list[Check]:
+    if t.agents_via_controller:
+        return await agents_from_controller(kube, t)
     try:
         nodes = [n["metadata"]["name"] for n in
                  (await kube.get("/api/v1/nodes", dict)).get("items", [])]
@@ -269,7 +299,9 @@ async def certificates(kube: KubeClient, t: Target) -> list[Check]:
         try:
             secret: dict[str, Any] = await kube.get(
                 resource_path("v1", "secrets", t.namespace, t.tls_secret), dict)
-            for key in ("tls.crt", "ca.crt"):
+            # the chart's generated Secrets hold tls.crt; a tls.existingSecret holds both
+            # roles' certificates as controller.crt / agent.crt
+            for key in ("tls.crt", "controller.crt", "agent.crt", "ca.crt"):
                 data = secret.get("data", {}).get(key)
                 if data:
                     rows += cert_rows(f"secret {t.tls_secret}/{key}", base64.b64decode(data))

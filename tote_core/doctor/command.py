@@ -2,10 +2,11 @@
 
 Uses the caller's kubeconfig (it must be allowed to read the CRD, Lease, nodes, pods and
 webhook configuration and to create SubjectAccessReviews — a cluster admin, typically).
-Agents are reached exactly as the controller reaches them, so doctor needs the
-controller's client identity: `--tls-cert/--tls-key/--tls-ca` files (for a chart install,
-extract them from the chart's TLS Secret), or `--insecure` for an install without mTLS.
-`--tls-secret NAME` additionally checks the expiry of the certificates in that Secret.
+The agent rows come from the controller (its `/agents`, through the service proxy or
+`--controller-url`), which reaches every agent with its own identity and network path. Given
+the controller's client identity (`--tls-cert/--tls-key/--tls-ca`, or `--insecure` for an
+install without mTLS) or `--agent-endpoints`, doctor dials the agents itself instead.
+`--tls-secret NAME` checks the expiry of the certificates in that Secret.
 
 Exit status: 0 when every row is ok or warn, 1 when any row failed, 2 on bad flags.
 """
@@ -73,7 +74,9 @@ async def _run(args: argparse.Namespace, settings: ControllerSettings) -> list[c
         namespace=args.namespace, service_account=args.service_account, lease=args.lease,
         service=args.service, health_port=args.health_port,
         controller_url=args.controller_url, webhook=args.webhook,
-        tls_secret=args.tls_secret, settings=settings)
+        tls_secret=args.tls_secret, settings=settings,
+        agents_via_controller=not (args.tls_cert or args.tls_key or args.tls_ca
+                                   or args.insecure or args.agent_endpoints))
     try:
         return await checks.run_all(kube, host, target)
     finally:
