@@ -124,11 +124,14 @@ def _running_pod(cluster: KubeCluster) -> dict[str, Any] | None:
 
 
 def _controller_metrics(tote: Install) -> dict[str, float]:
-    """The controller's counters summed over their labels, from its /metrics (host
-    network: the node's address); empty if it cannot be reached."""
+    """The controller's counters summed over their labels, from its /metrics at its pod IP
+    (the host routes to the pod network); empty if it cannot be reached."""
     try:
-        samples = prom.parse(prom.fetch(tote.values["controller"]["metricsPort"], timeout=3))
-    except OSError:
+        pod = tote.pods("controller")[0]
+        port = next(p["containerPort"] for p in pod["spec"]["containers"][0].get("ports", [])
+                    if p.get("name") == "metrics")
+        samples = prom.parse(prom.fetch(port, host=pod["status"]["podIP"], timeout=3))
+    except (OSError, IndexError, KeyError, StopIteration):
         return {}
     out: dict[str, float] = {}
     for sample, value in samples.items():

@@ -6,12 +6,13 @@ are started through `procs.ProcessGroup` (tracked by PID, stopped by PID).
 
 Choices forced by this kind of machine (see docs/e2e-cluster.md):
 
-- Node name / address. kubelet refuses a loopback `--node-ip` ("nodeIP can't be loopback
-  address", kubelet_node_status.go validateNodeIP). When `--hostname-override` is an IP and
-  no `--node-ip` is given, kubelet uses that IP for InternalIP and Hostname without the
-  check. So a node is named after its loopback address (`127.0.0.1` by default): the
-  apiserver reaches the kubelet (logs, exec) at 127.0.0.1:<free port>, hostNetwork pods get
-  podIP 127.0.0.1, and nothing uses a non-loopback address.
+- Node name / address. On the e2e cluster (`net` given) the node has a name (`node-a`…)
+  and its own address in its own network namespace (tests/cluster/netns.py): kubelet binds
+  it on the usual ports and registers it as InternalIP (`--node-ip`), and containerd's CNI
+  bridge is the pods' gateway there. Without `net` (a node sharing the host's namespace)
+  the node is named after a loopback address: kubelet refuses a loopback `--node-ip`
+  ("nodeIP can't be loopback address"), but when `--hostname-override` is an IP and no
+  `--node-ip` is given it uses that IP for InternalIP and Hostname without the check.
 - cgroup v1, no systemd: `cgroupDriver: cgroupfs` in kubelet and `SystemdCgroup = false` in
   containerd; `failCgroupV1: false` (1.35+ would refuse v1). Pods go under a cgroup root of
   their own (`/tote-<node>-<id>`), created before and removed after, so two test sessions

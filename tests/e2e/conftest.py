@@ -1,5 +1,6 @@
-"""e2e fixtures: a real one-machine cluster (control plane, controller-manager, scheduler, a
-kubelet on containerd) shared by the session, and a loopback registry per test.
+"""e2e fixtures: a real one-machine cluster (control plane, controller-manager, scheduler,
+three kubelets on containerd, each node in its own network namespace) shared by the
+session, and a registry per test on the host's bridge address.
 
 Skips with the reason when the machine cannot run it (binaries not built, packages missing,
 not root); under CI=true those are failures instead.
@@ -52,8 +53,9 @@ def e2e_bin_dir(k8s_bin_dir: Path) -> Path:
 def kube_cluster(
     e2e_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[KubeCluster]:
-    """etcd, kube-apiserver, kube-controller-manager, kube-scheduler and one kubelet node
-    (Ready, with tote.test/pause and tote.test/hello preloaded); torn down at session end."""
+    """etcd, kube-apiserver, kube-controller-manager, kube-scheduler and three kubelet nodes
+    with kube-proxy, kube-router and cluster DNS (Ready, tote.test/pause and tote.test/hello
+    preloaded); torn down at session end (tests/cluster/cluster.py)."""
     workdir = tmp_path_factory.mktemp("e2e-cluster")
     cluster = start_cluster(workdir, e2e_bin_dir)
     try:
@@ -105,7 +107,8 @@ def test_namespace(kube_cluster: KubeCluster) -> Iterator[str]:
 
 @pytest.fixture
 def local_registry(kube_cluster: KubeCluster, tmp_path: Path) -> Iterator[Registry]:
-    """A fresh plain-HTTP registry on 127.0.0.1 that every kubelet node trusts."""
+    """A fresh plain-HTTP registry on the cluster's bridge address (the host's side, which
+    every node reaches) that every kubelet node trusts."""
     reg = registry_mod.start_registry(tmp_path / "registry", address=kube_cluster.net.gateway)
     for n in kube_cluster.nodes:
         n.trust_registry(reg.host)

@@ -126,7 +126,7 @@ def test_3_upgrade_keeps_certificates_and_records(
 def test_4_second_release_in_another_namespace_no_collisions(
     tote_helm: Install, kube_cluster: KubeCluster
 ) -> None:
-    other = tote_install.harness_values(kube_cluster)  # its own free ports
+    other = tote_install.harness_values(kube_cluster)
     path = tote_helm.values_file(other, "values-other.yaml")
     tote_helm.helm("install", "tote", str(tote_install.CHART), "-n", "tote-other",
                    "--create-namespace", "-f", str(path), "--wait", "--timeout", "300s")
