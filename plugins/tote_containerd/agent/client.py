@@ -15,6 +15,7 @@ from typing import Any
 
 import grpclib.client
 import grpclib.exceptions
+import trio
 import trio_asyncio
 
 from tote_containerd._gen.tote.agent.v1 import agent_grpc
@@ -37,6 +38,8 @@ from tote_containerd.agent.peer import split_endpoint
 from tote_containerd.agent.tls import PeerRoleMismatch
 
 _REASON_MARK = " [reason="
+# Longest a blob stream may stay silent before the read fails (see AgentClient.read_blob).
+STREAM_STALL_TIMEOUT = 30.0
 
 
 def _map(exc: grpclib.exceptions.GRPCError) -> errors.AgentError:
@@ -202,7 +205,19 @@ class AgentClient:
 
                 async def chunks() -> AsyncGenerator[tuple[int, bytes, int], None]:
                     with _mapped(self.endpoint):
-                        async for msg in stream:
+                        while True:
+                            # A cut link leaves the TCP connection open and silent: without
+                            # a deadline per message the read waits forever instead of
+                            # letting the controller try another source. A slow link still
+                            # delivers a message (at most a chunk) well within it.
+                            with trio.move_on_after(STREAM_STALL_TIMEOUT) as idle:
+                                msg = await stream.recv()
+                            if idle.cancelled_caught:
+                                raise errors.Unavailable(
+                                    f"agent {self.endpoint} sent nothing for "
+                                    f"{STREAM_STALL_TIMEOUT:.0f}s", reason="agent_unreachable")
+                            if msg is None:
+                                return
                             yield msg.offset, msg.data, msg.total
 
                 gen = chunks()
