@@ -36,6 +36,7 @@ class LeaderElector:
     retry_period: float
     is_leader: bool = field(default=False, init=False)
     leader_identity: str | None = field(default=None, init=False)
+    _renewed_at: float = field(default=0.0, init=False)  # trio clock
 
     def __post_init__(self) -> None:
         self._path = resource_path("coordination.k8s.io/v1", "leases", self.namespace)
@@ -81,13 +82,19 @@ class LeaderElector:
         self.leader_identity = self.identity
         return True
 
-    async def _attempt(self) -> bool:
+    async def _attempt(self, limit: float | None = None) -> bool:
+        """One try; on success `_renewed_at` is when it started: the renewTime it wrote is
+        no earlier, so the Lease is valid for others until at least then + lease_duration."""
+        started = trio.current_time()
         try:
-            with trio.fail_after(self.retry_period * 2):
-                return await self._try_acquire_or_renew()
+            with trio.fail_after(self.retry_period * 2 if limit is None else limit):
+                ok = await self._try_acquire_or_renew()
         except (KubeError, trio.TooSlowError) as exc:
             log.debug("lease %s/%s: %s", self.namespace, self.name, exc)
             return False
+        if ok:
+            self._renewed_at = started
+        return ok
 
     async def run(self, lead: Callable[[], Awaitable[None]]) -> None:
         """Forever: wait to acquire, run `lead()` while renewing, cancel it on loss."""
@@ -116,14 +123,21 @@ class LeaderElector:
             acquired = await self._attempt()
 
     async def _renew_loop(self) -> None:
-        last_ok = trio.current_time()
+        """Renew every retry period; return (leadership lost) at the latest renew_deadline
+        after the last successful renewal began. Each wait and each attempt is cut to what
+        is left of that deadline: an attempt hanging on a dead connection must not carry
+        the leader past it, because others may take the Lease lease_duration after that
+        renewal, and lease_duration > renew_deadline is what keeps two leaders from acting
+        at once."""
         while True:
-            await trio.sleep(self.retry_period)
-            if await self._attempt():
-                last_ok = trio.current_time()
-            elif trio.current_time() - last_ok >= self.renew_deadline or (
-                self.leader_identity not in (None, self.identity)
-            ):
+            left = self._renewed_at + self.renew_deadline - trio.current_time()
+            await trio.sleep(max(0.0, min(self.retry_period, left)))
+            left = self._renewed_at + self.renew_deadline - trio.current_time()
+            if left <= 0:
+                return
+            if await self._attempt(min(self.retry_period * 2, left)):
+                continue
+            if self.leader_identity not in (None, self.identity):
                 return
 
     async def release(self) -> None:
