@@ -162,3 +162,13 @@ def pytest_runtest_makereport(
             if text:
                 report.sections.append((f"{fixture_name}: {component} log (tail)", text[-6000:]))
     return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault matrix's table (tests/integration/salvage/test_fault_matrix.py and the
+    network rows of tests/e2e/test_network_faults.py), once, at the end of the run."""
+    from tests.integration.salvage import fault_table
+
+    if fault_table.ROWS:
+        terminalreporter.section("fault matrix")
+        terminalreporter.write_line(fault_table.markdown())

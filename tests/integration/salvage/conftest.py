@@ -160,11 +160,3 @@ def senv(control_plane: ControlPlane) -> Iterator[SalvageEnv]:
 def records(cp: ControlPlane, ns: str) -> list[dict[str, object]]:
     out = cp.kubectl("get", "salvagerecords", "-n", ns, "-o", "json").stdout
     return json.loads(out)["items"]  # type: ignore[no-any-return]
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    from tests.integration.salvage import fault_table
-
-    if fault_table.ROWS:
-        terminalreporter.section("fault matrix (tests/integration/salvage/test_fault_matrix.py)")
-        terminalreporter.write_line(fault_table.markdown())
