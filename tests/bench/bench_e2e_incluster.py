@@ -2,17 +2,21 @@
 
 `python -m tests.bench.bench_e2e --in-cluster [--size-mib 1024] [--pairs 3]` (root;
 `.ci/install` done). tote is installed the way users install it (tests/e2e/tote_install.py:
-image built here, imported into both nodes, `helm install`, controller leading). Then
-`--pairs` times, alternating on the same kubelet node (127.0.0.1), each with an image of its
-own (fresh random payload → fresh digest, so no node has any of its blobs):
+image built here, imported into every node, `helm install` with the chart's defaults,
+controller leading). Then `--pairs` times, alternating on the same kubelet node (node-a),
+each with an image of its own (fresh random payload → fresh digest, so no node has any of
+its blobs):
 
-* **salvage**: the image is pushed to a loopback registry and loaded onto node B only, the
-  registry is stopped, the opted-in Deployment lands on 127.0.0.1, kubelet's pull fails and
-  tote's pods salvage the image from node B. Measured: first pull failure (kubelet `Failed`
-  event) → pod Running.
-* **healthy pull**: an image of the same size is pushed to a loopback registry that stays
-  up and is on no node; the same Deployment lands on 127.0.0.1 and kubelet pulls it.
+* **salvage**: the image is pushed to a registry on the host's bridge address and loaded
+  onto node B only, the registry is stopped, the opted-in Deployment lands on node-a,
+  kubelet's pull fails and tote's pods salvage the image from node B over the pod network.
+  Measured: first pull failure (kubelet `Failed` event) → pod Running.
+* **healthy pull**: an image of the same size is pushed to a registry that stays up and is
+  on no node; the same Deployment lands on node-a and kubelet pulls it over the bridge.
   Measured: kubelet `Pulling` event → pod Running (pull, unpack, container start).
+
+The summary adds the salvages' copy + unpack rate next to a plain TCP copy of the same size
+between node B's and node-a's network namespaces, taken in the same run.
 
 After each run the namespace is deleted and the image removed from both nodes, so disk use
 stays at about one image. Times come from bench_e2e's `kubectl --watch` streams.
@@ -30,6 +34,7 @@ import uuid
 from pathlib import Path
 
 from tests.bench.bench_e2e import RunResult, watch_workload
+from tests.bench.netns_baseline import tcp_copy
 from tests.cluster import registry as registry_mod
 from tests.cluster.cluster import KubeCluster
 from tests.e2e.salvage_env import image_only_on_node_b, namespace, workload_image
@@ -124,6 +129,24 @@ def healthy_breakdown(res: RunResult) -> dict[str, float]:
     return out
 
 
+def _throughput(cluster: KubeCluster, salv: list[RunResult], size_mib: int) -> None:
+    """The salvages' copy + unpack rate (bytes moved / ImageSalvageable → ImageSalvaged),
+    next to a plain TCP copy of the same size from node B's namespace to the workload
+    node's over the same bridge, taken now (tests/bench/netns_baseline.py)."""
+    rates = [r.bytes_moved / t for r in salv
+             if r.bytes_moved and (t := salvage_breakdown(r).get("transfer"))]
+    src, dst = cluster.node_b.net, cluster.node.net
+    if not rates or src is None or dst is None:
+        return
+    tcp = [tcp_copy(src, dst, size_mib << 20) for _ in range(3)]
+    print(f"  node B → {cluster.node.name}: salvage copy + unpack median "
+          f"{statistics.median(rates) / 1e6:.0f} MB/s (runs "
+          f"{', '.join(f'{x / 1e6:.0f}' for x in rates)}); plain TCP copy of {size_mib} MiB "
+          f"between the same namespaces median {statistics.median(tcp) / 1e6:.0f} MB/s (runs "
+          f"{', '.join(f'{x / 1e6:.0f}' for x in tcp)}): "
+          f"{statistics.median(rates) / statistics.median(tcp):.0%}")  # fmt: skip
+
+
 def _fmt(d: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.2f}s" for k, v in d.items())
 
@@ -161,6 +184,7 @@ def run(cluster: KubeCluster, work: Path, *, size_mib: int, pairs: int, window: 
     if h:
         print(f"  healthy pull (Pulling → Running)    : median {statistics.median(h):.2f}s "
               f"(runs {', '.join(f'{x:.2f}' for x in h)})")  # fmt: skip
+    _throughput(cluster, salv, size_mib)
     if s and h:
         ratio = statistics.median(s) / statistics.median(h)
         print(f"  ratio {ratio:.2f}x (P3' goal <= 1.5x; P3'' goal <= 1.0x)")
