@@ -8,7 +8,10 @@ again on exit, whatever happened in between:
   with `probability`, that share of them (iptables' statistic match: this kernel has no
   netem) — packet loss;
 - `rate_limited(node, rate)`: the node's `eth0` sends at most `rate` (a TBF qdisc) — a slow
-  but live link.
+  but live link;
+- `delayed(node, dest, port, seconds)`: new connections to a pod on the node go through a
+  relay in user space that holds every byte back by `seconds` each way — latency (no
+  netem here).
 
 Rules go into a chain of their own (`TOTE-FAULT`) in the `raw` table, jumped to from
 PREROUTING and OUTPUT: before conntrack, NAT and the filter table, where kube-proxy's and
@@ -22,6 +25,8 @@ br_netfilter hands to these hooks too.
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 from collections.abc import Iterator
 
 from tests.cluster.netns import NodeNet
@@ -73,3 +78,80 @@ def rate_limited(node: NodeNet, rate: str) -> Iterator[None]:
         yield
     finally:
         node.run("tc", "qdisc", "del", "dev", "eth0", "root", check=False)
+
+
+# A TCP relay that delays every byte by a fixed time in each direction without limiting the
+# rate (each direction: a reader stamps chunks as they arrive, a writer sends each one when
+# its time has come). Prints how many bytes it carried when told to stop (SIGTERM).
+_RELAY = r"""
+import queue, signal, socket, sys, threading, time
+listen_ip, listen_port, dest_ip, dest_port, delay = sys.argv[1:6]
+delay = float(delay); carried = [0]
+def pump(src, dst):
+    q = queue.Queue()
+    def read():
+        while True:
+            try:
+                data = src.recv(1 << 16)
+            except OSError:
+                data = b""
+            q.put((time.monotonic() + delay, data))
+            if not data:
+                return
+    threading.Thread(target=read, daemon=True).start()
+    while True:
+        due, data = q.get()
+        time.sleep(max(0.0, due - time.monotonic()))
+        if not data:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            return
+        try:
+            dst.sendall(data)
+        except OSError:
+            return
+        carried[0] += len(data)
+def serve(conn):
+    up = socket.create_connection((dest_ip, int(dest_port)))
+    for a, b in ((conn, up), (up, conn)):
+        threading.Thread(target=pump, args=(a, b), daemon=True).start()
+def stop(*_):
+    print(carried[0], flush=True); sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind((listen_ip, int(listen_port))); ls.listen(16)
+print("ready", flush=True)
+while True:
+    c, _ = ls.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+RELAY_PORT = 47002
+
+
+@contextlib.contextmanager
+def delayed(node: NodeNet, dest: str, port: int, seconds: float) -> Iterator[list[int]]:
+    """New TCP connections that reach `node` for `dest:port` (a pod on it) go through a relay
+    in the node's namespace that delays each direction by `seconds` (this kernel has no
+    netem). Yields a list that holds, after exit, the bytes the relay carried."""
+    relay = subprocess.Popen(
+        [*node.exec_prefix, sys.executable, "-c", _RELAY, node.ip, str(RELAY_PORT), dest,
+         str(port), str(seconds)], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    carried: list[int] = []
+    rule = ["PREROUTING", "-d", f"{dest}/32", "-p", "tcp", "--dport", str(port), "-j", "DNAT",
+            "--to-destination", f"{node.ip}:{RELAY_PORT}"]  # fmt: skip
+    try:
+        assert relay.stdout is not None
+        if relay.stdout.readline().strip() != "ready":
+            raise RuntimeError("the delaying relay did not start")
+        node.run("iptables", "-w", "-t", "nat", "-I", *rule[:1], "1", *rule[1:])
+        try:
+            yield carried
+        finally:
+            node.run("iptables", "-w", "-t", "nat", "-D", *rule, check=False)
+    finally:
+        relay.terminate()
+        out, _ = relay.communicate(timeout=10)
+        if out.strip().isdigit():
+            carried.append(int(out.strip()))

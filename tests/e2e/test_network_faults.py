@@ -14,7 +14,8 @@ fault (tests/cluster/netfaults.py) and checks what matters on a bad day:
   controller time.
 
 Rows: the link between source and target cut mid-transfer (another source takes over); 5 %
-packet loss on the data path; rate-limited sources (progress keeps moving, nothing kills a
+packet loss on the data path; 50 ms more round trip on it (a relay in user space: this
+kernel has no netem); rate-limited sources (progress keeps moving, nothing kills a
 slow live transfer); the controller cut from the source's agent, then from the target's,
 while their nodes stay Ready; the leader cut from the API server while it holds the Lease
 (it stops acting before another replica leads).
@@ -23,6 +24,7 @@ The table is printed with the fault matrix's (tests/integration/salvage/fault_ta
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -167,8 +169,9 @@ class Salvage:
         return pod
 
     def check_whole(self) -> dict[str, Any]:
-        check = self.cluster.node.ctr("images", "check").stdout
-        line = next(ln for ln in check.splitlines() if self.digest in ln or self.ref in ln)
+        # only this row's image: node-a may hold other tests' deliberately broken ones
+        check = self.cluster.node.ctr("images", "check", f"name=={self.ref}").stdout
+        line = next(ln for ln in check.splitlines() if self.ref in ln)
         assert "complete" in line and "incomplete" not in line, line
         wait_until(lambda: (self.record() or {}).get("status", {}).get("phase") == "Completed",
                    timeout=30, what="record Completed")  # fmt: skip
@@ -282,6 +285,32 @@ def test_nf_rate_limited_source_keeps_moving(salvage: Any, kube_cluster: KubeClu
     assert row.attempts() >= 1
     row.finish("sources rate-limited to 40 Mbit/s", f"Completed, progress {len(seen)} steps "
                f"seen, retries {rec['status'].get('retryCount', 0)}")
+
+
+def _agent_port(pod: dict[str, Any], name: str) -> int:
+    return int(next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]
+                    if p["name"] == name))
+
+
+def test_nf_delay_on_the_data_path(salvage: Any, kube_cluster: KubeCluster,
+                                   tote: Install) -> None:  # fmt: skip
+    """50 ms more round trip on every source's data channel (a relay in user space)."""
+    agents = {p["spec"]["nodeName"]: p for p in tote.pods("agent")}
+    relays = []
+    with contextlib.ExitStack() as stack:
+        for node in (kube_cluster.node_b, kube_cluster.node_c):
+            pod = agents[node.name]
+            assert node.net is not None
+            relays.append(stack.enter_context(netfaults.delayed(
+                node.net, pod["status"]["podIP"], _agent_port(pod, "data"), 0.025)))
+        row = salvage("delay")
+        row.fault_at = time.monotonic()
+        row.wait_running()
+        row.check_whole()
+    carried = sum(sum(r) for r in relays)
+    assert carried > 96 * MiB, f"the relays carried {carried} bytes: not the data path?"
+    row.finish("+50 ms round trip on the data channel (relay)",
+               f"Completed ({carried / MiB:.0f} MiB through the relays)")
 
 
 def test_nf_controller_cut_from_the_source_agent(salvage: Any, kube_cluster: KubeCluster,
