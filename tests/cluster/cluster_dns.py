@@ -13,7 +13,11 @@ from typing import Any
 from tests.cluster.procs import wait_until
 
 NAMESPACE = "kube-system"
-COREFILE = """.:53 {
+# CoreDNS runs as a non-root user and listens on an unprivileged port, the Service maps 53 to
+# it: binding :53 needs either a file capability on the binary (what upstream's image has)
+# or unprivileged low ports in the pod (containerd 2.x's CRI default, not 1.7's).
+PORT = 1053
+COREFILE = """.:1053 {
     errors
     health :8080
     ready :8181
@@ -66,12 +70,12 @@ def manifests(image: str, service_ip: str) -> list[dict[str, Any]]:
                      "containers": [{
                          "name": "coredns", "image": image, "imagePullPolicy": "Never",
                          "args": ["-conf", "/etc/coredns/Corefile"],
-                         "ports": [{"containerPort": 53, "protocol": "UDP", "name": "dns"},
-                                   {"containerPort": 53, "protocol": "TCP", "name": "dns-tcp"}],
+                         "ports": [{"containerPort": PORT, "protocol": "UDP", "name": "dns"},
+                                   {"containerPort": PORT, "protocol": "TCP",
+                                    "name": "dns-tcp"}],
                          "securityContext": {
                              "allowPrivilegeEscalation": False,
-                             "capabilities": {"drop": ["ALL"],
-                                              "add": ["NET_BIND_SERVICE"]},
+                             "capabilities": {"drop": ["ALL"]},
                              "readOnlyRootFilesystem": True,
                          },
                          "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181},
@@ -85,8 +89,9 @@ def manifests(image: str, service_ip: str) -> list[dict[str, Any]]:
         {"apiVersion": "v1", "kind": "Service",
          "metadata": {"name": "kube-dns", "namespace": NAMESPACE, "labels": labels},
          "spec": {"selector": labels, "clusterIP": service_ip,
-                  "ports": [{"name": "dns", "port": 53, "protocol": "UDP"},
-                            {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}},
+                  "ports": [{"name": "dns", "port": 53, "targetPort": PORT, "protocol": "UDP"},
+                            {"name": "dns-tcp", "port": 53, "targetPort": PORT,
+                             "protocol": "TCP"}]}},
     ]  # fmt: skip
 
 
