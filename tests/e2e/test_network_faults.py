@@ -27,10 +27,9 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from tests.cluster import netfaults, prom
 from tests.cluster.cluster import KubeCluster
 from tests.cluster.node import KubeletNode
 from tests.cluster.procs import cpu_seconds, wait_until
+from tests.cluster.visibility import Watch
 from tests.e2e import tote_install
 from tests.e2e.salvage_env import deployment, namespace, workload_image
 from tests.e2e.tote_install import Install
@@ -64,37 +64,6 @@ def tote(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
 
 def _node(cluster: KubeCluster, name: str) -> KubeletNode:
     return next(n for n in cluster.nodes if n.name == name)
-
-
-@dataclass
-class Watch:
-    """Polls node-a while a row runs: is the image ever listed before all its blobs are?"""
-
-    node: KubeletNode
-    digest: str
-    blobs: set[str]
-    half_visible: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> Watch:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            names = self.node.ctr("images", "ls", check=False, timeout=20)
-            if names.returncode != 0 or self.digest not in names.stdout:
-                continue
-            content = self.node.ctr("content", "ls", "-q", check=False, timeout=20)
-            if content.returncode == 0 and self.blobs - set(content.stdout.split()):
-                self.half_visible.append("listed with blob(s) missing")
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
 
 
 @dataclass
@@ -216,7 +185,7 @@ def salvage(tote: Install, kube_cluster: KubeCluster, tmp_path: Path) -> Iterato
         blobs = {img.digest, *img.layer_digests}
         ns = namespace(cluster)
         row = Salvage(tote, cluster, ns, ref, img.digest, marker,
-                   Watch(cluster.node, img.digest, blobs).start())  # fmt: skip
+                   Watch(lambda: cluster.node, img.digest, blobs).start())  # fmt: skip
         made.append(row)
         row.attempts_before = row.attempts()
         cluster.apply(deployment("web", ns, ref))

@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from tests.cluster.controller import ControllerProcess
 from tests.cluster.objects import create_pod, set_waiting, wait_event
 from tests.cluster.procs import cpu_seconds, wait_until
 from tests.cluster.registry import available, start_registry
+from tests.cluster.visibility import Watch
 from tests.cluster.webhook import Receiver
 from tests.images.build import Image, layered_image
 from tests.integration.containerd.nodes import Node
@@ -57,43 +58,6 @@ def image(senv: SalvageEnv, tmp_path_factory: pytest.TempPathFactory) -> Image:
         senv.preload(node, img, archive)
     archive.unlink()
     return img
-
-
-@dataclass
-class Watch:
-    """Polls n1 while a row runs: is the image ever listed before all its blobs are in?"""
-
-    senv: SalvageEnv
-    image: Image
-    seen_listed: int = 0
-    half_visible: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> Watch:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        blobs = {b.digest for b in self.image.blobs}
-        while not self._stop.wait(0.05):
-            n1 = self.senv.ctd.nodes["n1"]
-            names = n1.ctr("images", "ls", "-q", check=False, timeout=20)
-            if names.returncode != 0 or self.image.digest not in names.stdout:
-                continue
-            content = n1.ctr("content", "ls", "-q", check=False, timeout=20)
-            if content.returncode != 0:
-                continue
-            self.seen_listed += 1
-            missing = blobs - set(content.stdout.split())
-            if missing:
-                self.half_visible.append(f"listed with {len(missing)} blob(s) missing")
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
 
 
 def _clear_n1(senv: SalvageEnv, img: Image) -> None:
@@ -213,7 +177,9 @@ def run(senv: SalvageEnv, image: Image, test_namespace: str,
         _clear_n1(senv, image)
         ident = name or f"fm-{request.node.name.split('[')[0][5:][:20]}-{len(made)}"
         ctl = senv.controller(ident.replace("_", "-"), *extra)
-        r = Run(senv, image, test_namespace, ctl, Watch(senv, image).start())
+        r = Run(senv, image, test_namespace, ctl, Watch(
+            lambda: senv.ctd.nodes["n1"], image.digest,
+            {b.digest for b in image.blobs}).start())
         made.append(r)
         return r
 
