@@ -38,6 +38,10 @@ CHART_DIR = ROOT / "deploy" / "helm" / "tote"
 SUMS = "SHA256SUMS"
 NOTES = "RELEASE_NOTES.md"
 IMAGE_WORK = ".image-build"  # the image build's --out, inside dist/
+# The distribution (PyPI name `tote-salvage`; PyPI's `tote` is another project) and the file
+# name prefix its wheel and sdist carry.
+DISTRIBUTION = "tote-salvage"
+WHEEL_PREFIX = "tote_salvage"
 
 
 class ReleaseError(Exception):
@@ -102,7 +106,8 @@ def python_packages(b: Build) -> None:
     """Wheel and sdist from the files git tracks; the wheel, installed alone, reports the version.
 
     The build runs in a scratch copy, so no stray file gets in and setuptools' by-products
-    (build/, tote.egg-info, whose metadata would shadow the installed one) stay out of the tree.
+    (build/, tote_salvage.egg-info, whose metadata would shadow the installed one) stay out of
+    the tree.
     """
     tracked = _run(["git", "ls-files", "-z"], what="git ls-files (the release is built from "
                    "a git checkout)").split("\0")
@@ -113,8 +118,8 @@ def python_packages(b: Build) -> None:
                 shutil.copy2(ROOT / rel, Path(src) / rel)
         _run([sys.executable, "-m", "build", "--no-isolation", "--sdist", "--wheel",
               "--outdir", str(b.dist), src], what="python -m build")
-    wheel = b.dist / f"tote-{b.version}-py3-none-any.whl"
-    sdist = b.dist / f"tote-{b.version}.tar.gz"
+    wheel = b.dist / f"{WHEEL_PREFIX}-{b.version}-py3-none-any.whl"
+    sdist = b.dist / f"{WHEEL_PREFIX}-{b.version}.tar.gz"
     for p in (wheel, sdist):
         if not p.is_file():
             found = sorted(x.name for x in b.dist.iterdir())
@@ -278,7 +283,8 @@ def build(dist: Path, *, dry_run: bool, tag: str | None, repository: str | None)
                            "starts with `python -m tools.release bump X.Y.Z` (docs/releasing.md)")
     if dist.exists():  # emptied first, but only if it holds nothing but release outputs
         foreign = [p.name for p in dist.iterdir() if not (
-            p.name.startswith("tote-") or p.name in {SUMS, NOTES, IMAGE_WORK})]
+            p.name.startswith(("tote-", WHEEL_PREFIX + "-"))
+            or p.name in {SUMS, NOTES, IMAGE_WORK})]
         if foreign:
             raise ReleaseError(f"{dist} holds files a release did not write: {foreign[:5]}")
         shutil.rmtree(dist)
@@ -300,9 +306,10 @@ def build(dist: Path, *, dry_run: bool, tag: str | None, repository: str | None)
 
 def _refresh_install() -> None:
     """Re-install an editable install of this tree, so `tote --version` reads the new version."""
-    # The installed dist-info in site-packages, not the tote.egg-info that setuptools leaves in
-    # the tree (found first when the current directory is on sys.path).
-    dists = list(metadata.distributions(name="tote", path=[sysconfig.get_path("purelib")]))
+    # The installed dist-info in site-packages, not the tote_salvage.egg-info that setuptools
+    # leaves in the tree (found first when the current directory is on sys.path).
+    dists = list(metadata.distributions(name=DISTRIBUTION,
+                                        path=[sysconfig.get_path("purelib")]))
     if not dists:
         return
     direct = json.loads(dists[0].read_text("direct_url.json") or "{}")
@@ -313,7 +320,7 @@ def _refresh_install() -> None:
         return
     # setuptools' egg-info by-product in the tree shadows the installed metadata for any
     # process whose sys.path starts at the checkout (python -m pytest): drop the stale copy.
-    shutil.rmtree(ROOT / "tote.egg-info", ignore_errors=True)
+    shutil.rmtree(ROOT / f"{WHEEL_PREFIX}.egg-info", ignore_errors=True)
     _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
           "-e", "."], what="pip install -e . (refresh the version metadata)")
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import re
 from collections.abc import Callable, Iterable
 from importlib import metadata
 from typing import Any
@@ -41,7 +42,7 @@ import msgspec
 import pluggy
 import trio
 
-from tote_core import metrics
+from tote_core import DISTRIBUTION, metrics
 from tote_core.errors import ConfigError
 from tote_core.hooks import bridge, hookspecs
 from tote_core.hooks import types as hooktypes
@@ -52,11 +53,16 @@ from tote_core.timefmt import utcnow
 
 log = logging.getLogger("tote.plugins")
 GROUP = "tote"
-BUILTIN_DISTRIBUTION = "tote"
+BUILTIN_DISTRIBUTION = DISTRIBUTION  # plugins this package ships are shown as built-in
 # Hooks whose exceptions are the caller's control flow, never isolated.
 CONTROL_FLOW_HOOKS = frozenset({"transfer", "push_image"})
 SERVICE_RESTART_DELAY = 5.0
 NOTIFIED_MAX = 20000  # (incident, type) keys remembered for the once-per-incident rule
+
+
+def _normalized(dist: str) -> str:
+    """A distribution name as PEP 503 compares them (metadata may spell `tote_salvage`)."""
+    return re.sub(r"[-_.]+", "-", dist).lower()
 
 
 class PluginInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -166,7 +172,7 @@ class PluginHost:
             base = functools.partial(
                 PluginInfo, name=ep.name, module=ep.value, distribution=dist,
                 version=ep.dist.version if ep.dist else "?",
-                builtin=dist == BUILTIN_DISTRIBUTION,
+                builtin=_normalized(dist) == BUILTIN_DISTRIBUTION,
             )
             if self.pm.is_blocked(ep.name):
                 self.plugins.append(base(enabled=False))
