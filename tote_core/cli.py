@@ -1,6 +1,7 @@
 """The `tote` command.
 
-Core's subcommands: `controller`, `plugins`, `status`, `doctor`; `--version`. A subcommand a
+Core's subcommands: `controller`, `plugins`, `status`, `doctor`, `disable`, `enable`;
+`--version`. A subcommand a
 plugin brings (the node agent: `agent`, from tote_containerd) is found through the
 entry-point group `tote.commands`, never imported here: its entry point names a
 `main(argv) -> int` whose docstring's first line is its `tote --help` line.
@@ -31,10 +32,15 @@ def _controller(argv: Sequence[str]) -> int:
     logs.setup(settings.log_format, settings.log_level)
     # Fail closed before anything starts: unusable TLS material, or none without
     # --insecure, is a one-line error and exit code 2, never a failure recorded later.
-    if not tlsfiles.check_mtls(settings):
+    # With --tls-issue-secrets the files do not exist yet: the controller writes them from
+    # the Secrets it issues, then checks them the same way before anything listens.
+    if settings.tls_issue_secrets:
+        log.info("certificates: this controller issues and renews them (Secrets %s-*)",
+                 settings.tls_issue_secrets)
+    elif not tlsfiles.check_mtls(settings):
         log.warning("INSECURE MODE: mTLS to agents is off (--insecure); anyone on the network "
                     "can talk to the agents. Never run like this in a cluster.")
-    if settings.admission_address:
+    if settings.admission_address and not settings.tls_issue_secrets:
         tlsfiles.check_pair(settings.admission_tls_cert, settings.admission_tls_key,
                             cert_flag="--admission-tls-cert", key_flag="--admission-tls-key")
     from tote_core.components.manager import Controller
@@ -94,6 +100,18 @@ def _doctor(argv: Sequence[str]) -> int:
     return doctor_command.run(argv)
 
 
+def _disable(argv: Sequence[str]) -> int:
+    from tote_core.killswitch import command as switch_command
+
+    return switch_command.run(argv, enable=False)
+
+
+def _enable(argv: Sequence[str]) -> int:
+    from tote_core.killswitch import command as switch_command
+
+    return switch_command.run(argv, enable=True)
+
+
 Command = Callable[[Sequence[str]], int]
 
 # The programs (daemons) come first in `tote --help`, then the commands plugins bring, then
@@ -105,6 +123,8 @@ TOOLS: dict[str, tuple[Command, str]] = {
     "plugins": (_plugins, "list plugins and where they come from"),
     "status": (_status, "live incidents and transfers from the controller's status feed"),
     "doctor": (_doctor, "check a live install; non-zero exit on any failure"),
+    "disable": (_disable, "turn salvage off at runtime (--reason required; recorded)"),
+    "enable": (_enable, "turn salvage back on at runtime"),
 }
 COMMAND_GROUP = "tote.commands"
 

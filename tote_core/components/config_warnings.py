@@ -9,6 +9,11 @@ tells the user once, on the object itself:
   cluster-scoped object) or on a Pod in an opted-in namespace;
 - `InvalidConfiguration` (Warning) on the kill-switch ConfigMap.
 
+The same poster reports the kill switch itself: `SalvageDisabled` / `SalvageEnabled`
+(Normal) on its ConfigMap, "by <who> at <when>: <why>", when it changes while this replica
+leads (`switch`), and once more, create-only, when a replica starts leading (so a change made
+while no one led is reported, and a failover never reports one change twice).
+
 Informer handlers call the sync `namespace` / `pod` / `config` methods (they never block:
 a bounded channel, dropped when full and retried on the object's next update); the task
 in `run` posts the events. Only the leader posts (started in its scope), and it rescans
@@ -22,9 +27,10 @@ from collections.abc import Callable
 
 import trio
 
+from tote_core import killswitch
 from tote_core.annotations import SYSTEM_NAMESPACES, problems
 from tote_core.kube.cache import Caches
-from tote_core.kube.events import EventRecorder, Regarding
+from tote_core.kube.events import EventRecorder, EventType, Regarding
 from tote_core.structs.kube import Namespace, Pod
 
 log = logging.getLogger("tote.config")
@@ -32,18 +38,21 @@ log = logging.getLogger("tote.config")
 INVALID_ANNOTATION = "InvalidAnnotation"
 INVALID_CONFIGURATION = "InvalidConfiguration"
 _QUEUE = 256
+# (regarding, reason, note, type, action, create-only)
+_Post = tuple[Regarding, str, str, EventType, str, bool]
 
 
 class ConfigWarnings:
     def __init__(
         self, caches: Caches, recorder: EventRecorder, *, deny_namespaces: list[str],
-        pods_allowed_in: Callable[[str], bool],
+        pods_allowed_in: Callable[[str], bool], enabled_default: bool = True,
     ) -> None:
         self.caches = caches
         self.recorder = recorder
         self.deny_namespaces = set(deny_namespaces)
         self.pods_allowed_in = pods_allowed_in
-        self._send, self._recv = trio.open_memory_channel[tuple[Regarding, str, str]](_QUEUE)
+        self.enabled_default = enabled_default
+        self._send, self._recv = trio.open_memory_channel[_Post](_QUEUE)
         self._warned: set[tuple[str, str, str]] = set()
         self.active = False
 
@@ -55,7 +64,7 @@ class ConfigWarnings:
         if not self.active or key in self._warned:
             return
         try:
-            self._send.send_nowait((obj, reason, note))
+            self._send.send_nowait((obj, reason, note, "Warning", "Validate", False))
         except trio.WouldBlock:
             return  # retried on the object's next update or the next leader's scan
         self._warned.add(key)
@@ -90,8 +99,23 @@ class ConfigWarnings:
         if problem and cm is not None:
             self._post(cm, INVALID_CONFIGURATION, problem)
 
+    def switch(self, *, once: bool = False) -> None:
+        """The kill switch changed (or, `once`, this replica starts leading): its Event on
+        the ConfigMap. Nothing when the flag decides (no ConfigMap) or the value is invalid
+        (`config` warns about that)."""
+        cm = self.caches.config_obj()
+        found = killswitch.event_of(self.caches.switch_state(self.enabled_default))
+        if not self.active or cm is None or found is None:
+            return
+        reason, note = found
+        try:
+            self._send.send_nowait((cm, reason, note, "Normal", "KillSwitch", once))
+        except trio.WouldBlock:
+            log.warning("kill switch: event queue full; %s not evented: %s", reason, note)
+
     def scan(self) -> None:
         self.config()
+        self.switch(once=True)
         for ns in list(self.caches.namespaces.items.values()):
             self.namespace(ns)
         for pod in list(self.caches.pods.items.values()):
@@ -105,9 +129,11 @@ class ConfigWarnings:
         try:
             self.scan()
             task_status.started()
-            async for obj, reason, note in self._recv:
-                log.warning("%s: %s", reason, note)
-                await self.recorder.emit(obj, reason, note, action="Validate")
+            async for obj, reason, note, type_, action, once in self._recv:
+                if type_ == "Warning":
+                    log.warning("%s: %s", reason, note)
+                await self.recorder.emit(obj, reason, note, type_=type_, action=action,
+                                         once=once)
         finally:
             # What was queued but not posted stays queued for this replica's next term.
             self.active = False

@@ -18,7 +18,7 @@ import msgspec
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tote_core import __version__, httpserver
+from tote_core import __version__, httpserver, killswitch
 from tote_core.components import admission
 from tote_core.components.agent_report import AgentReport
 from tote_core.components.config_warnings import ConfigWarnings
@@ -45,6 +45,7 @@ from tote_core.status.publish import (
     incident_submitted,
 )
 from tote_core.structs.kube import Namespace, Node, Pod
+from tote_core.structs.status import Switch
 
 log = logging.getLogger("tote.controller")
 
@@ -116,6 +117,7 @@ class Controller:
         self.warnings = ConfigWarnings(
             self.caches, self.recorder, deny_namespaces=self.settings.deny_namespaces,
             pods_allowed_in=self.reconciler.namespace_allowed,
+            enabled_default=self.settings.enabled,
         )
         self.feed = StatusFeed(
             self.board, self.settings.status_address, self.identity,
@@ -123,6 +125,7 @@ class Controller:
             leader_identity=lambda: self.elector.leader_identity,
         )
         self._leading = False
+        self._switch: Switch | None = None  # the kill switch as last logged
         self.caches.pods.add_handler(self._on_pod)
         self.caches.nodes.add_handler(self._on_node)
         self.caches.config.add_handler(self._on_config)
@@ -160,9 +163,22 @@ class Controller:
         if problem:
             log.warning("runtime kill switch: %s", problem)
             self.warnings.config()
-        log.info("runtime kill switch: salvage %s", "enabled" if enabled else "disabled")
+        if self._switch_changed():
+            self.warnings.switch()
         if enabled:
             self._requeue_failing()
+
+    def _switch_changed(self) -> bool:
+        """Read the kill switch; on a change, one log line (every replica: each decides for
+        itself) and the status board (`tote status`). The Event is the leader's
+        (`warnings.switch`)."""
+        sw = self.caches.switch_state(self.settings.enabled)
+        if killswitch.same_state(sw, self._switch):
+            return False
+        self._switch = sw
+        log.info("runtime kill switch: %s", killswitch.describe(sw, shout=False))
+        self.board.publish_switch(sw)
+        return True
 
     def _on_namespace(self, key: str, old: Namespace | None, new: Namespace | None) -> None:
         self.warnings.namespace(new)
@@ -271,6 +287,8 @@ class Controller:
                     trio.current_time() - t0, len(self.caches.pods.items),
                     len(self.caches.nodes.items), len(self.caches.namespaces.items),
                 )
+                # Also when no ConfigMap exists (no informer event): the flag decides.
+                self._switch_changed()
                 task_status.started()
                 if self.settings.leader_election:
                     await self.elector.run(self._lead)

@@ -5,8 +5,8 @@ HTTP: viewers reach it through the API server's service proxy
 (`/api/v1/namespaces/<ns>/services/<svc>:status/proxy/status`), so Kubernetes RBAC
 (`get` on `services/proxy`) decides who may watch; the feed itself has no second login.
 
-Protocol (JSON text messages, `tote_core/structs/status.py`): `Hello`, the snapshot as
-`Item`s, `Synced`, then every change. Close codes:
+Protocol (JSON text messages, `tote_core/structs/status.py`): `Hello`, the kill switch as
+`Switch`, the snapshot as `Item`s, `Synced`, then every change (`Item` or `Switch`). Close codes:
 
 - 1001 — the controller is shutting down or lost leadership;
 - 4001 — this subscriber fell `board.QUEUE_SIZE` updates behind (reconnect for a snapshot);
@@ -84,15 +84,18 @@ class StatusFeed:
 
     async def _stream(self, ws: WebSocketConnection) -> None:
         snapshot, sub = self.board.subscribe()
+        switch = self.board.switch
         try:
             async with trio.open_nursery() as nursery:
                 # Notice a viewer that goes away while nothing changes on the board.
                 nursery.start_soon(_until_closed, ws, nursery.cancel_scope)
+                if switch is not None:
+                    await ws.send_message(_encoder.encode(switch).decode())
                 for item in snapshot:
                     await ws.send_message(_encoder.encode(item).decode())
                 await ws.send_message(_encoder.encode(Synced(items=len(snapshot))).decode())
-                async for item in sub.receive:
-                    await ws.send_message(_encoder.encode(item).decode())
+                async for change in sub.receive:
+                    await ws.send_message(_encoder.encode(change).decode())
                 code = LAGGING if sub.lagged else GOING_AWAY
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     await ws.aclose(code, sub.closed_reason[:120] or "feed ended")

@@ -16,7 +16,7 @@ import msgspec
 import trio
 from cryptography import x509
 
-from tote_core import __version__
+from tote_core import __version__, killswitch
 from tote_core.errors import KubeError, NotFound
 from tote_core.hooks.host import PluginHost
 from tote_core.hooks.types import NodeHealth
@@ -30,8 +30,8 @@ Status = Literal["ok", "warn", "fail"]
 CRD = "salvagerecords.tote.dev"
 CERT_WARN_DAYS = 30
 AGENT_TIMEOUT = 15.0
-# The chart names cluster-scoped objects <fullname>-<namespace>: release tote in tote-system.
-DEFAULT_WEBHOOK = "tote-tote-system"
+# The chart names cluster-scoped objects <namespace>.<fullname>: release tote in tote-system.
+DEFAULT_WEBHOOK = "tote-system.tote"
 
 
 class Check(msgspec.Struct, kw_only=True):
@@ -346,6 +346,53 @@ async def webhook(kube: KubeClient, t: Target) -> list[Check]:
     return rows or [_fail("webhook", "configuration has no webhooks", t.webhook)]
 
 
+def kill_switch_row(data: dict[str, str] | None, t: Target,
+                    controller_enabled: bool | None) -> Check:
+    """The kill switch: OK while salvage is on, WARN (with who/when/why) while it is off,
+    FAIL when its value is not a boolean (salvage is off by accident). `data` is the
+    ConfigMap's (None: absent); `controller_enabled` what /readyz says, for when no runtime
+    value is written and the controller's --enabled decides (None: not known)."""
+    name = t.settings.config_map
+    subject = f"configmap {t.namespace}/{name}"
+    default = True if controller_enabled is None else controller_enabled
+    sw = killswitch.read(data, default=default, namespace=t.namespace, name=name)
+    line = killswitch.describe(sw)
+    if sw.source == "invalid":
+        return _fail("kill-switch", line, subject)
+    if sw.source == "flag" and controller_enabled is None:
+        return Check(check="kill-switch", status="warn", subject=subject,
+                     detail="no runtime value written; the controller's --enabled decides "
+                            "and /readyz did not say what it is")
+    if sw.enabled:
+        return _ok("kill-switch", line, subject)
+    hint = "; `tote enable` turns it back on"
+    return Check(check="kill-switch", status="warn", subject=subject, detail=line + hint)
+
+
+async def kill_switch(kube: KubeClient, t: Target) -> list[Check]:
+    name = t.settings.config_map
+    data: dict[str, str] | None = None
+    try:
+        cm: dict[str, Any] = await kube.get(
+            resource_path("v1", "configmaps", t.namespace, name), dict)
+        data = {str(k): str(v) for k, v in (cm.get("data") or {}).items()}
+    except NotFound:
+        data = None
+    except KubeError as exc:
+        return [_fail("kill-switch", f"cannot read the kill switch: {exc}",
+                      f"configmap {t.namespace}/{name}")]
+    enabled: bool | None = None
+    if data is None or killswitch.KEY_ENABLED not in data:
+        try:
+            _code, body = await _controller_get(kube, t, "/readyz")
+            ready = msgspec.json.decode(body) if body else {}
+            got = ready.get("enabled") if isinstance(ready, dict) else None
+            enabled = got if isinstance(got, bool) else None
+        except Exception:  # the ready row already says why the controller is unreachable
+            enabled = None
+    return [kill_switch_row(data, t, enabled)]
+
+
 def version_skew(controller_version: str | None) -> list[Check]:
     if controller_version is None:
         return [Check(check="version", status="warn", subject="controller",
@@ -361,6 +408,7 @@ async def run_all(kube: KubeClient, host: PluginHost, t: Target) -> list[Check]:
     rows = await crd(kube)
     ctl, version = await controller(kube, t)
     rows += ctl
+    rows += await kill_switch(kube, t)
     rows += await rbac(kube, t)
     rows += await agents(kube, host, t)
     rows += await certificates(kube, t)

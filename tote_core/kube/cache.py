@@ -7,12 +7,13 @@ from typing import Any
 
 import trio
 
+from tote_core import killswitch
 from tote_core.detect import inventory
 from tote_core.detect.reference import ImageReference
 from tote_core.kube.client import KubeClient, resource_path
 from tote_core.kube.informer import Informer
 from tote_core.structs.kube import ConfigMap, Namespace, Node, Pod
-from tote_core.values import parse_bool
+from tote_core.structs.status import Switch
 
 NAMESPACE_INDEX = "namespace"
 
@@ -73,6 +74,14 @@ class Caches:
     def config_obj(self) -> ConfigMap | None:
         return self.config.get(f"{self.namespace}/{self.config_map}")
 
+    def switch_state(self, default: bool) -> Switch:
+        """The kill switch: the ConfigMap's `enabled` when it holds one (with who/when/why),
+        else `default` (the controller's `--enabled`, the install-time default). Read as
+        tote_core/killswitch reads it, for the reconciler, the log, Events, the status feed."""
+        cm = self.config_obj()
+        return killswitch.read(None if cm is None else cm.data, default=default,
+                               namespace=self.namespace, name=self.config_map)
+
     def runtime_switch(self) -> tuple[bool | None, str]:
         """The kill switch ConfigMap's `enabled` key → (value, problem).
 
@@ -80,14 +89,10 @@ class Caches:
         Absent: (None, ""). Unrecognised: (False, why) — salvage stays OFF (fail closed)
         and the caller logs and events the problem.
         """
-        cm = self.config_obj()
-        if cm is None or "enabled" not in cm.data:
+        sw = self.switch_state(default=True)
+        if sw.source == "flag":
             return None, ""
-        try:
-            return parse_bool(cm.data["enabled"]), ""
-        except ValueError as exc:
-            return False, (f"ConfigMap {self.namespace}/{self.config_map} key 'enabled': "
-                           f"{exc}; salvage stays OFF until it is fixed")
+        return sw.enabled, sw.problem
 
     def runtime_enabled(self) -> bool | None:
         """The kill switch ConfigMap's `enabled` key: True/False, None when absent."""

@@ -60,7 +60,7 @@ class KubeConfig:
 
 
 def _reloader(
-    path: str | None,
+    path: str | None, context: str = "",
 ) -> tuple[Reload, k8s_client.Configuration, dt.datetime | None]:
     """A kubeconfig loader kept for refreshing, the configuration it produced and the
     token's expiry (exec plugins' `expirationTimestamp`).
@@ -78,7 +78,8 @@ def _reloader(
     merger = KubeConfigMerger(path or KUBE_CONFIG_DEFAULT_LOCATION)
     if merger.config is None:
         raise k8s_config.ConfigException("Invalid kube-config file. No configuration found.")
-    loader = KubeConfigLoader(config_dict=merger.config, config_persister=merger.save_changes)
+    loader = KubeConfigLoader(config_dict=merger.config, config_persister=merger.save_changes,
+                              active_context=context or None)
     cfg = k8s_client.Configuration()
     loader.load_and_set(cfg)
     expiry = getattr(loader, "expiry", None)
@@ -93,12 +94,13 @@ def _reloader(
     return reload, cfg, expiry if isinstance(expiry, dt.datetime) else None
 
 
-def load(kubeconfig: str = "") -> KubeConfig:
-    """Kubeconfig path → KubeConfig; empty → in-cluster if available, else default kubeconfig."""
+def load(kubeconfig: str = "", context: str = "") -> KubeConfig:
+    """Kubeconfig path → KubeConfig; empty → in-cluster if available, else default kubeconfig.
+    `context` picks a kubeconfig context other than the current one (never in-cluster)."""
     cfg = k8s_client.Configuration()
     reload: Reload | None = None
     expiry: dt.datetime | None = None
-    in_cluster = not kubeconfig and (SA_DIR / "token").exists()
+    in_cluster = not kubeconfig and not context and (SA_DIR / "token").exists()
     namespace = "default"
     try:
         if in_cluster:
@@ -108,9 +110,11 @@ def load(kubeconfig: str = "") -> KubeConfig:
                 namespace = ns_file.read_text().strip()
         else:
             path = kubeconfig or os.environ.get("KUBECONFIG", "") or None
-            reload, cfg, expiry = _reloader(path)
+            reload, cfg, expiry = _reloader(path, context)
             try:
-                _, active = k8s_config.list_kube_config_contexts(config_file=path)
+                contexts, active = k8s_config.list_kube_config_contexts(config_file=path)
+                if context:
+                    active = next(c for c in contexts if c.get("name") == context)
                 namespace = active.get("context", {}).get("namespace") or "default"
             except Exception:
                 namespace = "default"

@@ -61,9 +61,14 @@ class EventRecorder:
         *,
         type_: EventType = "Warning",
         action: str = "Salvage",
+        once: bool = False,
     ) -> None:
         """Post (or aggregate) one event about `pod` (or a Namespace / ConfigMap /
-        SalvageRecord). Never raises: events are best effort."""
+        SalvageRecord). Never raises: events are best effort.
+
+        `once`: post only if no Event of that name exists yet, never aggregate: for a state
+        change that a new leader re-reports on taking over (the kill switch), so a failover
+        does not count the same change twice."""
         note = note[:MAX_NOTE]
         name = event_name(pod, reason, note)
         ns = pod.metadata.namespace or CLUSTER_EVENTS_NAMESPACE
@@ -79,9 +84,14 @@ class EventRecorder:
                     self.posted += 1
                     return
                 except Conflict:
+                    if once:
+                        self._seen[name] = (1, now)
+                        return
                     current: dict[str, Any] = await self.client.get(f"{path}/{name}", dict)
                     count = int((current.get("series") or {}).get("count") or 1)
                     seen = (count, 0.0)
+            if once:
+                return
             count, last = seen
             if now - last < SERIES_MIN_INTERVAL:
                 self._seen[name] = (count + 1, last)

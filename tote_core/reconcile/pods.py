@@ -45,8 +45,9 @@ class PodReconciler:
     waiting_on_nodes: set[str] = field(default_factory=set)
 
     def enabled(self) -> bool:
-        runtime = self.caches.runtime_enabled()
-        on = self.settings.enabled and runtime is not False
+        # The runtime ConfigMap decides once written (`tote disable` / `tote enable`); the
+        # flag is the install-time default only. An unparseable value is OFF.
+        on = self.caches.switch_state(self.settings.enabled).enabled
         metrics.ENABLED.set(1 if on else 0)
         return on
 

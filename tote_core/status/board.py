@@ -9,6 +9,10 @@ Each subscriber gets a bounded channel (`QUEUE_SIZE`). A subscriber that falls t
 behind is dropped: its channel is closed and `Subscription.closed_reason` says why, which
 the feed passes on as the WebSocket close reason.
 
+The kill switch (`Switch`, tote_core/killswitch) is on the board too: one value, replaced
+when it changes and sent to every subscriber like an item, so `tote status` shows "salvage
+DISABLED by ..." from the same feed.
+
 Finished items (transfers Completed/Failed, incidents) stay visible for `RETAIN` seconds
 so a viewer that connects right after a salvage still sees it; at most `MAX_ITEMS` are kept.
 """
@@ -22,7 +26,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from tote_core.structs.status import FINISHED_PHASES, Item
+from tote_core.structs.status import FINISHED_PHASES, Item, Switch
 
 log = logging.getLogger("tote.status")
 
@@ -35,8 +39,8 @@ MAX_ITEMS = 1000
 class Subscription:
     """One viewer: a bounded receive channel plus, once dropped, the reason."""
 
-    receive: trio.MemoryReceiveChannel[Item]
-    _send: trio.MemorySendChannel[Item]
+    receive: trio.MemoryReceiveChannel[Item | Switch]
+    _send: trio.MemorySendChannel[Item | Switch]
     closed_reason: str = ""
     lagged: bool = False
 
@@ -48,6 +52,7 @@ class StatusBoard:
     retain: float = RETAIN
     max_items: int = MAX_ITEMS
     items: dict[str, Item] = field(default_factory=dict)
+    switch: Switch | None = None  # the kill switch, once the controller has read it
     _touched: dict[str, float] = field(default_factory=dict)
     _subscribers: list[Subscription] = field(default_factory=list)
     dropped: int = 0  # subscribers closed for lagging (tests, logs)
@@ -61,9 +66,19 @@ class StatusBoard:
         self._touched.pop(item.key, None)  # re-insert: `_touched` is kept oldest first
         self._touched[item.key] = self.clock()
         self._prune()
+        self._fan_out(item)
+
+    def publish_switch(self, switch: Switch) -> None:
+        """The kill switch as read now; fanned out only when it changed. Never blocks."""
+        if switch == self.switch:
+            return
+        self.switch = switch
+        self._fan_out(switch)
+
+    def _fan_out(self, message: Item | Switch) -> None:
         for sub in list(self._subscribers):
             try:
-                sub._send.send_nowait(item)
+                sub._send.send_nowait(message)
             except trio.WouldBlock:
                 self._drop(sub, f"subscriber fell {self.queue_size} updates behind; "
                                 "reconnect to get a fresh snapshot")
@@ -74,12 +89,13 @@ class StatusBoard:
         return self.items.get(key)
 
     def subscribe(self) -> tuple[list[Item], Subscription]:
-        """The current snapshot and a subscription to every later change.
+        """The current snapshot and a subscription to every later change (the kill switch
+        as it is now is `self.switch`, read in the same step).
 
         Synchronous, so no publish can fall between the snapshot and the subscription.
         """
         self._prune(force=True)
-        send, receive = trio.open_memory_channel[Item](self.queue_size)
+        send, receive = trio.open_memory_channel[Item | Switch](self.queue_size)
         sub = Subscription(receive=receive, _send=send)
         self._subscribers.append(sub)
         return list(self.items.values()), sub

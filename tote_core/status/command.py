@@ -6,6 +6,9 @@ the controller's Service and feed port (resourceName `tote-controller:status`).
 `--url ws://host:port/status` connects directly instead (a controller run outside the
 cluster, or a port-forward).
 
+The kill switch comes first: "salvage DISABLED by alice since <time>: <reason>" (a banner
+in the people view, a `switch` message in `--json`).
+
 Without `--follow` the snapshot is printed and the command exits; with it, changes stream
 until the feed ends. A close reason from the controller becomes the exit message; the exit
 status is 0 for a normal end and 1 otherwise.
@@ -33,7 +36,7 @@ from trio_websocket import (
 from tote_core.errors import ConfigError
 from tote_core.kube import config as kube_config
 from tote_core.kube import proxy
-from tote_core.structs.status import NOT_LEADER, PATH, Hello, Item, Message, Synced
+from tote_core.structs.status import NOT_LEADER, PATH, Hello, Item, Message, Switch, Synced
 
 CONNECT_TIMEOUT = 15.0
 NOT_LEADER_RETRIES = 8  # the service proxy picks a replica at random; find the leader
@@ -53,12 +56,15 @@ class Watch:
     """What has been received so far; `render` draws it (the rich view or JSON lines)."""
 
     hello: Hello | None = None
+    switch: Switch | None = None  # the kill switch (a banner when salvage is off)
     items: dict[str, Item] = field(default_factory=dict)
     synced: bool = False
 
     def apply(self, message: Message) -> None:
         if isinstance(message, Hello):
             self.hello = message
+        elif isinstance(message, Switch):
+            self.switch = message
         elif isinstance(message, Item):
             self.items[message.key] = message
         elif isinstance(message, Synced):
@@ -184,12 +190,12 @@ def _run_rich(args: argparse.Namespace,
         if not state.synced:
             return
         if not args.follow:
-            console.print(render(state.hello, state.items.values()))
+            console.print(render(state.hello, state.items.values(), switch=state.switch))
             return
         if live is None:
             live = Live(console=console, refresh_per_second=4, transient=False)
             live.start()
-        live.update(render(state.hello, state.items.values()))
+        live.update(render(state.hello, state.items.values(), switch=state.switch))
 
     try:
         end = trio.run(lambda: watch(open_feed, follow=args.follow, on_message=on_message))

@@ -64,10 +64,10 @@ class PublishingRecorder(EventRecorder):
 
     async def emit(
         self, pod: Regarding, reason: str, note: str, *, type_: EventType = "Warning",
-        action: str = "Salvage",
+        action: str = "Salvage", once: bool = False,
     ) -> None:
         if not isinstance(pod, Pod):  # Namespace / ConfigMap warnings are no incidents
-            await super().emit(pod, reason, note, type_=type_, action=action)
+            await super().emit(pod, reason, note, type_=type_, action=action, once=once)
             return
         key = incident_key(pod)
         old = self.board.get(key)
@@ -80,7 +80,7 @@ class PublishingRecorder(EventRecorder):
             )
             self.board.publish(msgspec.structs.replace(
                 base, phase=reason, message=note, updated_at=now))
-        await super().emit(pod, reason, note, type_=type_, action=action)
+        await super().emit(pod, reason, note, type_=type_, action=action, once=once)
 
 
 def incident_submitted(board: StatusBoard, incident: Incident, pod: Pod) -> None:

@@ -13,8 +13,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from tote_core import killswitch
 from tote_core.salvage.planner import human_bytes
-from tote_core.structs.status import FINISHED_PHASES, Hello, Item
+from tote_core.structs.status import FINISHED_PHASES, Hello, Item, Switch
 
 _PHASE_STYLE = {
     "Completed": "green", "Failed": "red", "Transferring": "cyan", "Pending": "yellow",
@@ -68,14 +69,25 @@ def incidents_table(items: Iterable[Item]) -> Table:
     return table
 
 
-def render(hello: Hello | None, items: Iterable[Item]) -> RenderableType:
-    """The whole screen for the current set of items."""
+def switch_line(switch: Switch) -> Text:
+    """The kill switch: a bold red banner while salvage is off, a quiet line while on."""
+    line = killswitch.describe(switch)
+    if switch.enabled:
+        return Text(line, style="green")
+    return Text(line, style="bold white on red")
+
+
+def render(hello: Hello | None, items: Iterable[Item], *, switch: Switch | None = None
+           ) -> RenderableType:
+    """The whole screen for the current set of items (and the kill switch, first)."""
     items = list(items)
     transfers = [i for i in items if i.kind == "transfer"]
     incidents = [i for i in items if i.kind == "incident"]
     head = Text(f"controller {hello.controller} (tote {hello.version})" if hello else "",
                 style="dim")
     parts: list[RenderableType] = [head]
+    if switch is not None:
+        parts.append(switch_line(switch))
     parts.append(transfers_table(transfers) if transfers else Text("No transfers."))
     parts.append(incidents_table(incidents) if incidents else Text("No incidents."))
     return Group(*parts)

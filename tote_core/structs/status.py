@@ -1,7 +1,8 @@
 """Messages of the status feed (`tote status`): one JSON object per WebSocket text message.
 
-The controller sends `Hello`, then one `Item` per incident or transfer it currently knows,
-then `Synced`; after that an `Item` whenever one changes. `tote status --json` prints the
+The controller sends `Hello`, then `Switch` (the kill switch), then one `Item` per incident
+or transfer it currently knows, then `Synced`; after that an `Item` whenever one changes and
+a `Switch` whenever the kill switch does. `tote status --json` prints the
 messages exactly as received, one per line, so scripts read the same shapes documented here.
 Field names are camelCase like the SalvageRecord they mirror.
 """
@@ -58,12 +59,33 @@ class Item(_Msg, tag="item"):
     error: str = ""
 
 
+SwitchSource = Literal["configmap", "flag", "invalid"]
+
+
+class Switch(_Msg, tag="switch"):
+    """The kill switch as the controller reads it (tote_core/killswitch): on or off, and
+    who turned it so, when and why (`tote disable` / `tote enable` record them).
+
+    `source`: `configmap` (the runtime ConfigMap decides), `flag` (no runtime value was
+    written: the controller's `--enabled`, the install-time default, decides) or `invalid`
+    (the ConfigMap's value is not a boolean: salvage stays OFF; `problem` says why).
+    """
+
+    enabled: bool
+    source: SwitchSource
+    config_map: str = ""  # namespace/name of the runtime ConfigMap
+    changed_by: str = ""  # the user `tote disable/enable` authenticated as
+    changed_at: str = ""  # RFC 3339 UTC
+    reason: str = ""
+    problem: str = ""
+
+
 class Synced(_Msg, tag="synced"):
     """Every item known when the subscriber connected has been sent."""
 
     items: int
 
 
-Message = Hello | Item | Synced
+Message = Hello | Switch | Item | Synced
 
 FINISHED_PHASES = frozenset({"Completed", "Failed"})
