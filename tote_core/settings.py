@@ -43,6 +43,9 @@ class CommonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         # A path that cannot be read is a start-up error, not a feature silently off later.
+        # With --tls-issue-secrets the controller writes these files itself.
+        if getattr(self, "tls_issue_secrets", ""):
+            return
         for name in ("tls_cert", "tls_key", "tls_ca", "admission_tls_cert",
                      "admission_tls_key"):
             path = getattr(self, name, "")
@@ -97,6 +100,12 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     admission_address: str = ""
     admission_tls_cert: str = ""
     admission_tls_key: str = ""
+    # The controller as its release's CA: Secrets PREFIX-ca, PREFIX-{controller,agent}-tls
+    # (and PREFIX-webhook-tls), renewed at two thirds of their lifetime; its own files are
+    # written to --tls-cert/--tls-key/--tls-ca (and --admission-tls-cert/-key).
+    tls_issue_secrets: str = ""
+    tls_issue_validity: float = 90 * 86400.0
+    admission_webhook_name: str = ""  # ValidatingWebhookConfiguration whose caBundle to keep
     status_address: str = "0.0.0.0:8082"  # WebSocket status feed (`tote status`), path /status
     plugins_disabled: list[str] = msgspec.field(default_factory=list)
     # Sources that discarded their compressed layers (EKS and other managed node images)
@@ -149,6 +158,38 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
         elif self.admission_tls_cert or self.admission_tls_key:
             raise ValueError("--admission-tls-cert/--admission-tls-key given without "
                              "--admission-address")
+        self._check_issuer()
+
+    def _check_issuer(self) -> None:
+        """`--tls-issue-secrets` needs to know where to write and what to serve."""
+        if not self.tls_issue_secrets:
+            if self.admission_webhook_name:
+                raise ValueError("--admission-webhook-name needs --tls-issue-secrets (it names "
+                                 "the webhook whose caBundle the issuer keeps current)")
+            return
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,200}[a-z0-9])?", self.tls_issue_secrets):
+            raise ValueError(f"--tls-issue-secrets: {self.tls_issue_secrets!r} is not a valid "
+                             "Secret name prefix (lower-case letters, digits and '-')")
+        if self.insecure:
+            raise ValueError("--tls-issue-secrets and --insecure exclude each other")
+        if not (self.tls_cert and self.tls_key and self.tls_ca):
+            raise ValueError("--tls-issue-secrets needs --tls-cert, --tls-key and --tls-ca: "
+                             "the files the controller writes its own identity to")
+        for name in ("tls_cert", "tls_key", "tls_ca", "admission_tls_cert",
+                     "admission_tls_key"):
+            path = getattr(self, name)
+            if path and not os.access(os.path.dirname(path) or ".", os.W_OK):
+                raise ValueError(f"{name}: cannot write {path} (--tls-issue-secrets writes "
+                                 "it)")
+        if self.admission_address and not self.admission_webhook_name:
+            raise ValueError("--tls-issue-secrets with --admission-address needs "
+                             "--admission-webhook-name (the webhook whose Service names the "
+                             "certificate and whose caBundle trusts it)")
+        if self.admission_webhook_name and not self.admission_address:
+            raise ValueError("--admission-webhook-name needs --admission-address")
+        if not 60 <= self.tls_issue_validity <= 10 * 365 * 86400:
+            raise ValueError("--tls-issue-validity must be between 1m and 3650 days, got "
+                             f"{self.tls_issue_validity:g}s")
 
 
     def _check_backup(self) -> None:
@@ -223,6 +264,13 @@ HELP: dict[str, str] = {
                          "/validate; default off)",
     "admission_tls_cert": "PEM serving certificate for --admission-address",
     "admission_tls_key": "PEM key for --admission-tls-cert",
+    "tls_issue_secrets": "act as the release's CA: issue and renew Secrets PREFIX-ca, "
+                         "PREFIX-controller-tls, PREFIX-agent-tls (PREFIX-webhook-tls) and "
+                         "write this controller's files (default off)",
+    "tls_issue_validity": "lifetime of issued certificates, renewed at two thirds "
+                          "(default 2160h)",
+    "admission_webhook_name": "ValidatingWebhookConfiguration whose caBundle "
+                              "--tls-issue-secrets keeps current",
     "status_address": "host:port of the WebSocket status feed, path /status (default "
                       "0.0.0.0:8082)",
     "plugins_disabled": "comma list of plugin names not to load",

@@ -29,6 +29,7 @@ _CONVERTERS: dict[str, Any] = {
     "lease_duration": parse_duration,
     "renew_deadline": parse_duration,
     "retry_period": parse_duration,
+    "tls_issue_validity": parse_duration,
 }
 
 

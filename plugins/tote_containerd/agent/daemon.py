@@ -106,22 +106,23 @@ async def _run(settings: AgentSettings, *, task_status: trio.TaskStatus[None]) -
             else oci.node_platform()
     except AgentError as exc:
         raise ConfigError(f"invalid --platform {settings.platform!r}: {exc}") from None
-    try:
-        server_ctx = tls.server_context(settings.tls_cert, settings.tls_key, settings.tls_ca) \
-            if secure else None
-        peer_ctx = tls.client_context(settings.tls_cert, settings.tls_key, settings.tls_ca,
-                                      peer_role="agent") if secure else None
-        data_ctx = tls.data_server_context(settings.tls_cert, settings.tls_key,
-                                           settings.tls_ca) if secure else None
-        verifier = Verifier(settings.tls_ca if secure else "")
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        raise ConfigError(f"cannot use the TLS files (--tls-cert {settings.tls_cert}, "
-                          f"--tls-key {settings.tls_key}, --tls-ca {settings.tls_ca}): "
-                          f"{exc}") from None
+    verifier = Verifier()
+    agent_tls: tls.AgentTLS | None = None
+    if secure:
+        try:
+            agent_tls = tls.AgentTLS(settings, verifier)
+            verifier.load(settings.tls_ca)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ConfigError(f"cannot use the TLS files (--tls-cert {settings.tls_cert}, "
+                              f"--tls-key {settings.tls_key}, --tls-ca {settings.tls_ca}): "
+                              f"{exc}") from None
+
+    def peer_ctx() -> ssl.SSLContext | None:
+        return agent_tls.peer() if agent_tls is not None else None
 
     @contextlib.asynccontextmanager
     async def open_peer(endpoint: str) -> AsyncIterator[Peer]:
-        async with AgentClient.connect(endpoint, ssl_context=peer_ctx, rpc_timeout=60) as c:
+        async with AgentClient.connect(endpoint, ssl_context=peer_ctx(), rpc_timeout=60) as c:
             yield c
 
     async with _aio.open_loop():
@@ -150,7 +151,7 @@ async def _run(settings: AgentSettings, *, task_status: trio.TaskStatus[None]) -
             grpc_server = GrpcServer(agent, insecure=not secure)
             try:
                 await grpc_server.start(settings.listen_address, settings.grpc_port,
-                                        server_ctx)
+                                        agent_tls.grpc.front if agent_tls else None)
             except OSError as exc:
                 raise _listen_error("--grpc-port", settings.listen_address,
                                     settings.grpc_port, exc) from None
@@ -163,7 +164,8 @@ async def _run(settings: AgentSettings, *, task_status: trio.TaskStatus[None]) -
                         raise _listen_error("--metrics-port", settings.listen_address,
                                             settings.metrics_port, exc) from None
                     if agent.fast_path and settings.data_port:
-                        data = dataplane.DataServer(agent.source.authorise_file_read, data_ctx)
+                        data = dataplane.DataServer(agent.source.authorise_file_read,
+                                                   agent_tls.data.front if agent_tls else None)
                         try:
                             agent.source.data_port = await nursery.start(
                                 data.run, settings.listen_address, settings.data_port)
@@ -184,6 +186,8 @@ async def _run(settings: AgentSettings, *, task_status: trio.TaskStatus[None]) -
                         if ok:
                             last_ok[0] = time.monotonic()
                         await grpc_server.set_serving(ok)
+                        if agent_tls is not None:
+                            agent_tls.refresh()
                         await trio.sleep(PROBE_INTERVAL)
             finally:
                 with trio.CancelScope(shield=True):

@@ -10,7 +10,6 @@ import functools
 import hashlib
 import logging
 import os
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from tote_containerd.agent.errors import (
 )
 from tote_containerd.agent.peer import Peer
 from tote_containerd.agent.progress import Reporter
+from tote_containerd.agent.tls import ClientTLS
 
 log = logging.getLogger("tote.agent")
 
@@ -71,7 +71,7 @@ def _sha256_file_prefix(path: Path, length: int) -> Any:
 
 class FastPath:
     def __init__(self, cd: ContainerdClient, content_root: str,
-                 data_ssl: ssl.SSLContext | None) -> None:
+                 data_ssl: ClientTLS) -> None:
         self.cd = cd
         self.root = Path(content_root)
         self.tmpdir = self.root / "tote-tmp"
@@ -169,7 +169,7 @@ class FastPath:
             trio.from_thread.run_sync(reporter.add, n, trio_token=token)
 
         fetch = functools.partial(
-            data_receive.download, data_ep[0], data_ep[1], self.data_ssl, session=session,
+            data_receive.download, data_ep[0], data_ep[1], self.data_ssl(), session=session,
             digest=d.digest, offset=offset, size=d.size, sink=counted, on_bytes=on_bytes,
             stop=stop, into=into)
         try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import ssl
 import time
 from typing import Any
 
@@ -40,6 +39,7 @@ from tote_containerd.agent.fast_path import FastPath
 from tote_containerd.agent.peer import Peer, PeerOpener, split_endpoint
 from tote_containerd.agent.progress import ProgressFn, Reporter
 from tote_containerd.agent.records import PIN_LABEL, PINNED
+from tote_containerd.agent.tls import ClientTLS, no_tls
 from tote_containerd.agent.unpack import MT_LAYER_TAR, Unpacker, chain_ids, diff_ids_of
 
 log = logging.getLogger("tote.agent")
@@ -51,7 +51,7 @@ CRI_LABELS = {oci.CRI_LABEL: "managed"}
 
 class Importer:
     def __init__(self, content: LocalContent, *, platform: str, open_peer: PeerOpener,
-                 parallelism: int = 4, data_ssl: ssl.SSLContext | None = None) -> None:
+                 parallelism: int = 4, data_ssl: ClientTLS = no_tls) -> None:
         self.content = content
         self.cd = content.cd
         self.platform = platform

@@ -5,7 +5,6 @@ node's content store (`content`), the source side of transfers (`source`), impor
 
 from __future__ import annotations
 
-import ssl
 from pathlib import Path
 
 from tote_containerd.agent import inspection, metrics, oci, push
@@ -17,6 +16,7 @@ from tote_containerd.agent.importer import Importer
 from tote_containerd.agent.layer_export import LayerExporter
 from tote_containerd.agent.peer import PeerOpener
 from tote_containerd.agent.source import SourceSide
+from tote_containerd.agent.tls import ClientTLS, no_tls
 from tote_containerd.agent.tokens import Verifier
 
 
@@ -24,7 +24,7 @@ class NodeAgent:
     def __init__(self, *, cd: ContainerdClient, node: str, platform: str,
                  verifier: Verifier, open_peer: PeerOpener, content_root: str = "",
                  fast_path: bool = False, parallelism: int = 4, data_port: int = 0,
-                 data_ssl: ssl.SSLContext | None = None) -> None:
+                 data_ssl: ClientTLS = no_tls) -> None:
         self.cd = cd
         self.node = node
         self.platform = platform

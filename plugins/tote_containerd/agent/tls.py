@@ -10,12 +10,18 @@ another CA fails the handshake.
 
 from __future__ import annotations
 
+import logging
 import ssl
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
 
+from tote_containerd.agent.tokens import Verifier
+from tote_core import tlsfiles, tlsreload
+
 Role = Literal["controller", "agent"]
+log = logging.getLogger("tote.agent.tls")
 
 
 class Identity(msgspec.Struct, frozen=True):
@@ -126,3 +132,56 @@ def identity_of(peercert: dict[str, Any] | None) -> Identity:
     if cn == "tote-agent" or cn.startswith("tote-agent-"):
         return Identity(role="agent", name=cn)
     return Identity(role=None, name=cn)
+
+
+class AgentTLS:
+    """The agent's mTLS contexts, following its files (`tote_core.tlsreload`): the gRPC and
+    data-channel listeners keep their sockets and pick up a renewed certificate or CA at the
+    next handshake; connections to peer agents dial with the newest client context; the
+    transfer-token verifier trusts the newest CA bundle. Files that do not validate (see
+    `tote_core.tlsfiles.check_mtls`) are ignored until a good renewal arrives."""
+
+    def __init__(self, settings: tlsfiles.TLSSettings, verifier: Verifier) -> None:
+        self.settings = settings
+        files = (settings.tls_cert, settings.tls_key, settings.tls_ca)
+        self._stamp = tlsreload.FileStamp(files)
+        self.grpc = tlsreload.ServerContext(lambda: self._checked(server_context), "grpc")
+        self.data = tlsreload.ServerContext(lambda: self._checked(data_server_context), "data")
+        self._peer = self._peer_context()
+        self.verifier = verifier
+
+    def _checked(self, build: Callable[[str, str, str], ssl.SSLContext]) -> ssl.SSLContext:
+        tlsfiles.check_mtls(self.settings)
+        return build(*self._files())
+
+    def _files(self) -> tuple[str, str, str]:
+        s = self.settings
+        return s.tls_cert, s.tls_key, s.tls_ca
+
+    def _peer_context(self) -> ssl.SSLContext:
+        cert, key, ca = self._files()
+        return client_context(cert, key, ca, peer_role="agent")
+
+    def peer(self) -> ssl.SSLContext:
+        """The client context for the next connection to a peer agent."""
+        return self._peer
+
+    def refresh(self) -> bool:
+        """Reload everything if a file changed and the new set validates; True if reloaded."""
+        if not self._stamp.changed():
+            return False
+        if not (self.grpc.reload() and self.data.reload()):
+            return False
+        self._peer = self._peer_context()
+        self.verifier.load(self.settings.tls_ca)
+        log.info("TLS files renewed: new certificate in use from the next connection on")
+        return True
+
+
+ClientTLS = Callable[[], "ssl.SSLContext | None"]
+"""Answers the client context for the next connection (None: insecure mode): a callable, not
+a context, so a connection opened after a renewal uses the renewed certificate."""
+
+
+def no_tls() -> ssl.SSLContext | None:
+    return None

@@ -114,7 +114,11 @@ class Verifier:
     def __init__(self, ca_path: str = "") -> None:
         self._cas: list[x509.Certificate] = []
         if ca_path:
-            self._cas = x509.load_pem_x509_certificates(Path(ca_path).read_bytes())
+            self.load(ca_path)
+
+    def load(self, ca_path: str) -> None:
+        """Trust the CA bundle in `ca_path` from now on (a renewed bundle replaces the old)."""
+        self._cas = x509.load_pem_x509_certificates(Path(ca_path).read_bytes())
 
     def verify(self, token: str, *, source: str, target: str, now: float | None = None
                ) -> Claims:
