@@ -18,12 +18,14 @@ import msgspec
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tote_core import __version__, httpserver, killswitch
+from tote_core import __version__, httpserver, killswitch, tlsfiles, tlsreload
 from tote_core.components import admission
 from tote_core.components.agent_report import AgentReport
+from tote_core.components.cert_issuer import CertIssuer
 from tote_core.components.config_warnings import ConfigWarnings
 from tote_core.components.leader import LeaderElector
 from tote_core.components.statusfeed import StatusFeed
+from tote_core.errors import ConfigError, KubeError
 from tote_core.hooks.context import PluginContext
 from tote_core.hooks.host import PluginHost
 from tote_core.hooks.types import Incident
@@ -222,10 +224,43 @@ class Controller:
         return (503 if reasons else 200), "application/json", body + b"\n"
 
     def _admission_tls(self) -> ssl.SSLContext:
+        cert, key = self.settings.admission_tls_cert, self.settings.admission_tls_key
+        tlsfiles.check_pair(cert, key, cert_flag="--admission-tls-cert",
+                            key_flag="--admission-tls-key")
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(self.settings.admission_tls_cert, self.settings.admission_tls_key)
+        ctx.load_cert_chain(cert, key)
         return ctx
+
+    async def _follow_admission_tls(self, context: tlsreload.ServerContext) -> None:
+        """A renewed serving certificate (cert-manager, tote's issuer) is served from the
+        next handshake on; the API server trusts it through the webhook's caBundle."""
+        stamp = tlsreload.FileStamp((self.settings.admission_tls_cert,
+                                     self.settings.admission_tls_key))
+        while True:
+            await trio.sleep(tlsreload.RELOAD_INTERVAL)
+            if stamp.changed() and context.reload():
+                log.info("admission webhook: renewed serving certificate in use")
+
+    async def _issue_certificates(self) -> CertIssuer | None:
+        """With --tls-issue-secrets: bring the Secrets up to date and write this process's
+        files before anything that uses them starts; then check them like given files."""
+        s = self.settings
+        if not s.tls_issue_secrets:
+            return None
+        files = {"controller": (s.tls_cert, s.tls_key, s.tls_ca)}
+        if s.admission_address:
+            files["webhook"] = (s.admission_tls_cert, s.admission_tls_key, "")
+        issuer = CertIssuer(self.kube, self.namespace, s.tls_issue_secrets,
+                            validity=s.tls_issue_validity, files=files,
+                            webhook_config=s.admission_webhook_name)
+        try:
+            await issuer.reconcile()
+        except KubeError as exc:
+            raise ConfigError(f"--tls-issue-secrets {s.tls_issue_secrets}: cannot issue the "
+                              f"certificates: {exc}") from None
+        tlsfiles.check_mtls(s)
+        return issuer
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -252,8 +287,11 @@ class Controller:
             recorder=self.recorder,
         )
         await self.host.configure(self.plugin_context)
+        issuer = await self._issue_certificates()
         try:
             async with trio.open_nursery() as nursery:
+                if issuer is not None:
+                    nursery.start_soon(issuer.run)
                 routes_metrics: dict[str, httpserver.Route] = {"/metrics": self._metrics}
                 routes_health: dict[str, httpserver.Route] = {
                     "/healthz": self._healthz,
@@ -274,11 +312,13 @@ class Controller:
                     )
                 if self.settings.admission_address:
                     # Every replica answers AdmissionReviews; they need no cache or lease.
+                    admission_tls = tlsreload.ServerContext(self._admission_tls, "admission")
                     self.ports["admission"] = await nursery.start(partial(
                         httpserver.serve, self.settings.admission_address, {},
                         body_routes={admission.PATH: admission.review},
-                        ssl_context=self._admission_tls(),
+                        ssl_context=admission_tls.front,
                     ))
+                    nursery.start_soon(self._follow_admission_tls, admission_tls)
                 self.ports["status"] = await nursery.start(self.feed.run)
                 t0 = trio.current_time()
                 await nursery.start(self.caches.run)
