@@ -298,7 +298,8 @@ def test_pod_security_as_documented(helm: Helm, control_plane: ControlPlane,
                                      "-f", "-", input=json.dumps(pod), check=False)
 
     refused = dry_run(agent, "baseline")
-    assert refused.returncode != 0 and "hostPath" in refused.stderr, (
+    assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr \
+        and "hostPath" in refused.stderr, (
         f"{page.name}: the agent passed baseline, the docs say it needs privileged:\n"
         f"{refused.stdout}{refused.stderr}")
     admitted = dry_run(agent, "privileged")
