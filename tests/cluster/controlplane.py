@@ -262,6 +262,9 @@ def _render_chart(bin_dir: Path, namespace: str) -> list[dict[str, Any]]:
             "--namespace",
             namespace,
             "--include-crds",
+            # the chart's kubeVersion is >=1.34; without a cluster helm assumes v1.20
+            "--kube-version",
+            versions.pin("K8S_VERSION"),
         ],
         capture_output=True,
         text=True,
@@ -428,7 +431,9 @@ def start_control_plane(
             "--timeout=60s",
             *[f"crd/{d['metadata']['name']}" for d in crds],
         )
-        cp.apply([d for d in docs if d["kind"] in INSTALLED_KINDS and d not in crds])
+        # not the `helm test` hook's objects: they exist only while `helm test` runs
+        cp.apply([d for d in docs if d["kind"] in INSTALLED_KINDS and d not in crds
+                  and "helm.sh/hook" not in d["metadata"].get("annotations", {})])
 
         # -- the controller's restricted identity
         token = cp.kubectl(

@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.controlplane import CHART_DIR, ControlPlane
+from tests.cluster import versions
+from tests.cluster.controlplane import CHART_DIR, ControlPlane, write_kubeconfig
+from tests.cluster.procs import wait_until
+
+KUBE_VERSION = versions.pin("K8S_VERSION")
 
 FULL_VALUES: dict[str, Any] = {
     "enabled": True,
@@ -68,6 +74,35 @@ HARNESS_VALUES: dict[str, Any] = {
                              "io.containerd.content.v1.content"},
 }
 
+# Scheduling, labels, environment and image pinning on both pods.
+POD_EXTRAS_VALUES: dict[str, Any] = {
+    "image": {"tag": "0.1.0", "digest": "sha256:" + "ab" * 32},
+    "controller": {
+        "replicas": 2, "priorityClassName": "system-cluster-critical",
+        "podLabels": {"example.com/team": "platform"},
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.corp:3128"},
+                     {"name": "NO_PROXY", "value": "10.96.0.1,.svc"},
+                     {"name": "MY_POD_IP", "valueFrom": {"fieldRef": {
+                         "fieldPath": "status.podIP"}}}],
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops",
+                         "effect": "NoSchedule"},
+                        {"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                         "effect": "NoExecute", "tolerationSeconds": 30}],
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 50, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                                "labelSelector": {"matchLabels": {
+                                                    "app.kubernetes.io/component":
+                                                        "controller"}}}}]}},
+        "topologySpreadConstraints": [{"maxSkew": 1, "whenUnsatisfiable": "DoNotSchedule",
+                                       "topologyKey": "topology.kubernetes.io/zone"}],
+        "resources": {"requests": {"cpu": "0.1", "memory": "128Mi"},
+                      "limits": {"cpu": 1, "memory": "1Gi"}},
+    },
+    "agent": {"priorityClassName": "", "podLabels": {"example.com/team": "platform"},
+              "nodeSelector": {"example.com/pool": "general"},
+              "extraEnv": [{"name": "TZ", "value": "UTC"}]},
+}  # fmt: skip
+
 VALUE_SETS: dict[str, dict[str, Any] | None] = {
     "minimal": None,
     "full": FULL_VALUES,
@@ -84,6 +119,7 @@ VALUE_SETS: dict[str, dict[str, Any] | None] = {
     # Unsigned, every event, plain HTTP: only --webhook-url and --webhook-format.
     "notifications-plain": {"notifications": {"webhookUrl": "http://receiver.monitoring/hook"}},
     "harness": HARNESS_VALUES,
+    "pod-extras": POD_EXTRAS_VALUES,
 }
 
 
@@ -109,12 +145,25 @@ class Helm:
             assert res.returncode == 0, f"helm {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
         return res
 
+    def template(self, release: str, *args: str, values: dict[str, Any] | None = None,
+                 check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`helm template` as for the pinned Kubernetes: without a cluster helm assumes
+        v1.20, which the chart's kubeVersion (>=1.34) refuses."""
+        return self.run("template", release, str(CHART_DIR), "--kube-version", KUBE_VERSION,
+                        *args, values=values, check=check)
+
     def render(self, values: dict[str, Any] | None = None, *, release: str = "tote",
-               namespace: str = "tote-system", extra: tuple[str, ...] = ()
-               ) -> list[dict[str, Any]]:
-        out = self.run("template", release, str(CHART_DIR), "--namespace", namespace,
-                       "--include-crds", *extra, values=values).stdout
-        return [d for d in yaml.safe_load_all(out) if d]
+               namespace: str = "tote-system", extra: tuple[str, ...] = (),
+               hooks: bool = False) -> list[dict[str, Any]]:
+        """The release's objects; with `hooks` also the `helm test` hook's."""
+        out = self.template(release, "--namespace", namespace, "--include-crds", *extra,
+                            values=values).stdout
+        docs = [d for d in yaml.safe_load_all(out) if d]
+        return docs if hooks else [d for d in docs if not is_hook(d)]
+
+
+def is_hook(doc: dict[str, Any]) -> bool:
+    return "helm.sh/hook" in (doc["metadata"].get("annotations") or {})
 
 
 @pytest.fixture(scope="module")
@@ -142,10 +191,10 @@ def test_lint(helm: Helm, name: str) -> None:
 
 def test_minimal_render(helm: Helm) -> None:
     docs = helm.render()
-    kinds = sorted(d["kind"] for d in docs)
+    kinds = sorted(d["kind"] for d in docs if d["kind"] != "Secret")  # TLS: checked below
     assert kinds == sorted([
-        "ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition",
-        "DaemonSet", "Deployment", "Role", "RoleBinding", "Secret", "Secret", "Secret",
+        "ClusterRole", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+        "DaemonSet", "Deployment", "Role", "RoleBinding",
         "Service", "Service", "Service", "ServiceAccount", "ServiceAccount",
     ]), kinds  # fmt: skip
     crd = one(docs, "CustomResourceDefinition")
@@ -156,8 +205,13 @@ def test_minimal_render(helm: Helm) -> None:
     }  # fmt: skip
     names = {d["metadata"]["name"] for d in by_kind(docs, "ServiceAccount")}
     assert names == {"tote-controller", "tote-agent"}
-    cm = one(docs, "ConfigMap")
-    assert cm["metadata"]["name"] == "tote-config" and cm["data"] == {"enabled": "true"}
+    # The kill switch's ConfigMap is runtime state (`tote disable`/`tote enable`): never
+    # rendered, so no upgrade or rollback can write it back; `enabled` is the --enabled default.
+    assert not by_kind(docs, "ConfigMap")
+    ctl_args = pod_spec(docs, "Deployment")["containers"][0]["args"]
+    assert {"--enabled=true", "--config-map=tote-config"} <= set(ctl_args)
+    assert "--enabled=false" in pod_spec(helm.render({"enabled": False}), "Deployment")[
+        "containers"][0]["args"]
     # mTLS out of the box: a CA and one Secret per identity, each pod mounts only its own.
     assert {d["metadata"]["name"] for d in by_kind(docs, "Secret")} == {
         "tote-ca", "tote-controller-tls", "tote-agent-tls"}
@@ -305,7 +359,7 @@ def test_webhook_self_generated(helm: Helm) -> None:
 
     docs = helm.render(FULL_VALUES)
     (vwc,) = by_kind(docs, "ValidatingWebhookConfiguration")
-    assert vwc["metadata"]["name"] == "tote-tote-system"  # per release and namespace
+    assert vwc["metadata"]["name"] == "tote-system.tote"  # <namespace>.<fullname>
     (hook,) = vwc["webhooks"]
     assert hook["name"] == "annotations.tote.dev"
     assert hook["admissionReviewVersions"] == ["v1"] and hook["sideEffects"] == "None"
@@ -512,11 +566,73 @@ def test_notifications(helm: Helm) -> None:
      "secretName"),
     (["--set", "apiServer.host=10.0.0.1"], "set both or neither"),
     (["--set", "tls.existingSecret=x", "--set", "tls.certManager.enabled=true"], "pick one"),
+    # nested blocks: typos and impossible shapes fail where they are
+    (["--set", "agent.tolerations[0].operator=Exists", "--set",
+      "agent.tolerations[0].effects=NoSchedule"], "/agent/tolerations/0"),  # typo
+    (["--set", "controller.tolerations[0].key=a", "--set",
+      "controller.tolerations[0].operator=Matches"], "/controller/tolerations/0/operator"),
+    (["--set", "controller.tolerations[0].key=a", "--set",
+      "controller.tolerations[0].effect=NoScheduled"], "/controller/tolerations/0/effect"),
+    (["--set", "controller.tolerations[0].key=a", "--set",
+      "controller.tolerations[0].operator=Exists", "--set",
+      "controller.tolerations[0].value=x"], "/controller/tolerations/0/value"),
+    (["--set", "controller.tolerations[0].operator=Equal", "--set",
+      "controller.tolerations[0].value=x"], "/controller/tolerations/0"),  # no key: Exists
+    (["--set", "controller.tolerations[0].key=a", "--set",
+      "controller.tolerations[0].tolerationSeconds=5"], "/controller/tolerations/0"),
+    (["--set", "controller.resources.requests.cpu=lots"], "/controller/resources/requests/cpu"),
+    (["--set", "agent.resources.limits.memory=1 GB"], "/agent/resources/limits/memory"),
+    (["--set", "agent.resources.limit.memory=1Gi"], "/agent/resources"),  # typo
+    (["--set", "controller.resources.requests.gpu=1"], "invalid propertyName 'gpu'"),
+    (["--set", "controller.affinity.nodeAfinity.x=y"], "/controller/affinity"),  # typo
+    (["--set", "agent.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+      ".nodeSelectorTerms[0].matchExpressions[0].operator=Within"], "/agent/affinity"),
+    (["--set", "controller.nodeSelector.Bad Key=x"], "invalid propertyName 'Bad Key'"),
+    (["--set", "controller.topologySpreadConstraints[0].maxSkew=1", "--set",
+      "controller.topologySpreadConstraints[0].topologyKey=zone", "--set",
+      "controller.topologySpreadConstraints[0].whenUnsatisfiable=Never"],
+     "/controller/topologySpreadConstraints/0/whenUnsatisfiable"),
+    (["--set", "controller.priorityClassName=High_Priority"], "/controller/priorityClassName"),
+    (["--set", "agent.podLabels.app\\.kubernetes\\.io/component=x"],
+     "agent.podLabels.app.kubernetes.io/component"),  # would break the DaemonSet's selector
+    (["--set", "controller.podLabels.team=not a value"], "/controller/podLabels"),
+    (["--set", "controller.extraEnv[0].value=x"], "/controller/extraEnv/0"),  # no name
+    (["--set", "agent.extraEnv[0].name=NODE_NAME", "--set", "agent.extraEnv[0].value=x"],
+     "NODE_NAME is set by the chart"),
+    (["--set", "agent.extraEnv[0].name=A", "--set", "agent.extraEnv[1].name=A"],
+     "A is listed twice"),
+    (["--set", "controller.extraEnv[0].name=A", "--set", "controller.extraEnv[0].value=x",
+      "--set", "controller.extraEnv[0].valueFrom.fieldRef.fieldPath=status.podIP"],
+     "/controller/extraEnv/0"),  # value and valueFrom
+    (["--set", "image.digest=sha256:abc"], "/image/digest"),
+    (["--set", "image.digest=" + "a" * 64], "/image/digest"),  # algorithm missing
+    (["--set", "fullnameOverride=" + "t" * 50], "/fullnameOverride"),
+    (["--set", "fullnameOverride=1tote"], "/fullnameOverride"),
+    (["--set", "podSecurity.check=false"], "/podSecurity"),
+    (["--set", "networkPolicy.enabled=true", "--set",
+      "networkPolicy.metricsFrom[0].podSelectr.x=y"], "/networkPolicy/metricsFrom/0"),
 ], ids=lambda v: v[1] if isinstance(v, list) else None)
 def test_bad_values_are_rejected(helm: Helm, values: list[str], needle: str) -> None:
-    res = helm.run("template", "tote", str(CHART_DIR), *values, check=False)
+    res = helm.template("tote", *values, check=False)
     assert res.returncode != 0, f"{values} rendered:\n{res.stdout[:500]}"
     assert needle in res.stderr, res.stderr
+
+
+def test_good_values_still_pass_the_schema(helm: Helm) -> None:
+    """Every shape the values.yaml comments show, and the API's own forms, still render."""
+    ok = {"controller": {
+        "tolerations": [{"operator": "Exists"}, {"key": "a", "operator": "Exists"},
+                        {"key": "a", "value": "b"}, {"key": "a", "effect": "NoExecute",
+                                                     "tolerationSeconds": 0}],
+        "resources": {"requests": {"cpu": "100m", "memory": "1.5Gi",
+                                   "ephemeral-storage": "1e9", "example.com/gpu": 1},
+                      "limits": {"cpu": 2, "memory": 268435456, "hugepages-2Mi": "8Mi"}},
+        "nodeSelector": {"kubernetes.io/os": None, "node-role.kubernetes.io/infra": ""},
+    }}  # fmt: skip
+    docs = helm.render(ok)
+    spec = pod_spec(docs, "Deployment")
+    assert spec["nodeSelector"] == {"node-role.kubernetes.io/infra": ""}  # null removes
+    assert spec["containers"][0]["resources"]["limits"]["cpu"] == 2
 
 
 def _cluster_scoped(docs: list[dict[str, Any]]) -> set[tuple[str, str]]:
@@ -586,3 +702,333 @@ def test_apiserver_accepts_rendered_chart(
     assert res.returncode == 0, res.stderr
     assert "deployment.apps/tote-controller" in res.stdout
     assert "daemonset.apps/tote-agent" in res.stdout
+
+
+# --------------------------------------------------------------------------- names
+
+DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# Helm's own limit on release names (and a namespace name is a DNS label: 63).
+LONG_RELEASE = "r" + "e" * 51 + "a"
+LONG_NAMESPACE = "n" + "s" * 61 + "z"
+
+
+def _labels_ok(labels: dict[str, str], where: str) -> None:
+    for key, value in labels.items():
+        prefix, _, name = key.rpartition("/")
+        assert len(name) <= 63 and LABEL_NAME.match(name), (where, key)
+        assert not prefix or (len(prefix) <= 253 and DNS1123_SUBDOMAIN.match(prefix)), key
+        assert len(value) <= 63 and LABEL_VALUE.match(value), (where, key, value)
+
+
+def _names_valid(docs: list[dict[str, Any]]) -> None:
+    """What the API server checks of names: Services are DNS-1035 labels (63), everything
+    else here a DNS-1123 subdomain (253); label keys and values (63) on objects and pod
+    templates; the Service a webhook or a proxy rule names is a Service name too."""
+    for d in docs:
+        name, kind = d["metadata"]["name"], d["kind"]
+        if kind == "Service":
+            assert len(name) <= 63 and DNS1035.match(name), (kind, name, len(name))
+        else:
+            assert len(name) <= 253 and DNS1123_SUBDOMAIN.match(name), (kind, name)
+        _labels_ok(d["metadata"].get("labels") or {}, f"{kind}/{name}")
+        template = d.get("spec", {}).get("template", {}).get("metadata", {})
+        _labels_ok(template.get("labels") or {}, f"{kind}/{name} pod template")
+        for hook in d.get("webhooks", []):
+            svc = hook["clientConfig"]["service"]["name"]
+            assert len(svc) <= 63 and DNS1035.match(svc), svc
+
+
+def test_cluster_scoped_names_are_injective(helm: Helm) -> None:
+    """Release tote in a-b and release tote-a in b once both got ClusterRole
+    tote-a-b-controller. Now <namespace>.<fullname>: the first dot splits them again."""
+    full = {**FULL_VALUES, "agent": {"hostNetwork": False}}
+    a = helm.render(full, release="tote", namespace="a-b", hooks=True)
+    b = helm.render(full, release="tote-a", namespace="b", hooks=True)
+    sa, sb = _cluster_scoped(a), _cluster_scoped(b)
+    assert ("ClusterRole", "a-b.tote-controller") in sa
+    assert ("ClusterRole", "b.tote-a-controller") in sb
+    assert len(sa) == len(sb) >= 6 and not (sa & sb), (sa, sb)  # roles, bindings, webhook
+    # In one namespace: release "a" and release "a-tote" no longer share <fullname> "a-tote".
+    one_ns = [helm.render(full, release=r, namespace="x", hooks=True) for r in ("a", "a-tote")]
+    names = [{(d["kind"], d["metadata"]["name"]) for d in docs
+              if d["kind"] != "CustomResourceDefinition"} for docs in one_ns]
+    assert not (names[0] & names[1]), names[0] & names[1]
+    assert ("Deployment", "a-tote-controller") in names[0]
+    assert ("Deployment", "a-tote-tote-controller") in names[1]
+    # The default release keeps its names (the CLI defaults and docs use them).
+    assert {d["metadata"]["name"] for d in by_kind(helm.render(), "Deployment")} == {
+        "tote-controller"}
+
+
+def test_long_release_names_are_valid(helm: Helm) -> None:
+    """A 53-character release (Helm's maximum) in a 63-character namespace: every name is
+    one the API server takes, and two such releases differing in the last character stay
+    apart (the cut name carries a hash of the whole)."""
+    full = {**FULL_VALUES, "agent": {"hostNetwork": False}}
+    assert len(LONG_RELEASE) == 53 and len(LONG_NAMESPACE) == 63
+    docs = helm.render(full, release=LONG_RELEASE, namespace=LONG_NAMESPACE, hooks=True)
+    _names_valid(docs)
+    services = {d["metadata"]["name"] for d in by_kind(docs, "Service")}
+    assert max(map(len, services)) == 63, services  # <fullname: 49>-agent-metrics
+    other = helm.render(full, release=LONG_RELEASE[:-1] + "b", namespace=LONG_NAMESPACE,
+                        hooks=True)
+    ours = {(d["kind"], d["metadata"]["name"]) for d in docs
+            if d["kind"] != "CustomResourceDefinition"}
+    assert not (ours & {(d["kind"], d["metadata"]["name"]) for d in other})
+    # Every other value set with the default release stays valid too.
+    for values in VALUE_SETS.values():
+        _names_valid(helm.render(values, hooks=True))
+    # The controller still finds its agents: the selector's instance label is the release.
+    args = pod_spec(docs, "Deployment")["containers"][0]["args"]
+    assert f"--agent-selector=app.kubernetes.io/name=tote,app.kubernetes.io/instance=" \
+           f"{LONG_RELEASE},app.kubernetes.io/component=agent" in args
+
+
+@pytest.mark.parametrize("release", ["tote.prod", "1tote"])
+def test_release_names_that_cannot_name_services_are_refused(helm: Helm, release: str) -> None:
+    res = helm.template(release, check=False)
+    assert res.returncode != 0 and "DNS-1035" in res.stderr, res.stderr
+
+
+def test_apiserver_accepts_long_release(helm: Helm, control_plane: ControlPlane,
+                                        foreign_crds: None) -> None:
+    docs = helm.render({**FULL_VALUES, "agent": {"hostNetwork": False}},
+                       release=LONG_RELEASE, namespace=control_plane.namespace, hooks=True)
+    res = control_plane.kubectl(
+        "apply", "--dry-run=server", "-f", "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}), check=False)
+    assert res.returncode == 0, res.stderr
+
+
+# --------------------------------------------------------------------------- pods
+
+
+def test_pod_scheduling_defaults(helm: Helm) -> None:
+    """Both pods run on Linux nodes of the image's architectures; the agent is a
+    node-critical daemon; controller replicas prefer different nodes."""
+    docs = helm.render()
+    arch = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{
+            "key": "kubernetes.io/arch", "operator": "In", "values": ["amd64", "arm64"]}]}]}}}
+    for kind in ("Deployment", "DaemonSet"):
+        spec = pod_spec(docs, kind)
+        assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}, kind
+        assert spec["affinity"] == arch, kind
+    assert pod_spec(docs, "DaemonSet")["priorityClassName"] == "system-node-critical"
+    assert "priorityClassName" not in pod_spec(docs, "Deployment")
+    assert pod_spec(docs, "DaemonSet")["tolerations"] == [{"operator": "Exists"}]
+    (spread,) = pod_spec(docs, "Deployment")["topologySpreadConstraints"]
+    assert spread == {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                      "whenUnsatisfiable": "ScheduleAnyway",
+                      "matchLabelKeys": ["pod-template-hash"],
+                      "labelSelector": {"matchLabels": {
+                          "app.kubernetes.io/name": "tote", "app.kubernetes.io/instance": "tote",
+                          "app.kubernetes.io/component": "controller"}}}
+    assert "topologySpreadConstraints" not in pod_spec(docs, "DaemonSet")
+    chart = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+    assert chart["kubeVersion"] == ">=1.34.0-0"
+    old = helm.run("template", "tote", str(CHART_DIR), "--kube-version", "1.33.0",
+                   check=False)
+    assert old.returncode != 0 and ">=1.34.0-0" in old.stderr
+
+
+def test_pod_extras_rendered(helm: Helm) -> None:
+    docs = helm.render(POD_EXTRAS_VALUES)
+    ctl, agent = pod_spec(docs, "Deployment"), pod_spec(docs, "DaemonSet")
+    repo = yaml.safe_load((CHART_DIR / "values.yaml").read_text())["image"]["repository"]
+    image = f"{repo}:0.1.0@sha256:" + "ab" * 32
+    assert ctl["containers"][0]["image"] == agent["containers"][0]["image"] == image
+    digest_only = helm.render({"image": {"digest": "sha256:" + "cd" * 32}})
+    assert pod_spec(digest_only, "DaemonSet")["containers"][0]["image"] == \
+        f"{repo}@sha256:" + "cd" * 32
+    assert ctl["priorityClassName"] == "system-cluster-critical"
+    assert "priorityClassName" not in agent  # "" turns the default off
+    for kind, spec in (("Deployment", ctl), ("DaemonSet", agent)):
+        dep = one(docs, kind)
+        labels = spec and dep["spec"]["template"]["metadata"]["labels"]
+        assert labels["example.com/team"] == "platform"
+        assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    env = ctl["containers"][0]["env"]
+    names = [e["name"] for e in env]
+    assert names[:2] == ["POD_NAME", "POD_NAMESPACE"]  # the chart's own first
+    assert names[-3:] == ["HTTPS_PROXY", "NO_PROXY", "MY_POD_IP"]
+    assert {"name": "TZ", "value": "UTC"} in agent["containers"][0]["env"]
+    assert agent["nodeSelector"] == {"kubernetes.io/os": "linux",
+                                     "example.com/pool": "general"}  # merged with the default
+    assert ctl["tolerations"] == POD_EXTRAS_VALUES["controller"]["tolerations"]
+    # a user's affinity keeps the default arch rule beside it (maps merge)
+    assert set(ctl["affinity"]) == {"nodeAffinity", "podAntiAffinity"}
+    (spread,) = ctl["topologySpreadConstraints"]  # the user's list replaces the default
+    assert spread["topologyKey"] == "topology.kubernetes.io/zone"
+    assert spread["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "controller"
+
+
+# --------------------------------------------------------------------------- RBAC for people
+
+
+def test_view_role_aggregates_salvagerecords(helm: Helm) -> None:
+    """`kubectl get salvagerecords -A` (NOTES) works for view, edit and admin: a read-only
+    ClusterRole aggregated into view (which edit and admin aggregate in turn)."""
+    docs = helm.render()
+    view = one(docs, "ClusterRole", "-view")
+    assert view["metadata"]["name"] == "tote-system.tote-view"
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert view["rules"] == [{"apiGroups": ["tote.dev"], "resources": ["salvagerecords"],
+                              "verbs": ["get", "list", "watch"]}]
+    assert not [d for d in helm.render({"rbac": {"aggregateToView": False}})
+                if d["metadata"]["name"].endswith("-view")]
+    assert not by_kind(helm.render({"rbac": {"create": False}}), "ClusterRole")
+
+
+# --------------------------------------------------------------------------- helm test
+
+
+def _hooks(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["kind"]: d for d in docs if is_hook(d)}
+
+
+@pytest.mark.parametrize("name", ["minimal", "full", "tls-off", "tls-existing-secret"])
+def test_helm_test_hook_runs_doctor(helm: Helm, name: str) -> None:
+    """`helm test` runs `tote doctor` with the arguments NOTES prints, as a ServiceAccount
+    of its own, restricted Pod Security, and deletes everything once it passed."""
+    from tote_core.doctor.command import parse as doctor_parse
+
+    values = VALUE_SETS[name]
+    docs = helm.render(values, hooks=True)
+    hooks = _hooks(docs)
+    assert set(hooks) == {"ServiceAccount", "Role", "RoleBinding", "ClusterRole",
+                          "ClusterRoleBinding", "Pod"}
+    for d in hooks.values():
+        ann = d["metadata"]["annotations"]
+        assert ann["helm.sh/hook"] == "test"
+        assert ann["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    pod = hooks["Pod"]
+    spec = pod["spec"]
+    (ctr,) = spec["containers"]
+    assert ctr["args"][0] == "doctor"
+    doc = doctor_parse(ctr["args"][1:])
+    tls = (values or {}).get("tls", {})
+    assert doc.namespace == "tote-system" and doc.service == "tote-controller"
+    assert doc.lease == "tote-controller" and doc.service_account == "tote-controller"
+    assert doc.webhook == "tote-system.tote" and doc.config_map == "tote-config"
+    assert doc.tls_secret == ("" if tls.get("enabled") is False else
+                              tls.get("existingSecret", "tote-controller-tls"))
+    # No identity: the agent rows come from the controller, as NOTES's command does.
+    assert not (doc.insecure or doc.tls_cert or doc.agent_endpoints)
+    assert spec["serviceAccountName"] == hooks["ServiceAccount"]["metadata"]["name"]
+    assert spec["restartPolicy"] == "Never"
+    # Pod Security "restricted"
+    psc, csc = spec["securityContext"], ctr["securityContext"]
+    assert psc["runAsNonRoot"] is True and psc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert csc["allowPrivilegeEscalation"] is False and csc["capabilities"]["drop"] == ["ALL"]
+    assert not [v for v in spec.get("volumes", []) if "hostPath" in v]
+    # What doctor reads, by name, and nothing it does not.
+    role = {(r["apiGroups"][0], r["resources"][0]): (r["verbs"], r.get("resourceNames"))
+            for r in hooks["Role"]["rules"]}
+    want = {("coordination.k8s.io", "leases"): (["get"], ["tote-controller"]),
+            ("", "services/proxy"): (["get"], ["tote-controller:health"]),
+            ("", "configmaps"): (["get"], ["tote-config"])}
+    if doc.tls_secret:
+        want[("", "secrets")] = (["get"], [doc.tls_secret])
+    if (values or {}).get("webhook", {}).get("enabled"):
+        want[("", "services")] = (["get"], ["tote-webhook"])
+    assert role == want
+    cluster = {(r["apiGroups"][0], r["resources"][0]): (r["verbs"], r.get("resourceNames"))
+               for r in hooks["ClusterRole"]["rules"]}
+    assert cluster == {
+        ("apiextensions.k8s.io", "customresourcedefinitions"):
+            (["get"], ["salvagerecords.tote.dev"]),
+        ("authorization.k8s.io", "subjectaccessreviews"): (["create"], None),
+        ("admissionregistration.k8s.io", "validatingwebhookconfigurations"):
+            (["get"], ["tote-system.tote"])}  # fmt: skip
+
+
+def test_notes_print_the_hook_command(helm: Helm, control_plane: ControlPlane,
+                                      tmp_path: Path) -> None:
+    """NOTES (rendered by `helm install --dry-run=server` against a real API server) print
+    exactly the doctor arguments the test Pod runs, the kill-switch commands, the view role,
+    and the Pod Security hint; a namespace that enforces baseline is refused up front."""
+    cp = control_plane
+    env = {**helm.env, "KUBECONFIG": str(cp.admin_kubeconfig)}
+
+    def dry_run(namespace: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(helm.binary), "install", "tote", str(CHART_DIR), "-n",
+                               namespace, "--dry-run=server", *extra],
+                              capture_output=True, text=True, env=env, timeout=120)
+
+    # (not the harness's namespace: it holds the chart's RBAC objects outside any release)
+    free = "tote-notes"
+    cp.kubectl("create", "namespace", free, check=False)
+    res = dry_run(free, "--set", "enabled=false")
+    assert res.returncode == 0, res.stderr
+    notes = res.stdout.split("NOTES:", 1)[1]
+    docs = [d for d in yaml.safe_load_all(res.stdout.split("NOTES:", 1)[0]
+                                          .split("HOOKS:", 1)[1]) if d]
+    (pod,) = [d for d in docs if d["kind"] == "Pod"]
+    args = pod["spec"]["containers"][0]["args"]
+    assert f"tote {' '.join(args)}" in notes, notes
+    assert f"helm test tote -n {free}" in notes
+    assert f"tote enable -n {free} --config-map tote-config" in notes
+    assert "tote disable" in notes and "patch configmap" not in notes
+    assert f"ClusterRole {free}.tote-view" in notes
+    assert "pod-security.kubernetes.io/enforce=privileged" in notes
+    # A namespace enforcing baseline: the agent could never start, so nothing is installed.
+    ns = "tote-psa-baseline"
+    cp.kubectl("create", "namespace", ns, check=False)
+    cp.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=baseline",
+               "--overwrite")
+    try:
+        refused = dry_run(ns)
+        assert refused.returncode != 0
+        assert f'namespace {ns} enforces Pod Security "baseline"' in refused.stderr
+        assert f"kubectl label namespace {ns} pod-security.kubernetes.io/enforce=privileged" \
+            in refused.stderr
+        assert dry_run(ns, "--set", "podSecurity.checkNamespace=false").returncode == 0
+    finally:
+        cp.kubectl("delete", "namespace", ns, free, "--wait=false", check=False)
+
+
+def test_hook_rbac_lets_doctor_read_everything(helm: Helm, control_plane: ControlPlane,
+                                               tmp_path: Path) -> None:
+    """Run the real `tote doctor` with the hook Pod's arguments as the hook's ServiceAccount
+    against a real API server: no row is refused by RBAC. (No controller runs here, so the
+    lease, /readyz and agent rows fail for that reason, never for "forbidden".)"""
+    cp = control_plane
+    docs = helm.render({"webhook": {"enabled": True}}, namespace=cp.namespace, hooks=True)
+    hooks = _hooks(docs)
+    rbac = [hooks[k] for k in ("ServiceAccount", "Role", "RoleBinding", "ClusterRole",
+                               "ClusterRoleBinding")]
+    cp.apply(rbac)
+    try:
+        sa = hooks["ServiceAccount"]["metadata"]["name"]
+        token = cp.kubectl("create", "token", sa, "-n", cp.namespace).stdout.strip()
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server=cp.server,
+                                      ca_file=cp.ca_file, user=f"system:serviceaccount:"
+                                      f"{cp.namespace}:{sa}", token=token)
+        args = hooks["Pod"]["spec"]["containers"][0]["args"]
+
+        def doctor() -> list[dict[str, Any]]:
+            res = subprocess.run([sys.executable, "-m", "tote_core.cli", *args, "--json",
+                                  f"--kubeconfig={kubeconfig}"], capture_output=True,
+                                 text=True, timeout=120, cwd=CHART_DIR.parents[2])
+            assert res.stdout.strip(), res.stderr
+            return json.loads(res.stdout)  # type: ignore[no-any-return]
+
+        def forbidden(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [r for r in rows if "forbidden" in r["detail"].lower()]
+
+        wait_until(lambda: not forbidden(doctor()), timeout=30, what="hook RBAC in force")
+        rows = doctor()
+        checks = {r["check"] for r in rows}
+        assert {"crd", "rbac", "webhook", "certificate"} <= checks, rows
+        assert [r["status"] for r in rows if r["check"] == "crd"] == ["ok"]
+        # the rbac row itself ran (SubjectAccessReviews were allowed)
+        (rbac_row,) = [r for r in rows if r["check"] == "rbac"]
+        assert "cannot review access" not in rbac_row["detail"], rbac_row
+    finally:
+        for d in reversed(rbac):
+            cp.kubectl("delete", d["kind"].lower(), d["metadata"]["name"], "-n",
+                       cp.namespace, "--ignore-not-found")

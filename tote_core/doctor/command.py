@@ -44,7 +44,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     a("--controller-url", default="",
       help="reach /readyz at http://HOST:PORT directly instead of the service proxy")
     a("--webhook", default=checks.DEFAULT_WEBHOOK,
-      help="ValidatingWebhookConfiguration name (the chart's <release>-<namespace>; "
+      help="ValidatingWebhookConfiguration name (the chart's <namespace>.<fullname>; "
            f"default {checks.DEFAULT_WEBHOOK})")
     a("--tls-secret", default="", help="also check the certificates in this Secret")
     for flag in ("tls-cert", "tls-key", "tls-ca"):

@@ -3,24 +3,36 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* Release-scoped base name for namespaced objects. */}}
+{{/* Release-scoped base name of every namespaced object: "<release>" when the release name
+is the chart name or starts with "<chart name>-" (release "tote": tote-controller), else
+"<release>-<chart name>". Injective per namespace (release "a" → a-tote, release "a-tote" →
+a-tote-tote), where Helm's usual `contains` rule gives both "a-tote". At most 49 characters,
+so the longest Service name, <fullname>-agent-metrics, stays a 63-character DNS-1035 label:
+a longer name keeps its first 40 characters and gets 8 hex digits of its SHA-256. */}}
 {{- define "tote.fullname" -}}
 {{- if .Values.fullnameOverride -}}
-{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- .Values.fullnameOverride -}}
 {{- else -}}
-{{- $name := default .Chart.Name .Values.nameOverride -}}
-{{- if contains $name .Release.Name -}}
-{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
-{{- else -}}
-{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- $name := include "tote.name" . -}}
+{{- $full := .Release.Name -}}
+{{- if not (or (eq .Release.Name $name) (hasPrefix (printf "%s-" $name) .Release.Name)) -}}
+{{- $full = printf "%s-%s" .Release.Name $name -}}
 {{- end -}}
+{{- if gt (len $full) 49 -}}
+{{- $full = printf "%s-%s" ($full | trunc 40 | trimSuffix "-") (sha256sum $full | trunc 8) -}}
+{{- end -}}
+{{- $full -}}
 {{- end -}}
 {{- end -}}
 
-{{/* Name for cluster-scoped objects: release names are unique per namespace only, so the
-namespace is part of it (two releases called "tote" in two namespaces never collide). */}}
+{{/* Base name of cluster-scoped objects (ClusterRoles and their bindings, the
+ValidatingWebhookConfiguration): "<namespace>.<fullname>", e.g. tote-system.tote. A namespace
+name has no dot and the fullname is a DNS-1035 label (checked in tote.validate), so the first
+dot splits it again: two releases get the same name only when they share the namespace and
+the fullname, and then their namespaced objects collide first (Helm refuses the install).
+At most 63 + 1 + 49 characters. */}}
 {{- define "tote.clusterName" -}}
-{{- printf "%s-%s" (include "tote.fullname" .) .Release.Namespace | trunc 253 | trimSuffix "-" -}}
+{{- printf "%s.%s" .Release.Namespace (include "tote.fullname" .) -}}
 {{- end -}}
 
 {{- define "tote.labels" -}}
@@ -37,8 +49,19 @@ app.kubernetes.io/name: {{ include "tote.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The image reference: repository:tag, or with image.digest repository@digest (tag
+empty) or repository:tag@digest (tag set: kept for people reading it, the digest decides). */}}
 {{- define "tote.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- $img := .Values.image -}}
+{{- if $img.digest -}}
+{{- if $img.tag -}}
+{{- printf "%s:%s@%s" $img.repository $img.tag $img.digest -}}
+{{- else -}}
+{{- printf "%s@%s" $img.repository $img.digest -}}
+{{- end -}}
+{{- else -}}
+{{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "tote.controllerServiceAccount" -}}
@@ -60,6 +83,69 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* The label selector the controller finds this release's agent pods with. */}}
 {{- define "tote.agentSelector" -}}
 {{- printf "app.kubernetes.io/name=%s,app.kubernetes.io/instance=%s,app.kubernetes.io/component=agent" (include "tote.name" .) .Release.Name -}}
+{{- end -}}
+
+{{/* A pod template's labels: the selector labels, the component and the component's
+podLabels (tote.validate refuses podLabels that would change the selector's). Input: {root,
+component}. */}}
+{{- define "tote.podLabels" -}}
+{{- $v := index .root.Values .component -}}
+{{- include "tote.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- with $v.podLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Scheduling for a component's pod spec: priority class, node selector, affinity,
+tolerations and (controller) topology spread; each only when set. A spread constraint without
+a labelSelector counts this release's pods of that component. Input: {root, component}. */}}
+{{- define "tote.scheduling" -}}
+{{- $v := index .root.Values .component -}}
+{{- with $v.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with $v.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if $v.topologySpreadConstraints }}
+{{- $sel := dict "matchLabels" (include "tote.podSelectorLabels" . | fromYaml) }}
+topologySpreadConstraints:
+{{- range $v.topologySpreadConstraints }}
+  - {{ toJson (ternary . (merge (dict "labelSelector" $sel) .) (hasKey . "labelSelector")) }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of a component's pods. Input: {root, component}. */}}
+{{- define "tote.podSelectorLabels" -}}
+{{- include "tote.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* `tote doctor`'s arguments for this release, one per line: what NOTES prints and what
+the `helm test` pod runs. No agent identity: the agent rows come from the controller's
+/agents (it holds the mTLS identity and stands where NetworkPolicies let agent traffic
+through), with or without TLS. */}}
+{{- define "tote.doctorArgs" -}}
+- --namespace={{ .Release.Namespace }}
+- --service={{ include "tote.controllerService" . }}
+- --service-account={{ include "tote.controllerServiceAccount" . }}
+- --lease={{ include "tote.leaseName" . }}
+- --config-map={{ include "tote.configMapName" . }}
+- --webhook={{ include "tote.clusterName" . }}
+{{- if .Values.tls.enabled }}
+- --tls-secret={{ (include "tote.tlsSource" (dict "root" . "role" "controller") | fromYaml).secret }}
+{{- end }}
 {{- end -}}
 
 {{/* TLS: where a role's certificate, key and CA come from.
@@ -220,6 +306,36 @@ no release ever holds a pod that would refuse to start. */}}
 {{- end -}}
 {{- if and .Values.tls.existingSecret .Values.tls.certManager.enabled -}}
 {{- fail "tls.existingSecret and tls.certManager.enabled exclude each other: pick one" -}}
+{{- end -}}
+{{- $full := include "tote.fullname" . -}}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $full) -}}
+{{- fail (printf "object names start with %q, which is no DNS-1035 label (a letter first, then letters, digits and '-'; Service names must be): pick another release name or set fullnameOverride" $full) -}}
+{{- end -}}
+{{- range $component := list "controller" "agent" -}}
+{{- $v := index $.Values $component -}}
+{{- range $key, $_ := $v.podLabels -}}
+{{- if hasKey (include "tote.podSelectorLabels" (dict "root" $ "component" $component) | fromYaml) $key -}}
+{{- fail (printf "%s.podLabels.%s: the chart sets this label (the workload's selector needs it)" $component $key) -}}
+{{- end -}}
+{{- end -}}
+{{- $own := list "NODE_NAME" "HOST_IP" "POD_NAME" "POD_NAMESPACE" "KUBERNETES_SERVICE_HOST" "KUBERNETES_SERVICE_PORT" -}}
+{{- $seenEnv := dict -}}
+{{- range $v.extraEnv -}}
+{{- if has .name $own -}}
+{{- fail (printf "%s.extraEnv: %s is set by the chart (for KUBERNETES_SERVICE_* use apiServer.host/port)" $component .name) -}}
+{{- end -}}
+{{- if hasKey $seenEnv .name -}}
+{{- fail (printf "%s.extraEnv: %s is listed twice" $component .name) -}}
+{{- end -}}
+{{- $_ := set $seenEnv .name true -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.podSecurity.checkNamespace -}}
+{{- $ns := lookup "v1" "Namespace" "" .Release.Namespace | default dict -}}
+{{- $level := dig "metadata" "labels" "pod-security.kubernetes.io/enforce" "" $ns -}}
+{{- if has $level (list "baseline" "restricted") -}}
+{{- fail (printf "namespace %s enforces Pod Security %q, but the agent needs \"privileged\" (hostPath volumes, root): kubectl label namespace %s pod-security.kubernetes.io/enforce=privileged --overwrite (or podSecurity.checkNamespace=false when an exemption admits the agent)" .Release.Namespace $level .Release.Namespace) -}}
+{{- end -}}
 {{- end -}}
 {{- if and (not .Values.serviceAccount.controller.create) (not .Values.serviceAccount.controller.name) -}}
 {{- fail "serviceAccount.controller.create=false needs serviceAccount.controller.name (an existing ServiceAccount)" -}}
