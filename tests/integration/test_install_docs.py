@@ -3,9 +3,10 @@
 Every distribution page carries its Helm values in exactly one ```yaml block. Each block is
 rendered with `helm template` (the chart's values.schema.json is enforced by helm, so a
 misspelt or mistyped value fails here) and linted with `helm lint --strict`; the rendered
-agent must mount exactly the paths the page names. Every `helm install` / `helm upgrade`
-command the pages and the README print is rendered too, with the local chart standing in
-for the published one (whose version must be the chart's). The index must link every page
+agent must mount the paths the page names, and the index's table must name the same.
+Every `helm install` / `helm upgrade` command the pages and the README print is rendered
+too, with the local chart standing in for the published one (whose version must be the
+chart's). The index must link every page
 and the README the index. Finally, what the pages say about Pod Security is put to a real
 API server: the agent's pod (host paths, root) is refused under `baseline`, admitted under
 `privileged`, and the controller's passes `restricted`.
@@ -170,6 +171,23 @@ def test_index_names_crio_unsupported() -> None:
     unsupported = text[text.index("## Not supported"):]
     for needle in ("CRI-O", "OpenShift", "containerd"):
         assert needle in unsupported, f"docs/install/README.md 'Not supported' lacks {needle!r}"
+
+
+def test_index_table_matches_the_pages() -> None:
+    """The index's path table says what each page's values say (… is the content store)."""
+    rows = {}
+    for line in INDEX.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        link = re.search(r"\]\(([a-z0-9]+)\.md\)$", cells[-1]) if len(cells) > 3 else None
+        if link:
+            content = cells[2].strip("`").replace("…", "io.containerd.content.v1.content")
+            rows[link.group(1)] = (cells[1].strip("`"), content)
+    assert set(rows) == set(DISTRIBUTIONS), f"docs/install/README.md table rows: {sorted(rows)}"
+    for page in PAGES:
+        agent = page_values(page).get("agent", {})
+        assert rows[page.stem] == (agent.get("containerdSocket"), agent.get("contentRoot")), (
+            f"docs/install/README.md's row for {page.name} says {rows[page.stem]}, the page "
+            f"{(agent.get('containerdSocket'), agent.get('contentRoot'))}")
 
 
 def test_readme_has_no_issue_numbers() -> None:
