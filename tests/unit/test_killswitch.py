@@ -162,3 +162,13 @@ def test_doctor_row() -> None:
     flag_off = checks.kill_switch_row(None, t, False)
     assert flag_off.status == "warn" and "--enabled=false" in flag_off.detail
     assert checks.kill_switch_row(None, t, None).status == "warn"
+
+
+def test_status_skips_a_message_type_it_does_not_know() -> None:
+    """A newer controller may send kinds this CLI predates (as `switch` once was): skipped,
+    while a known kind that is malformed is still an error."""
+    assert status_command._decode('{"type":"future","x":1}') is None
+    assert isinstance(status_command._decode('{"type":"synced","items":0}'), Synced)
+    import msgspec
+    with pytest.raises(msgspec.ValidationError):
+        status_command._decode('{"type":"synced","items":"many"}')

@@ -47,6 +47,23 @@ _encoder = msgspec.json.Encoder()
 
 
 
+_KNOWN_TYPES = frozenset({"hello", "switch", "item", "synced"})
+_peek = msgspec.json.Decoder(dict[str, object])
+
+
+def _decode(raw: str | bytes) -> Message | None:
+    """One feed message; None for a `type` this CLI does not know (a newer controller's), so
+    an older `tote status` keeps working against it. Anything else malformed raises."""
+    try:
+        message: Message = _decoder.decode(raw)
+    except msgspec.ValidationError:
+        kind = _peek.decode(raw).get("type")
+        if isinstance(kind, str) and kind not in _KNOWN_TYPES:
+            return None
+        raise
+    return message
+
+
 class FeedError(Exception):
     """The feed could not be watched; the message is the command's exit message."""
 
@@ -118,7 +135,9 @@ async def watch(open_feed: Callable[[], AbstractAsyncContextManager[WebSocketCon
             async with open_feed() as ws:
                 while True:
                     raw = await ws.get_message()
-                    message = _decoder.decode(raw)
+                    message = _decode(raw)
+                    if message is None:
+                        continue  # a kind of message a newer controller sends
                     state.apply(message)
                     on_message(state, message)
                     if isinstance(message, Synced) and not follow:
