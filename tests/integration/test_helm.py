@@ -9,7 +9,6 @@ beside the matrix it belongs to.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -212,15 +211,18 @@ def test_minimal_render(helm: Helm) -> None:
     assert {"--enabled=true", "--config-map=tote-config"} <= set(ctl_args)
     assert "--enabled=false" in pod_spec(helm.render({"enabled": False}), "Deployment")[
         "containers"][0]["args"]
-    # mTLS out of the box: a CA and one Secret per identity, each pod mounts only its own.
-    assert {d["metadata"]["name"] for d in by_kind(docs, "Secret")} == {
-        "tote-ca", "tote-controller-tls", "tote-agent-tls"}
-    for kind, secret in (("Deployment", "tote-controller-tls"), ("DaemonSet", "tote-agent-tls")):
-        (tls,) = [v for v in pod_spec(docs, kind)["volumes"] if v["name"] == "tls"]
-        assert tls["secret"]["secretName"] == secret
+    # mTLS out of the box, issued by the controller (test_helm_tls.py): no key material in
+    # the render; the agents mount the Secret the controller keeps, the controller writes its
+    # own files into memory.
+    assert not by_kind(docs, "Secret")
+    (tls,) = [v for v in pod_spec(docs, "DaemonSet")["volumes"] if v["name"] == "tls"]
+    assert tls["secret"]["secretName"] == "tote-agent-tls"
+    (tls,) = [v for v in pod_spec(docs, "Deployment")["volumes"] if v["name"] == "tls"]
+    assert tls["emptyDir"]["medium"] == "Memory"
     # Default image: what the offline build names the image, found with IfNotPresent.
     ctr = pod_spec(docs, "Deployment")["containers"][0]
-    assert ctr["image"] == "tote:0.1.0" and ctr["imagePullPolicy"] == "IfNotPresent"
+    assert ctr["image"] == "ghcr.io/tote-dev/tote:0.1.0"
+    assert ctr["imagePullPolicy"] == "IfNotPresent"
     assert "--pin-salvaged-images=true" in ctr["args"]  # salvaged images pinned by default
     # discarding nodes (EKS) are sources by default, their layers verified as they can be
     assert {"--snapshot-salvage=true", "--snapshot-salvage-strict=false"} <= set(ctr["args"])
@@ -237,19 +239,26 @@ def test_rbac_least_privilege(helm: Helm) -> None:
     for r in rules:
         assert "*" not in r["verbs"] and "*" not in r["resources"], r
         assert "*" not in r.get("apiGroups", []), r
-    assert not [r for r in rules if "secrets" in r["resources"]], "no Secret access by default"
+    # Secrets: only the release's own certificates, read and renewed by name (create
+    # cannot be limited to names).
+    secret_rules = [r for r in rules if "secrets" in r["resources"]]
+    assert {tuple(r["verbs"]) for r in secret_rules} == {("create",), ("get", "update")}
+    assert next(r for r in secret_rules if r["verbs"] != ["create"])["resourceNames"] == [
+        "tote-ca", "tote-controller-tls", "tote-agent-tls"]
     cluster = {(g, res): set(r["verbs"]) for r in _rules(docs, "ClusterRole")
                for g in r["apiGroups"] for res in r["resources"]}  # fmt: skip
-    assert cluster[("", "pods")] == {"get", "list", "watch", "delete", "patch"}
-    assert cluster[("", "nodes")] == {"get", "list", "watch"}
-    assert {"create", "patch"} <= cluster[("events.k8s.io", "events")]
-    assert cluster[("tote.dev", "salvagerecords/status")] >= {"get", "update", "patch"}
+    assert cluster[("", "pods")] == {"list", "watch", "delete"}
+    assert cluster[("", "nodes")] == {"list", "watch"}
+    assert cluster[("events.k8s.io", "events")] == {"create", "patch"}
+    assert ("", "events") not in cluster
+    assert cluster[("tote.dev", "salvagerecords/status")] == {"patch"}
     for owner in ("replicasets", "deployments", "statefulsets", "daemonsets"):
         assert cluster[("apps", owner)] == {"get"}
     (cm_rule,) = [r for r in _rules(docs, "Role") if "configmaps" in r["resources"]]
     assert cm_rule["resourceNames"] == ["tote-config"]
     full = helm.render({"registryResolve": {"enabled": True}})
     (sec,) = [r for r in _rules(full, "ClusterRole") if "secrets" in r["resources"]]
+    assert "resourceNames" not in sec  # any pod's imagePullSecrets
     assert sec["verbs"] == ["get"]
 
 
@@ -263,8 +272,9 @@ def test_full_render(helm: Helm) -> None:
         "--registry-resolve-timeout=3s", "--registry-resolve-ca=/etc/tote/registry-ca/ca.crt",
         "--plugins-disabled=inheritance", "--workers=8", "--tls-ca=/etc/tote/tls/ca.crt",
         "--status-address=0.0.0.0:8082", "--admission-address=0.0.0.0:9555",
-        "--admission-tls-cert=/etc/tote/webhook-tls/tls.crt",
-        "--admission-tls-key=/etc/tote/webhook-tls/tls.key",
+        "--admission-tls-cert=/etc/tote/tls/webhook.crt",
+        "--admission-tls-key=/etc/tote/tls/webhook.key",
+        "--admission-webhook-name=tote-system.tote",
         "--backup-registry=10.0.0.5:5000/salvaged", "--backup-registry-secret=backup-creds",
         "--backup-registry-insecure=false",
         "--backup-registry-ca=/etc/tote/backup-ca/bundle.pem", "--pin-salvaged-images=false",
@@ -353,10 +363,9 @@ def test_network_policies_allow_tote_flows(helm: Helm) -> None:
             for f in data_in["from"]] == ["agent"]
 
 
-def test_webhook_self_generated(helm: Helm) -> None:
-    """Service, Secret and ValidatingWebhookConfiguration as the API server needs them."""
-    from cryptography import x509
-
+def test_webhook_issued_by_the_controller(helm: Helm) -> None:
+    """Service and ValidatingWebhookConfiguration as the API server needs them; the serving
+    certificate and the caBundle are the controller's to issue and keep current."""
     docs = helm.render(FULL_VALUES)
     (vwc,) = by_kind(docs, "ValidatingWebhookConfiguration")
     assert vwc["metadata"]["name"] == "tote-system.tote"  # <namespace>.<fullname>
@@ -378,11 +387,8 @@ def test_webhook_self_generated(helm: Helm) -> None:
     assert svc["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "admission"}]
     ctr = pod_spec(docs, "Deployment")["containers"][0]
     assert {"name": "admission", "containerPort": 9555} in ctr["ports"]
-    secret = one(docs, "Secret", "-webhook-tls")
-    assert secret["data"]["ca.crt"] == hook["clientConfig"]["caBundle"]
-    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
-    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert "tote-webhook.tote-system.svc" in sans.get_values_for_type(x509.DNSName)
+    assert "caBundle" not in hook["clientConfig"] and not by_kind(docs, "Secret")
+    assert "--admission-webhook-name=tote-system.tote" in ctr["args"]
     # Host network: the admission listener binds the node IP like metrics and health.
     hn = helm.render({**WEBHOOK_VALUES, "controller": {"hostNetwork": True}})
     assert "--admission-address=$(HOST_IP):9443" in pod_spec(hn, "Deployment")[
@@ -436,9 +442,9 @@ def test_status_service_matches_cli_defaults(helm: Helm) -> None:
 def test_backup_secret_rule_and_egress(helm: Helm) -> None:
     values = {**FULL_VALUES, "agent": {"hostNetwork": False}}
     docs = helm.render(values)
-    (rule,) = [r for r in _rules(docs, "Role") if "secrets" in r["resources"]]
-    assert rule == {"apiGroups": [""], "resources": ["secrets"],
-                    "resourceNames": ["backup-creds"], "verbs": ["get"]}
+    rules = [r for r in _rules(docs, "Role") if "secrets" in r["resources"]]
+    assert {"apiGroups": [""], "resources": ["secrets"],
+            "resourceNames": ["backup-creds"], "verbs": ["get"]} in rules
     assert one(docs, "Role", "-controller")["metadata"]["namespace"] == "tote-system"
     dep = pod_spec(docs, "Deployment")
     (vol,) = [v for v in dep["volumes"] if v["name"] == "backup-ca"]
@@ -451,9 +457,9 @@ def test_backup_secret_rule_and_egress(helm: Helm) -> None:
     (api_in,) = [r for r in pols["tote-controller"]["ingress"]
                  if {p["port"] for p in r["ports"]} == {8081, 8082, 9555}]
     assert api_in["from"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
-    # Without a Secret: no Secret access at all; without backup: no agent registry egress.
+    # Without a Secret: no backup Secret access; without backup: no agent registry egress.
     anon = helm.render({"backup": {"registry": "registry.local"}})
-    assert not [r for r in _rules(anon, "Role") if "secrets" in r["resources"]]
+    assert not [r for r in _rules(anon, "Role") if "backup-creds" in r.get("resourceNames", [])]
     plain = helm.render({"networkPolicy": {"enabled": True}})
     agent_pol = one(plain, "NetworkPolicy", "-agent")["spec"]
     assert {p["port"] for r in agent_pol["egress"] for p in r["ports"]} == {9090, 9092, 53}
@@ -475,9 +481,9 @@ def test_notifications(helm: Helm) -> None:
     (mount,) = [m for m in ctr["volumeMounts"] if m["name"] == "webhook-signing"]
     assert mount == {"name": "webhook-signing", "mountPath": "/etc/tote/webhook-signing",
                      "readOnly": True}
-    # No mount (the admission webhook's /etc/tote/webhook-tls among them) shadows another.
+    # No mount shadows another (the issued webhook certificate lives in /etc/tote/tls).
     paths = [m["mountPath"] + "/" for m in ctr["volumeMounts"]]
-    assert "/etc/tote/webhook-tls/" in paths
+    assert "/etc/tote/tls/" in paths and "/etc/tote/webhook-tls/" not in paths
     assert not [(a, b) for a in paths for b in paths if a != b and b.startswith(a)], paths
     pols = {p["metadata"]["name"]: p["spec"] for p in by_kind(docs, "NetworkPolicy")}
     ctl_egress = [{p["port"] for p in r["ports"]} for r in pols["tote-controller"]["egress"]]

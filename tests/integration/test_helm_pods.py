@@ -3,19 +3,21 @@
 For every value set of test_helm.py, each container's rendered args go through tote's real
 settings loader (`tote_core.settings_loader.parse_args`, exactly what `tote controller` /
 `tote agent` call first), with `$(VAR)` expanded as kubelet would and every mounted file
-present: the chart's own TLS Secrets where it renders them, else certificates of the shape
-its documented sources provide. Then the start-up checks that refuse to run are applied too
+present: certificates of the shape their sources provide (by default the ones the
+controller issues, `tote_core.certs`; else cert-manager's or a user's Secret). Then the
+start-up checks that refuse to run are applied too
 (the agent's mTLS-or-`--insecure` rule and loading the TLS contexts, the controller's agent
 TLS context and token signer). Nothing is started.
 
-The self-generated certificates are also used for a real TLS 1.3 handshake: the agent's
-server context sees the controller identity, the controller's client context sees an agent,
-and a transfer token signed with the controller key verifies against the rendered CA.
+The identities the controller issues are also used for a real TLS 1.3 handshake: the
+agent's server context sees the controller identity, the controller's client context sees an
+agent, and a transfer token signed with the controller key verifies against the CA.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import re
 import socket
 import ssl
@@ -32,13 +34,28 @@ from tote_containerd.agents import ControllerTLS
 
 from tests.integration.containerd.certs import make_pki
 from tests.integration.test_helm import VALUE_SETS, Helm, by_kind, helm, pod_spec  # noqa: F401
-from tote_core import tlsfiles
+from tote_core import certs, tlsfiles
+from tote_core.components.cert_issuer import webhook_names
 from tote_core.settings import ControllerSettings
 from tote_core.settings_loader import parse_args
 
 SIGNING_KEY = b"chart-test-hmac-key"
 ENV = {"NODE_NAME": "node-a", "HOST_IP": "127.0.0.2", "POD_NAME": "tote-controller-0",
        "POD_NAMESPACE": "tote-system"}
+
+
+NOW = dt.datetime.now(dt.UTC)
+DAY = dt.timedelta(days=1)
+
+
+def _issued(docs: list[dict[str, Any]]) -> dict[str, certs.Issued]:
+    """What the controller issues for these values (CertIssuer, with tote_core.certs)."""
+    ca = certs.new_ca("tote-ca tote-system/tote", NOW)
+    out = {"ca": ca, **{r: certs.issue(ca, r, NOW, 90 * DAY) for r in ("controller", "agent")}}
+    for vwc in by_kind(docs, "ValidatingWebhookConfiguration"):
+        out["webhook"] = certs.issue(ca, "webhook", NOW, 90 * DAY,
+                                     webhook_names(vwc, "tote-system"))
+    return out
 
 
 def _secret_files(docs: list[dict[str, Any]], name: str) -> dict[str, bytes] | None:
@@ -78,6 +95,14 @@ def _materialise(docs: list[dict[str, Any]], spec: dict[str, Any], role: str,
                     data = Path({"crt": src.cert, "key": src.key}[key.rsplit(".", 1)[1]]
                                 if key != "ca.crt" else src.ca).read_bytes()
                 (local / item["path"]).write_bytes(data)
+        elif "emptyDir" in vol and m["mountPath"] == "/etc/tote/tls":
+            # issued: the controller writes its own files here before anything starts
+            issued = _issued(docs)
+            (local / "ca.crt").write_bytes(issued["ca"].cert)
+            for name, role in (("tls", "controller"), ("webhook", "webhook")):
+                if role in issued:
+                    (local / f"{name}.crt").write_bytes(issued[role].cert)
+                    (local / f"{name}.key").write_bytes(issued[role].key)
         elif "configMap" in vol:
             prefix = m["mountPath"] + "/"
             names = {a.split(prefix, 1)[1] for a in spec["containers"][0]["args"]
@@ -163,14 +188,13 @@ def test_rendered_args_start(helm: Helm, name: str, tmp_path: Path) -> None:  # 
 def test_webhook_certificate_verifies_for_the_service(helm: Helm,  # noqa: F811
                                                       tmp_path: Path) -> None:
     """The API server's view: it dials Service tote-webhook.tote-system.svc and checks the
-    certificate against the caBundle. Done here with the rendered Secret and caBundle."""
+    certificate against the caBundle, which the controller sets to its trust bundle. Done
+    here with the certificate issued for the rendered configuration."""
     docs = helm.render({"webhook": {"enabled": True}})
-    (vwc,) = by_kind(docs, "ValidatingWebhookConfiguration")
-    secret = _secret_files(docs, "tote-webhook-tls")
-    assert secret is not None
-    for key, data in secret.items():
-        (tmp_path / key).write_bytes(data)
-    ca = base64.b64decode(vwc["webhooks"][0]["clientConfig"]["caBundle"])
+    issued = _issued(docs)
+    (tmp_path / "tls.crt").write_bytes(issued["webhook"].cert)
+    (tmp_path / "tls.key").write_bytes(issued["webhook"].key)
+    ca = issued["ca"].cert
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # as the controller does
     server.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
     client = ssl.create_default_context(cadata=ca.decode())
@@ -200,19 +224,16 @@ def test_webhook_certificate_verifies_for_the_service(helm: Helm,  # noqa: F811
     lsock.close()
 
 
-def test_self_generated_identities_handshake(helm: Helm, tmp_path: Path) -> None:  # noqa: F811
-    docs = helm.render()
+def test_issued_identities_handshake(helm: Helm, tmp_path: Path) -> None:  # noqa: F811
+    issued = _issued(helm.render())
     files: dict[str, dict[str, str]] = {}
     for role in ("controller", "agent"):
-        secret = _secret_files(docs, f"tote-{role}-tls")
-        assert secret is not None
         files[role] = {}
-        for key, data in secret.items():
+        for key, data in (("tls.crt", issued[role].cert), ("tls.key", issued[role].key),
+                          ("ca.crt", issued["ca"].cert)):
             p = tmp_path / f"{role}-{key}"
             p.write_bytes(data)
             files[role][key] = str(p)
-    ca = _secret_files(docs, "tote-ca")
-    assert ca is not None and ca["tls.crt"] == _secret_files(docs, "tote-agent-tls")["ca.crt"]  # type: ignore[index]
     a, c = files["agent"], files["controller"]
     server = agent_tls.server_context(a["tls.crt"], a["tls.key"], a["ca.crt"])
     client = agent_tls.client_context(c["tls.crt"], c["tls.key"], c["ca.crt"])

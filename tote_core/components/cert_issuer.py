@@ -77,6 +77,21 @@ def _write_atomically(path: str, data: bytes, mode: int) -> None:
         raise
 
 
+def webhook_names(config: dict[str, Any], namespace: str) -> list[str]:
+    """The names the API server dials for a ValidatingWebhookConfiguration: its Service's
+    DNS names (the first is the one it verifies), or its URL's host."""
+    for hook in config.get("webhooks") or []:
+        client = hook.get("clientConfig") or {}
+        svc = client.get("service") or {}
+        if svc.get("name"):
+            name, ns = svc["name"], svc.get("namespace") or namespace
+            return [f"{name}.{ns}.svc", name, f"{name}.{ns}", f"{name}.{ns}.svc.cluster.local"]
+        host = urlsplit(client.get("url") or "").hostname
+        if host:
+            return [host]
+    return []
+
+
 class CertIssuer:
     def __init__(self, kube: KubeClient, namespace: str, prefix: str, *,
                  validity: float, files: dict[str, tuple[str, str, str]],
@@ -208,19 +223,12 @@ class CertIssuer:
                 f"{self.webhook_config}")
 
     async def _webhook_dns(self) -> list[str]:
-        """The DNS names the API server dials: those of the Service the webhook names."""
         config: dict[str, Any] = await self.kube.get(self._webhook_path(), dict)
-        for hook in config.get("webhooks") or []:
-            svc = (hook.get("clientConfig") or {}).get("service") or {}
-            if svc.get("name"):
-                name, ns = svc["name"], svc.get("namespace") or self.namespace
-                return [f"{name}.{ns}.svc", name, f"{name}.{ns}",
-                        f"{name}.{ns}.svc.cluster.local"]
-            url = (hook.get("clientConfig") or {}).get("url")
-            if url and urlsplit(url).hostname:
-                return [str(urlsplit(url).hostname)]
-        raise KubeError(f"ValidatingWebhookConfiguration {self.webhook_config} calls no "
-                        "Service or URL: cannot tell which names its certificate needs")
+        names = webhook_names(config, self.namespace)
+        if not names:
+            raise KubeError(f"ValidatingWebhookConfiguration {self.webhook_config} calls no "
+                            "Service or URL: cannot tell which names its certificate needs")
+        return names
 
     async def _sync_ca_bundle(self, trust: bytes) -> None:
         config: dict[str, Any] = await self.kube.get(self._webhook_path(), dict)

@@ -155,12 +155,12 @@ async def controller(kube: KubeClient, t: Target) -> tuple[list[Check], str | No
 # What the controller's ServiceAccount must be allowed, checked with
 # SubjectAccessReviews: (group, resource, verb, namespaced-in-controller-ns, name).
 RBAC_NEEDS: tuple[tuple[str, str, str, bool, str], ...] = (
-    *[("", "pods", v, False, "") for v in ("get", "list", "watch", "delete", "patch")],
-    *[("", "nodes", v, False, "") for v in ("get", "list", "watch")],
-    *[("", "namespaces", v, False, "") for v in ("get", "list", "watch")],
+    *[("", "pods", v, False, "") for v in ("list", "watch", "delete")],
+    *[("", "nodes", v, False, "") for v in ("list", "watch")],
+    *[("", "namespaces", v, False, "") for v in ("list", "watch")],
     *[("events.k8s.io", "events", v, False, "") for v in ("create", "patch")],
     *[("tote.dev", "salvagerecords", v, False, "")
-      for v in ("get", "list", "watch", "create", "patch", "delete")],
+      for v in ("get", "list", "create", "patch", "delete")],
     ("tote.dev", "salvagerecords/status", "patch", False, ""),
     *[("apps", r, "get", False, "")
       for r in ("replicasets", "deployments", "statefulsets", "daemonsets")],
