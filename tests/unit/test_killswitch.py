@@ -6,6 +6,7 @@ tests/integration/test_kill_switch.py."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 import trio
@@ -172,3 +173,21 @@ def test_status_skips_a_message_type_it_does_not_know() -> None:
     import msgspec
     with pytest.raises(msgspec.ValidationError):
         status_command._decode('{"type":"synced","items":"many"}')
+
+
+def test_context_flag_picks_a_kubeconfig_context(tmp_path: Path) -> None:
+    from tote_core.kube import config as kube_config
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        "clusters:\n- {name: c1, cluster: {server: 'https://127.0.0.1:6443'}}\n"
+        "- {name: c2, cluster: {server: 'https://127.0.0.2:6443'}}\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts:\n- {name: a, context: {cluster: c1, user: u, namespace: ns-a}}\n"
+        "- {name: b, context: {cluster: c2, user: u, namespace: ns-b}}\n"
+        "current-context: a\n")
+    assert kube_config.load(str(path)).server == "https://127.0.0.1:6443"
+    other = kube_config.load(str(path), "b")
+    assert (other.server, other.namespace) == ("https://127.0.0.2:6443", "ns-b")
+    with pytest.raises(ConfigError, match="nope"):
+        kube_config.load(str(path), "nope")

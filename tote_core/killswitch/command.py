@@ -49,7 +49,10 @@ class _Parser(argparse.ArgumentParser):
 
 def parse(argv: Sequence[str], *, enable: bool) -> argparse.Namespace:
     prog = "tote enable" if enable else "tote disable"
-    p = _Parser(prog=prog, description=__doc__.split("\n\n")[0])
+    p = _Parser(prog=prog, description=(
+        "Turn salvage back on at runtime, recording who, when and why." if enable else
+        "Turn salvage (and detection) off at runtime until `tote enable`, recording who, "
+        "when and why. Deployment tools never undo it."))
     a = p.add_argument
     a("--reason", default=None,
       help="why (recorded and shown by tote status and tote doctor)"
