@@ -11,6 +11,8 @@ The image is built here (no engine, no registry) and imported into every node's 
    replacement pod is Running and its log proves it runs the image;
 3. `helm upgrade` changing a value: no certificate regenerated, the SalvageRecord kept, the
    new controller leads again;
+3b. the kill switch: `tote disable`, `helm upgrade` (unchanged values) and `helm rollback`
+   leave it off (no salvage of a failing opted-in pod); `tote enable` and it is salvaged;
 4. a second release in another namespace: no cluster-scoped name collides, both deployed;
 5. `helm uninstall`: nothing of the release is left but the CRD and the SalvageRecords (the
    documented behaviour: records are user data, the CRD is shared by releases).
@@ -19,8 +21,13 @@ The image is built here (no engine, no registry) and imported into every node's 
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -173,6 +180,112 @@ def test_3_upgrade_keeps_certificates_and_records(
     )  # fmt: skip
 
 
+def _tote(*words: str, kubeconfig: Path) -> subprocess.CompletedProcess[str]:
+    """The `tote` CLI as a user runs it, with $KUBECONFIG set."""
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+           "PYTHONPATH": os.pathsep.join([str(tote_install.REPO),
+                                          str(tote_install.REPO / "plugins")])}  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "tote_core.cli", *words], env=env,
+                          cwd=tote_install.REPO, capture_output=True, text=True, timeout=120)
+
+
+def _switch_data(inst: Install, name: str) -> dict[str, str]:
+    cm = inst.kubectl_json("get", "configmap", name, "-n", inst.namespace)
+    return dict(cm.get("data") or {})
+
+
+def _wait_new_controller_leading(inst: Install, old_uid: str) -> dict[str, Any]:
+    wait_until(lambda: any(p["metadata"]["uid"] != old_uid for p in inst.pods("controller")),
+               timeout=180, what="a new controller pod")  # fmt: skip
+    ctl = next(p for p in inst.pods("controller") if p["metadata"]["uid"] != old_uid)
+    wait_until(lambda: inst.lease_holder().startswith(ctl["metadata"]["name"]),
+               timeout=180, interval=1, what="the new controller leads")  # fmt: skip
+    return ctl
+
+
+def test_3b_kill_switch_survives_helm_upgrade_and_rollback(
+    tote_helm: Install, kube_cluster: KubeCluster, tmp_path: Path
+) -> None:
+    """`tote disable`, then `helm upgrade` with unchanged values and `helm rollback` to the
+    install-time revision (a new controller process, started with the chart's `enabled`
+    true): tote stays off — a failing opted-in pod gets no salvage, `tote status` and the
+    ConfigMap say disabled. `tote enable`, and the pod is salvaged."""
+    from tests.cluster import registry as registry_mod
+    from tests.e2e.salvage_env import Timeline, deployment, namespace, workload_image
+
+    inst, admin = tote_helm, kube_cluster.admin_kubeconfig
+    cm = f"{inst.release}-config"  # the chart's <fullname>-config for release `tote`
+    reason = "e2e: no helm upgrade or rollback undoes this"
+    got = _tote("disable", "--reason", reason, "-n", inst.namespace, "--config-map", cm,
+                kubeconfig=admin)
+    assert got.returncode == 0, got.stderr
+    print(got.stdout.strip())
+    assert got.stdout.startswith(f"salvage DISABLED in {inst.namespace} (ConfigMap {cm}; ")
+    written = _switch_data(inst, cm)
+
+    def evented() -> bool:
+        evs = inst.kubectl_json("get", "events.events.k8s.io", "-n", inst.namespace)["items"]
+        return any(e.get("reason") == "SalvageDisabled"
+                   and e.get("regarding", {}).get("name") == cm
+                   and reason in e.get("note", "") for e in evs)
+
+    wait_until(evented, timeout=60, what="SalvageDisabled on the ConfigMap (the controller "
+               "saw it)")  # fmt: skip
+
+    old_ctl = inst.pods("controller")[0]["metadata"]["uid"]
+    inst.helm("upgrade", inst.release, str(tote_install.CHART), "-n", inst.namespace,
+              "--reuse-values", "--wait", "--timeout", "300s")  # fmt: skip
+    assert _switch_data(inst, cm) == written, "helm upgrade touched the kill switch"
+    # revision 1 is the install (test 3 upgraded once): its pod template differs, so the
+    # rollback starts a new controller that reads the switch from scratch
+    inst.helm("rollback", inst.release, "1", "-n", inst.namespace, "--wait",
+              "--timeout", "300s")  # fmt: skip
+    assert _switch_data(inst, cm) == written, "helm rollback touched the kill switch"
+    ctl = _wait_new_controller_leading(inst, old_ctl)
+    assert "--enabled=true" in ctl["spec"]["containers"][0]["args"]
+
+    status = _tote("status", "--json", "-n", inst.namespace, kubeconfig=admin)
+    assert status.returncode == 0, status.stderr
+    (sw,) = [m for m in map(json.loads, status.stdout.splitlines()) if m["type"] == "switch"]
+    assert (sw["enabled"], sw["source"], sw["reason"]) == (False, "configmap", reason), sw
+
+    # a failing opted-in pod: the registry is down, node-b holds the image; tote stays off
+    reg = registry_mod.start_registry(tmp_path / "registry", address=kube_cluster.net.gateway)
+    ns = namespace(kube_cluster)
+    try:
+        for n in kube_cluster.nodes:
+            n.trust_registry(reg.host)
+        marker = f"kill-switch-{os.urandom(4).hex()}"
+        ref = f"{reg.host}/shop/switch:v1"
+        img = workload_image(tmp_path / "img", ref, marker=marker)
+        img.push(ref)
+        kube_cluster.node_b.import_image(img)
+        reg.stop()
+        tl = Timeline(kube_cluster, ns, selector="app=web")
+        kube_cluster.apply(deployment("web", ns, ref))
+        assert not tl.watch(40), tl.describe()
+        assert tl.first_failure() is not None, tl.describe()  # it did fail to pull
+        by_tote = [e["reason"] for e in inst.kubectl_json(
+            "get", "events.events.k8s.io", "-n", ns)["items"]
+            if e.get("reportingController") == "tote.dev/controller"]  # fmt: skip
+        assert by_tote == [], by_tote
+        recs = inst.kubectl_json("get", "salvagerecords", "-n", ns)["items"]
+        assert recs == [], recs
+
+        got = _tote("enable", "--reason", "e2e: back on", "-n", inst.namespace,
+                    "--config-map", cm, kubeconfig=admin)
+        assert got.returncode == 0, got.stderr
+        assert "was: DISABLED by " in got.stdout, got.stdout
+        pod = tl.wait_running(timeout=180)
+        print(f"salvaged after tote enable: {tl.summary()}")
+        assert pod["status"]["containerStatuses"][0]["imageID"].endswith(img.digest)
+        assert marker in kube_cluster.pod_logs(ns, pod["metadata"]["name"])
+    finally:
+        reg.stop()
+        kube_cluster.kubectl("delete", "deployments", "--all", "-n", ns, "--wait=false",
+                             check=False)  # fmt: skip
+
+
 def test_4_second_release_in_another_namespace_no_collisions(
     tote_helm: Install, kube_cluster: KubeCluster
 ) -> None:
@@ -232,3 +345,17 @@ def test_5_uninstall_leaves_only_crd_and_records(
     assert kube_cluster.kubectl("get", "salvagerecords", "-A", "-o", "name").stdout.split() == (
         records
     )
+
+
+def test_6_uninstall_leaves_the_kill_switch_someone_wrote(
+    tote_helm: Install, kube_cluster: KubeCluster
+) -> None:
+    """The kill-switch ConfigMap belongs to no release (the chart does not render it), so
+    `helm uninstall` leaves the one `tote disable`/`tote enable` wrote (test 3b); a later
+    install into the namespace starts with what it says (docs/operations.md)."""
+    cm = f"{tote_helm.release}-config"
+    assert "STATUS: deployed" not in tote_helm.helm("status", tote_helm.release, "-n",
+                                                    tote_helm.namespace, check=False)
+    data = _switch_data(tote_helm, cm)
+    assert data["enabled"] == "true" and data["reason"] == "e2e: back on", data
+    kube_cluster.kubectl("delete", "configmap", cm, "-n", tote_helm.namespace)
