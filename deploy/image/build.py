@@ -45,14 +45,19 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("TOTE_IMAGE_CACHE", Path.home() / ".cache" / "tote" / "image"))
 
-# The image reference kubelet resolves the chart's default `image.repository: tote` to.
-IMAGE_REPOSITORY = "docker.io/library/tote"
+# The chart's default `image.repository`, where the release workflow publishes the image: the
+# name written into the archive, so that an imported archive is what kubelet finds for it.
+IMAGE_REPOSITORY = "ghcr.io/tote-dev/tote"
+# Every architecture the image is built for; the host's own is built natively, the others
+# with their binaries run by qemu-user-static (binfmt_misc) during the bootstrap.
+ARCHES = ("amd64", "arm64")
+_QEMU = {"arm64": "aarch64", "amd64": "x86_64"}
 UID = 65532  # the controller's user; the agent runs as root, set by the chart
 
 SUITE = "bookworm"
@@ -98,15 +103,28 @@ mkdir -p "$root/tmp" && chmod 1777 "$root/tmp"
 
 @dataclass(frozen=True)
 class BuiltImage:
-    """What a build produced; `archive` is an OCI image-layout tar for `ctr images import`."""
+    """What a build produced.
+
+    `archive` is the OCI image-layout tar of the host's architecture alone (what a node
+    imports with `ctr images import`); `index_archive` holds the multi-architecture image
+    (an image index over every built platform, what the release pushes), or is None when only
+    the host's architecture was built.
+    """
 
     archive: Path
-    name: str  # docker.io/library/tote:<version>
+    name: str  # ghcr.io/tote-dev/tote:<version>
     version: str
-    digest: str  # the manifest digest (what `ctr images ls` shows)
+    digest: str  # the host architecture's manifest digest (what `ctr images ls` shows)
     size: int  # compressed layer + config + manifest bytes
     uncompressed_size: int  # bytes of the root filesystem layer as unpacked
-    cached: bool  # True when the root filesystem layer came from the cache
+    cached: bool  # True when every root filesystem layer came from the cache
+    arch: str = ""  # the architecture of `archive`
+    platforms: dict[str, str] = field(default_factory=dict)  # arch -> manifest digest
+    layers: dict[str, str] = field(default_factory=dict)  # arch -> cached layer.tar.gz path
+    index_archive: Path | None = None
+    index_digest: str | None = None  # the image index's digest (the multi-arch reference)
+    seconds: dict[str, float] = field(default_factory=dict)  # arch -> layer build time
+    wheel: Path | None = None  # the tote wheel inside (pass it again for the same inputs)
 
 
 def log(msg: str) -> None:
@@ -121,15 +139,27 @@ def _run(argv: list[str], **kw: object) -> str:
     return str(res.stdout)
 
 
-def version() -> str:
-    """The package version: pyproject.toml's `version`, the one place it is written."""
+def _project() -> dict[str, object]:
     import tomllib
 
-    data = tomllib.loads((REPO / "pyproject.toml").read_text())
-    ver = data.get("project", {}).get("version")
+    data = tomllib.loads((REPO / "pyproject.toml").read_text()).get("project", {})
+    return data if isinstance(data, dict) else {}
+
+
+def version() -> str:
+    """The package version: pyproject.toml's `version`, the one place it is written."""
+    ver = _project().get("version")
     if not isinstance(ver, str) or not ver:
         raise SystemExit("cannot find project.version in pyproject.toml")
     return ver
+
+
+def wheel_prefix() -> str:
+    """The wheel file name's distribution part (`tote_salvage`), from pyproject's `name`."""
+    name = _project().get("name")
+    if not isinstance(name, str) or not name:
+        raise SystemExit("cannot find project.name in pyproject.toml")
+    return re.sub(r"[-_.]+", "_", name).lower()
 
 
 def deb_arch() -> str:
@@ -176,7 +206,7 @@ def build_wheel(no_cache: bool) -> Path:
     """The project's wheel, cached by a hash of the source files that go into it."""
     key = _hash_files(_source_files())[:24]
     d = CACHE / "wheels" / key
-    found = sorted(d.glob("tote-*.whl")) if d.is_dir() else []
+    found = sorted(d.glob(f"{wheel_prefix()}-*.whl")) if d.is_dir() else []
     if found and not no_cache:
         return found[0]
     tmp = Path(tempfile.mkdtemp(prefix="tote-wheel-"))
@@ -184,7 +214,7 @@ def build_wheel(no_cache: bool) -> Path:
         log("building the tote wheel")
         _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
               "--disable-pip-version-check", "-w", str(tmp), str(REPO)])
-        (whl,) = tmp.glob("tote-*.whl")
+        (whl,) = tmp.glob(f"{wheel_prefix()}-*.whl")
         d.mkdir(parents=True, exist_ok=True)
         shutil.copy2(whl, d / whl.name)
         return d / whl.name
@@ -213,9 +243,34 @@ def _layer_key(wheel_hash: str, arch: str) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def foreign_unusable(arch: str) -> str | None:
+    """Why this machine cannot run `arch` binaries (None when it can, natively or emulated).
+
+    A foreign root filesystem is configured by running its own dpkg, shell and Python: the
+    kernel hands them to qemu-user-static through a binfmt_misc entry. Debian's
+    qemu-user-static registers `qemu-<cpu>` with the F flag (the interpreter is opened at
+    registration, so it works inside the chroot without being copied in).
+    """
+    if arch == deb_arch():
+        return None
+    if arch not in _QEMU:
+        return f"no emulator known for architecture {arch!r} (known: {', '.join(_QEMU)})"
+    entry = Path("/proc/sys/fs/binfmt_misc") / f"qemu-{_QEMU[arch]}"
+    try:
+        enabled = entry.read_text().splitlines()[0].strip() == "enabled"
+    except (OSError, IndexError):
+        enabled = False
+    if not enabled:
+        return (f"{arch} binaries cannot run here: no enabled binfmt_misc entry {entry} "
+                "(install qemu-user-static and binfmt-support, as .ci/install does)")
+    return None
+
+
 def build_rootfs_tar(wheel: Path, tar_path: Path, arch: str, epoch: int) -> None:
     if shutil.which("mmdebstrap") is None:
         raise SystemExit("mmdebstrap is not installed (apt-get install mmdebstrap)")
+    if why := foreign_unusable(arch):
+        raise SystemExit(why)
     work = Path(tempfile.mkdtemp(prefix="tote-image-"))
     try:
         wheels = work / "wheels"
@@ -262,6 +317,7 @@ def cached_layer(wheel: Path, arch: str, no_cache: bool) -> tuple[dict[str, obje
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0")) or _git_epoch()
     d.mkdir(parents=True, exist_ok=True)
     raw = d / "rootfs.tar"
+    t0 = time.monotonic()
     build_rootfs_tar(wheel, raw, arch, epoch)
     diff_id = _sha256_file(raw)
     size = raw.stat().st_size
@@ -273,7 +329,9 @@ def cached_layer(wheel: Path, arch: str, no_cache: bool) -> tuple[dict[str, obje
     gz.rename(d / "layer.tar.gz")
     meta = {"diff_id": diff_id, "digest": _sha256_file(d / "layer.tar.gz"),
             "size": (d / "layer.tar.gz").stat().st_size, "uncompressed_size": size,
-            "epoch": epoch, "arch": arch, "packages": list(DEB_PACKAGES), "suite": SUITE}
+            "epoch": epoch, "arch": arch, "packages": list(DEB_PACKAGES), "suite": SUITE,
+            "build_seconds": round(time.monotonic() - t0, 1)}
+    log(f"{arch} layer built in {meta['build_seconds']}s")
     meta_file.write_text(json.dumps(meta, indent=1))
     return meta, False
 
@@ -309,8 +367,7 @@ def _blob(data: bytes) -> tuple[str, bytes]:
     return "sha256:" + hashlib.sha256(data).hexdigest(), data
 
 
-def write_archive(out: Path, layer_dir: Path, meta: dict[str, object], ver: str) -> BuiltImage:
-    name = f"{IMAGE_REPOSITORY}:{ver}"
+def _labels(meta: dict[str, object], ver: str) -> dict[str, str]:
     created = dt.datetime.fromtimestamp(int(str(meta["epoch"])), dt.UTC)
     labels = {
         "org.opencontainers.image.title": "tote",
@@ -324,6 +381,29 @@ def write_archive(out: Path, layer_dir: Path, meta: dict[str, object], ver: str)
     }
     if src := source_url():
         labels["org.opencontainers.image.source"] = src
+    return labels
+
+
+@dataclass(frozen=True)
+class _Platform:
+    """One architecture's image: its manifest and config blobs and its layer."""
+
+    arch: str
+    manifest: tuple[str, bytes]  # digest, bytes
+    config: tuple[str, bytes]
+    layer: Path
+    layer_digest: str
+    meta: dict[str, object]
+
+    def descriptor(self) -> dict[str, object]:
+        return {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": self.manifest[0], "size": len(self.manifest[1]),
+                "platform": {"architecture": self.arch, "os": "linux"}}
+
+
+def _platform(layer_dir: Path, meta: dict[str, object], ver: str) -> _Platform:
+    """Config and manifest of one architecture's image over its cached layer."""
+    labels = _labels(meta, ver)
     config = {
         "architecture": str(meta["arch"]), "os": "linux",
         "created": labels["org.opencontainers.image.created"],
@@ -341,34 +421,39 @@ def write_archive(out: Path, layer_dir: Path, meta: dict[str, object], ver: str)
                      "created_by": f"deploy/image/build.py: mmdebstrap {SUITE} "
                                    f"essential+{'+'.join(DEB_PACKAGES)}, venv /opt/tote"}],
     }
-    cfg_digest, cfg = _blob(json.dumps(config, sort_keys=True).encode())
+    cfg = _blob(json.dumps(config, sort_keys=True).encode())
     manifest = {
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": cfg_digest, "size": len(cfg)},
+                   "digest": cfg[0], "size": len(cfg[1])},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
                     "digest": meta["digest"], "size": meta["size"]}],
-        "annotations": {k: v for k, v in labels.items()
-                        if k.rsplit(".", 1)[-1] in ("version", "revision", "source",
-                                                    "created")},
+        "annotations": _annotations(labels),
     }
-    man_digest, man = _blob(json.dumps(manifest, sort_keys=True).encode())
-    index = {
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": manifest["mediaType"], "digest": man_digest, "size": len(man),
-            "platform": {"architecture": str(meta["arch"]), "os": "linux"},
-            "annotations": {"io.containerd.image.name": name,
-                            "org.opencontainers.image.ref.name": ver},
-        }],
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    archive = out / f"tote-{ver}-{meta['arch']}.oci.tar"
+    return _Platform(arch=str(meta["arch"]), config=cfg, meta=meta,
+                     manifest=_blob(json.dumps(manifest, sort_keys=True).encode()),
+                     layer=layer_dir / "layer.tar.gz", layer_digest=str(meta["digest"]))
+
+
+def _annotations(labels: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in labels.items()
+            if k.rsplit(".", 1)[-1] in ("version", "revision", "source", "created")}
+
+
+def _write_layout(archive: Path, top: dict[str, object], blobs: list[tuple[str, bytes]],
+                  layers: list[tuple[str, Path]], mtime: int) -> None:
+    """An OCI image-layout tar: oci-layout, index.json naming `top`, and the blobs."""
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": [top]}
     tmp = archive.with_suffix(".tar.tmp")
+    seen: set[str] = set()
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         def add(path: str, data: bytes | None = None, src: Path | None = None) -> None:
+            if path in seen:
+                return
+            seen.add(path)
             info = tarfile.TarInfo(path)
-            info.mode, info.mtime = 0o644, int(created.timestamp())
+            info.mode, info.mtime = 0o644, mtime
             if src is not None:
                 info.size = src.stat().st_size
                 with src.open("rb") as f:
@@ -379,13 +464,47 @@ def write_archive(out: Path, layer_dir: Path, meta: dict[str, object], ver: str)
                 tar.addfile(info, _Bytes(data))
         add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
         add("index.json", json.dumps(index, sort_keys=True).encode())
-        add("blobs/sha256/" + man_digest[7:], man)
-        add("blobs/sha256/" + cfg_digest[7:], cfg)
-        add("blobs/sha256/" + str(meta["digest"])[7:], src=layer_dir / "layer.tar.gz")
+        for digest, data in blobs:
+            add("blobs/sha256/" + digest[7:], data)
+        for digest, src in layers:
+            add("blobs/sha256/" + digest[7:], src=src)
     tmp.rename(archive)
-    return BuiltImage(archive=archive, name=name, version=ver, digest=man_digest,
-                      size=int(str(meta["size"])) + len(cfg) + len(man),
-                      uncompressed_size=int(str(meta["uncompressed_size"])), cached=False)
+
+
+def _ref_annotations(name: str, ver: str) -> dict[str, str]:
+    # io.containerd.image.name: the name `ctr images import` gives the image (kubelet's lookup);
+    # ref.name: the tag skopeo's oci-archive transport and other OCI tools select by.
+    return {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": ver}
+
+
+def write_archive(out: Path, plat: _Platform, ver: str) -> Path:
+    """The single-architecture archive `tote-<version>-<arch>.oci.tar` (what nodes import)."""
+    out.mkdir(parents=True, exist_ok=True)
+    archive = out / f"tote-{ver}-{plat.arch}.oci.tar"
+    top = {**plat.descriptor(), "annotations": _ref_annotations(f"{IMAGE_REPOSITORY}:{ver}", ver)}
+    _write_layout(archive, top, [plat.manifest, plat.config], [(plat.layer_digest, plat.layer)],
+                  int(str(plat.meta["epoch"])))
+    return archive
+
+
+def write_index_archive(out: Path, plats: list[_Platform], ver: str) -> tuple[Path, str]:
+    """The multi-architecture archive `tote-<version>.oci.tar`: index.json names one image
+    index (the reference users pull), which lists one manifest per platform."""
+    out.mkdir(parents=True, exist_ok=True)
+    labels = _labels(plats[0].meta, ver)
+    image_index = {
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [p.descriptor() for p in plats],
+        "annotations": _annotations(labels),
+    }
+    idx = _blob(json.dumps(image_index, sort_keys=True).encode())
+    top = {"mediaType": image_index["mediaType"], "digest": idx[0], "size": len(idx[1]),
+           "annotations": _ref_annotations(f"{IMAGE_REPOSITORY}:{ver}", ver)}
+    archive = out / f"tote-{ver}.oci.tar"
+    blobs = [idx] + [b for p in plats for b in (p.manifest, p.config)]
+    _write_layout(archive, top, blobs, [(p.layer_digest, p.layer) for p in plats],
+                  max(int(str(p.meta["epoch"])) for p in plats))
+    return archive, idx[0]
 
 
 class _Bytes:
@@ -398,40 +517,77 @@ class _Bytes:
         return chunk
 
 
-def build(out: Path | None = None, *, wheel: Path | None = None,
-          no_cache: bool = False) -> BuiltImage:
-    """Build (or reuse) the image and write its OCI archive into `out`."""
+def build(out: Path | None = None, *, wheel: Path | None = None, no_cache: bool = False,
+          arches: tuple[str, ...] | None = None) -> BuiltImage:
+    """Build (or reuse) the image and write its archives into `out`.
+
+    `arches` defaults to the host's architecture alone (what a test node imports); with more
+    than one, the multi-architecture archive is written too. The host's architecture is
+    always built, since `archive` is the one this machine can import and run.
+    """
     out = out or CACHE / "out"
-    arch = deb_arch()
+    host = deb_arch()
+    wanted = [host] + [a for a in (arches or ()) if a != host]
+    for a in wanted:
+        if a not in ARCHES:
+            raise SystemExit(f"unknown architecture {a!r} (this build makes: "
+                             f"{', '.join(ARCHES)})")
     whl = wheel or build_wheel(no_cache)
     ver = version()
-    if f"tote-{ver}-" not in whl.name:
-        raise SystemExit(f"{whl.name} is not tote {ver}")
-    meta, cached = cached_layer(whl, arch, no_cache)
-    layer_dir = CACHE / "layers" / _layer_key(wheel_content_hash(whl), arch)
-    img = write_archive(out, layer_dir, meta, ver)
-    return BuiltImage(**{**asdict(img), "cached": cached})
+    if f"{wheel_prefix()}-{ver}-" not in whl.name:
+        raise SystemExit(f"{whl.name} is not {wheel_prefix()} {ver}")
+    plats: list[_Platform] = []
+    all_cached = True
+    seconds: dict[str, float] = {}
+    for a in wanted:
+        meta, cached = cached_layer(whl, a, no_cache)
+        all_cached &= cached
+        if not cached:
+            seconds[a] = float(str(meta.get("build_seconds", 0)))
+        plats.append(_platform(CACHE / "layers" / _layer_key(wheel_content_hash(whl), a),
+                               meta, ver))
+    host_plat = plats[0]
+    archive = write_archive(out, host_plat, ver)
+    index_archive, index_digest = (write_index_archive(out, plats, ver) if len(plats) > 1
+                                   else (None, None))
+    return BuiltImage(
+        archive=archive, name=f"{IMAGE_REPOSITORY}:{ver}", version=ver,
+        digest=host_plat.manifest[0],
+        size=int(str(host_plat.meta["size"])) + len(host_plat.config[1])
+        + len(host_plat.manifest[1]),
+        uncompressed_size=int(str(host_plat.meta["uncompressed_size"])), cached=all_cached,
+        arch=host, platforms={p.arch: p.manifest[0] for p in plats},
+        layers={p.arch: str(p.layer) for p in plats},
+        index_archive=index_archive, index_digest=index_digest, seconds=seconds, wheel=whl)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="deploy/image/build.py", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=None,
-                   help=f"directory for the archive (default {CACHE / 'out'})")
+                   help=f"directory for the archives (default {CACHE / 'out'})")
     p.add_argument("--wheel", type=Path, default=None,
                    help="use this tote wheel instead of building one from the source tree")
+    p.add_argument("--arch", action="append", choices=ARCHES, default=None,
+                   help="build this architecture (repeatable; default: all of "
+                        f"{', '.join(ARCHES)}); the host's is always built")
     p.add_argument("--no-cache", action="store_true", help="rebuild everything")
     p.add_argument("--json", action="store_true", help="print a JSON object instead")
     args = p.parse_args(argv)
     t0 = time.monotonic()
-    img = build(args.out, wheel=args.wheel, no_cache=args.no_cache)
-    log(f"{img.name} {img.digest} {img.size / 1e6:.1f} MB compressed, "
+    img = build(args.out, wheel=args.wheel, no_cache=args.no_cache,
+                arches=tuple(args.arch or ARCHES))
+    log(f"{img.name} {img.digest} ({img.arch}) {img.size / 1e6:.1f} MB compressed, "
         f"{img.uncompressed_size / 1e6:.1f} MB unpacked, "
-        f"{'cached' if img.cached else 'built'} in {time.monotonic() - t0:.1f}s")
+        f"{'cached' if img.cached else 'built'} in {time.monotonic() - t0:.1f}s"
+        + "".join(f"; {a} layer built in {t:.0f}s" for a, t in img.seconds.items()))
     if args.json:
-        print(json.dumps({**asdict(img), "archive": str(img.archive)}))
+        print(json.dumps({k: (str(v) if isinstance(v, Path) else v)
+                          for k, v in asdict(img).items()}))
     else:
         print(img.archive)
         print(img.name)
+        if img.index_archive is not None:
+            print(img.index_archive)
     return 0
 
 

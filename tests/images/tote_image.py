@@ -1,10 +1,11 @@
 """The tote image for tests and the e2e cluster: built offline by deploy/image/build.py.
 
-    python -m tests.images.tote_image [--out DIR]      # prints archive path, then image name
+    python -m tests.images.tote_image [--out DIR] [--arch A]...   # deploy/image/build.py's CLI
 
-`build()` returns the archive (cached under ~/.cache/tote/image; a rebuild happens only when
-the wheel's contents, the Debian package set or the build script change) and
-`import_into()` loads it into a containerd namespace the way kubelet will look it up.
+`build()` returns the host architecture's archive (cached under ~/.cache/tote/image; a rebuild
+happens only when the wheel's contents, the Debian package set or the build script change),
+and with `arches=` also the other architectures and the multi-architecture archive;
+`import_into()` loads an archive into a containerd namespace the way kubelet will look it up.
 """
 
 from __future__ import annotations
@@ -31,9 +32,29 @@ def _script() -> ModuleType:
     return mod
 
 
-def build(out: Path | None = None) -> Any:
-    """Build (or reuse) the image; returns a `BuiltImage` (archive, name, digest, sizes)."""
-    return _script().build(out)
+def build(out: Path | None = None, *, arches: tuple[str, ...] | None = None,
+          wheel: Path | None = None) -> Any:
+    """Build (or reuse) the image; returns a `BuiltImage` (archive, name, digest, sizes).
+
+    Only the host's architecture unless `arches` names more (the e2e cluster imports the
+    host's archive alone, so it never waits for an emulated build); `wheel`: this tote wheel
+    instead of one built from the work tree."""
+    return _script().build(out, arches=arches, wheel=wheel)
+
+
+def all_arches() -> tuple[str, ...]:
+    """Every architecture the image is published for."""
+    return tuple(_script().ARCHES)
+
+
+def host_arch() -> str:
+    return str(_script().deb_arch())
+
+
+def foreign_unusable(arch: str) -> str | None:
+    """Why `arch` cannot be built or run here (None when it can: native, or qemu via binfmt)."""
+    why: str | None = _script().foreign_unusable(arch)
+    return why
 
 
 def missing_tools() -> list[str]:

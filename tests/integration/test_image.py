@@ -1,10 +1,15 @@
-"""The tote image, built offline, runs on a real containerd the way the chart runs it.
+"""The tote image, built offline for every published architecture, runs the way the chart runs it.
 
-Builds (or reuses from ~/.cache/tote/image) the OCI archive with deploy/image/build.py,
-imports it with `ctr images import` into a real containerd's `k8s.io` namespace under the name
-kubelet resolves the chart's default `image.repository: tote` to, and runs it with `ctr run`
-(runc): `tote --version` must equal the package version, as the image's own user (65532) on a
-read-only root filesystem, and the agent's `--help` must work too.
+Builds (or reuses from ~/.cache/tote/image) the OCI archives with deploy/image/build.py: one
+per architecture (amd64, arm64) and the multi-architecture one (an image index over both, what
+the release pushes). The host's archive is imported with `ctr images import` into a real
+containerd's `k8s.io` namespace under the chart's default image name
+(ghcr.io/tote-dev/tote:<version>) and run with `ctr run` (runc): `tote --version` must equal
+the package version, as the image's own user (65532) on a read-only root filesystem, and the
+agent's `--help` must work too. Each architecture's root filesystem is also unpacked and
+`tote --version` run inside it with chroot: natively for the host's architecture, under
+qemu-user-static (the emulator copied into the root filesystem and called explicitly, so no
+binfmt_misc registration is involved) for the other one.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import gzip
 import json
 import os
 import shutil
+import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -29,15 +35,41 @@ from tote_core import __version__
 pytestmark = pytest.mark.integration
 
 
+REPOSITORY = "ghcr.io/tote-dev/tote"  # the chart's default image.repository
+QEMU = {"arm64": "qemu-aarch64-static", "amd64": "qemu-x86_64-static"}
+ELF_MACHINE = {"amd64": 62, "arm64": 183}  # e_machine: EM_X86_64, EM_AARCH64
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def _skip_or_fail(msg: str) -> None:
+    if _in_ci():
+        pytest.fail(msg + " [CI is set: a missing tool is a failure]", pytrace=False)
+    pytest.skip(msg)
+
+
+# Architectures that could not be built here, and why (filled by the `image` fixture).
+UNBUILT: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def image() -> Any:
+    """Every architecture this machine can build (all of them under CI)."""
     missing = tote_image.missing_tools()
     if missing:
-        msg = f"{', '.join(missing)} not installed (.ci/install installs it)"
-        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
-            pytest.fail(msg + " [CI is set: a missing tool is a failure]", pytrace=False)
-        pytest.skip(msg)
-    return tote_image.build()
+        _skip_or_fail(f"{', '.join(missing)} not installed (.ci/install installs it)")
+    arches = []
+    for arch in tote_image.all_arches():
+        why = tote_image.foreign_unusable(arch)
+        if why and _in_ci():
+            pytest.fail(why + " [CI is set: a missing tool is a failure]", pytrace=False)
+        if why:
+            UNBUILT[arch] = why
+        else:
+            arches.append(arch)
+    return tote_image.build(arches=tuple(arches))
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +101,7 @@ def _blobs(archive: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any
 
 def test_archive_names_version_labels(image: Any) -> None:
     index, manifest, config, _ = _blobs(image.archive)
-    assert image.name == f"docker.io/library/tote:{__version__}"
+    assert image.name == f"{REPOSITORY}:{__version__}"
     ann = index["manifests"][0]["annotations"]
     assert ann["io.containerd.image.name"] == image.name
     labels = config["config"]["Labels"]
@@ -77,8 +109,91 @@ def test_archive_names_version_labels(image: Any) -> None:
     assert labels["org.opencontainers.image.revision"] not in ("", "unknown")
     assert config["config"]["Entrypoint"] == ["/opt/tote/bin/tote"]
     assert config["config"]["User"] == "65532:65532"
-    assert config["architecture"] in ("amd64", "arm64") and config["os"] == "linux"
+    assert config["architecture"] == tote_image.host_arch() and config["os"] == "linux"
     assert manifest["layers"][0]["mediaType"].endswith("tar+gzip")
+
+
+def _read_json(tar: tarfile.TarFile, digest: str) -> Any:
+    f = tar.extractfile("blobs/sha256/" + digest.removeprefix("sha256:"))
+    assert f is not None, digest
+    return json.loads(f.read())
+
+
+def test_multiarch_archive_is_an_index_of_every_platform(image: Any) -> None:
+    """index.json names one image index (the pushed reference); it lists a manifest per
+    architecture whose config says that architecture, and every blob is in the archive."""
+    if UNBUILT:
+        _skip_or_fail("; ".join(UNBUILT.values()))
+    assert image.index_archive is not None
+    assert image.index_archive.name == f"tote-{__version__}.oci.tar"
+    with tarfile.open(image.index_archive) as tar:
+        names = set(tar.getnames())
+        f = tar.extractfile("index.json")
+        assert f is not None
+        (top,) = json.loads(f.read())["manifests"]
+        assert top["mediaType"] == "application/vnd.oci.image.index.v1+json"
+        assert top["digest"] == image.index_digest
+        assert top["annotations"]["io.containerd.image.name"] == image.name
+        assert top["annotations"]["org.opencontainers.image.ref.name"] == __version__
+        idx = _read_json(tar, top["digest"])
+        plats = {m["platform"]["architecture"]: m for m in idx["manifests"]}
+        assert set(plats) == set(tote_image.all_arches())
+        assert {a: m["digest"] for a, m in plats.items()} == image.platforms
+        for arch, desc in plats.items():
+            assert desc["platform"]["os"] == "linux"
+            manifest = _read_json(tar, desc["digest"])
+            config = _read_json(tar, manifest["config"]["digest"])
+            assert (config["architecture"], config["os"]) == (arch, "linux")
+            assert config["config"]["Labels"]["org.opencontainers.image.version"] == __version__
+            for layer in manifest["layers"]:
+                assert "blobs/sha256/" + layer["digest"][7:] in names
+    # The layers differ (one root filesystem per architecture).
+    assert len({m["digest"] for m in idx["manifests"]}) == len(plats)
+
+
+def _unpack_layer(layer: Path, root: Path) -> None:
+    """The layer as a root filesystem (device nodes left out: chroot needs none here)."""
+    root.mkdir(parents=True)
+    res = subprocess.run(["tar", "-xzf", str(layer), "-C", str(root), "--exclude=./dev/*",
+                          "--no-same-owner"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+
+
+def _elf_machine(path: Path) -> int:
+    head = path.read_bytes()[:20]
+    assert head[:4] == b"\x7fELF", path
+    return int.from_bytes(head[18:20], "little")
+
+
+@pytest.mark.parametrize("arch", ["amd64", "arm64"])
+def test_tote_version_in_each_architecture_root(image: Any, arch: str,
+                                                tmp_path: Path) -> None:
+    """`tote --version` run inside the architecture's own root filesystem (chroot), natively
+    or under qemu-user-static, prints the package version."""
+    if arch in UNBUILT:
+        _skip_or_fail(UNBUILT[arch])
+    root = tmp_path / "root"
+    _unpack_layer(Path(image.layers[arch]), root)
+    python = (root / "usr/bin/python3").resolve()  # a relative symlink inside the root
+    assert _elf_machine(python) == ELF_MACHINE[arch], f"{python} is not {arch}"
+    argv = ["/opt/tote/bin/tote", "--version"]
+    if arch != tote_image.host_arch():
+        qemu = shutil.which(QEMU[arch])
+        if qemu is None:
+            _skip_or_fail(f"{QEMU[arch]} not installed (.ci/install installs qemu-user-static)")
+        assert qemu is not None
+        shutil.copy2(qemu, root / "qemu-static")
+        # The emulator runs the interpreter itself; the script's shebang is not exec'ed.
+        argv = ["/qemu-static", "/opt/tote/bin/python", *argv]
+    # chroot lives in /usr/sbin, which a non-login PATH may lack.
+    binary = shutil.which("chroot", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+    assert binary is not None, "chroot (coreutils) not found"
+    chroot = [binary, str(root)] if os.geteuid() == 0 else \
+        ["unshare", "--map-root-user", binary, str(root)]
+    res = subprocess.run([*chroot, *argv], capture_output=True, text=True, timeout=300,
+                         env={"PATH": "/opt/tote/bin:/usr/bin:/bin", "LANG": "C.UTF-8"})
+    assert res.returncode == 0, f"{' '.join(argv)} in {arch}: {res.stdout}{res.stderr}"
+    assert res.stdout.strip() == f"tote {__version__}"
 
 
 def test_no_compilers_caches_or_tests_inside(image: Any) -> None:
@@ -147,7 +262,30 @@ def test_runs_on_containerd(image: Any, node: Node) -> None:
     assert res.returncode != 0 and "refusing to start without mTLS" in res.stdout + res.stderr
 
 
+def test_multiarch_archive_imports_and_runs(image: Any, node: Node) -> None:
+    """What the release pushes imports into containerd like the single-platform archive: the
+    name points at the image index and `ctr run` resolves it to the host's platform."""
+    if image.index_archive is None:
+        _skip_or_fail("; ".join(UNBUILT.values()))
+    tote_image.import_into(image.index_archive, node.socket, namespace="multiarch")
+    res = node.ctr("images", "ls", namespace="multiarch", check=False)
+    assert res.returncode == 0 and image.index_digest in res.stdout, res.stdout + res.stderr
+    run = node.ctr("run", "--rm", "--read-only", image.name, "tote-multiarch-version", "tote",
+                   "--version", namespace="multiarch", check=False, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.strip() == f"tote {__version__}"
+
+
 def test_build_is_cached(image: Any) -> None:
-    """A second build with the same inputs reuses the root filesystem layer."""
-    again = tote_image.build(Path(os.environ.get("TMPDIR", "/tmp")) / "tote-image-again")
-    assert again.cached and again.digest == image.digest
+    """A second build with the same inputs reuses every root filesystem layer and writes the
+    same manifests and image index."""
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / "tote-image-again"
+    # The same wheel: the work tree may have changed since (and then it would be rebuilt).
+    again = tote_image.build(out, arches=tuple(image.platforms), wheel=image.wheel)
+    assert again.cached and again.layers == image.layers
+    # The manifests carry the git revision as a label: equal unless a commit came in between.
+    rev = "org.opencontainers.image.revision"
+    if _blobs(again.archive)[2]["config"]["Labels"][rev] == \
+            _blobs(image.archive)[2]["config"]["Labels"][rev]:
+        assert again.digest == image.digest
+        assert again.platforms == image.platforms and again.index_digest == image.index_digest
