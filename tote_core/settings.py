@@ -223,7 +223,8 @@ HELP: dict[str, str] = {
     "tls_ca": "PEM CA bundle that signed controller and agent identities",
     "insecure": "run without mTLS (loudly logged; agents refuse to start without it or TLS)",
     "kubeconfig": "kubeconfig path (default: in-cluster, then $KUBECONFIG, ~/.kube/config)",
-    "enabled": "global switch (default true); also ConfigMap --config-map key 'enabled'",
+    "enabled": ("kill switch's install-time default (default true); once `tote disable`/"
+                "`tote enable` wrote ConfigMap --config-map key 'enabled', that decides"),
     "deny_namespaces": "comma list of namespaces never acted in",
     "salvage_on_auth_failure": "salvage even when the pull failed on 401/403 (default false)",
     "registry_resolve": "resolve tags in the registry when no node knows the digest",
