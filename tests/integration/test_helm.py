@@ -249,7 +249,7 @@ def test_rbac_least_privilege(helm: Helm) -> None:
                for g in r["apiGroups"] for res in r["resources"]}  # fmt: skip
     assert cluster[("", "pods")] == {"list", "watch", "delete"}
     assert cluster[("", "nodes")] == {"list", "watch"}
-    assert cluster[("events.k8s.io", "events")] == {"create", "patch"}
+    assert cluster[("events.k8s.io", "events")] == {"create", "get", "patch"}
     assert ("", "events") not in cluster
     assert cluster[("tote.dev", "salvagerecords/status")] == {"patch"}
     for owner in ("replicasets", "deployments", "statefulsets", "daemonsets"):

@@ -158,7 +158,9 @@ RBAC_NEEDS: tuple[tuple[str, str, str, bool, str], ...] = (
     *[("", "pods", v, False, "") for v in ("list", "watch", "delete")],
     *[("", "nodes", v, False, "") for v in ("list", "watch")],
     *[("", "namespaces", v, False, "") for v in ("list", "watch")],
-    *[("events.k8s.io", "events", v, False, "") for v in ("create", "patch")],
+    # get: after a restart, an event of the same name exists (409 on create); its series
+    # count is read before it is continued by patch.
+    *[("events.k8s.io", "events", v, False, "") for v in ("create", "get", "patch")],
     *[("tote.dev", "salvagerecords", v, False, "")
       for v in ("get", "list", "create", "patch", "delete")],
     ("tote.dev", "salvagerecords/status", "patch", False, ""),
