@@ -2,12 +2,13 @@
 
 `build` makes every artefact of one version into `dist/` and checks that each carries that
 version: wheel and sdist (`python -m build`), the chart (`helm package`), the image (the
-offline image build, `python -m tests.images.tote_image --out DIR`, which prints the OCI
-archive's path), `SHA256SUMS` and `RELEASE_NOTES.md` (the CHANGELOG section). The release
-workflow (.github/workflows/release.yml) runs it on a `v*` tag with `--tag` and `--push`;
-`.ci/run` runs it with `--dry-run`, which builds and checks the same things but pushes
-nothing, takes the [Unreleased] notes when the version has no section yet, and skips what
-this machine cannot do, saying why (under CI=true only while the image build does not exist).
+offline image build, `python -m tests.images.tote_image --out DIR`: the multi-architecture
+OCI archive, linux/amd64 + linux/arm64), `SHA256SUMS` and `RELEASE_NOTES.md` (the CHANGELOG
+section). The release workflow (.github/workflows/release.yml) runs it on a `v*` tag with
+`--tag`, `--push` (the image) and `--push-chart` (the chart, an OCI artefact); `.ci/run` runs
+it with `--dry-run`, which builds and checks the same things but pushes nothing, takes the
+[Unreleased] notes when the version has no section yet, and skips what this machine cannot
+do, saying why (under CI=true only while the image build does not exist).
 """
 
 from __future__ import annotations
@@ -177,7 +178,9 @@ def image(b: Build) -> None:
         except ValueError:
             continue
         if isinstance(obj, dict) and isinstance(obj.get("archive"), str):
-            built = Path(obj["archive"])
+            # The multi-architecture archive (an image index over every platform) is the
+            # release's; the host's single-platform archive only when no other was built.
+            built = Path(obj.get("index_archive") or obj["archive"])
             break
     if built is None or not built.is_file():
         raise ReleaseError(f"the image build printed no archive path (output: {out[-500:]!r})")
@@ -254,9 +257,13 @@ def checksums(b: Build) -> None:
 
 
 def push(b: Build, repository: str) -> None:
-    """Copy the image archive to `repository:version` (registry login happened before)."""
+    """Copy the image archive to `repository:version` (registry login happened before).
+
+    `--all`: the image index and every platform's manifest, config and layers, so the tag
+    names the multi-architecture image (without it skopeo copies the host's platform only).
+    """
     dest = f"docker://{repository}:{b.version}"
-    argv = ["skopeo", "copy", "--retry-times", "3", f"oci-archive:{b.image}", dest]
+    argv = ["skopeo", "copy", "--all", "--retry-times", "3", f"oci-archive:{b.image}", dest]
     if b.dry_run:
         b.skip(f"push to {dest}", "dry run (would run: " + " ".join(argv) + ")")
         return
@@ -264,7 +271,26 @@ def push(b: Build, repository: str) -> None:
     b.ok(f"image pushed to {dest}")
 
 
-def build(dist: Path, *, dry_run: bool, tag: str | None, repository: str | None) -> Build:
+def push_chart(b: Build, repository: str) -> None:
+    """`helm push` of the packaged chart to an OCI repository (`oci://HOST/PATH`; the chart
+    lands at PATH/tote:<version>; `helm registry login` happened before)."""
+    if not repository.startswith("oci://"):
+        raise ReleaseError(f"--push-chart {repository!r}: want oci://HOST/PATH")
+    pkg = b.dist / f"tote-{b.version}.tgz"
+    helm = helm_binary()
+    argv = [helm or "helm", "push", str(pkg), repository]
+    if b.dry_run:
+        b.skip(f"chart push to {repository}/tote:{b.version}",
+               "dry run (would run: " + " ".join(argv) + ")")
+        return
+    if helm is None:
+        raise ReleaseError("helm not found (run .ci/install, or set TOTE_HELM)")
+    _run(argv, what="helm push", timeout=600)
+    b.ok(f"chart pushed to {repository}/tote:{b.version}")
+
+
+def build(dist: Path, *, dry_run: bool, tag: str | None, repository: str | None,
+          chart_repository: str | None = None) -> Build:
     version = versioning.package_version()
     versioning.parse(version)
     b = Build(version=version, dist=dist, dry_run=dry_run,
@@ -298,6 +324,8 @@ def build(dist: Path, *, dry_run: bool, tag: str | None, repository: str | None)
         if b.image is None:
             raise ReleaseError("no image was built, nothing to push")  # only in a dry run
         push(b, repository)
+    if chart_repository:
+        push_chart(b, chart_repository)
     return b
 
 
@@ -342,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     p_build.add_argument("--tag", default=None, help="the git tag, must be v<version>")
     p_build.add_argument("--push", metavar="REPOSITORY", default=None,
                          help="push the image as REPOSITORY:<version> (log in first)")
+    p_build.add_argument("--push-chart", metavar="OCI_URL", default=None,
+                         help="helm push the chart to OCI_URL (oci://HOST/PATH; log in first)")
     args = parser.parse_args(argv)
     try:
         if args.command == "version":
@@ -359,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(body)
         else:
             b = build(args.dist.resolve(), dry_run=args.dry_run, tag=args.tag,
-                      repository=args.push)
+                      repository=args.push, chart_repository=args.push_chart)
             print(f"[release] {b.version}{' (dry run)' if b.dry_run else ''} in {b.dist}:")
             for p in b.artefacts:
                 print(f"    {p.name}  {p.stat().st_size} bytes")

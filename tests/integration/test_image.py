@@ -27,7 +27,9 @@ from typing import Any
 
 import pytest
 
+from tests.cluster import registry as registry_mod
 from tests.cluster.procs import ProcessGroup
+from tests.cluster.registry import start_registry
 from tests.images import tote_image
 from tests.integration.containerd.nodes import Node, containerd_unusable, start_node
 from tote_core import __version__
@@ -274,6 +276,32 @@ def test_multiarch_archive_imports_and_runs(image: Any, node: Node) -> None:
                    "--version", namespace="multiarch", check=False, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.strip() == f"tote {__version__}"
+
+
+def test_multiarch_push_serves_every_platform(image: Any, tmp_path: Path) -> None:
+    """The release's push (`skopeo copy --all` of the multi-arch archive) to a real registry:
+    the tag resolves to the image index built here, and each platform to its own manifest."""
+    if image.index_archive is None:
+        _skip_or_fail("; ".join(UNBUILT.values()))
+    if shutil.which("skopeo") is None or not registry_mod.available():
+        _skip_or_fail("skopeo or docker-registry not installed (.ci/install installs them)")
+    reg = start_registry(tmp_path / "registry")
+    try:
+        dest = f"docker://{reg.host}/tote-dev/tote:{__version__}"
+        res = subprocess.run(["skopeo", "copy", "--all", "--dest-tls-verify=false",
+                              f"oci-archive:{image.index_archive}", dest],
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr
+        assert reg.manifest_digest("tote-dev/tote", __version__) == image.index_digest
+        for arch, digest in image.platforms.items():
+            res = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--config",
+                                  f"docker://{reg.host}/tote-dev/tote@{digest}"],
+                                 capture_output=True, text=True, timeout=120)
+            assert res.returncode == 0, res.stderr
+            config = json.loads(res.stdout)
+            assert (config["architecture"], config["os"]) == (arch, "linux")
+    finally:
+        reg.stop()
 
 
 def test_build_is_cached(image: Any) -> None:
