@@ -1,29 +1,35 @@
 #!/usr/bin/env python3
-"""Build the tote container image offline: Debian packages + the project's wheel → an OCI
-image archive, with no container engine and no registry.
+"""Build the tote container image offline: Debian packages + the project's wheel → OCI image
+archives for linux/amd64 and linux/arm64, with no container engine and no registry.
 
-    python3 deploy/image/build.py [--out DIR] [--wheel FILE] [--no-cache] [--json]
+    python3 deploy/image/build.py [--out DIR] [--arch amd64|arm64]... [--wheel FILE]
+                                  [--no-cache] [--json]
 
-prints the archive path and the image name inside it (`docker.io/library/tote:<version>`,
-which is what kubelet looks up for the chart's default `image.repository: tote`). Import it
-into a node with `ctr -n k8s.io images import <archive>`.
+prints the host architecture's archive (`tote-<version>-<arch>.oci.tar`), the image name
+inside it (`ghcr.io/tote-dev/tote:<version>`, the chart's default `image.repository`, so an
+imported archive is what kubelet finds), and, when more than one architecture was built, the
+multi-architecture archive (`tote-<version>.oci.tar`: index.json names one OCI image index
+that lists a manifest per platform; what the release pushes). Import into a node with
+`ctr -n k8s.io images import <archive>` (either archive; containerd takes its own platform).
 
 How (docs/image.md says why):
 1. the wheel is built from the source tree (`pip wheel --no-deps`), cached by a hash of the
    source files; the run-time dependencies are downloaded as binary wheels for CPython 3.11
    on manylinux x86_64/aarch64 (never built from source, so no compiler is needed or shipped);
-2. `mmdebstrap` creates a Debian 12 root filesystem (the Essential set plus `python3` and
-   `ca-certificates`, without docs/man pages/locales) and, in its customize hooks, creates
-   the venv /opt/tote and installs the wheels offline from a pip wheel run by the image's own
-   Python (pip itself is not installed into the image), byte-compiles them, drops bundled
-   test suites and every cache, and adds the unprivileged user 65532;
+2. `mmdebstrap` creates a Debian 12 root filesystem per architecture (the Essential set plus
+   `python3` and `ca-certificates`, without docs/man pages/locales) and, in its customize
+   hooks, creates the venv /opt/tote and installs the wheels offline from a pip wheel run by
+   the image's own Python (pip itself is not installed into the image), byte-compiles them,
+   drops bundled test suites and every cache, and adds the unprivileged user 65532. For the
+   architecture that is not the host's, the kernel runs those binaries with qemu-user-static
+   (a binfmt_misc entry; `foreign_unusable()` says when there is none);
 3. the tarball mmdebstrap writes (reproducible: SOURCE_DATE_EPOCH) becomes the one layer;
-   this script writes config, manifest and index (OCI labels: source, version, revision) and
-   packs them as an OCI image-layout tar.
+   this script writes configs, manifests and indexes (OCI labels: source, version, revision)
+   and packs them as OCI image-layout tars.
 
 Step 1-3 results are cached under ~/.cache/tote/image (TOTE_IMAGE_CACHE), keyed by the wheel
 contents, the Debian suite, architecture and package set, and this file; a second run with
-the same inputs only writes the small config/manifest blobs and the archive.
+the same inputs only writes the small config/manifest/index blobs and the archives.
 
 Standard library only, so the release workflow can run it with any Python >= 3.11.
 """
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fcntl
 import gzip
 import hashlib
 import json
@@ -311,6 +318,16 @@ def _sha256_file(path: Path) -> str:
 def cached_layer(wheel: Path, arch: str, no_cache: bool) -> tuple[dict[str, object], bool]:
     """The gzip'ed root filesystem layer and its metadata, built once per cache key."""
     d = CACHE / "layers" / _layer_key(wheel_content_hash(wheel), arch)
+    d.mkdir(parents=True, exist_ok=True)
+    # One builder per key: a concurrent build of the same inputs (a test session and a release
+    # dry run) waits here and then finds the layer, instead of writing the same files at once.
+    with (d / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _cached_layer_locked(d, wheel, arch, no_cache)
+
+
+def _cached_layer_locked(d: Path, wheel: Path, arch: str,
+                         no_cache: bool) -> tuple[dict[str, object], bool]:
     meta_file = d / "layer.json"
     if meta_file.exists() and (d / "layer.tar.gz").exists() and not no_cache:
         return json.loads(meta_file.read_text()), True
@@ -445,7 +462,7 @@ def _write_layout(archive: Path, top: dict[str, object], blobs: list[tuple[str, 
     """An OCI image-layout tar: oci-layout, index.json naming `top`, and the blobs."""
     index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
              "manifests": [top]}
-    tmp = archive.with_suffix(".tar.tmp")
+    tmp = archive.with_name(f".{archive.name}.{os.getpid()}.tmp")  # concurrent writers
     seen: set[str] = set()
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         def add(path: str, data: bytes | None = None, src: Path | None = None) -> None:
@@ -562,7 +579,8 @@ def build(out: Path | None = None, *, wheel: Path | None = None, no_cache: bool 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="deploy/image/build.py", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="deploy/image/build.py",
+                                description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--out", type=Path, default=None,
                    help=f"directory for the archives (default {CACHE / 'out'})")
     p.add_argument("--wheel", type=Path, default=None,
