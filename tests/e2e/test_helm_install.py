@@ -13,6 +13,8 @@ The image is built here (no engine, no registry) and imported into every node's 
    new controller leads again;
 3b. the kill switch: `tote disable`, `helm upgrade` (unchanged values) and `helm rollback`
    leave it off (no salvage of a failing opted-in pod); `tote enable` and it is salvaged;
+3c. re-keying (the CA Secret deleted): the controller issues new certificates, the agents
+   serve them without a restart, the next salvage uses them, the old identity is refused;
 4. a second release in another namespace: no cluster-scoped name collides, both deployed;
 5. `helm uninstall`: nothing of the release is left but the CRD and the SalvageRecords (the
    documented behaviour: records are user data, the CRD is shared by releases).
@@ -25,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -284,6 +287,55 @@ def test_3b_kill_switch_survives_helm_upgrade_and_rollback(
         reg.stop()
         kube_cluster.kubectl("delete", "deployments", "--all", "-n", ns, "--wait=false",
                              check=False)  # fmt: skip
+
+
+def test_3c_replaced_certificates_used_without_restarts(
+    tote_helm: Install, kube_cluster: KubeCluster, tmp_path: Path
+) -> None:
+    """Re-key: delete the CA Secret. The controller issues a new CA and new certificates
+    into the Secrets; kubelet refreshes the agents' mounted Secret and they serve the new
+    chain without a restart; the next salvage goes through with it; a client holding the
+    old controller certificate is refused (its CA is no longer trusted)."""
+    import base64
+
+    from tests.cluster.tlsprobe import der, handshake_with, served_cert
+
+    inst = tote_helm
+    ns = inst.namespace
+    old = {k: base64.b64decode(v) for k, v in inst.secret_data()["tote-controller-tls"].items()}
+    for key, data in old.items():
+        (tmp_path / f"old-{key}").write_bytes(data)
+    before_agent = inst.secret_data()["tote-agent-tls"]["tls.crt"]
+    pods = {p["metadata"]["uid"]: p for p in inst.pods("agent") + inst.pods("controller")}
+    restarts = {uid: [c.get("restartCount", 0) for c in p["status"]["containerStatuses"]]
+                for uid, p in pods.items()}
+
+    t0 = time.monotonic()
+    kube_cluster.kubectl("delete", "secret", "tote-ca", "-n", ns)
+    wait_until(lambda: inst.secret_data().get("tote-agent-tls", {}).get("tls.crt")
+               not in (None, before_agent), timeout=120, interval=2,
+               what="the controller re-issued the agent certificate")  # fmt: skip
+    issued = time.monotonic() - t0
+    new_agent = base64.b64decode(inst.secret_data()["tote-agent-tls"]["tls.crt"])
+    agents = [(p["status"]["podIP"], p["spec"]["nodeName"]) for p in inst.pods("agent")]
+    for ip, node in agents:
+        wait_until(lambda ip=ip: served_cert(ip, 9090) == der(new_agent), timeout=240,
+                   interval=2, what=f"the agent on {node} serves the new certificate")
+    served = time.monotonic() - t0
+    print(f"re-key: new certificates issued after {issued:.0f}s, served by every agent "
+          f"after {served:.0f}s (kubelet refreshes Secret volumes on its sync period)")
+
+    got = tote_install.registry_outage_salvage(kube_cluster, tmp_path, "shop/rekey")
+    assert got.records and got.records[0]["status"]["phase"] == "Completed", got.records
+
+    for ip, node in agents:
+        refused = handshake_with(ip, 9092, tmp_path / "old-tls.crt", tmp_path / "old-tls.key",
+                                 tmp_path / "old-ca.crt")
+        assert refused, f"the agent on {node} still accepts the old controller certificate"
+    now = {p["metadata"]["uid"]: p for p in inst.pods("agent") + inst.pods("controller")}
+    assert set(now) == set(pods), "a tote pod was replaced"
+    assert {uid: [c.get("restartCount", 0) for c in p["status"]["containerStatuses"]]
+            for uid, p in now.items()} == restarts, "a tote container restarted"
 
 
 def test_4_second_release_in_another_namespace_no_collisions(

@@ -12,20 +12,17 @@ flag day) and refused after.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import os
-import socket
-import ssl
 import time
 from pathlib import Path
 
 from cryptography import x509
-from tote_containerd.agent.tls import client_context
 
 from tests.cluster.controller import ControllerProcess
 from tests.cluster.objects import create_pod, get, set_waiting
 from tests.cluster.procs import wait_until
+from tests.cluster.tlsprobe import der, handshake_with, served_cert
 from tests.images.build import layered_image
 from tests.integration.salvage.conftest import SalvageEnv, records
 
@@ -52,38 +49,9 @@ def install_like_kubelet(files: tuple[str, str, str], data: dict[str, bytes]) ->
         os.replace(tmp, path)
 
 
-def served_cert(endpoint: str) -> bytes:
-    """The certificate the agent presents now (DER), from a fresh handshake."""
+def _hp(endpoint: str) -> tuple[str, int]:
     host, port = endpoint.rsplit(":", 1)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    with socket.create_connection((host, int(port)), timeout=5) as raw, \
-            ctx.wrap_socket(raw) as conn:
-        der = conn.getpeercert(binary_form=True)
-    assert der
-    return der
-
-
-def der(pem: bytes) -> bytes:
-    from cryptography.hazmat.primitives.serialization import Encoding
-    return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
-
-
-def handshake_with(endpoint: str, cert: Path, key: Path, ca: Path) -> str:
-    """An mTLS connection to the agent's data port (client certificate required) with the
-    given identity: "" if the agent accepts it, else the error."""
-    host, port = endpoint.rsplit(":", 1)
-    ctx = client_context(str(cert), str(key), str(ca))
-    try:
-        with socket.create_connection((host, int(port)), timeout=5) as raw, \
-                ctx.wrap_socket(raw) as conn:
-            conn.settimeout(2)
-            with contextlib.suppress(TimeoutError):
-                conn.recv(1)  # TLS 1.3: a refused client certificate arrives as an alert
-            return ""
-    except (ssl.SSLError, OSError) as exc:
-        return str(exc)
+    return host, int(port)
 
 
 def salvage(senv: SalvageEnv, ns: str, tmp_path: Path, name: str, seed: int) -> None:
@@ -131,7 +99,7 @@ def test_issued_certificates_renew_under_running_agents(
     first = secret(senv, "agent-tls")
     install_like_kubelet(agent_files, first)
     for a in senv.ctd.agents.values():
-        wait_until(lambda a=a: served_cert(a.endpoint) == der(first["tls.crt"]), timeout=20,
+        wait_until(lambda a=a: served_cert(*_hp(a.endpoint)) == der(first["tls.crt"]), timeout=20,
                    what=f"agent {a.node.name} serves the issued certificate")
     salvage(senv, ns, tmp_path, "first", seed=71)
 
@@ -148,7 +116,7 @@ def test_issued_certificates_renew_under_running_agents(
     assert second["ca.crt"] == first["ca.crt"]  # the CA has ten years: same trust
     install_like_kubelet(agent_files, second)
     for a in senv.ctd.agents.values():
-        wait_until(lambda a=a: served_cert(a.endpoint) == der(second["tls.crt"]), timeout=20,
+        wait_until(lambda a=a: served_cert(*_hp(a.endpoint)) == der(second["tls.crt"]), timeout=20,
                    what=f"agent {a.node.name} serves the renewed certificate")
     salvage(senv, ns, tmp_path, "second", seed=72)
     assert ctl.proc is not None and ctl.proc.alive()
@@ -158,9 +126,9 @@ def test_issued_certificates_renew_under_running_agents(
     data_ep = next(a for a in senv.ctd.agents.values() if a.data_port)
     endpoint = f"127.0.0.1:{data_ep.data_port}"
     if dt.datetime.now(dt.UTC) < old_expiry - dt.timedelta(seconds=3):
-        assert handshake_with(endpoint, old["tls.crt"], old["tls.key"], old["ca.crt"]) == ""
+        assert handshake_with(*_hp(endpoint), old["tls.crt"], old["tls.key"], old["ca.crt"]) == ""
     time.sleep(max(0.0, (old_expiry - dt.datetime.now(dt.UTC)).total_seconds() + 2))
-    refused = handshake_with(endpoint, old["tls.crt"], old["tls.key"], old["ca.crt"])
+    refused = handshake_with(*_hp(endpoint), old["tls.crt"], old["tls.key"], old["ca.crt"])
     assert refused, "an expired controller certificate must be refused"
     print(f"expired certificate refused: {refused}")
-    assert handshake_with(endpoint, own / "tls.crt", own / "tls.key", own / "ca.crt") == ""
+    assert handshake_with(*_hp(endpoint), own / "tls.crt", own / "tls.key", own / "ca.crt") == ""
