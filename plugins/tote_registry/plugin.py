@@ -64,7 +64,11 @@ class RegistryPlugin:
                               pull_secrets: list[str]) -> bool | None:
         if self.lookup is None:
             return None
-        return await self.lookup.serves(image_ref, digest, namespace, pull_secrets)
+        # The pods' pull Secrets only with --registry-resolve, the option that grants
+        # reading them (the chart's `secrets get`); otherwise the check goes anonymous
+        # rather than making requests RBAC refuses.
+        secrets = pull_secrets if self.resolver is not None else []
+        return await self.lookup.serves(image_ref, digest, namespace, secrets)
 
     @hookimpl
     async def on_salvaged(self, incident: Incident, request: TransferRequest,

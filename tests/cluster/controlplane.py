@@ -61,6 +61,7 @@ INSTALLED_KINDS = (
 )
 
 CONTROLLER_SA = "tote-controller"
+AUDIT_LOG = "audit.log"  # in the workdir: kube-apiserver's audit log (ServiceAccount requests)
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 
@@ -247,9 +248,27 @@ class ControlPlane:
     def logs(self) -> dict[str, str]:
         return self.procs.logs() if self.procs is not None else {}
 
+    @property
+    def audit_log(self) -> Path:
+        """kube-apiserver's audit log (JSON lines): every ServiceAccount request, metadata."""
+        return self.workdir / AUDIT_LOG
+
     def stop(self) -> None:
         if self.procs is not None:
             self.procs.stop_all()
+
+
+def _audit_policy(workdir: Path) -> Path:
+    """Log every ServiceAccount's requests at level Metadata once answered (no bodies;
+    omitStages RequestReceived halves the entries), nothing else."""
+    path = workdir / "audit-policy.yaml"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+        "omitStages": ["RequestReceived"],
+        "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+                  {"level": "None"}],
+    }))
+    return path
 
 
 def _render_chart(bin_dir: Path, namespace: str) -> list[dict[str, Any]]:
@@ -390,6 +409,11 @@ def start_control_plane(
             "--allow-privileged=true",
             "--profiling=false",
             "--event-ttl=1h",
+            # Audit log of ServiceAccount requests only, metadata level (who, verb, object,
+            # response code): tests/integration/salvage/test_rbac_calls.py derives the
+            # controller's RBAC from it. Admin and node traffic is not logged.
+            f"--audit-policy-file={_audit_policy(workdir)}",
+            f"--audit-log-path={workdir / AUDIT_LOG}",
             *extra_apiserver_args,
         ]
         cp = ControlPlane(

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.integration.test_helm import FULL_VALUES, Helm, by_kind, pod_spec
-from tote_core.doctor.checks import RBAC_NEEDS
+from tote_core.kube import rbac
 
 
 @pytest.fixture(scope="module")
@@ -93,20 +93,18 @@ def _granted(docs: list[dict[str, Any]]) -> set[tuple[str, str, str, bool, str]]
 
 
 def test_the_controller_gets_exactly_what_the_code_needs(helm: Helm) -> None:
-    """The rules equal RBAC_NEEDS (the code's list, which `tote doctor` checks against the
-    live ServiceAccount) plus what the options in use add; every integration and e2e test
-    runs the controller with the chart's rules, so a verb the code calls but the list lacks
-    fails there."""
-    needs = {(g, r, v, ns, n) for g, r, v, ns, n in RBAC_NEEDS}
-    switch = {("", "configmaps", v, True, "tote-config") for v in ("get", "list", "watch")}
-    issuing = {("", "secrets", "create", True, "")} | {
-        ("", "secrets", v, True, f"tote-{s}") for v in ("get", "update")
-        for s in ("ca", "controller-tls", "agent-tls")}
-    assert _granted(helm.render()) == needs | switch | issuing
-    assert _granted(helm.render({"tls": {"certManager": {"enabled": True}}})) == needs | switch
+    """The rules equal tote_core/kube/rbac.py (what `tote doctor` checks against the live
+    ServiceAccount): RBAC_NEEDS plus the rules of the options in use. That declaration is
+    derived from the requests a controller makes against a real API server
+    (tests/integration/salvage/test_rbac_calls.py: nothing refused, nothing unused)."""
+    needs = {*rbac.RBAC_NEEDS, *rbac.kill_switch("tote-config")}
+    assert _granted(helm.render()) == needs | set(rbac.issuer("tote", webhook=False))
+    assert _granted(helm.render({"tls": {"certManager": {"enabled": True}}})) == needs
     hook = helm.render({"webhook": {"enabled": True}})
     (vwc,) = by_kind(hook, "ValidatingWebhookConfiguration")
-    webhook = {("admissionregistration.k8s.io", "validatingwebhookconfigurations", v, False,
-                vwc["metadata"]["name"]) for v in ("get", "update")}
-    webhook_secret = {("", "secrets", v, True, "tote-webhook-tls") for v in ("get", "update")}
-    assert _granted(hook) == needs | switch | issuing | webhook | webhook_secret
+    assert _granted(hook) == needs | set(rbac.issuer("tote", webhook=True)) | set(
+        rbac.webhook_ca_bundle(vwc["metadata"]["name"]))
+    options = {"registryResolve": {"enabled": True},
+               "backup": {"registry": "10.0.0.5:5000", "secretName": "backup-creds"}}
+    assert _granted(helm.render(options)) == needs | set(rbac.issuer("tote", webhook=False)) \
+        | set(rbac.REGISTRY_RESOLVE) | set(rbac.backup_secret("backup-creds"))

@@ -21,6 +21,7 @@ from tote_core.errors import KubeError, NotFound
 from tote_core.hooks.host import PluginHost
 from tote_core.hooks.types import NodeHealth
 from tote_core.kube import proxy
+from tote_core.kube import rbac as rbac_rules
 from tote_core.kube.client import KubeClient, resource_path
 from tote_core.settings import ControllerSettings
 from tote_core.structs.kube import Pod
@@ -152,31 +153,14 @@ async def controller(kube: KubeClient, t: Target) -> tuple[list[Check], str | No
     return out, version
 
 
-# What the controller's ServiceAccount must be allowed, checked with
-# SubjectAccessReviews: (group, resource, verb, namespaced-in-controller-ns, name).
-RBAC_NEEDS: tuple[tuple[str, str, str, bool, str], ...] = (
-    *[("", "pods", v, False, "") for v in ("list", "watch", "delete")],
-    *[("", "nodes", v, False, "") for v in ("list", "watch")],
-    *[("", "namespaces", v, False, "") for v in ("list", "watch")],
-    # get: after a restart, an event of the same name exists (409 on create); its series
-    # count is read before it is continued by patch.
-    *[("events.k8s.io", "events", v, False, "") for v in ("create", "get", "patch")],
-    *[("tote.dev", "salvagerecords", v, False, "")
-      for v in ("get", "list", "create", "patch", "delete")],
-    ("tote.dev", "salvagerecords/status", "patch", False, ""),
-    *[("apps", r, "get", False, "")
-      for r in ("replicasets", "deployments", "statefulsets", "daemonsets")],
-    *[("batch", r, "get", False, "") for r in ("jobs", "cronjobs")],
-    *[("coordination.k8s.io", "leases", v, True, "") for v in ("get", "create", "update")],
-)
-
-
 async def rbac(kube: KubeClient, t: Target) -> list[Check]:
     user = f"system:serviceaccount:{t.namespace}:{t.service_account}"
     groups = ["system:serviceaccounts", f"system:serviceaccounts:{t.namespace}",
               "system:authenticated"]
     denied: list[str] = []
-    needs = [*RBAC_NEEDS, ("", "configmaps", "watch", True, t.settings.config_map)]
+    # what every controller needs and the kill switch; the option rules depend on flags
+    # doctor is not given (tote_core/kube/rbac.py)
+    needs = [*rbac_rules.RBAC_NEEDS, *rbac_rules.kill_switch(t.settings.config_map)]
     try:
         for group, resource, verb, in_ns, name in needs:
             res, _, sub = resource.partition("/")

@@ -63,8 +63,10 @@ def registry(senv: SalvageEnv) -> Iterator[tuple[Registry, Path]]:
 @pytest.fixture(scope="module")
 def controller(senv: SalvageEnv, registry: tuple[Registry, Path]) -> ControllerProcess:
     _, ca = registry
+    # --registry-resolve: the option whose `secrets get` lets the check use pull secrets
     return senv.controller("pinner", "--reap-interval=1s", "--salvagerecord-ttl=1h",
-                           f"--registry-resolve-ca={ca}", "--registry-resolve-timeout=3s")
+                           "--registry-resolve", f"--registry-resolve-ca={ca}",
+                           "--registry-resolve-timeout=3s")
 
 
 @pytest.fixture
