@@ -14,22 +14,26 @@ that lists a manifest per platform; what the release pushes). Import into a node
 
 How (docs/image.md says why):
 1. the wheel is built from the source tree (`pip wheel --no-deps`), cached by a hash of the
-   source files; the run-time dependencies are downloaded as binary wheels for CPython 3.11
+   source files; its run-time requirements are downloaded as binary wheels for CPython 3.11
    on manylinux x86_64/aarch64 (never built from source, so no compiler is needed or shipped);
-2. `mmdebstrap` creates a Debian 12 root filesystem per architecture (the Essential set plus
-   `python3` and `ca-certificates`, without docs/man pages/locales) and, in its customize
-   hooks, creates the venv /opt/tote and installs the wheels offline from a pip wheel run by
-   the image's own Python (pip itself is not installed into the image), byte-compiles them,
-   drops bundled test suites and every cache, and adds the unprivileged user 65532. For the
-   architecture that is not the host's, the kernel runs those binaries with qemu-user-static
-   (a binfmt_misc entry; `foreign_unusable()` says when there is none);
-3. the tarball mmdebstrap writes (reproducible: SOURCE_DATE_EPOCH) becomes the one layer;
-   this script writes configs, manifests and indexes (OCI labels: source, version, revision)
+2. the base layer, per architecture: `mmdebstrap` creates a Debian 12 root filesystem (the
+   Essential set plus `python3` and `ca-certificates`, without docs/man pages/locales) and,
+   in its customize hooks, creates the venv /opt/tote and installs the dependencies offline
+   from a pip wheel run by the image's own Python (pip itself is not installed into the
+   image), byte-compiles them, drops bundled test suites and every cache, and adds the
+   unprivileged user 65532. For the architecture that is not the host's, the kernel runs
+   those binaries with qemu-user-static (a binfmt_misc entry; `foreign_unusable()` says when
+   there is none). mmdebstrap's tarball (reproducible: SOURCE_DATE_EPOCH) is the layer;
+3. tote's layer, one for every architecture (tote is pure Python): the wheel installed into
+   the venv's paths as pip would, byte-compiled, tarred deterministically;
+4. this script writes configs, manifests and indexes (OCI labels: source, version, revision)
    and packs them as OCI image-layout tars.
 
-Step 1-3 results are cached under ~/.cache/tote/image (TOTE_IMAGE_CACHE), keyed by the wheel
-contents, the Debian suite, architecture and package set, and this file; a second run with
-the same inputs only writes the small config/manifest/index blobs and the archives.
+Layers are cached under ~/.cache/tote/image (TOTE_IMAGE_CACHE): the base layers keyed by
+tote's requirements, the Debian suite, architecture and package set, and this file; tote's
+layer by the wheel's contents and this file. A change of tote's code therefore rebuilds only
+tote's layer (a second), never the emulated base layer; a run with the same inputs only
+writes the small config/manifest/index blobs and the archives.
 
 Standard library only, so the release workflow can run it with any Python >= 3.11.
 """
@@ -90,7 +94,7 @@ chroot "$root" python3 -m venv --without-pip /opt/tote
 pipwhl=$(ls "$root"/tmp/tote-wheels/pip-*.whl | head -n1)
 chroot "$root" /opt/tote/bin/python "/tmp/tote-wheels/$(basename "$pipwhl")/pip" install \
   --quiet --no-index --find-links /tmp/tote-wheels --no-cache-dir --no-compile \
-  --disable-pip-version-check --no-warn-script-location /tmp/tote-wheels/{wheel}
+  --disable-pip-version-check --no-warn-script-location -r /tmp/tote-wheels/requirements.txt
 site="$root/opt/tote/lib/python{py}/site-packages"
 # Test suites bundled inside dependencies are not needed to run tote.
 find "$site" -mindepth 2 -maxdepth 2 -type d \( -name tests -o -name _tests -o -name test \
@@ -124,13 +128,14 @@ class BuiltImage:
     digest: str  # the host architecture's manifest digest (what `ctr images ls` shows)
     size: int  # compressed layer + config + manifest bytes
     uncompressed_size: int  # bytes of the root filesystem layer as unpacked
-    cached: bool  # True when every root filesystem layer came from the cache
+    cached: bool  # True when every layer came from the cache
     arch: str = ""  # the architecture of `archive`
     platforms: dict[str, str] = field(default_factory=dict)  # arch -> manifest digest
-    layers: dict[str, str] = field(default_factory=dict)  # arch -> cached layer.tar.gz path
+    # arch -> the cached layer.tar.gz files, bottom first (base with the dependencies, tote)
+    layers: dict[str, list[str]] = field(default_factory=dict)
     index_archive: Path | None = None
     index_digest: str | None = None  # the image index's digest (the multi-arch reference)
-    seconds: dict[str, float] = field(default_factory=dict)  # arch -> layer build time
+    seconds: dict[str, float] = field(default_factory=dict)  # arch -> base layer build time
     wheel: Path | None = None  # the tote wheel inside (pass it again for the same inputs)
 
 
@@ -229,22 +234,33 @@ def build_wheel(no_cache: bool) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def download_wheels(wheel: Path, dest: Path, arch: str) -> None:
-    """The wheel, its dependencies as binary wheels for the image's Python, and pip."""
+def requirements(wheel: Path) -> list[str]:
+    """The wheel's run-time requirements (Requires-Dist without extras), what the base layer
+    installs: the base layer depends on these, not on tote's own code."""
+    with zipfile.ZipFile(wheel) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        text = z.read(meta).decode()
+    reqs = [line.split(":", 1)[1].strip() for line in text.splitlines()
+            if line.startswith("Requires-Dist:")]
+    return sorted(r for r in reqs if "extra ==" not in r.replace("extra==", "extra =="))
+
+
+def download_wheels(reqs: list[str], dest: Path, arch: str) -> None:
+    """The requirements as binary wheels for the image's Python and `arch`, and pip."""
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(wheel, dest / wheel.name)
+    (dest / "requirements.txt").write_text("".join(r + "\n" for r in reqs))
     argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
             "--only-binary=:all:", "--python-version", PYTHON_TAG, "--implementation", "cp",
             "--abi", "cp" + PYTHON_TAG.replace(".", ""), "--abi", "abi3", "--abi", "none",
             "-d", str(dest)]
     for p in _pip_platforms(arch):
         argv += ["--platform", p]
-    _run([*argv, str(dest / wheel.name), "pip"])
+    _run([*argv, "-r", str(dest / "requirements.txt"), "pip"])
 
 
-def _layer_key(wheel_hash: str, arch: str) -> str:
+def _layer_key(reqs: list[str], arch: str) -> str:
     spec = {
-        "wheel": wheel_hash, "suite": SUITE, "arch": arch, "packages": sorted(DEB_PACKAGES),
+        "requires": reqs, "suite": SUITE, "arch": arch, "packages": sorted(DEB_PACKAGES),
         "recipe": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
@@ -273,7 +289,7 @@ def foreign_unusable(arch: str) -> str | None:
     return None
 
 
-def build_rootfs_tar(wheel: Path, tar_path: Path, arch: str, epoch: int) -> None:
+def build_rootfs_tar(reqs: list[str], tar_path: Path, arch: str, epoch: int) -> None:
     if shutil.which("mmdebstrap") is None:
         raise SystemExit("mmdebstrap is not installed (apt-get install mmdebstrap)")
     if why := foreign_unusable(arch):
@@ -282,9 +298,9 @@ def build_rootfs_tar(wheel: Path, tar_path: Path, arch: str, epoch: int) -> None
     try:
         wheels = work / "wheels"
         log("downloading dependency wheels")
-        download_wheels(wheel, wheels, arch)
+        download_wheels(reqs, wheels, arch)
         hook = work / "customize.sh"
-        hook.write_text(_CUSTOMIZE.format(wheel=wheel.name, py=PYTHON_TAG, uid=UID))
+        hook.write_text(_CUSTOMIZE.format(py=PYTHON_TAG, uid=UID))
         argv = [
             "mmdebstrap", "--quiet", "--variant=essential", f"--architectures={arch}",
             # usr-is-merged from the start, instead of the usrmerge converter (and its perl).
@@ -301,7 +317,8 @@ def build_rootfs_tar(wheel: Path, tar_path: Path, arch: str, epoch: int) -> None
             f"deb {MIRROR} {SUITE}-updates main",
             f"deb {SECURITY_MIRROR} {SUITE}-security main",
         ]
-        log(f"mmdebstrap {SUITE}/{arch}: essential + {', '.join(DEB_PACKAGES)} + tote venv")
+        log(f"mmdebstrap {SUITE}/{arch}: essential + {', '.join(DEB_PACKAGES)} + the venv "
+            "with tote's dependencies")
         _run(argv, env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -315,27 +332,24 @@ def _sha256_file(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def cached_layer(wheel: Path, arch: str, no_cache: bool) -> tuple[dict[str, object], bool]:
-    """The gzip'ed root filesystem layer and its metadata, built once per cache key."""
-    d = CACHE / "layers" / _layer_key(wheel_content_hash(wheel), arch)
+def cached_layer(reqs: list[str], arch: str, no_cache: bool) -> tuple[dict[str, object], bool]:
+    """The gzip'ed base layer (root filesystem + venv with tote's dependencies) and its
+    metadata, built once per cache key: requirements, Debian suite, architecture, packages."""
+    d = base_dir(reqs, arch)
     d.mkdir(parents=True, exist_ok=True)
     # One builder per key: a concurrent build of the same inputs (a test session and a release
     # dry run) waits here and then finds the layer, instead of writing the same files at once.
     with (d / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _cached_layer_locked(d, wheel, arch, no_cache)
+        return _cached_layer_locked(d, reqs, arch, no_cache)
 
 
-def _cached_layer_locked(d: Path, wheel: Path, arch: str,
-                         no_cache: bool) -> tuple[dict[str, object], bool]:
-    meta_file = d / "layer.json"
-    if meta_file.exists() and (d / "layer.tar.gz").exists() and not no_cache:
-        return json.loads(meta_file.read_text()), True
-    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0")) or _git_epoch()
-    d.mkdir(parents=True, exist_ok=True)
-    raw = d / "rootfs.tar"
-    t0 = time.monotonic()
-    build_rootfs_tar(wheel, raw, arch, epoch)
+def base_dir(reqs: list[str], arch: str) -> Path:
+    return CACHE / "layers" / _layer_key(reqs, arch)
+
+
+def _gzip_layer(d: Path, raw: Path) -> dict[str, object]:
+    """Compress `raw` into d/layer.tar.gz (deterministic gzip); diff ID, digest and sizes."""
     diff_id = _sha256_file(raw)
     size = raw.stat().st_size
     gz = d / "layer.tar.gz.tmp"
@@ -344,13 +358,133 @@ def _cached_layer_locked(d: Path, wheel: Path, arch: str,
         shutil.copyfileobj(src, z, 1 << 20)
     raw.unlink()
     gz.rename(d / "layer.tar.gz")
-    meta = {"diff_id": diff_id, "digest": _sha256_file(d / "layer.tar.gz"),
-            "size": (d / "layer.tar.gz").stat().st_size, "uncompressed_size": size,
-            "epoch": epoch, "arch": arch, "packages": list(DEB_PACKAGES), "suite": SUITE,
+    return {"diff_id": diff_id, "digest": _sha256_file(d / "layer.tar.gz"),
+            "size": (d / "layer.tar.gz").stat().st_size, "uncompressed_size": size}
+
+
+def _cached_layer_locked(d: Path, reqs: list[str], arch: str,
+                         no_cache: bool) -> tuple[dict[str, object], bool]:
+    meta_file = d / "layer.json"
+    if meta_file.exists() and (d / "layer.tar.gz").exists() and not no_cache:
+        return json.loads(meta_file.read_text()), True
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0")) or _git_epoch()
+    d.mkdir(parents=True, exist_ok=True)
+    raw = d / "rootfs.tar"
+    t0 = time.monotonic()
+    build_rootfs_tar(reqs, raw, arch, epoch)
+    meta = {**_gzip_layer(d, raw), "epoch": epoch, "requires": reqs, "arch": arch,
+            "packages": list(DEB_PACKAGES), "suite": SUITE,
             "build_seconds": round(time.monotonic() - t0, 1)}
-    log(f"{arch} layer built in {meta['build_seconds']}s")
+    log(f"{arch} base layer built in {meta['build_seconds']}s")
     meta_file.write_text(json.dumps(meta, indent=1))
     return meta, False
+
+
+# The launcher pip would write for a console script, pointing at the image's venv.
+_LAUNCHER = """#!/opt/tote/bin/python
+import sys
+from {module} import {func}
+if __name__ == "__main__":
+    sys.exit({func}())
+"""
+
+
+def _console_scripts(entry_points: str) -> dict[str, str]:
+    import configparser
+
+    cp = configparser.ConfigParser(delimiters=("=",))
+    cp.optionxform = str  # type: ignore[assignment,method-assign]  # names are case-sensitive
+    cp.read_string(entry_points)
+    return dict(cp["console_scripts"]) if cp.has_section("console_scripts") else {}
+
+
+def _record_line(rel: str, data: bytes) -> str:
+    import base64
+
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{rel},sha256={digest},{len(data)}"
+
+
+def _app_tree(wheel: Path, root: Path) -> None:
+    """The tote wheel installed into `root`/opt/tote as pip would: the packages and dist-info
+    in site-packages, the console scripts in bin/, a fresh RECORD, byte-code compiled for the
+    image's paths (by this interpreter, when it is the image's Python version)."""
+    import py_compile
+
+    site = root / "opt" / "tote" / "lib" / f"python{PYTHON_TAG}" / "site-packages"
+    with zipfile.ZipFile(wheel) as z:
+        names = [n for n in z.namelist() if not n.endswith("/")]
+        dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
+        for n in names:
+            if n != f"{dist_info}/RECORD":
+                (site / n).parent.mkdir(parents=True, exist_ok=True)
+                (site / n).write_bytes(z.read(n))
+        eps = z.read(f"{dist_info}/entry_points.txt").decode()
+    (site / dist_info / "INSTALLER").write_text("deploy/image/build.py\n")
+    bindir = root / "opt" / "tote" / "bin"
+    bindir.mkdir(parents=True)
+    for name, target in _console_scripts(eps).items():
+        module, _, func = target.partition(":")
+        (bindir / name).write_text(_LAUNCHER.format(module=module.strip(), func=func.strip()))
+        (bindir / name).chmod(0o755)
+    if sys.version_info[:2] == tuple(int(x) for x in PYTHON_TAG.split(".")):
+        for py in sorted(site.rglob("*.py")):
+            py_compile.compile(str(py), dfile="/" + str(py.relative_to(root)), doraise=True,
+                               invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    else:
+        log(f"not byte-compiling tote: this is Python {sys.version_info[0]}."
+            f"{sys.version_info[1]}, the image's is {PYTHON_TAG}")
+    files = sorted(f for f in site.rglob("*") if f.is_file()) + \
+        sorted(f for f in bindir.iterdir() if f.is_file())
+    record = f"{dist_info}/RECORD"
+    lines = [_record_line(os.path.relpath(f, site), f.read_bytes()) for f in files]
+    (site / record).write_text("\n".join([*lines, f"{record},,"]) + "\n")
+
+
+def _tar_tree(root: Path, out: Path, epoch: int) -> None:
+    """A deterministic tar of `root`: sorted, root-owned, one mtime."""
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(root.rglob("*")):
+            info = tar.gettarinfo(str(path), arcname=str(path.relative_to(root)))
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            info.mtime = epoch
+            info.mode = 0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644
+            if path.is_file():
+                with path.open("rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+
+
+def app_dir(wheel: Path) -> Path:
+    key = hashlib.sha256(json.dumps({
+        "wheel": wheel_content_hash(wheel), "python": PYTHON_TAG,
+        "recipe": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+    }, sort_keys=True).encode()).hexdigest()[:24]
+    return CACHE / "app" / key
+
+
+def app_layer(wheel: Path, no_cache: bool) -> tuple[dict[str, object], bool]:
+    """The layer with tote itself: pure Python, so one layer serves every architecture and a
+    change of tote's code rebuilds only this (a second), never the emulated base layer."""
+    d = app_dir(wheel)
+    d.mkdir(parents=True, exist_ok=True)
+    with (d / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        meta_file = d / "layer.json"
+        if meta_file.exists() and (d / "layer.tar.gz").exists() and not no_cache:
+            return json.loads(meta_file.read_text()), True
+        epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0")) or _git_epoch()
+        work = Path(tempfile.mkdtemp(prefix="tote-app-"))
+        try:
+            _app_tree(wheel, work / "root")
+            _tar_tree(work / "root", d / "app.tar", epoch)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        meta = {**_gzip_layer(d, d / "app.tar"), "epoch": epoch, "wheel": wheel.name}
+        meta_file.write_text(json.dumps(meta, indent=1))
+        return meta, False
 
 
 def _git(*args: str) -> str:
@@ -403,14 +537,15 @@ def _labels(meta: dict[str, object], ver: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class _Platform:
-    """One architecture's image: its manifest and config blobs and its layer."""
+    """One architecture's image: its manifest and config blobs and its layers (base, app)."""
 
     arch: str
     manifest: tuple[str, bytes]  # digest, bytes
     config: tuple[str, bytes]
-    layer: Path
-    layer_digest: str
-    meta: dict[str, object]
+    layers: list[tuple[str, Path]]  # (digest, layer.tar.gz), bottom first
+    meta: dict[str, object]  # the base layer's
+    size: int  # compressed layers + config + manifest
+    uncompressed_size: int
 
     def descriptor(self) -> dict[str, object]:
         return {"mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -418,12 +553,16 @@ class _Platform:
                 "platform": {"architecture": self.arch, "os": "linux"}}
 
 
-def _platform(layer_dir: Path, meta: dict[str, object], ver: str) -> _Platform:
-    """Config and manifest of one architecture's image over its cached layer."""
-    labels = _labels(meta, ver)
+def _platform(base: tuple[Path, dict[str, object]], app: tuple[Path, dict[str, object]],
+              ver: str) -> _Platform:
+    """Config and manifest of one architecture's image over its cached layers."""
+    meta, app_meta = base[1], app[1]
+    labels = _labels({**meta, "epoch": max(int(str(meta["epoch"])),
+                                           int(str(app_meta["epoch"])))}, ver)
+    created = labels["org.opencontainers.image.created"]
     config = {
         "architecture": str(meta["arch"]), "os": "linux",
-        "created": labels["org.opencontainers.image.created"],
+        "created": created,
         "config": {
             "User": f"{UID}:{UID}",
             "Entrypoint": ["/opt/tote/bin/tote"],
@@ -433,23 +572,29 @@ def _platform(layer_dir: Path, meta: dict[str, object], ver: str) -> _Platform:
                     "/sbin:/bin", "PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1"],
             "Labels": labels,
         },
-        "rootfs": {"type": "layers", "diff_ids": [meta["diff_id"]]},
-        "history": [{"created": labels["org.opencontainers.image.created"],
+        "rootfs": {"type": "layers", "diff_ids": [meta["diff_id"], app_meta["diff_id"]]},
+        "history": [{"created": created,
                      "created_by": f"deploy/image/build.py: mmdebstrap {SUITE} "
-                                   f"essential+{'+'.join(DEB_PACKAGES)}, venv /opt/tote"}],
+                                   f"essential+{'+'.join(DEB_PACKAGES)}, venv /opt/tote with "
+                                   "tote's dependencies"},
+                    {"created": created,
+                     "created_by": f"deploy/image/build.py: {app_meta.get('wheel', 'tote')}"}],
     }
     cfg = _blob(json.dumps(config, sort_keys=True).encode())
+    layers = [(str(m["digest"]), d / "layer.tar.gz") for d, m in (base, app)]
     manifest = {
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                    "digest": cfg[0], "size": len(cfg[1])},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": meta["digest"], "size": meta["size"]}],
+                    "digest": m["digest"], "size": m["size"]} for m in (meta, app_meta)],
         "annotations": _annotations(labels),
     }
-    return _Platform(arch=str(meta["arch"]), config=cfg, meta=meta,
-                     manifest=_blob(json.dumps(manifest, sort_keys=True).encode()),
-                     layer=layer_dir / "layer.tar.gz", layer_digest=str(meta["digest"]))
+    man = _blob(json.dumps(manifest, sort_keys=True).encode())
+    return _Platform(
+        arch=str(meta["arch"]), config=cfg, meta=meta, manifest=man, layers=layers,
+        size=sum(int(str(m["size"])) for m in (meta, app_meta)) + len(cfg[1]) + len(man[1]),
+        uncompressed_size=sum(int(str(m["uncompressed_size"])) for m in (meta, app_meta)))
 
 
 def _annotations(labels: dict[str, str]) -> dict[str, str]:
@@ -499,7 +644,7 @@ def write_archive(out: Path, plat: _Platform, ver: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     archive = out / f"tote-{ver}-{plat.arch}.oci.tar"
     top = {**plat.descriptor(), "annotations": _ref_annotations(f"{IMAGE_REPOSITORY}:{ver}", ver)}
-    _write_layout(archive, top, [plat.manifest, plat.config], [(plat.layer_digest, plat.layer)],
+    _write_layout(archive, top, [plat.manifest, plat.config], plat.layers,
                   int(str(plat.meta["epoch"])))
     return archive
 
@@ -519,7 +664,7 @@ def write_index_archive(out: Path, plats: list[_Platform], ver: str) -> tuple[Pa
            "annotations": _ref_annotations(f"{IMAGE_REPOSITORY}:{ver}", ver)}
     archive = out / f"tote-{ver}.oci.tar"
     blobs = [idx] + [b for p in plats for b in (p.manifest, p.config)]
-    _write_layout(archive, top, blobs, [(p.layer_digest, p.layer) for p in plats],
+    _write_layout(archive, top, blobs, [layer for p in plats for layer in p.layers],
                   max(int(str(p.meta["epoch"])) for p in plats))
     return archive, idx[0]
 
@@ -553,28 +698,27 @@ def build(out: Path | None = None, *, wheel: Path | None = None, no_cache: bool 
     ver = version()
     if f"{wheel_prefix()}-{ver}-" not in whl.name:
         raise SystemExit(f"{whl.name} is not {wheel_prefix()} {ver}")
+    reqs = requirements(whl)
+    app = app_layer(whl, no_cache)
     plats: list[_Platform] = []
-    all_cached = True
+    all_cached = app[1]
     seconds: dict[str, float] = {}
     for a in wanted:
-        meta, cached = cached_layer(whl, a, no_cache)
+        meta, cached = cached_layer(reqs, a, no_cache)
         all_cached &= cached
         if not cached:
             seconds[a] = float(str(meta.get("build_seconds", 0)))
-        plats.append(_platform(CACHE / "layers" / _layer_key(wheel_content_hash(whl), a),
-                               meta, ver))
+        plats.append(_platform((base_dir(reqs, a), meta), (app_dir(whl), app[0]), ver))
     host_plat = plats[0]
     archive = write_archive(out, host_plat, ver)
     index_archive, index_digest = (write_index_archive(out, plats, ver) if len(plats) > 1
                                    else (None, None))
     return BuiltImage(
         archive=archive, name=f"{IMAGE_REPOSITORY}:{ver}", version=ver,
-        digest=host_plat.manifest[0],
-        size=int(str(host_plat.meta["size"])) + len(host_plat.config[1])
-        + len(host_plat.manifest[1]),
-        uncompressed_size=int(str(host_plat.meta["uncompressed_size"])), cached=all_cached,
+        digest=host_plat.manifest[0], size=host_plat.size,
+        uncompressed_size=host_plat.uncompressed_size, cached=all_cached,
         arch=host, platforms={p.arch: p.manifest[0] for p in plats},
-        layers={p.arch: str(p.layer) for p in plats},
+        layers={p.arch: [str(path) for _, path in p.layers] for p in plats},
         index_archive=index_archive, index_digest=index_digest, seconds=seconds, wheel=whl)
 
 

@@ -88,8 +88,8 @@ def node() -> Iterator[Node]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _blobs(archive: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
-    """index.json, manifest, config and the layer's member path, read from the archive."""
+def _blobs(archive: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]]:
+    """index.json, manifest, config and the layers' member paths, read from the archive."""
     with tarfile.open(archive) as tar:
         def read(name: str) -> Any:
             f = tar.extractfile(name)
@@ -98,7 +98,8 @@ def _blobs(archive: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any
         index = read("index.json")
         manifest = read("blobs/sha256/" + index["manifests"][0]["digest"][7:])
         config = read("blobs/sha256/" + manifest["config"]["digest"][7:])
-    return index, manifest, config, "blobs/sha256/" + manifest["layers"][0]["digest"][7:]
+    return index, manifest, config, ["blobs/sha256/" + la["digest"][7:]
+                                     for la in manifest["layers"]]
 
 
 def test_archive_names_version_labels(image: Any) -> None:
@@ -112,7 +113,9 @@ def test_archive_names_version_labels(image: Any) -> None:
     assert config["config"]["Entrypoint"] == ["/opt/tote/bin/tote"]
     assert config["config"]["User"] == "65532:65532"
     assert config["architecture"] == tote_image.host_arch() and config["os"] == "linux"
-    assert manifest["layers"][0]["mediaType"].endswith("tar+gzip")
+    # Two layers: Debian + the venv with tote's dependencies, then tote itself.
+    assert [la["mediaType"].endswith("tar+gzip") for la in manifest["layers"]] == [True, True]
+    assert len(config["rootfs"]["diff_ids"]) == 2
 
 
 def _read_json(tar: tarfile.TarFile, digest: str) -> Any:
@@ -141,21 +144,24 @@ def test_multiarch_archive_is_an_index_of_every_platform(image: Any) -> None:
         plats = {m["platform"]["architecture"]: m for m in idx["manifests"]}
         assert set(plats) == set(tote_image.all_arches())
         assert {a: m["digest"] for a, m in plats.items()} == image.platforms
+        layers = {}
         for arch, desc in plats.items():
             assert desc["platform"]["os"] == "linux"
             manifest = _read_json(tar, desc["digest"])
+            layers[arch] = [la["digest"] for la in manifest["layers"]]
             config = _read_json(tar, manifest["config"]["digest"])
             assert (config["architecture"], config["os"]) == (arch, "linux")
             assert config["config"]["Labels"]["org.opencontainers.image.version"] == __version__
             for layer in manifest["layers"]:
                 assert "blobs/sha256/" + layer["digest"][7:] in names
-    # The layers differ (one root filesystem per architecture).
+    # One base layer per architecture; tote's own layer (pure Python) is shared by all.
     assert len({m["digest"] for m in idx["manifests"]}) == len(plats)
+    assert len({ls[0] for ls in layers.values()}) == len(plats)
+    assert len({ls[1] for ls in layers.values()}) == 1
 
 
 def _unpack_layer(layer: Path, root: Path) -> None:
-    """The layer as a root filesystem (device nodes left out: chroot needs none here)."""
-    root.mkdir(parents=True)
+    """A layer unpacked onto `root` (device nodes left out: chroot needs none here)."""
     res = subprocess.run(["tar", "-xzf", str(layer), "-C", str(root), "--exclude=./dev/*",
                           "--no-same-owner"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
@@ -175,7 +181,9 @@ def test_tote_version_in_each_architecture_root(image: Any, arch: str,
     if arch in UNBUILT:
         _skip_or_fail(UNBUILT[arch])
     root = tmp_path / "root"
-    _unpack_layer(Path(image.layers[arch]), root)
+    root.mkdir()
+    for layer in image.layers[arch]:  # the base layer, then tote's (adds files only)
+        _unpack_layer(Path(layer), root)
     python = (root / "usr/bin/python3").resolve()  # a relative symlink inside the root
     assert _elf_machine(python) == ELF_MACHINE[arch], f"{python} is not {arch}"
     argv = ["/opt/tote/bin/tote", "--version"]
@@ -199,12 +207,14 @@ def test_tote_version_in_each_architecture_root(image: Any, arch: str,
 
 
 def test_no_compilers_caches_or_tests_inside(image: Any) -> None:
-    _, _, _, layer = _blobs(image.archive)
+    _, _, _, layers = _blobs(image.archive)
+    members = []
     with tarfile.open(image.archive) as outer:
-        f = outer.extractfile(layer)
-        assert f is not None
-        with tarfile.open(fileobj=gzip.GzipFile(fileobj=f), mode="r|") as tar:
-            members = [(m.name.lstrip("./"), m.isfile()) for m in tar]
+        for layer in layers:
+            f = outer.extractfile(layer)
+            assert f is not None
+            with tarfile.open(fileobj=gzip.GzipFile(fileobj=f), mode="r|") as tar:
+                members += [(m.name.lstrip("./"), m.isfile()) for m in tar]
     names = [n for n, _ in members]
     docs = [n for n, is_file in members if is_file and n.startswith("usr/share/doc/")
             and not n.endswith("/copyright")]
