@@ -182,3 +182,40 @@ def test_cli_exits_nonzero_with_one_line_for_ranges() -> None:
         assert proc.returncode == 2, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert proc.stderr.startswith("tote controller: invalid settings: --")
+
+
+
+def _issue(d: Path) -> dict[str, str]:
+    return {"tls_issue_secrets": "tote", "tls_cert": str(d / "tls.crt"),
+            "tls_key": str(d / "tls.key"), "tls_ca": str(d / "ca.crt")}
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ({"tls_issue_secrets": "Tote_1"}, "not a valid Secret name prefix"),
+        ({"insecure": "true"}, "--tls-issue-secrets and --insecure exclude each other"),
+        ({"tls_cert": "", "tls_key": "", "tls_ca": ""}, "needs --tls-cert, --tls-key and"),
+        ({"tls_cert": "/nonexistent-dir/tls.crt"}, "tls_cert: cannot write"),
+        ({"tls_issue_validity": "30s"}, "--tls-issue-validity must be between 1m and 3650"),
+        ({"tls_issue_validity": "4000d"}, "--tls-issue-validity must be between"),
+        ({"admission_address": "0.0.0.0:9443", "admission_tls_cert": "{d}/w.crt",
+          "admission_tls_key": "{d}/w.key"}, "needs --admission-webhook-name"),
+        ({"admission_webhook_name": "x"}, "--admission-webhook-name needs --admission-addr"),
+        ({"tls_issue_secrets": "", "tls_cert": "", "tls_key": "", "tls_ca": "",
+          "admission_webhook_name": "x"}, "--admission-webhook-name needs --tls-issue-secr"),
+    ],
+)
+def test_issuer_settings_fail_closed(extra: dict[str, str], needle: str,
+                                     tmp_path: Path) -> None:
+    """What `--tls-issue-secrets` needs is checked before anything starts, one line each."""
+    flags = {**_issue(tmp_path), **{k: v.replace("{d}", str(tmp_path)) for k, v in extra.items()}}
+    with pytest.raises(ConfigError) as err:
+        load(ControllerSettings, {k: v for k, v in flags.items() if v}, environ={})
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_issuer_settings_accept_files_that_do_not_exist_yet(tmp_path: Path) -> None:
+    s = load(ControllerSettings, {**_issue(tmp_path), "tls_issue_validity": "1m"}, environ={})
+    assert s.tls_issue_secrets == "tote" and s.tls_issue_validity == 60
