@@ -103,11 +103,24 @@ def switch_events(cp: ControlPlane) -> list[dict[str, Any]]:
             and e.get("reportingController") == "tote.dev/controller"]
 
 
+FAKE_NODES: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_fake_nodes(control_plane: ControlPlane) -> Iterator[None]:
+    """The session's control plane is shared: a fake node left behind would be a node
+    without an agent for every later test that asks `tote doctor` about all nodes."""
+    yield
+    for node in FAKE_NODES:
+        control_plane.kubectl("delete", "node", node, "--ignore-not-found", check=False)
+
+
 def failing_pod(cp: ControlPlane, ns: str, name: str) -> None:
     """An opted-in pod failing to pull an image another (fake) node holds: tote's first
     word on it is ImageSalvageable, whenever salvage is on."""
     digest = "sha256:" + uuid.uuid4().hex * 2
     holder, target = uniq("holder"), uniq("target")
+    FAKE_NODES.extend((holder, target))
     create_node(cp, holder, [[f"127.0.0.1:5999/app@{digest}"]])
     create_node(cp, target)
     create_pod(cp, ns, name, f"127.0.0.1:5999/app@{digest}", node=target,
