@@ -12,14 +12,11 @@ from typing import Any
 import pytest
 
 from tests.cluster import versions
+from tests.cluster.ci import in_ci
 from tests.cluster.controlplane import ControlPlane, binaries_dir, start_control_plane
 
 _MARK_BY_DIR = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
 _TESTS_DIR = Path(__file__).resolve().parent
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -58,7 +55,7 @@ def require_binaries() -> Path:
         "Kubernetes/etcd/helm binaries are not built; run tests/cluster/build-binaries.sh "
         "(or set TOTE_BIN_DIR, or TOTE_BUILD_BINARIES=1 to build on demand)"
     )
-    if _in_ci():
+    if in_ci():
         pytest.fail(msg + " [CI is set: missing binaries are a failure]", pytrace=False)
     pytest.skip(msg)
 

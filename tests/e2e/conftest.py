@@ -19,19 +19,10 @@ import pytest
 from tests.cluster import containerd_node as node_mod
 from tests.cluster import oci
 from tests.cluster import registry as registry_mod
+from tests.cluster.ci import unavailable
 from tests.cluster.cluster import KubeCluster, missing_binaries, start_cluster
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.registry import Registry
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
-
-
-def _unavailable(msg: str) -> None:
-    if _in_ci():
-        pytest.fail(msg + " [CI is set: this is a failure]", pytrace=False)
-    pytest.skip(msg)
 
 
 def cluster_prerequisites(bin_dir: Path) -> list[str]:
@@ -45,7 +36,7 @@ def cluster_prerequisites(bin_dir: Path) -> list[str]:
 def e2e_bin_dir(k8s_bin_dir: Path) -> Path:
     missing = cluster_prerequisites(k8s_bin_dir)
     if missing:
-        _unavailable(f"the e2e cluster cannot run on this machine, missing: {missing}")
+        unavailable(f"the e2e cluster cannot run on this machine, missing: {missing}")
     return k8s_bin_dir
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from tests.cluster import registry as registry_mod
+from tests.cluster.ci import in_ci, unavailable
 from tests.cluster.procs import ProcessGroup
 from tests.cluster.registry import start_registry
 from tests.images import tote_image
@@ -42,14 +43,6 @@ QEMU = {"arm64": "qemu-aarch64-static", "amd64": "qemu-x86_64-static"}
 ELF_MACHINE = {"amd64": 62, "arm64": 183}  # e_machine: EM_X86_64, EM_AARCH64
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
-
-
-def _skip_or_fail(msg: str) -> None:
-    if _in_ci():
-        pytest.fail(msg + " [CI is set: a missing tool is a failure]", pytrace=False)
-    pytest.skip(msg)
 
 
 # Architectures that could not be built here, and why (filled by the `image` fixture).
@@ -61,11 +54,11 @@ def image() -> Any:
     """Every architecture this machine can build (all of them under CI)."""
     missing = tote_image.missing_tools()
     if missing:
-        _skip_or_fail(f"{', '.join(missing)} not installed (.ci/install installs it)")
+        unavailable(f"{', '.join(missing)} not installed (.ci/install installs it)")
     arches = []
     for arch in tote_image.all_arches():
         why = tote_image.foreign_unusable(arch)
-        if why and _in_ci():
+        if why and in_ci():
             pytest.fail(why + " [CI is set: a missing tool is a failure]", pytrace=False)
         if why:
             UNBUILT[arch] = why
@@ -128,7 +121,7 @@ def test_multiarch_archive_is_an_index_of_every_platform(image: Any) -> None:
     """index.json names one image index (the pushed reference); it lists a manifest per
     architecture whose config says that architecture, and every blob is in the archive."""
     if UNBUILT:
-        _skip_or_fail("; ".join(UNBUILT.values()))
+        unavailable("; ".join(UNBUILT.values()))
     assert image.index_archive is not None
     assert image.index_archive.name == f"tote-{__version__}.oci.tar"
     with tarfile.open(image.index_archive) as tar:
@@ -179,7 +172,7 @@ def test_tote_version_in_each_architecture_root(image: Any, arch: str,
     """`tote --version` run inside the architecture's own root filesystem (chroot), natively
     or under qemu-user-static, prints the package version."""
     if arch in UNBUILT:
-        _skip_or_fail(UNBUILT[arch])
+        unavailable(UNBUILT[arch])
     root = tmp_path / "root"
     root.mkdir()
     for layer in image.layers[arch]:  # the base layer, then tote's (adds files only)
@@ -190,7 +183,7 @@ def test_tote_version_in_each_architecture_root(image: Any, arch: str,
     if arch != tote_image.host_arch():
         qemu = shutil.which(QEMU[arch])
         if qemu is None:
-            _skip_or_fail(f"{QEMU[arch]} not installed (.ci/install installs qemu-user-static)")
+            unavailable(f"{QEMU[arch]} not installed (.ci/install installs qemu-user-static)")
         assert qemu is not None
         shutil.copy2(qemu, root / "qemu-static")
         # The emulator runs the interpreter itself; the script's shebang is not exec'ed.
@@ -278,7 +271,7 @@ def test_multiarch_archive_imports_and_runs(image: Any, node: Node) -> None:
     """What the release pushes imports into containerd like the single-platform archive: the
     name points at the image index and `ctr run` resolves it to the host's platform."""
     if image.index_archive is None:
-        _skip_or_fail("; ".join(UNBUILT.values()))
+        unavailable("; ".join(UNBUILT.values()))
     tote_image.import_into(image.index_archive, node.socket, namespace="multiarch")
     res = node.ctr("images", "ls", namespace="multiarch", check=False)
     assert res.returncode == 0 and image.index_digest in res.stdout, res.stdout + res.stderr
@@ -292,9 +285,9 @@ def test_multiarch_push_serves_every_platform(image: Any, tmp_path: Path) -> Non
     """The release's push (`skopeo copy --all` of the multi-arch archive) to a real registry:
     the tag resolves to the image index built here, and each platform to its own manifest."""
     if image.index_archive is None:
-        _skip_or_fail("; ".join(UNBUILT.values()))
+        unavailable("; ".join(UNBUILT.values()))
     if shutil.which("skopeo") is None or not registry_mod.available():
-        _skip_or_fail("skopeo or docker-registry not installed (.ci/install installs them)")
+        unavailable("skopeo or docker-registry not installed (.ci/install installs them)")
     reg = start_registry(tmp_path / "registry")
     try:
         dest = f"docker://{reg.host}/tote-dev/tote:{__version__}"
