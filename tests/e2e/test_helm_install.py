@@ -213,9 +213,6 @@ def test_3b_kill_switch_survives_helm_upgrade_and_rollback(
     install-time revision (a new controller process, started with the chart's `enabled`
     true): tote stays off — a failing opted-in pod gets no salvage, `tote status` and the
     ConfigMap say disabled. `tote enable`, and the pod is salvaged."""
-    from tests.cluster import registry as registry_mod
-    from tests.e2e.salvage_env import Timeline, deployment, namespace, workload_image
-
     inst, admin = tote_helm, kube_cluster.admin_kubeconfig
     cm = f"{inst.release}-config"  # the chart's <fullname>-config for release `tote`
     reason = "e2e: no helm upgrade or rollback undoes this"
@@ -253,19 +250,9 @@ def test_3b_kill_switch_survives_helm_upgrade_and_rollback(
     assert (sw["enabled"], sw["source"], sw["reason"]) == (False, "configmap", reason), sw
 
     # a failing opted-in pod: the registry is down, node-b holds the image; tote stays off
-    reg = registry_mod.start_registry(tmp_path / "registry", address=kube_cluster.net.gateway)
-    ns = namespace(kube_cluster)
-    try:
-        for n in kube_cluster.nodes:
-            n.trust_registry(reg.host)
-        marker = f"kill-switch-{os.urandom(4).hex()}"
-        ref = f"{reg.host}/shop/switch:v1"
-        img = workload_image(tmp_path / "img", ref, marker=marker)
-        img.push(ref)
-        kube_cluster.node_b.import_image(img)
-        reg.stop()
-        tl = Timeline(kube_cluster, ns, selector="app=web")
-        kube_cluster.apply(deployment("web", ns, ref))
+    with tote_install.registry_outage(kube_cluster, tmp_path, "shop/switch",
+                                      marker_prefix="kill-switch") as out:
+        tl, ns = out.timeline, out.namespace
         assert not tl.watch(40), tl.describe()
         assert tl.first_failure() is not None, tl.describe()  # it did fail to pull
         by_tote = [e["reason"] for e in inst.kubectl_json(
@@ -281,12 +268,8 @@ def test_3b_kill_switch_survives_helm_upgrade_and_rollback(
         assert "was: DISABLED by " in got.stdout, got.stdout
         pod = tl.wait_running(timeout=180)
         print(f"salvaged after tote enable: {tl.summary()}")
-        assert pod["status"]["containerStatuses"][0]["imageID"].endswith(img.digest)
-        assert marker in kube_cluster.pod_logs(ns, pod["metadata"]["name"])
-    finally:
-        reg.stop()
-        kube_cluster.kubectl("delete", "deployments", "--all", "-n", ns, "--wait=false",
-                             check=False)  # fmt: skip
+        assert pod["status"]["containerStatuses"][0]["imageID"].endswith(out.image_digest)
+        assert out.marker in kube_cluster.pod_logs(ns, pod["metadata"]["name"])
 
 
 def test_3c_replaced_certificates_used_without_restarts(

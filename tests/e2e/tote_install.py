@@ -14,10 +14,12 @@ its Lease. Used by tests/e2e/test_helm_install.py and the demo.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,10 +220,24 @@ class Outcome:
     summary: str
 
 
-def registry_outage_salvage(cluster: KubeCluster, workdir: Path, repo: str) -> Outcome:
-    """The story tote exists for, on the helm-installed tote: an image only the source node
-    `node-b` still has (it pulled it earlier), the registry down, an opted-in Deployment
-    scheduled to the workload node; waits until its pod is Running."""
+@dataclass
+class Outage:
+    """A registry outage in progress: the image only node-b holds, the opted-in Deployment
+    `web` applied, its pods followed by `timeline`."""
+
+    namespace: str
+    ref: str
+    image_digest: str
+    marker: str
+    timeline: Any  # tests.e2e.salvage_env.Timeline
+
+
+@contextlib.contextmanager
+def registry_outage(cluster: KubeCluster, workdir: Path, repo: str,
+                    marker_prefix: str = "in-cluster") -> Iterator[Outage]:
+    """An image only the source node `node-b` still has (it pulled it earlier), the registry
+    down, an opted-in Deployment scheduled to the workload node. On exit the registry is
+    stopped and the namespace's Deployments deleted."""
     from tests.cluster import registry as registry_mod
     from tests.e2e.salvage_env import Timeline, deployment, namespace, workload_image
 
@@ -230,7 +246,7 @@ def registry_outage_salvage(cluster: KubeCluster, workdir: Path, repo: str) -> O
     try:
         for n in cluster.nodes:
             n.trust_registry(reg.host)
-        marker = f"in-cluster-{os.urandom(4).hex()}"
+        marker = f"{marker_prefix}-{os.urandom(4).hex()}"
         ref = f"{reg.host}/{repo}:v1"
         img = workload_image(workdir / "img", ref, marker=marker)
         img.push(ref)
@@ -239,11 +255,20 @@ def registry_outage_salvage(cluster: KubeCluster, workdir: Path, repo: str) -> O
         assert ref not in cluster.node.image_names()
         tl = Timeline(cluster, ns, selector="app=web")
         cluster.apply(deployment("web", ns, ref))
-        pod = tl.wait_running(timeout=180)
-        recs = json.loads(cluster.kubectl("get", "salvagerecords", "-n", ns, "-o", "json")
-                          .stdout)["items"]  # fmt: skip
-        return Outcome(namespace=ns, pod=pod, first_pod=tl.pods[0][0], image_digest=img.digest,
-                       marker=marker, records=recs, summary=tl.summary())  # fmt: skip
+        yield Outage(namespace=ns, ref=ref, image_digest=img.digest, marker=marker, timeline=tl)
     finally:
         reg.stop()
         cluster.kubectl("delete", "deployments", "--all", "-n", ns, "--wait=false", check=False)
+
+
+def registry_outage_salvage(cluster: KubeCluster, workdir: Path, repo: str) -> Outcome:
+    """The story tote exists for, on the helm-installed tote (`registry_outage`): waits
+    until the Deployment's pod is Running."""
+    with registry_outage(cluster, workdir, repo) as out:
+        tl = out.timeline
+        pod = tl.wait_running(timeout=180)
+        recs = json.loads(cluster.kubectl("get", "salvagerecords", "-n", out.namespace, "-o",
+                                          "json").stdout)["items"]  # fmt: skip
+        return Outcome(namespace=out.namespace, pod=pod, first_pod=tl.pods[0][0],
+                       image_digest=out.image_digest, marker=out.marker, records=recs,
+                       summary=tl.summary())  # fmt: skip
