@@ -30,26 +30,32 @@ RELOAD_INTERVAL = 5.0
 volume every sync period (about a minute), so checking more often buys nothing."""
 
 
+Stamp = tuple[tuple[int, int, int], ...]
+
+
+def file_stamp(paths: Sequence[str]) -> Stamp:
+    """Identity of the files' current contents (inode, mtime, size): it differs after any
+    replacement, including kubelet's swap of a Secret volume."""
+    stamps = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            stamps.append((0, 0, 0))  # gone for a moment during a swap: look again later
+            continue
+        stamps.append((st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(stamps)
+
+
 class FileStamp:
     """Tells whether any of a set of files changed since the last look."""
 
     def __init__(self, paths: Sequence[str]) -> None:
         self.paths = tuple(p for p in paths if p)
-        self._last = self._now()
-
-    def _now(self) -> tuple[tuple[int, int, int], ...]:
-        stamps = []
-        for path in self.paths:
-            try:
-                st = os.stat(path)
-            except OSError:
-                stamps.append((0, 0, 0))  # gone for a moment during a swap: look again later
-                continue
-            stamps.append((st.st_ino, st.st_mtime_ns, st.st_size))
-        return tuple(stamps)
+        self._last = file_stamp(self.paths)
 
     def changed(self) -> bool:
-        now = self._now()
+        now = file_stamp(self.paths)
         if now == self._last:
             return False
         self._last = now

@@ -5,7 +5,6 @@ identity (the controller's mTLS files, re-read when they change), over which con
 from __future__ import annotations
 
 import contextlib
-import os
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
 
@@ -14,6 +13,7 @@ from tote_containerd.agent.tls import client_context
 from tote_containerd.agent.tokens import Signer
 from tote_containerd.connections import AgentConnections
 from tote_containerd.discovery import agent_endpoint, agent_endpoints
+from tote_core import tlsreload
 from tote_core.errors import PermanentError
 from tote_core.settings import ControllerSettings
 from tote_core.structs.kube import Pod
@@ -29,7 +29,7 @@ class ControllerTLS:
     def __init__(self, settings: ControllerSettings) -> None:
         self.files = (settings.tls_cert, settings.tls_key, settings.tls_ca)
         self.insecure = settings.insecure
-        self._stamp: tuple[tuple[int, int, int], ...] = ()
+        self._stamp: tlsreload.Stamp = ()
         self._context: ssl.SSLContext | None = None
 
     def __call__(self) -> ssl.SSLContext | None:
@@ -39,7 +39,7 @@ class ControllerTLS:
                 return None
             raise PermanentError("mTLS to agents needs --tls-cert, --tls-key and --tls-ca "
                                  "(or --insecure)", reason="tls_config")
-        stamp = tuple((s.st_ino, s.st_mtime_ns, s.st_size) for s in map(os.stat, self.files))
+        stamp = tlsreload.file_stamp(self.files)
         if self._context is None or stamp != self._stamp:
             self._context = client_context(cert, key, ca, peer_role="agent")
             self._stamp = stamp

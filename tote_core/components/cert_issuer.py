@@ -156,7 +156,9 @@ class CertIssuer:
         now = self.clock()
         ca, trust = await self._ensure_ca(now)
         ca_cert = x509.load_pem_x509_certificate(ca.cert)
-        dns = await self._webhook_dns() if "webhook" in self.files else []
+        webhook: dict[str, Any] = await self.kube.get(self._webhook_path(), dict) \
+            if self.webhook_config else {}
+        dns = self._webhook_names(webhook) if "webhook" in self.files else []
         roles = [*ROLES, *(["webhook"] if "webhook" in self.files else [])]
         current: dict[str, tuple[bytes, bytes]] = {}
         for role in roles:
@@ -183,7 +185,7 @@ class CertIssuer:
             if ca_path:
                 _write_atomically(ca_path, trust, 0o644)
         if self.webhook_config:
-            await self._sync_ca_bundle(trust)
+            await self._sync_ca_bundle(webhook, trust)
 
     async def _ensure_ca(self, now: dt.datetime) -> tuple[certs.Issued, bytes]:
         """The current CA and the trust bundle; a new CA when there is none (or it cannot
@@ -222,16 +224,16 @@ class CertIssuer:
         return ("/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/"
                 f"{self.webhook_config}")
 
-    async def _webhook_dns(self) -> list[str]:
-        config: dict[str, Any] = await self.kube.get(self._webhook_path(), dict)
+    def _webhook_names(self, config: dict[str, Any]) -> list[str]:
         names = webhook_names(config, self.namespace)
         if not names:
             raise KubeError(f"ValidatingWebhookConfiguration {self.webhook_config} calls no "
                             "Service or URL: cannot tell which names its certificate needs")
         return names
 
-    async def _sync_ca_bundle(self, trust: bytes) -> None:
-        config: dict[str, Any] = await self.kube.get(self._webhook_path(), dict)
+    async def _sync_ca_bundle(self, config: dict[str, Any], trust: bytes) -> None:
+        """`config` as read at the start of this pass: a change since makes the update a
+        409 and the pass is repeated (`reconcile`)."""
         hooks = config.get("webhooks") or []
         want = _b64(trust)
         if all((h.get("clientConfig") or {}).get("caBundle") == want for h in hooks):
