@@ -1,0 +1,1 @@
+"""tote-acme: a test plugin that logs each notification together with its own settings."""
