@@ -1,4 +1,4 @@
-"""Every hook tote calls, one spec each; docs/plugins.md's hook reference is generated here.
+"""Every hook tote calls, one spec each: docs/plugins.md's hook reference is drawn from them.
 
 Specs are grouped by phase (start-up, detection, salvage, outcome, upkeep, doctor). Every
 docstring follows one template, which `tote_core.hooks.reference` renders into
