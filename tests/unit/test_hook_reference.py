@@ -113,3 +113,14 @@ def test_write_rewrites_only_between_the_markers(tmp_path: Path,
     page.write_text("# no markers\n")
     assert reference.main(["--write", str(page)]) == 1
     assert "has no hook reference markers" in capsys.readouterr().err
+
+
+def test_hook_types_keep_their_field_types_defaults_and_comments() -> None:
+    by_name = {t.name: t for t in reference.types()}
+    request = {f.name: f for f in by_name["TransferRequest"].fields}
+    assert request["digest"].type == "str" and request["digest"].default is None
+    assert request["max_bytes"].default == "0"
+    assert "0 = no limit" in request["max_bytes"].note
+    assert by_name["ProgressCallback"].alias == "Callable[[TransferProgress], Awaitable[None]]"
+    rendered = reference.render_type(by_name["Incident"])
+    assert "| `digest` | `str \\| None` | required | sha256:… once known |" in rendered

@@ -213,6 +213,8 @@ class TypeDoc:
     doc: str  # "" for an alias
     fields: tuple[Field, ...]
     alias: str = ""  # the aliased type, for `X = Callable[...]`
+    bases: str = ""  # what a class that is not a msgspec Struct derives from
+    methods: tuple[tuple[str, str], ...] = ()  # (signature, first paragraph) of public ones
 
 
 def types() -> list[TypeDoc]:
@@ -250,7 +252,17 @@ def types() -> list[TypeDoc]:
                     note=" ".join(note),
                 ))
             doc = " ".join((ast.get_docstring(node) or "").split())
-            out.append(TypeDoc(name=node.name, doc=doc, fields=tuple(fields)))
+            bases = ", ".join(ast.unparse(b) for b in node.bases)
+            methods = tuple(
+                (f"{item.name}({ast.unparse(item.args).removeprefix('self, ')})"
+                 + (f" -> {ast.unparse(item.returns)}" if item.returns else ""),
+                 " ".join((ast.get_docstring(item) or "").split("\n\n")[0].split()))
+                for item in node.body
+                if isinstance(item, ast.FunctionDef) and not item.name.startswith("_")
+            )
+            struct = any(ast.unparse(b) == "msgspec.Struct" for b in node.bases)
+            out.append(TypeDoc(name=node.name, doc=doc, fields=tuple(fields),
+                               bases="" if struct else bases, methods=methods))
         elif (isinstance(node, ast.Assign) and len(node.targets) == 1
               and isinstance(node.targets[0], ast.Name)
               and re.fullmatch(r"[A-Z][a-z]\w*", node.targets[0].id)):
@@ -289,12 +301,21 @@ def render_type(t: TypeDoc) -> str:
     if t.alias:
         return "\n".join([f"#### `{t.name}`", "", "```python",
                           f"{t.name} = {t.alias}", "```", ""])
-    out = [f"#### `{t.name}`", "", t.doc, "", "| field | type | default | meaning |",
-           "|---|---|---|---|"]
-    for f in t.fields:
-        default = f"`{_cell(f.default)}`" if f.default is not None else "required"
-        out.append(f"| `{f.name}` | `{_cell(f.type)}` | {default} | {_cell(f.note)} |")
-    return "\n".join([*out, ""])
+    out = [f"#### `{t.name}`", ""]
+    if t.bases:
+        out += [f"Derives from `{t.bases}`.", ""]
+    out += [t.doc, ""]
+    if t.fields:
+        out += ["| field | type | default | meaning |", "|---|---|---|---|"]
+        for f in t.fields:
+            default = f"`{_cell(f.default)}`" if f.default is not None else "required"
+            out.append(f"| `{f.name}` | `{_cell(f.type)}` | {default} | {_cell(f.note)} |")
+        out.append("")
+    if t.methods:
+        out += ["| method | meaning |", "|---|---|"]
+        out += [f"| `{_cell(sig)}` | {_cell(doc)} |" for sig, doc in t.methods]
+        out.append("")
+    return "\n".join(out)
 
 
 def render() -> str:
