@@ -1,15 +1,17 @@
 """docs/plugins.md's hook reference is the one tote_core.hooks.reference draws from the specs
 (regenerate with `python -m tote_core.hooks.reference --write`), every spec's docstring has
-every part the reference shows, and each spec's `Built-in:` names exactly the built-in plugins
-that implement it."""
+every part the reference shows, each spec's `Built-in:` names exactly the built-in plugins
+that implement it, and the page's table of built-in plugins lists each with its flags."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import tomllib
 from pathlib import Path
 
+import msgspec
 import pluggy
 import pytest
 
@@ -124,3 +126,23 @@ def test_hook_types_keep_their_field_types_defaults_and_comments() -> None:
     assert by_name["ProgressCallback"].alias == "Callable[[TransferProgress], Awaitable[None]]"
     rendered = reference.render_type(by_name["Incident"])
     assert "| `digest` | `str \\| None` | required | sha256:… once known |" in rendered
+
+
+def test_the_built_in_plugins_table_lists_every_built_in_and_its_flags() -> None:
+    """docs/plugins.md's hand-written table of built-in plugins names each one and every flag
+    its settings Struct declares — no more, no fewer."""
+    text = reference.DOC.read_text()
+    table = text[text.index("## Built-in plugins"):text.index("## Notifications")]
+    documented = {}
+    for line in table.splitlines():
+        cells = line.split(" | ")
+        if line.startswith("| `") and len(cells) == 3:
+            name = cells[0].removeprefix("| `").removesuffix("`")
+            documented[name] = set(re.findall(r"`(--[a-z0-9-]+)`", cells[2]))
+    actual = {}
+    for name, plugin in _builtin_plugins().items():
+        hook = getattr(plugin, "settings_type", None)
+        cls = hook() if hook is not None else None
+        fields = msgspec.structs.fields(cls) if cls is not None else ()
+        actual[name] = {f"--{name}-{f.name.replace('_', '-')}" for f in fields}
+    assert documented == actual
