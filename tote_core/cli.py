@@ -21,14 +21,16 @@ import trio
 from tote_core import __version__, logs, tlsfiles
 from tote_core.errors import ConfigError, leaves
 from tote_core.settings import ControllerSettings
-from tote_core.settings_loader import parse_args
 from tote_core.signals import until_signalled
 
 log = logging.getLogger("tote")
 
 
 def _controller(argv: Sequence[str]) -> int:
-    settings: ControllerSettings = parse_args(ControllerSettings, argv, "tote controller")
+    from tote_core.hooks import loading
+
+    loaded = loading.load(ControllerSettings, argv, "tote controller")
+    settings: ControllerSettings = loaded.settings
     logs.setup(settings.log_format, settings.log_level)
     # Fail closed before anything starts: unusable TLS material, or none without
     # --insecure, is a one-line error and exit code 2, never a failure recorded later.
@@ -44,13 +46,11 @@ def _controller(argv: Sequence[str]) -> int:
         tlsfiles.check_pair(settings.admission_tls_cert, settings.admission_tls_key,
                             cert_flag="--admission-tls-cert", key_flag="--admission-tls-key")
     from tote_core.components.manager import Controller
-    from tote_core.hooks.host import PluginHost
 
-    host = PluginHost()
-    for info in host.load(settings.plugins_disabled):
+    for info in loaded.host.plugins:
         log.info("plugin %s (%s) %s", info.name, info.module,
-                 "loaded" if info.enabled else f"disabled {info.error}".strip())
-    controller = Controller(settings, host=host)
+                 "loaded" if info.enabled else info.reason or info.state)
+    controller = Controller(settings, host=loaded.host)
     log.info("tote %s controller starting (identity %s, namespace %s, enabled=%s)",
              __version__, controller.identity, controller.namespace, settings.enabled)
     trio.run(until_signalled, controller.run)
@@ -58,33 +58,23 @@ def _controller(argv: Sequence[str]) -> int:
 
 
 def _plugins(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="tote plugins")
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--disabled", default="", help="comma list, as plugins.disabled")
-    parser.add_argument("--config", default=None)
-    args = parser.parse_args(list(argv))
-    from tote_core.hooks.host import PluginHost
-    from tote_core.settings_loader import load
+    """`tote plugins`: what `tote controller` with the same flags, environment and config
+    file would load — always a table, even when a plugin is broken (its row says why)."""
+    from tote_core.hooks import listing, loading
 
-    disabled = [d for d in args.disabled.split(",") if d]
-    if args.config:
-        disabled += load(ControllerSettings, {}, config_file=args.config).plugins_disabled
-    infos = PluginHost().load(disabled)
-    if args.json:
+    def own(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+    loaded = loading.load(ControllerSettings, argv, "tote plugins", extra=own, strict=False)
+    infos = loaded.host.plugins
+    if loaded.args.json:
         sys.stdout.write(msgspec.json.encode(infos).decode() + "\n")
-        return 0
-    rows = [("NAME", "STATE", "SOURCE", "MODULE", "HOOKS")]
-    for p in infos:
-        state = "loaded" if p.enabled else ("error" if p.error else "disabled")
-        source = f"{p.distribution} {p.version}" + (" (built-in)" if p.builtin else "")
-        rows.append((p.name, state, source, p.module, ",".join(p.hooks) or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    for p in infos:
-        if p.error:
-            print(f"{p.name}: {p.error}", file=sys.stderr)
-    return 0
+    else:
+        listing.render(infos, sys.stdout)
+    if loaded.core_error:
+        print(f"note: tote controller would refuse these settings: {loaded.core_error}",
+              file=sys.stderr)
+    return 1 if any(p.state == "failed" for p in infos) else 0
 
 
 def _status(argv: Sequence[str]) -> int:

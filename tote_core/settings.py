@@ -19,13 +19,7 @@ from typing import Literal
 
 import msgspec
 
-from tote_core.detect import reference
-from tote_core.errors import InvalidReference
-from tote_core.values import (
-    check_address,
-    check_port,
-    check_positive,
-)
+from tote_core.values import Duration, Size, check_address, check_positive
 
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -60,37 +54,21 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     enabled: bool = True
     deny_namespaces: list[str] = msgspec.field(default_factory=list)
     salvage_on_auth_failure: bool = False
-    registry_resolve: bool = False
-    registry_resolve_timeout: float = 5.0
-    registry_resolve_ca: str = ""
-    registry_insecure: bool = False
-    max_image_size: int = 2147483648
+    max_image_size: Size = 2147483648
     max_concurrent_salvages: int = 2
     workers: int = 4
-    reconcile_timeout: float = 30.0
-    transfer_timeout: float = 1800.0
-    salvagerecord_ttl: float = 168 * 3600.0
-    reap_interval: float = 600.0
-    backup_registry: str = ""
-    backup_registry_secret: str = ""
-    backup_registry_insecure: bool = False
-    backup_registry_ca: str = ""
-    webhook_url: str = ""
-    webhook_events: list[str] = msgspec.field(default_factory=list)
-    webhook_format: Literal["json", "slack"] = "json"
-    webhook_secret_file: str = ""  # HMAC-SHA256 key for X-Tote-Signature-256
-    agent_endpoints: dict[str, str] = msgspec.field(default_factory=dict)
-    agent_namespace: str = ""  # where agent pods run; empty = the controller's namespace
-    agent_selector: str = "app.kubernetes.io/component=agent,app.kubernetes.io/name=tote"
-    agent_port: int = 9090
+    reconcile_timeout: Duration = 30.0
+    transfer_timeout: Duration = 1800.0
+    salvagerecord_ttl: Duration = 168 * 3600.0
+    reap_interval: Duration = 600.0
     # Runtime kill switch: ConfigMap <namespace>/<name>, key `enabled`.
     config_map: str = "tote-config"
     namespace: str = ""  # the controller's own namespace; empty = from service account / default
     leader_election: bool = True
     lease_name: str = "tote-controller"
-    lease_duration: float = 15.0
-    renew_deadline: float = 10.0
-    retry_period: float = 2.0
+    lease_duration: Duration = 15.0
+    renew_deadline: Duration = 10.0
+    retry_period: Duration = 2.0
     identity: str = ""  # leader-election identity; empty = hostname + pid
     metrics_address: str = "0.0.0.0:8080"
     health_address: str = "0.0.0.0:8081"
@@ -104,7 +82,7 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     # (and PREFIX-webhook-tls), renewed at two thirds of their lifetime; its own files are
     # written to --tls-cert/--tls-key/--tls-ca (and --admission-tls-cert/-key).
     tls_issue_secrets: str = ""
-    tls_issue_validity: float = 90 * 86400.0
+    tls_issue_validity: Duration = 90 * 86400.0
     admission_webhook_name: str = ""  # ValidatingWebhookConfiguration whose caBundle to keep
     status_address: str = "0.0.0.0:8082"  # WebSocket status feed (`tote status`), path /status
     plugins_disabled: list[str] = msgspec.field(default_factory=list)
@@ -116,25 +94,13 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.registry_resolve_ca and not os.access(self.registry_resolve_ca, os.R_OK):
-            raise ValueError(f"registry_resolve_ca: cannot read {self.registry_resolve_ca}")
-        self._check_backup()
         if self.max_concurrent_salvages < 1:
             raise ValueError("max_concurrent_salvages must be at least 1")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
-        bad = set(self.webhook_events) - {"detected", "salvaged", "failed", "pushed"}
-        if bad:
-            raise ValueError(f"webhook_events: unknown event types {sorted(bad)} "
-                             "(use detected, salvaged, failed, pushed)")
-        if self.webhook_url and not re.match(r"https?://[^/\s]+", self.webhook_url):
-            raise ValueError(f"webhook_url: {self.webhook_url!r} is not an http(s) URL")
-        if self.webhook_secret_file and not os.access(self.webhook_secret_file, os.R_OK):
-            raise ValueError(f"webhook_secret_file: cannot read {self.webhook_secret_file}")
-        check_port("agent_port", self.agent_port)
         for name in ("metrics_address", "health_address"):
             check_address(name, getattr(self, name))
-        for name in ("registry_resolve_timeout", "reconcile_timeout", "transfer_timeout",
+        for name in ("reconcile_timeout", "transfer_timeout",
                      "salvagerecord_ttl", "reap_interval", "lease_duration", "renew_deadline",
                      "retry_period"):
             check_positive(name, getattr(self, name))
@@ -192,28 +158,6 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
                              f"{self.tls_issue_validity:g}s")
 
 
-    def _check_backup(self) -> None:
-        """`HOST[/prefix]` must start with a registry host; its options need it."""
-        value = self.backup_registry
-        if not value:
-            given = [n for n in ("backup_registry_secret", "backup_registry_insecure",
-                                 "backup_registry_ca") if getattr(self, n)]
-            if given:
-                raise ValueError(f"{', '.join(given)} given without backup_registry")
-            return
-        host = value.split("/", 1)[0]
-        try:
-            ref = reference.parse(f"{value.rstrip('/')}/x:y")
-        except InvalidReference as exc:
-            raise ValueError(f"backup_registry: {value!r} is not HOST[/prefix]: {exc}") from None
-        prefix = value.split("/", 1)[1] if "/" in value else ""
-        if ref.domain != host or "@" in value or value.endswith(":") or ":" in prefix:
-            raise ValueError(f"backup_registry: {value!r} is not HOST[/prefix] (HOST is a "
-                             "registry host such as registry.example.com or 10.0.0.5:5000)")
-        if self.backup_registry_ca and not os.access(self.backup_registry_ca, os.R_OK):
-            raise ValueError(f"backup_registry_ca: cannot read {self.backup_registry_ca}")
-
-
 # `--help` text per core setting (README has the same tables).
 HELP: dict[str, str] = {
     "log_format": "text or json (default text)",
@@ -227,10 +171,6 @@ HELP: dict[str, str] = {
                 "`tote enable` wrote ConfigMap --config-map key 'enabled', that decides"),
     "deny_namespaces": "comma list of namespaces never acted in",
     "salvage_on_auth_failure": "salvage even when the pull failed on 401/403 (default false)",
-    "registry_resolve": "resolve tags in the registry when no node knows the digest",
-    "registry_resolve_timeout": "registry lookup timeout (default 5s)",
-    "registry_resolve_ca": "PEM bundle appended to system roots for registry lookups",
-    "registry_insecure": "plain HTTP / unverified TLS for registry lookups",
     "max_image_size": "max bytes to move per salvage, e.g. 2GB (default); 0 = no limit",
     "max_concurrent_salvages": "simultaneous transfers (default 2)",
     "workers": "detection reconcile workers (default 4)",
@@ -238,19 +178,6 @@ HELP: dict[str, str] = {
     "transfer_timeout": "deadline per transfer (default 30m)",
     "salvagerecord_ttl": "delete SalvageRecords older than this (default 168h)",
     "reap_interval": "how often the leader reaps SalvageRecords (default 10m)",
-    "backup_registry": "HOST[/prefix] to push salvaged images to (digest preserved)",
-    "backup_registry_secret": "kubernetes.io/dockerconfigjson Secret (controller namespace) "
-                              "with credentials for the backup registry",
-    "backup_registry_insecure": "plain HTTP / unverified TLS for the backup registry",
-    "backup_registry_ca": "PEM bundle appended to system roots for the backup registry",
-    "webhook_url": "POST notifications (JSON or Slack) here; empty = no webhook",
-    "webhook_events": "comma list of detected,salvaged,failed,pushed (default: all)",
-    "webhook_format": "json (default) or slack (Block Kit)",
-    "webhook_secret_file": "file holding the key for X-Tote-Signature-256 (HMAC-SHA256)",
-    "agent_endpoints": "static node=host:port,... map of agents (out-of-cluster runs)",
-    "agent_namespace": "namespace of agent pods (default: the controller's)",
-    "agent_selector": "label selector of agent pods",
-    "agent_port": "agent gRPC port (default 9090)",
     "config_map": "runtime kill-switch ConfigMap name (default tote-config)",
     "namespace": "the controller's namespace (default: service account namespace)",
     "leader_election": "elect a leader among replicas (default true)",

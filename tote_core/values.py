@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 # Binary throughout: the documented `2GB` default is 2147483648 bytes, so GB means GiB here.
 _SIZE_UNITS = {"": 1, "b": 1} | {
@@ -15,6 +17,12 @@ _SIZE_UNITS = {"": 1, "b": 1} | {
     for unit in (letter, letter + "b", letter + "i", letter + "ib")
 }
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+# Field types of settings Structs (core's and plugins'): the loader parses a value written
+# as `30s` / `2GB` by the field's type, so a plugin's settings read exactly like core's.
+PARSE = "tote_parse"
+Duration = Annotated[float, msgspec.Meta(extra={PARSE: "duration"})]  # seconds; `30s`, `1h30m`
+Size = Annotated[int, msgspec.Meta(extra={PARSE: "size"})]  # bytes; `2GB`, `512Mi`
 
 
 def parse_size(text: str | int) -> int:

@@ -12,7 +12,7 @@ from tote_containerd.agent.client import AgentClient
 from tote_containerd.agent.tls import client_context
 from tote_containerd.agent.tokens import Signer
 from tote_containerd.connections import AgentConnections
-from tote_containerd.discovery import agent_endpoint, agent_endpoints
+from tote_containerd.discovery import AgentDiscovery, agent_endpoint, agent_endpoints
 from tote_core import tlsreload
 from tote_core.errors import PermanentError
 from tote_core.settings import ControllerSettings
@@ -47,23 +47,26 @@ class ControllerTLS:
 
 
 class Agents:
-    """The agents of the cluster as the controller's hooks see them. `pods` answers the
-    current agent pods (the controller's pod cache, or the pods `tote doctor` listed)."""
+    """The agents of the cluster as the controller's hooks see them. `settings` are core's
+    (the mTLS identity), `discovery` the plugin's; `pods` answers the current agent pods
+    (the controller's pod cache, or the pods `tote doctor` listed)."""
 
     def __init__(self, settings: ControllerSettings,
                  pods: Callable[[], Iterable[Pod]] = tuple,
-                 connections: AgentConnections | None = None) -> None:
+                 connections: AgentConnections | None = None, *,
+                 discovery: AgentDiscovery | None = None) -> None:
         self.settings = settings
+        self.discovery = discovery or AgentDiscovery()
         self.pods = pods
         self.connections = connections or AgentConnections(ControllerTLS(settings))
 
     def known(self) -> dict[str, str]:
         """node name → endpoint of every node with a known agent."""
-        return agent_endpoints(self.settings, self.pods())
+        return agent_endpoints(self.discovery, self.settings.namespace, self.pods())
 
     def endpoint(self, node: str) -> str:
         """Where `node`'s agent listens; RetryLater if unknown."""
-        return agent_endpoint(self.settings, self.pods(), node)
+        return agent_endpoint(self.discovery, self.settings.namespace, self.pods(), node)
 
     def signer(self) -> Signer:
         """Mints transfer tokens with the controller's key (read afresh: it may have been
@@ -89,7 +92,9 @@ class Agents:
 
 @contextlib.asynccontextmanager
 async def open_agent(node: str, settings: ControllerSettings, pods: Iterable[Pod] = (),
-                     rpc_timeout: float = RPC_TIMEOUT) -> AsyncIterator[AgentClient]:
+                     rpc_timeout: float = RPC_TIMEOUT, *,
+                     discovery: AgentDiscovery | None = None) -> AsyncIterator[AgentClient]:
     """One connection to `node`'s agent outside the controller (tests, benches, doctor)."""
-    async with Agents(settings, lambda: pods).agent(node, rpc_timeout) as client:
+    async with Agents(settings, lambda: pods, discovery=discovery).agent(
+            node, rpc_timeout) as client:
         yield client

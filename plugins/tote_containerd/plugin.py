@@ -1,11 +1,13 @@
-"""Built-in `transfer` plugin: moves an image between nodes by driving tote agents.
+"""Built-in `agent` plugin: moves an image between nodes by driving tote agents.
 
-The controller side. `ContainerdPlugin` wires the hooks to the modules that do the work:
+The controller side. `AgentPlugin` wires the hooks to the modules that do the work:
 `transfer` (a salvage's copy), `inventory` (who holds a digest, what a tag points to,
 removing stale records), `pins` (unpinning a salvaged image), `push` (backup push from a
 node) and `doctor` (node health for `tote doctor`). All of them reach the agents through
 one `Agents` (discovery, the controller's mTLS identity, pooled connections), so
-`plugins.disabled: [containerd]` turns all of them off together.
+`plugins.disabled: [agent]` turns all of them off together. Its settings are agent
+discovery's (`--agent-endpoints`, `--agent-namespace`, `--agent-selector`, `--agent-port`:
+`discovery.AgentDiscovery`).
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ from typing import TYPE_CHECKING
 
 from tote_containerd import doctor, pins, push
 from tote_containerd.agents import Agents
-from tote_containerd.discovery import agent_namespace
+from tote_containerd.discovery import AgentDiscovery, agent_namespace
 from tote_containerd.inventory import Inventory
 from tote_containerd.transfer import run_transfer
+from tote_core.errors import KubeError
 from tote_core.hooks.hookspecs import hookimpl
 from tote_core.hooks.types import (
     Incident,
     NodeHealth,
     NodeInfo,
+    PluginSettings,
     ProgressCallback,
     PushRequest,
     PushResult,
@@ -30,26 +34,33 @@ from tote_core.hooks.types import (
     TransferResult,
 )
 from tote_core.settings import ControllerSettings
-from tote_core.structs.kube import Pod
 
 if TYPE_CHECKING:
     from tote_core.hooks.context import PluginContext
+    from tote_core.kube.client import KubeClient
 
 
-class ContainerdPlugin:
-    """The `containerd` plugin, one object per process, built by the plugin host from the
+class AgentPlugin:
+    """The `agent` plugin, one object per process, built by the plugin host from the
     entry point. Without `configure` (no controller) every controller hook answers None;
     `node_health` is `tote doctor`'s and needs no `configure`."""
 
     def __init__(self) -> None:
         self.agents: Agents | None = None
         self.inventory: Inventory | None = None
+        self.doctor_pods = doctor.AgentPods()
+
+    @hookimpl
+    def settings_type(self) -> type[AgentDiscovery]:
+        return AgentDiscovery
 
     @hookimpl
     def configure(self, context: PluginContext) -> None:
         settings, cache = context.settings, context.cache
-        namespace = agent_namespace(settings)
-        self.agents = Agents(settings, lambda: cache.pods_in_namespace(namespace))
+        discovery = context.settings_for(AgentDiscovery)
+        namespace = agent_namespace(discovery, settings.namespace)
+        self.agents = Agents(settings, lambda: cache.pods_in_namespace(namespace),
+                             discovery=discovery)
         self.inventory = Inventory(self.agents)
         context.add_service("containerd-agent-connections", self.agents.connections.run)
 
@@ -101,9 +112,19 @@ class ContainerdPlugin:
         return await pins.unpin_image(node, digest, self.agents)
 
     @hookimpl
-    async def node_health(self, node: str, settings: ControllerSettings, pods: list[Pod]
+    async def node_health(self, node: str, settings: ControllerSettings,
+                          plugin_settings: PluginSettings, kube: KubeClient
                           ) -> NodeHealth | None:
-        return await doctor.node_health(node, settings, pods)
+        agents = self.agents  # in the controller: its own agents, from its pod cache
+        if agents is None:  # `tote doctor`: list the agent pods once
+            discovery = plugin_settings.of(AgentDiscovery)
+            try:
+                pods = await self.doctor_pods.get(kube, discovery, settings.namespace)
+            except KubeError as exc:
+                return NodeHealth(node=node, reachable=False,
+                                  error=f"cannot list agent pods: {exc}")
+            agents = Agents(settings, lambda: pods, discovery=discovery)
+        return await doctor.node_health(node, agents)
 
     @hookimpl
     async def push_image(self, request: PushRequest) -> PushResult | None:

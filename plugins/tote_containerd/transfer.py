@@ -69,9 +69,8 @@ async def run_transfer(request: TransferRequest, progress: ProgressCallback, age
             info = await source.inspect(request.digest, platform)
     except e.AgentError as exc:
         raise translate(exc, f"source {request.source_node}") from exc
-    settings = agents.settings
     if not info.complete:
-        if info.layers_discarded and info.unpacked and not settings.snapshot_salvage:
+        if info.layers_discarded and info.unpacked and not request.allow_snapshots:
             raise PermanentError(
                 f"source {request.source_node} discarded the layer blobs of "
                 f"{request.digest} and snapshot salvage is turned off "
@@ -96,9 +95,8 @@ async def run_transfer(request: TransferRequest, progress: ProgressCallback, age
                 source_node=request.source_node, source_endpoint=source_endpoint,
                 token=token, digest=request.digest, names=[request.image_ref],
                 max_bytes=request.max_bytes, platform=platform,
-                allow_snapshots=settings.snapshot_salvage,
-                require_verified=settings.snapshot_salvage_strict,
-                pin=settings.pin_salvaged_images), relay)
+                allow_snapshots=request.allow_snapshots,
+                require_verified=request.require_verified, pin=request.pin), relay)
     except e.AgentError as exc:
         raise translate(exc, f"import {request.source_node} → {request.target_node}"
                         ) from exc

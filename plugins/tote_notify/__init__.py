@@ -1,1 +1,1 @@
-"""Built-in plugin `notify`: webhook and Slack notifications."""
+"""Built-in plugin `webhook`: notifications delivered to a webhook (JSON or Slack)."""

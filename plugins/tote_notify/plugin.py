@@ -1,13 +1,10 @@
-"""The `notify` plugin: detected notifications, and webhook / Slack delivery.
+"""The `webhook` plugin: notifications delivered to a webhook, as JSON or Slack Block Kit.
 
-Two hooks:
-
-- `on_detected` turns each new incident into a `detected` notification and emits it through
-  the host (`PluginContext.notify`), so every `notify` implementation — this one and any
-  third-party one — receives it, once per incident.
-- `notify` only enqueues (a bounded memory channel) and returns: it runs inside detection
-  and salvage workers and must never make them wait. A full queue drops the notification
-  and counts it in `tote_webhook_dropped_total`.
+Its settings (`WebhookSettings`, `--webhook-url` …) are its own, declared through
+`settings_type`. Core emits the notifications (`detected`, `salvaged`, `failed`; the backup
+plugin `pushed`); this plugin's `notify` only enqueues (a bounded memory channel) and
+returns: it runs inside detection and salvage workers and must never make them wait. A full
+queue drops the notification and counts it in `tote_webhook_dropped_total`.
 
 Delivery is a service the host runs in the controller's leader-only nursery: one worker,
 one `httpx.AsyncClient` owned by this object, one request at a time (a Slack channel reads
@@ -23,16 +20,20 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import httpx
+import msgspec
 import trio
 
 from tote_core import __version__, metrics
 from tote_core.hooks.context import PluginContext
 from tote_core.hooks.hookspecs import hookimpl
-from tote_core.hooks.types import NOTIFICATION_TYPES, Incident, Notification
+from tote_core.hooks.types import NOTIFICATION_TYPES, Notification
 from tote_notify import payload
 
 log = logging.getLogger("tote.plugins.notify")
@@ -42,6 +43,36 @@ TIMEOUT = 5.0  # per attempt
 ATTEMPTS = 3  # one try and two retries
 RETRY_PAUSES = (1.0, 3.0)  # before the 2nd and 3rd attempt
 DROP_LOG_INTERVAL = 60.0  # at most one warning a minute while dropping
+
+
+class WebhookSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`--webhook-*`: where notifications go; no URL, no webhook."""
+
+    url: str = ""
+    events: list[str] = msgspec.field(default_factory=list)  # empty: every type
+    format: Literal["json", "slack"] = "json"
+    secret_file: str = ""  # HMAC-SHA256 key for X-Tote-Signature-256
+
+    FLAG_HELP: ClassVar[dict[str, str]] = {
+        "url": "POST notifications (JSON or Slack) here; empty = no webhook",
+        "events": "comma list of detected,salvaged,failed,pushed (default: all)",
+        "format": "json (default) or slack (Block Kit)",
+        "secret_file": "file holding the key for X-Tote-Signature-256 (HMAC-SHA256)",
+    }
+
+    def __post_init__(self) -> None:
+        bad = set(self.events) - set(NOTIFICATION_TYPES)
+        if bad:
+            raise ValueError(f"--webhook-events: unknown event types {sorted(bad)} "
+                             "(use detected, salvaged, failed, pushed)")
+        if self.url and not re.match(r"https?://[^/\s]+", self.url):
+            raise ValueError(f"--webhook-url: {self.url!r} is not an http(s) URL")
+        if self.secret_file and not os.access(self.secret_file, os.R_OK):
+            raise ValueError(f"--webhook-secret-file: cannot read {self.secret_file}")
+        if (self.events or self.secret_file) and not self.url:
+            given = [f for f in ("events", "secret_file") if getattr(self, f)]
+            raise ValueError(f"--webhook-{given[0].replace('_', '-')} given without "
+                             "--webhook-url")
 
 
 def retryable(status: int) -> bool:
@@ -85,32 +116,26 @@ class NotifyPlugin:
     # -- hooks -----------------------------------------------------------------------------
 
     @hookimpl
+    def settings_type(self) -> type[WebhookSettings]:
+        return WebhookSettings
+
+    @hookimpl
     def configure(self, context: PluginContext) -> None:
         self.context = context
-        s = context.settings
-        if not s.webhook_url:
+        s = context.settings_for(WebhookSettings)
+        if not s.url:
             return
         # Read once at start-up: a Secret mounted as a file (whitespace at the ends is not
         # part of the key — `kubectl create secret --from-file` keeps a trailing newline).
-        key = Path(s.webhook_secret_file).read_bytes().strip() if s.webhook_secret_file else b""
+        key = Path(s.secret_file).read_bytes().strip() if s.secret_file else b""
         self.webhook = Webhook(
-            url=s.webhook_url, events=frozenset(s.webhook_events or NOTIFICATION_TYPES),
-            format=s.webhook_format, key=key,
+            url=s.url, events=frozenset(s.events or NOTIFICATION_TYPES),
+            format=s.format, key=key,
         )
         context.add_service("notify-webhook", self.run)
-        log.info("webhook notifications to %s (%s; events %s%s)", _redact(s.webhook_url),
-                 s.webhook_format, ",".join(sorted(self.webhook.events)),
+        log.info("webhook notifications to %s (%s; events %s%s)", _redact(s.url),
+                 s.format, ",".join(sorted(self.webhook.events)),
                  "; signed" if key else "")
-
-    @hookimpl
-    async def on_detected(self, incident: Incident) -> None:
-        if self.context is None:
-            return
-        await self.context.notify(Notification(
-            type="detected", pod_name=incident.pod_name, namespace=incident.namespace,
-            pod_uid=incident.pod_uid, image_ref=incident.image_ref,
-            digest=incident.digest or "", target_node=incident.node_name or "",
-        ))
 
     @hookimpl
     def notify(self, notification: Notification) -> None:

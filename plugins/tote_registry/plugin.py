@@ -1,56 +1,64 @@
-"""Built-in `registry` plugin: one registry client (`client.py`) serving two features.
+"""Built-in `registry` plugin: registry lookups through one client (`client.py`).
 
-- tag resolution (`registry_resolve`, opt-in `--registry-resolve`; `resolve.py`), and the
-  same lookup by digest for the reaper (`registry_serves`: may a pinned salvaged image be
-  unpinned?), with the same CA, insecure and timeout settings;
-- the backup push (`on_salvaged`, opt-in `--backup-registry`; `backup.py`), whose worker the
-  host runs as a service.
+- tag resolution (`registry_resolve`, opt-in `--registry-resolve`; `resolve.py`), and
+- the same lookup by digest for the reaper (`registry_serves`: may a pinned salvaged image be
+  unpinned?), always on, with the same CA, insecure and timeout settings.
 
-The entry point names the `plugin` object below; its state is set by `configure` from the
-controller's settings. Disabling the plugin (`plugins.disabled: [registry]`) turns off both.
+Its settings (`RegistrySettings`, `--registry-*`) are its own, declared through
+`settings_type`. The backup push is the separate `backup` plugin of this package
+(`backup_plugin.py`), so each can be turned off alone.
 """
 
 from __future__ import annotations
 
-import socket
+import os
+from typing import ClassVar
+
+import msgspec
 
 from tote_core.hooks.context import PluginContext
 from tote_core.hooks.hookspecs import hookimpl
-from tote_core.hooks.types import Incident, TransferRequest, TransferResult
-from tote_registry.backup import BackupPush
+from tote_core.values import Duration, check_positive
 from tote_registry.client import RegistryClient
 from tote_registry.resolve import Resolver
+
+
+class RegistrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`--registry-*`: how tote asks registries (tag lookups and the reaper's check)."""
+
+    resolve: bool = False
+    resolve_timeout: Duration = 5.0
+    resolve_ca: str = ""
+    insecure: bool = False
+
+    FLAG_HELP: ClassVar[dict[str, str]] = {
+        "resolve": "resolve tags in the registry when no node knows the digest",
+        "resolve_timeout": "registry lookup timeout (default 5s)",
+        "resolve_ca": "PEM bundle appended to system roots for registry lookups",
+        "insecure": "plain HTTP / unverified TLS for registry lookups",
+    }
+
+    def __post_init__(self) -> None:
+        check_positive("registry_resolve_timeout", self.resolve_timeout)
+        if self.resolve_ca and not os.access(self.resolve_ca, os.R_OK):
+            raise ValueError(f"--registry-resolve-ca: cannot read {self.resolve_ca}")
 
 
 class RegistryPlugin:
     def __init__(self) -> None:
         self.resolver: Resolver | None = None
         self.lookup: Resolver | None = None  # registry_serves, whatever --registry-resolve
-        self.backup: BackupPush | None = None
+
+    @hookimpl
+    def settings_type(self) -> type[RegistrySettings]:
+        return RegistrySettings
 
     @hookimpl
     def configure(self, context: PluginContext) -> None:
-        s = context.settings
-        self.resolver = self.backup = None
+        s = context.settings_for(RegistrySettings)
         self.lookup = Resolver(context.kube, RegistryClient(
-            ca_file=s.registry_resolve_ca, insecure=s.registry_insecure,
-            timeout=s.registry_resolve_timeout))
-        if s.registry_resolve:
-            self.resolver = self.lookup
-        if s.backup_registry:
-            recorder = context.recorder
-            if recorder is None:  # embedded use without a manager
-                from tote_core.kube.events import EventRecorder
-
-                recorder = EventRecorder(context.kube, instance=s.identity or
-                                         socket.gethostname())
-            self.backup = BackupPush(
-                kube=context.kube, host=context.host, recorder=recorder,
-                client=RegistryClient(ca_file=s.backup_registry_ca,
-                                      insecure=s.backup_registry_insecure, timeout=30.0),
-                destination=s.backup_registry, secret=s.backup_registry_secret,
-                namespace=s.namespace, timeout=s.transfer_timeout)
-            context.add_service("registry-backup-push", self.backup.run)
+            ca_file=s.resolve_ca, insecure=s.insecure, timeout=s.resolve_timeout))
+        self.resolver = self.lookup if s.resolve else None
 
     @hookimpl
     async def registry_resolve(self, image_ref: str, namespace: str, pull_secrets: list[str]
@@ -69,12 +77,6 @@ class RegistryPlugin:
         # rather than making requests RBAC refuses.
         secrets = pull_secrets if self.resolver is not None else []
         return await self.lookup.serves(image_ref, digest, namespace, secrets)
-
-    @hookimpl
-    async def on_salvaged(self, incident: Incident, request: TransferRequest,
-                          result: TransferResult) -> None:
-        if self.backup is not None:
-            await self.backup.submit(incident, request)
 
 
 plugin = RegistryPlugin()

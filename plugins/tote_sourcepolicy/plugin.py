@@ -13,9 +13,26 @@ is stable between attempts.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+import msgspec
 
 from tote_core.hooks.hookspecs import hookimpl
 from tote_core.hooks.types import NodeInfo
+
+if TYPE_CHECKING:
+    from tote_core.hooks.context import PluginContext
+
+
+class SourcePolicySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`--source-policy-*`."""
+
+    zone_first: bool = True
+
+    FLAG_HELP: ClassVar[dict[str, str]] = {
+        "zone_first": "prefer sources in the target's zone (topology.kubernetes.io/zone); "
+                      "false where zones cost nothing extra (default true)",
+    }
 
 
 def order(candidates: Sequence[NodeInfo], *, target_zone: str | None) -> list[str]:
@@ -35,8 +52,19 @@ def order(candidates: Sequence[NodeInfo], *, target_zone: str | None) -> list[st
 
 
 class SourcePolicyPlugin:
-    """Stateless: everything it weighs arrives with the call."""
+    """Everything it weighs arrives with the call; its one setting with `configure`."""
+
+    def __init__(self) -> None:
+        self.settings = SourcePolicySettings()
+
+    @hookimpl
+    def settings_type(self) -> type[SourcePolicySettings]:
+        return SourcePolicySettings
+
+    @hookimpl
+    def configure(self, context: PluginContext) -> None:
+        self.settings = context.settings_for(SourcePolicySettings)
 
     @hookimpl
     def select_source(self, candidates: list[NodeInfo], target: NodeInfo) -> list[str]:
-        return order(candidates, target_zone=target.zone)
+        return order(candidates, target_zone=target.zone if self.settings.zone_first else None)

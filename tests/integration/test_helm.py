@@ -919,11 +919,12 @@ def test_helm_test_hook_runs_doctor(helm: Helm, name: str) -> None:
     tls = (values or {}).get("tls", {})
     assert doc.namespace == "tote-system" and doc.service == "tote-controller"
     assert doc.lease == "tote-controller" and doc.service_account == "tote-controller"
-    assert doc.webhook == "tote-system.tote" and doc.config_map == "tote-config"
+    assert doc.webhook == "tote-system.tote" and doc.settings.config_map == "tote-config"
     assert doc.tls_secret == ("" if tls.get("enabled") is False else
                               tls.get("existingSecret", "tote-controller-tls"))
     # No identity: the agent rows come from the controller, as NOTES's command does.
-    assert not (doc.insecure or doc.tls_cert or doc.agent_endpoints)
+    assert not (doc.settings.insecure or doc.settings.tls_cert
+                or doc.loaded.plugin_settings["agent"].endpoints)
     assert spec["serviceAccountName"] == hooks["ServiceAccount"]["metadata"]["name"]
     assert spec["restartPolicy"] == "Never"
     # Pod Security "restricted"

@@ -31,11 +31,14 @@ from tote_containerd.agent.daemon import _check_tls
 from tote_containerd.agent.settings import AgentSettings
 from tote_containerd.agent.tokens import Signer, Verifier
 from tote_containerd.agents import ControllerTLS
+from tote_notify.plugin import WebhookSettings
+from tote_registry.backup_plugin import BackupSettings
 
 from tests.integration.containerd.certs import make_pki
 from tests.integration.test_helm import VALUE_SETS, Helm, by_kind, helm, pod_spec  # noqa: F401
 from tote_core import certs, tlsfiles
 from tote_core.components.cert_issuer import webhook_names
+from tote_core.hooks import loading
 from tote_core.settings import ControllerSettings
 from tote_core.settings_loader import parse_args
 
@@ -141,7 +144,9 @@ def test_rendered_args_start(helm: Helm, name: str, tmp_path: Path) -> None:  # 
         assert pod_spec(docs, kind).get("enableServiceLinks") is False, kind
     ctl_args, _ = _args(docs, "Deployment", tmp_path / "controller")
     assert ctl_args[0] == "controller"
-    ctl: ControllerSettings = parse_args(ControllerSettings, ctl_args[1:], "tote controller")
+    loaded = loading.load(ControllerSettings, ctl_args[1:], "tote controller", environ={})
+    ctl: ControllerSettings = loaded.settings
+    plugin = loaded.plugin_settings
     tls_on = (VALUE_SETS[name] or {}).get("tls", {}).get("enabled", True)
     assert ctl.insecure is (not tls_on)
     if tls_on:  # what the controller does before its first agent call
@@ -158,7 +163,7 @@ def test_rendered_args_start(helm: Helm, name: str, tmp_path: Path) -> None:  # 
     assert agent.node_name == "node-a"
     # the socket lies in the mounted containerd-socket volume (materialised under tmp_path)
     assert Path(agent.containerd_socket).parent.name == "containerd-socket"
-    assert ctl.agent_port == agent.grpc_port
+    assert plugin["agent"].port == agent.grpc_port  # type: ignore[attr-defined]
     values = VALUE_SETS[name] or {}
     assert ctl.status_address.endswith(":8082")
     if values.get("webhook", {}).get("enabled"):
@@ -168,21 +173,23 @@ def test_rendered_args_start(helm: Helm, name: str, tmp_path: Path) -> None:  # 
                             cert_flag="--admission-tls-cert", key_flag="--admission-tls-key")
     else:
         assert not ctl.admission_address
-    backup = values.get("backup", {})
-    assert ctl.backup_registry == backup.get("registry", "")
-    if backup.get("caConfigMap"):
-        assert Path(ctl.backup_registry_ca).is_file()
+    backup: BackupSettings = plugin["backup"]  # type: ignore[assignment]
+    want_backup = values.get("backup", {})
+    assert backup.registry == want_backup.get("registry", "")
+    if want_backup.get("caConfigMap"):
+        assert Path(backup.registry_ca).is_file()
+    webhook: WebhookSettings = plugin["webhook"]  # type: ignore[assignment]
     notif = values.get("notifications", {})
-    assert ctl.webhook_url == notif.get("webhookUrl", "")
-    assert ctl.webhook_events == notif.get("events", [])
-    assert ctl.webhook_format == notif.get("format", "json")
+    assert webhook.url == notif.get("webhookUrl", "")
+    assert webhook.events == notif.get("events", [])
+    assert webhook.format == notif.get("format", "json")
     if notif.get("signingSecret", {}).get("name"):
-        # parse_args already refused an unreadable file; the plugin reads the key like this
-        secret_file = Path(ctl.webhook_secret_file)
+        # the loader already refused an unreadable file; the plugin reads the key like this
+        secret_file = Path(webhook.secret_file)
         assert secret_file.parent.name == "webhook-signing"  # inside the mounted volume
         assert secret_file.read_bytes().strip() == SIGNING_KEY
     else:
-        assert not ctl.webhook_secret_file
+        assert not webhook.secret_file
 
 
 def test_webhook_certificate_verifies_for_the_service(helm: Helm,  # noqa: F811

@@ -19,14 +19,14 @@ from typing import Any
 import msgspec
 import pytest
 import trio
-from tote_notify.plugin import NotifyPlugin
+from tote_notify.plugin import NotifyPlugin, WebhookSettings
 
 from tests.cluster.procs import free_port
 from tests.cluster.webhook import Mode, Receiver
 from tote_core import metrics
 from tote_core.hooks.context import PluginContext
 from tote_core.hooks.host import PluginHost
-from tote_core.hooks.types import Incident, Notification
+from tote_core.hooks.types import Incident, Notification, PluginSettings
 from tote_core.settings import ControllerSettings
 
 DIGEST = "sha256:" + "ab" * 32
@@ -61,13 +61,16 @@ def receiver(request: pytest.FixtureRequest) -> Iterator[Receiver]:
 @asynccontextmanager
 async def notifier(plugin: NotifyPlugin | None = None, **settings: Any
                    ) -> AsyncIterator[tuple[PluginHost, NotifyPlugin]]:
-    """The real host with the notify plugin configured and its worker running."""
+    """The real host with the webhook plugin configured (its own settings, as flags would
+    give them) and its worker running."""
     host = PluginHost()
     plugin = plugin or NotifyPlugin()
-    host.register(plugin, "notify")
+    host.register(plugin, "webhook")
+    host.plugin_settings = PluginSettings({"webhook": msgspec.convert(settings,
+                                                                      WebhookSettings)})
     context = PluginContext(
-        settings=msgspec.convert(settings, ControllerSettings),
-        kube=None, cache=None, host=host,  # type: ignore[arg-type]  # unused by notify
+        settings=ControllerSettings(),
+        kube=None, cache=None, host=host,  # type: ignore[arg-type]  # unused by webhook
     )
     await host.configure(context)
     async with trio.open_nursery() as nursery:
@@ -85,7 +88,7 @@ async def wait_for(predicate: Any, seconds: float = 20) -> None:
 async def test_json_payload_fields_and_signature(receiver: Receiver, tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_bytes(b"s3cret-key\n")  # as `kubectl create secret --from-file` keeps it
-    async with notifier(webhook_url=receiver.url, webhook_secret_file=str(secret)) as (host, _):
+    async with notifier(url=receiver.url, secret_file=str(secret)) as (host, _):
         await host.on_detected(INCIDENT)
         await host.notify(failed(error="source node-a: agent unreachable"))
         await wait_for(lambda: len(receiver.requests) == 2)
@@ -108,14 +111,14 @@ async def test_json_payload_fields_and_signature(receiver: Receiver, tmp_path: P
 
 
 async def test_unsigned_without_a_secret(receiver: Receiver) -> None:
-    async with notifier(webhook_url=receiver.url) as (host, _):
+    async with notifier(url=receiver.url) as (host, _):
         await host.notify(failed())
         await wait_for(lambda: len(receiver.requests) == 1)
     assert "X-Tote-Signature-256" not in receiver.requests[0].headers
 
 
 async def test_slack_block_kit_with_the_same_facts(receiver: Receiver) -> None:
-    async with notifier(webhook_url=receiver.url, webhook_format="slack") as (host, _):
+    async with notifier(url=receiver.url, format="slack") as (host, _):
         await host.notify(failed(error="too large: 3.1GiB over --max-image-size"))
         await wait_for(lambda: len(receiver.requests) == 1)
     msg = receiver.requests[0].json()
@@ -130,7 +133,7 @@ async def test_slack_block_kit_with_the_same_facts(receiver: Receiver) -> None:
 
 
 async def test_event_filter(receiver: Receiver) -> None:
-    async with notifier(webhook_url=receiver.url, webhook_events=["salvaged"]) as (host, _):
+    async with notifier(url=receiver.url, events=["salvaged"]) as (host, _):
         await host.on_detected(INCIDENT)
         await host.notify(failed())
         await host.notify(Notification(type="salvaged", pod_name="web-1", namespace="shop",
@@ -143,7 +146,7 @@ async def test_event_filter(receiver: Receiver) -> None:
 @pytest.mark.parametrize("receiver", ["error"], indirect=True)
 async def test_receiver_answering_500_bounded_retry_then_counted(receiver: Receiver) -> None:
     before = counter(metrics.WEBHOOK_FAILURES)
-    async with notifier(webhook_url=receiver.url) as (host, plugin):
+    async with notifier(url=receiver.url) as (host, plugin):
         await host.notify(failed())
         await wait_for(lambda: counter(metrics.WEBHOOK_FAILURES) == before + 1)
         await trio.sleep(1.5)  # no fourth attempt
@@ -157,7 +160,7 @@ async def test_hanging_receiver_times_out_at_5s_and_never_blocks(receiver: Recei
     before = counter(metrics.WEBHOOK_FAILURES)
     dropped = counter(metrics.WEBHOOK_DROPPED)
     plugin = NotifyPlugin(attempts=1, queue_size=4)  # one attempt: measure the 5 s deadline
-    async with notifier(plugin, webhook_url=receiver.url) as (host, _):
+    async with notifier(plugin, url=receiver.url) as (host, _):
         t0 = trio.current_time()
         for i in range(10):  # more than the queue holds while the worker hangs
             await host.notify(failed(pod_uid=f"uid-{i}"))
@@ -173,13 +176,13 @@ async def test_refused_connection_counted() -> None:
     before = counter(metrics.WEBHOOK_FAILURES)
     plugin = NotifyPlugin(retry_pauses=(0.1, 0.1))
     url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
-    async with notifier(plugin, webhook_url=url) as (host, _):
+    async with notifier(plugin, url=url) as (host, _):
         await host.notify(failed())
         await wait_for(lambda: counter(metrics.WEBHOOK_FAILURES) == before + 1)
 
 
 async def test_once_per_incident_through_the_host(receiver: Receiver) -> None:
-    async with notifier(webhook_url=receiver.url) as (host, _):
+    async with notifier(url=receiver.url) as (host, _):
         for _ in range(3):  # three reconciles / retries of the same incident
             await host.on_detected(INCIDENT)
             await host.notify(failed())

@@ -14,6 +14,7 @@ import trio
 from tote_containerd.agent.api import PushRequest as AgentPushRequest
 from tote_registry import backup
 from tote_registry.backup import BackupPush, backup_target, split_destination
+from tote_registry.backup_plugin import BackupSettings
 from tote_registry.client import RegistryClient
 
 from tote_core import metrics
@@ -27,7 +28,6 @@ from tote_core.hooks.types import (
     PushResult,
     TransferRequest,
 )
-from tote_core.settings import ControllerSettings
 
 D = "sha256:" + "ab12cd34ef56" + "0" * 52
 
@@ -51,15 +51,15 @@ def test_backup_target_keeps_the_path_and_never_tags_latest(
 @pytest.mark.parametrize("value", ["myorg", "reg.example/Upper", "reg.example/p:tag",
                                    "reg.example@sha256:00", "reg.example:"])
 def test_backup_registry_setting_refuses_what_is_not_host_prefix(value: str) -> None:
-    with pytest.raises(ValueError, match="backup_registry"):
-        ControllerSettings(backup_registry=value)
+    with pytest.raises(ValueError, match="--backup-registry"):
+        BackupSettings(registry=value)
 
 
 def test_backup_options_without_backup_registry_are_refused() -> None:
-    for kw in ({"backup_registry_secret": "s"}, {"backup_registry_insecure": True}):
-        with pytest.raises(ValueError, match="without backup_registry"):
-            ControllerSettings(**kw)  # type: ignore[arg-type]
-    ControllerSettings(backup_registry="10.0.0.5:5000/tote", backup_registry_secret="s")
+    for kw in ({"registry_secret": "s"}, {"registry_insecure": True}):
+        with pytest.raises(ValueError, match="without --backup-registry"):
+            BackupSettings(**kw)  # type: ignore[arg-type]
+    BackupSettings(registry="10.0.0.5:5000/tote", registry_secret="s")
 
 
 def test_requests_never_print_the_authorization() -> None:

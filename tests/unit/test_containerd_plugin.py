@@ -53,19 +53,19 @@ def test_endpoints_from_pods() -> None:
 
 
 def test_agent_endpoint_static_then_pods() -> None:
-    s = ControllerSettings(agent_endpoints={"n1": "127.0.0.1:1"}, agent_namespace="t")
+    d = discovery.AgentDiscovery(endpoints={"n1": "127.0.0.1:1"}, namespace="t")
     pods = [agent_pod("n2", "10.1.1.1", ns="t")]
-    assert discovery.agent_endpoint(s, [], "n1") == "127.0.0.1:1"
-    assert discovery.agent_endpoint(s, pods, "n2") == "10.1.1.1:9090"
+    assert discovery.agent_endpoint(d, "ctl", [], "n1") == "127.0.0.1:1"
+    assert discovery.agent_endpoint(d, "ctl", pods, "n2") == "10.1.1.1:9090"
     with pytest.raises(RetryLater) as err:
-        discovery.agent_endpoint(s, pods, "n9")
+        discovery.agent_endpoint(d, "ctl", pods, "n9")
     assert err.value.reason == "agent_unavailable"
 
 
 def test_agent_namespace_defaults_to_the_controllers() -> None:
     pods = [agent_pod("n1", "10.0.0.1", ns="ctl"), agent_pod("n2", "10.0.0.2", ns="else")]
-    s = ControllerSettings(namespace="ctl")
-    assert discovery.agent_endpoints(s, pods) == {"n1": "10.0.0.1:9090"}
+    assert discovery.agent_endpoints(discovery.AgentDiscovery(), "ctl", pods) == {
+        "n1": "10.0.0.1:9090"}
 
 
 def test_controller_tls_required_unless_insecure() -> None:
@@ -121,7 +121,7 @@ async def test_sources_with_the_blobs_come_before_snapshot_only_ones() -> None:
     blobs) are tried last; without that knowledge the policy's order stands."""
     import pluggy
     from tote_containerd.inventory import Inventory
-    from tote_containerd.plugin import ContainerdPlugin
+    from tote_containerd.plugin import AgentPlugin
     from tote_sourcepolicy.plugin import SourcePolicyPlugin
 
     from tote_core.hooks import hookspecs
@@ -129,9 +129,9 @@ async def test_sources_with_the_blobs_come_before_snapshot_only_ones() -> None:
 
     pm = pluggy.PluginManager("tote")
     pm.add_hookspecs(hookspecs)
-    plugin = ContainerdPlugin()
+    plugin = AgentPlugin()
     plugin.inventory = Inventory(None)  # type: ignore[arg-type]  # no agent is asked here
-    pm.register(plugin, "containerd")
+    pm.register(plugin, "agent")
     pm.register(SourcePolicyPlugin(), "source-policy")
     digest = "sha256:" + "a" * 64
     incident = Incident(namespace="ns", pod_name="p", pod_uid="u", container="c",

@@ -189,9 +189,10 @@ def test_misspelled_hook_fails_loudly_naming_the_plugin() -> None:
         def on_detcted(self, incident: Incident) -> None: ...
 
     host = PluginHost()
-    host.register(Typo(), "typo-plugin")
-    with pytest.raises(ConfigError, match=r"typo-plugin.*on_detcted"):
-        host.check()
+    with pytest.raises(ConfigError, match=r"typo-plugin: on_detcted is not a hook; did you "
+                                          r"mean on_detected\?"):
+        host.register(Typo(), "typo-plugin")
+    assert host.pm.get_plugin("typo-plugin") is None  # nothing of it stays registered
 
 
 def test_argument_no_spec_has_fails_loudly_naming_the_plugin() -> None:
@@ -235,10 +236,10 @@ def test_entry_points_and_disable_list() -> None:
     loaded_host = PluginHost()
     loaded = {p.name: p for p in loaded_host.load()}
     assert loaded["inheritance"].enabled and "opt_in" in loaded["inheritance"].hooks
-    for name in ("notify", "source-policy"):
+    for name in ("webhook", "source-policy", "agent", "registry", "backup"):
         assert loaded[name].enabled and loaded[name].builtin, name
-    assert {"notify", "on_detected"} <= set(loaded["notify"].hooks)
-    assert loaded["source-policy"].hooks == ("select_source",)
+    assert {"notify", "settings_type"} <= set(loaded["webhook"].hooks)
+    assert loaded["source-policy"].hooks == ("configure", "select_source", "settings_type")
     # Plugins are objects registered by the host, not modules.
     assert type(loaded_host.plugin("inheritance")).__name__ == "InheritancePlugin"
 

@@ -10,8 +10,18 @@ import pytest
 from tote_containerd.agent.settings import AgentSettings
 
 from tote_core.errors import ConfigError
+from tote_core.hooks import loading
 from tote_core.settings import ControllerSettings
-from tote_core.settings_loader import load, parse_args
+from tote_core.settings_loader import load
+
+
+def controller(flags: dict[str, str], *, config_file: str | None = None,
+               environ: dict[str, str] | None = None) -> loading.Loaded:
+    """What `tote controller` loads from these flags: core's settings and the plugins'."""
+    argv = [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
+    if config_file:
+        argv.append(f"--config={config_file}")
+    return loading.load(ControllerSettings, argv, "t", environ=environ or {})
 from tote_core.values import parse_bool, parse_duration, parse_size
 
 
@@ -56,15 +66,17 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
 
 
 def test_flags() -> None:
-    s = parse_args(
+    got = loading.load(
         ControllerSettings,
         ["--enabled=false", "--salvage-on-auth-failure",
          "--agent-endpoints", "n1=127.0.0.1:1,n2=h:2",
          "--max-image-size", "1GB", "--log-format", "json"],
-        "t",
+        "t", environ={},
     )
+    s = got.settings
     assert s.enabled is False and s.salvage_on_auth_failure is True
-    assert s.agent_endpoints == {"n1": "127.0.0.1:1", "n2": "h:2"}
+    assert got.plugin_settings["agent"].endpoints == {  # type: ignore[attr-defined]
+        "n1": "127.0.0.1:1", "n2": "h:2"}
     assert s.max_image_size == 1024**3 and s.log_format == "json"
 
 
@@ -72,18 +84,19 @@ def test_flags() -> None:
     ("flags", "needle"),
     [
         ({"max_concurrent_salvages": "0"}, "max_concurrent_salvages"),
-        ({"log_format": "xml"}, "log_format"),
+        ({"log_format": "xml"}, "--log-format"),
         ({"enabled": "maybe"}, "--enabled"),
         ({"max_image_size": "lots"}, "--max-image-size"),
-        ({"webhook_events": "detected,exploded"}, "exploded"),
-        ({"agent_endpoints": "nonsense"}, "name=value"),
-        ({"registry_resolve_ca": "/nonexistent/ca.pem"}, "registry_resolve_ca"),
+        ({"webhook_events": "detected,exploded"}, "plugin webhook: invalid settings: "
+                                                  "--webhook-events: unknown event types"),
+        ({"agent_endpoints": "nonsense"}, "plugin agent: invalid value for --agent-endpoints"),
+        ({"registry_resolve_ca": "/nonexistent/ca.pem"}, "--registry-resolve-ca: cannot read"),
         ({"tls_cert": "/nonexistent/cert.pem"}, "tls_cert"),
     ],
 )
 def test_bad_values_name_the_setting(flags: dict[str, str], needle: str) -> None:
     with pytest.raises(ConfigError) as err:
-        load(ControllerSettings, flags, environ={})
+        controller(flags)
     assert needle in str(err.value)
 
 
@@ -143,15 +156,15 @@ def test_kill_switch_same_words_from_flag_env_and_file(tmp_path: Path) -> None:
 )
 def test_ranges_fail_closed(flags: dict[str, str], needle: str) -> None:
     with pytest.raises(ConfigError) as err:
-        load(ControllerSettings, flags, environ={})
+        controller(flags)
     assert needle in str(err.value)
 
 
 def test_ranges_from_config_file_too(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("agent-port: -1\n")
-    with pytest.raises(ConfigError, match="--agent-port"):
-        load(ControllerSettings, {}, config_file=str(cfg), environ={})
+    cfg.write_text("plugins:\n  agent:\n    port: -1\n")
+    with pytest.raises(ConfigError, match="plugin agent: invalid settings: --agent-port"):
+        controller({}, config_file=str(cfg))
     cfg.write_text("retry-period: .inf\n")
     with pytest.raises(ConfigError, match="--retry-period"):
         load(ControllerSettings, {}, config_file=str(cfg), environ={})
@@ -181,7 +194,8 @@ def test_cli_exits_nonzero_with_one_line_for_ranges() -> None:
             capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-        assert proc.stderr.startswith("tote controller: invalid settings: --")
+        assert proc.stderr.startswith(("tote controller: invalid settings: --",
+                                       "tote controller: plugin agent: invalid settings: --"))
 
 
 

@@ -97,8 +97,7 @@ class Controller:
             interval=self.settings.reap_interval,
             pins=Pins(self.host, self.salvage.records, self.recorder, self.caches,
                       enabled=self.settings.pin_salvaged_images,
-                      interval=self.settings.reap_interval,
-                      check_timeout=self.settings.registry_resolve_timeout),
+                      interval=self.settings.reap_interval),
         )
         self.reconciler = PodReconciler(
             self.settings, self.caches, self.host, self.recorder, salvage=self._submit

@@ -24,7 +24,6 @@ from tote_core.kube import proxy
 from tote_core.kube import rbac as rbac_rules
 from tote_core.kube.client import KubeClient, resource_path
 from tote_core.settings import ControllerSettings
-from tote_core.structs.kube import Pod
 from tote_core.timefmt import parse_time
 
 Status = Literal["ok", "warn", "fail"]
@@ -227,18 +226,15 @@ async def agents(kube: KubeClient, host: PluginHost, t: Target) -> list[Check]:
     try:
         nodes = [n["metadata"]["name"] for n in
                  (await kube.get("/api/v1/nodes", dict)).get("items", [])]
-        ns = t.settings.agent_namespace or t.namespace
-        pods = (await kube.list(resource_path("v1", "pods", ns), Pod,
-                                labelSelector=t.settings.agent_selector)).items
     except KubeError as exc:
-        return [_fail("agent", f"cannot list nodes / agent pods: {exc}")]
+        return [_fail("agent", f"cannot list nodes: {exc}")]
     if not nodes:
         return [_fail("agent", "the cluster has no nodes")]
     results: dict[str, Check] = {}
 
     async def one(node: str) -> None:
         with trio.move_on_after(AGENT_TIMEOUT):
-            health = await host.node_health(node, t.settings, list(pods))
+            health = await host.node_health(node, t.settings, kube)
             results[node] = agent_row(node, health,
                                       snapshot_salvage=t.settings.snapshot_salvage)
             return

@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import ClassVar, TextIO
 
 import msgspec
 import trio
 
 from tote_core.doctor import checks
-from tote_core.hooks.host import PluginHost
+from tote_core.hooks import loading
 from tote_core.kube import config as kube_config
 from tote_core.kube.client import KubeClient
 from tote_core.settings import ControllerSettings
@@ -31,8 +31,27 @@ from tote_core.settings_loader import load
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
 
 
-def parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="tote doctor", description=__doc__.split("\n\n")[0])
+class DoctorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The controller's settings doctor reads, spelled as on `tote controller`: how to
+    reach the agents (the identity; the agent plugin's `--agent-*` come with the plugins)
+    and which ConfigMap holds the kill switch."""
+
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    insecure: bool = False
+    config_map: str = "tote-config"
+    plugins_disabled: list[str] = msgspec.field(default_factory=list)
+
+    FLAG_HELP: ClassVar[dict[str, str]] = {
+        "tls_cert": "the controller's mTLS identity, to reach agents itself",
+        "tls_key": "key of --tls-cert",
+        "tls_ca": "CA bundle that signed the agents' identities",
+        "insecure": "agents run without mTLS",
+    }
+
+
+def _own_args(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
     a("--json", action="store_true", help="one JSON array of check rows")
     a("--kubeconfig", default="", help="default: $KUBECONFIG, ~/.kube/config")
@@ -47,38 +66,39 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
       help="ValidatingWebhookConfiguration name (the chart's <namespace>.<fullname>; "
            f"default {checks.DEFAULT_WEBHOOK})")
     a("--tls-secret", default="", help="also check the certificates in this Secret")
-    for flag in ("tls-cert", "tls-key", "tls-ca"):
-        a(f"--{flag}", default=None, help="the controller's mTLS identity, to reach agents")
-    a("--insecure", action="store_true", help="agents run without mTLS")
-    for flag in ("agent-endpoints", "agent-namespace", "agent-selector", "agent-port",
-                 "config-map", "plugins-disabled"):
-        a(f"--{flag}", default=None, help="as on `tote controller`")
-    return p.parse_args(list(argv))
 
 
-def _settings(args: argparse.Namespace) -> ControllerSettings:
-    flags = {k: getattr(args, k) for k in (
-        "tls_cert", "tls_key", "tls_ca", "agent_endpoints", "agent_namespace",
-        "agent_selector", "agent_port", "config_map", "plugins_disabled")}
-    flags["insecure"] = "true" if args.insecure else None
-    flags["namespace"] = args.namespace
-    settings: ControllerSettings = load(ControllerSettings, flags, environ={})
-    return settings
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """Doctor's own arguments, plus `settings` (core's, as the controller would have them)
+    and `loaded` (the plugins and their settings), through the loader every subcommand
+    uses. The environment is not read: doctor runs from an operator's shell, whose TOTE_*
+    variables describe some other process."""
+    loaded = loading.load(DoctorSettings, argv, "tote doctor", extra=_own_args, environ={},
+                          file_superset=ControllerSettings)
+    args = loaded.args
+    d: DoctorSettings = loaded.settings
+    args.loaded = loaded
+    args.settings = load(ControllerSettings, {
+        "tls_cert": d.tls_cert, "tls_key": d.tls_key, "tls_ca": d.tls_ca,
+        "insecure": d.insecure, "config_map": d.config_map,
+        "plugins_disabled": d.plugins_disabled, "namespace": args.namespace}, environ={})
+    return args
 
 
-async def _run(args: argparse.Namespace, settings: ControllerSettings) -> list[checks.Check]:
-    host = PluginHost()
-    host.load(settings.plugins_disabled)
+async def _run(args: argparse.Namespace) -> list[checks.Check]:
+    settings: ControllerSettings = args.settings
+    loaded: loading.Loaded = args.loaded
     kube = KubeClient(kube_config.load(args.kubeconfig))
+    endpoints = any(getattr(v, "endpoints", None) for v in loaded.plugin_settings.values())
     target = checks.Target(
         namespace=args.namespace, service_account=args.service_account, lease=args.lease,
         service=args.service, health_port=args.health_port,
         controller_url=args.controller_url, webhook=args.webhook,
         tls_secret=args.tls_secret, settings=settings,
-        agents_via_controller=not (args.tls_cert or args.tls_key or args.tls_ca
-                                   or args.insecure or args.agent_endpoints))
+        agents_via_controller=not (settings.tls_cert or settings.tls_key or settings.tls_ca
+                                   or settings.insecure or endpoints))
     try:
-        return await checks.run_all(kube, host, target)
+        return await checks.run_all(kube, loaded.host, target)
     finally:
         await kube.aclose()
 
@@ -116,8 +136,7 @@ def render_table(rows: Sequence[checks.Check], out: TextIO) -> None:
 
 def run(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
     args = parse(argv)
-    settings = _settings(args)
-    rows = trio.run(_run, args, settings)
+    rows = trio.run(_run, args)
     if args.json:
         out.write(to_json(rows) + "\n")
     else:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import msgspec
 
 from tote_core.hooks.types import Notification
 
@@ -20,6 +22,9 @@ if TYPE_CHECKING:
     from tote_core.kube.client import KubeClient
     from tote_core.kube.events import EventRecorder
     from tote_core.settings import ControllerSettings
+
+
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 class Service(Protocol):
@@ -33,7 +38,8 @@ class Service(Protocol):
 class PluginContext:
     """Settings, clients and caches a plugin may use; services; notifications.
 
-    `settings`: the validated controller settings. `kube`: the controller's Kubernetes
+    `settings`: core's validated controller settings; a plugin's own are
+    `settings_for(ItsSettingsStruct)`. `kube`: the controller's Kubernetes
     client (its RBAC identity). `cache`: the informer caches (pods, nodes, namespaces),
     read-only. `host`: the plugin host, whose typed methods call other plugins' hooks (a
     plugin never imports another plugin). `recorder`: the controller's event recorder
@@ -46,6 +52,12 @@ class PluginContext:
     host: PluginHost
     recorder: EventRecorder | None = None
     services: list[tuple[str, Service]] = field(default_factory=list)
+
+    def settings_for(self, cls: type[S]) -> S:
+        """This plugin's own validated settings: the instance of the Struct class its
+        `settings_type` hook returned, filled from flags, environment and config file (its
+        defaults when the plugin was registered by hand, as in a test)."""
+        return self.host.plugin_settings.of(cls)
 
     def add_service(self, name: str, service: Service) -> None:
         """Register long-running work; the host starts it with `nursery.start(service)`

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import msgspec
 import pluggy
 
 from tote_core.hooks.types import (
@@ -41,6 +42,7 @@ from tote_core.hooks.types import (
     NodeInfo,
     Notification,
     OptInQuery,
+    PluginSettings,
     ProgressCallback,
     PushRequest,
     PushResult,
@@ -50,14 +52,41 @@ from tote_core.hooks.types import (
 
 if TYPE_CHECKING:
     from tote_core.hooks.context import PluginContext
+    from tote_core.kube.client import KubeClient
     from tote_core.settings import ControllerSettings
-    from tote_core.structs.kube import Pod
 
 PROJECT = "tote"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 # -- start-up -----------------------------------------------------------------------------
+
+
+@hookspec
+def settings_type() -> type[msgspec.Struct] | None:
+    """The msgspec Struct class of this plugin's own settings (None: it has none).
+
+    Asked of each plugin on its own, so a raise names the plugin. Not isolated: a raise, or
+    a class that is not a valid settings Struct, stops start-up with a one-line error naming
+    the plugin.
+
+    :return: a `msgspec.Struct` subclass, `kw_only=True, forbid_unknown_fields=True`, every
+        field with a default; types str, bool, int, float, `tote_core.values.Duration` /
+        `Size`, `Literal[...]`, `list[str]` or `dict[str, str]`; an optional class variable
+        `FLAG_HELP: ClassVar[dict[str, str]]` (the `--help` text per field) and an optional
+        `__post_init__` raising ValueError for checks across fields. Field `name` of plugin
+        `p` becomes flag `--p-name`, variable `TOTE_P_NAME`, config-file key
+        `plugins: {p: {name: …}}` and chart value `plugins.config.p.name`; the validated
+        instance reaches `configure` as `context.settings_for(TheStruct)`.
+
+    When called: once per process, right after loading and before the command line is
+        parsed, by every subcommand that loads plugins (`tote controller`, `tote plugins`,
+        `tote doctor`).
+    Process: each of those, at start-up.
+    Sync/async: sync only.
+    Deadline: none (start-up).
+    Built-in: `agent`, `backup`, `registry`, `source-policy`, `webhook`.
+    """
 
 
 @hookspec
@@ -334,8 +363,8 @@ def registry_serves(image_ref: str, digest: str, namespace: str, pull_secrets: l
         most a few at once, backed off per record while the answer is not True.
     Process: controller (leader), the reaper.
     Sync/async: async in practice (registry HTTP).
-    Deadline: `--registry-resolve-timeout` per call (`move_on_after`: expiry counts as
-        cannot tell).
+    Deadline: the reaper's, 30 s per call (`move_on_after`: expiry counts as cannot tell);
+        the built-in's own `--registry-resolve-timeout` bounds each request inside it.
     Built-in: `registry` (HEAD of the manifest with the pull secrets, its CA and insecure
         settings).
     """
@@ -366,23 +395,25 @@ def unpin_image(node: str, digest: str) -> bool | None:
 
 
 @hookspec(firstresult=True)
-def node_health(node: str, settings: ControllerSettings, pods: list[Pod]
-                ) -> NodeHealth | None:
+def node_health(node: str, settings: ControllerSettings, plugin_settings: PluginSettings,
+                kube: KubeClient) -> NodeHealth | None:
     """Reach `node`'s agent the way the controller would and report its health.
 
     Isolated like every hook: a raising implementation answers None, which doctor reports
     as a failed row.
 
     :param node: the node's name.
-    :param settings: a `ControllerSettings` holding the TLS files and agent discovery
-        settings.
-    :param pods: the agent pods the doctor listed.
+    :param settings: core's settings (the TLS files, the controller's namespace).
+    :param plugin_settings: every plugin's settings; a plugin reads its own with
+        `plugin_settings.of(ItsSettingsStruct)`.
+    :param kube: a Kubernetes client (e.g. to list the plugin's agent pods).
     :return: the node's `NodeHealth`, or None = this plugin does not manage node agents.
 
-    When called: by `tote doctor`, once per node, with no `configure` call before.
-    Process: `tote doctor`, its own process.
+    When called: once per node for `tote doctor`'s agent rows: by the controller serving
+        its `/agents` report (at most once per 5 s), or by `tote doctor` itself when it
+        has an identity to reach agents with (then with no `configure` call before).
+    Process: the controller (any replica, its health port's task), or `tote doctor`.
     Sync/async: either.
-    Deadline: the doctor's per-node timeout (15 s, `move_on_after`: expiry is a failed
-        row).
+    Deadline: 15 s per node (`move_on_after`: expiry is a failed row).
     Built-in: `agent`.
     """

@@ -30,13 +30,14 @@ generator) does the same.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import logging
 import re
 from collections.abc import Callable, Iterable
 from importlib import metadata
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import pluggy
@@ -47,8 +48,8 @@ from tote_core.errors import ConfigError
 from tote_core.hooks import bridge, hookspecs
 from tote_core.hooks import types as hooktypes
 from tote_core.hooks.context import PluginContext, Service
+from tote_core.kube.client import KubeClient
 from tote_core.settings import ControllerSettings
-from tote_core.structs.kube import Pod
 from tote_core.timefmt import utcnow
 
 log = logging.getLogger("tote.plugins")
@@ -56,13 +57,31 @@ GROUP = "tote"
 BUILTIN_DISTRIBUTION = DISTRIBUTION  # plugins this package ships are shown as built-in
 # Hooks whose exceptions are the caller's control flow, never isolated.
 CONTROL_FLOW_HOOKS = frozenset({"transfer", "push_image"})
+# Hooks whose exceptions reach the caller: the control-flow ones, and start-up's
+# `settings_type`, whose failure is a start-up error naming the plugin.
+UNISOLATED_HOOKS = CONTROL_FLOW_HOOKS | {"settings_type"}
 SERVICE_RESTART_DELAY = 5.0
 NOTIFIED_MAX = 20000  # (incident, type) keys remembered for the once-per-incident rule
+# `plugins:` keys of the config file that are not plugin sections.
+RESERVED_NAMES = frozenset({"disabled", "config"})
 
 
 def _normalized(dist: str) -> str:
     """A distribution name as PEP 503 compares them (metadata may spell `tote_salvage`)."""
     return re.sub(r"[-_.]+", "-", dist).lower()
+
+
+class SettingInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One plugin setting as `tote plugins --json` shows it."""
+
+    name: str  # the field
+    flag: str
+    env: str
+    type: str
+    default: Any
+    value: Any
+    source: str  # "default", "the command line", "TOTE_…", "config file …"
+    help: str = ""
 
 
 class PluginInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,6 +95,22 @@ class PluginInfo(msgspec.Struct, frozen=True, kw_only=True):
     enabled: bool
     hooks: tuple[str, ...] = ()
     error: str = ""
+    state: Literal["enabled", "disabled", "failed"] = "enabled"
+    reason: str = ""  # why disabled or failed
+    settings: tuple[SettingInfo, ...] = ()
+
+
+def _is_builtin(ep: metadata.EntryPoint) -> bool:
+    return ep.dist is not None and _normalized(ep.dist.name) == BUILTIN_DISTRIBUTION
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _closest(name: str, names: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else f"; known hooks: {', '.join(names)}"
 
 
 class _Registered:
@@ -94,6 +129,8 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.plugins: list[PluginInfo] = []
         self.context: PluginContext | None = None
+        # Each plugin's validated settings (`tote_core.hooks.loading` fills it in).
+        self.plugin_settings = hooktypes.PluginSettings()
         self._notified: dict[tuple[str, ...], None] = {}
 
     # -- loading -----------------------------------------------------------------------
@@ -101,8 +138,10 @@ class PluginHost:
     def register(self, plugin: object, name: str) -> bool:
         """Register a plugin object under `name`; False when `name` is disabled.
 
-        Raises ConfigError naming the plugin when pluggy rejects it (an argument a spec does
-        not have, a wrapper that is not a generator).
+        Raises ConfigError naming the plugin when it does not fit the hook specs: an
+        implementation of no known hook (with the closest hook name), an argument a spec
+        does not have, a wrapper that is not a generator function. Nothing of a refused
+        plugin stays registered.
         """
         if self.pm.is_blocked(name):
             return False
@@ -112,31 +151,26 @@ class PluginHost:
             if opts is None:
                 continue
             function = getattr(plugin, attr)
+            if not self._is_spec(attr):
+                raise ConfigError(f"plugin {name}: {attr} is not a hook"
+                                  f"{_closest(attr, self.hook_names())}")
+            if opts.get("wrapper") and not inspect.isgeneratorfunction(function):
+                # The isolating shim is a generator whatever the plugin wrote, so pluggy
+                # cannot see this; without the check every call would fail instead.
+                raise ConfigError(f"plugin {name}: {attr} is a wrapper (wrapper=True) but not "
+                                  "a generator function; a wrapper must `yield` exactly once")
             bridged = self._bridge(name, attr, function, opts)
             setattr(bridged, f"{hookspecs.PROJECT}_impl", opts)
             setattr(proxy, attr, bridged)
         try:
             self.pm.register(proxy, name=name)
         except pluggy.PluginValidationError as exc:
-            raise ConfigError(f"plugin {name}: {exc}") from exc
+            raise ConfigError(f"plugin {name}: {_one_line(exc)}") from exc
         return True
 
-    def check(self) -> None:
-        """pluggy's `check_pending`: an implementation of no known hook fails start-up."""
-        try:
-            self.pm.check_pending()
-        except pluggy.PluginValidationError as exc:
-            name = self.pm.get_name(exc.plugin) or "?"
-            unknown = [
-                attr for attr in dir(exc.plugin)
-                if not attr.startswith("_") and getattr(self.pm.hook, attr, None) is not None
-                and not getattr(self.pm.hook, attr).has_spec()
-            ]  # fmt: skip
-            known = ", ".join(sorted(n for n in dir(hookspecs) if self._is_spec(n)))
-            raise ConfigError(
-                f"plugin {name} implements unknown hook(s) {', '.join(unknown)}; "
-                f"known hooks: {known}"
-            ) from exc
+    @classmethod
+    def hook_names(cls) -> list[str]:
+        return sorted(n for n in dir(hookspecs) if cls._is_spec(n))
 
     @staticmethod
     def _is_spec(name: str) -> bool:
@@ -153,29 +187,40 @@ class PluginHost:
         caller = getattr(self.pm.hook, hook)
         return [impl.plugin_name for impl in caller.get_hookimpls()]
 
-    def load(self, disabled: Iterable[str] = ()) -> list[PluginInfo]:
-        """Load every entry point in group `tote` except the disabled ones, then check.
+    def load(self, disabled: Iterable[str] = (), *, disabled_by: str = "") -> list[PluginInfo]:
+        """Load every entry point in group `tote` except the disabled ones.
 
-        A plugin that fails to import or build is logged, counted and listed with its error
-        (the controller runs without it); one that does not match the hook specs stops
-        start-up (ConfigError naming it).
+        Order: the built-in plugins first, then third-party ones, each group by entry-point
+        name. pluggy calls the last registered implementation first, so a third-party
+        plugin answers before the built-ins (its first-result `select_source` wins over
+        `source-policy`'s); `tryfirst`/`trylast` and wrappers reorder within that.
+
+        Nothing raises here: a plugin that fails to import, to build or to fit the hook
+        specs is listed with state `failed` and its reason, and not registered; the caller
+        decides (`tote controller` refuses to start, `tote plugins` shows the table).
+        `disabled_by` says where the disabled names came from (shown as their reason).
         """
         off = set(disabled)
         for name in off:
             self.pm.set_blocked(name)
-        seen: set[str] = set()
-        for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
-            if ep.name in seen:
-                continue
-            seen.add(ep.name)
+        seen: dict[str, metadata.EntryPoint] = {}
+        for ep in metadata.entry_points(group=GROUP):
+            seen.setdefault(ep.name, ep)
+        ordered = sorted(seen.values(), key=lambda e: (not _is_builtin(e), e.name))
+        for ep in ordered:
             dist = ep.dist.name if ep.dist else "?"
             base = functools.partial(
                 PluginInfo, name=ep.name, module=ep.value, distribution=dist,
-                version=ep.dist.version if ep.dist else "?",
-                builtin=_normalized(dist) == BUILTIN_DISTRIBUTION,
+                version=ep.dist.version if ep.dist else "?", builtin=_is_builtin(ep),
             )
+            if ep.name in RESERVED_NAMES:
+                self._refuse(base, ep.name, f"the name {ep.name!r} is reserved in the config "
+                             "file's plugins section; rename the entry point")
+                continue
             if self.pm.is_blocked(ep.name):
-                self.plugins.append(base(enabled=False))
+                self.plugins.append(base(enabled=False, state="disabled",
+                                         reason=f"disabled by {disabled_by}" if disabled_by
+                                         else "disabled"))
                 continue
             try:
                 loaded = ep.load()
@@ -183,20 +228,62 @@ class PluginHost:
                 built = isinstance(loaded, type) or inspect.isroutine(loaded)
                 plugin = loaded() if built else loaded
             except Exception as exc:
-                log.error("plugin %s failed to load: %s: %s", ep.name, type(exc).__name__, exc,
-                          exc_info=exc)
-                metrics.PLUGIN_FAILURES.labels(ep.name, "load").inc()
-                self.plugins.append(base(enabled=False, error=str(exc)))
+                self._refuse(base, ep.name, f"failed to load ({ep.value}): "
+                             f"{type(exc).__name__}: {_one_line(exc)}", exc)
                 continue
-            self.register(plugin, ep.name)
+            try:
+                self.register(plugin, ep.name)
+            except ConfigError as exc:
+                self._refuse(base, ep.name, str(exc).removeprefix(f"plugin {ep.name}: "))
+                continue
             hooks = tuple(sorted(h.name for h in self.pm.get_hookcallers(
                 self.pm.get_plugin(ep.name)) or []))
-            self.plugins.append(base(enabled=True, hooks=hooks))
-        unknown = off - seen
+            self.plugins.append(base(enabled=True, state="enabled", hooks=hooks))
+        unknown = off - set(seen)
         if unknown:
-            log.warning("plugins.disabled names unknown plugins: %s", ", ".join(sorted(unknown)))
-        self.check()
+            log.warning("plugins.disabled names unknown plugins: %s (installed: %s)",
+                        ", ".join(sorted(unknown)), ", ".join(sorted(seen)) or "none")
         return self.plugins
+
+    def _refuse(self, base: Callable[..., PluginInfo], name: str, reason: str,
+                exc: BaseException | None = None) -> None:
+        log.error("plugin %s: %s", name, reason, exc_info=exc)
+        metrics.PLUGIN_FAILURES.labels(name, "load").inc()
+        self.plugins.append(base(enabled=False, state="failed", error=reason, reason=reason))
+
+    def failure(self) -> ConfigError | None:
+        """The first plugin that could not be loaded, as the one-line start-up error (with
+        how to run without it); None when every plugin loaded or was disabled."""
+        for p in self.plugins:
+            if p.state == "failed":
+                return ConfigError(
+                    f"plugin {p.name}: {p.error} (to run without it: --plugins-disabled "
+                    f"{p.name}, TOTE_PLUGINS_DISABLED={p.name} or plugins.disabled: "
+                    f"[{p.name}] in the config file)")
+        return None
+
+    def mark_failed(self, name: str, reason: str) -> None:
+        """A loaded plugin turned out unusable (its settings): unregister it and list it as
+        failed, so nothing of it runs and the caller sees why."""
+        proxy = self.pm.get_plugin(name)
+        if proxy is not None:
+            self.pm.unregister(proxy, name=name)
+        metrics.PLUGIN_FAILURES.labels(name, "load").inc()
+        self.plugins = [
+            msgspec.structs.replace(p, enabled=False, state="failed", error=reason,
+                                    reason=reason, hooks=())
+            if p.name == name else p for p in self.plugins]
+
+    def describe_settings(self, settings: dict[str, tuple[SettingInfo, ...]]) -> None:
+        """Attach each plugin's settings to its `tote plugins` row."""
+        self.plugins = [msgspec.structs.replace(p, settings=settings.get(p.name, ()))
+                        for p in self.plugins]
+
+    def check(self) -> None:
+        """Raise the first load failure (see `failure`)."""
+        failure = self.failure()
+        if failure is not None:
+            raise failure
 
     # -- bridging ------------------------------------------------------------------------
 
@@ -204,7 +291,7 @@ class PluginHost:
         self, plugin: str, hook: str, function: Callable[..., Any], opts: Any
     ) -> Callable[..., Any]:
         return bridge.bridge(plugin, hook, function, opts,
-                             isolate=hook not in CONTROL_FLOW_HOOKS, failed=self._failed)
+                             isolate=hook not in UNISOLATED_HOOKS, failed=self._failed)
 
     def _failed(self, plugin: str, hook: str, exc: BaseException) -> None:
         log.error("plugin %s failed in %s: %s: %s", plugin, hook, type(exc).__name__, exc,
@@ -357,11 +444,12 @@ class PluginHost:
             status.started()  # never keep the host waiting on a service that crashed
             await trio.sleep(SERVICE_RESTART_DELAY)
 
-    async def node_health(self, node: str, settings: ControllerSettings, pods: list[Pod]
+    async def node_health(self, node: str, settings: ControllerSettings, kube: KubeClient
                           ) -> hooktypes.NodeHealth | None:
         """Isolated: a failing plugin answers None, which doctor shows as "no agent check"
         rather than aborting the whole report."""
-        value = await self.call("node_health", node=node, settings=settings, pods=pods)
+        value = await self.call("node_health", node=node, settings=settings,
+                                plugin_settings=self.plugin_settings, kube=kube)
         return value if isinstance(value, hooktypes.NodeHealth) else None
 
 

@@ -6,10 +6,12 @@ structs that can be logged, compared and serialised, never live client objects.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Literal
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Literal, TypeVar
 
 import msgspec
+
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 class Incident(msgspec.Struct, frozen=True, kw_only=True):
@@ -45,6 +47,13 @@ class TransferRequest(msgspec.Struct, frozen=True, kw_only=True):
     source_node: str
     target_node: str
     max_bytes: int = 0  # 0 = no limit; the plugin must refuse before moving more than this
+    # Core's salvage policy, which every transfer plugin honours (`--snapshot-salvage`,
+    # `--snapshot-salvage-strict`, `--pin-salvaged-images`): may layers be regenerated
+    # from a source's unpacked snapshots; only those that hash to the image's diff IDs;
+    # label the imported image so kubelet's image GC keeps it.
+    allow_snapshots: bool = True
+    require_verified: bool = False
+    pin: bool = True
 
 
 class TransferProgress(msgspec.Struct, kw_only=True):
@@ -157,3 +166,28 @@ class NodeHealth(msgspec.Struct, frozen=True, kw_only=True):
     layers_discarded: bool | None = None
     images_sampled: int = 0
     error: str = ""
+
+
+class PluginSettings(Mapping[str, msgspec.Struct]):
+    """Every loaded plugin's validated settings, by plugin name; a plugin finds its own by
+    its Struct class (`of`), so it never needs to know the name it was installed under."""
+
+    def __init__(self, values: Mapping[str, msgspec.Struct] | None = None) -> None:
+        self._values = dict(values or {})
+
+    def of(self, cls: type[S]) -> S:
+        """The instance of `cls` that was loaded; `cls()` (its defaults) when none was —
+        a plugin registered by hand, as in a test."""
+        for value in self._values.values():
+            if type(value) is cls:
+                return value
+        return cls()
+
+    def __getitem__(self, name: str) -> msgspec.Struct:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)

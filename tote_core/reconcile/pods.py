@@ -18,7 +18,7 @@ from tote_core.annotations import ALLOW, AUTO_SALVAGE, SYSTEM_NAMESPACES, flag
 from tote_core.detect import messages
 from tote_core.detect.detector import Failure, Verdict, detect
 from tote_core.hooks.host import PluginHost
-from tote_core.hooks.types import Incident, OptInQuery
+from tote_core.hooks.types import Incident, Notification, OptInQuery
 from tote_core.kube.cache import Caches
 from tote_core.kube.events import EventRecorder
 from tote_core.reconcile.engine import Result
@@ -126,7 +126,7 @@ class PodReconciler:
         if digest is None and ref.tagged:
             with trio.move_on_after(AGENT_TIMEOUT):
                 digest = await self.host.resolve_tag(ref.tagged, self._node_names())
-        if digest is None and ref.tagged and self.settings.registry_resolve:
+        if digest is None and ref.tagged:  # a `registry_resolve` plugin (off: no answer)
             digest = await self.host.registry_resolve(
                 ref.name, pod.metadata.namespace,
                 [s.name for s in pod.spec.image_pull_secrets],
@@ -196,6 +196,10 @@ class PodReconciler:
         )
         if self.incidents.first(pod.metadata.uid, failure.container, ref.name, "hooked"):
             await self.host.on_detected(incident)
+            await self.host.notify(Notification(
+                type="detected", pod_name=incident.pod_name, namespace=incident.namespace,
+                pod_uid=incident.pod_uid, image_ref=incident.image_ref,
+                digest=incident.digest or "", target_node=incident.node_name or ""))
         if self.salvage is not None:
             self.salvage(incident, pod)
 

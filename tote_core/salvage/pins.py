@@ -97,9 +97,15 @@ def _due(record: SalvageRecord, expiring: set[str], enabled: bool) -> Why | Lite
     return "check"
 
 
+# The reaper's bound on one `registry_serves` call (auth round trip + HEAD); the registry
+# plugin's own `--registry-resolve-timeout` bounds each request inside it.
+CHECK_DEADLINE = 30.0
+
+
 class Pins:
     def __init__(self, host: PluginHost, records: RecordStore, recorder: EventRecorder,
-                 caches: Caches, *, enabled: bool, interval: float, check_timeout: float,
+                 caches: Caches, *, enabled: bool, interval: float,
+                 check_timeout: float = CHECK_DEADLINE,
                  clock: Callable[[], float] = trio.current_time) -> None:
         self.host = host
         self.records = records

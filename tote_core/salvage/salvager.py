@@ -238,6 +238,9 @@ class SalvageEngine:
         request = TransferRequest(
             image_ref=inc.image_ref, digest=inc.digest, source_node=source,
             target_node=inc.node_name, max_bytes=self.settings.max_image_size,
+            allow_snapshots=self.settings.snapshot_salvage,
+            require_verified=self.settings.snapshot_salvage_strict,
+            pin=self.settings.pin_salvaged_images,
         )
         last_write = 0.0
 

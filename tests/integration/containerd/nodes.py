@@ -10,8 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tote_containerd.agent.client import AgentClient
+from tote_containerd.agents import RPC_TIMEOUT, Agents, open_agent
+from tote_containerd.discovery import AgentDiscovery
 
 from tests.cluster import containerd_config, versions
 
@@ -121,9 +126,25 @@ class Env:
         return start_agent(self.group, self.nodes[node], *self.tls_args(), *extra, name=name)
 
     def settings(self, **over: object) -> ControllerSettings:
+        """Core's settings as the controller would have them: its mTLS identity."""
         c = self.pki.controller
-        kw: dict[str, object] = dict(
-            tls_cert=c.cert, tls_key=c.key, tls_ca=c.ca,
-            agent_endpoints={n: a.endpoint for n, a in self.agents.items()})
+        kw: dict[str, object] = dict(tls_cert=c.cert, tls_key=c.key, tls_ca=c.ca)
         kw.update(over)
         return ControllerSettings(**kw)  # type: ignore[arg-type]
+
+    def discovery(self, endpoints: dict[str, str] | None = None) -> AgentDiscovery:
+        """The agent plugin's settings: every agent of this environment, by node."""
+        return AgentDiscovery(endpoints=endpoints if endpoints is not None else
+                              {n: a.endpoint for n, a in self.agents.items()})
+
+    def client_agents(self, endpoints: dict[str, str] | None = None, **over: object
+                      ) -> Agents:
+        """The controller side's view of the agents (discovery + identity)."""
+        return Agents(self.settings(**over), discovery=self.discovery(endpoints))
+
+    def open_agent(self, node: str, endpoints: dict[str, str] | None = None,
+                   rpc_timeout: float = RPC_TIMEOUT, **over: object
+                   ) -> AbstractAsyncContextManager[AgentClient]:
+        """One connection to `node`'s agent with the controller's identity."""
+        return open_agent(node, self.settings(**over), rpc_timeout=rpc_timeout,
+                          discovery=self.discovery(endpoints))

@@ -47,7 +47,7 @@ def _own_agent(env: Env, name: str, *tls: str, port: int = 0) -> AgentProc:
 
 
 async def test_one_connection_per_agent_shared_by_every_call(env: Env) -> None:
-    agents = Agents(env.settings())
+    agents = env.client_agents()
     ports = [env.agents[n].port for n in ("a", "b", "c")]
     async with trio.open_nursery() as service:
         await service.start(agents.connections.run)
@@ -78,7 +78,7 @@ async def pooled_then_gone(env: Env, name: str) -> AsyncIterator[tuple[Agents, i
     """A pool (its service running) holding a connection to an agent of node c that has
     since stopped; yields the pool and the port the agent listened on."""
     own = _own_agent(env, name)
-    agents = Agents(env.settings(agent_endpoints={"c": own.endpoint}))
+    agents = env.client_agents(endpoints={"c": own.endpoint})
     try:
         async with trio.open_nursery() as service:
             await service.start(agents.connections.run)
@@ -135,7 +135,7 @@ async def test_renewed_tls_files_are_used_for_the_next_connection(env: Env,
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     shutil.copy(ctl.cert, cert)
     shutil.copy(ctl.key, key)
-    agents = Agents(env.settings(tls_cert=str(cert), tls_key=str(key)))
+    agents = env.client_agents(tls_cert=str(cert), tls_key=str(key))
     port = env.agents["a"].port
     async with trio.open_nursery() as service:
         await service.start(agents.connections.run)

@@ -24,7 +24,6 @@ import pytest
 import trio
 from tote_containerd.agent.api import ImportProgress, ImportRequest
 from tote_containerd.agent.tokens import Signer
-from tote_containerd.agents import open_agent
 
 from tests.images.build import Image, layered_image
 from tests.integration.containerd.nodes import REPO, Env, Node
@@ -41,17 +40,19 @@ CHILD = textwrap.dedent("""
     from tote_core.settings import ControllerSettings
     from tote_containerd.agent.api import ImportRequest
     from tote_containerd.agents import open_agent
+    from tote_containerd.discovery import AgentDiscovery
 
     args = json.loads(sys.argv[1])
 
     async def main():
         settings = ControllerSettings(**args["settings"])
+        discovery = AgentDiscovery(endpoints=args["endpoints"])
 
         async def progress(p):
             print(json.dumps({"bytes": p.bytes_transferred, "resumed": p.bytes_resumed,
                               "phase": p.phase}), flush=True)
 
-        async with open_agent(args["target"], settings) as agent:
+        async with open_agent(args["target"], settings, discovery=discovery) as agent:
             await agent.import_from(ImportRequest(**args["request"]), progress)
         print(json.dumps({"done": True}), flush=True)
 
@@ -68,7 +69,7 @@ def _request(env: Env, source: str, source_ep: str, target: str, img: Image,
 
 
 async def _import(env: Env, target: str, req: ImportRequest) -> ImportProgress:
-    async with open_agent(target, env.settings()) as agent:
+    async with env.open_agent(target) as agent:
         return await agent.import_from(req)
 
 
@@ -81,7 +82,7 @@ async def _cancelled_import(env: Env, target: str, req: ImportRequest) -> int:
                 moved[0] = p.bytes_transferred
                 scope.cancel()
 
-        async with open_agent(target, env.settings()) as agent:
+        async with env.open_agent(target) as agent:
             await agent.import_from(req, progress)
     assert scope.cancelled_caught, "the import finished before it could be cancelled"
     return moved[0]
@@ -92,8 +93,8 @@ async def _killed_import(env: Env, target: str, req: ImportRequest) -> int:
     HTTP/2 connection just drops, as when the controller leader dies."""
     c = env.pki.controller
     args = {"target": target,
-            "settings": {"tls_cert": c.cert, "tls_key": c.key, "tls_ca": c.ca,
-                         "agent_endpoints": {n: a.endpoint for n, a in env.agents.items()}},
+            "settings": {"tls_cert": c.cert, "tls_key": c.key, "tls_ca": c.ca},
+            "endpoints": {n: a.endpoint for n, a in env.agents.items()},
             "request": {"source_node": req.source_node, "source_endpoint": req.source_endpoint,
                         "token": req.token, "digest": req.digest, "names": req.names}}
     env_vars = {"PYTHONPATH": f"{REPO}:{REPO / 'plugins'}", "PATH": "/usr/bin:/bin"}
@@ -131,7 +132,7 @@ def _healthy(env: Env, target: str) -> None:
 
 
 async def _health_rpc(env: Env, target: str) -> None:
-    async with open_agent(target, env.settings()) as agent:
+    async with env.open_agent(target) as agent:
         h = await agent.health()
     assert h.containerd_ok, h
 

@@ -20,7 +20,6 @@ import trio
 from tote_containerd.agent.api import ImportProgress, ImportRequest
 from tote_containerd.agent.errors import AgentError
 from tote_containerd.agent.tokens import Signer
-from tote_containerd.agents import open_agent
 
 from tests.images.build import layered_image
 from tests.integration.containerd.nodes import Env
@@ -35,7 +34,7 @@ async def _import(env: Env, source: str, target: str, digest: str, names: list[s
                   ) -> ImportProgress:
     token = Signer(env.pki.controller.cert, env.pki.controller.key).mint(
         digest=digest, source=source, target=target, ttl=60)
-    async with open_agent(target, env.settings()) as agent:
+    async with env.open_agent(target) as agent:
         return await agent.import_from(ImportRequest(
             source_node=source, source_endpoint=env.agents[source].endpoint,
             token=token, digest=digest, names=names))
@@ -44,7 +43,7 @@ async def _import(env: Env, source: str, target: str, digest: str, names: list[s
 async def _hammer(env: Env, node: str, ref: str, digest: str, stop: trio.Event,
                   calls: list[int]) -> None:
     """What `inventory.find_image` does, in a loop: ListImages, ResolveTag, Inspect."""
-    async with open_agent(node, env.settings()) as agent:
+    async with env.open_agent(node) as agent:
         while not stop.is_set():
             await agent.list_images()
             await agent.list_images(digest)
@@ -92,7 +91,7 @@ async def test_reimport_under_concurrent_inventory_calls(env: Env, target: str) 
     assert len(results) == ROUNDS
     assert results[0].bytes_total == sum(x.size for x in img.blobs)
     assert all(r.done and r.bytes_total == 0 for r in results[1:])
-    async with open_agent(target, env.settings()) as agent:
+    async with env.open_agent(target) as agent:
         res = await agent.inspect(ref)
     assert res.complete, res.reason
     env.nodes[target].ctr("images", "check")
@@ -101,7 +100,6 @@ async def test_reimport_under_concurrent_inventory_calls(env: Env, target: str) 
 async def test_find_image_skips_nodes_with_discarded_layers(env: Env) -> None:
     """The inventory hook counts a node only if its content is complete: a record whose
     layers were discarded after unpack is not a holder (ListImages alone would say it is)."""
-    from tote_containerd.agents import Agents
     from tote_containerd.inventory import Inventory
 
     a, c = env.nodes["a"], env.nodes["c"]
@@ -111,8 +109,8 @@ async def test_find_image_skips_nodes_with_discarded_layers(env: Env) -> None:
     c.import_archive(archive)
     for layer in img.layers["linux/amd64"]:
         c.ctr("content", "rm", layer.digest)
-    inventory = Inventory(Agents(env.settings()))
-    async with open_agent("c", env.settings()) as agent:
+    inventory = Inventory(env.client_agents())
+    async with env.open_agent("c") as agent:
         assert [r.digest for r in await agent.list_images(img.digest)] == [img.digest]
     found = await inventory.find_image(img.digest, ["a", "b", "c"])
     assert found == ["a"]

@@ -19,7 +19,6 @@ from tote_containerd.agent import errors
 from tote_containerd.agent.api import ImportProgress, ImportRequest
 from tote_containerd.agent.tls import client_context
 from tote_containerd.agent.tokens import Signer
-from tote_containerd.agents import open_agent
 
 from tests.images.build import layered_image
 from tests.integration.containerd.nodes import Env
@@ -66,7 +65,7 @@ async def test_source_killed_with_parallel_streams_gives_one_unavailable(env: En
 
     log_before = env.agents["b"].proc.log_path.stat().st_size
     with pytest.raises(errors.AgentError) as err:
-        async with open_agent("b", env.settings()) as agent:
+        async with env.open_agent("b") as agent:
             await agent.import_from(ImportRequest(
                 source_node="a", source_endpoint=src.endpoint,
                 token=_token(env, img.digest, "a", "b"), digest=img.digest,
@@ -85,7 +84,7 @@ async def test_refused_import_leaves_no_lease(env: Env) -> None:
     img = layered_image("docker.io/tote/refused:v1", [512 * 1024], seed=122)
     env.nodes["a"].import_archive(img.write_archive(env.base / "refused.tar"))
     lease = "tote-import-" + img.digest.split(":")[1][:32]
-    async with open_agent("b", env.settings()) as agent:
+    async with env.open_agent("b") as agent:
         with pytest.raises(errors.Unauthenticated):
             await agent.import_from(ImportRequest(
                 source_node="a", source_endpoint=env.agents["a"].endpoint,
@@ -174,7 +173,7 @@ async def test_data_channel_bounds_its_connections(env: Env) -> None:
     env.nodes["c"].import_archive(img.write_archive(env.base / "bounded.tar"))
     src = env.extra["c-fast"]
     deadline = time.monotonic() + 60
-    async with open_agent("d", env.settings()) as target:
+    async with env.open_agent("d") as target:
         done = await target.import_from(ImportRequest(
             source_node="c", source_endpoint=src.endpoint,
             token=_token(env, img.digest, "c", "d"), digest=img.digest, names=[img.name]))
@@ -188,7 +187,7 @@ async def test_json_logs_are_valid_json_with_quotes_and_newlines(env: Env) -> No
     line of its output is one JSON object."""
     agent = env.agent("b", "--no-fast-path", "--log-format", "json", name="agent-b-json")
     try:
-        async with open_agent("b", env.settings(agent_endpoints={"b": agent.endpoint})) as c:
+        async with env.open_agent("b", endpoints={"b": agent.endpoint}) as c:
             for ref in ['docker.io/x/"quoted":1', "docker.io/x/a\nb:1", "docker.io/x/y:1"]:
                 with pytest.raises(errors.AgentError):
                     await c.inspect(ref)

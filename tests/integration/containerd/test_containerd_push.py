@@ -29,7 +29,6 @@ from tote_containerd.agent import errors, push
 from tote_containerd.agent.api import PushRequest, PushResult
 from tote_containerd.agent.client import AgentClient
 from tote_containerd.agent.tls import client_context
-from tote_containerd.agents import open_agent
 from tote_registry.auth import Credentials
 from tote_registry.client import RegistryClient, push_scope
 
@@ -79,7 +78,7 @@ async def _push(env: Env, reg: Registry, node: str, digest: str, repo: str, tag:
     kw: dict[str, object] = dict(digest=digest, registry_url=base, repository=repo, tag=tag,
                                  authorization=value, ca_pem=ca, mount_from=list(mounts))
     kw.update(over)
-    async with open_agent(node, env.settings(), rpc_timeout=300) as agent:
+    async with env.open_agent(node, rpc_timeout=300) as agent:
         return await agent.push(PushRequest(**kw), deadline=300)  # type: ignore[arg-type]
 
 
@@ -183,7 +182,7 @@ async def test_5_wrong_or_missing_credentials(env: Env, registry: Registry) -> N
     a.import_archive(img.write_archive(env.base / "secret.tar"))
     base, _, ca = await _auth(registry, "backup/tote/secret")
     wrong = "Basic " + base64.b64encode(f"{USER}:wrong".encode()).decode()
-    async with open_agent("a", env.settings()) as agent:
+    async with env.open_agent("a") as agent:
         for value in (wrong, ""):
             with pytest.raises(errors.Unauthenticated, match="401"):
                 await agent.push(PushRequest(
@@ -208,7 +207,7 @@ async def test_6_tls_without_ca_and_bad_requests(env: Env, registry: Registry) -
     base, value, _ = await _auth(registry, "backup/tote/tls")
     ok = dict(digest=img.digest, registry_url=base, repository="backup/tote/tls", tag="v1",
               authorization=value)
-    async with open_agent("a", env.settings()) as agent:
+    async with env.open_agent("a") as agent:
         with pytest.raises(errors.Unavailable, match="CERTIFICATE_VERIFY_FAILED"):
             await agent.push(PushRequest(**ok), deadline=60)  # type: ignore[arg-type]
         bad: list[dict[str, object]] = [
@@ -237,7 +236,7 @@ async def test_7_registry_stopped_mid_push(env: Env, registry: Registry) -> None
     failure: list[BaseException] = []
 
     async def run() -> None:
-        async with open_agent("b", env.settings(), rpc_timeout=300) as agent:
+        async with env.open_agent("b", rpc_timeout=300) as agent:
             try:
                 await agent.push(PushRequest(
                     digest=img.digest, registry_url=base, repository="backup/tote/cut",
@@ -257,7 +256,7 @@ async def test_7_registry_stopped_mid_push(env: Env, registry: Registry) -> None
     assert len(failure) == 1 and isinstance(failure[0], errors.Unavailable), failure
     assert "registry" in str(failure[0])
     assert registry.manifest_digest("backup/tote/cut", "v1") is None
-    async with open_agent("b", env.settings()) as agent:
+    async with env.open_agent("b") as agent:
         assert (await agent.health()).containerd_ok
 
 
@@ -297,7 +296,7 @@ async def test_9_bearer_token_registry_plain_http_insecure(env: Env) -> None:
             value = await s.authorization([push_scope(repo)])
         assert base == f"http://{reg.host}" and value.startswith("Bearer ")
         assert tokens.requests[-1] == (USER, [f"repository:{repo}:pull,push"], 200)
-        async with open_agent("c", env.settings()) as agent:
+        async with env.open_agent("c") as agent:
             res = await agent.push(PushRequest(
                 digest=img.digest, registry_url=base, repository=repo, tag="v1",
                 authorization=value, insecure=True), deadline=120)

@@ -15,7 +15,6 @@ import trio
 from tote_containerd.agent.api import ImportProgress, ImportRequest
 from tote_containerd.agent.errors import AgentError, DataLoss, InvalidArgument
 from tote_containerd.agent.tokens import Signer
-from tote_containerd.agents import Agents, open_agent
 from tote_containerd.transfer import run_transfer
 
 from tests.cluster.prom import scrape_total
@@ -37,8 +36,7 @@ async def _import(env: Env, source: str, target: str, digest: str, names: list[s
                   source_ep: str | None = None, progress: Any = None,
                   max_bytes: int = 0) -> ImportProgress:
     token = _signer(env).mint(digest=digest, source=source, target=target, ttl=60)
-    settings = env.settings()
-    async with open_agent(target, settings) as agent:
+    async with env.open_agent(target) as agent:
         return await agent.import_from(ImportRequest(
             source_node=source, source_endpoint=source_ep or env.agents[source].endpoint,
             token=token, digest=digest, names=names, max_bytes=max_bytes), progress)
@@ -67,7 +65,7 @@ async def test_copy_runs_and_has_three_cri_names(env: Env) -> None:
     result = await run_transfer(
         TransferRequest(image_ref="docker.io/tote/app:v1", digest=img.digest,
                         source_node="a", target_node="b"),
-        progress, Agents(env.settings()))
+        progress, env.client_agents())
     assert result.bytes_total == sum(x.size for x in img.blobs)
     assert seen and seen[-1].bytes_transferred == result.bytes_total
 
@@ -194,12 +192,12 @@ async def test_multiarch_source_holds_one_platform(env: Env) -> None:
     result = await run_transfer(
         TransferRequest(image_ref="docker.io/tote/multi:v1", digest=img.digest,
                         source_node="a", target_node="b"),
-        _noop, Agents(env.settings()))
+        _noop, env.client_agents())
     assert result.bytes_total > 0
     assert "docker.io/tote/multi:v1" in b.image_names()
     assert b.blob_present(img.manifests["linux/amd64"].digest)
     assert not b.blob_present(arm.digest)
-    async with open_agent("b", env.settings()) as agent:
+    async with env.open_agent("b") as agent:
         info = await agent.inspect("docker.io/tote/multi:v1")
     assert info.complete and [x.role for x in info.blobs][:2] == ["index", "manifest"]
     assert "containerd.io/gc.ref.content.m.0=" + img.manifests["linux/amd64"].digest \
@@ -217,14 +215,14 @@ async def test_discarded_layers_not_salvageable(env: Env) -> None:
     c.import_archive(img.write_archive(env.base / "discarded.tar"))
     for layer in img.layers["linux/amd64"]:
         c.ctr("content", "rm", layer.digest)
-    async with open_agent("c", env.settings()) as agent:
+    async with env.open_agent("c") as agent:
         info = await agent.inspect("docker.io/tote/discarded:v1")
     assert not info.complete and info.layers_discarded
     assert "discard_unpacked_layers" in info.reason
     with pytest.raises(PermanentError) as err:
         await run_transfer(TransferRequest(image_ref=img.name, digest=img.digest,
                                            source_node="c", target_node="b"),
-                           _noop, Agents(env.settings()))
+                           _noop, env.client_agents())
     assert err.value.reason == "layers_discarded"
 
 
@@ -269,8 +267,7 @@ async def test_gc_during_transfer_deletes_nothing_in_flight(env: Env, target: st
 
 async def test_bad_input_is_refused_and_agent_stays_up(env: Env) -> None:
     """(9) malformed digests, refs, ranges: clear errors; the agent keeps serving."""
-    settings = env.settings()
-    async with open_agent("b", settings) as agent:
+    async with env.open_agent("b") as agent:
         for ref in ["", "not a ref", "sha256:xyz", "sha512:" + "a" * 128, "UPPER/Case:tag",
                     "docker.io/x@sha256:" + "g" * 64]:
             with pytest.raises(InvalidArgument):

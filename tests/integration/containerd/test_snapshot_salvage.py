@@ -44,7 +44,6 @@ from tote_containerd.agent.errors import DataLoss, FailedPrecondition
 from tote_containerd.agent.tls import client_context
 from tote_containerd.agent.tokens import Signer
 from tote_containerd.agent.unpack import chain_ids
-from tote_containerd.agents import open_agent
 
 from tests.images.build import Image
 from tests.images.rootfs_cases import CAP_NET_RAW, image_of_tars, special_layers
@@ -80,7 +79,7 @@ def _discarding_source(env: Env, img: Image, tmp: Path, *, keep: int = 0) -> Non
 async def _import(env: Env, target: str, img: Image, **request: object) -> ImportProgress:
     c = env.pki.controller
     token = Signer(c.cert, c.key).mint(digest=img.digest, source="s", target=target, ttl=60)
-    async with open_agent(target, env.settings()) as agent:
+    async with env.open_agent(target) as agent:
         return await agent.import_from(ImportRequest(
             source_node="s", source_endpoint=env.agents["s"].endpoint, token=token,
             digest=img.digest, names=[img.name], **request))  # type: ignore[arg-type]

@@ -23,7 +23,6 @@ import pytest
 from tote_containerd.agent.api import ImportProgress, ImportRequest
 from tote_containerd.agent.tokens import Signer
 from tote_containerd.agent.unpack import chain_ids
-from tote_containerd.agents import open_agent
 
 from tests.cluster.prom import scrape_total
 from tests.images.build import Blob, Image, compressed_image, digest_of, multiarch_image
@@ -46,7 +45,7 @@ def cri(env: Env) -> Iterator[dict[str, AgentProc]]:
 async def _import(env: Env, target: str, img: Image) -> ImportProgress:
     c = env.pki.controller
     token = Signer(c.cert, c.key).mint(digest=img.digest, source="a", target=target, ttl=60)
-    async with open_agent(target, env.settings()) as agent:
+    async with env.open_agent(target) as agent:
         return await agent.import_from(ImportRequest(
             source_node="a", source_endpoint=env.extra["a-fast"].endpoint, token=token,
             digest=img.digest, names=[img.name]))
