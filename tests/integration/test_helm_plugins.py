@@ -2,7 +2,7 @@
 
 Rendered with `helm template` (the pinned Kubernetes version), then:
 
-- each key becomes `--<plugin>-<key in kebab-case>` (snake_case and camelCase keys), lists
+- each key becomes `--<plugin>-<key in kebab-case>` (kebab, snake_case and camelCase keys), lists
   joined with commas, maps written k=v,k=v by key, whole numbers without an exponent, every
   argument quoted; nothing is rendered by default;
 - the rendered flags, given to the real settings loader with the test plugin tote-acme
@@ -10,7 +10,7 @@ Rendered with `helm template` (the pinned Kubernetes version), then:
   the plugin's typed settings with the values the chart was given;
 - bad values are refused by the schema or the template with one line: a plugin that is also
   in plugins.disabled, a non-object section, a nested value, a comma inside a list item, a
-  key that cannot be a flag.
+  key that cannot be a flag, two spellings of one setting.
 """
 
 from __future__ import annotations
@@ -56,9 +56,10 @@ def test_keys_become_flags(helm: Helm) -> None:
                  "zoneFirst": True, "max_size": 1000000, "ratio": 0.5,
                  "labels": {"team": "platform", "env": "prod"}, "empty_list": []},
         "source-policy": {"zone_first": False},
+        "rack-policy": {"pager-url": "https://pager.example.com/x?a=1,b=2"},
     }}}
     args = controller_args(helm, values)
-    assert plugin_args(args, "acme", "source-policy") == [
+    assert plugin_args(args, "acme", "source-policy", "rack-policy") == [
         "--acme-empty-list=",
         "--acme-events=salvaged,failed",
         "--acme-greeting=hello, \"world\" & 'all'",
@@ -66,6 +67,7 @@ def test_keys_become_flags(helm: Helm) -> None:
         "--acme-max-size=1000000",
         "--acme-ratio=0.5",
         "--acme-zone-first=true",
+        "--rack-policy-pager-url=https://pager.example.com/x?a=1,b=2",
         "--source-policy-zone-first=false",
     ]
     # the template quotes every argument: YAML never reinterprets a value
@@ -121,8 +123,11 @@ def test_rendered_flags_reach_the_plugins_settings(helm: Helm, acme_path: Path) 
     ({"acme": {"labels": {"a=b": "c"}}}, [], "/plugins/config/acme/labels"),
     ({"acme": {"--greeting": "hi"}}, [], "invalid propertyName '--greeting'"),
     ({"-acme": {"greeting": "hi"}}, [], "invalid propertyName '-acme'"),
+    ({"acme": {"max-size": 1, "max_size": 2}}, [],
+     "plugins.config.acme: max-size and max_size are the same setting (--acme-max-size); "
+     "keep one"),
 ], ids=["disabled", "not-an-object", "nested", "comma-in-list", "equals-in-key", "flag-key",
-        "plugin-name"])
+        "plugin-name", "same-setting-twice"])
 def test_bad_plugin_config_refused(helm: Helm, config: dict[str, Any], disabled: list[str],
                                    needle: str) -> None:
     res = helm.template("tote", values={"plugins": {"config": config, "disabled": disabled}},
