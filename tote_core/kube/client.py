@@ -67,9 +67,15 @@ def _raise_for(response: httpx.Response, what: str) -> None:
 class KubeClient:
     """One HTTP/1.1 connection pool to the API server; safe to share between tasks."""
 
-    def __init__(self, config: KubeConfig, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, config: KubeConfig, *, timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """`transport` replaces the network: tests (tote_core/testing's fake API server)
+        drive the same client, informers and callers over objects held in memory."""
         self.config = config
         self._http = httpx.AsyncClient(
+            transport=transport,
             base_url=config.server,
             verify=config.ssl_context(),
             timeout=httpx.Timeout(timeout, connect=5.0),
