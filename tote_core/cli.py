@@ -1,9 +1,9 @@
 """The `tote` command.
 
-Core's subcommands: `controller`, `plugins`, `status`, `doctor`, `disable`, `enable`;
-`--version`. A subcommand a
-plugin brings (the node agent: `agent`, from tote_containerd) is found through the
-entry-point group `tote.commands`, never imported here: its entry point names a
+Core's subcommands: `controller`, `plugins`, `plugin init` (a new plugin package),
+`status`, `doctor`, `disable`, `enable`; `--version`. A subcommand a plugin brings (the
+node agent: `agent`, from tote_containerd) is found through the entry-point group
+`tote.commands`, never imported here: its entry point names a
 `main(argv) -> int` whose docstring's first line is its `tote --help` line.
 """
 
@@ -102,6 +102,12 @@ def _enable(argv: Sequence[str]) -> int:
     return switch_command.run(argv, enable=True)
 
 
+def _plugin(argv: Sequence[str]) -> int:
+    from tote_core.plugin_template import command as template_command
+
+    return template_command.run(argv)
+
+
 Command = Callable[[Sequence[str]], int]
 
 # The programs (daemons) come first in `tote --help`, then the commands plugins bring, then
@@ -111,6 +117,7 @@ PROGRAMS: dict[str, tuple[Command, str]] = {
 }
 TOOLS: dict[str, tuple[Command, str]] = {
     "plugins": (_plugins, "list plugins and where they come from"),
+    "plugin": (_plugin, "create a plugin package: tote plugin init NAME [--dir DIR]"),
     "status": (_status, "live incidents and transfers from the controller's status feed"),
     "doctor": (_doctor, "check a live install; non-zero exit on any failure"),
     "disable": (_disable, "turn salvage off at runtime (--reason required; recorded)"),

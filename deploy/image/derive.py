@@ -386,6 +386,7 @@ class DerivedImage:
     name: str
     version: str  # the tag
     digest: str  # that archive's manifest digest
+    image_id: str  # its config digest: the image ID (what the CRI reports as a pod's imageID)
     arch: str
     base: str  # the base image's name
     base_digest: str  # and its manifest digest for `arch`
@@ -461,13 +462,14 @@ def derive(wheel_paths: list[Path], *, base_archive: Path | None = None,
             added[plat.arch] = str(meta["digest"])
             plats.append(_platform(plat, base, layer, meta, mine, ref, epoch))
         version = tag
-        host_arch, man, _, _ = plats[0]
+        host_arch, man, cfg, _ = plats[0]
         archive = _write(out, plats[0], ref, repo, tag)
         index_archive = index_digest = None
         if len(plats) > 1:
             index_archive, index_digest = _write_index(out, plats, ref, repo, tag)
         return DerivedImage(
-            archive=archive, name=ref, version=version, digest=man[0], arch=host_arch,
+            archive=archive, name=ref, version=version, digest=man[0], image_id=cfg[0],
+            arch=host_arch,
             base=base.name, base_digest=_digest(base.platforms[0].manifest),
             platforms={p[0]: p[1][0] for p in plats},
             plugins={w.name: w.version for w in wheels}, layer_digest=added,
