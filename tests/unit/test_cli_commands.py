@@ -24,8 +24,9 @@ def _fake_group(monkeypatch: pytest.MonkeyPatch, **targets: str) -> None:
 def test_help_lists_the_agent_from_its_entry_point(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0] == \
-        "usage: tote [--version] {controller,agent,plugins,status,doctor,disable,enable} [flags]"
+    assert out.splitlines()[0] == (
+        "usage: tote [--version] {controller,agent,plugins,plugin,status,doctor,disable,enable} "
+        "[flags]")
     assert "  agent       run the node agent (containerd access, transfers)\n" in out
 
 
@@ -58,9 +59,9 @@ def test_core_commands_cannot_be_taken_and_unknown_ones_are_refused(
 ) -> None:
     _fake_group(monkeypatch, controller="tote_no_such_module.cmd:main")
     assert cli.plugin_command("controller") is None
-    assert list(cli.commands()) == ["controller", "plugins", "status", "doctor", "disable",
-                                    "enable"]
+    assert list(cli.commands()) == ["controller", "plugins", "plugin", "status", "doctor",
+                                    "disable", "enable"]
     assert cli.main(["agent"]) == 2  # not brought by any plugin here
     assert capsys.readouterr().err == \
-        "tote: unknown command 'agent'; try: controller, plugins, status, doctor, disable, " \
-        "enable\n"
+        "tote: unknown command 'agent'; try: controller, plugins, plugin, status, doctor, " \
+        "disable, enable\n"
