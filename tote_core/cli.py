@@ -71,6 +71,9 @@ def _plugins(argv: Sequence[str]) -> int:
         sys.stdout.write(msgspec.json.encode(infos).decode() + "\n")
     else:
         listing.render(infos, sys.stdout)
+    unknown = loaded.host.unknown_disabled_error("the disabled list")
+    if unknown is not None:
+        print(f"note: {unknown}", file=sys.stderr)
     if loaded.core_error:
         print(f"note: tote controller would refuse these settings: {loaded.core_error}",
               file=sys.stderr)

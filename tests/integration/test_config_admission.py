@@ -308,7 +308,7 @@ def _record_for(cp: ControlPlane, ns: str, target: str) -> dict[str, Any] | None
 def test_configuration_failures_are_retried_after_a_restart(
     control_plane: ControlPlane, tmp_path: Path, test_namespace: str
 ) -> None:
-    """What was tried: a controller with no usable transfer plugin (`containerd` disabled)
+    """What was tried: a controller with no usable transfer plugin (`agent` disabled)
     fails a salvage; /readyz says why. Records an older version marked Permanent for
     `tls_config` exist too. A controller restarted with a working configuration retries
     both, without anyone deleting a record."""
@@ -320,7 +320,7 @@ def test_configuration_failures_are_retried_after_a_restart(
     create_node(cp, t2)
     lease = uniq("lease")
     broken = ControllerProcess(cp, tmp_path / "broken", identity=uniq("broken"), extra_args=[
-        f"--lease-name={lease}", "--plugins-disabled=containerd"])
+        f"--lease-name={lease}", "--plugins-disabled=agent"])
     broken.start(wait_ready=False)
     try:
         wait_until(lambda: broken.readyz().get("synced") is True, timeout=60,

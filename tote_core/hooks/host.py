@@ -63,7 +63,9 @@ UNISOLATED_HOOKS = CONTROL_FLOW_HOOKS | {"settings_type"}
 SERVICE_RESTART_DELAY = 5.0
 NOTIFIED_MAX = 20000  # (incident, type) keys remembered for the once-per-incident rule
 # `plugins:` keys of the config file that are not plugin sections.
-RESERVED_NAMES = frozenset({"disabled", "config"})
+RESERVED_NAMES = frozenset({"disabled"})
+# Built-in plugins' former names, for the error that names them in plugins.disabled.
+RENAMED = {"containerd": "agent", "notify": "webhook"}
 
 
 def _normalized(dist: str) -> str:
@@ -128,6 +130,7 @@ class PluginHost:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.plugins: list[PluginInfo] = []
+        self.unknown_disabled: list[str] = []  # disabled names no entry point has
         self.context: PluginContext | None = None
         # Each plugin's validated settings (`tote_core.hooks.loading` fills it in).
         self.plugin_settings = hooktypes.PluginSettings()
@@ -239,15 +242,25 @@ class PluginHost:
             hooks = tuple(sorted(h.name for h in self.pm.get_hookcallers(
                 self.pm.get_plugin(ep.name)) or []))
             self.plugins.append(base(enabled=True, state="enabled", hooks=hooks))
-        unknown = off - set(seen)
-        if unknown:
-            log.warning("plugins.disabled names unknown plugins: %s (installed: %s)",
-                        ", ".join(sorted(unknown)), ", ".join(sorted(seen)) or "none")
+        self.unknown_disabled = sorted(off - set(seen))
         return self.plugins
+
+    def unknown_disabled_error(self, disabled_by: str) -> ConfigError | None:
+        """Disabling a plugin that is not installed is refused: the name is misspelled, or
+        it is a built-in's old name, and what the operator meant to turn off would run."""
+        if not self.unknown_disabled:
+            return None
+        names = ", ".join(f"{n} (now called {RENAMED[n]})" if n in RENAMED else n
+                          for n in self.unknown_disabled)
+        installed = ", ".join(sorted(p.name for p in self.plugins)) or "none"
+        return ConfigError(f"{disabled_by} names plugins that are not installed: {names} "
+                           f"(installed: {installed})")
 
     def _refuse(self, base: Callable[..., PluginInfo], name: str, reason: str,
                 exc: BaseException | None = None) -> None:
-        log.error("plugin %s: %s", name, reason, exc_info=exc)
+        # Not logged at ERROR: the caller reports it (start-up error, or the table); the
+        # traceback is there at debug level for the plugin's author.
+        log.debug("plugin %s: %s", name, reason, exc_info=exc)
         metrics.PLUGIN_FAILURES.labels(name, "load").inc()
         self.plugins.append(base(enabled=False, state="failed", error=reason, reason=reason))
 

@@ -126,11 +126,11 @@ def _settings_types(host: PluginHost, core: Group, *, strict: bool
                     raise ConfigError(f"plugin {name}: setting {f.name} would be "
                                       f"{group.flag(f.name)}, which {owner} already has")
         except ConfigError as exc:
-            if strict:
-                raise
             host.mark_failed(name, str(exc).removeprefix(f"plugin {name}: "))
             continue
         out[name] = typing.cast(type[msgspec.Struct], cls)
+    if strict:
+        host.check()
     return out
 
 
@@ -192,6 +192,9 @@ def load(
     host.load(disabled, disabled_by=disabled_by)
     if strict:
         host.check()
+        refused = host.unknown_disabled_error(disabled_by)
+        if refused is not None:
+            raise refused
     core = Group(core_cls)
     types = _settings_types(host, core, strict=strict)
 
@@ -205,8 +208,7 @@ def load(
     for name, group in groups.items():
         add_flags(parser.add_argument_group(f"plugin {name}"), group)
     ns, unknown = parser.parse_known_args(list(argv))
-    off = tuple(f"--{n}-" for n in disabled) + tuple(f"--no-{n}-" for n in disabled)
-    stray = [a for a in unknown if not a.startswith(off)]
+    stray = _stray(unknown, disabled)
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if unknown:
@@ -279,6 +281,22 @@ def _misplaced(file: Mapping[str, Any], path: str | None, core: Group,
                         f"as plugins: {{{name}: {{{f.name.replace('_', '-')}: …}}}}")
 
 
+def _stray(unknown: Sequence[str], disabled: Sequence[str]) -> list[str]:
+    """Arguments argparse did not know, minus a disabled plugin's flags (`--p-x=v`,
+    `--p-x v`, `--no-p-x`)."""
+    off = tuple(f"--{n}-" for n in disabled) + tuple(f"--no-{n}-" for n in disabled)
+    stray: list[str] = []
+    skip_value = False
+    for arg in unknown:
+        if skip_value and not arg.startswith("-"):
+            skip_value = False
+            continue
+        skip_value = arg.startswith(off) and "=" not in arg and not arg.startswith("--no-")
+        if not arg.startswith(off):
+            stray.append(arg)
+    return stray
+
+
 def _dests(group: Group) -> set[str]:
     return {group.dest(f.name) for f in group.fields()}
 
@@ -288,7 +306,7 @@ def _check_sections(file: Mapping[str, Any], path: str | None, host: PluginHost,
     """Every `plugins.<name>` section of the config file names an installed plugin."""
     known = {p.name for p in host.plugins}
     for name in (file.get("plugins") or {}):
-        if name in ("disabled",) or name in known:
+        if name == "disabled" or name in known:
             continue
         raise ConfigError(f"config file {path}: plugins.{name}: no plugin named {name!r} is "
                           f"installed (installed: {', '.join(sorted(known)) or 'none'})")
