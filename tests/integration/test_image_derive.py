@@ -10,6 +10,8 @@ cached), and the derived image checked the way a node would use it:
   it with chroot: the plugin is loaded from its own distribution, enabled, and its settings
   take a flag's value;
 - `--from` an existing tote archive gives the same image as deriving from the build;
+- both architectures: one plugin layer shared by the platforms, each over its own tote
+  layers; `--from` the multi-architecture archive gives the same image index;
 - bad input stops the build with one line: a requirement no wheel and not the image meets, a
   version the image does not have, a distribution the image already holds, a wheel for
   another platform; a requirement whose marker excludes the image's platform is ignored.
@@ -204,3 +206,36 @@ def test_requirements_for_other_platforms_and_extras_ignored(base: Any, acme_whe
         "tote-salvage", "msgspec"))
     img = plugins.derive([acme_wheel, other], base_archive=base.archive, out=tmp_path / "out")
     assert img.plugins == {"tote-acme": "0.1.0", "acme-y": "1.0"}
+
+
+def test_multi_architecture(acme_wheel: Path, tmp_path: Path) -> None:
+    """Both platforms: the pure-Python plugin layer is the same blob on each, every
+    platform keeps its own tote layers, and deriving `--from` the tote image's
+    multi-architecture archive gives the same image index."""
+    if missing := tote_image.missing_tools():
+        unavailable(f"the tote image cannot be built here, missing: {missing}")
+    for arch in tote_image.all_arches():
+        if why := tote_image.foreign_unusable(arch):
+            unavailable(why)
+    arches = tote_image.all_arches()
+    base_all = tote_image.build(arches=arches)
+    img = plugins.derive([acme_wheel], arches=arches, out=tmp_path / "a")
+    assert img.index_archive is not None and set(img.platforms) == set(arches)
+    assert len(set(img.layer_digest.values())) == 1, img.layer_digest
+    with tarfile.open(img.index_archive) as tar:
+        def blob(digest: str) -> Any:
+            f = tar.extractfile("blobs/sha256/" + digest[7:])
+            assert f is not None
+            return json.loads(f.read())
+        f = tar.extractfile("index.json")
+        assert f is not None
+        index = blob(json.loads(f.read())["manifests"][0]["digest"])
+        for desc in index["manifests"]:
+            arch = desc["platform"]["architecture"]
+            layers = [d["digest"] for d in blob(desc["digest"])["layers"]]
+            base_layers = [json.loads((Path(p).parent / "layer.json").read_text())["digest"]
+                           for p in base_all.layers[arch]]
+            assert layers == [*base_layers, img.layer_digest[arch]], arch
+    again = plugins.derive([acme_wheel], base_archive=base_all.index_archive,
+                           out=tmp_path / "b")
+    assert again.index_digest == img.index_digest
