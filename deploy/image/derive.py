@@ -213,7 +213,8 @@ class BasePlatform:
 
 @dataclass
 class BaseImage:
-    name: str
+    name: str  # "" when the archive does not say (skopeo's oci-archive)
+    tag: str  # org.opencontainers.image.ref.name
     platforms: list[BasePlatform]
 
 
@@ -238,9 +239,13 @@ def read_archive(archive: Path, blob_dir: Path, known: dict[str, Path]) -> BaseI
             top = json.loads(blob_or(tar, "index.json"))["manifests"][0]
         except (KeyError, IndexError, ValueError):
             raise SystemExit(f"--from {archive}: no index.json naming an image") from None
-        name = str((top.get("annotations") or {}).get("io.containerd.image.name", ""))
+        notes = top.get("annotations") or {}
+        # build.py and ctr name the image; skopeo's oci-archive only tags it (ref.name)
+        name = str(notes.get("io.containerd.image.name") or "")
+        tag = str(notes.get("org.opencontainers.image.ref.name") or "")
         descs = [top]
-        if top.get("mediaType") == "application/vnd.oci.image.index.v1+json":
+        if top.get("mediaType") in ("application/vnd.oci.image.index.v1+json",
+                                    "application/vnd.docker.distribution.manifest.list.v2+json"):
             descs = json.loads(blob(top["digest"]))["manifests"]
         plats = []
         for d in descs:
@@ -261,7 +266,7 @@ def read_archive(archive: Path, blob_dir: Path, known: dict[str, Path]) -> BaseI
                         shutil.copyfileobj(member, out, 1 << 20)
                 plat.layers.append((dg, path))
             plats.append(plat)
-    return BaseImage(name=name, platforms=plats)
+    return BaseImage(name=name, tag=tag, platforms=plats)
 
 
 def blob_or(tar: tarfile.TarFile, member: str) -> bytes:
@@ -431,8 +436,7 @@ def derive(wheel_paths: list[Path], *, base_archive: Path | None = None,
         base = read_archive(base_archive, work, known)
         host = B.deb_arch()
         base.platforms.sort(key=lambda p: (p.arch != host, p.arch))
-        base_tag = base.name.rsplit(":", 1)[-1] if ":" in base.name.rsplit("/", 1)[-1] else ""
-        ref = name or f"localhost/tote:{base_tag or B.version()}-plugins"
+        ref = name or f"localhost/tote:{_base_version(base)}-plugins"
         if not re.fullmatch(r"[a-z0-9]([a-z0-9._:/-]*[a-z0-9])?:[\w][\w.-]{0,127}", ref):
             raise SystemExit(f"--name {ref!r}: not an image reference REPOSITORY:TAG")
         repo, tag = ref.rsplit(":", 1)
@@ -479,6 +483,18 @@ def derive(wheel_paths: list[Path], *, base_archive: Path | None = None,
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _base_version(base: BaseImage) -> str:
+    """The base image's version for the default name: its tag, else its version label,
+    else this checkout's version."""
+    last = base.name.rsplit("/", 1)[-1]
+    if ":" in last:
+        return last.rsplit(":", 1)[-1]
+    if base.tag:
+        return base.tag
+    labels = (base.platforms[0].config.get("config") or {}).get("Labels") or {}
+    return str(labels.get("org.opencontainers.image.version") or B.version())
+
+
 def _digest(doc: dict[str, Any]) -> str:
     return str(B._blob(json.dumps(doc, sort_keys=True).encode())[0])
 
@@ -492,11 +508,11 @@ def _platform(plat: BasePlatform, base: BaseImage, layer: Path, meta: dict[str, 
     listed = ", ".join(f"{w.name} {w.version}" for w in wheels)
     labels = dict(cfg.get("config", {}).get("Labels") or {})
     base_digest = _digest(plat.manifest)
-    labels.update({
-        "org.opencontainers.image.base.name": base.name,
-        "org.opencontainers.image.base.digest": base_digest,
-        "dev.tote.plugins": listed,
-    })
+    labels.update({"org.opencontainers.image.base.digest": base_digest,
+                   "dev.tote.plugins": listed})
+    labels.pop("org.opencontainers.image.base.name", None)  # the tote image's own (Debian)
+    if base.name:
+        labels["org.opencontainers.image.base.name"] = base.name
     cfg.setdefault("config", {})["Labels"] = labels
     cfg["rootfs"]["diff_ids"] = [*cfg["rootfs"]["diff_ids"], meta["diff_id"]]
     cfg["history"] = [*cfg.get("history", []),
@@ -508,9 +524,8 @@ def _platform(plat: BasePlatform, base: BaseImage, layer: Path, meta: dict[str, 
     man["layers"] = [*man["layers"],
                      {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
                       "digest": meta["digest"], "size": meta["size"]}]
-    man.setdefault("annotations", {}).update({
-        "org.opencontainers.image.base.name": base.name,
-        "org.opencontainers.image.base.digest": base_digest})
+    man.setdefault("annotations", {}).update(
+        {k: v for k, v in labels.items() if k.startswith("org.opencontainers.image.base.")})
     man_blob = B._blob(json.dumps(man, sort_keys=True).encode())
     return plat.arch, man_blob, cfg_blob, [*plat.layers, (str(meta["digest"]), layer)]
 

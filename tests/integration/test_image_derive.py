@@ -9,7 +9,8 @@ cached), and the derived image checked the way a node would use it:
 - its root filesystem unpacked (every layer, in order) and `tote plugins --json` run inside
   it with chroot: the plugin is loaded from its own distribution, enabled, and its settings
   take a flag's value;
-- `--from` an existing tote archive gives the same image as deriving from the build;
+- `--from` an existing tote archive gives the same image as deriving from the build, and
+  from an archive as skopeo fetches one (tagged, not named) the default name takes its tag;
 - both architectures: one plugin layer shared by the platforms, each over its own tote
   layers; `--from` the multi-architecture archive gives the same image index;
 - bad input stops the build with one line: a requirement no wheel and not the image meets, a
@@ -239,3 +240,28 @@ def test_multi_architecture(acme_wheel: Path, tmp_path: Path) -> None:
     again = plugins.derive([acme_wheel], base_archive=base_all.index_archive,
                            out=tmp_path / "b")
     assert again.index_digest == img.index_digest
+
+
+def test_from_an_archive_fetched_with_skopeo(base: Any, acme_wheel: Path,
+                                             tmp_path: Path) -> None:
+    """What a user has after `skopeo copy docker://ghcr.io/tote-dev/tote:<version>
+    oci-archive:FILE:<version>`: an archive that tags the image but does not name it. The
+    default name takes the tag; the tote layers are the same."""
+    skopeo = shutil.which("skopeo")
+    if skopeo is None:
+        unavailable("skopeo not installed (.ci/install installs it)")
+    assert skopeo is not None
+    fetched = tmp_path / "fetched.oci.tar"
+    res = subprocess.run([skopeo, "copy", f"oci-archive:{base.archive}",
+                          f"oci-archive:{fetched}:{base.version}"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    img = plugins.derive([acme_wheel], base_archive=fetched, out=tmp_path / "out")
+    assert img.name == f"localhost/tote:{base.version}-plugins"
+    _, man, cfg = _layout(img.archive)
+    _, base_man, _ = _layout(base.archive)
+    assert [d["digest"] for d in man["layers"][:-1]] == \
+        [d["digest"] for d in base_man["layers"]]
+    labels = cfg["config"]["Labels"]
+    assert "org.opencontainers.image.base.name" not in labels, labels  # not Debian's
+    assert labels["dev.tote.plugins"] == "tote-acme 0.1.0"
