@@ -555,7 +555,7 @@ class FakeCluster:
         was, now = matches(change.old), matches(change.new)
         if now:
             type_ = "MODIFIED" if was else "ADDED"
-            obj = change.new  # type: ignore[assignment]
+            obj = change.new
         elif was:
             type_ = "DELETED"
             if change.new is not None:  # left the selector: its last state, deleted
