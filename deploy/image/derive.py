@@ -206,6 +206,7 @@ class BasePlatform:
     """One platform of the base image, as read from its archive."""
 
     arch: str
+    digest: str  # the manifest's, as the archive lists it
     manifest: dict[str, Any]
     config: dict[str, Any]
     layers: list[tuple[str, Path]] = field(default_factory=list)  # (digest, file), bottom first
@@ -251,7 +252,8 @@ def read_archive(archive: Path, blob_dir: Path, known: dict[str, Path]) -> BaseI
         for d in descs:
             man = json.loads(blob(d["digest"]))
             cfg = json.loads(blob(man["config"]["digest"]))
-            plat = BasePlatform(arch=str(cfg.get("architecture", "")), manifest=man, config=cfg)
+            plat = BasePlatform(arch=str(cfg.get("architecture", "")), digest=str(d["digest"]),
+                                manifest=man, config=cfg)
             if plat.arch not in _MACHINE:
                 raise SystemExit(f"--from {archive}: platform {plat.arch!r} is not one tote "
                                  f"is built for ({', '.join(_MACHINE)})")
@@ -382,6 +384,10 @@ def plugin_layer(wheels: list[Wheel], work: Path, epoch: int) -> tuple[Path, dic
 
 # -- putting it together ------------------------------------------------------------------
 
+# One platform of the derived image: (arch, manifest, config, layers bottom first), the
+# manifest and config as (digest, bytes), the layers as (digest, file).
+_Plat = tuple[str, tuple[str, bytes], tuple[str, bytes], list[tuple[str, Path]]]
+
 
 @dataclass(frozen=True)
 class DerivedImage:
@@ -446,7 +452,7 @@ def derive(wheel_paths: list[Path], *, base_archive: Path | None = None,
                                  f"{sorted({t[2] for t in w.tags})}, not for linux/"
                                  f"{' or linux/'.join(p.arch for p in base.platforms)} "
                                  f"with CPython {B.PYTHON_TAG}")
-        plats: list[tuple[str, tuple[str, bytes], tuple[str, bytes], list[tuple[str, Path]]]] = []
+        plats: list[_Plat] = []
         added: dict[str, str] = {}
         for plat in base.platforms:
             mine = [w for w in wheels if w.fits(plat.arch)]
@@ -464,7 +470,7 @@ def derive(wheel_paths: list[Path], *, base_archive: Path | None = None,
             epoch = _epoch(plat.config)
             layer, meta = plugin_layer(mine, work / "layers", epoch)
             added[plat.arch] = str(meta["digest"])
-            plats.append(_platform(plat, base, layer, meta, mine, ref, epoch))
+            plats.append(_platform(plat, base, layer, meta, mine, epoch))
         version = tag
         host_arch, man, cfg, _ = plats[0]
         archive = _write(out, plats[0], ref, repo, tag)
@@ -474,7 +480,7 @@ def derive(wheel_paths: list[Path], *, base_archive: Path | None = None,
         return DerivedImage(
             archive=archive, name=ref, version=version, digest=man[0], image_id=cfg[0],
             arch=host_arch,
-            base=base.name, base_digest=_digest(base.platforms[0].manifest),
+            base=base.name, base_digest=base.platforms[0].digest,
             platforms={p[0]: p[1][0] for p in plats},
             plugins={w.name: w.version for w in wheels}, layer_digest=added,
             index_archive=index_archive, index_digest=index_digest,
@@ -495,19 +501,14 @@ def _base_version(base: BaseImage) -> str:
     return str(labels.get("org.opencontainers.image.version") or B.version())
 
 
-def _digest(doc: dict[str, Any]) -> str:
-    return str(B._blob(json.dumps(doc, sort_keys=True).encode())[0])
-
-
 def _platform(plat: BasePlatform, base: BaseImage, layer: Path, meta: dict[str, Any],
-              wheels: list[Wheel], ref: str, epoch: int
-              ) -> tuple[str, tuple[str, bytes], tuple[str, bytes], list[tuple[str, Path]]]:
+              wheels: list[Wheel], epoch: int) -> _Plat:
     """Config and manifest of the derived image for one platform."""
     created = dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     cfg = json.loads(json.dumps(plat.config))
     listed = ", ".join(f"{w.name} {w.version}" for w in wheels)
     labels = dict(cfg.get("config", {}).get("Labels") or {})
-    base_digest = _digest(plat.manifest)
+    base_digest = plat.digest
     labels.update({"org.opencontainers.image.base.digest": base_digest,
                    "dev.tote.plugins": listed})
     labels.pop("org.opencontainers.image.base.name", None)  # the tote image's own (Debian)
@@ -528,9 +529,6 @@ def _platform(plat: BasePlatform, base: BaseImage, layer: Path, meta: dict[str, 
         {k: v for k, v in labels.items() if k.startswith("org.opencontainers.image.base.")})
     man_blob = B._blob(json.dumps(man, sort_keys=True).encode())
     return plat.arch, man_blob, cfg_blob, [*plat.layers, (str(meta["digest"]), layer)]
-
-
-_Plat = tuple[str, tuple[str, bytes], tuple[str, bytes], list[tuple[str, Path]]]
 
 
 def _descriptor(p: _Plat) -> dict[str, object]:

@@ -264,4 +264,5 @@ def test_from_an_archive_fetched_with_skopeo(base: Any, acme_wheel: Path,
         [d["digest"] for d in base_man["layers"]]
     labels = cfg["config"]["Labels"]
     assert "org.opencontainers.image.base.name" not in labels, labels  # not Debian's
+    assert labels["org.opencontainers.image.base.digest"] == base.digest
     assert labels["dev.tote.plugins"] == "tote-acme 0.1.0"
