@@ -29,8 +29,8 @@ def test_the_package_installs_and_its_tests_pass(tmp_path: Path) -> None:
         "acme-note": "tote_acme_note.plugin:Plugin"}
     site = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-         "--no-build-isolation", "--target", str(site), str(project)],
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "--no-deps", "--no-index", "--no-build-isolation", "--target", str(site), str(project)],
         check=True, capture_output=True, timeout=120)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TOTE_", "PYTEST_"))}
     env["PYTHONPATH"] = str(site)
