@@ -6,6 +6,8 @@ prove core's logic rather than the fake's mistakes."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import msgspec
@@ -161,3 +163,15 @@ async def test_event_recorder_aggregates_across_restarts() -> None:
     [event] = cluster.events(reason="ImageSalvageable")
     assert event["series"]["count"] == 2 and event["regarding"]["name"] == "p"
     await client.aclose()
+
+
+def test_the_pytest_plugin_is_cheap_to_import() -> None:
+    """pytest loads tote's plugin into every run (pytest11): importing it must not pull in
+    trio, httpx, the kubernetes package or tote's engine; its fixtures import those."""
+    heavy = ("trio", "httpx", "kubernetes", "msgspec", "tote_core.kube",
+             "tote_core.testing.fakekube")
+    code = ("import sys, tote_core.testing.pytest_plugin; "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert run.stdout.strip() == "[]"
