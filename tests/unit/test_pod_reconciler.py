@@ -301,3 +301,21 @@ async def test_agents_find_a_holder_kubelet_does_not_list(
     await rec(KEY)
     [(incident, _)] = h.submitted
     assert incident.candidate_nodes == ("n3",) and KEY not in rec.waiting_on_nodes
+
+
+async def test_a_waiting_pod_is_salvaged_once_a_node_reports_the_image(
+        tote_cluster: FakeCluster, tote_harness: HarnessFactory,
+        tote_agents: ScriptedAgents) -> None:
+    """The pipeline as the controller wires it: a pod with no source waits; the node
+    informer's change (kubelet lists the image on n2) requeues it and the salvage runs."""
+    world(tote_cluster, holders=())
+    h = await tote_harness(plugins={"agents": tote_agents})
+    tote_cluster.add(pod(image=f"{WEB}@{D}"))
+    reconciler, _ = await h.run_pipeline()
+    await h.settle()
+    assert KEY in reconciler.waiting_on_nodes and tote_agents.calls == []
+    tote_cluster.modify("Node", "n2", patch={"status": {"images": [{"names": [f"{WEB}@{D}"]}]}})
+    await h.settle()
+    assert [c.source_node for c in tote_agents.calls] == ["n2"]
+    assert tote_cluster.event_reasons("web-1") == [
+        "ImageNotActionable", "ImageSalvageable", "ImageSalvaged"]

@@ -385,12 +385,13 @@ class FakeCluster:
         of a pod does. Missing → KeyError."""
         body = self._as_dict(obj)
         res = kind_of(body.get("kind", ""))
-        meta = body.get("metadata", {})
-        key = (res.kind, meta.get("namespace", "") if res.namespaced else "", meta["name"])
+        meta = body.setdefault("metadata", {})
+        if res.namespaced and not meta.get("namespace"):
+            meta["namespace"] = "default"
+        key = self._key(res, meta.get("namespace"), meta["name"])
         old = self._objects.get(key)
         if old is None:
             raise KeyError(f"fake cluster: no {res.kind} {'/'.join(key[1:]).lstrip('/')}")
-        meta = body.setdefault("metadata", {})
         for keep in ("uid", "creationTimestamp"):
             meta.setdefault(keep, old["metadata"].get(keep))
         return self._store(res, key, old, body)

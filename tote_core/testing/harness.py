@@ -37,7 +37,7 @@ from tote_core.reconcile.pods import PodReconciler
 from tote_core.reconcile.queue import WorkQueue
 from tote_core.salvage.salvager import SalvageEngine
 from tote_core.settings import ControllerSettings
-from tote_core.structs.kube import Pod
+from tote_core.structs.kube import Namespace, Node, Pod
 from tote_core.testing.fakekube import FakeCluster
 
 NAMESPACE = "tote-system"  # the controller's namespace in the harness (the chart's default)
@@ -123,9 +123,10 @@ class Harness:
         return SalvageEngine(self.settings, self.kube, self.caches, self.host, self.recorder)
 
     async def run_pipeline(self) -> tuple[PodReconciler, SalvageEngine]:
-        """Start detection and salvage as the controller wires them: a pod informer handler
-        queues failing pods, reconcile workers detect, the salvage pool transfers. Runs in
-        the harness nursery until the harness closes."""
+        """Start detection and salvage as the controller wires them: informer handlers queue
+        failing pods (and look again when the kill switch turns on, a node reports new
+        images or a namespace changes), reconcile workers detect, the salvage pool
+        transfers. Runs in the harness nursery until the harness closes."""
         salvage = self.salvage_engine()
         reconciler = self.reconciler(salvage=salvage.submit)
         queue = WorkQueue(base_delay=1.0, max_delay=300.0)
@@ -145,8 +146,22 @@ class Harness:
                 for pod_key in self.caches.pods.items:
                     queue.add(pod_key)
 
+        def on_node(key: str, old: Node | None, new: Node | None) -> None:
+            # A node reporting new images may give a waiting incident its source.
+            if new is None or old is None or old.status.images != new.status.images:
+                for pod_key in list(reconciler.waiting_on_nodes):
+                    queue.add(pod_key)
+
+        def on_namespace(key: str, old: Namespace | None, new: Namespace | None) -> None:
+            if old is not None and new is not None and old != new:
+                for pod_key, pod in self.caches.pods.items.items():
+                    if pod.metadata.namespace == key:
+                        queue.add(pod_key)
+
         self.caches.pods.add_handler(on_pod)
         self.caches.config.add_handler(on_config)
+        self.caches.nodes.add_handler(on_node)
+        self.caches.namespaces.add_handler(on_namespace)
         await self.nursery.start(salvage.run)
         await self.nursery.start(engine.run)
         for key in list(self.caches.pods.items):
