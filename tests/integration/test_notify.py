@@ -1,7 +1,7 @@
 """The `notify` plugin against a real HTTP receiver started by the test.
 
 The plugin runs inside the real plugin host, its worker started as a host service, exactly
-as in the controller; notifications enter through the host (`on_detected`, `notify`). What
+as in the controller; notifications enter through the host (`notify`). What
 is tried: the JSON payload and its signature, the Slack Block Kit message, the event
 filter, a receiver answering 500, one that hangs, and a port that refuses connections.
 """
@@ -26,7 +26,7 @@ from tests.cluster.webhook import Mode, Receiver
 from tote_core import metrics
 from tote_core.hooks.context import PluginContext
 from tote_core.hooks.host import PluginHost
-from tote_core.hooks.types import Incident, Notification, PluginSettings
+from tote_core.hooks.types import Incident, Notification, PluginSettings, detected
 from tote_core.settings import ControllerSettings
 
 DIGEST = "sha256:" + "ab" * 32
@@ -89,13 +89,13 @@ async def test_json_payload_fields_and_signature(receiver: Receiver, tmp_path: P
     secret = tmp_path / "secret"
     secret.write_bytes(b"s3cret-key\n")  # as `kubectl create secret --from-file` keeps it
     async with notifier(url=receiver.url, secret_file=str(secret)) as (host, _):
-        await host.on_detected(INCIDENT)
+        await host.notify(detected(INCIDENT))
         await host.notify(failed(error="source node-a: agent unreachable"))
         await wait_for(lambda: len(receiver.requests) == 2)
-    detected, fail = (r.json() for r in receiver.requests)
-    assert list(detected) == ["type", "pod_name", "namespace", "image_ref", "digest",
-                              "source_node", "target_node", "error", "timestamp"]
-    assert detected | {"timestamp": ""} == {
+    seen, fail = (r.json() for r in receiver.requests)
+    assert list(seen) == ["type", "pod_name", "namespace", "image_ref", "digest",
+                          "source_node", "target_node", "error", "timestamp"]
+    assert seen | {"timestamp": ""} == {
         "type": "detected", "pod_name": "web-1", "namespace": "shop",
         "image_ref": INCIDENT.image_ref, "digest": DIGEST, "source_node": "",
         "target_node": "node-b", "error": "", "timestamp": "",
@@ -134,7 +134,7 @@ async def test_slack_block_kit_with_the_same_facts(receiver: Receiver) -> None:
 
 async def test_event_filter(receiver: Receiver) -> None:
     async with notifier(url=receiver.url, events=["salvaged"]) as (host, _):
-        await host.on_detected(INCIDENT)
+        await host.notify(detected(INCIDENT))
         await host.notify(failed())
         await host.notify(Notification(type="salvaged", pod_name="web-1", namespace="shop",
                                        image_ref=INCIDENT.image_ref, digest=DIGEST))
@@ -184,7 +184,7 @@ async def test_refused_connection_counted() -> None:
 async def test_once_per_incident_through_the_host(receiver: Receiver) -> None:
     async with notifier(url=receiver.url) as (host, _):
         for _ in range(3):  # three reconciles / retries of the same incident
-            await host.on_detected(INCIDENT)
+            await host.notify(detected(INCIDENT))
             await host.notify(failed())
         await wait_for(lambda: len(receiver.requests) == 2)
         await trio.sleep(0.5)

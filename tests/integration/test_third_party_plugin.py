@@ -217,8 +217,15 @@ def test_misspelled_hook_stops_start_up_naming_the_plugin(tmp_path: Path) -> Non
     typo = install(tmp_path, "tote-typo-plugin", "0.1.0", "tote_typo_plugin", TYPO,
                    "typo = \"tote_typo_plugin:Typo\"")
     environ = {**os.environ, "PYTHONPATH": str(typo)}
-    for command in (["plugins"], ["controller", "--kubeconfig=/nonexistent", "--insecure"]):
-        done = subprocess.run([sys.executable, "-m", "tote_core.cli", *command],
-                              capture_output=True, text=True, env=environ)
-        assert done.returncode == 2, (command, done.stderr)
-        assert "plugin typo implements unknown hook(s) on_detcted" in done.stderr, done.stderr
+    done = subprocess.run([sys.executable, "-m", "tote_core.cli", "controller",
+                           "--kubeconfig=/nonexistent", "--insecure"],
+                          capture_output=True, text=True, env=environ)
+    assert done.returncode == 2, done.stderr
+    assert "plugin typo: on_detcted is not a hook; did you mean on_detected?" in done.stderr
+    # `tote plugins` still lists every plugin, the broken one with its reason (exit 1).
+    done = subprocess.run([sys.executable, "-m", "tote_core.cli", "plugins"],
+                          capture_output=True, text=True, env=environ)
+    assert done.returncode == 1, done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith("typo "))
+    assert " failed " in row and "did you mean on_detected?" in row, done.stdout
+    assert any(line.startswith("agent ") for line in done.stdout.splitlines())

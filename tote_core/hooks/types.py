@@ -107,6 +107,14 @@ class Notification(msgspec.Struct, frozen=True, kw_only=True):
     pod_uid: str = ""
 
 
+def detected(incident: Incident) -> Notification:
+    """The `detected` notification of a new incident (core emits it after `on_detected`)."""
+    return Notification(
+        type="detected", pod_name=incident.pod_name, namespace=incident.namespace,
+        pod_uid=incident.pod_uid, image_ref=incident.image_ref, digest=incident.digest or "",
+        target_node=incident.node_name or "")
+
+
 class OptInQuery(msgspec.Struct, frozen=True, kw_only=True):
     """Asked of `opt_in` plugins when a pod itself does not carry the opt-in annotation."""
 

@@ -18,7 +18,7 @@ from tote_core.annotations import ALLOW, AUTO_SALVAGE, SYSTEM_NAMESPACES, flag
 from tote_core.detect import messages
 from tote_core.detect.detector import Failure, Verdict, detect
 from tote_core.hooks.host import PluginHost
-from tote_core.hooks.types import Incident, Notification, OptInQuery
+from tote_core.hooks.types import Incident, OptInQuery, detected
 from tote_core.kube.cache import Caches
 from tote_core.kube.events import EventRecorder
 from tote_core.reconcile.engine import Result
@@ -196,10 +196,7 @@ class PodReconciler:
         )
         if self.incidents.first(pod.metadata.uid, failure.container, ref.name, "hooked"):
             await self.host.on_detected(incident)
-            await self.host.notify(Notification(
-                type="detected", pod_name=incident.pod_name, namespace=incident.namespace,
-                pod_uid=incident.pod_uid, image_ref=incident.image_ref,
-                digest=incident.digest or "", target_node=incident.node_name or ""))
+            await self.host.notify(detected(incident))
         if self.salvage is not None:
             self.salvage(incident, pod)
 
