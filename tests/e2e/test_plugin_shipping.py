@@ -142,6 +142,7 @@ def test_2_notify_fires_for_a_real_salvage(
         wait_until(lambda: bool(salvaged()), timeout=60, interval=1,
                    what="acme's notify logged the salvage")
         (line,) = salvaged()
+        print(f"acme's notify: {line}")
         assert line["greeting"] == GREETING, line
         assert line["events"] == ["salvaged"], line
         assert line["pod"].split("/", 1)[1] in seen, (line, seen)
