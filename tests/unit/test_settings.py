@@ -13,6 +13,7 @@ from tote_core.errors import ConfigError
 from tote_core.hooks import loading
 from tote_core.settings import ControllerSettings
 from tote_core.settings_loader import load
+from tote_core.values import parse_bool, parse_duration, parse_size
 
 
 def controller(flags: dict[str, str], *, config_file: str | None = None,
@@ -22,7 +23,6 @@ def controller(flags: dict[str, str], *, config_file: str | None = None,
     if config_file:
         argv.append(f"--config={config_file}")
     return loading.load(ControllerSettings, argv, "t", environ=environ or {})
-from tote_core.values import parse_bool, parse_duration, parse_size
 
 
 def test_defaults_match_spec() -> None:
