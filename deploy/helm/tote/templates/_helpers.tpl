@@ -288,15 +288,23 @@ no release ever holds a pod that would refuse to start. */}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
-{{- if and .Values.backup.registry (has "registry" .Values.plugins.disabled) -}}
-{{- fail "backup.registry needs the registry plugin: remove \"registry\" from plugins.disabled" -}}
+{{- range $old, $new := dict "containerd" "agent" "notify" "webhook" -}}
+{{- if has $old $.Values.plugins.disabled -}}
+{{- fail (printf "plugins.disabled: the built-in plugin %s is now called %s" $old $new) -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.backup.registry (has "backup" .Values.plugins.disabled) -}}
+{{- fail "backup.registry needs the backup plugin: remove \"backup\" from plugins.disabled" -}}
+{{- end -}}
+{{- if and .Values.registryResolve.enabled (has "registry" .Values.plugins.disabled) -}}
+{{- fail "registryResolve.enabled needs the registry plugin: remove \"registry\" from plugins.disabled" -}}
 {{- end -}}
 {{- if and (not .Values.backup.registry) (or .Values.backup.secretName .Values.backup.insecure .Values.backup.caConfigMap) -}}
 {{- fail "backup.secretName, backup.insecure and backup.caConfigMap need backup.registry" -}}
 {{- end -}}
 {{- $nt := .Values.notifications -}}
-{{- if and $nt.webhookUrl (has "notify" .Values.plugins.disabled) -}}
-{{- fail "notifications.webhookUrl needs the notify plugin: remove \"notify\" from plugins.disabled" -}}
+{{- if and $nt.webhookUrl (has "webhook" .Values.plugins.disabled) -}}
+{{- fail "notifications.webhookUrl needs the webhook plugin: remove \"webhook\" from plugins.disabled" -}}
 {{- end -}}
 {{- if and (not $nt.webhookUrl) (or $nt.events (ne $nt.format "json") $nt.signingSecret.name $nt.signingSecret.key) -}}
 {{- fail "notifications.events, notifications.format and notifications.signingSecret need notifications.webhookUrl" -}}
