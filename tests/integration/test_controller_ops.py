@@ -130,7 +130,7 @@ def test_endpoints_and_json_logs(control_plane: ControlPlane, tmp_path: Path) ->
     ("args", "needle"),
     [
         (["--max-image-size=huge"], "--max-image-size"),
-        (["--log-format=xml"], "log_format"),
+        (["--log-format=xml"], "invalid value for --log-format"),
         (["--max-concurrent-salvages=0"], "max_concurrent_salvages"),
     ],
 )
