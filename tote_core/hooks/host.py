@@ -63,7 +63,7 @@ UNISOLATED_HOOKS = CONTROL_FLOW_HOOKS | {"settings_type"}
 SERVICE_RESTART_DELAY = 5.0
 NOTIFIED_MAX = 20000  # (incident, type) keys remembered for the once-per-incident rule
 # `plugins:` keys of the config file that are not plugin sections.
-RESERVED_NAMES = frozenset({"disabled"})
+RESERVED_NAMES = frozenset({"disabled", "config"})  # keys of plugins: (file, chart)
 # Built-in plugins' former names, for the error that names them in plugins.disabled.
 RENAMED = {"containerd": "agent", "notify": "webhook"}
 

@@ -306,7 +306,7 @@ def _check_sections(file: Mapping[str, Any], path: str | None, host: PluginHost,
     """Every `plugins.<name>` section of the config file names an installed plugin."""
     known = {p.name for p in host.plugins}
     for name in (file.get("plugins") or {}):
-        if name == "disabled" or name in known:
+        if name in ("disabled", "config") or name in known:
             continue
         raise ConfigError(f"config file {path}: plugins.{name}: no plugin named {name!r} is "
                           f"installed (installed: {', '.join(sorted(known)) or 'none'})")
