@@ -79,7 +79,7 @@ def containerd_unusable() -> str | None:
     for this process as the test suite does.
     """
     from tests.cluster import versions
-    from tests.integration.containerd.nodes import containerd_unusable as why
+    from tests.cluster.containerd_env import containerd_unusable as why
 
     versions.use_containerd()
     return why() or (None if shutil.which("runc") else "runc is not installed")
@@ -87,8 +87,8 @@ def containerd_unusable() -> str | None:
 
 def run_version(archive: Path) -> str:
     """What `tote --version` prints inside the image, run on a throwaway containerd."""
+    from tests.cluster.containerd_env import start_node
     from tests.cluster.procs import ProcessGroup
-    from tests.integration.containerd.nodes import start_node
 
     base = Path(tempfile.mkdtemp(prefix="tote-release-ctd-"))
     group = ProcessGroup(base / "logs")

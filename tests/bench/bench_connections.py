@@ -28,10 +28,10 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
 import trio  # noqa: E402
 
+from tests.cluster.agent_pki import make_pki  # noqa: E402
+from tests.cluster.containerd_env import Env, start_node  # noqa: E402
 from tests.cluster.procs import ProcessGroup, cpu_seconds  # noqa: E402
 from tests.images.build import layered_image  # noqa: E402
-from tests.integration.containerd.certs import make_pki  # noqa: E402
-from tests.integration.containerd.nodes import Env, start_node  # noqa: E402
 
 NODES = ("a", "b", "c")
 

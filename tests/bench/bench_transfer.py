@@ -41,10 +41,10 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 import trio  # noqa: E402
 
 from tests.cluster import versions  # noqa: E402
+from tests.cluster.agent_pki import make_pki  # noqa: E402
+from tests.cluster.containerd_env import Env, start_node  # noqa: E402
 from tests.cluster.procs import Proc, ProcessGroup, cpu_seconds  # noqa: E402
 from tests.images.build import CACHE, Image, layered_image  # noqa: E402
-from tests.integration.containerd.certs import make_pki  # noqa: E402
-from tests.integration.containerd.nodes import Env, start_node  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

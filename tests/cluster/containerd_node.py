@@ -46,7 +46,7 @@ def missing_prerequisites() -> list[str]:
 @dataclass
 class Containerd:
     """A containerd daemon, its own root/state/socket under `dir`: a kubelet node's (CRI
-    plugin on) or an integration test's "node" (`tests/integration/containerd/nodes.py`)."""
+    plugin on) or an integration test's "node" (`tests/cluster/containerd_env.py`)."""
 
     name: str
     dir: Path

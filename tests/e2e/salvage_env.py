@@ -33,15 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster import oci, prom
+from tests.cluster.agent_pki import PKI, make_pki
 from tests.cluster.cluster import KubeCluster
+from tests.cluster.containerd_env import AgentProc, Node, start_agent
 from tests.cluster.controller import ControllerProcess
 from tests.cluster.manifests import deployment_manifest, pod_manifest, waiting_reasons
 from tests.cluster.node import KubeletNode
 from tests.cluster.objects import events as k8s_events
 from tests.cluster.procs import ProcessGroup, wait_until
 from tests.cluster.registry import Registry
-from tests.integration.containerd.certs import PKI, make_pki
-from tests.integration.containerd.nodes import AgentProc, Node, start_agent
 
 OPT_IN = {"tote.dev/auto-salvage": "true"}
 TOTE_REASONS = (

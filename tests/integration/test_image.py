@@ -29,10 +29,10 @@ import pytest
 
 from tests.cluster import registry as registry_mod
 from tests.cluster.ci import in_ci, unavailable
+from tests.cluster.containerd_env import Node, containerd_unusable, start_node
 from tests.cluster.procs import ProcessGroup
 from tests.cluster.registry import start_registry
 from tests.images import tote_image
-from tests.integration.containerd.nodes import Node, containerd_unusable, start_node
 from tote_core import __version__
 
 pytestmark = pytest.mark.integration

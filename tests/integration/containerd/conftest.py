@@ -19,9 +19,9 @@ REPO = Path(__file__).resolve().parents[3]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.cluster.agent_pki import make_pki  # noqa: E402
+from tests.cluster.containerd_env import Env, containerd_unusable, start_node  # noqa: E402
 from tests.cluster.procs import ProcessGroup  # noqa: E402
-from tests.integration.containerd.certs import make_pki  # noqa: E402
-from tests.integration.containerd.nodes import Env, containerd_unusable, start_node  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

@@ -36,14 +36,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.cluster.procs import ProcessGroup
-from tests.integration.containerd.certs import PKI, Identity, make_pki
-from tests.integration.containerd.nodes import (
+from tests.cluster.agent_pki import PKI, Identity, make_pki
+from tests.cluster.containerd_env import (
     AgentProc,
     containerd_unusable,
     start_agent,
     start_node,
 )
+from tests.cluster.procs import ProcessGroup
 
 pytestmark = pytest.mark.integration
 

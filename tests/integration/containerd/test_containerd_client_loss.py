@@ -25,8 +25,8 @@ import trio
 from tote_containerd.agent.api import ImportProgress, ImportRequest
 from tote_containerd.agent.tokens import Signer
 
+from tests.cluster.containerd_env import REPO, Env, Node
 from tests.images.build import Image, layered_image
-from tests.integration.containerd.nodes import REPO, Env, Node
 
 MiB = 1024 * 1024
 pytestmark = pytest.mark.integration

@@ -21,8 +21,8 @@ from tote_containerd.agent.api import ImportProgress, ImportRequest
 from tote_containerd.agent.errors import AgentError
 from tote_containerd.agent.tokens import Signer
 
+from tests.cluster.containerd_env import Env
 from tests.images.build import layered_image
-from tests.integration.containerd.nodes import Env
 
 MiB = 1024 * 1024
 pytestmark = pytest.mark.integration

@@ -32,11 +32,11 @@ from tote_containerd.agent.tls import client_context
 from tote_registry.auth import Credentials
 from tote_registry.client import RegistryClient, push_scope
 
+from tests.cluster.containerd_env import Env
 from tests.cluster.pki import make_ca
 from tests.cluster.prom import scrape_total
 from tests.cluster.registry import Registry, available, start_registry
 from tests.images.build import Image, layered_image, multiarch_image
-from tests.integration.containerd.nodes import Env
 
 MiB = 1024 * 1024
 USER, PASSWORD = "pusher", "battery-staple-9"

@@ -15,9 +15,9 @@ from tote_containerd.agent.client import AgentClient
 from tote_containerd.agent.tls import client_context
 from tote_containerd.agent.tokens import Signer
 
+from tests.cluster.agent_pki import Identity
+from tests.cluster.containerd_env import REPO, Env
 from tests.images.build import layered_image
-from tests.integration.containerd.certs import Identity
-from tests.integration.containerd.nodes import REPO, Env
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +114,7 @@ async def test_identities_are_enforced(env: Env, image: str) -> None:
 
 async def test_client_checks_the_server_identity(env: Env) -> None:
     """A server with a valid tote certificate but the controller identity is no agent."""
-    from tests.integration.containerd.nodes import start_agent
+    from tests.cluster.containerd_env import start_agent
 
     c = env.pki.controller
     fake = start_agent(env.group, env.nodes["c"], "--tls-cert", c.cert, "--tls-key", c.key,

@@ -45,9 +45,9 @@ from tote_containerd.agent.tls import client_context
 from tote_containerd.agent.tokens import Signer
 from tote_containerd.agent.unpack import chain_ids
 
+from tests.cluster.containerd_env import AgentProc, Env, Node, start_agent, start_node
 from tests.images.build import Image
 from tests.images.rootfs_cases import CAP_NET_RAW, image_of_tars, special_layers
-from tests.integration.containerd.nodes import AgentProc, Env, Node, start_agent, start_node
 
 pytestmark = pytest.mark.integration
 SNAPSHOTTER = "overlayfs"

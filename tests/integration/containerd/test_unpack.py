@@ -24,9 +24,9 @@ from tote_containerd.agent.api import ImportProgress, ImportRequest
 from tote_containerd.agent.tokens import Signer
 from tote_containerd.agent.unpack import chain_ids
 
+from tests.cluster.containerd_env import AgentProc, Env, Node, start_node
 from tests.cluster.prom import scrape_total
 from tests.images.build import Blob, Image, compressed_image, digest_of, multiarch_image
-from tests.integration.containerd.nodes import AgentProc, Env, Node, start_node
 
 pytestmark = pytest.mark.integration
 SNAPSHOTTER = "overlayfs"

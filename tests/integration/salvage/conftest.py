@@ -18,13 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.controller import ControllerProcess
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.objects import create_node, set_node_images
-from tests.cluster.procs import ProcessGroup, port_open, wait_until
-from tests.images.build import Image
-from tests.integration.containerd.certs import make_pki
-from tests.integration.containerd.nodes import (
+from tests.cluster.agent_pki import make_pki
+from tests.cluster.containerd_env import (
     REPO,
     AgentProc,
     Env,
@@ -32,6 +27,11 @@ from tests.integration.containerd.nodes import (
     containerd_unusable,
     start_node,
 )
+from tests.cluster.controller import ControllerProcess
+from tests.cluster.controlplane import ControlPlane
+from tests.cluster.objects import create_node, set_node_images
+from tests.cluster.procs import ProcessGroup, port_open, wait_until
+from tests.images.build import Image
 
 NODES = ("n1", "n2", "n3")
 

@@ -19,14 +19,14 @@ from tote_containerd.agents import RPC_TIMEOUT, Agents, open_agent
 from tote_containerd.discovery import AgentDiscovery
 
 from tests.cluster import containerd_config, versions
+from tests.cluster.agent_pki import PKI
 
 # The same containerd wrapper as the e2e nodes', under the name these tests use for it.
 from tests.cluster.containerd_node import Containerd as Node
 from tests.cluster.procs import Proc, ProcessGroup, free_port, port_open, wait_until
-from tests.integration.containerd.certs import PKI
 from tote_core.settings import ControllerSettings
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def containerd_unusable() -> str | None:
