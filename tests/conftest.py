@@ -164,7 +164,7 @@ def pytest_runtest_makereport(
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """The fault matrix's table (tests/integration/salvage/test_fault_matrix.py and the
     network rows of tests/e2e/test_network_faults.py), once, at the end of the run."""
-    from tests.integration.salvage import fault_table
+    from tests.cluster import fault_table
 
     if fault_table.ROWS:
         terminalreporter.section("fault matrix")

@@ -2,7 +2,7 @@
 
 On the e2e cluster (real kubelet node `127.0.0.1` on containerd, source kubelet node
 `127.0.0.2` (node B),
-mTLS agents, `tote controller` with its restricted identity; tests/e2e/salvage_env.py):
+mTLS agents, `tote controller` with its restricted identity; tests/cluster/salvage_env.py):
 
 * an image of ~`--size-mib` MiB (the hello program + an incompressible payload, one gzip
   layer) is pushed to a loopback registry and pulled onto node B (same digest), then the
@@ -44,7 +44,7 @@ from tests.cluster import registry as registry_mod
 from tests.cluster import versions
 from tests.cluster.cluster import KubeCluster, start_cluster
 from tests.cluster.controlplane import binaries_dir
-from tests.e2e.salvage_env import (
+from tests.cluster.salvage_env import (
     SalvageEnv,
     deployment,
     image_only_on_node_b,

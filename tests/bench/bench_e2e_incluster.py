@@ -1,7 +1,7 @@
 """P3': salvage with tote installed in-cluster by helm, next to a healthy pull of the same size.
 
 `python -m tests.bench.bench_e2e --in-cluster [--size-mib 1024] [--pairs 3]` (root;
-`.ci/install` done). tote is installed the way users install it (tests/e2e/tote_install.py:
+`.ci/install` done). tote is installed the way users install it (tests/cluster/tote_install.py:
 image built here, imported into every node, `helm install` with the chart's defaults,
 controller leading). Then `--pairs` times, alternating on the same kubelet node (node-a),
 each with an image of its own (fresh random payload → fresh digest, so no node has any of
@@ -37,8 +37,8 @@ from tests.bench.bench_e2e import RunResult, watch_workload
 from tests.bench.netns_baseline import tcp_copy
 from tests.cluster import registry as registry_mod
 from tests.cluster.cluster import KubeCluster
-from tests.e2e.salvage_env import image_only_on_node_b, namespace, workload_image
-from tests.e2e.tote_install import install_tote
+from tests.cluster.salvage_env import image_only_on_node_b, namespace, workload_image
+from tests.cluster.tote_install import install_tote
 
 
 def _uptime() -> str:

@@ -7,7 +7,7 @@ pods on a pod network, cluster DNS; Kubernetes, containerd, CoreDNS and kube-rou
 from Go modules and cached), builds the tote image offline, imports it into every node and
 installs tote with `helm install` of deploy/helm/tote into `tote-system` with the chart's
 defaults — a controller Deployment and an agent DaemonSet with mTLS on the pod network, as a
-user would (tests/e2e/tote_install.py). Then it plays the incident:
+user would (tests/cluster/tote_install.py). Then it plays the incident:
 
 1. image `shop/web:v1` is pushed to a registry; node B pulled it earlier (its
    containerd holds the exact digest); the registry goes down;
@@ -43,8 +43,8 @@ from tests.cluster import oci, prom, versions
 from tests.cluster import registry as registry_mod
 from tests.cluster.cluster import KubeCluster, missing_binaries, start_cluster
 from tests.cluster.controlplane import binaries_dir
-from tests.e2e.salvage_env import deployment, image_only_on_node_b, namespace
-from tests.e2e.tote_install import Install, install_tote
+from tests.cluster.salvage_env import deployment, image_only_on_node_b, namespace
+from tests.cluster.tote_install import Install, install_tote
 
 NS = "shop"
 APP = "web"

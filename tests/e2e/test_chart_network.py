@@ -2,7 +2,7 @@
 NetworkPolicy engine (kube-router): what a loopback cluster could not test.
 
 One release with `networkPolicy.enabled`, `webhook.enabled` and a `statusViewers` user;
-otherwise the chart's defaults (tests/e2e/tote_install.py). In order:
+otherwise the chart's defaults (tests/cluster/tote_install.py). In order:
 
 1. the policies are in force on every node, and tote's own flows still pass: a real
    salvage across nodes (controller ↔ API server through the `kubernetes` Service,
@@ -29,14 +29,13 @@ from typing import Any
 
 import pytest
 
-from tests.cluster import pki
+from tests.cluster import pki, tote_install
 from tests.cluster.cluster import KubeCluster
 from tests.cluster.controlplane import write_kubeconfig
 from tests.cluster.probe import probe_until
 from tests.cluster.procs import wait_until
-from tests.e2e import tote_install
-from tests.e2e.salvage_env import namespace
-from tests.e2e.tote_install import Install
+from tests.cluster.salvage_env import namespace
+from tests.cluster.tote_install import Install
 
 pytestmark = pytest.mark.e2e
 

@@ -2,7 +2,7 @@
 
 The image is built here (no engine, no registry) and imported into every node's containerd;
 `helm install` uses the chart's defaults except where each node's containerd is
-(tests/e2e/tote_install.py). Then, in order:
+(tests/cluster/tote_install.py). Then, in order:
 
 1. controller (Ready, leading) and one agent per node (Ready), as pods on the pod network;
 1b. `helm test` (tote doctor in a pod) passes and leaves nothing; `view` users list records;
@@ -35,10 +35,10 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.cluster import tote_install
 from tests.cluster.cluster import KubeCluster
 from tests.cluster.procs import wait_until
-from tests.e2e import tote_install
-from tests.e2e.tote_install import Install
+from tests.cluster.tote_install import Install
 
 pytestmark = pytest.mark.e2e
 

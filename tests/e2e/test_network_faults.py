@@ -1,6 +1,6 @@
 """The network as a fault: rows of the fault matrix that need a real network between nodes.
 
-tote is installed with the chart's defaults (tests/e2e/tote_install.py): controller and
+tote is installed with the chart's defaults (tests/cluster/tote_install.py): controller and
 agents on the pod network, salvage data flowing agent to agent between node namespaces.
 Each row salvages its own image (2 layers, 2 x 48 MiB, held by both source nodes node-b and
 node-c) to node-a for an opted-in Deployment whose registry does not answer, injects its
@@ -19,7 +19,7 @@ kernel has no netem); rate-limited sources (progress keeps moving, nothing kills
 slow live transfer); the controller cut from the source's agent, then from the target's,
 while their nodes stay Ready; the leader cut from the API server while it holds the Lease
 (it stops acting before another replica leads).
-The table is printed with the fault matrix's (tests/integration/salvage/fault_table.py).
+The table is printed with the fault matrix's (tests/cluster/fault_table.py).
 """
 
 from __future__ import annotations
@@ -36,15 +36,14 @@ from typing import Any
 
 import pytest
 
-from tests.cluster import netfaults, prom
+from tests.cluster import netfaults, prom, tote_install
 from tests.cluster.cluster import KubeCluster
+from tests.cluster.fault_table import ROWS, Row
 from tests.cluster.node import KubeletNode
 from tests.cluster.procs import cpu_seconds, wait_until
+from tests.cluster.salvage_env import deployment, namespace, workload_image
+from tests.cluster.tote_install import Install
 from tests.cluster.visibility import Watch
-from tests.e2e import tote_install
-from tests.e2e.salvage_env import deployment, namespace, workload_image
-from tests.e2e.tote_install import Install
-from tests.integration.salvage.fault_table import ROWS, Row
 
 pytestmark = pytest.mark.e2e
 

@@ -27,10 +27,10 @@ from typing import Any
 
 import pytest
 
+from tests.cluster import tote_install
 from tests.cluster.cluster import KubeCluster
 from tests.cluster.procs import wait_until
-from tests.e2e import tote_install
-from tests.e2e.tote_install import CHART, Helm, Install
+from tests.cluster.tote_install import CHART, Helm, Install
 from tests.images import plugins, tote_image
 
 pytestmark = pytest.mark.e2e

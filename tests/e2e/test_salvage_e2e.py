@@ -4,7 +4,7 @@ The cluster (tests/e2e/conftest.py) has three real kubelet nodes, each on its ow
 in its own network namespace: the workload node `node-a` and the source nodes `node-b`
 ("node B") and `node-c`, tainted so workloads never land there; this module adds a `tote
 agent` process per node with mTLS and the `tote controller` process with the restricted
-RBAC identity (tests/e2e/salvage_env.py). Every failure below is real: kubelet/containerd
+RBAC identity (tests/cluster/salvage_env.py). Every failure below is real: kubelet/containerd
 fail to pull from a stopped registry, or fail to create a container from an image whose
 layer blob is gone.
 
@@ -45,7 +45,7 @@ from tests.cluster import registry as registry_mod
 from tests.cluster.cluster import KubeCluster
 from tests.cluster.procs import free_port, wait_until
 from tests.cluster.registry import Registry
-from tests.e2e.salvage_env import (
+from tests.cluster.salvage_env import (
     SalvageEnv,
     Timeline,
     deployment,

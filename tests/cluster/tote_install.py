@@ -229,7 +229,7 @@ class Outage:
     ref: str
     image_digest: str
     marker: str
-    timeline: Any  # tests.e2e.salvage_env.Timeline
+    timeline: Any  # tests.cluster.salvage_env.Timeline
 
 
 @contextlib.contextmanager
@@ -239,7 +239,7 @@ def registry_outage(cluster: KubeCluster, workdir: Path, repo: str,
     down, an opted-in Deployment scheduled to the workload node. On exit the registry is
     stopped and the namespace's Deployments deleted."""
     from tests.cluster import registry as registry_mod
-    from tests.e2e.salvage_env import Timeline, deployment, namespace, workload_image
+    from tests.cluster.salvage_env import Timeline, deployment, namespace, workload_image
 
     reg = registry_mod.start_registry(workdir / "registry", address=cluster.net.gateway)
     ns = namespace(cluster)

@@ -1,5 +1,5 @@
 """The fault matrix's results, collected by its tests and printed once at the end of the run
-(`pytest_terminal_summary` in this package's conftest), so a CI log shows fault → outcome
+(`pytest_terminal_summary` in tests/conftest.py), so a CI log shows fault → outcome
 as one table."""
 
 from __future__ import annotations
