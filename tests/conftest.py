@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from collections.abc import Callable, Generator, Iterator
@@ -12,8 +11,9 @@ from typing import Any
 import pytest
 
 from tests.cluster import versions
-from tests.cluster.ci import in_ci
+from tests.cluster.ci import in_ci, require
 from tests.cluster.controlplane import ControlPlane, binaries_dir, start_control_plane
+from tests.cluster.objects import force_delete_namespace
 
 _MARK_BY_DIR = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
 _TESTS_DIR = Path(__file__).resolve().parent
@@ -49,15 +49,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def require_binaries() -> Path:
     """The built binaries dir; skip (locally) or fail (under CI) when they are absent."""
     d = binaries_dir()
-    if d is not None:
-        return d
-    msg = (
+    require(
+        d is not None,
         "Kubernetes/etcd/helm binaries are not built; run tests/cluster/build-binaries.sh "
-        "(or set TOTE_BIN_DIR, or TOTE_BUILD_BINARIES=1 to build on demand)"
+        "(or set TOTE_BIN_DIR, or TOTE_BUILD_BINARIES=1 to build on demand)",
     )
-    if in_ci():
-        pytest.fail(msg + " [CI is set: missing binaries are a failure]", pytrace=False)
-    pytest.skip(msg)
+    assert d is not None
+    return d
 
 
 @pytest.fixture(scope="session")
@@ -75,34 +73,6 @@ def control_plane(
         yield cp
     finally:
         cp.stop()
-
-
-def _force_delete_namespace(cp: ControlPlane, name: str) -> None:
-    """Delete a namespace for real, without kube-controller-manager.
-
-    There is no namespace controller on the test control plane: empty the namespace of the
-    kinds tests create, then clear the `kubernetes` finalizer ourselves (what the namespace
-    controller does last), so the namespace is gone instead of stuck in Terminating.
-    """
-    kinds = (
-        "pods,replicasets.apps,deployments.apps,statefulsets.apps,daemonsets.apps,"
-        "jobs.batch,cronjobs.batch,events,events.events.k8s.io,configmaps,secrets,"
-        "serviceaccounts,leases.coordination.k8s.io,salvagerecords.tote.dev"
-    )
-    cp.kubectl(
-        "delete", kinds, "--all", "-n", name, "--force", "--grace-period=0", "--wait=false",
-        "--ignore-not-found", check=False,
-    )  # fmt: skip
-    cp.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
-    got = cp.kubectl("get", "namespace", name, "-o", "json", check=False)
-    if got.returncode != 0:
-        return
-    ns = json.loads(got.stdout)
-    ns.setdefault("spec", {})["finalizers"] = []
-    cp.kubectl(
-        "replace", "--raw", f"/api/v1/namespaces/{name}/finalize", "-f", "-",
-        input=json.dumps(ns), check=False,
-    )  # fmt: skip
 
 
 @pytest.fixture
@@ -129,7 +99,7 @@ def _opted_in_namespace(control_plane: ControlPlane) -> Iterator[str]:
     try:
         yield name
     finally:
-        _force_delete_namespace(control_plane, name)
+        force_delete_namespace(control_plane, name)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -140,8 +110,17 @@ def pytest_runtest_makereport(
 
     ControlPlane has one; other harness objects (containerd nodes, registries, controller
     processes) get their logs attached the same way by exposing `logs() -> dict[str, str]`.
+
+    Under CI a skip, wherever it comes from, is a failure: `require` already fails there, and
+    this catches any other (a plugin's, a new bare one), so "no skip under CI" holds.
     """
     report = yield
+    if report.skipped and in_ci() and not hasattr(report, "wasxfail"):
+        why = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        why = str(why).removeprefix("Skipped: ")
+        report.outcome = "failed"
+        report.longrepr = (f"skipped under CI: {why} [CI is set: .ci/install installs "
+                           "everything the suite needs, so nothing may skip]")
     if not report.failed:
         return report
     funcargs: dict[str, Any] = getattr(item, "funcargs", {}) or {}

@@ -124,3 +124,31 @@ def tote_events(cp: ControlPlane, namespace: str, pod: str | None = None) -> lis
         e for e in events(cp, namespace, pod)
         if e.get("reportingController") == "tote.dev/controller"
     ]
+
+
+def force_delete_namespace(cp: ControlPlane, name: str) -> None:
+    """Delete a namespace for real, without kube-controller-manager.
+
+    There is no namespace controller on the test control plane: empty the namespace of the
+    kinds tests create, then clear the `kubernetes` finalizer ourselves (what the namespace
+    controller does last), so the namespace is gone instead of stuck in Terminating.
+    """
+    kinds = (
+        "pods,replicasets.apps,deployments.apps,statefulsets.apps,daemonsets.apps,"
+        "jobs.batch,cronjobs.batch,events,events.events.k8s.io,configmaps,secrets,"
+        "serviceaccounts,leases.coordination.k8s.io,salvagerecords.tote.dev"
+    )
+    cp.kubectl(
+        "delete", kinds, "--all", "-n", name, "--force", "--grace-period=0", "--wait=false",
+        "--ignore-not-found", check=False,
+    )  # fmt: skip
+    cp.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+    got = cp.kubectl("get", "namespace", name, "-o", "json", check=False)
+    if got.returncode != 0:
+        return
+    ns = json.loads(got.stdout)
+    ns.setdefault("spec", {})["finalizers"] = []
+    cp.kubectl(
+        "replace", "--raw", f"/api/v1/namespaces/{name}/finalize", "-f", "-",
+        input=json.dumps(ns), check=False,
+    )  # fmt: skip

@@ -19,7 +19,7 @@ import pytest
 from tests.cluster import containerd_node as node_mod
 from tests.cluster import oci
 from tests.cluster import registry as registry_mod
-from tests.cluster.ci import unavailable
+from tests.cluster.ci import require
 from tests.cluster.cluster import KubeCluster, missing_binaries, start_cluster
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.registry import Registry
@@ -35,8 +35,7 @@ def cluster_prerequisites(bin_dir: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def e2e_bin_dir(k8s_bin_dir: Path) -> Path:
     missing = cluster_prerequisites(k8s_bin_dir)
-    if missing:
-        unavailable(f"the e2e cluster cannot run on this machine, missing: {missing}")
+    require(not missing, f"the e2e cluster cannot run on this machine, missing: {missing}")
     return k8s_bin_dir
 
 

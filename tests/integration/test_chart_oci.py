@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.cluster import registry as registry_mod
-from tests.cluster.ci import unavailable
+from tests.cluster.ci import require
 from tests.cluster.controlplane import CHART_DIR, ControlPlane
 from tests.cluster.registry import Registry, start_registry
 
@@ -59,8 +59,8 @@ class Helm:
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    if not registry_mod.available():
-        unavailable(f"{registry_mod.REGISTRY_BINARY} not installed (.ci/install installs it)")
+    require(registry_mod.available(),
+            f"{registry_mod.REGISTRY_BINARY} not installed (.ci/install installs it)")
     reg = start_registry(tmp_path_factory.mktemp("chart-registry"), users={USER: PASSWORD})
     try:
         yield reg

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from tests.cluster import registry as registry_mod
-from tests.cluster.ci import in_ci, unavailable
+from tests.cluster.ci import require
 from tests.cluster.containerd_env import Node, containerd_unusable, start_node
 from tests.cluster.procs import ProcessGroup
 from tests.cluster.registry import start_registry
@@ -51,15 +51,13 @@ UNBUILT: dict[str, str] = {}
 
 @pytest.fixture(scope="module")
 def image() -> Any:
-    """Every architecture this machine can build (all of them under CI)."""
+    """Every architecture this machine can build; the others are noted in UNBUILT and each
+    test that needs them `require`s them (so under CI a missing one fails)."""
     missing = tote_image.missing_tools()
-    if missing:
-        unavailable(f"{', '.join(missing)} not installed (.ci/install installs it)")
+    require(not missing, f"{', '.join(missing)} not installed (.ci/install installs it)")
     arches = []
     for arch in tote_image.all_arches():
         why = tote_image.foreign_unusable(arch)
-        if why and in_ci():
-            pytest.fail(why + " [CI is set: a missing tool is a failure]", pytrace=False)
         if why:
             UNBUILT[arch] = why
         else:
@@ -70,8 +68,7 @@ def image() -> Any:
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
     why = containerd_unusable() or (None if shutil.which("runc") else "runc not installed")
-    if why:
-        pytest.skip(why)
+    require(why is None, why)
     base = Path(tempfile.mkdtemp(prefix="tote-img-"))
     group = ProcessGroup(base / "logs")
     try:
@@ -120,8 +117,7 @@ def _read_json(tar: tarfile.TarFile, digest: str) -> Any:
 def test_multiarch_archive_is_an_index_of_every_platform(image: Any) -> None:
     """index.json names one image index (the pushed reference); it lists a manifest per
     architecture whose config says that architecture, and every blob is in the archive."""
-    if UNBUILT:
-        unavailable("; ".join(UNBUILT.values()))
+    require(not UNBUILT, "; ".join(UNBUILT.values()))
     assert image.index_archive is not None
     assert image.index_archive.name == f"tote-{__version__}.oci.tar"
     with tarfile.open(image.index_archive) as tar:
@@ -171,8 +167,7 @@ def test_tote_version_in_each_architecture_root(image: Any, arch: str,
                                                 tmp_path: Path) -> None:
     """`tote --version` run inside the architecture's own root filesystem (chroot), natively
     or under qemu-user-static, prints the package version."""
-    if arch in UNBUILT:
-        unavailable(UNBUILT[arch])
+    require(arch not in UNBUILT, UNBUILT.get(arch))
     root = tmp_path / "root"
     root.mkdir()
     for layer in image.layers[arch]:  # the base layer, then tote's (adds files only)
@@ -182,8 +177,8 @@ def test_tote_version_in_each_architecture_root(image: Any, arch: str,
     argv = ["/opt/tote/bin/tote", "--version"]
     if arch != tote_image.host_arch():
         qemu = shutil.which(QEMU[arch])
-        if qemu is None:
-            unavailable(f"{QEMU[arch]} not installed (.ci/install installs qemu-user-static)")
+        require(qemu is not None,
+                f"{QEMU[arch]} not installed (.ci/install installs qemu-user-static)")
         assert qemu is not None
         shutil.copy2(qemu, root / "qemu-static")
         # The emulator runs the interpreter itself; the script's shebang is not exec'ed.
@@ -274,8 +269,7 @@ def test_runs_on_containerd(image: Any, node: Node) -> None:
 def test_multiarch_archive_imports_and_runs(image: Any, node: Node) -> None:
     """What the release pushes imports into containerd like the single-platform archive: the
     name points at the image index and `ctr run` resolves it to the host's platform."""
-    if image.index_archive is None:
-        unavailable("; ".join(UNBUILT.values()))
+    require(image.index_archive is not None, "; ".join(UNBUILT.values()))
     tote_image.import_into(image.index_archive, node.socket, namespace="multiarch")
     res = node.ctr("images", "ls", namespace="multiarch", check=False)
     assert res.returncode == 0 and image.index_digest in res.stdout, res.stdout + res.stderr
@@ -288,10 +282,9 @@ def test_multiarch_archive_imports_and_runs(image: Any, node: Node) -> None:
 def test_multiarch_push_serves_every_platform(image: Any, tmp_path: Path) -> None:
     """The release's push (`skopeo copy --all` of the multi-arch archive) to a real registry:
     the tag resolves to the image index built here, and each platform to its own manifest."""
-    if image.index_archive is None:
-        unavailable("; ".join(UNBUILT.values()))
-    if shutil.which("skopeo") is None or not registry_mod.available():
-        unavailable("skopeo or docker-registry not installed (.ci/install installs them)")
+    require(image.index_archive is not None, "; ".join(UNBUILT.values()))
+    require(shutil.which("skopeo") is not None and registry_mod.available(),
+            "skopeo or docker-registry not installed (.ci/install installs them)")
     reg = start_registry(tmp_path / "registry")
     try:
         dest = f"docker://{reg.host}/tote-dev/tote:{__version__}"

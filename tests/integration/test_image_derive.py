@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.ci import unavailable
+from tests.cluster.ci import require
 from tests.images import plugins, tote_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,8 +41,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def base() -> Any:
     missing = tote_image.missing_tools()
-    if missing:
-        unavailable(f"the tote image cannot be built here, missing: {missing}")
+    require(not missing, f"the tote image cannot be built here, missing: {missing}")
     return tote_image.build()
 
 
@@ -213,11 +212,11 @@ def test_multi_architecture(acme_wheel: Path, tmp_path: Path) -> None:
     """Both platforms: the pure-Python plugin layer is the same blob on each, every
     platform keeps its own tote layers, and deriving `--from` the tote image's
     multi-architecture archive gives the same image index."""
-    if missing := tote_image.missing_tools():
-        unavailable(f"the tote image cannot be built here, missing: {missing}")
+    missing = tote_image.missing_tools()
+    require(not missing, f"the tote image cannot be built here, missing: {missing}")
     for arch in tote_image.all_arches():
-        if why := tote_image.foreign_unusable(arch):
-            unavailable(why)
+        why = tote_image.foreign_unusable(arch)
+        require(why is None, why)
     arches = tote_image.all_arches()
     base_all = tote_image.build(arches=arches)
     img = plugins.derive([acme_wheel], arches=arches, out=tmp_path / "a")
@@ -248,8 +247,7 @@ def test_from_an_archive_fetched_with_skopeo(base: Any, acme_wheel: Path,
     oci-archive:FILE:<version>`: an archive that tags the image but does not name it. The
     default name takes the tag; the tote layers are the same."""
     skopeo = shutil.which("skopeo")
-    if skopeo is None:
-        unavailable("skopeo not installed (.ci/install installs it)")
+    require(skopeo is not None, "skopeo not installed (.ci/install installs it)")
     assert skopeo is not None
     fetched = tmp_path / "fetched.oci.tar"
     res = subprocess.run([skopeo, "copy", f"oci-archive:{base.archive}",

@@ -8,12 +8,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
+from tests.cluster.ci import require
 from tests.cluster.controlplane import CONTROLLER_SA
 from tests.cluster.objects import get, set_waiting
 from tests.cluster.pki import make_ca
@@ -30,8 +30,8 @@ def auth_registry(senv: SalvageEnv, name: str, *, secrets_role: str,
                   access_log: bool = False) -> Iterator[tuple[Registry, Path]]:
     """The registry (user USER) and its CA file; ClusterRole `secrets_role` may `get`
     Secrets (bind it per namespace with `grant_pull_secrets`). Both go on exit."""
-    if not available() or not subprocess.run(["which", "skopeo"], capture_output=True).stdout:
-        pytest.skip("docker-registry and skopeo are needed")
+    require(available() and shutil.which("skopeo") is not None,
+            "docker-registry and skopeo are needed (.ci/install installs them)")
     base = senv.workdir.parent / name
     ca = make_ca(base / "pki", common_name=f"tote-{name}-ca")
     pair = ca.issue("registry", common_name="127.0.0.1", ip_addresses=("127.0.0.1",),

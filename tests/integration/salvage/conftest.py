@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.agent_pki import make_pki
+from tests.cluster.ci import require
 from tests.cluster.containerd_env import (
     REPO,
     AgentProc,
@@ -131,10 +132,7 @@ class SalvageEnv:
 @pytest.fixture(scope="module")
 def senv(control_plane: ControlPlane) -> Iterator[SalvageEnv]:
     why = containerd_unusable()
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    require(why is None, why)
     base = Path(tempfile.mkdtemp(prefix="tote-salvage-"))
     group = ProcessGroup(base / "logs")
     ctd = Env(base=base, group=group, pki=make_pki(base / "pki"))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.ci import require
 from tests.cluster.controller import ControllerProcess
 from tests.cluster.controlplane import CONTROLLER_SA
 from tests.cluster.objects import set_waiting, tote_events, wait_event
@@ -48,8 +49,7 @@ def _secret(senv: SalvageEnv, host: str, password: str) -> None:
 
 @pytest.fixture(scope="module")
 def registry(senv: SalvageEnv) -> Iterator[tuple[Registry, Path]]:
-    if not available():
-        pytest.skip("docker-registry is needed")
+    require(available(), "docker-registry is needed (.ci/install installs it)")
     base = senv.workdir.parent / "backup-registry"
     ca = make_ca(base / "pki", common_name="tote-backup-test-ca")
     pair = ca.issue("registry", common_name="127.0.0.1", ip_addresses=("127.0.0.1",),

@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from tests.cluster.ci import require
 from tests.cluster.containerd_env import Node
 from tests.cluster.controller import ControllerProcess
 from tests.cluster.fault_table import ROWS, Row
@@ -376,8 +377,7 @@ def test_fm_tampered_blob(senv: SalvageEnv, run: Callable[..., Run]) -> None:
 
 def test_fm_backup_registry_down_during_push(senv: SalvageEnv, run: Callable[..., Run],
                                             tmp_path: Path) -> None:
-    if not available():
-        pytest.skip("docker-registry is needed")
+    require(available(), "docker-registry is needed (.ci/install installs it)")
     reg = start_registry(tmp_path / "reg")
     try:
         r = run(f"--backup-registry={reg.host}/backup", "--backup-registry-insecure")

@@ -53,9 +53,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.cluster.controller import ControllerProcess
 from tests.cluster.controlplane import ControlPlane, write_kubeconfig
-from tests.cluster.objects import create_pod, get, set_waiting
+from tests.cluster.objects import create_pod, force_delete_namespace, get, set_waiting
 from tests.cluster.procs import free_port, wait_until
-from tests.conftest import _force_delete_namespace
 from tests.images.build import layered_image
 from tests.integration.salvage.auth_registry import failing_pod, pull_secret
 from tests.integration.salvage.conftest import SalvageEnv, records
@@ -161,7 +160,7 @@ def installed(cp: ControlPlane, helm: Helm, values: dict[str, Any]) -> Iterator[
             if d["kind"].startswith("Cluster"):
                 cp.kubectl("delete", d["kind"].lower(), d["metadata"]["name"],
                            "--ignore-not-found", check=False)
-        _force_delete_namespace(cp, ns)
+        force_delete_namespace(cp, ns)
 
 
 # --------------------------------------------------------------------------- the audit log
