@@ -43,11 +43,11 @@ from tote_core.hooks.types import (
     TransferRequest,
 )
 from tote_core.kube.client import resource_path
+from tote_core.oci.auth import auths_from_secret, credentials_for, pull_scope, push_scope
+from tote_core.oci.client import RegistryClient
 from tote_core.salvage.planner import human_bytes
 from tote_core.structs.kube import ObjectMeta, Pod
 from tote_core.timefmt import utcnow
-from tote_registry.auth import auths_from_secret, credentials_for
-from tote_registry.client import RegistryClient, pull_scope, push_scope
 
 log = logging.getLogger("tote.plugins.registry.backup")
 

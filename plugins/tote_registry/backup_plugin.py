@@ -18,8 +18,8 @@ from tote_core.errors import InvalidReference
 from tote_core.hooks.context import PluginContext
 from tote_core.hooks.hookspecs import hookimpl
 from tote_core.hooks.types import Incident, TransferRequest, TransferResult
+from tote_core.oci.client import RegistryClient
 from tote_registry.backup import BackupPush
-from tote_registry.client import RegistryClient
 
 
 class BackupSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

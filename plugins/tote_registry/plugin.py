@@ -1,4 +1,5 @@
-"""Built-in `registry` plugin: registry lookups through one client (`client.py`).
+"""Built-in `registry` plugin: registry lookups through core's one client
+(`tote_core.oci.client`).
 
 - tag resolution (`registry_resolve`, opt-in `--registry-resolve`; `resolve.py`), and
 - the same lookup by digest for the reaper (`registry_serves`: may a pinned salvaged image be
@@ -18,8 +19,8 @@ import msgspec
 
 from tote_core.hooks.context import PluginContext
 from tote_core.hooks.hookspecs import hookimpl
+from tote_core.oci.client import RegistryClient
 from tote_core.values import Duration, check_positive
-from tote_registry.client import RegistryClient
 from tote_registry.resolve import Resolver
 
 

@@ -3,7 +3,7 @@
 Asked by the reconciler only after `Node.status.images` and the agents had no digest for a
 tag. A `HEAD /v2/<repo>/manifests/<tag>` (Accept: OCI index/manifest, Docker manifest
 list/v2) returns `Docker-Content-Digest`; without that header the manifest is fetched and
-hashed (`client.Session.manifest_digest`). Auth uses the pod's `imagePullSecrets`
+hashed (`tote_core.oci.client.Session.manifest_digest`). Auth uses the pod's `imagePullSecrets`
 (dockerconfigjson, or legacy dockercfg) matched to the registry host. TLS verifies against
 the system roots plus `--registry-resolve-ca`; `--registry-insecure` skips verification and
 falls back to plain HTTP.
@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import trio
 
 from tote_core import metrics
-from tote_core.detect.reference import parse
+from tote_core.detect.reference import ImageReference, parse
 from tote_core.errors import InvalidReference, KubeError, RegistryError
 from tote_core.kube.client import resource_path
+from tote_core.oci.auth import Credentials, api_host, auths_from_secret, credentials_for
+from tote_core.oci.client import NOT_FOUND, UNAUTHORIZED, RegistryClient, Session
 from tote_core.ttlcache import TTLCache
-from tote_registry.auth import Credentials, api_host, auths_from_secret, credentials_for
-from tote_registry.client import NOT_FOUND, UNAUTHORIZED, RegistryClient
 
 log = logging.getLogger("tote.plugins.registry")
 
@@ -39,6 +40,7 @@ CACHE_TTL = 30.0
 NEGATIVE_TTL = 10.0
 CACHE_MAX = 1024
 
+T = TypeVar("T")
 FOUND, ERROR = "found", "error"
 RESULTS = (FOUND, NOT_FOUND, UNAUTHORIZED, ERROR)  # metric labels
 
@@ -71,6 +73,25 @@ class Resolver:
         self._cache: TTLCache[tuple[str, str, tuple[str, ...]], str | None] = TTLCache(
             CACHE_TTL, CACHE_MAX, time.monotonic)
 
+    async def _ask(self, ref: ImageReference, namespace: str, pull_secrets: list[str],
+                   question: Callable[[Session], Awaitable[T]]) -> T:
+        """`question` answered by `ref`'s registry, with each credential of the pull Secrets
+        in turn (anonymous when none): only another credential can fix an auth failure, so
+        any other failure ends the tries. Raises the last failure."""
+        all_creds = await read_credentials(self.kube, namespace, pull_secrets, ref.domain)
+        attempts: list[Credentials | None] = list(all_creds) or [None]
+        failure: RegistryError | None = None
+        for creds in attempts:
+            try:
+                async with self.client.session(api_host(ref.domain), creds) as s:
+                    return await question(s)
+            except RegistryError as exc:
+                failure = exc
+                if exc.reason != UNAUTHORIZED:
+                    break
+        assert failure is not None
+        raise failure
+
     async def resolve(self, image_ref: str, namespace: str, pull_secrets: list[str]) -> str:
         try:
             ref = parse(image_ref)
@@ -78,20 +99,10 @@ class Resolver:
             raise RegistryError(str(exc)) from exc
         if ref.digest:
             return ref.digest
-        assert ref.tag is not None
-        all_creds = await read_credentials(self.kube, namespace, pull_secrets, ref.domain)
-        attempts: list[Credentials | None] = list(all_creds) or [None]
-        failure: RegistryError | None = None
-        for creds in attempts:
-            try:
-                async with self.client.session(api_host(ref.domain), creds) as s:
-                    return await s.manifest_digest(ref.path, ref.tag)
-            except RegistryError as exc:
-                failure = exc
-                if exc.reason != UNAUTHORIZED:
-                    break  # only another credential can fix an auth failure
-        assert failure is not None
-        raise failure
+        tag = ref.tag
+        assert tag is not None
+        return await self._ask(ref, namespace, pull_secrets,
+                               lambda s: s.manifest_digest(ref.path, tag))
 
     async def serves(self, image_ref: str, digest: str, namespace: str,
                      pull_secrets: list[str]) -> bool | None:
@@ -103,20 +114,13 @@ class Resolver:
         except InvalidReference as exc:
             log.debug("not a reference, cannot ask its registry: %s", exc)
             return None
-        all_creds = await read_credentials(self.kube, namespace, pull_secrets, ref.domain)
-        attempts: list[Credentials | None] = list(all_creds) or [None]
-        failure: RegistryError | None = None
-        for creds in attempts:
-            try:
-                async with self.client.session(api_host(ref.domain), creds) as s:
-                    return await s.manifest_digest(ref.path, digest) == digest
-            except RegistryError as exc:
-                failure = exc
-                if exc.reason != UNAUTHORIZED:
-                    break  # only another credential can fix an auth failure
-        assert failure is not None
-        log.debug("does %s serve %s? %s (%s)", ref.domain, digest, failure.reason, failure)
-        return False if failure.reason in (NOT_FOUND, UNAUTHORIZED) else None
+        try:
+            got = await self._ask(ref, namespace, pull_secrets,
+                                  lambda s: s.manifest_digest(ref.path, digest))
+        except RegistryError as failure:
+            log.debug("does %s serve %s? %s (%s)", ref.domain, digest, failure.reason, failure)
+            return False if failure.reason in (NOT_FOUND, UNAUTHORIZED) else None
+        return got == digest
 
     async def registry_resolve(
         self, image_ref: str, namespace: str, pull_secrets: list[str]

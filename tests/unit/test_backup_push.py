@@ -15,7 +15,6 @@ from tote_containerd.agent.api import PushRequest as AgentPushRequest
 from tote_registry import backup
 from tote_registry.backup import BackupPush, backup_target, split_destination
 from tote_registry.backup_plugin import BackupSettings
-from tote_registry.client import RegistryClient
 
 from tote_core import metrics
 from tote_core.errors import RegistryError
@@ -28,6 +27,7 @@ from tote_core.hooks.types import (
     PushResult,
     TransferRequest,
 )
+from tote_core.oci.client import RegistryClient
 
 D = "sha256:" + "ab12cd34ef56" + "0" * 52
 

@@ -1,5 +1,6 @@
 """Pure OCI/Docker image logic: digests, manifests, platforms, GC labels; references through
-core's one parser (tote_core/detect/reference.py)."""
+core's one parser (tote_core/detect/reference.py), media types from core's one declaration
+(tote_core/oci/mediatypes.py)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,14 @@ from tote_containerd.agent.errors import FailedPrecondition, InvalidArgument
 from tote_core.detect import reference
 from tote_core.detect.reference import ImageReference
 from tote_core.errors import InvalidReference
+from tote_core.oci import mediatypes
 
-MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-INDEX_TYPES = {MT_OCI_INDEX, MT_DOCKER_LIST}
-MANIFEST_TYPES = {MT_OCI_MANIFEST, MT_DOCKER_MANIFEST}
+MT_OCI_INDEX = mediatypes.OCI_INDEX
+MT_OCI_MANIFEST = mediatypes.OCI_MANIFEST
+INDEX_TYPES = mediatypes.INDEX_TYPES
+MANIFEST_TYPES = mediatypes.MANIFEST_TYPES
+MAX_MANIFEST_BYTES = mediatypes.MAX_MANIFEST_BYTES
 
-MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 CRI_LABEL = "io.cri-containerd.image"
 
 

@@ -5,13 +5,13 @@ Why here and not in the controller: the bytes are on this node. Streaming them f
 content store straight to the registry is one hop; relaying them through the controller
 would be two, and would put every layer through the controller's network and CPU.
 
-What it does, in the order the OCI distribution spec needs:
-- blobs (configs, layers) first, several at once: `HEAD` → already in the repository, skip;
-  else, if a repository in `mount_from` holds it, a cross-repository mount (`POST
-  ?mount=&from=`, 201); else `POST` an upload and send the bytes — one `PUT ?digest=` for
-  blobs up to `MONOLITHIC_MAX`, `PATCH` chunks of `CHUNK` then `PUT ?digest=` above that.
-  Bytes are read in `READ_CHUNK` pieces from the blob file (when the agent has direct access
-  to the content directory) or containerd's content API; a layer is never held in memory;
+What it does, in the order the OCI distribution spec needs (the protocol steps — HEAD
+skips, cross-repository mounts, monolithic or chunked `PATCH` uploads, manifest `PUT`s with
+the digest checked — are core's `tote_core.oci.upload`, shared with the controller's
+registry client; this module plans and feeds them):
+- blobs (configs, layers) first, several at once, biggest first. Bytes are read in
+  `READ_CHUNK` pieces from the blob file (when the agent has direct access to the content
+  directory) or containerd's content API; a layer is never held in memory;
 - manifests last, their original bytes: platform manifests by digest, then the top
   (index or manifest) by tag. The registry must answer with the same digest.
 
@@ -24,21 +24,17 @@ Credentials arrive as a ready `Authorization` value (the controller reads the Se
 the token exchange, so an agent never sees a password for a token-auth registry); this module
 never logs it. No retries: a failed push is reported to the controller, which reports it.
 
-Why one module of ~400 lines: it is one protocol (the distribution spec's push order —
-blobs, mounts, chunked uploads, manifests last), and the steps share the request's
-registry, credentials and error mapping; split, each half would need the other's.
+Core raises `RegistryError`; `_agent_error` is where it becomes the agent's error (gRPC
+code and the bounded `reason` the controller maps back).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import trio
 
 from tote_containerd.agent import metrics, oci
@@ -56,16 +52,22 @@ from tote_containerd.agent.errors import (
     Unavailable,
     as_one_error,
 )
+from tote_core.errors import ConfigError, RegistryError
+from tote_core.oci.client import (
+    UNREACHABLE,
+    DigestNotPreserved,
+    RegistryClient,
+    RegistryStatus,
+    RegistryTimeout,
+)
+from tote_core.oci.upload import Repository
 
 log = logging.getLogger("tote.agent.push")
 GC_REF_CONTENT = "containerd.io/gc.ref.content."
 
 READ_CHUNK = 2 * 1024 * 1024
-MONOLITHIC_MAX = 128 * 1024 * 1024
-CHUNK = 128 * 1024 * 1024
 PARALLELISM = 4
-MAX_MOUNT_SOURCES = 8
-HTTP_TIMEOUT = httpx.Timeout(120.0, connect=15.0)
+HTTP_TIMEOUT, CONNECT_TIMEOUT = 120.0, 15.0
 
 
 class _Chain:
@@ -80,18 +82,6 @@ class _Chain:
 class _Counts:
     def __init__(self) -> None:
         self.uploaded = self.skipped = self.mounted = self.bytes = 0
-
-
-def _ssl_context(req: PushRequest) -> ssl.SSLContext | bool:
-    if req.insecure:
-        return False
-    ctx = ssl.create_default_context()  # system roots ...
-    if req.ca_pem:
-        try:
-            ctx.load_verify_locations(cadata=req.ca_pem)  # ... plus the bundle
-        except ssl.SSLError as exc:
-            raise InvalidArgument(f"ca_pem is not a usable PEM bundle: {exc}") from exc
-    return ctx
 
 
 def _check(req: PushRequest) -> None:
@@ -109,42 +99,32 @@ def _check(req: PushRequest) -> None:
         raise InvalidArgument(f"invalid repository or tag {req.repository!r}:{req.tag!r}")
 
 
-def _status_error(resp: httpx.Response, what: str) -> AgentError:
-    """A registry answer we cannot continue from, as an agent error (bounded `reason`)."""
-    body = ""
-    with contextlib.suppress(Exception):
-        body = resp.text[:300].strip()
-    msg = f"registry answered {resp.status_code} to {what}" + (f": {body}" if body else "")
-    if resp.status_code == 401:
+def _agent_error(exc: RegistryError) -> AgentError:
+    """Core's registry error as the agent error the controller maps back (push.py of the
+    plugin): the gRPC code by what happened, the bounded `reason` it has always had."""
+    msg = str(exc)
+    if isinstance(exc, DigestNotPreserved):
+        return DataLoss(msg, reason="digest_mismatch")
+    if isinstance(exc, RegistryTimeout):
+        return DeadlineExceeded(msg, reason="registry_unreachable")
+    if exc.reason == UNREACHABLE:
+        return Unavailable(msg, reason="registry_unreachable")
+    status = exc.status if isinstance(exc, RegistryStatus) else 0
+    if status == 401:
         return Unauthenticated(msg, reason="unauthorized")
-    if resp.status_code == 403:
+    if status == 403:
         return PermissionDenied(msg, reason="unauthorized")
-    if resp.status_code >= 500:
+    if status >= 500:
         return Unavailable(msg, reason="registry_error")
     return FailedPrecondition(msg, reason="registry_error")
 
 
-def _why(exc: BaseException) -> str:
-    """The first non-empty message along the cause chain (httpx's ConnectError wrapping a TLS
-    verification failure has none of its own)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if str(seen):
-            return f"{type(seen).__name__}: {seen}"
-        seen = seen.__cause__ or seen.__context__
-    return type(exc).__name__
-
-
 @contextlib.contextmanager
-def _http_errors(what: str) -> Any:
+def _registry_errors() -> Iterator[None]:
     try:
         yield
-    except httpx.TimeoutException as exc:
-        raise DeadlineExceeded(f"registry timed out during {what}: {_why(exc)}",
-                               reason="registry_unreachable") from exc
-    except (httpx.TransportError, OSError) as exc:
-        raise Unavailable(f"registry unreachable during {what}: {_why(exc)}",
-                          reason="registry_unreachable") from exc
+    except RegistryError as exc:
+        raise _agent_error(exc) from exc
 
 
 class Pusher:
@@ -261,116 +241,19 @@ class Pusher:
         if sent != length:
             raise Unavailable(f"{d.digest}: content ended at {sent} of {length} bytes")
 
-    # ------------------------------------------------------------------ HTTP
-    async def _send(self, http: httpx.AsyncClient, method: str, url: str | httpx.URL,
-                    what: str, *, headers: dict[str, str] | None = None, **kw: Any
-                    ) -> httpx.Response:
-        """One request; the credentials go only to the registry itself, never to another
-        origin an upload `Location` may point at."""
-        headers = dict(headers or {})
-        target = http.base_url.join(url)
-        if self.req.authorization and (target.scheme, target.host, target.port) == (
-                http.base_url.scheme, http.base_url.host, http.base_url.port):
-            headers["Authorization"] = self.req.authorization
-        with _http_errors(what):
-            return await http.request(method, target, headers=headers, **kw)
-
-    def _upload_url(self, resp: httpx.Response, what: str) -> httpx.URL:
-        loc = resp.headers.get("Location")
-        if not loc:
-            raise FailedPrecondition(f"registry sent no Location for {what}",
-                                     reason="registry_error")
-        return resp.request.url.join(loc)
-
-    async def _blob_exists(self, http: httpx.AsyncClient, repo: str, digest: str) -> bool:
-        resp = await self._send(http, "HEAD", f"/v2/{repo}/blobs/{digest}", f"HEAD blob {digest}")
-        if resp.status_code == 200:
-            return True
-        if resp.status_code == 404:
-            return False
-        raise _status_error(resp, f"HEAD /v2/{repo}/blobs/{digest}")
-
-    async def _start_upload(self, http: httpx.AsyncClient, d: oci.Desc) -> httpx.URL | None:
-        """An upload URL, or None when the blob was mounted from another repository."""
-        for src in self.req.mount_from[:MAX_MOUNT_SOURCES]:
-            if src == self.repo or not await self._blob_exists(http, src, d.digest):
-                continue
-            what = f"mount {d.digest} from {src}"
-            resp = await self._send(http, "POST", f"/v2/{self.repo}/blobs/uploads/", what,
-                                    params={"mount": d.digest, "from": src})
-            if resp.status_code == 201:
-                return None
-            if resp.status_code == 202:  # mount refused; the registry opened an upload
-                return self._upload_url(resp, what)
-            raise _status_error(resp, what)
-        what = f"POST /v2/{self.repo}/blobs/uploads/"
-        resp = await self._send(http, "POST", f"/v2/{self.repo}/blobs/uploads/", what)
-        if resp.status_code != 202:
-            raise _status_error(resp, what)
-        return self._upload_url(resp, what)
-
-    async def _upload(self, http: httpx.AsyncClient, d: oci.Desc, url: httpx.URL) -> None:
-        offset = 0
-        if d.size > MONOLITHIC_MAX:
-            while offset < d.size:
-                n = min(CHUNK, d.size - offset)
-                what = f"PATCH {d.digest} [{offset}, {offset + n})"
-                resp = await self._send(http, "PATCH", url, what, content=self._body(d, offset, n),
-                                        headers={"Content-Type": "application/octet-stream",
-                                                 "Content-Length": str(n),
-                                                 "Content-Range": f"{offset}-{offset + n - 1}"})
-                if resp.status_code != 202:
-                    raise _status_error(resp, what)
-                url = self._upload_url(resp, what)
-                offset += n
-        what = f"PUT {d.digest}"
-        body = self._body(d, offset, d.size - offset) if offset < d.size else b""
-        resp = await self._send(
-            http, "PUT", url.copy_merge_params({"digest": d.digest}), what, content=body,
-            headers={"Content-Type": "application/octet-stream",
-                     "Content-Length": str(d.size - offset)})
-        if resp.status_code != 201:
-            raise _status_error(resp, what)
-        got = resp.headers.get("Docker-Content-Digest")
-        if got and got != d.digest:
-            raise DataLoss(f"registry stored {d.digest} as {got}", reason="digest_mismatch")
-
-    async def _push_blob(self, http: httpx.AsyncClient, d: oci.Desc) -> None:
-        if await self._blob_exists(http, self.repo, d.digest):
+    # ------------------------------------------------------------------ registry
+    async def _push_blob(self, repo: Repository, d: oci.Desc) -> None:
+        with _registry_errors():
+            outcome = await repo.push_blob(
+                d.digest, d.size, lambda offset, n: self._body(d, offset, n),
+                self.req.mount_from)
+        if outcome == "skipped":
             self.counts.skipped += 1
-            metrics.PUSH_BLOBS.labels(outcome="skipped").inc()
-            return
-        url = await self._start_upload(http, d)
-        if url is None:
+        elif outcome == "mounted":
             self.counts.mounted += 1
-            metrics.PUSH_BLOBS.labels(outcome="mounted").inc()
-            return
-        await self._upload(http, d, url)
-        self.counts.uploaded += 1
-        metrics.PUSH_BLOBS.labels(outcome="uploaded").inc()
-
-    async def _manifest_at(self, http: httpx.AsyncClient, ref: str, mt: str) -> str | None:
-        what = f"HEAD /v2/{self.repo}/manifests/{ref}"
-        accept = ", ".join(sorted({mt, *oci.INDEX_TYPES, *oci.MANIFEST_TYPES}))
-        resp = await self._send(http, "HEAD", f"/v2/{self.repo}/manifests/{ref}", what,
-                                headers={"Accept": accept})
-        if resp.status_code == 404:
-            return None
-        if resp.status_code != 200:
-            raise _status_error(resp, what)
-        return resp.headers.get("Docker-Content-Digest") or None
-
-    async def _put_manifest(self, http: httpx.AsyncClient, ref: str, desc: oci.Desc,
-                            data: bytes) -> None:
-        what = f"PUT /v2/{self.repo}/manifests/{ref}"
-        resp = await self._send(http, "PUT", f"/v2/{self.repo}/manifests/{ref}", what,
-                                content=data, headers={"Content-Type": desc.media_type})
-        if resp.status_code not in (200, 201):
-            raise _status_error(resp, what)
-        got = resp.headers.get("Docker-Content-Digest")
-        if got and got != desc.digest:
-            raise DataLoss(f"registry stored manifest {desc.digest} as {got}: digest not "
-                           "preserved", reason="digest_mismatch")
+        else:
+            self.counts.uploaded += 1
+        metrics.PUSH_BLOBS.labels(outcome=outcome).inc()
 
     # ------------------------------------------------------------------ run
     async def run(self) -> PushResult:
@@ -379,10 +262,19 @@ class Pusher:
         own = [] if chains else [await self._manifest_chain(top)]
         all_chains = [c for c in (chains or own) if c is not None]
         blobs = list({b.digest: b for c in all_chains for b in c.blobs}.values())
-        async with httpx.AsyncClient(
-                base_url=self.req.registry_url, verify=_ssl_context(self.req), trust_env=False,
-                timeout=HTTP_TIMEOUT, follow_redirects=False) as http:
-            if await self._manifest_at(http, self.req.tag, top.media_type) == top.digest:
+        scheme, _, host = self.req.registry_url.partition("://")
+        try:
+            client = RegistryClient(ca_pem=self.req.ca_pem, insecure=self.req.insecure,
+                                    timeout=HTTP_TIMEOUT, connect_timeout=CONNECT_TIMEOUT,
+                                    follow_redirects=False)
+        except ConfigError as exc:
+            raise InvalidArgument(str(exc)) from exc
+        async with client.session(host.rstrip("/"), scheme=scheme,
+                                  authorization=self.req.authorization) as session:
+            repo = Repository(session, self.repo)
+            with _registry_errors():
+                tagged = await repo.manifest_at(self.req.tag, top.media_type)
+            if tagged == top.digest:
                 # The tag already names this exact manifest: the registry has every blob.
                 self.counts.skipped = len(blobs)
                 metrics.PUSH_BLOBS.labels(outcome="skipped").inc(len(blobs))
@@ -391,16 +283,19 @@ class Pusher:
 
                 async def one(d: oci.Desc) -> None:
                     async with limit:
-                        await self._push_blob(http, d)
+                        await self._push_blob(repo, d)
 
                 with as_one_error("parallel blob uploads"):
                     async with trio.open_nursery() as nursery:
                         for d in sorted(blobs, key=lambda b: -b.size):  # big first: less tail
                             nursery.start_soon(one, d)
-                for c in chains:  # an index's children, by digest, before the index
-                    if await self._manifest_at(http, c.desc.digest, c.desc.media_type) is None:
-                        await self._put_manifest(http, c.desc.digest, c.desc, c.data)
-                await self._put_manifest(http, self.req.tag, top, top_bytes)
+                with _registry_errors():
+                    for c in chains:  # an index's children, by digest, before the index
+                        if await repo.manifest_at(c.desc.digest, c.desc.media_type) is None:
+                            await repo.put_manifest(c.desc.digest, c.desc.media_type,
+                                                    c.desc.digest, c.data)
+                    await repo.put_manifest(self.req.tag, top.media_type, top.digest,
+                                            top_bytes)
         n = self.counts
         log.info("pushed %s to %s/%s:%s (%s): %d blobs uploaded, %d mounted, %d already "
                  "there, %d bytes", self.req.digest, self.req.registry_url, self.repo,

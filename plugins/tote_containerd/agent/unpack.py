@@ -47,12 +47,13 @@ from tote_containerd.agent.errors import (
     NotFound,
     as_one_error,
 )
+from tote_core.oci import mediatypes
 
 log = logging.getLogger("tote.agent")
 
 SNAPSHOTTER_DIR = "io.containerd.snapshotter.v1."
 LABEL_UNCOMPRESSED = "containerd.io/uncompressed"
-MT_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"  # what a regenerated layer is
+MT_LAYER_TAR = mediatypes.OCI_LAYER_TAR  # what a regenerated layer is
 LABEL_REF = "containerd.io/snapshot.ref"
 LABEL_DIFF_ID = "containerd.io/snapshot/diff-id"
 LABEL_PARENT = "containerd.io/snapshot/parent-chain-id"

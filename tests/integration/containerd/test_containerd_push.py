@@ -2,7 +2,8 @@
 containerd nodes and a real `docker-registry` with htpasswd auth and TLS (its own CA).
 
 The `Authorization` value comes from the same registry client the controller uses
-(`tote_registry.client`: `/v2/` challenge → Basic here). What is tried:
+(`tote_core.oci.client`: `/v2/` challenge → Basic here); the agent pushes with core's
+`tote_core.oci.upload` on a session of that client. What is tried:
 (1) digest preserved: pushed manifest and every blob fetched back by digest, bytes equal;
     a layer above `MONOLITHIC_MAX` goes up in chunked PATCHes;
 (2) a second push uploads nothing (registry access log: no POST/PATCH/PUT);
@@ -25,18 +26,19 @@ from collections.abc import Iterator
 
 import pytest
 import trio
-from tote_containerd.agent import errors, push
+from tote_containerd.agent import errors
 from tote_containerd.agent.api import PushRequest, PushResult
 from tote_containerd.agent.client import AgentClient
 from tote_containerd.agent.tls import client_context
-from tote_registry.auth import Credentials
-from tote_registry.client import RegistryClient, push_scope
 
 from tests.cluster.containerd_env import Env
 from tests.cluster.pki import make_ca
 from tests.cluster.prom import scrape_total
 from tests.cluster.registry import Registry, available, start_registry
 from tests.images.build import Image, layered_image, multiarch_image
+from tote_core.oci import upload
+from tote_core.oci.auth import Credentials, push_scope
+from tote_core.oci.client import RegistryClient
 
 MiB = 1024 * 1024
 USER, PASSWORD = "pusher", "battery-staple-9"
@@ -103,7 +105,7 @@ async def test_1_digest_preserved_and_2_second_push_uploads_nothing(
     env: Env, registry: Registry
 ) -> None:
     a = env.nodes["a"]
-    big = push.MONOLITHIC_MAX + 3 * MiB  # forces chunked PATCH uploads
+    big = upload.MONOLITHIC_MAX + 3 * MiB  # forces chunked PATCH uploads
     img = layered_image("docker.io/tote/pushme:v1", [2 * MiB, big, 1000], seed=41,
                         spool_dir=env.base)
     a.import_archive(img.write_archive(env.base / "pushme.tar"))

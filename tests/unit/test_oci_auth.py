@@ -1,4 +1,5 @@
-"""tote_registry: pure parsing of pull secrets and `WWW-Authenticate` challenges."""
+"""tote_core.oci.auth: pure parsing of pull secrets, registry hosts, `WWW-Authenticate`
+challenges and token scopes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import json
 from typing import Any
 
 import pytest
-from tote_registry.auth import (
+
+from tote_core.oci.auth import (
     Credentials,
     api_host,
     auths_from_secret,
@@ -15,6 +17,8 @@ from tote_registry.auth import (
     canonical_host,
     credentials_for,
     parse_challenges,
+    pull_scope,
+    push_scope,
 )
 
 
@@ -108,3 +112,8 @@ def test_credentials_never_printed() -> None:
     c = Credentials("alice", "s3cret")
     assert "s3cret" not in repr(c) and "alice" not in repr(c)
     assert basic_header(c) == "Basic " + b64("alice:s3cret")
+
+
+def test_token_scopes() -> None:
+    assert pull_scope("backup/app") == "repository:backup/app:pull"
+    assert push_scope("backup/app") == "repository:backup/app:pull,push"

@@ -1,4 +1,5 @@
-"""Pure parsing for registry auth: pull secrets and `WWW-Authenticate` challenges.
+"""Pure parsing for registry auth: docker config `auths` (pull Secrets), registry hosts,
+`WWW-Authenticate` challenges and token scopes.
 
 Nothing here does I/O, and nothing here logs: the values are credentials.
 """
@@ -41,6 +42,14 @@ class Challenge:
     @property
     def realm(self) -> str:
         return self.params.get("realm", "")
+
+
+def pull_scope(repo: str) -> str:
+    return f"repository:{repo}:pull"
+
+
+def push_scope(repo: str) -> str:
+    return f"repository:{repo}:pull,push"
 
 
 def basic_header(creds: Credentials) -> str:
