@@ -34,7 +34,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.cluster import cluster_dns, network_images, oci, pki, versions
+from tests.cluster import (
+    cluster_dns,
+    containerd_node,
+    network_images,
+    oci,
+    pki,
+    registry,
+    versions,
+)
 from tests.cluster.controlplane import (
     ControlPlane,
     binaries_dir,
@@ -62,6 +70,20 @@ def missing_binaries(bin_dir: Path) -> list[str]:
     missing = [b for b in CLUSTER_BINARIES if not (bin_dir / b).exists()]
     if versions.network_bin_dir() is None:
         missing += [f"{b} (tests/cluster/build-network.sh)" for b in versions.NETWORK_BINARIES]
+    return missing
+
+
+def missing_prerequisites(bin_dir: Path | None) -> list[str]:
+    """Everything this machine lacks to run the e2e cluster with tote on it (the e2e suite's
+    and the demo's one check): the built binaries, the nodes' packages and root, the image
+    tools and the registry. `bin_dir` None: the Kubernetes binaries are not built."""
+    if bin_dir is None:
+        missing = ["Kubernetes binaries (tests/cluster/build-binaries.sh)"]
+    else:
+        missing = missing_binaries(bin_dir)
+    missing += containerd_node.missing_prerequisites() + oci.missing_tools()
+    if not registry.available():
+        missing.append(registry.REGISTRY_BINARY)
     return missing
 
 

@@ -38,10 +38,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.cluster import containerd_node as node_mod
-from tests.cluster import oci, prom, versions
+from tests.cluster import prom, versions
 from tests.cluster import registry as registry_mod
-from tests.cluster.cluster import KubeCluster, missing_binaries, start_cluster
+from tests.cluster.cluster import KubeCluster, missing_prerequisites, start_cluster
 from tests.cluster.controlplane import binaries_dir
 from tests.cluster.salvage_env import deployment, image_only_on_node_b, namespace
 from tests.cluster.tote_install import Install, install_tote
@@ -60,16 +59,6 @@ def _human(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return str(n)
-
-
-def _prerequisites(bins: Path | None) -> list[str]:
-    missing = [] if bins is None else missing_binaries(bins)
-    if bins is None:
-        missing.append("Kubernetes binaries (tests/cluster/build-binaries.sh)")
-    missing += node_mod.missing_prerequisites() + oci.missing_tools()
-    if not registry_mod.available():
-        missing.append(registry_mod.REGISTRY_BINARY)
-    return missing
 
 
 class Narrator:
@@ -260,7 +249,7 @@ def main() -> int:
     say("locating (or building from Go modules, cached) the Kubernetes and containerd binaries…")
     bins = binaries_dir(build=True)
     versions.use_containerd(build=True)
-    missing = _prerequisites(bins)
+    missing = missing_prerequisites(bins)
     if missing or bins is None:
         say(f"this machine cannot run the demo cluster, missing: {missing}")
         say("run `bash .ci/install` first (as root)")

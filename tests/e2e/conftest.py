@@ -16,25 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import containerd_node as node_mod
-from tests.cluster import oci
 from tests.cluster import registry as registry_mod
 from tests.cluster.ci import require
-from tests.cluster.cluster import KubeCluster, missing_binaries, start_cluster
+from tests.cluster.cluster import KubeCluster, missing_prerequisites, start_cluster
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.registry import Registry
 
 
-def cluster_prerequisites(bin_dir: Path) -> list[str]:
-    missing = missing_binaries(bin_dir) + node_mod.missing_prerequisites() + oci.missing_tools()
-    if not registry_mod.available():
-        missing.append(registry_mod.REGISTRY_BINARY)
-    return missing
-
-
 @pytest.fixture(scope="session")
 def e2e_bin_dir(k8s_bin_dir: Path) -> Path:
-    missing = cluster_prerequisites(k8s_bin_dir)
+    missing = missing_prerequisites(k8s_bin_dir)
     require(not missing, f"the e2e cluster cannot run on this machine, missing: {missing}")
     return k8s_bin_dir
 
