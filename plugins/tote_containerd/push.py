@@ -4,7 +4,8 @@ The registry plugin decides what to push where and with which `Authorization`; t
 only carries that to the agent of `request.node` (Push RPC, controller identity over mTLS)
 and maps the agent's errors onto `RegistryError` reasons the caller acts on: `node` (that
 node cannot serve the image: agent down, image incomplete — another node may), or the
-registry's own `unauthorized` / `unreachable` / `error` (no other node would do better).
+registry's own `unauthorized` / `unreachable` / `error` (no other node would do better),
+as `errors.TABLE` says (`errors.for_push`).
 """
 
 from __future__ import annotations
@@ -16,21 +17,10 @@ import trio
 from tote_containerd.agent import api
 from tote_containerd.agent import errors as e
 from tote_containerd.agents import Agents
-from tote_core.errors import RegistryError, RetryLater
+from tote_core.errors import RetryLater
 from tote_core.hooks.types import PushRequest, PushResult
 
 DEFAULT_DEADLINE = 1800.0
-_REGISTRY_REASONS = {"registry_unreachable": "unreachable", "unauthorized": "unauthorized",
-                     "registry_error": "error", "digest_mismatch": "error"}
-
-
-def _mapped(exc: Exception, node: str) -> RegistryError:
-    reason = getattr(exc, "reason", "")
-    if reason in _REGISTRY_REASONS:
-        return RegistryError(str(exc), reason=_REGISTRY_REASONS[reason])
-    if isinstance(exc, (RetryLater, e.Unavailable, e.NotFound, e.FailedPrecondition)):
-        return RegistryError(f"node {node}: {exc}", reason="node")
-    return RegistryError(f"node {node}: {exc}")
 
 
 async def push_image(request: PushRequest, agents: Agents) -> PushResult:
@@ -46,7 +36,7 @@ async def push_image(request: PushRequest, agents: Agents) -> PushResult:
                 insecure=request.insecure, mount_from=list(request.mount_from)),
                 deadline=max(1.0, deadline))
     except (e.AgentError, RetryLater) as exc:
-        raise _mapped(exc, request.node) from exc
+        raise e.for_push(exc, request.node) from exc
     return PushResult(
         pushed_digest=r.pushed_digest, index_pushed=r.index_pushed,
         manifests=tuple(r.manifests), blobs_total=r.blobs_total,

@@ -7,7 +7,7 @@ relay its progress.
 Errors: `RetryLater` (source or agent unreachable, stream cut, corrupt bytes from that
 source — another source may work) and `PermanentError` (too_large, layers_discarded,
 platform_missing, snapshot_salvage_disabled, layer_unverified, unauthorized,
-invalid_request).
+invalid_request); agent errors become these by `errors.TABLE` (`errors.for_salvage`).
 """
 
 from __future__ import annotations
@@ -31,26 +31,6 @@ log = logging.getLogger("tote.plugin.containerd")
 
 TOKEN_TTL = 120.0  # the token is redeemed once, when the target opens its session
 Mode = Literal["blobs", "snapshots", "mixed"]
-PERMANENT_REASONS = frozenset({"too_large", "layers_discarded", "platform_missing",
-                               "snapshot_salvage_disabled", "layer_unverified"})
-
-
-def translate(exc: Exception, where: str) -> Exception:
-    """An agent's error as the salvage engine's RetryLater / PermanentError."""
-    if not isinstance(exc, e.AgentError):
-        return exc
-    msg = f"{where}: {exc}"
-    if exc.reason in PERMANENT_REASONS:
-        return PermanentError(msg, reason=exc.reason)
-    if isinstance(exc, e.DataLoss):
-        return RetryLater(msg, reason="digest_mismatch")
-    if isinstance(exc, (e.PermissionDenied, e.Unauthenticated)):
-        return PermanentError(msg, reason="unauthorized")
-    if isinstance(exc, e.InvalidArgument):
-        return PermanentError(msg, reason="invalid_request")
-    if isinstance(exc, e.NotFound):
-        return RetryLater(msg, reason="source_unavailable")
-    return RetryLater(msg, reason=exc.reason or "agent_unavailable")
 
 
 async def run_transfer(request: TransferRequest, progress: ProgressCallback, agents: Agents
@@ -63,12 +43,12 @@ async def run_transfer(request: TransferRequest, progress: ProgressCallback, age
         async with agents.at(target_endpoint) as target:
             platform = (await target.health()).platform
     except e.AgentError as exc:
-        raise translate(exc, f"target agent {request.target_node}") from exc
+        raise e.for_salvage(exc, f"target agent {request.target_node}") from exc
     try:
         async with agents.at(source_endpoint) as source:
             info = await source.inspect(request.digest, platform)
     except e.AgentError as exc:
-        raise translate(exc, f"source {request.source_node}") from exc
+        raise e.for_salvage(exc, f"source {request.source_node}") from exc
     if not info.complete:
         if info.layers_discarded and info.unpacked and not request.allow_snapshots:
             raise PermanentError(
@@ -98,8 +78,8 @@ async def run_transfer(request: TransferRequest, progress: ProgressCallback, age
                 allow_snapshots=request.allow_snapshots,
                 require_verified=request.require_verified, pin=request.pin), relay)
     except e.AgentError as exc:
-        raise translate(exc, f"import {request.source_node} → {request.target_node}"
-                        ) from exc
+        raise e.for_salvage(exc, f"import {request.source_node} → {request.target_node}"
+                                ) from exc
     log.info("transferred %s %s → %s: %d bytes moved, %d blobs skipped, mode %s%s",
              request.digest, request.source_node, request.target_node, done.bytes_total,
              done.blobs_skipped, done.mode,

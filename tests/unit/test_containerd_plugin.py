@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from tote_containerd import discovery, transfer
+from tote_containerd import discovery
 from tote_containerd.agent import errors
 from tote_containerd.agent.settings import AgentSettings
 from tote_containerd.agents import ControllerTLS
@@ -85,7 +85,7 @@ def test_controller_tls_required_unless_insecure() -> None:
     (errors.Unavailable("x"), RetryLater, "agent_unavailable"),
 ])
 def test_error_translation(exc: errors.AgentError, kind: type, reason: str) -> None:
-    out = transfer.translate(exc, "here")
+    out = errors.for_salvage(exc, "here")
     assert isinstance(out, kind) and out.reason == reason  # type: ignore[attr-defined]
 
 

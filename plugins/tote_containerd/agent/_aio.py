@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 import grpclib.exceptions
@@ -196,6 +196,13 @@ class TrioStream(Generic[S, R]):
                 await stream.recv_trailing_metadata()
 
         await self._status_call(_finish)
+
+    @property
+    def trailing_metadata(self) -> Mapping[str, str] | None:
+        """What the server sent along with its status (tote's agent: the error's reason),
+        once `recv`/`finish` raised that status. None when the stream ended before the
+        trailers were read (a status recovered after a reset, see the class docstring)."""
+        return None if self._stream is None else self._stream.trailing_metadata
 
     async def _status_call(self, fn: Callable[[], Awaitable[T]]) -> T:
         try:

@@ -37,26 +37,33 @@ from tote_containerd.agent.api import (
 from tote_containerd.agent.peer import split_endpoint
 from tote_containerd.agent.tls import PeerRoleMismatch
 
-_REASON_MARK = " [reason="
 # Longest a blob stream may stay silent before the read fails (see AgentClient.read_blob).
 STREAM_STALL_TIMEOUT = 30.0
 
 
-def _map(exc: grpclib.exceptions.GRPCError) -> errors.AgentError:
-    msg = exc.message or exc.status.name
-    reason = ""
-    if msg.endswith("]") and _REASON_MARK in msg:
-        msg, _, tail = msg.rpartition(_REASON_MARK)
-        reason = tail[:-1]
-    return errors.from_code(exc.status.name, msg, reason)
+async def _call(method: Any, request: Any, deadline: float | None) -> Any:
+    """One unary call (asyncio side). An error status leaves as the agent error it stands
+    for, with the reason from its trailing metadata (`errors.from_wire`): grpclib's own
+    unary call hides the stream, and with it the trailers."""
+    stream = method.open(timeout=deadline)
+    try:
+        async with stream:
+            await stream.send_message(request, end=True)
+            return await stream.recv_message()
+    except grpclib.exceptions.GRPCError as exc:
+        raise errors.from_wire(exc.status.name, exc.message or exc.status.name,
+                               stream.trailing_metadata) from exc
 
 
 @contextlib.contextmanager
-def _mapped(endpoint: str) -> Any:
+def _mapped(endpoint: str, stream: TrioStream[Any, Any] | None = None) -> Any:
+    """Transport failures as agent errors; an error status of `stream` (the reason read
+    from its trailing metadata) as the agent error it stands for."""
     try:
         yield
     except grpclib.exceptions.GRPCError as exc:
-        raise _map(exc) from exc
+        raise errors.from_wire(exc.status.name, exc.message or exc.status.name,
+                               stream.trailing_metadata if stream else None) from exc
     except PeerRoleMismatch as exc:
         raise errors.PermissionDenied(f"agent {endpoint}: {exc}", reason="unauthorized"
                                       ) from exc
@@ -123,7 +130,7 @@ class AgentClient:
 
     async def _unary(self, method: Any, request: Any, deadline: float | None = None) -> Any:
         with _mapped(self.endpoint):
-            return await aio(method, request, timeout=deadline or self.rpc_timeout)
+            return await aio(_call, method, request, deadline or self.rpc_timeout)
 
     # ---------------------------------------------------------------- controller calls
     async def inspect(self, ref: str, platform: str = "") -> InspectResult:
@@ -167,7 +174,7 @@ class AgentClient:
         """Run an import on this (target) agent; the caller owns the deadline."""
         last: ImportProgress | None = None
         stream: TrioStream[Any, Any] = TrioStream(self._stub.ImportFrom)
-        with _mapped(self.endpoint):
+        with _mapped(self.endpoint, stream):
             async with stream:
                 await stream.send(convert.to_pb(request, pb.ImportFromRequest), end=True)
                 async for msg in stream:
@@ -189,8 +196,8 @@ class AgentClient:
         """Have the source regenerate a discarded layer from its snapshots (minutes for a
         large layer: the caller owns the deadline, None = the import's)."""
         with _mapped(self.endpoint):
-            resp = await aio(self._stub.ExportLayer, pb.ExportLayerRequest(
-                session=session, layer_digest=layer_digest), timeout=deadline)
+            resp = await aio(_call, self._stub.ExportLayer, pb.ExportLayerRequest(
+                session=session, layer_digest=layer_digest), deadline)
         return convert.from_pb(resp, ExportedLayer)
 
     @contextlib.asynccontextmanager
@@ -198,13 +205,13 @@ class AgentClient:
                         ) -> AsyncIterator[AsyncIterator[tuple[int, bytes, int]]]:
         """Chunks `(offset, data, blob size)` of a blob range."""
         stream: TrioStream[Any, Any] = TrioStream(self._stub.ReadBlob)
-        with _mapped(self.endpoint):
+        with _mapped(self.endpoint, stream):
             async with stream:
                 await stream.send(pb.ReadBlobRequest(session=session, digest=digest,
                                                      offset=offset, length=length), end=True)
 
                 async def chunks() -> AsyncGenerator[tuple[int, bytes, int], None]:
-                    with _mapped(self.endpoint):
+                    with _mapped(self.endpoint, stream):
                         while True:
                             # A cut link leaves the TCP connection open and silent: without
                             # a deadline per message the read waits forever instead of

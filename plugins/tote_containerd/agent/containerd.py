@@ -52,16 +52,14 @@ class ImageRec(msgspec.Struct, frozen=True):
     labels: dict[str, str] = {}
 
 
-def _map_error(exc: grpclib.exceptions.GRPCError) -> errors.AgentError:
-    return errors.from_code(exc.status.name, f"containerd: {exc.message or exc.status.name}")
-
-
 @contextlib.contextmanager
-def _mapped() -> Any:
+def _mapped(call: str = "") -> Any:
+    """containerd's errors as agent errors (`errors.from_containerd`; `call` names the
+    request where a status means something particular, e.g. "commit")."""
     try:
         yield
     except grpclib.exceptions.GRPCError as exc:
-        raise _map_error(exc) from exc
+        raise errors.from_containerd(exc.status.name, exc.message or "", call) from exc
     except (ConnectionError, OSError, grpclib.exceptions.StreamTerminatedError) as exc:
         raise errors.Unavailable(f"containerd unreachable: {exc}") from exc
 
@@ -227,8 +225,9 @@ class ContainerdClient:
                     try:
                         await w.stat()
                     except grpclib.exceptions.GRPCError as exc:
-                        if (exc.status.name != "UNAVAILABLE" or "locked" not in
-                                (exc.message or "") or attempt == WRITER_LOCK_RETRIES):
+                        # UNAVAILABLE answering STAT is the ingest lock: containerd's
+                        # content store returns no other "unavailable" when a writer opens.
+                        if exc.status.name != "UNAVAILABLE" or attempt == WRITER_LOCK_RETRIES:
                             raise
                     else:
                         yield w
@@ -360,15 +359,28 @@ class ContentWriter:
         self._pending -= 1
 
     async def commit(self, labels: dict[str, str] | None = None) -> str:
-        """COMMIT with offset/total/expected (containerd verifies size and digest)."""
+        """COMMIT with offset/total/expected: containerd verifies size and digest, and
+        bytes that do not hash to `expected` raise `errors.DigestMismatch`.
+
+        Why FAILED_PRECONDITION answering this COMMIT can only be a digest mismatch (the
+        table's ("FAILED_PRECONDITION", "commit") row): the request carries offset = total,
+        and containerd's content service first refuses an offset other than the ingest's
+        own with OUT_OF_RANGE, so the size checks of its Commit (the only other
+        FAILED_PRECONDITION there besides committing a writer twice, which one COMMIT per
+        stream never does) already hold; bad labels are INVALID_ARGUMENT, a blob that
+        exists ALREADY_EXISTS. What is left is its check of the written bytes' digest
+        against `expected`. Deciding by status and call, not by containerd's wording,
+        keeps working when that wording changes between versions."""
         while self._pending:
             await self._ack()
         await self._stream.send(content_pb2.WriteContentRequest(
             action=content_pb2.COMMIT, ref=self.ref, offset=self.total, total=self.total,
             expected=self.expected, labels=labels or {}), end=True)
-        resp = await self._stream.recv()
+        with _mapped("commit"):
+            resp = await self._stream.recv()
+            if resp is None:
+                await self._stream.finish()  # raises containerd's error status
         if resp is None:
-            await self._stream.finish()  # raises containerd's error (e.g. digest mismatch)
             raise errors.Unavailable("containerd closed the write stream on COMMIT")
         while await self._stream.recv() is not None:
             pass

@@ -177,7 +177,9 @@ def download(host: str, port: int, ssl_context: ssl.SSLContext | None, *, sessio
             raise errors.DataLoss("oversized data channel header") from None
         meta = json.loads(line)
         if not meta.get("ok"):
-            raise errors.from_code(str(meta.get("code", "UNKNOWN")), str(meta.get("message")))
+            md = meta.get("metadata")
+            raise errors.from_wire(str(meta.get("code", "UNKNOWN")), str(meta.get("message")),
+                                   md if isinstance(md, dict) else None)
         if meta.get("offset") != offset or meta.get("size") != size or meta.get("end") != size:
             raise errors.DataLoss(f"{digest}: source offered an unexpected range {meta}")
         want = size - offset

@@ -10,7 +10,8 @@ a target first redeems its token with `OpenSession` (gRPC), then asks for ranges
 Protocol, one range per connection:
   → `{"session": …, "digest": …, "offset": N, "length": N}\\n` (JSON, ≤ 4 KiB)
   ← `{"ok": true, "offset": N, "end": N, "size": N}\\n` then exactly end-offset raw bytes
-  ← or `{"ok": false, "code": "PERMISSION_DENIED", "message": …}\\n`
+  ← or `{"ok": false, "code": "PERMISSION_DENIED", "message": …, "metadata": {…}}\\n` (an
+    agent error as `errors.to_wire` puts it: its reason under "tote-reason", as over gRPC)
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ class DataServer:
                     int(req.get("offset", 0)), int(req.get("length", 0)), ident,
                     trio_token=self._token)
             except errors.AgentError as exc:
-                self._reply(conn, False, code=exc.code, message=str(exc))
+                code, message, metadata = errors.to_wire(exc)
+                self._reply(conn, False, code=code, message=message, metadata=metadata)
                 return
             self._reply(conn, True, offset=offset, end=end, size=size)
             with path.open("rb", buffering=0) as f:

@@ -23,6 +23,7 @@ from tote_containerd.agent.containerd import ContainerdClient
 from tote_containerd.agent.errors import (
     AgentError,
     DataLoss,
+    DigestMismatch,
     FailedPrecondition,
     Unavailable,
 )
@@ -143,8 +144,8 @@ class FastPath:
             if "sha256:" + h.hexdigest() != d.digest:
                 part.unlink(missing_ok=True)
                 metrics.DIGEST_MISMATCH.inc()
-                raise DataLoss(f"{d.digest}: bytes from the source do not match the digest; "
-                               "rejected", reason="digest_mismatch")
+                raise DigestMismatch(f"{d.digest}: bytes from the source do not match the "
+                                     "digest; rejected")
             os.chmod(part, 0o444)
         else:
             reporter.add(d.size)

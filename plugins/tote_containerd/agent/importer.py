@@ -29,6 +29,7 @@ from tote_containerd.agent.content import LocalContent
 from tote_containerd.agent.errors import (
     AgentError,
     DataLoss,
+    DigestMismatch,
     FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
@@ -350,8 +351,7 @@ class Importer:
         data = b"".join(parts)
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
             metrics.DIGEST_MISMATCH.inc()
-            raise DataLoss(f"{digest}: bytes from the source do not match the digest",
-                           reason="digest_mismatch")
+            raise DigestMismatch(f"{digest}: bytes from the source do not match the digest")
         metrics.BYTES_RECEIVED.labels(path="api").inc(len(data))
         return data
 
@@ -406,10 +406,8 @@ class Importer:
                             reporter.add(len(data))
                             metrics.BYTES_RECEIVED.labels(path="api").inc(len(data))
                 await w.commit()
-        except FailedPrecondition as exc:
-            if not exc.reason and "digest" in str(exc).lower():
-                await self.cd.abort(ref)
-                metrics.DIGEST_MISMATCH.inc()
-                raise DataLoss(f"{d.digest}: bytes from the source do not match the digest; "
-                               f"rejected ({exc})", reason="digest_mismatch") from exc
-            raise
+        except DigestMismatch as exc:  # containerd hashed the bytes at COMMIT
+            await self.cd.abort(ref)
+            metrics.DIGEST_MISMATCH.inc()
+            raise DigestMismatch(f"{d.digest}: bytes from the source do not match the "
+                                 f"digest; rejected ({exc})") from exc

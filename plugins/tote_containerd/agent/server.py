@@ -3,21 +3,23 @@ caller from its certificate and call the trio side (`node_agent.NodeAgent`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpclib.const
 import grpclib.exceptions
 import grpclib.health.check
 import grpclib.health.service
 import grpclib.server
+import h2.exceptions
 import msgspec
 
 from tote_containerd._gen.tote.agent.v1 import agent_grpc
 from tote_containerd._gen.tote.agent.v1 import agent_pb2 as pb
-from tote_containerd.agent import convert, metrics, records
+from tote_containerd.agent import convert, errors, metrics, records
 from tote_containerd.agent._aio import aio, h2_config, trio_from_aio
 from tote_containerd.agent.api import ImportProgress, ImportRequest, PushRequest
 from tote_containerd.agent.errors import AgentError, single_leaf
@@ -51,13 +53,16 @@ def _bounded(msg: str) -> str:
     return msg if len(msg) <= MAX_STATUS_MESSAGE else msg[:MAX_STATUS_MESSAGE - 1] + "…"
 
 
-def _grpc_error(exc: AgentError) -> grpclib.exceptions.GRPCError:
-    status = grpclib.const.Status[exc.code] if exc.code in grpclib.const.Status.__members__ \
-        else grpclib.const.Status.UNKNOWN
-    msg = _bounded(str(exc))
-    if exc.reason:
-        msg = f"{msg} [reason={exc.reason}]"
-    return grpclib.exceptions.GRPCError(status, msg)
+async def _fail(stream: Any, exc: AgentError) -> NoReturn:
+    """End the call with `exc`'s status (`errors.to_wire`), its reason in the trailing
+    metadata. The trailers are sent here because a raised GRPCError carries no metadata;
+    the GRPCError raised after them only ends the handler (grpclib sends nothing more)."""
+    status, message, metadata = errors.to_wire(exc)
+    code, text = grpclib.const.Status[status], _bounded(message)
+    with contextlib.suppress(h2.exceptions.StreamClosedError):  # the caller left: no one to tell
+        await stream.send_trailing_metadata(status=code, status_message=text,
+                                            metadata=metadata)
+    raise grpclib.exceptions.GRPCError(code, text) from exc
 
 
 class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
@@ -83,7 +88,8 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
                 f"identity {ident.name!r} ({ident.role}) may not call {method}")
         return ident
 
-    async def _run(self, method: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    async def _run(self, stream: Any, method: str, fn: Callable[..., Awaitable[T]],
+                   *args: Any) -> T:
         try:
             try:
                 result = await trio_from_aio(fn, *args)
@@ -97,7 +103,7 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
             log.info("%s failed: %s", method, exc)
             if exc.__cause__ is not None:
                 log.debug("%s failure detail", method, exc_info=exc)
-            raise _grpc_error(exc) from exc
+            await _fail(stream, exc)
         except grpclib.exceptions.GRPCError:
             raise
         except Exception as exc:
@@ -112,13 +118,13 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
     async def Inspect(self, stream: Any) -> None:
         self._authorise(stream, "Inspect")
         req = await stream.recv_message()
-        res = await self._run("Inspect", self.agent.inspect, req.ref, req.platform)
+        res = await self._run(stream, "Inspect", self.agent.inspect, req.ref, req.platform)
         await stream.send_message(convert.to_pb(res, pb.InspectResponse))
 
     async def OpenSession(self, stream: Any) -> None:
         ident = self._authorise(stream, "OpenSession")
         req = await stream.recv_message()
-        s = await self._run("OpenSession", self.agent.source.open_session, req.token,
+        s = await self._run(stream, "OpenSession", self.agent.source.open_session, req.token,
                             req.target_node, ident)
         await stream.send_message(convert.to_pb(s, pb.OpenSessionResponse))
 
@@ -130,13 +136,13 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
             await aio(stream.send_message, pb.ReadBlobResponse(offset=offset, data=data,
                                                                total=total))
 
-        await self._run("ReadBlob", self.agent.source.read_blob, req.session, req.digest,
+        await self._run(stream, "ReadBlob", self.agent.source.read_blob, req.session, req.digest,
                         req.offset, req.length, ident, send)
 
     async def ExportLayer(self, stream: Any) -> None:
         ident = self._authorise(stream, "ExportLayer")
         req = await stream.recv_message()
-        res = await self._run("ExportLayer", self.agent.source.export_layer, req.session,
+        res = await self._run(stream, "ExportLayer", self.agent.source.export_layer, req.session,
                               req.layer_digest, ident)
         await stream.send_message(convert.to_pb(res, pb.ExportLayerResponse))
 
@@ -147,45 +153,45 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
         async def progress(p: ImportProgress) -> None:
             await aio(stream.send_message, convert.to_pb(p, pb.ImportProgress))
 
-        await self._run("ImportFrom", self.agent.importer.import_from,
+        await self._run(stream, "ImportFrom", self.agent.importer.import_from,
                         convert.from_pb(req, ImportRequest), progress)
 
     async def ListImages(self, stream: Any) -> None:
         self._authorise(stream, "ListImages")
         req = await stream.recv_message()
-        res = await self._run("ListImages", records.list_images, self.agent.cd, req.digest)
+        res = await self._run(stream, "ListImages", records.list_images, self.agent.cd, req.digest)
         images = [msgspec.to_builtins(r) for r in res]
         await stream.send_message(pb.ListImagesResponse(images=images))
 
     async def ResolveTag(self, stream: Any) -> None:
         self._authorise(stream, "ResolveTag")
         req = await stream.recv_message()
-        res = await self._run("ResolveTag", records.resolve_tag, self.agent.cd, req.ref)
+        res = await self._run(stream, "ResolveTag", records.resolve_tag, self.agent.cd, req.ref)
         await stream.send_message(convert.to_pb(res, pb.ResolveTagResponse))
 
     async def RemoveImage(self, stream: Any) -> None:
         self._authorise(stream, "RemoveImage")
         req = await stream.recv_message()
-        removed = await self._run("RemoveImage", records.remove_image, self.agent.cd,
+        removed = await self._run(stream, "RemoveImage", records.remove_image, self.agent.cd,
                                   list(req.names), req.digest)
         await stream.send_message(pb.RemoveImageResponse(removed=removed))
 
     async def SetPinned(self, stream: Any) -> None:
         self._authorise(stream, "SetPinned")
         req = await stream.recv_message()
-        updated = await self._run("SetPinned", records.set_pinned, self.agent.cd,
+        updated = await self._run(stream, "SetPinned", records.set_pinned, self.agent.cd,
                                   list(req.names), req.digest, req.pinned)
         await stream.send_message(pb.SetPinnedResponse(updated=updated))
 
     async def Push(self, stream: Any) -> None:
         self._authorise(stream, "Push")
         req = await stream.recv_message()
-        res = await self._run("Push", self.agent.push, convert.from_pb(req, PushRequest))
+        res = await self._run(stream, "Push", self.agent.push, convert.from_pb(req, PushRequest))
         await stream.send_message(convert.to_pb(res, pb.PushResponse))
 
     async def Health(self, stream: Any) -> None:
         await stream.recv_message()
-        res = await self._run("Health", self.agent.health)
+        res = await self._run(stream, "Health", self.agent.health)
         await stream.send_message(convert.to_pb(res, pb.HealthResponse))
 
 
