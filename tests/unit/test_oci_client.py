@@ -135,7 +135,7 @@ def test_accept_lists_every_manifest_kind_once() -> None:
     (RegistryError("registry sent no Location"), errors.FailedPrecondition, "registry_error"),
     (RegistryTimeout("slow"), errors.DeadlineExceeded, "registry_unreachable"),
     (RegistryError("gone", reason="unreachable"), errors.Unavailable, "registry_unreachable"),
-    (DigestNotPreserved("other digest"), errors.DataLoss, "digest_mismatch"),
+    (DigestNotPreserved("other digest"), errors.DigestMismatch, "digest_mismatch"),
 ])  # fmt: skip
 def test_the_agent_maps_registry_errors_at_its_edge(
     exc: RegistryError, kind: type[errors.AgentError], reason: str

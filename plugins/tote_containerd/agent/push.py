@@ -44,6 +44,7 @@ from tote_containerd.agent.errors import (
     AgentError,
     DataLoss,
     DeadlineExceeded,
+    DigestMismatch,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -104,7 +105,7 @@ def _agent_error(exc: RegistryError) -> AgentError:
     plugin): the gRPC code by what happened, the bounded `reason` it has always had."""
     msg = str(exc)
     if isinstance(exc, DigestNotPreserved):
-        return DataLoss(msg, reason="digest_mismatch")
+        return DigestMismatch(msg)
     if isinstance(exc, RegistryTimeout):
         return DeadlineExceeded(msg, reason="registry_unreachable")
     if exc.reason == UNREACHABLE:
