@@ -248,8 +248,16 @@ class Unpacker:
         original bytes). Removed again on any failure."""
         # containerd's own key format for extractions ("extract-<unique> <chain id>").
         key = f"extract-{time.time_ns()}-{os.urandom(4).hex()} {chain}"
-        resp = await self.cd.call(self._snapshots.Prepare, snapshots_pb2.PrepareSnapshotRequest(
-            snapshotter=sn, key=key, parent=parent, labels=labels), lease=lease)
+        try:
+            resp = await self.cd.call(self._snapshots.Prepare,
+                                      snapshots_pb2.PrepareSnapshotRequest(
+                                          snapshotter=sn, key=key, parent=parent,
+                                          labels=labels), lease=lease)
+        except BaseException:
+            # Cancelled while the Prepare was in flight (a sibling extraction failed):
+            # containerd may have made the snapshot all the same.
+            await self.remove(sn, key, missing_ok=True)
+            raise
         mounts = list(resp.mounts)
         if upper_only:
             mounts = _upper_only(mounts)
@@ -285,13 +293,17 @@ class Unpacker:
         if blob_here:
             await self.cd.update_labels(layer.digest, {LABEL_UNCOMPRESSED: diff_id})
 
-    async def remove(self, sn: str, key: str) -> None:
+    async def remove(self, sn: str, key: str, *, missing_ok: bool = False) -> None:
         """Remove an active snapshot (an extraction, a view) even while being cancelled; a
-        failure is logged only (its lease's expiry removes it then)."""
+        failure is logged only (its lease's expiry removes it then). `missing_ok`: the
+        snapshot may never have been made."""
         with trio.CancelScope(shield=True), trio.move_on_after(30):
             try:
                 await self.cd.call(self._snapshots.Remove, snapshots_pb2.RemoveSnapshotRequest(
                     snapshotter=sn, key=key))
+            except NotFound:
+                if not missing_ok:
+                    log.warning("snapshot %r was already gone", key)
             except AgentError as exc:
                 log.warning("could not remove snapshot %r (its lease removes it): %s", key,
                             exc)
