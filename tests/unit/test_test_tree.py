@@ -34,11 +34,7 @@ SKIP_NAMES = {"skip", "skipif", "importorskip", "SkipTest", "skipIf", "skipUnles
 SKIP_MODULES = {"pytest", "unittest", "_pytest"}
 # Bare skips in files another change owns right now, each to become `require(...)`; an entry
 # whose file no longer has that many is removed (test_pending_skips_are_still_there).
-PENDING_SKIPS: dict[str, int] = {
-    "tests/integration/containerd/conftest.py": 1,
-    "tests/integration/containerd/test_agent_rpc_fuzz.py": 1,
-    "tests/integration/containerd/test_containerd_push.py": 2,
-}
+PENDING_SKIPS: dict[str, int] = {}
 
 
 # --------------------------------------------------------------------------- skips

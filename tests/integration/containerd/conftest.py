@@ -1,7 +1,7 @@
 """Fixtures: several real containerd daemons (one per "node") and tote agents with mTLS.
 
 Every process is started through `ProcessGroup` and stopped by PID at the end of the module.
-Skipped when containerd/ctr are not installed or not running as root.
+Skipped (a failure under CI) when containerd/ctr are not installed or not running as root.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.cluster.agent_pki import make_pki  # noqa: E402
+from tests.cluster.ci import require  # noqa: E402
 from tests.cluster.containerd_env import Env, containerd_unusable, start_node  # noqa: E402
 from tests.cluster.procs import ProcessGroup  # noqa: E402
 
@@ -29,8 +30,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
     why = containerd_unusable()
-    if why:
-        pytest.skip(why)
+    require(why is None, why)
     base = Path(tempfile.mkdtemp(prefix="tote-ctd-"))
     group = ProcessGroup(base / "logs")
     e = Env(base=base, group=group, pki=make_pki(base / "pki"))

@@ -37,6 +37,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.cluster.agent_pki import PKI, Identity, make_pki
+from tests.cluster.ci import require
 from tests.cluster.containerd_env import (
     AgentProc,
     containerd_unusable,
@@ -62,8 +63,7 @@ class Agent:
 @pytest.fixture(scope="module")
 def agent() -> Iterator[Agent]:
     why = containerd_unusable()
-    if why:
-        pytest.skip(why)
+    require(why is None, why)
     base = Path(tempfile.mkdtemp(prefix="tote-fuzz-"))
     group = ProcessGroup(base / "logs")
     pki = make_pki(base / "pki")

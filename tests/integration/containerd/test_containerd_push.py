@@ -31,6 +31,7 @@ from tote_containerd.agent.api import PushRequest, PushResult
 from tote_containerd.agent.client import AgentClient
 from tote_containerd.agent.tls import client_context
 
+from tests.cluster.ci import require
 from tests.cluster.containerd_env import Env
 from tests.cluster.pki import make_ca
 from tests.cluster.prom import scrape_total
@@ -48,8 +49,7 @@ WRITES = {"POST", "PATCH", "PUT"}
 
 @pytest.fixture(scope="module")
 def registry(env: Env) -> Iterator[Registry]:
-    if not available():
-        pytest.skip("docker-registry is needed")
+    require(available(), "docker-registry is needed (.ci/install installs it)")
     ca = make_ca(env.base / "reg-pki", common_name="tote-push-test-ca")
     pair = ca.issue("registry", common_name="127.0.0.1", ip_addresses=("127.0.0.1",),
                     server=True)
@@ -284,8 +284,7 @@ async def test_9_bearer_token_registry_plain_http_insecure(env: Env) -> None:
     from tests.cluster.tokenauth import TokenServer
     from tote_core.errors import RegistryError
 
-    if not available():
-        pytest.skip("docker-registry is needed")
+    require(available(), "docker-registry is needed (.ci/install installs it)")
     tokens = TokenServer(env.base / "token", {USER: PASSWORD})
     reg = start_registry(env.base / "token-registry", users={USER: PASSWORD}, token=tokens)
     try:
