@@ -241,7 +241,7 @@ def load(
             raise
         loaded.core_error = str(exc)
         loaded.settings = None
-    _check_sections(file, pre.config, host, disabled)
+    _check_sections(file, pre.config, host)
     for name, group in groups.items():
         plugin = Merged(group)
         try:
@@ -301,8 +301,7 @@ def _dests(group: Group) -> set[str]:
     return {group.dest(f.name) for f in group.fields()}
 
 
-def _check_sections(file: Mapping[str, Any], path: str | None, host: PluginHost,
-                    disabled: Sequence[str]) -> None:
+def _check_sections(file: Mapping[str, Any], path: str | None, host: PluginHost) -> None:
     """Every `plugins.<name>` section of the config file names an installed plugin."""
     known = {p.name for p in host.plugins}
     for name in (file.get("plugins") or {}):
@@ -310,7 +309,6 @@ def _check_sections(file: Mapping[str, Any], path: str | None, host: PluginHost,
             continue
         raise ConfigError(f"config file {path}: plugins.{name}: no plugin named {name!r} is "
                           f"installed (installed: {', '.join(sorted(known)) or 'none'})")
-    del disabled
 
 
 def _describe(groups: Mapping[str, Group], loaded: Loaded) -> dict[str, tuple[SettingInfo, ...]]:
