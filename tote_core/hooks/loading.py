@@ -102,7 +102,7 @@ def _supported(kind: mi.Type) -> bool:
 
 def _settings_types(host: PluginHost, core: Group, *, strict: bool
                     ) -> dict[str, type[msgspec.Struct]]:
-    """Ask every loaded plugin for its settings Struct; refuse one that raises, answers
+    """Step 3: ask every loaded plugin for its settings Struct; refuse one that raises, answers
     something unusable or would spell a flag another group already has."""
     taken = {core.dest(f.name): "core" for f in core.fields()}
     taken["config"] = "core"
@@ -179,32 +179,73 @@ def load(
     (`tote plugins`) never raises for a plugin: a plugin that fails to load, to declare or
     to validate its settings is marked failed with its reason, and core's errors are kept
     in `Loaded.core_error`.
+
+    The steps, in the order the module docstring explains: read the disabled list, load the
+    other plugins, ask them for their settings, parse the command line, then validate core's
+    settings and each plugin's.
     """
     env = os.environ if environ is None else environ
+    pre = _read_disabled_list(argv, prog, env)
+    host = _load_plugins(host or PluginHost(), pre, strict=strict)
+    core = Group(core_cls)
+    groups = {name: plugin_group(name, cls)
+              for name, cls in _settings_types(host, core, strict=strict).items()}
+    values, extra_args = _parse_command_line(argv, prog, extra, core, groups, pre.disabled)
+    loaded = Loaded(settings=None, host=host, args=extra_args)
+    _validate_core(loaded, pre, env, values, core, groups, file_superset, strict=strict)
+    _check_sections(pre.file, pre.config, host)
+    _validate_plugins(loaded, pre, env, values, groups, strict=strict)
+    host.plugin_settings = PluginSettings(loaded.plugin_settings)
+    host.describe_settings(_describe(groups, loaded))
+    return loaded
+
+
+@dataclass
+class _PreParsed:
+    """What is known before any plugin loads: the config file and the disabled list."""
+
+    config: str | None
+    file: dict[str, Any]
+    disabled: list[str]
+    disabled_by: str
+
+
+def _read_disabled_list(argv: Sequence[str], prog: str, env: Mapping[str, str]) -> _PreParsed:
+    """Step 1: `--config` and the disabled plugins, from the one source that names them."""
     pre_parser = ArgumentParser(prog=prog, add_help=False)
     pre_parser.add_argument("--config", default=None)
     pre_parser.add_argument("--plugins-disabled", default=None)
     pre, _ = pre_parser.parse_known_args(list(argv))
     file = read_config_file(pre.config)
     disabled, disabled_by = _disabled(pre, env, file, pre.config)
+    return _PreParsed(config=pre.config, file=file, disabled=disabled,
+                      disabled_by=disabled_by)
 
-    host = host or PluginHost()
-    host.load(disabled, disabled_by=disabled_by)
+
+def _load_plugins(host: PluginHost, pre: _PreParsed, *, strict: bool) -> PluginHost:
+    """Step 2: import every plugin not disabled; strictly, refuse a failed plugin and a
+    disabled name no plugin has."""
+    host.load(pre.disabled, disabled_by=pre.disabled_by)
     if strict:
         host.check()
-        refused = host.unknown_disabled_error(disabled_by)
+        refused = host.unknown_disabled_error(pre.disabled_by)
         if refused is not None:
             raise refused
-    core = Group(core_cls)
-    types = _settings_types(host, core, strict=strict)
+    return host
 
+
+def _parse_command_line(
+    argv: Sequence[str], prog: str, extra: Callable[[argparse.ArgumentParser], None] | None,
+    core: Group, groups: Mapping[str, Group], disabled: Sequence[str],
+) -> tuple[dict[str, Any], argparse.Namespace]:
+    """Step 4: one parser with core's flags, every plugin's and the subcommand's own; the
+    parsed values, and the subcommand's arguments apart."""
     parser = ArgumentParser(prog=prog)
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="YAML/JSON settings file (flags > TOTE_* env > file)")
     if extra is not None:
         extra(parser)
     add_flags(parser, core)
-    groups = {name: plugin_group(name, cls) for name, cls in types.items()}
     for name, group in groups.items():
         add_flags(parser.add_argument_group(f"plugin {name}"), group)
     ns, unknown = parser.parse_known_args(list(argv))
@@ -218,13 +259,21 @@ def load(
         k: v for k, v in values.items()
         if k != "config" and k not in _dests(core) and not any(
             k in _dests(g) for g in groups.values())})
+    return values, extra_args
 
-    loaded = Loaded(settings=None, host=host, args=extra_args)
+
+def _validate_core(
+    loaded: Loaded, pre: _PreParsed, env: Mapping[str, str], values: Mapping[str, Any],
+    core: Group, groups: Mapping[str, Group], file_superset: type[msgspec.Struct] | None,
+    *, strict: bool,
+) -> None:
+    """Step 5: core's settings from file < environment < flags into `loaded.settings`
+    (not strict: the error into `loaded.core_error`)."""
     merged = Merged(core)
     try:
-        _misplaced(file, pre.config, core, groups)
+        _misplaced(pre.file, pre.config, core, groups)
         if pre.config:
-            values_in_file = core_file_values(file)
+            values_in_file = core_file_values(pre.file)
             if file_superset is not None:
                 wider = {f.name for f in Group(file_superset).fields()}
                 values_in_file = {k: v for k, v in values_in_file.items()
@@ -233,19 +282,26 @@ def load(
             merged.read_file(values_in_file, pre.config)
         merged.read_env(env)
         merged.read_flags({k: values[core.dest(k)] for k in merged.kinds})
-        if disabled_by:  # the value the plugins were loaded with, whatever else says
-            merged.values["plugins_disabled"] = disabled
+        if pre.disabled_by:  # the value the plugins were loaded with, whatever else says
+            merged.values["plugins_disabled"] = pre.disabled
         loaded.settings = merged.validate()
     except ConfigError as exc:
         if strict:
             raise
         loaded.core_error = str(exc)
         loaded.settings = None
-    _check_sections(file, pre.config, host)
+
+
+def _validate_plugins(
+    loaded: Loaded, pre: _PreParsed, env: Mapping[str, str], values: Mapping[str, Any],
+    groups: Mapping[str, Group], *, strict: bool,
+) -> None:
+    """Step 6: each plugin's settings from its `plugins.<name>` section < environment <
+    flags into `loaded.plugin_settings` (not strict: a plugin that fails is marked failed)."""
     for name, group in groups.items():
         plugin = Merged(group)
         try:
-            section = (file.get("plugins") or {}).get(name)
+            section = (pre.file.get("plugins") or {}).get(name)
             if section is not None:
                 if not isinstance(section, dict):
                     raise ConfigError(f"plugin {name}: config file {pre.config}: "
@@ -258,10 +314,7 @@ def load(
         except ConfigError as exc:
             if strict:
                 raise
-            host.mark_failed(name, str(exc).removeprefix(f"plugin {name}: "))
-    host.plugin_settings = PluginSettings(loaded.plugin_settings)
-    host.describe_settings(_describe(groups, loaded))
-    return loaded
+            loaded.host.mark_failed(name, str(exc).removeprefix(f"plugin {name}: "))
 
 
 def _misplaced(file: Mapping[str, Any], path: str | None, core: Group,
