@@ -19,8 +19,9 @@ each a host of its own on a bridge, with a pod network, Services and cluster DNS
 Every process is tracked by PID; teardown stops them, then removes the namespaces, links and
 routes it created. `python -m tests.cluster.cluster` brings it up by hand.
 
-Over 400 lines on purpose: `start_cluster` is one ordered start-up (images, control plane,
-controller-manager, scheduler, kubelets) that reads best whole.
+`start_cluster` runs those steps in order, each a function named for what it does
+(`_build_cluster_images`, `_start_cluster_control_plane`, `_start_controller_manager`,
+`_start_scheduler`, `_start_kubelet_nodes`, `_start_node_networking`, `_report_startup`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from tests.cluster.image_node import ImageNodes
 from tests.cluster.netns import ClusterNetwork, open_network
 from tests.cluster.node import KubeletNode, start_kubelet_node
 from tests.cluster.node_network import KUBE_ROUTER_RBAC, start_kube_proxy, start_kube_router
+from tests.cluster.objects import pod_running
 from tests.cluster.procs import Proc, ProcessGroup, wait_until
 
 CLUSTER_BINARIES = ("kube-controller-manager", "kube-scheduler", "kubelet")
@@ -221,10 +223,7 @@ class KubeCluster:
             if pod is None:
                 return False
             got.update(pod)
-            st = pod.get("status", {})
-            return st.get("phase") == "Running" and all(
-                "running" in (c.get("state") or {}) for c in st.get("containerStatuses", [])
-            )
+            return pod_running(pod)
 
         try:
             wait_until(
@@ -341,6 +340,141 @@ def _sa_key(cp: ControlPlane) -> Path:
     return key
 
 
+@dataclass(frozen=True)
+class _ClusterImages:
+    """The images every node holds before anything runs (built here, nothing pulled)."""
+
+    pause: oci.OciImage
+    hello: oci.OciImage
+    coredns: oci.OciImage
+
+
+def _build_cluster_images(images_dir: Path, network_bins: Path) -> _ClusterImages:
+    return _ClusterImages(pause=oci.build_pause(images_dir), hello=oci.build_hello(images_dir),
+                          coredns=network_images.build_coredns_image(images_dir, network_bins))
+
+
+def _start_cluster_control_plane(workdir: Path, bin_dir: Path, net: ClusterNetwork
+                                 ) -> ControlPlane:
+    """The control plane on the bridge's gateway address; the network goes down with it if
+    it fails to start (nothing else holds the network yet)."""
+    try:
+        return start_control_plane(
+            workdir / "controlplane", bin_dir, namespace=HARNESS_NAMESPACE,
+            service_account_admission=True, address=net.gateway,
+            service_range=net.service_range,
+        )  # fmt: skip
+    except BaseException:
+        net.down()
+        raise
+
+
+def _client_kubeconfig(cluster: KubeCluster, ca: pki.CA, name: str) -> Path:
+    """A kubeconfig for the system component `name` (user `system:<name>`), its client
+    certificate issued by the control plane's CA."""
+    cp = cluster.control_plane
+    cert = ca.issue(name, common_name=f"system:{name}", client=True)
+    return write_kubeconfig(cluster.workdir / f"{name}.kubeconfig", server=cp.server,
+                            ca_file=cp.ca_file, user=f"system:{name}",
+                            client_cert=cert.cert, client_key=cert.key)
+
+
+def _start_controller_manager(cluster: KubeCluster, bin_dir: Path, ca: pki.CA) -> None:
+    cp = cluster.control_plane
+    cluster.procs.start("kube-controller-manager", [
+        str(bin_dir / "kube-controller-manager"),
+        f"--kubeconfig={_client_kubeconfig(cluster, ca, 'kube-controller-manager')}",
+        "--bind-address=127.0.0.1",
+        "--secure-port=0",
+        "--leader-elect=false",
+        "--use-service-account-credentials=true",
+        f"--service-account-private-key-file={_sa_key(cp)}",
+        f"--root-ca-file={cp.ca_file}",
+        # Pod CIDRs are the harness's (netns.py), recorded on each Node; no cloud.
+        "--controllers=*,-nodeipam",
+        "--allocate-node-cidrs=false",
+        f"--service-cluster-ip-range={cluster.net.service_range}",
+        "--node-monitor-period=2s",
+        "--concurrent-gc-syncs=5",
+        "--v=1",
+    ])  # fmt: skip
+
+
+def _start_scheduler(cluster: KubeCluster, bin_dir: Path, ca: pki.CA) -> None:
+    cluster.procs.start("kube-scheduler", [
+        str(bin_dir / "kube-scheduler"),
+        f"--kubeconfig={_client_kubeconfig(cluster, ca, 'kube-scheduler')}",
+        "--bind-address=127.0.0.1",
+        "--secure-port=0",
+        "--leader-elect=false",
+        "--v=1",
+    ])  # fmt: skip
+
+
+def _start_kubelet_nodes(cluster: KubeCluster, bin_dir: Path, ca: pki.CA,
+                         node_names: tuple[str, ...], images: _ClusterImages) -> None:
+    """One kubelet node per name (the first the workload node, the others tainted source
+    nodes), each holding the hello and CoreDNS images; then the pod network between them."""
+    cp, net = cluster.control_plane, cluster.net
+    kubelet_dir = versions.kubelet_bin_dir(bin_dir)
+    # Node dirs are named after the node, so one path with `$(NODE_NAME)` in it (the chart's
+    # agent.containerdSocket / agent.contentRoot) finds each node's own containerd.
+    for i, name in enumerate(node_names):
+        taints = () if i == 0 else (f"{SOURCE_TAINT}=true:NoSchedule",)
+        node = start_kubelet_node(
+            cluster.workdir / "nodes" / name, bin_dir=kubelet_dir, server=cp.server,
+            ca_file=cp.ca_file, ca_key=ca.key, pause=images.pause, name=name,
+            net=net.add_node(), cluster_dns=net.dns_service_ip, taints=taints,
+        )  # fmt: skip
+        cluster.nodes.append(node)
+        node.import_image(images.hello)
+        node.import_image(images.coredns)
+    net.connect_pods()
+
+
+def _start_node_networking(cluster: KubeCluster, bin_dir: Path, network_bins: Path,
+                           ca: pki.CA) -> None:
+    """Each node's pod CIDR on its Node, kube-proxy (Services) and kube-router (the
+    NetworkPolicy firewall) beside its kubelet."""
+    cp, net = cluster.control_plane, cluster.net
+    cluster.apply(KUBE_ROUTER_RBAC)
+    for node in cluster.nodes:
+        cluster.record_pod_cidr(node)
+        start_kube_proxy(node, bin_dir=bin_dir, ca=ca, server=cp.server,
+                         ca_file=cp.ca_file, cluster_cidr=net.pod_range)  # fmt: skip
+        start_kube_router(node, bin_dir=network_bins, ca=ca, server=cp.server,
+                          ca_file=cp.ca_file, service_range=net.service_range)  # fmt: skip
+
+
+def _check_processes_alive(procs: ProcessGroup) -> None:
+    for p in procs.procs:
+        if not p.alive():
+            raise RuntimeError(f"{p.name} exited ({p.popen.returncode}):\n{p.log_tail()}")
+
+
+def _report_startup(cluster: KubeCluster, marks: list[float]) -> None:
+    """Keep and print how long each step took (start, images, control plane, components,
+    nodes, end), and each node's own steps."""
+    t0, t_img, t_cp, t_ctl, t_node, t_end = marks
+    cluster.startup_seconds = {
+        "images": round(t_img - t0, 2),
+        "control-plane": round(t_cp - t_img, 2),
+        "controller-manager+scheduler": round(t_ctl - t_cp, 2),
+        "nodes (containerd, kubelet, kube-proxy, kube-router)": round(t_node - t_ctl, 2),
+        "nodes Ready + cluster DNS": round(t_end - t_node, 2),
+        "total": round(t_end - t0, 2),
+    }
+    print(
+        "e2e cluster up in {total}s: ".format(**cluster.startup_seconds)
+        + ", ".join(f"{k} {v}s" for k, v in cluster.startup_seconds.items() if k != "total")
+        + "".join(
+            f"; node {n.name}: " + ", ".join(f"{k} {v}s" for k, v in n.startup_seconds.items())
+            for n in cluster.nodes
+        ),
+        file=sys.stderr,
+    )
+
+
 def start_cluster(
     workdir: Path,
     bin_dir: Path,
@@ -354,134 +488,40 @@ def start_cluster(
     missing = missing_binaries(bin_dir)
     if missing:
         raise FileNotFoundError(f"missing binaries in {bin_dir}: {missing}")
-    t0 = time.monotonic()
+    marks = [time.monotonic()]
     workdir.mkdir(parents=True, exist_ok=True)
-    images_dir = workdir / "images"
-    pause = oci.build_pause(images_dir)
-    hello = oci.build_hello(images_dir)
     network_bins = versions.network_bin_dir()
     assert network_bins is not None  # missing_binaries said so
-    coredns = network_images.build_coredns_image(images_dir, network_bins)
-    t_img = time.monotonic()
+    images = _build_cluster_images(workdir / "images", network_bins)
+    marks.append(time.monotonic())
 
     net = open_network()
-    try:
-        cp = start_control_plane(
-            workdir / "controlplane", bin_dir, namespace=HARNESS_NAMESPACE,
-            service_account_admission=True, address=net.gateway,
-            service_range=net.service_range,
-        )  # fmt: skip
-    except BaseException:
-        net.down()
-        raise
-    t_cp = time.monotonic()
+    cp = _start_cluster_control_plane(workdir, bin_dir, net)
+    marks.append(time.monotonic())
 
-    procs = ProcessGroup(log_dir=workdir / "logs")
     cluster = KubeCluster(
         control_plane=cp,
         workdir=workdir,
-        procs=procs,
+        procs=ProcessGroup(log_dir=workdir / "logs"),
         net=net,
-        pause_image=pause,
-        hello_image=hello,
+        pause_image=images.pause,
+        hello_image=images.hello,
     )
     try:
-        ca_key = _ca_key(cp)
-        ca = pki.CA(cert=cp.ca_file, key=ca_key, dir=workdir / "pki")
         (workdir / "pki").mkdir(exist_ok=True)
-        kcm_cert = ca.issue(
-            "kube-controller-manager", common_name="system:kube-controller-manager", client=True
-        )
-        sched_cert = ca.issue("kube-scheduler", common_name="system:kube-scheduler", client=True)
-        kcm_kc = write_kubeconfig(
-            workdir / "kcm.kubeconfig",
-            server=cp.server,
-            ca_file=cp.ca_file,
-            user="system:kube-controller-manager",
-            client_cert=kcm_cert.cert,
-            client_key=kcm_cert.key,
-        )
-        sched_kc = write_kubeconfig(
-            workdir / "scheduler.kubeconfig",
-            server=cp.server,
-            ca_file=cp.ca_file,
-            user="system:kube-scheduler",
-            client_cert=sched_cert.cert,
-            client_key=sched_cert.key,
-        )
-        procs.start("kube-controller-manager", [
-            str(bin_dir / "kube-controller-manager"),
-            f"--kubeconfig={kcm_kc}",
-            "--bind-address=127.0.0.1",
-            "--secure-port=0",
-            "--leader-elect=false",
-            "--use-service-account-credentials=true",
-            f"--service-account-private-key-file={_sa_key(cp)}",
-            f"--root-ca-file={cp.ca_file}",
-            # Pod CIDRs are the harness's (netns.py), recorded on each Node below; no cloud.
-            "--controllers=*,-nodeipam",
-            "--allocate-node-cidrs=false",
-            f"--service-cluster-ip-range={net.service_range}",
-            "--node-monitor-period=2s",
-            "--concurrent-gc-syncs=5",
-            "--v=1",
-        ])  # fmt: skip
-        procs.start("kube-scheduler", [
-            str(bin_dir / "kube-scheduler"),
-            f"--kubeconfig={sched_kc}",
-            "--bind-address=127.0.0.1",
-            "--secure-port=0",
-            "--leader-elect=false",
-            "--v=1",
-        ])  # fmt: skip
-        t_ctl = time.monotonic()
-
-        kubelet_dir = versions.kubelet_bin_dir(bin_dir)
-        # Node dirs are named after the node, so one path with `$(NODE_NAME)` in it (the chart's
-        # agent.containerdSocket / agent.contentRoot) finds each node's own containerd.
-        for i, name in enumerate(node_names):
-            taints = () if i == 0 else (f"{SOURCE_TAINT}=true:NoSchedule",)
-            node = start_kubelet_node(
-                workdir / "nodes" / name, bin_dir=kubelet_dir, server=cp.server,
-                ca_file=cp.ca_file, ca_key=ca_key, pause=pause, name=name,
-                net=net.add_node(), cluster_dns=net.dns_service_ip, taints=taints,
-            )  # fmt: skip
-            cluster.nodes.append(node)
-            node.import_image(hello)
-            node.import_image(coredns)
-        net.connect_pods()
-        cluster.apply(KUBE_ROUTER_RBAC)
-        for node in cluster.nodes:
-            cluster.record_pod_cidr(node)
-            start_kube_proxy(node, bin_dir=bin_dir, ca=ca, server=cp.server,
-                             ca_file=cp.ca_file, cluster_cidr=net.pod_range)  # fmt: skip
-            start_kube_router(node, bin_dir=network_bins, ca=ca, server=cp.server,
-                              ca_file=cp.ca_file, service_range=net.service_range)  # fmt: skip
-        t_node = time.monotonic()
-        for p in procs.procs:
-            if not p.alive():
-                raise RuntimeError(f"{p.name} exited ({p.popen.returncode}):\n{p.log_tail()}")
+        ca = pki.CA(cert=cp.ca_file, key=_ca_key(cp), dir=workdir / "pki")
+        _start_controller_manager(cluster, bin_dir, ca)
+        _start_scheduler(cluster, bin_dir, ca)
+        marks.append(time.monotonic())
+        _start_kubelet_nodes(cluster, bin_dir, ca, node_names, images)
+        _start_node_networking(cluster, bin_dir, network_bins, ca)
+        marks.append(time.monotonic())
+        _check_processes_alive(cluster.procs)
         if wait_ready:
             cluster.wait_node_ready()
-            cluster_dns.install(cluster, coredns.name, net.dns_service_ip)
-        t_end = time.monotonic()
-        cluster.startup_seconds = {
-            "images": round(t_img - t0, 2),
-            "control-plane": round(t_cp - t_img, 2),
-            "controller-manager+scheduler": round(t_ctl - t_cp, 2),
-            "nodes (containerd, kubelet, kube-proxy, kube-router)": round(t_node - t_ctl, 2),
-            "nodes Ready + cluster DNS": round(t_end - t_node, 2),
-            "total": round(t_end - t0, 2),
-        }
-        print(
-            "e2e cluster up in {total}s: ".format(**cluster.startup_seconds)
-            + ", ".join(f"{k} {v}s" for k, v in cluster.startup_seconds.items() if k != "total")
-            + "".join(
-                f"; node {n.name}: " + ", ".join(f"{k} {v}s" for k, v in n.startup_seconds.items())
-                for n in cluster.nodes
-            ),
-            file=sys.stderr,
-        )
+            cluster_dns.install(cluster, images.coredns.name, net.dns_service_ip)
+        marks.append(time.monotonic())
+        _report_startup(cluster, marks)
         return cluster
     except BaseException as exc:
         tails = "\n".join(f"--- {k} ---\n{v[-3000:]}" for k, v in cluster.logs().items())

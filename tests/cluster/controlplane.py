@@ -16,8 +16,9 @@
 Every daemon is a `procs.ProcessGroup` member: tracked by PID, logged to a file, stopped by
 PID. Nothing here contacts anything outside 127.0.0.1 and the cluster's own bridge.
 
-Over 400 lines on purpose: `start_control_plane` is one ordered start-up (PKI, etcd,
-kube-apiserver, the chart's CRD and RBAC, the controller's identity) that reads best whole.
+`start_control_plane` runs those steps in order, each a function named for what it does
+(`_issue_certificates`, `_start_etcd`, `_apiserver_argv`, `_install_tote_objects`,
+`_write_controller_kubeconfig`, `_report_startup`).
 """
 
 from __future__ import annotations
@@ -294,6 +295,170 @@ def _render_chart(bin_dir: Path, namespace: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(res.stdout) if d]
 
 
+@dataclass(frozen=True)
+class _ControlPlaneCerts:
+    """What the control plane's PKI step issues: the cluster CA, the apiserver's serving
+    pair, the admin's client pair and the ServiceAccount token signing key."""
+
+    ca: pki.CA
+    serving: pki.CertPair
+    admin: pki.CertPair
+    sa: pki.CertPair
+
+
+def _issue_certificates(pki_dir: Path, address: str, service_ip: str) -> _ControlPlaneCerts:
+    """A fresh cluster CA; the apiserver's serving certificate names every way a client
+    reaches it (loopback, `address`, the `kubernetes` Service's IP and DNS names)."""
+    ca = pki.make_ca(pki_dir)
+    serving = ca.issue(
+        "apiserver",
+        common_name="kube-apiserver",
+        dns_names=(
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ),
+        ip_addresses=tuple(dict.fromkeys(("127.0.0.1", address, service_ip))),
+        server=True,
+    )
+    admin = ca.issue(
+        "admin", common_name="tote-admin", organizations=("system:masters",), client=True
+    )
+    return _ControlPlaneCerts(ca=ca, serving=serving, admin=admin,
+                              sa=pki.make_rsa_keypair(pki_dir, "sa"))
+
+
+def _start_etcd(procs: ProcessGroup, workdir: Path, bin_dir: Path) -> str:
+    """A single-member etcd on free loopback ports, waited for; its client URL."""
+    etcd_client, etcd_peer = free_port(), free_port()
+    etcd_url = f"http://127.0.0.1:{etcd_client}"
+    peer_url = f"http://127.0.0.1:{etcd_peer}"
+    etcd = procs.start(
+        "etcd",
+        [
+            str(bin_dir / "etcd"),
+            "--name=tote-test",
+            f"--data-dir={workdir / 'etcd'}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=tote-test={peer_url}",
+            "--initial-cluster-state=new",
+            "--unsafe-no-fsync=true",  # throw-away data: don't pay for fsync
+            "--log-level=warn",
+        ],
+    )
+
+    def etcd_healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{etcd_url}/health", timeout=2) as resp:
+                return bool(json.load(resp).get("health") == "true")
+        except (OSError, ValueError):
+            return False
+
+    wait_until(etcd_healthy, timeout=30, what="etcd /health", proc=etcd)
+    return etcd_url
+
+
+def _apiserver_argv(
+    workdir: Path, bin_dir: Path, certs: _ControlPlaneCerts, *, etcd_url: str, address: str,
+    port: int, service_range: str, service_account_admission: bool,
+    extra_apiserver_args: tuple[str, ...],
+) -> list[str]:
+    """kube-apiserver's command line (kept on the ControlPlane so a test can restart it)."""
+    loopback = address.startswith("127.")
+    return [
+        str(bin_dir / "kube-apiserver"),
+        f"--etcd-servers={etcd_url}",
+        f"--bind-address={address}",
+        f"--advertise-address={address}",
+        f"--secure-port={port}",
+        f"--cert-dir={workdir / 'apiserver-certs'}",
+        f"--tls-cert-file={certs.serving.cert}",
+        f"--tls-private-key-file={certs.serving.key}",
+        f"--client-ca-file={certs.ca.cert}",
+        "--authorization-mode=Node,RBAC",
+        f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+        f"--service-account-key-file={certs.sa.cert}",
+        f"--service-account-signing-key-file={certs.sa.key}",
+        f"--service-cluster-ip-range={service_range}",
+        # Without kube-controller-manager nobody creates the `default` ServiceAccount,
+        # so ServiceAccount admission would reject every Pod.
+        *(() if service_account_admission else ("--disable-admission-plugins=ServiceAccount",)),
+        # The `kubernetes` Service endpoints would point at 127.0.0.1 (invalid): skip.
+        *(("--endpoint-reconciler-type=none",) if loopback
+          # kubelets by address: a node's name would be looked up in the host's DNS
+          else ("--enable-aggregator-routing=true",
+                "--kubelet-preferred-address-types=InternalIP")),
+        "--allow-privileged=true",
+        "--profiling=false",
+        "--event-ttl=1h",
+        # Audit log of ServiceAccount requests only, metadata level (who, verb, object,
+        # response code): tests/integration/salvage/test_rbac_calls.py derives the
+        # controller's RBAC from it. Admin and node traffic is not logged.
+        f"--audit-policy-file={_audit_policy(workdir)}",
+        f"--audit-log-path={workdir / AUDIT_LOG}",
+        *extra_apiserver_args,
+    ]
+
+
+def _install_tote_objects(cp: ControlPlane) -> None:
+    """tote's namespace, CRDs (waited until Established) and RBAC, rendered from the chart;
+    not the `helm test` hook's objects (they exist only while `helm test` runs)."""
+    docs = _render_chart(cp.bin_dir, cp.namespace)
+    kinds = {d.get("kind") for d in docs}
+    for want in ("CustomResourceDefinition", "ClusterRole", "Role", "ServiceAccount"):
+        if want not in kinds:
+            raise RuntimeError(f"chart rendered no {want}; got {sorted(map(str, kinds))}")
+    cp.kubectl("create", "namespace", cp.namespace)
+    crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+    cp.apply(crds)
+    cp.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        *[f"crd/{d['metadata']['name']}" for d in crds],
+    )
+    cp.apply([d for d in docs if d["kind"] in INSTALLED_KINDS and d not in crds
+              and "helm.sh/hook" not in d["metadata"].get("annotations", {})])
+
+
+def _write_controller_kubeconfig(cp: ControlPlane) -> None:
+    """The controller's restricted identity: its ServiceAccount's token in a kubeconfig."""
+    token = cp.kubectl(
+        "create", "token", CONTROLLER_SA, "-n", cp.namespace, "--duration=24h"
+    ).stdout.strip()
+    write_kubeconfig(
+        cp.controller_kubeconfig,
+        server=cp.server,
+        ca_file=cp.ca_file,
+        user=f"system:serviceaccount:{cp.namespace}:{CONTROLLER_SA}",
+        token=token,
+        namespace=cp.namespace,
+    )
+
+
+def _report_startup(cp: ControlPlane, marks: list[float]) -> None:
+    """Keep and print how long each step took (start, pki, etcd, apiserver, end)."""
+    t_start, t_pki, t_etcd, t_api, t_end = marks
+    cp.startup_seconds = {
+        "pki": round(t_pki - t_start, 2),
+        "etcd": round(t_etcd - t_pki, 2),
+        "kube-apiserver": round(t_api - t_etcd, 2),
+        "chart+token": round(t_end - t_api, 2),
+        "total": round(t_end - t_start, 2),
+    }
+    print(
+        "control plane up in {total}s (pki {pki}s, etcd {etcd}s, kube-apiserver "
+        "{kube-apiserver}s, CRD/RBAC/token {chart+token}s) at ".format(**cp.startup_seconds)
+        + cp.server,
+        file=sys.stderr,
+    )
+
+
 def start_control_plane(
     workdir: Path,
     bin_dir: Path,
@@ -315,176 +480,49 @@ def start_control_plane(
     ones); on the e2e cluster's bridge address it gets real ones that kube-proxy serves,
     and the apiserver reaches webhooks and the service proxy's targets at their endpoints
     (pod IPs, routed from the host), as a control plane without kube-proxy of its own does."""
-    loopback = address.startswith("127.")
-    service_ip = str(next(ipaddress.ip_network(service_range).hosts()))
-    t_start = time.monotonic()
+    marks = [time.monotonic()]
     workdir.mkdir(parents=True, exist_ok=True)
     missing = [b for b in REQUIRED_BINARIES if not os.access(bin_dir / b, os.X_OK)]
     if missing:
         raise FileNotFoundError(f"missing binaries in {bin_dir}: {missing}")
-
-    # -- PKI
-    pki_dir = workdir / "pki"
-    ca = pki.make_ca(pki_dir)
-    serving = ca.issue(
-        "apiserver",
-        common_name="kube-apiserver",
-        dns_names=(
-            "localhost",
-            "kubernetes",
-            "kubernetes.default",
-            "kubernetes.default.svc",
-            "kubernetes.default.svc.cluster.local",
-        ),
-        ip_addresses=tuple(dict.fromkeys(("127.0.0.1", address, service_ip))),
-        server=True,
-    )
-    admin = ca.issue(
-        "admin", common_name="tote-admin", organizations=("system:masters",), client=True
-    )
-    sa = pki.make_rsa_keypair(pki_dir, "sa")
-    t_pki = time.monotonic()
+    service_ip = str(next(ipaddress.ip_network(service_range).hosts()))
+    certs = _issue_certificates(workdir / "pki", address, service_ip)
+    marks.append(time.monotonic())
 
     procs = ProcessGroup(log_dir=workdir / "logs")
     try:
-        # -- etcd
-        etcd_client, etcd_peer = free_port(), free_port()
-        etcd_url = f"http://127.0.0.1:{etcd_client}"
-        peer_url = f"http://127.0.0.1:{etcd_peer}"
-        etcd = procs.start(
-            "etcd",
-            [
-                str(bin_dir / "etcd"),
-                "--name=tote-test",
-                f"--data-dir={workdir / 'etcd'}",
-                f"--listen-client-urls={etcd_url}",
-                f"--advertise-client-urls={etcd_url}",
-                f"--listen-peer-urls={peer_url}",
-                f"--initial-advertise-peer-urls={peer_url}",
-                f"--initial-cluster=tote-test={peer_url}",
-                "--initial-cluster-state=new",
-                "--unsafe-no-fsync=true",  # throw-away data: don't pay for fsync
-                "--log-level=warn",
-            ],
-        )
-
-        def etcd_healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"{etcd_url}/health", timeout=2) as resp:
-                    return bool(json.load(resp).get("health") == "true")
-            except (OSError, ValueError):
-                return False
-
-        wait_until(etcd_healthy, timeout=30, what="etcd /health", proc=etcd)
-        t_etcd = time.monotonic()
-
-        # -- kube-apiserver: on a cluster's own bridge address, the port real clusters use
-        # (NetworkPolicies see the port behind the `kubernetes` Service, and tote's chart
-        # allows the usual ones); on loopback, a free one.
-        port = free_port(address) if loopback else 6443
+        etcd_url = _start_etcd(procs, workdir, bin_dir)
+        marks.append(time.monotonic())
+        # On a cluster's own bridge address, the port real clusters use (NetworkPolicies
+        # see the port behind the `kubernetes` Service, and tote's chart allows the usual
+        # ones); on loopback, a free one.
+        port = free_port(address) if address.startswith("127.") else 6443
         server = f"https://{address}:{port}"
-        apiserver_argv = [
-            str(bin_dir / "kube-apiserver"),
-            f"--etcd-servers={etcd_url}",
-            f"--bind-address={address}",
-            f"--advertise-address={address}",
-            f"--secure-port={port}",
-            f"--cert-dir={workdir / 'apiserver-certs'}",
-            f"--tls-cert-file={serving.cert}",
-            f"--tls-private-key-file={serving.key}",
-            f"--client-ca-file={ca.cert}",
-            "--authorization-mode=Node,RBAC",
-            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-            f"--service-account-key-file={sa.cert}",
-            f"--service-account-signing-key-file={sa.key}",
-            f"--service-cluster-ip-range={service_range}",
-            # Without kube-controller-manager nobody creates the `default` ServiceAccount,
-            # so ServiceAccount admission would reject every Pod.
-            *(() if service_account_admission else ("--disable-admission-plugins=ServiceAccount",)),
-            # The `kubernetes` Service endpoints would point at 127.0.0.1 (invalid): skip.
-            *(("--endpoint-reconciler-type=none",) if loopback
-              # kubelets by address: a node's name would be looked up in the host's DNS
-              else ("--enable-aggregator-routing=true",
-                    "--kubelet-preferred-address-types=InternalIP")),
-            "--allow-privileged=true",
-            "--profiling=false",
-            "--event-ttl=1h",
-            # Audit log of ServiceAccount requests only, metadata level (who, verb, object,
-            # response code): tests/integration/salvage/test_rbac_calls.py derives the
-            # controller's RBAC from it. Admin and node traffic is not logged.
-            f"--audit-policy-file={_audit_policy(workdir)}",
-            f"--audit-log-path={workdir / AUDIT_LOG}",
-            *extra_apiserver_args,
-        ]
         cp = ControlPlane(
             bin_dir=bin_dir,
             workdir=workdir,
             server=server,
-            ca_file=ca.cert,
+            ca_file=certs.ca.cert,
             admin_kubeconfig=workdir / "admin.kubeconfig",
             controller_kubeconfig=workdir / "controller.kubeconfig",
             namespace=namespace,
             procs=procs,
-            apiserver_argv=apiserver_argv,
-            admin_cert=admin,
+            apiserver_argv=_apiserver_argv(
+                workdir, bin_dir, certs, etcd_url=etcd_url, address=address, port=port,
+                service_range=service_range,
+                service_account_admission=service_account_admission,
+                extra_apiserver_args=extra_apiserver_args),
+            admin_cert=certs.admin,
         )
         cp.start_apiserver()
-        t_api = time.monotonic()
-
-        write_kubeconfig(
-            cp.admin_kubeconfig,
-            server=server,
-            ca_file=ca.cert,
-            user="tote-admin",
-            client_cert=admin.cert,
-            client_key=admin.key,
-        )
-
-        # -- tote's CRD + RBAC from the chart
-        docs = _render_chart(bin_dir, namespace)
-        kinds = {d.get("kind") for d in docs}
-        for want in ("CustomResourceDefinition", "ClusterRole", "Role", "ServiceAccount"):
-            if want not in kinds:
-                raise RuntimeError(f"chart rendered no {want}; got {sorted(map(str, kinds))}")
-        cp.kubectl("create", "namespace", namespace)
-        crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
-        cp.apply(crds)
-        cp.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            *[f"crd/{d['metadata']['name']}" for d in crds],
-        )
-        # not the `helm test` hook's objects: they exist only while `helm test` runs
-        cp.apply([d for d in docs if d["kind"] in INSTALLED_KINDS and d not in crds
-                  and "helm.sh/hook" not in d["metadata"].get("annotations", {})])
-
-        # -- the controller's restricted identity
-        token = cp.kubectl(
-            "create", "token", CONTROLLER_SA, "-n", namespace, "--duration=24h"
-        ).stdout.strip()
-        write_kubeconfig(
-            cp.controller_kubeconfig,
-            server=server,
-            ca_file=ca.cert,
-            user=f"system:serviceaccount:{namespace}:{CONTROLLER_SA}",
-            token=token,
-            namespace=namespace,
-        )
-        t_end = time.monotonic()
-        cp.startup_seconds = {
-            "pki": round(t_pki - t_start, 2),
-            "etcd": round(t_etcd - t_pki, 2),
-            "kube-apiserver": round(t_api - t_etcd, 2),
-            "chart+token": round(t_end - t_api, 2),
-            "total": round(t_end - t_start, 2),
-        }
-        print(
-            "control plane up in {total}s (pki {pki}s, etcd {etcd}s, kube-apiserver "
-            "{kube-apiserver}s, CRD/RBAC/token {chart+token}s) at ".format(**cp.startup_seconds)
-            + server,
-            file=sys.stderr,
-        )
+        marks.append(time.monotonic())
+        write_kubeconfig(cp.admin_kubeconfig, server=server, ca_file=certs.ca.cert,
+                         user="tote-admin", client_cert=certs.admin.cert,
+                         client_key=certs.admin.key)
+        _install_tote_objects(cp)
+        _write_controller_kubeconfig(cp)
+        marks.append(time.monotonic())
+        _report_startup(cp, marks)
         return cp
     except BaseException as exc:
         tails = "\n".join(f"--- {k} ---\n{v[-4000:]}" for k, v in procs.logs().items())

@@ -42,6 +42,7 @@ from tests.cluster import prom, versions
 from tests.cluster import registry as registry_mod
 from tests.cluster.cluster import KubeCluster, missing_prerequisites, start_cluster
 from tests.cluster.controlplane import binaries_dir
+from tests.cluster.objects import pod_running
 from tests.cluster.salvage_env import deployment, image_only_on_node_b, namespace
 from tests.cluster.tote_install import Install, install_tote
 
@@ -100,16 +101,7 @@ class Narrator:
 
 
 def _running_pod(cluster: KubeCluster) -> dict[str, Any] | None:
-    for p in cluster.pods(NS, f"app={APP}"):
-        st = p.get("status", {})
-        cs = st.get("containerStatuses", [])
-        if (
-            st.get("phase") == "Running" and cs
-            and all("running" in (c.get("state") or {}) for c in cs)
-            and not p["metadata"].get("deletionTimestamp")
-        ):  # fmt: skip
-            return p
-    return None
+    return next((p for p in cluster.pods(NS, f"app={APP}") if pod_running(p)), None)
 
 
 def _controller_metrics(tote: Install) -> dict[str, float]:
@@ -130,103 +122,130 @@ def _controller_metrics(tote: Install) -> dict[str, float]:
     return out
 
 
+def _stage_the_outage(cluster: KubeCluster, reg: registry_mod.Registry, work: Path,
+                      payload_mib: int) -> Any:
+    """Steps 1 and 2: image X pushed and pulled by node B only, then the registry down."""
+    cluster.node.trust_registry(reg.host)
+    namespace(cluster, NS)
+    say(f'namespace {NS} opted in (annotation tote.dev/allow="true")')
+    say()
+    say(f"1. building image X = {reg.host}/shop/web:v1 (payload {payload_mib} MiB), pushing "
+        f"it to the registry at {reg.host}, and letting node B pull it…")  # fmt: skip
+    img = image_only_on_node_b(cluster, reg, work / "img", "shop/web", payload_mib=payload_mib,
+                               marker="hello from image X, salvaged by tote",
+                               stop_registry=False)  # fmt: skip
+    say(f"   node B's containerd holds {img.name} = {img.digest}")
+    has = img.name in cluster.node.image_names()
+    say(f"   node {cluster.node.name} (the only node that runs pods) has it: "
+        f"{'yes' if has else 'no'}")
+    reg.stop()
+    say(f"2. the registry at {reg.host} is DOWN now (process stopped)")
+    return img
+
+
+def _apply_and_wait_running(cluster: KubeCluster, image: str, timeout: float
+                            ) -> tuple[Narrator, dict[str, Any] | None, float | None]:
+    """Step 3: the Deployment applied; its events narrated until a pod runs or `timeout`.
+    The narrator, the Running pod and when it ran (seconds since applying), or Nones."""
+    say(f"3. applying Deployment {NS}/{APP} (image {image}, imagePullPolicy IfNotPresent,"
+        " pod template annotated tote.dev/auto-salvage=\"true\")…")  # fmt: skip
+    say()
+    t0 = time.monotonic()
+    narr = Narrator(cluster, t0)
+    cluster.apply(deployment(APP, NS, image))
+    pod = None
+    t_running = None
+    while time.monotonic() - t0 < timeout:
+        narr.poll()
+        pod = _running_pod(cluster)
+        if pod is not None:
+            t_running = time.monotonic() - t0
+            break
+        time.sleep(0.3)
+    narr.poll()
+    say()
+    return narr, pod, t_running
+
+
+def _show_the_running_pod(cluster: KubeCluster, pod: dict[str, Any], t_running: float) -> None:
+    name = pod["metadata"]["name"]
+    say(f"pod {NS}/{name} is Running at +{t_running:.1f}s on node {pod['spec']['nodeName']}, "
+        f"image {pod['status']['containerStatuses'][0]['imageID']}")  # fmt: skip
+    log = ""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and "salvaged" not in log:
+        log = cluster.kubectl("logs", name, "-n", NS, check=False).stdout
+        time.sleep(0.3)
+    say(f"its output: {log.strip()!r}")
+    say()
+
+
+def _print_summary(cluster: KubeCluster, tote: Install, image: str, narr: Narrator,
+                   t_running: float) -> None:
+    """What failed, who had the image, bytes moved, time to Running; then the records,
+    events and the controller's counters."""
+    recs = json.loads(cluster.kubectl("get", "salvagerecords", "-n", NS, "-o", "json")
+                      .stdout)["items"]  # fmt: skip
+    fail_key = min((k for k in ("Failed", "BackOff") if k in narr.first),
+                   key=lambda k: narr.first[k], default=None)  # fmt: skip
+    failed_msgs = [
+        e["message"] for e in json.loads(cluster.kubectl(
+            "get", "events", "-n", NS, "--field-selector", "reason=Failed", "-o", "json"
+        ).stdout)["items"] if "Failed to pull" in e.get("message", "")
+    ]  # fmt: skip
+    say("SUMMARY")
+    say(f"  what failed : kubelet on {cluster.node.name} could not pull {image}")
+    if failed_msgs:
+        say(f"                ({failed_msgs[0].split(': ')[-1]})")
+    for r in recs:
+        st, spec = r.get("status", {}), r["spec"]
+        say(f"  who had it  : node {spec['sourceNode']} (digest {spec['digest'][:19]}…)")
+        say(f"  bytes moved : {_human(st.get('bytesTransferred', 0))} of "
+            f"{_human(st.get('bytesTotal', 0))} "
+            f"({st.get('blobsSkipped', 0)} blobs already on the target), "
+            f"node B → {spec['targetNode']}; SalvageRecord {r['metadata']['name'][:16]}… "
+            f"{st.get('phase')}")  # fmt: skip
+    if fail_key:
+        say(f"  time        : first pull failure → Running in "
+            f"{t_running - narr.first[fail_key]:.1f}s")  # fmt: skip
+    if "BackOff" in narr.first:
+        say(
+            f"                first BackOff event → Running in "
+            f"{t_running - narr.first['BackOff']:.1f}s "
+            "(kubelet alone would keep backing off while the registry is down)"
+        )
+    say()
+    say("kubectl get salvagerecords -n shop:")
+    print(cluster.kubectl("get", "salvagerecords", "-n", NS).stdout, flush=True)
+    say("kubectl events -n shop:")
+    print(cluster.kubectl("events", "-n", NS).stdout, flush=True)
+    m = _controller_metrics(tote)
+    say("controller metrics: " + ", ".join(
+        f"{k}={v:g}" for k, v in sorted(m.items())
+        if k.startswith("tote_") and k.endswith("_total") and v
+    ))  # fmt: skip
+
+
 def play(cluster: KubeCluster, tote: Install, work: Path, payload_mib: int,
          timeout: float) -> bool:  # fmt: skip
+    """The incident (see the module docstring); True when the workload ran."""
     reg = registry_mod.start_registry(work / "registry", address=cluster.net.gateway)
     try:
-        cluster.node.trust_registry(reg.host)
-        namespace(cluster, NS)
-        say(f'namespace {NS} opted in (annotation tote.dev/allow="true")')
-        say()
-        say(f"1. building image X = {reg.host}/shop/web:v1 (payload {payload_mib} MiB), pushing "
-            f"it to the registry at {reg.host}, and letting node B pull it…")  # fmt: skip
-        img = image_only_on_node_b(cluster, reg, work / "img", "shop/web", payload_mib=payload_mib,
-                                   marker="hello from image X, salvaged by tote",
-                                   stop_registry=False)  # fmt: skip
-        say(f"   node B's containerd holds {img.name} = {img.digest}")
-        has = img.name in cluster.node.image_names()
-        say(f"   node {cluster.node.name} (the only node that runs pods) has it: "
-            f"{'yes' if has else 'no'}")
-        reg.stop()
-        say(f"2. the registry at {reg.host} is DOWN now (process stopped)")
-        say(f"3. applying Deployment {NS}/{APP} (image {img.name}, imagePullPolicy IfNotPresent,"
-            " pod template annotated tote.dev/auto-salvage=\"true\")…")  # fmt: skip
-        say()
-        t0 = time.monotonic()
-        narr = Narrator(cluster, t0)
-        cluster.apply(deployment(APP, NS, img.name))
-        pod = None
-        t_running = None
-        while time.monotonic() - t0 < timeout:
-            narr.poll()
-            pod = _running_pod(cluster)
-            if pod is not None:
-                t_running = time.monotonic() - t0
-                break
-            time.sleep(0.3)
-        narr.poll()
-        say()
+        img = _stage_the_outage(cluster, reg, work, payload_mib)
+        narr, pod, t_running = _apply_and_wait_running(cluster, img.name, timeout)
         if pod is None or t_running is None:
             say(f"the pod did not reach Running within {timeout:.0f}s — see the events above")
             print(cluster.kubectl("get", "pods,salvagerecords", "-n", NS, "-o", "wide").stdout)
             say(f"controller log: kubectl logs -n {tote.namespace} deploy/tote-controller")
             return False
-        name = pod["metadata"]["name"]
-        say(f"pod {NS}/{name} is Running at +{t_running:.1f}s on node {pod['spec']['nodeName']}, "
-            f"image {pod['status']['containerStatuses'][0]['imageID']}")  # fmt: skip
-        log = ""
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and "salvaged" not in log:
-            log = cluster.kubectl("logs", name, "-n", NS, check=False).stdout
-            time.sleep(0.3)
-        say(f"its output: {log.strip()!r}")
-        say()
-        recs = json.loads(cluster.kubectl("get", "salvagerecords", "-n", NS, "-o", "json")
-                          .stdout)["items"]  # fmt: skip
-        fail_key = min((k for k in ("Failed", "BackOff") if k in narr.first),
-                       key=lambda k: narr.first[k], default=None)  # fmt: skip
-        failed_msgs = [
-            e["message"] for e in json.loads(cluster.kubectl(
-                "get", "events", "-n", NS, "--field-selector", "reason=Failed", "-o", "json"
-            ).stdout)["items"] if "Failed to pull" in e.get("message", "")
-        ]  # fmt: skip
-        say("SUMMARY")
-        say(f"  what failed : kubelet on {cluster.node.name} could not pull {img.name}")
-        if failed_msgs:
-            say(f"                ({failed_msgs[0].split(': ')[-1]})")
-        for r in recs:
-            st, spec = r.get("status", {}), r["spec"]
-            say(f"  who had it  : node {spec['sourceNode']} (digest {spec['digest'][:19]}…)")
-            say(f"  bytes moved : {_human(st.get('bytesTransferred', 0))} of "
-                f"{_human(st.get('bytesTotal', 0))} "
-                f"({st.get('blobsSkipped', 0)} blobs already on the target), "
-                f"node B → {spec['targetNode']}; SalvageRecord {r['metadata']['name'][:16]}… "
-                f"{st.get('phase')}")  # fmt: skip
-        if fail_key:
-            say(f"  time        : first pull failure → Running in "
-                f"{t_running - narr.first[fail_key]:.1f}s")  # fmt: skip
-        if "BackOff" in narr.first:
-            say(
-                f"                first BackOff event → Running in "
-                f"{t_running - narr.first['BackOff']:.1f}s "
-                "(kubelet alone would keep backing off while the registry is down)"
-            )
-        say()
-        say("kubectl get salvagerecords -n shop:")
-        print(cluster.kubectl("get", "salvagerecords", "-n", NS).stdout, flush=True)
-        say("kubectl events -n shop:")
-        print(cluster.kubectl("events", "-n", NS).stdout, flush=True)
-        m = _controller_metrics(tote)
-        say("controller metrics: " + ", ".join(
-            f"{k}={v:g}" for k, v in sorted(m.items())
-            if k.startswith("tote_") and k.endswith("_total") and v
-        ))  # fmt: skip
+        _show_the_running_pod(cluster, pod, t_running)
+        _print_summary(cluster, tote, img.name, narr, t_running)
         return True
     finally:
         reg.stop()
 
 
-def main() -> int:
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m tests.cluster.demo",
         description=__doc__,
@@ -240,12 +259,12 @@ def main() -> int:
         help="size of the incompressible payload in image X (default 16)",
     )
     ap.add_argument("--timeout", type=float, default=180, help="seconds to wait for Running")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
+def _locate_binaries() -> Path | None:
+    """The Kubernetes and containerd binaries (built from Go modules when missing); None,
+    said why, when this machine cannot run the cluster."""
     say("locating (or building from Go modules, cached) the Kubernetes and containerd binaries…")
     bins = binaries_dir(build=True)
     versions.use_containerd(build=True)
@@ -253,59 +272,91 @@ def main() -> int:
     if missing or bins is None:
         say(f"this machine cannot run the demo cluster, missing: {missing}")
         say("run `bash .ci/install` first (as root)")
-        return 1
-    work = Path(tempfile.mkdtemp(prefix="tote-demo-"))
+        return None
+    return bins
+
+
+def _start_the_cluster(work: Path, bins: Path) -> KubeCluster:
     t = time.monotonic()
     p = versions.pins()
     say(f"starting the cluster (Kubernetes {p['K8S_VERSION']}, containerd "
         f"{p['CONTAINERD_VERSION']}) under {work} …")  # fmt: skip
     cluster = start_cluster(work / "cluster", bins)
+    say(
+        f"cluster up in {time.monotonic() - t:.1f}s: etcd, kube-apiserver, "
+        "kube-controller-manager, kube-scheduler, kubelet nodes "
+        + ", ".join(f"{n.name} ({n.node_ip})" for n in cluster.nodes)
+    )
+    return cluster
+
+
+def _install_tote(cluster: KubeCluster, work: Path) -> Install:
+    t = time.monotonic()
+    say("building the tote image (offline, cached), importing it into every node, "
+        "helm install tote deploy/helm/tote -n tote-system --create-namespace …")
+    tote = install_tote(cluster, work / "tote")
+    say(f"tote installed in {time.monotonic() - t:.1f}s ({tote.startup_seconds}):")
+    print(cluster.kubectl("get", "pods", "-n", tote.namespace, "-o", "wide").stdout,
+          flush=True)  # fmt: skip
+    return tote
+
+
+def _keep_until_interrupted(cluster: KubeCluster, tote: Install) -> None:
+    """`--keep`: how to look around, then wait for Ctrl-C (or SIGTERM)."""
+    kc = cluster.admin_kubeconfig
+    say("the cluster stays up. Look around:")
+    say(f"  export KUBECONFIG={kc}")
+    say(f"  kubectl get pods -n {tote.namespace} -o wide   # tote's controller, agents")
+    say(f"  kubectl events -n {NS}                          # the story, as events")
+    say(f"  kubectl get salvagerecords -n {NS}              # what was moved")
+    say(f"  kubectl logs -n {tote.namespace} deploy/tote-controller")
+    say("Ctrl-C (or SIGTERM) tears everything down.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+def _tear_down(cluster: KubeCluster, work: Path) -> None:
+    # a second Ctrl-C / SIGTERM (e.g. `timeout` signals the child and its group) must
+    # not cut the teardown short and leave daemons behind
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    say("tearing down…")
+    report = cluster.stop()
+    left = {k: v for k, v in report.items() if isinstance(v, dict)
+            and (v.get("leftover_pids") or v.get("still_mounted"))}  # fmt: skip
+    if left:
+        say(f"teardown had to clean up: {left}")
+    if os.environ.get("TOTE_KEEP_DEMO_WORKDIR") != "1":
+        shutil.rmtree(work, ignore_errors=True)
+    say("stopped every process the demo started")
+
+
+def main() -> int:
+    args = _parse_args()
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    bins = _locate_binaries()
+    if bins is None:
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="tote-demo-"))
+    cluster = _start_the_cluster(work, bins)
     ok = False
     try:
-        say(
-            f"cluster up in {time.monotonic() - t:.1f}s: etcd, kube-apiserver, "
-            "kube-controller-manager, kube-scheduler, kubelet nodes "
-            + ", ".join(f"{n.name} ({n.node_ip})" for n in cluster.nodes)
-        )
-        t = time.monotonic()
-        say("building the tote image (offline, cached), importing it into every node, "
-            "helm install tote deploy/helm/tote -n tote-system --create-namespace …")
-        tote = install_tote(cluster, work / "tote")
-        say(f"tote installed in {time.monotonic() - t:.1f}s ({tote.startup_seconds}):")
-        print(cluster.kubectl("get", "pods", "-n", tote.namespace, "-o", "wide").stdout,
-              flush=True)  # fmt: skip
+        tote = _install_tote(cluster, work)
         ok = play(cluster, tote, work, args.payload_mib, args.timeout)
         say("DONE: the workload survived the registry outage." if ok else "FAILED")
         if args.keep:
-            kc = cluster.admin_kubeconfig
-            say("the cluster stays up. Look around:")
-            say(f"  export KUBECONFIG={kc}")
-            say(f"  kubectl get pods -n {tote.namespace} -o wide   # tote's controller, agents")
-            say(f"  kubectl events -n {NS}                          # the story, as events")
-            say(f"  kubectl get salvagerecords -n {NS}              # what was moved")
-            say(f"  kubectl logs -n {tote.namespace} deploy/tote-controller")
-            say("Ctrl-C (or SIGTERM) tears everything down.")
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
+            _keep_until_interrupted(cluster, tote)
     except KeyboardInterrupt:
         say("interrupted")
     finally:
-        # a second Ctrl-C / SIGTERM (e.g. `timeout` signals the child and its group) must
-        # not cut the teardown short and leave daemons behind
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        say("tearing down…")
-        report = cluster.stop()
-        left = {k: v for k, v in report.items() if isinstance(v, dict)
-                and (v.get("leftover_pids") or v.get("still_mounted"))}  # fmt: skip
-        if left:
-            say(f"teardown had to clean up: {left}")
-        if os.environ.get("TOTE_KEEP_DEMO_WORKDIR") != "1":
-            shutil.rmtree(work, ignore_errors=True)
-        say("stopped every process the demo started")
+        _tear_down(cluster, work)
     return 0 if ok else 1
 
 

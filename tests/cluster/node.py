@@ -241,6 +241,85 @@ def kubelet_config(
     }
 
 
+def _write_kubelet_kubeconfig(node: KubeletNode, *, server: str, ca_file: Path, ca_key: Path,
+                              node_ip: str) -> Path:
+    """The kubelet's client certificate (`system:node:<name>`, group `system:nodes`) and
+    serving certificate, issued by the cluster CA; its kubeconfig."""
+    pki_dir = node.workdir / "pki"
+    pki_dir.mkdir(exist_ok=True)
+    ca = pki.CA(cert=ca_file, key=ca_key, dir=pki_dir)
+    client = ca.issue(
+        "kubelet-client", common_name=f"system:node:{node.name}",
+        organizations=("system:nodes",), client=True,
+    )  # fmt: skip
+    ca.issue(
+        "kubelet-serving",
+        common_name=node.name,
+        ip_addresses=(node_ip,),
+        dns_names=("localhost", node.name),
+        server=True,
+    )
+    return write_kubeconfig(
+        node.workdir / "kubelet.kubeconfig",
+        server=server,
+        ca_file=ca_file,
+        user=f"system:node:{node.name}",
+        client_cert=client.cert,
+        client_key=client.key,
+    )
+
+
+def _write_kubelet_config(node: KubeletNode, *, ca_file: Path, cluster_dns: str | None
+                          ) -> None:
+    """kubelet-config.yaml (and its copy `restart_kubelet` starts from) and the kubelet's
+    directories; the node remembers the config's path and healthz port."""
+    workdir = node.workdir
+    config_path = workdir / "kubelet-config.yaml"
+    healthz_port = free_port() if node.net is None else 10248
+    config = yaml.safe_dump(kubelet_config(node, ca_file=ca_file, healthz_port=healthz_port,
+                                           cluster_dns=cluster_dns))  # fmt: skip
+    config_path.write_text(config)
+    config_path.with_suffix(".base.yaml").write_text(config)  # restart_kubelet's base
+    node.kubelet_config_path, node.kubelet_healthz_port = config_path, healthz_port
+    for sub in ("kubelet", "pod-logs", "volume-plugins"):
+        (workdir / sub).mkdir(exist_ok=True)
+
+
+def _start_kubelet(node: KubeletNode, *, bin_dir: Path, kubeconfig: Path, node_ip: str,
+                   taints: tuple[str, ...], extra_kubelet_args: tuple[str, ...]) -> None:
+    """The kubelet (in the node's network namespace when it has one), waited for until its
+    /healthz answers."""
+    prefix = node.net.exec_prefix if node.net is not None else []
+    argv = [
+        *prefix,
+        str(bin_dir / "kubelet"),
+        f"--config={node.kubelet_config_path}",
+        f"--kubeconfig={kubeconfig}",
+        f"--root-dir={node.workdir / 'kubelet'}",
+        f"--cert-dir={node.workdir / 'pki'}",
+        f"--hostname-override={node.name}",
+        *([f"--node-ip={node_ip}"] if node.net is not None else []),
+        *([f"--register-with-taints={','.join(taints)}"] if taints else []),
+        "--v=2",
+        *extra_kubelet_args,
+    ]
+    kubelet = node.kubelet = node.procs.start("kubelet", argv)
+    wait_until(
+        lambda: _healthz(node.healthz_host, node.kubelet_healthz_port),
+        timeout=KUBELET_READY_TIMEOUT, what="kubelet /healthz", proc=kubelet,
+    )  # fmt: skip
+
+
+def _clean_up_half_started(procs: ProcessGroup, workdir: Path) -> None:
+    """Before a KubeletNode exists to stop itself: its processes, anything still holding
+    the work dir, and mounts under it."""
+    procs.stop_all()
+    for pid in pids_referencing(str(workdir)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    unmount_all_under(workdir)
+
+
 def start_kubelet_node(
     workdir: Path,
     *,
@@ -271,79 +350,29 @@ def start_kubelet_node(
     if net is not None:
         node_ip, subnet = net.ip, net.pod_cidr
     name = name or node_ip
-    prefix = net.exec_prefix if net is not None else []
     workdir.mkdir(parents=True, exist_ok=True)
     procs = ProcessGroup(log_dir=workdir / "logs")
     node: KubeletNode | None = None
     try:
         cd = start_containerd(
             procs, workdir / "containerd", name=name, pause_image=pause.name, subnet=subnet,
-            exec_prefix=prefix,
+            exec_prefix=net.exec_prefix if net is not None else [],
         )
         t_cd = time.monotonic()
         cd.import_image(pause)
         t_pause = time.monotonic()
-
         node = KubeletNode(
             name=name, workdir=workdir, containerd=cd, procs=procs, net=net,
             kubelet_port=free_port(node_ip) if net is None else 10250,
             cgroup_root=f"/tote-{secrets.token_hex(4)}",
         )  # fmt: skip
         make_cgroup_root(node.cgroup_root)
-
-        # -- certificates: client (system:node:<name>) and serving, from the cluster CA
-        pki_dir = workdir / "pki"
-        pki_dir.mkdir(exist_ok=True)
-        ca = pki.CA(cert=ca_file, key=ca_key, dir=pki_dir)
-        client = ca.issue(
-            "kubelet-client", common_name=f"system:node:{name}",
-            organizations=("system:nodes",), client=True,
-        )  # fmt: skip
-        ca.issue(
-            "kubelet-serving",
-            common_name=name,
-            ip_addresses=(node_ip,),
-            dns_names=("localhost", name),
-            server=True,
-        )
-        kubeconfig = workdir / "kubelet.kubeconfig"
-        write_kubeconfig(
-            kubeconfig,
-            server=server,
-            ca_file=ca_file,
-            user=f"system:node:{name}",
-            client_cert=client.cert,
-            client_key=client.key,
-        )
-        config_path = workdir / "kubelet-config.yaml"
-        healthz_port = free_port() if net is None else 10248
-        config = yaml.safe_dump(kubelet_config(node, ca_file=ca_file, healthz_port=healthz_port,
-                                               cluster_dns=cluster_dns))  # fmt: skip
-        config_path.write_text(config)
-        config_path.with_suffix(".base.yaml").write_text(config)  # restart_kubelet's base
-        node.kubelet_config_path, node.kubelet_healthz_port = config_path, healthz_port
-        for sub in ("kubelet", "pod-logs", "volume-plugins"):
-            (workdir / sub).mkdir(exist_ok=True)
+        kubeconfig = _write_kubelet_kubeconfig(node, server=server, ca_file=ca_file,
+                                               ca_key=ca_key, node_ip=node_ip)
+        _write_kubelet_config(node, ca_file=ca_file, cluster_dns=cluster_dns)
         t_cfg = time.monotonic()
-
-        argv = [
-            *prefix,
-            str(bin_dir / "kubelet"),
-            f"--config={config_path}",
-            f"--kubeconfig={kubeconfig}",
-            f"--root-dir={workdir / 'kubelet'}",
-            f"--cert-dir={pki_dir}",
-            f"--hostname-override={name}",
-            *([f"--node-ip={node_ip}"] if net is not None else []),
-            *([f"--register-with-taints={','.join(taints)}"] if taints else []),
-            "--v=2",
-            *extra_kubelet_args,
-        ]
-        node.kubelet = procs.start("kubelet", argv)
-        wait_until(
-            lambda: _healthz(node.healthz_host, healthz_port), timeout=KUBELET_READY_TIMEOUT,
-            what="kubelet /healthz", proc=node.kubelet,
-        )  # fmt: skip
+        _start_kubelet(node, bin_dir=bin_dir, kubeconfig=kubeconfig, node_ip=node_ip,
+                       taints=taints, extra_kubelet_args=extra_kubelet_args)
         t_end = time.monotonic()
         node.startup_seconds = {
             "containerd": round(t_cd - t0, 2),
@@ -357,11 +386,7 @@ def start_kubelet_node(
         if node is not None:
             node.stop()
         else:
-            procs.stop_all()
-            for pid in pids_referencing(str(workdir)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            unmount_all_under(workdir)
+            _clean_up_half_started(procs, workdir)
         raise
 
 

@@ -152,3 +152,15 @@ def force_delete_namespace(cp: ControlPlane, name: str) -> None:
         "replace", "--raw", f"/api/v1/namespaces/{name}/finalize", "-f", "-",
         input=json.dumps(ns), check=False,
     )  # fmt: skip
+
+
+def pod_running(pod: dict[str, Any]) -> bool:
+    """The one "pod Running" predicate of the harness: phase Running, every container
+    started, and not being deleted (a pod on its way out is not the workload running)."""
+    st = pod.get("status", {})
+    cs = st.get("containerStatuses", [])
+    return bool(
+        st.get("phase") == "Running" and cs
+        and all("running" in (c.get("state") or {}) for c in cs)
+        and not pod["metadata"].get("deletionTimestamp")
+    )  # fmt: skip

@@ -40,6 +40,7 @@ from tests.cluster.controller import ControllerProcess
 from tests.cluster.manifests import deployment_manifest, pod_manifest, waiting_reasons
 from tests.cluster.node import KubeletNode
 from tests.cluster.objects import events as k8s_events
+from tests.cluster.objects import pod_running
 from tests.cluster.procs import ProcessGroup, wait_until
 from tests.cluster.registry import Registry
 
@@ -358,13 +359,7 @@ class Timeline:
                     counts[r] = counts.get(r, 0) + int(e.get("count") or 1)
             self.counts = counts
         for p in pods:
-            st = p.get("status", {})
-            cs = st.get("containerStatuses", [])
-            if (
-                st.get("phase") == "Running" and cs
-                and all("running" in (c.get("state") or {}) for c in cs)
-                and not p["metadata"].get("deletionTimestamp")
-            ):  # fmt: skip
+            if pod_running(p):
                 self._note("Running", now)
                 self.running_pod = p
                 return True
