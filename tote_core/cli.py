@@ -172,26 +172,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0] == "--version":
         print(f"tote {__version__}")
         return 0
+    # The process's edge: a configuration error, however deep in nurseries it was raised,
+    # is one line and exit status 2.
+    status = 2
     try:
-        command = PROGRAMS.get(args[0]) or TOOLS.get(args[0]) or plugin_command(args[0])
-        if command is None:
-            print(f"tote: unknown command {args[0]!r}; try: {', '.join(commands())}",
-                  file=sys.stderr)
-            return 2
-        return command[0](args[1:])
-    except ConfigError as exc:
-        print(f"tote {args[0]}: {exc}", file=sys.stderr)
-        return 2
-    except BaseExceptionGroup as group:
-        # trio nurseries wrap errors in groups; a configuration error is still just that.
-        matched, _ = group.split(ConfigError)
-        if matched is None:
-            raise
-        print(f"tote {args[0]}: {leaves(matched)[0]}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+        status = _dispatch(args)
+    except* ConfigError as group:
+        print(f"tote {args[0]}: {leaves(group)[0]}", file=sys.stderr)
+        status = 2
+    except* KeyboardInterrupt:
+        status = 130
+    return status
 
+
+def _dispatch(args: list[str]) -> int:
+    command = PROGRAMS.get(args[0]) or TOOLS.get(args[0]) or plugin_command(args[0])
+    if command is None:
+        print(f"tote: unknown command {args[0]!r}; try: {', '.join(commands())}",
+              file=sys.stderr)
+        return 2
+    return command[0](args[1:])
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -30,6 +31,22 @@ MAX_BODY = 8 * 1024 * 1024  # an AdmissionReview carries the whole object (twice
 def split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return (host.strip("[]") or "0.0.0.0"), int(port)
+
+
+def listen_socket(host: str, port: int, *, backlog: int = 128) -> socket.socket:
+    """A TCP socket listening on host:port now (port 0 picks one). A daemon binds all its
+    ports before it starts serving, so a busy port fails start-up with that one OSError
+    instead of tearing down servers that already run."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def _next(conn: h11.Connection, stream: trio.abc.Stream) -> object:
@@ -125,14 +142,17 @@ async def serve(
     *,
     body_routes: dict[str, BodyRoute] | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    sock: socket.socket | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `routes` on `address` (host:port; port 0 picks one); started() gets the port.
 
-    `body_routes` answer POSTs with their body; `ssl_context` turns on HTTPS.
+    `body_routes` answer POSTs with their body; `ssl_context` turns on HTTPS; `sock` is a
+    socket already listening on `address` (`listen_socket`), served instead of binding.
     """
     host, port = split_address(address)
-    tcp = await trio.open_tcp_listeners(port, host=host)
+    tcp = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))] if sock is not None \
+        else await trio.open_tcp_listeners(port, host=host)
     bound = tcp[0].socket.getsockname()[1]
     listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(tcp)
     if ssl_context is not None:

@@ -1,13 +1,14 @@
 """The controller's connections to agents: one asyncio loop and one HTTP/2 connection per
 agent endpoint, kept while the plugin's service runs and shared by every hook call.
 
-grpclib needs an asyncio loop (trio-asyncio). Opening a loop and a TLS connection for each
-hook call cost a handshake per inventory probe, per transfer and per push, and a reconcile
-that fans out to every node paid it once per node. A plugin may not start tasks of its own,
-so the loop lives in a service (`run`) that the plugin registers at `configure` and the host
-starts when this replica leads. Calls made while it runs borrow its loop and a pooled
-`AgentClient`; calls made without it (`tote doctor`, tests driving the plugin directly) open
-their own loop and connection, as before.
+grpclib needs an asyncio loop (the asyncio bridge). Opening a bridge and a TLS connection for
+each hook call cost a handshake per inventory probe, per transfer and per push, and a
+reconcile that fans out to every node paid it once per node. A plugin may not start tasks of
+its own, so the bridge is owned by a service (`run`) that the plugin registers at `configure`
+and the host starts when this replica leads. Calls made while it runs get a pooled
+`AgentClient` on that bridge, whichever task (worker, reconcile) makes them; calls made
+without it (`tote doctor`, tests driving the plugin directly) open their own bridge and
+connection.
 
 A connection leaves the pool when a call on it fails in transport (unreachable, deadline,
 cancelled mid-call) or when the controller's TLS files change, so the next call dials afresh
@@ -24,13 +25,11 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import trio
-import trio_asyncio
 
 from tote_containerd.agent import errors
-from tote_containerd.agent._aio import open_loop
+from tote_containerd.agent.asyncio_bridge import AsyncioBridge, open_bridge
 from tote_containerd.agent.client import AgentClient
 
 log = logging.getLogger("tote.plugin.containerd.connections")
@@ -64,22 +63,22 @@ class AgentConnections:
     def __init__(self, tls: Callable[[], ssl.SSLContext | None]) -> None:
         self.tls = tls
         self.dialled = 0  # connections the pool created (tests and the bench read it)
-        self._loop: Any = None
+        self._bridge: AsyncioBridge | None = None
         self._pool: dict[str, _Pooled] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """The plugin service: own the loop the pooled connections live on, close idle
+        """The plugin service: own the bridge the pooled connections live on, close idle
         ones, and close them all when the service ends (leadership lost, shutdown)."""
-        async with open_loop():
-            self._loop = trio_asyncio.current_loop.get()
+        async with open_bridge() as bridge:
+            self._bridge = bridge
             try:
                 task_status.started()
                 while True:
                     await trio.sleep(REAP_INTERVAL)
                     await self._close_idle(trio.current_time() - IDLE_TIMEOUT)
             finally:
-                self._loop = None
+                self._bridge = None
                 pool, self._pool = self._pool, {}
                 for entry in pool.values():
                     entry.dropped = True
@@ -88,29 +87,24 @@ class AgentConnections:
     @contextlib.asynccontextmanager
     async def agent(self, endpoint: str, rpc_timeout: float) -> AsyncIterator[AgentClient]:
         ssl_context = self.tls()
-        loop = self._loop
-        if loop is None:
+        bridge = self._bridge
+        if bridge is None:
             async with AgentClient.connect(endpoint, ssl_context=ssl_context,
                                            rpc_timeout=rpc_timeout) as client:
                 yield client
             return
-        # grpclib objects belong to the loop they were made on: calls from this task run on
-        # the service's loop, whichever task (worker, reconcile) makes them.
-        token = trio_asyncio.current_loop.set(loop)
+        entry = await self._checkout(bridge, endpoint, ssl_context)
         try:
-            entry = await self._checkout(endpoint, ssl_context)
-            try:
-                yield entry.client.with_timeout(rpc_timeout)
-            except BaseException as exc:
-                if _connection_suspect(exc):
-                    self._drop(endpoint, entry)
-                raise
-            finally:
-                await self._release(entry)
+            yield entry.client.with_timeout(rpc_timeout)
+        except BaseException as exc:
+            if _connection_suspect(exc):
+                self._drop(endpoint, entry)
+            raise
         finally:
-            trio_asyncio.current_loop.reset(token)
+            await self._release(entry)
 
-    async def _checkout(self, endpoint: str, ssl_context: ssl.SSLContext | None) -> _Pooled:
+    async def _checkout(self, bridge: AsyncioBridge, endpoint: str,
+                        ssl_context: ssl.SSLContext | None) -> _Pooled:
         entry = self._pool.get(endpoint)
         if entry is not None and entry.client.ssl_context is not ssl_context:
             # The TLS files changed: dial with the new identity.
@@ -119,7 +113,7 @@ class AgentConnections:
                 await entry.client.close()
             entry = None
         if entry is None:
-            client = AgentClient(endpoint, ssl_context=ssl_context)
+            client = AgentClient(endpoint, bridge, ssl_context=ssl_context)
             await client.open()  # no I/O: the channel connects on its first call
             entry = self._pool.get(endpoint)
             if entry is None or entry.client.ssl_context is not ssl_context:

@@ -71,13 +71,15 @@ async def _serve_thread(port_file: Path, blob: Path, size: int, cert: str, key: 
     """As shipped: `dataplane.DataServer`, every request authorised for `blob`."""
     from tote_containerd.agent import dataplane, tls
 
+    from tote_core.httpserver import listen_socket
+
     async def authorise(session: str, digest: str, offset: int, length: int,
                         caller: object) -> tuple[Path, int, int, int]:
         return blob, offset, size, size
 
     server = dataplane.DataServer(authorise, tls.data_server_context(cert, key, ca))
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(server.run, "127.0.0.1", 0)
+        port = await nursery.start(server.run, listen_socket("127.0.0.1", 0))
         await trio.Path(port_file).write_text(str(port))
 
 

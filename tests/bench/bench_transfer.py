@@ -92,12 +92,12 @@ def disk_ceiling(d: Path, size: int, *, direct: bool = False) -> float:
 
 
 async def api_copy(src_sock: str, dst_sock: str, blobs: list[tuple[str, int]]) -> float:
-    from tote_containerd.agent import _aio
+    from tote_containerd.agent.asyncio_bridge import open_bridge
     from tote_containerd.agent.containerd import ContainerdClient
 
-    async with _aio.open_loop():
-        a = ContainerdClient(src_sock)
-        b = ContainerdClient(dst_sock)
+    async with open_bridge() as bridge:
+        a = ContainerdClient(bridge, src_sock)
+        b = ContainerdClient(bridge, dst_sock)
         await a.connect()
         await b.connect()
         await b.create_lease("bench", expire_in=3600)

@@ -8,19 +8,20 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import grpclib.const
 import pytest
 import trio
-from tote_containerd.agent import _aio, errors
+from tote_containerd.agent import errors, server
 from tote_containerd.agent.api import ImportRequest
+from tote_containerd.agent.asyncio_bridge import open_bridge
 from tote_containerd.agent.client import AgentClient
 from tote_containerd.agent.containerd import ContainerdClient
 from tote_containerd.agent.errors import TABLE, Row
 from tote_containerd.agent.node_agent import NodeAgent
 from tote_containerd.agent.peer import Peer
-from tote_containerd.agent.server import GrpcServer
 from tote_containerd.agent.tokens import Verifier
 
 from tote_core.errors import PermanentError, RegistryError, RetryLater, ToteError
@@ -220,6 +221,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _listening() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
 @contextlib.asynccontextmanager
 async def _agent(tmp_path: Path) -> AsyncIterator[str]:
     """A real node agent's gRPC server (insecure, loopback) whose containerd socket does
@@ -230,19 +238,18 @@ async def _agent(tmp_path: Path) -> AsyncIterator[str]:
         async with AgentClient.connect(endpoint, rpc_timeout=10) as client:
             yield client
 
-    async with _aio.open_loop():
-        cd = ContainerdClient(str(tmp_path / "no-containerd.sock"))
+    async with open_bridge() as bridge, trio.open_nursery() as nursery:
+        cd = ContainerdClient(bridge, str(tmp_path / "no-containerd.sock"))
         await cd.connect()
         agent = NodeAgent(cd=cd, node="n1", platform="linux/amd64", verifier=Verifier(),
                           open_peer=open_peer)
-        server = GrpcServer(agent, insecure=True)
-        port = _free_port()
-        await server.start("127.0.0.1", port, None)
+        sock = _listening()
+        await nursery.start(partial(server.serve, bridge, agent, sock, None, insecure=True))
         try:
-            yield f"127.0.0.1:{port}"
+            yield f"127.0.0.1:{sock.getsockname()[1]}"
         finally:
+            nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True):
-                await server.stop()
                 await cd.close()
 
 

@@ -12,6 +12,7 @@ from tote_containerd.agent.data_receive import ALIGN, PartWriter, resume_offset
 from tote_containerd.agent.dataplane import CHUNK
 
 from tests.cluster.ci import require
+from tote_core.httpserver import listen_socket
 
 DIRS = [None, "/dev/shm"]
 
@@ -115,7 +116,7 @@ async def test_download_straight_into_the_part_file(tmp_path: Path) -> None:
 
     server = DataServer(authorise, None, max_connections=2)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(server.run, "127.0.0.1", 0)
+        port = await nursery.start(server.run, listen_socket("127.0.0.1", 0))
         for offset in (0, ALIGN * 3):
             part = tmp_path / f"blob-{offset}.part"
             part.write_bytes(data[:offset])

@@ -11,7 +11,7 @@ import trio
 
 from tote_containerd.agent.settings import AgentSettings
 from tote_core import logs
-from tote_core.errors import ConfigError, single_leaf
+from tote_core.errors import ConfigError, leaves, single_leaf
 from tote_core.settings_loader import parse_args
 from tote_core.signals import until_signalled
 
@@ -32,19 +32,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     async def _main() -> None:
         await run(settings)
 
+    # The process's edge: whatever ended the agent, grouped by the nurseries it crossed,
+    # becomes one exit status (and one line for a configuration problem).
+    status = 0
     try:
         trio.run(until_signalled, _main)
-    except BaseException as exc:
-        leaf = single_leaf(exc)
-        if isinstance(leaf, ConfigError):
-            print(f"tote agent: {leaf}", file=sys.stderr)
-            return 2
-        if isinstance(leaf, KeyboardInterrupt):
-            return 130
+    except* ConfigError as group:
+        print(f"tote agent: {leaves(group)[0]}", file=sys.stderr)
+        status = 2
+    except* KeyboardInterrupt:
+        status = status or 130
+    except* BaseException as group:
         # Anything else ended the server: log it and exit non-zero (the kubelet restarts us).
-        logging.getLogger("tote.agent").critical("agent crashed: %r", leaf, exc_info=exc)
-        return 1
-    return 0
+        logging.getLogger("tote.agent").critical("agent crashed: %r", single_leaf(group),
+                                                 exc_info=group)
+        status = status or 1
+    return status
 
 
 if __name__ == "__main__":

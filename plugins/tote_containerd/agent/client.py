@@ -3,6 +3,9 @@
 
     async with AgentClient.connect("10.0.0.5:9090", ssl_context=ctx) as agent:
         result = await agent.inspect("docker.io/library/nginx:1.25")
+
+`connect` opens an asyncio bridge of its own unless it is handed one (the controller's
+pooled connections live on the bridge of their service).
 """
 
 from __future__ import annotations
@@ -16,12 +19,10 @@ from typing import Any
 import grpclib.client
 import grpclib.exceptions
 import trio
-import trio_asyncio
 
 from tote_containerd._gen.tote.agent.v1 import agent_grpc
 from tote_containerd._gen.tote.agent.v1 import agent_pb2 as pb
 from tote_containerd.agent import convert, errors
-from tote_containerd.agent._aio import TrioStream, aio, close_channel, h2_config, open_loop
 from tote_containerd.agent.api import (
     ExportedLayer,
     Health,
@@ -34,6 +35,9 @@ from tote_containerd.agent.api import (
     Resolved,
     Session,
 )
+from tote_containerd.agent.asyncio_bridge import AsyncioBridge, open_bridge
+from tote_containerd.agent.grpc_shim import h2_config
+from tote_containerd.agent.grpc_stream import TrioStream
 from tote_containerd.agent.peer import split_endpoint
 from tote_containerd.agent.tls import PeerRoleMismatch
 
@@ -74,19 +78,19 @@ def _mapped(endpoint: str, stream: TrioStream[Any, Any] | None = None) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def ensure_loop() -> AsyncIterator[None]:
-    """Open a trio-asyncio loop unless this task already runs inside one."""
-    if trio_asyncio.current_loop.get() is None:
-        async with open_loop():
-            yield
-    else:
-        yield
+async def _bridge_for(bridge: AsyncioBridge | None) -> AsyncIterator[AsyncioBridge]:
+    if bridge is not None:
+        yield bridge
+        return
+    async with open_bridge() as own:
+        yield own
 
 
 class AgentClient:
-    def __init__(self, endpoint: str, *, ssl_context: ssl.SSLContext | None = None,
-                 rpc_timeout: float = 30.0) -> None:
+    def __init__(self, endpoint: str, bridge: AsyncioBridge, *,
+                 ssl_context: ssl.SSLContext | None = None, rpc_timeout: float = 30.0) -> None:
         self._host, self._port = split_endpoint(endpoint)
+        self.bridge = bridge
         self.endpoint = endpoint
         self.ssl_context = ssl_context
         self.rpc_timeout = rpc_timeout
@@ -95,10 +99,11 @@ class AgentClient:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def connect(cls, endpoint: str, *, ssl_context: ssl.SSLContext | None = None,
+    async def connect(cls, endpoint: str, *, bridge: AsyncioBridge | None = None,
+                      ssl_context: ssl.SSLContext | None = None,
                       rpc_timeout: float = 30.0) -> AsyncIterator[AgentClient]:
-        async with ensure_loop():
-            client = cls(endpoint, ssl_context=ssl_context, rpc_timeout=rpc_timeout)
+        async with _bridge_for(bridge) as on:
+            client = cls(endpoint, on, ssl_context=ssl_context, rpc_timeout=rpc_timeout)
             try:
                 await client.open()  # a failed peer check must not leak the channel either
                 yield client
@@ -113,7 +118,7 @@ class AgentClient:
             cfg = h2_config()
             return grpclib.client.Channel(self._host, self._port, ssl=self.ssl_context, config=cfg)
 
-        self._channel = await aio(_mk)
+        self._channel = await self.bridge.call(_mk)
         self._stub = agent_grpc.AgentStub(self._channel)
 
     def with_timeout(self, rpc_timeout: float) -> AgentClient:
@@ -126,11 +131,11 @@ class AgentClient:
     async def close(self) -> None:
         """Idempotent; runs even when the caller is being cancelled."""
         ch, self._channel = self._channel, None
-        await close_channel(ch)
+        await self.bridge.close_channel(ch)
 
     async def _unary(self, method: Any, request: Any, deadline: float | None = None) -> Any:
         with _mapped(self.endpoint):
-            return await aio(_call, method, request, deadline or self.rpc_timeout)
+            return await self.bridge.call(_call, method, request, deadline or self.rpc_timeout)
 
     # ---------------------------------------------------------------- controller calls
     async def inspect(self, ref: str, platform: str = "") -> InspectResult:
@@ -173,7 +178,7 @@ class AgentClient:
     ) -> ImportProgress:
         """Run an import on this (target) agent; the caller owns the deadline."""
         last: ImportProgress | None = None
-        stream: TrioStream[Any, Any] = TrioStream(self._stub.ImportFrom)
+        stream: TrioStream[Any, Any] = TrioStream(self.bridge, self._stub.ImportFrom)
         with _mapped(self.endpoint, stream):
             async with stream:
                 await stream.send(convert.to_pb(request, pb.ImportFromRequest), end=True)
@@ -196,7 +201,7 @@ class AgentClient:
         """Have the source regenerate a discarded layer from its snapshots (minutes for a
         large layer: the caller owns the deadline, None = the import's)."""
         with _mapped(self.endpoint):
-            resp = await aio(_call, self._stub.ExportLayer, pb.ExportLayerRequest(
+            resp = await self.bridge.call(_call, self._stub.ExportLayer, pb.ExportLayerRequest(
                 session=session, layer_digest=layer_digest), deadline)
         return convert.from_pb(resp, ExportedLayer)
 
@@ -204,7 +209,7 @@ class AgentClient:
     async def read_blob(self, session: str, digest: str, offset: int = 0, length: int = 0
                         ) -> AsyncIterator[AsyncIterator[tuple[int, bytes, int]]]:
         """Chunks `(offset, data, blob size)` of a blob range."""
-        stream: TrioStream[Any, Any] = TrioStream(self._stub.ReadBlob)
+        stream: TrioStream[Any, Any] = TrioStream(self.bridge, self._stub.ReadBlob)
         with _mapped(self.endpoint, stream):
             async with stream:
                 await stream.send(pb.ReadBlobRequest(session=session, digest=digest,

@@ -27,7 +27,9 @@ from tote_containerd._gen.containerd.services.leases.v1 import leases_grpc, leas
 from tote_containerd._gen.containerd.services.version.v1 import version_grpc
 from tote_containerd._gen.containerd.types import descriptor_pb2
 from tote_containerd.agent import errors
-from tote_containerd.agent._aio import TrioStream, aio, close_channel, h2_config
+from tote_containerd.agent.asyncio_bridge import AsyncioBridge
+from tote_containerd.agent.grpc_shim import h2_config
+from tote_containerd.agent.grpc_stream import TrioStream
 
 WRITER_LOCK_RETRIES = 8
 WRITE_CHUNK = 4 * 1024 * 1024  # containerd refuses messages > 16 MiB
@@ -65,9 +67,11 @@ def _mapped(call: str = "") -> Any:
 
 
 class ContainerdClient:
-    """One grpclib channel to containerd. Create and close inside `_aio.open_loop()`."""
+    """One grpclib channel to containerd, on the asyncio loop of `bridge`."""
 
-    def __init__(self, socket_path: str, namespace: str = "k8s.io") -> None:
+    def __init__(self, bridge: AsyncioBridge, socket_path: str, namespace: str = "k8s.io"
+                 ) -> None:
+        self.bridge = bridge
         self.socket_path = socket_path
         self.namespace = namespace
         self._channel: Any = None
@@ -77,7 +81,7 @@ class ContainerdClient:
             cfg = h2_config()
             return grpclib.client.Channel(path=self.socket_path, config=cfg)
 
-        self._channel = await aio(_mk)
+        self._channel = await self.bridge.call(_mk)
         self._content = content_grpc.ContentStub(self._channel)
         self._images = images_grpc.ImagesStub(self._channel)
         self._leases = leases_grpc.LeasesStub(self._channel)
@@ -87,7 +91,7 @@ class ContainerdClient:
     async def close(self) -> None:
         """Idempotent; runs even when the caller is being cancelled."""
         ch, self._channel = self._channel, None
-        await close_channel(ch)
+        await self.bridge.close_channel(ch)
 
     def _md(self, lease: str | None = None) -> dict[str, str]:
         md = {"containerd-namespace": self.namespace}
@@ -98,7 +102,8 @@ class ContainerdClient:
     async def _unary(self, method: Any, request: Any, *, lease: str | None = None,
                      deadline: float | None = 60) -> Any:
         with _mapped():
-            return await aio(method, request, metadata=self._md(lease), timeout=deadline)
+            return await self.bridge.call(method, request, metadata=self._md(lease),
+                                          timeout=deadline)
 
     async def _unary_unless(self, expected: type[errors.AgentError], method: Any,
                             request: Any) -> Any | None:
@@ -188,7 +193,8 @@ class ContainerdClient:
     async def read(self, digest: str, offset: int = 0, size: int = 0
                    ) -> AsyncIterator[AsyncIterator[bytes]]:
         """Chunks of a blob from `offset` (`size` 0 = to the end). containerd sends 1 MiB."""
-        stream: TrioStream[Any, Any] = TrioStream(self._content.Read, metadata=self._md())
+        stream: TrioStream[Any, Any] = TrioStream(self.bridge, self._content.Read,
+                                                  metadata=self._md())
         with _mapped():
             async with stream:
                 await stream.send(content_pb2.ReadContentRequest(
@@ -217,7 +223,7 @@ class ContainerdClient:
         digest may STAT the ref before containerd let go ("ref … locked: unavailable"): that
         is retried for a few seconds."""
         for attempt in range(WRITER_LOCK_RETRIES + 1):
-            stream: TrioStream[Any, Any] = TrioStream(self._content.Write,
+            stream: TrioStream[Any, Any] = TrioStream(self.bridge, self._content.Write,
                                                       metadata=self._md(lease), timeout=None)
             with _mapped():
                 async with stream:

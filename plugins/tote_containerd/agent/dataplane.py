@@ -103,14 +103,10 @@ class DataServer:
         self._threads = trio.CapacityLimiter(max_connections)
         self._token: trio.lowlevel.TrioToken | None = None
 
-    async def run(self, host: str, port: int, *,
+    async def run(self, sock: socket.socket, *,
                   task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        """Serve on `sock`, listening already (`httpserver.listen_socket`); closes it."""
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(64)
             sock.setblocking(False)
             self._token = trio.lowlevel.current_trio_token()
             slots = trio.Semaphore(self.max_connections)

@@ -217,6 +217,18 @@ def one_error(eg: BaseExceptionGroup[Any], what: str) -> BaseException:
     return one
 
 
+def agent_error_of(exc: BaseException) -> AgentError | None:
+    """The agent error a failed call stands for, at the call's edge (the gRPC handler): the
+    error itself, or `one_error` of a group made only of agent errors; None for anything
+    else (a bug, answered INTERNAL)."""
+    if isinstance(exc, AgentError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        one = one_error(exc, "tasks")
+        return one if isinstance(one, AgentError) else None
+    return None
+
+
 @contextlib.contextmanager
 def as_one_error(what: str) -> Iterator[None]:
     """Around a nursery of parallel work: what fails together leaves as `one_error`'s

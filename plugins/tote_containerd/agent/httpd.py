@@ -4,6 +4,7 @@ answered recently, else 503 with the reason."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 import trio
@@ -13,8 +14,9 @@ from tote_containerd.agent.metrics import REGISTRY
 from tote_core import httpserver
 
 
-async def serve(host: str, port: int, healthy: Callable[[], tuple[bool, str]], *,
+async def serve(sock: socket.socket, healthy: Callable[[], tuple[bool, str]], *,
                 task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve on `sock`, listening already (the daemon binds its ports before serving)."""
     async def metrics() -> httpserver.Response:
         return 200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
 
@@ -24,5 +26,6 @@ async def serve(host: str, port: int, healthy: Callable[[], tuple[bool, str]], *
 
     routes: dict[str, httpserver.Route] = {
         "/metrics": metrics, "/healthz": health, "/readyz": health, "/livez": health}
+    host, port = sock.getsockname()[:2]
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    await httpserver.serve(address, routes, task_status=task_status)
+    await httpserver.serve(address, routes, sock=sock, task_status=task_status)

@@ -1,10 +1,13 @@
 """The agent's gRPC server (bridge module): grpclib handlers in asyncio that authorise the
-caller from its certificate and call the trio side (`node_agent.NodeAgent`)."""
+caller from its certificate and call the trio side (`node_agent.NodeAgent`) through the
+asyncio bridge; `serve` runs it as a trio task that fails its nursery if the server ends."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
@@ -16,13 +19,15 @@ import grpclib.health.service
 import grpclib.server
 import h2.exceptions
 import msgspec
+import trio
 
 from tote_containerd._gen.tote.agent.v1 import agent_grpc
 from tote_containerd._gen.tote.agent.v1 import agent_pb2 as pb
 from tote_containerd.agent import convert, errors, metrics, records
-from tote_containerd.agent._aio import aio, h2_config, trio_from_aio
 from tote_containerd.agent.api import ImportProgress, ImportRequest, PushRequest
-from tote_containerd.agent.errors import AgentError, single_leaf
+from tote_containerd.agent.asyncio_bridge import AsyncioBridge
+from tote_containerd.agent.errors import AgentError
+from tote_containerd.agent.grpc_shim import h2_config
 from tote_containerd.agent.node_agent import NodeAgent
 from tote_containerd.agent.tls import INSECURE, Identity, Role, identity_of
 
@@ -66,8 +71,9 @@ async def _fail(stream: Any, exc: AgentError) -> NoReturn:
 
 
 class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
-    def __init__(self, agent: NodeAgent, *, insecure: bool) -> None:
+    def __init__(self, agent: NodeAgent, bridge: AsyncioBridge, *, insecure: bool) -> None:
         self.agent = agent
+        self.bridge = bridge
         self.insecure = insecure
 
     def _authorise(self, stream: Any, method: str) -> Identity:
@@ -91,22 +97,17 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
     async def _run(self, stream: Any, method: str, fn: Callable[..., Awaitable[T]],
                    *args: Any) -> T:
         try:
-            try:
-                result = await trio_from_aio(fn, *args)
-            except BaseExceptionGroup as eg:
-                leaf = single_leaf(eg)
-                if leaf is eg:
-                    raise
-                raise leaf from None
-        except AgentError as exc:
-            metrics.RPCS.labels(method=method, code=exc.code).inc()
-            log.info("%s failed: %s", method, exc)
-            if exc.__cause__ is not None:
-                log.debug("%s failure detail", method, exc_info=exc)
-            await _fail(stream, exc)
+            result = await self.bridge.call_trio(fn, *args)
         except grpclib.exceptions.GRPCError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # the call's edge: one failure becomes one status
+            failure = errors.agent_error_of(exc)
+            if failure is not None:
+                metrics.RPCS.labels(method=method, code=failure.code).inc()
+                log.info("%s failed: %s", method, failure)
+                if failure.__cause__ is not None:
+                    log.debug("%s failure detail", method, exc_info=failure)
+                await _fail(stream, failure)
             metrics.RPCS.labels(method=method, code="INTERNAL").inc()
             log.exception("%s crashed", method)
             raise grpclib.exceptions.GRPCError(
@@ -133,8 +134,8 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
         req = await stream.recv_message()
 
         async def send(offset: int, data: bytes, total: int) -> None:
-            await aio(stream.send_message, pb.ReadBlobResponse(offset=offset, data=data,
-                                                               total=total))
+            await self.bridge.call(stream.send_message,
+                                   pb.ReadBlobResponse(offset=offset, data=data, total=total))
 
         await self._run(stream, "ReadBlob", self.agent.source.read_blob, req.session, req.digest,
                         req.offset, req.length, ident, send)
@@ -151,7 +152,7 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
         req = await stream.recv_message()
 
         async def progress(p: ImportProgress) -> None:
-            await aio(stream.send_message, convert.to_pb(p, pb.ImportProgress))
+            await self.bridge.call(stream.send_message, convert.to_pb(p, pb.ImportProgress))
 
         await self._run(stream, "ImportFrom", self.agent.importer.import_from,
                         convert.from_pb(req, ImportRequest), progress)
@@ -195,40 +196,53 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
         await stream.send_message(convert.to_pb(res, pb.HealthResponse))
 
 
-class GrpcServer:
-    """grpclib server + grpc.health.v1 (the latter reflects containerd reachability)."""
+class Serving:
+    """A running agent server, as its owner sees it."""
 
-    def __init__(self, agent: NodeAgent, *, insecure: bool) -> None:
-        self.service = AgentService(agent, insecure=insecure)
-        self._status: Any = None
-        self._server: Any = None
-
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
-        async def _start() -> None:
-            self._status = grpclib.health.check.ServiceStatus()
-            health = grpclib.health.service.Health({self.service: [self._status]})
-            cfg = h2_config()
-            self._server = grpclib.server.Server([self.service, health], config=cfg)
-            await self._server.start(host, port, ssl=ssl_context)
-
-        await aio(_start)
-
-    def listening(self) -> bool:
-        """Whether the listening socket is still open (the asyncio server behind grpclib)."""
-        srv = getattr(self._server, "_server", None)
-        return srv is not None and bool(srv.is_serving())
+    def __init__(self, bridge: AsyncioBridge, server: Any, status: Any) -> None:
+        self._bridge = bridge
+        self.server = server  # the grpclib server (closing it ends `serve` with an error)
+        self._status = status
 
     async def set_serving(self, ok: bool) -> None:
+        """What grpc.health.v1 answers (it reflects containerd reachability)."""
+
         async def _set() -> None:
-            if self._status is not None:
-                self._status.set(ok)
+            self._status.set(ok)
 
-        await aio(_set)
+        await self._bridge.call(_set)
 
-    async def stop(self) -> None:
-        async def _stop() -> None:
-            if self._server is not None:
-                self._server.close()
-                await self._server.wait_closed()
 
-        await aio(_stop)
+async def serve(bridge: AsyncioBridge, agent: NodeAgent, sock: socket.socket,
+                ssl_context: ssl.SSLContext | None, *, insecure: bool,
+                task_status: trio.TaskStatus[Serving] = trio.TASK_STATUS_IGNORED) -> NoReturn:
+    """Serve the agent API and grpc.health.v1 on `sock` (listening already) until
+    cancelled; `started()` hands over a `Serving`. Should the server end any other way,
+    this raises, failing the owner's nursery: an agent never stays up without serving."""
+    service = AgentService(agent, bridge, insecure=insecure)
+
+    async def _start() -> tuple[Any, Any]:
+        status = grpclib.health.check.ServiceStatus()
+        health = grpclib.health.service.Health({service: [status]})
+        server = grpclib.server.Server([service, health], config=h2_config())
+        await server.start(sock=sock, ssl=ssl_context)
+        return server, status
+
+    server, status = await bridge.call(_start)
+
+    async def _closed() -> None:
+        # Shielded on the asyncio side: cancelling this wait (the owner stops the server)
+        # must not cancel the future grpclib resolves when it closes, which `_stop` awaits.
+        await asyncio.shield(server.wait_closed())
+
+    async def _stop() -> None:
+        server.close()
+        await server.wait_closed()
+
+    try:
+        task_status.started(Serving(bridge, server, status))
+        await bridge.call(_closed)
+        raise RuntimeError("the agent gRPC server closed")
+    finally:
+        with trio.CancelScope(shield=True):
+            await bridge.call(_stop)
