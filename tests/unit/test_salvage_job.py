@@ -20,6 +20,7 @@ from tote_core.hooks.hookspecs import hookimpl
 from tote_core.hooks.types import NodeInfo, TransferProgress
 from tote_core.reconcile.engine import Result
 from tote_core.salvage import planner
+from tote_core.salvage.jobs import RemoveCorrupt, SalvageWork
 from tote_core.salvage.salvager import SalvageEngine
 from tote_core.structs.salvagerecord import SalvageRecord
 from tote_core.testing import objects
@@ -70,7 +71,7 @@ class Setup:
         self.cluster = harness.cluster
 
     async def attempt(self) -> Result | None:
-        return await self.engine.reconcile(NAME)
+        return await self.engine.reconcile(SalvageWork(NAME))
 
 
 async def submitted(cluster: FakeCluster, make: HarnessFactory, *,
@@ -89,7 +90,7 @@ async def submitted(cluster: FakeCluster, make: HarnessFactory, *,
                                     owner=owner))
     await h.settle()
     await h.reconciler(salvage=engine.submit)("shop/web-1")
-    assert list(engine.jobs) == [NAME]
+    assert list(engine.jobs) == [SalvageWork(NAME)]
     return Setup(h, engine, agents, seen)
 
 
@@ -195,7 +196,7 @@ async def test_back_off_between_attempts(tote_cluster: FakeCluster,
     if waits:
         assert got is not None and got.requeue_after is not None
         assert 24.0 < got.requeue_after <= 25.0  # planner.backoff(1) = 30 s, 5 s spent
-        assert s.agents.calls == [] and list(s.engine.jobs) == [NAME]
+        assert s.agents.calls == [] and list(s.engine.jobs) == [SalvageWork(NAME)]
     else:
         assert got is None and len(s.agents.calls) == 1
 
@@ -255,7 +256,7 @@ async def test_every_source_unavailable_is_retried_with_back_off(
     assert record.spec.source_node == "n3"  # the last one tried
     [event] = tote_cluster.events(reason="ImageSalvageFailed")
     assert "(source_unavailable, will retry)" in event["note"]
-    assert list(s.engine.jobs) == [NAME]  # the job stays for the requeue
+    assert list(s.engine.jobs) == [SalvageWork(NAME)]  # the job stays for the requeue
 
 
 async def test_source_specific_error_tries_the_next_source(
@@ -308,7 +309,7 @@ async def test_no_transfer_plugin(tote_cluster: FakeCluster,
     tote_cluster.add(objects.failing_pod("web-1", namespace="shop", image=IMAGE, node="n1"))
     await h.settle()
     await h.reconciler(salvage=engine.submit)("shop/web-1")
-    await engine.reconcile(NAME)
+    await engine.reconcile(SalvageWork(NAME))
     [condition] = the_record(tote_cluster).status.conditions
     assert condition.reason == planner.CONFIGURATION
     assert condition.message == "no_plugin: no transfer plugin is loaded"
@@ -362,6 +363,10 @@ async def test_corrupt_image_record_removed_once_a_minute(
     await reconciler("shop/web-1")
     await reconciler("shop/web-2")
     first, second = list(engine.jobs)
+    assert isinstance(first, RemoveCorrupt) and isinstance(second, RemoveCorrupt)
+    web1 = tote_cluster.get("Pod", "web-1", "shop")
+    assert web1 is not None and first.pod_uid == web1["metadata"]["uid"]
+    assert str(first) == f"corrupt/shop/{first.pod_uid}/{first.container}"  # as logs say
     assert await engine.reconcile(first) is None
     assert agents.removed == [("n1", f"{WEB}:1@{D}", D)]
     assert tote_cluster.get("Pod", "web-1", "shop") is None  # restarted to pull again

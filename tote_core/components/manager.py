@@ -87,7 +87,7 @@ class Controller:
         self.board = StatusBoard()
         self.recorder: EventRecorder = PublishingRecorder(
             self.kube, instance=self.identity, board=self.board)
-        self.queue = WorkQueue(base_delay=1.0, max_delay=300.0)
+        self.queue = WorkQueue[str](base_delay=1.0, max_delay=300.0)
         self.salvage = SalvageEngine(
             self.settings, self.kube, self.caches, self.host, self.recorder,
             records=PublishingRecordStore(self.kube, self.board),
@@ -102,7 +102,7 @@ class Controller:
         self.reconciler = PodReconciler(
             self.settings, self.caches, self.host, self.recorder, salvage=self._submit
         )
-        self.engine = Engine(
+        self.engine = Engine[str](
             "pods", self.queue, self.reconciler,
             workers=self.settings.workers, deadline=self.settings.reconcile_timeout,
         )

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass
+from typing import Generic
 
 import msgspec
 import trio
 
 from tote_core import metrics
 from tote_core.errors import KubeError, PermanentError, RetryLater
-from tote_core.reconcile.queue import WorkQueue
+from tote_core.reconcile.queue import K, WorkQueue
 
 log = logging.getLogger("tote.reconcile")
 
@@ -27,14 +28,17 @@ class Result(msgspec.Struct, frozen=True):
     requeue_after: float | None = None
 
 
-Reconciler = Callable[[str], Awaitable[Result | None]]
+Reconciler = Callable[[str], Awaitable[Result | None]]  # detection's: by pod key
 
 
 @dataclass(eq=False)
-class Engine:
+class Engine(Generic[K]):
+    """Workers for one kind of key: `Engine[str]` for pod keys, `Engine[Work]` for salvage's
+    typed work; the key reaches `reconcile` as queued (logs show its `str`)."""
+
     name: str
-    queue: WorkQueue
-    reconcile: Reconciler
+    queue: WorkQueue[K]
+    reconcile: Callable[[K], Awaitable[Result | None]]
     _: KW_ONLY
     workers: int
     deadline: float
@@ -47,7 +51,7 @@ class Engine:
             finally:
                 self.queue.done(key)
 
-    async def _one(self, key: str) -> None:
+    async def _one(self, key: K) -> None:
         try:
             with trio.fail_after(self.deadline):
                 result = await self.reconcile(key)

@@ -12,18 +12,25 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
+from collections.abc import Hashable
+from typing import Generic, TypeVar
 
 import trio
 
+K = TypeVar("K", bound=Hashable)
 
-class WorkQueue:
+
+class WorkQueue(Generic[K]):
+    """Keys of type `K`: pod keys (`namespace/name`) for detection, typed work items
+    (`tote_core.salvage.jobs.Work`) for salvage."""
+
     def __init__(self, *, base_delay: float = 0.5, max_delay: float = 300.0) -> None:
-        self._queue: deque[str] = deque()
-        self._queued: set[str] = set()
-        self._processing: set[str] = set()
-        self._dirty: set[str] = set()
-        self._failures: dict[str, int] = {}
-        self._delayed: list[tuple[float, int, str]] = []
+        self._queue: deque[K] = deque()
+        self._queued: set[K] = set()
+        self._processing: set[K] = set()
+        self._dirty: set[K] = set()
+        self._failures: dict[K, int] = {}
+        self._delayed: list[tuple[float, int, K]] = []
         self._seq = itertools.count()
         self._lot = trio.lowlevel.ParkingLot()
         self._timer_lot = trio.lowlevel.ParkingLot()
@@ -33,7 +40,7 @@ class WorkQueue:
     def __len__(self) -> int:
         return len(self._queue)
 
-    def add(self, key: str) -> None:
+    def add(self, key: K) -> None:
         if key in self._processing:
             self._dirty.add(key)
             return
@@ -43,30 +50,30 @@ class WorkQueue:
         self._queue.append(key)
         self._lot.unpark()
 
-    def add_after(self, key: str, delay: float) -> None:
+    def add_after(self, key: K, delay: float) -> None:
         if delay <= 0:
             self.add(key)
             return
         heapq.heappush(self._delayed, (trio.current_time() + delay, next(self._seq), key))
         self._timer_lot.unpark_all()
 
-    def backoff_for(self, key: str) -> float:
+    def backoff_for(self, key: K) -> float:
         failures = self._failures.get(key, 0)
         return float(min(self.base_delay * (2**failures), self.max_delay))
 
-    def add_rate_limited(self, key: str) -> float:
+    def add_rate_limited(self, key: K) -> float:
         delay = self.backoff_for(key)
         self._failures[key] = self._failures.get(key, 0) + 1
         self.add_after(key, delay)
         return delay
 
-    def forget(self, key: str) -> None:
+    def forget(self, key: K) -> None:
         self._failures.pop(key, None)
 
-    def failures(self, key: str) -> int:
+    def failures(self, key: K) -> int:
         return self._failures.get(key, 0)
 
-    async def get(self) -> str:
+    async def get(self) -> K:
         while not self._queue:
             await self._lot.park()
         key = self._queue.popleft()
@@ -74,7 +81,7 @@ class WorkQueue:
         self._processing.add(key)
         return key
 
-    def done(self, key: str) -> None:
+    def done(self, key: K) -> None:
         self._processing.discard(key)
         if key in self._dirty:
             self._dirty.discard(key)

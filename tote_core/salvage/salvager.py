@@ -38,7 +38,7 @@ from tote_core.reconcile.engine import Engine, Result
 from tote_core.reconcile.queue import WorkQueue
 from tote_core.salvage import planner
 from tote_core.salvage.corrupt import CorruptRecords
-from tote_core.salvage.jobs import CORRUPT_PREFIX, Job, corrupt_key
+from tote_core.salvage.jobs import Job, RemoveCorrupt, SalvageWork, Work
 from tote_core.salvage.outcomes import Outcomes
 from tote_core.salvage.pods import PodActions
 from tote_core.salvage.records import RecordStore
@@ -68,13 +68,13 @@ class SalvageEngine:
         self.host = host
         self.records = records or RecordStore(kube)
         self.started = utcnow()  # configuration failures from before this are retried
-        self.queue = WorkQueue(base_delay=30.0, max_delay=300.0)
-        self.jobs: dict[str, Job] = {}
+        self.queue = WorkQueue[Work](base_delay=30.0, max_delay=300.0)
+        self.jobs: dict[Work, Job] = {}
         self.active_by_source: Counter[str] = Counter()
         pods = PodActions(kube, caches, host, recorder)
         self.outcomes = Outcomes(self.records, pods, host)
         self.corrupt = CorruptRecords(host, pods)
-        self.engine = Engine(
+        self.engine = Engine[Work](
             "salvage", self.queue, self.reconcile,
             workers=settings.max_concurrent_salvages,
             deadline=settings.transfer_timeout + 60.0,
@@ -88,15 +88,16 @@ class SalvageEngine:
             return
         pod_key = f"{pod.metadata.namespace}/{pod.metadata.name}"
         if incident.kind == "corrupt":
-            key = corrupt_key(pod, incident.container)
+            key: Work = RemoveCorrupt.of(pod, incident.container)
             self.jobs.setdefault(key, Job(pod.metadata.namespace, "", incident)).pods[pod_key] = pod
             self.queue.add(key)
             return
         assert incident.digest and target
-        key = planner.record_name(incident.digest, target)  # never contains "/"
+        name = planner.record_name(incident.digest, target)
+        key = SalvageWork(name)
         job = self.jobs.get(key)
         if job is None:
-            job = self.jobs[key] = Job(pod.metadata.namespace, key, incident)
+            job = self.jobs[key] = Job(pod.metadata.namespace, name, incident)
         job.pods[pod_key] = pod
         self.queue.add(key)
 
@@ -105,18 +106,18 @@ class SalvageEngine:
 
     # -- one job ----------------------------------------------------------------------------
 
-    async def reconcile(self, key: str) -> Result | None:
+    async def reconcile(self, key: Work) -> Result | None:
         job = self.jobs.get(key)
         if job is None:
             return None
-        if key.startswith(CORRUPT_PREFIX):
+        if isinstance(key, RemoveCorrupt):
             return await self.corrupt.handle(job, lambda: self._forget(key))
         return await self._salvage(key, job)
 
-    def _forget(self, key: str) -> None:
+    def _forget(self, key: Work) -> None:
         self.jobs.pop(key, None)
 
-    async def _salvage(self, key: str, job: Job) -> Result | None:
+    async def _salvage(self, key: SalvageWork, job: Job) -> Result | None:
         inc = job.incident
         assert inc.digest and inc.node_name
         digest, target = inc.digest, inc.node_name

@@ -129,8 +129,8 @@ class Harness:
         transfers. Runs in the harness nursery until the harness closes."""
         salvage = self.salvage_engine()
         reconciler = self.reconciler(salvage=salvage.submit)
-        queue = WorkQueue(base_delay=1.0, max_delay=300.0)
-        engine = Engine("pods", queue, reconciler, workers=self.settings.workers,
+        queue = WorkQueue[str](base_delay=1.0, max_delay=300.0)
+        engine = Engine[str]("pods", queue, reconciler, workers=self.settings.workers,
                         deadline=self.settings.reconcile_timeout)
 
         def on_pod(key: str, old: Pod | None, new: Pod | None) -> None:
