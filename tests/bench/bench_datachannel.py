@@ -4,8 +4,8 @@ trio (`trio.SSLStream`, file reads in worker threads) — the choice issue 12 as
 
 One server process serves one blob file (page cache warm) over mTLS on 127.0.0.1; this
 process downloads it `--streams` times in parallel with the agent's own client
-(`data_receive.download`, blocking, in threads) and throws the bytes away. Reported: MB/s over
-the whole download and CPU seconds per GiB of the server process and of this client.
+(`data_channel_receive.download`, blocking, in threads) and throws the bytes away. Reported:
+MB/s over the whole download and CPU seconds per GiB of the server process and of this client.
 
 Run: `python -m tests.bench.bench_datachannel [--size-mib 1024] [--streams 4]`
 """
@@ -37,7 +37,7 @@ GiB = 1024 * MiB
 async def _serve_trio(port_file: Path, blob: Path, size: int, cert: str, key: str,
                       ca: str) -> None:
     """The alternative: TLS in trio (SSLStream over a trio socket stream)."""
-    from tote_containerd.agent import dataplane, tls
+    from tote_containerd.agent import data_channel, tls
 
     ctx = tls.data_server_context(cert, key, ca)
 
@@ -54,7 +54,7 @@ async def _serve_trio(port_file: Path, blob: Path, size: int, cert: str, key: st
                 + b"\n")
             with blob.open("rb", buffering=0) as f:
                 while True:
-                    data = await trio.to_thread.run_sync(f.read, dataplane.CHUNK)
+                    data = await trio.to_thread.run_sync(f.read, data_channel.CHUNK)
                     if not data:
                         break
                     await ssl_stream.send_all(data)
@@ -68,8 +68,8 @@ async def _serve_trio(port_file: Path, blob: Path, size: int, cert: str, key: st
 
 async def _serve_thread(port_file: Path, blob: Path, size: int, cert: str, key: str,
                         ca: str) -> None:
-    """As shipped: `dataplane.DataServer`, every request authorised for `blob`."""
-    from tote_containerd.agent import dataplane, tls
+    """As shipped: `data_channel.DataServer`, every request authorised for `blob`."""
+    from tote_containerd.agent import data_channel, tls
 
     from tote_core.httpserver import listen_socket
 
@@ -77,7 +77,7 @@ async def _serve_thread(port_file: Path, blob: Path, size: int, cert: str, key: 
                         caller: object) -> tuple[Path, int, int, int]:
         return blob, offset, size, size
 
-    server = dataplane.DataServer(authorise, tls.data_server_context(cert, key, ca))
+    server = data_channel.DataServer(authorise, tls.data_server_context(cert, key, ca))
     async with trio.open_nursery() as nursery:
         port = await nursery.start(server.run, listen_socket("127.0.0.1", 0))
         await trio.Path(port_file).write_text(str(port))
@@ -89,7 +89,7 @@ def serve(mode: str, port_file: str, blob: str, cert: str, key: str, ca: str) ->
 
 
 def run(mode: str, d: Path, blob: Path, streams: int) -> tuple[float, float, float]:
-    from tote_containerd.agent import data_receive, tls
+    from tote_containerd.agent import data_channel_receive, tls
 
     from tests.cluster.agent_pki import make_pki
 
@@ -112,9 +112,10 @@ def run(mode: str, d: Path, blob: Path, streams: int) -> tuple[float, float, flo
 
         def one() -> None:
             try:
-                data_receive.download("127.0.0.1", port, ctx, session="s", digest="sha256:x",
-                                   offset=0, size=size, sink=lambda mv: None,
-                                   on_bytes=lambda n: None, stop=threading.Event())
+                data_channel_receive.download(
+                    "127.0.0.1", port, ctx, session="s", digest="sha256:x", offset=0,
+                    size=size, sink=lambda mv: None, on_bytes=lambda n: None,
+                    stop=threading.Event())
             except BaseException as exc:  # reported below
                 errors.append(exc)
 

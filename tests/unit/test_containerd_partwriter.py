@@ -8,8 +8,8 @@ import random
 from pathlib import Path
 
 import pytest
-from tote_containerd.agent.data_receive import ALIGN, PartWriter, resume_offset
-from tote_containerd.agent.dataplane import CHUNK
+from tote_containerd.agent.data_channel import CHUNK
+from tote_containerd.agent.data_channel_receive import ALIGN, PartWriter, resume_offset
 
 from tests.cluster.ci import require
 from tote_core.httpserver import listen_socket
@@ -69,7 +69,7 @@ def test_source_sends_ranges_from_the_mapped_file(tmp_path: Path) -> None:
     import socket
     import threading
 
-    from tote_containerd.agent.dataplane import _send_file
+    from tote_containerd.agent.data_channel import _send_file
 
     path = tmp_path / "blob"
     data = random.Random(9).randbytes(CHUNK + 777)
@@ -103,8 +103,8 @@ async def test_download_straight_into_the_part_file(tmp_path: Path) -> None:
     import threading
 
     import trio
-    from tote_containerd.agent.data_receive import download
-    from tote_containerd.agent.dataplane import DataServer
+    from tote_containerd.agent.data_channel import DataServer
+    from tote_containerd.agent.data_channel_receive import download
 
     blob = tmp_path / "blob"
     data = random.Random(10).randbytes(2 * CHUNK + 4321)
@@ -143,7 +143,7 @@ def test_peer_gone_mid_send_is_an_os_error(tmp_path: Path) -> None:
     BufferError from closing the mapping (which used to end the whole source agent)."""
     import socket
 
-    from tote_containerd.agent.dataplane import _send_file
+    from tote_containerd.agent.data_channel import _send_file
 
     path = tmp_path / "blob"
     path.write_bytes(random.Random(11).randbytes(3 * CHUNK))

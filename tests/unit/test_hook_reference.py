@@ -1,5 +1,5 @@
-"""docs/plugins.md's hook reference is the one tote_core.hooks.reference draws from the specs
-(regenerate with `python -m tote_core.hooks.reference --write`), every spec's docstring has
+"""docs/plugins.md's hook reference is the one tote_core.hooks.reference_doc draws from the specs
+(regenerate with `python -m tote_core.hooks.reference_doc --write`), every spec's docstring has
 every part the reference shows, each spec's `Built-in:` names exactly the built-in plugins
 that implement it, and the page's table of built-in plugins lists each with its flags."""
 
@@ -15,24 +15,24 @@ import msgspec
 import pluggy
 import pytest
 
-from tote_core.hooks import hookspecs, reference
+from tote_core.hooks import hookspecs, reference_doc
 from tote_core.hooks.hookspecs import hookspec
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_plugin_pages_hook_reference_matches_the_specs() -> None:
-    text = reference.DOC.read_text()
-    start, end = reference.section(text)
-    assert text[start:end] == reference.render(), (
-        f"docs/plugins.md's hook reference is stale: run `{reference.COMMAND}`")
+    text = reference_doc.DOC.read_text()
+    start, end = reference_doc.section(text)
+    assert text[start:end] == reference_doc.render(), (
+        f"docs/plugins.md's hook reference is stale: run `{reference_doc.COMMAND}`")
 
 
 def test_every_spec_docstring_has_every_part_of_the_template() -> None:
-    assert reference.problems() == []
-    names = [h.name for h in reference.hooks()]
+    assert reference_doc.problems() == []
+    names = [h.name for h in reference_doc.hooks()]
     assert len(names) >= 15 and "select_source" in names and "transfer" in names
-    assert all(h.phase for h in reference.hooks()), "every spec stands under a phase comment"
+    assert all(h.phase for h in reference_doc.hooks()), "every spec stands under a phase comment"
 
 
 def test_a_spec_missing_a_part_is_named_with_what_it_lacks() -> None:
@@ -49,28 +49,28 @@ def test_a_spec_missing_a_part_is_named_with_what_it_lacks() -> None:
         Built-in: none.
         """
 
-    with pytest.raises(reference.DocstringError) as caught:
-        reference.parse(pick)
+    with pytest.raises(reference_doc.DocstringError) as caught:
+        reference_doc.parse(pick)
     assert str(caught.value) == (
         "hook spec pick: docstring lacks `:param digest:`, `Deadline:`")
 
 
 def test_a_parsed_spec_keeps_types_as_written_and_the_kind_from_pluggy() -> None:
-    hook = reference.parse(hookspecs.select_source)
+    hook = reference_doc.parse(hookspecs.select_source)
     assert hook.firstresult is True
     assert hook.params[1][:2] == ("candidates", "list[NodeInfo]")
     assert hook.returns[0] == "list[str] | None"
     assert hook.signature.startswith("def select_source(")
     assert "`--transfer-timeout`" in hook.fields["Deadline"]
-    assert reference.parse(hookspecs.on_salvaged).firstresult is False
-    rendered = reference.render_hook(hook)
+    assert reference_doc.parse(hookspecs.on_salvaged).firstresult is False
+    rendered = reference_doc.render_hook(hook)
     assert "| *returns* | `list[str] \\| None` |" in rendered  # pipes escaped in tables
 
 
 def test_builtin_names_skip_parenthesised_asides() -> None:
     text = "`source-policy` (ready, `--zone` first); `agent` wraps it (blobs first)"
-    assert reference.builtin_names(text) == ("agent", "source-policy")
-    assert reference.builtin_names("none (core does it)") == ()
+    assert reference_doc.builtin_names(text) == ("agent", "source-policy")
+    assert reference_doc.builtin_names("none (core does it)") == ()
 
 
 def _builtin_plugins() -> dict[str, object]:
@@ -94,7 +94,7 @@ def test_each_specs_built_in_names_the_built_in_plugins_implementing_it() -> Non
     for name, plugin in _builtin_plugins().items():
         pm.register(plugin, name=name)
     wrong = {}
-    for hook in reference.hooks():
+    for hook in reference_doc.hooks():
         impls = getattr(pm.hook, hook.name).get_hookimpls()
         actual = tuple(sorted({i.plugin_name for i in impls}))
         if hook.builtins != actual:
@@ -105,33 +105,34 @@ def test_each_specs_built_in_names_the_built_in_plugins_implementing_it() -> Non
 def test_write_rewrites_only_between_the_markers(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     page = tmp_path / "plugins.md"
-    page.write_text(f"# Before\n\n{reference.BEGIN}\nold\n{reference.END}\n\nAfter\n")
-    assert reference.main(["--write", str(page)]) == 0
+    page.write_text(f"# Before\n\n{reference_doc.BEGIN}\nold\n{reference_doc.END}\n\nAfter\n")
+    assert reference_doc.main(["--write", str(page)]) == 0
     assert page.read_text() == (
-        f"# Before\n\n{reference.BEGIN}\n{reference.render()}{reference.END}\n\nAfter\n")
-    assert reference.main(["--write", str(page)]) == 0
+        f"# Before\n\n{reference_doc.BEGIN}\n{reference_doc.render()}"
+        f"{reference_doc.END}\n\nAfter\n")
+    assert reference_doc.main(["--write", str(page)]) == 0
     assert "already current" in capsys.readouterr().out
 
     page.write_text("# no markers\n")
-    assert reference.main(["--write", str(page)]) == 1
+    assert reference_doc.main(["--write", str(page)]) == 1
     assert "has no hook reference markers" in capsys.readouterr().err
 
 
 def test_hook_types_keep_their_field_types_defaults_and_comments() -> None:
-    by_name = {t.name: t for t in reference.types()}
+    by_name = {t.name: t for t in reference_doc.types()}
     request = {f.name: f for f in by_name["TransferRequest"].fields}
     assert request["digest"].type == "str" and request["digest"].default is None
     assert request["max_bytes"].default == "0"
     assert "0 = no limit" in request["max_bytes"].note
     assert by_name["ProgressCallback"].alias == "Callable[[TransferProgress], Awaitable[None]]"
-    rendered = reference.render_type(by_name["Incident"])
+    rendered = reference_doc.render_type(by_name["Incident"])
     assert "| `digest` | `str \\| None` | required | sha256:… once known |" in rendered
 
 
 def test_the_built_in_plugins_table_lists_every_built_in_and_its_flags() -> None:
     """docs/plugins.md's hand-written table of built-in plugins names each one and every flag
     its settings Struct declares — no more, no fewer."""
-    text = reference.DOC.read_text()
+    text = reference_doc.DOC.read_text()
     table = text[text.index("## Built-in plugins"):text.index("## Notifications")]
     documented = {}
     for line in table.splitlines():

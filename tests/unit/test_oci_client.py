@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import trio
 from tote_containerd.agent import errors
-from tote_containerd.agent.push import _agent_error
+from tote_containerd.agent.registry_push import _agent_error
 
 from tote_core.errors import ConfigError, RegistryError
 from tote_core.oci import mediatypes

@@ -1,7 +1,7 @@
 """Every hook tote calls, one spec each: docs/plugins.md's hook reference is drawn from them.
 
 Specs are grouped by phase (start-up, detection, salvage, outcome, upkeep, doctor). Every
-docstring follows one template, which `tote_core.hooks.reference` renders into
+docstring follows one template, which `tote_core.hooks.reference_doc` renders into
 docs/plugins.md and tests/unit/test_hook_reference.py enforces (a spec missing a part fails
 it):
 

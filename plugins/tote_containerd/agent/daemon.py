@@ -20,7 +20,7 @@ from typing import NoReturn
 
 import trio
 
-from tote_containerd.agent import dataplane, httpd, oci, server, tls
+from tote_containerd.agent import data_channel, httpd, oci, server, tls
 from tote_containerd.agent.asyncio_bridge import AsyncioBridge
 from tote_containerd.agent.client import AgentClient
 from tote_containerd.agent.containerd import ContainerdClient
@@ -224,7 +224,7 @@ async def _serve(nursery: trio.Nursery, bridge: AsyncioBridge, agent: NodeAgent,
 
     await nursery.start(httpd.serve, ports.metrics, healthy)
     if ports.data is not None:
-        data = dataplane.DataServer(agent.source.authorise_file_read,
+        data = data_channel.DataServer(agent.source.authorise_file_read,
                                     agent_tls.data.front if agent_tls else None)
         agent.source.data_port = await nursery.start(data.run, ports.data)
 

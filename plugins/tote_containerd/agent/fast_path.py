@@ -1,7 +1,7 @@
-"""The fast path of an import (target side): each missing blob is written as a verified file
+"""The fast path of a transfer (target side): each missing blob is written as a verified file
 next to containerd's blobs — bytes from the source's data channel (worker thread, see
-`dataplane`), the rest over gRPC — then hard-linked into place and registered with containerd
-(STAT + COMMIT). Partial files stay for a resume; stale ones are swept."""
+`data_channel`), the rest over gRPC — then hard-linked into place and registered with
+containerd (STAT + COMMIT). Partial files stay for a resume; stale ones are swept."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from tote_containerd.agent import data_receive, metrics, oci
+from tote_containerd.agent import data_channel_receive, metrics, oci
 from tote_containerd.agent.containerd import ContainerdClient
 from tote_containerd.agent.errors import (
     AgentError,
@@ -101,14 +101,14 @@ class FastPath:
         part = tmpdir / f"{hexd}.part"
         if not final.exists():
             await trio.to_thread.run_sync(lambda: tmpdir.mkdir(parents=True, exist_ok=True))
-            offset = data_receive.resume_offset(part.stat().st_size if part.exists() else 0,
+            offset = data_channel_receive.resume_offset(part.stat().st_size if part.exists() else 0,
                                              d.size)
             h = (await trio.to_thread.run_sync(_sha256_file_prefix, part, offset)
                  if offset else hashlib.sha256())
             if offset:
                 reporter.resumed(offset)
                 log.info("resuming %s (fast path) at %d of %d", d.digest, offset, d.size)
-            f = await trio.to_thread.run_sync(data_receive.PartWriter, part, offset)
+            f = await trio.to_thread.run_sync(data_channel_receive.PartWriter, part, offset)
             complete = False
             try:
                 pos = offset
@@ -170,7 +170,7 @@ class FastPath:
             trio.from_thread.run_sync(reporter.add, n, trio_token=token)
 
         fetch = functools.partial(
-            data_receive.download, data_ep[0], data_ep[1], self.data_ssl(), session=session,
+            data_channel_receive.download, data_ep[0], data_ep[1], self.data_ssl(), session=session,
             digest=d.digest, offset=offset, size=d.size, sink=counted, on_bytes=on_bytes,
             stop=stop, into=into)
         try:

@@ -1,23 +1,23 @@
 """One agent process's state for its node, and the parts that serve the agent API: the
 node's content store (`content`), the source side of transfers (`source`), imports
-(`importer`), inspect, backup push, and the containerd health probe. The gRPC server
-(`server.py`) calls these; image records are plain functions in `records.py`."""
+(`transfer_target`), inspect, backup push, and the containerd health probe. The gRPC server
+(`server.py`) calls these; image records are plain functions in `image_records.py`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tote_containerd.agent import inspection, metrics, oci, push
+from tote_containerd.agent import inspection, metrics, oci, registry_push
 from tote_containerd.agent.api import Health, InspectResult, PushRequest, PushResult
 from tote_containerd.agent.containerd import ContainerdClient
 from tote_containerd.agent.content import LocalContent
 from tote_containerd.agent.errors import AgentError
-from tote_containerd.agent.importer import Importer
 from tote_containerd.agent.layer_export import LayerExporter
 from tote_containerd.agent.peer import PeerOpener
-from tote_containerd.agent.source import SourceSide
 from tote_containerd.agent.tls import ClientTLS, no_tls
 from tote_containerd.agent.tokens import Verifier
+from tote_containerd.agent.transfer_source import TransferSource
+from tote_containerd.agent.transfer_target import TransferTarget
 
 
 class NodeAgent:
@@ -29,11 +29,11 @@ class NodeAgent:
         self.node = node
         self.platform = platform
         self.content = LocalContent(cd, node, content_root, fast_path)
-        self.importer = Importer(self.content, platform=platform, open_peer=open_peer,
+        self.target = TransferTarget(self.content, platform=platform, open_peer=open_peer,
                                  parallelism=parallelism, data_ssl=data_ssl)
-        self.exporter = LayerExporter(cd, self.importer.unpacker)
+        self.exporter = LayerExporter(cd, self.target.unpacker)
         # The data channel is served only with file access.
-        self.source = SourceSide(self.content, verifier,
+        self.source = TransferSource(self.content, verifier,
                                  data_port if self.content.fast_path else 0, self.exporter)
         self.containerd_version = ""
         self.containerd_error = ""
@@ -69,4 +69,5 @@ class NodeAgent:
         def readable(digest: str) -> Path | None:
             return self.content.blob_path(digest) if self.fast_path else None
 
-        return await push.Pusher(self.cd, req, platform=self.platform, blob_path=readable).run()
+        return await registry_push.Pusher(self.cd, req, platform=self.platform,
+                                          blob_path=readable).run()

@@ -1,5 +1,5 @@
 """The source agent as an import sees it: where it is (`split_endpoint`) and what the import
-needs from it (`Peer`, implemented by `client.AgentClient`). The importer and the fast path
+needs from it (`Peer`, implemented by `client.AgentClient`). The transfer target and the fast path
 see only this, so they stay free of the gRPC bridge."""
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import trio
 
 from tote_containerd._gen.tote.agent.v1 import agent_grpc
 from tote_containerd._gen.tote.agent.v1 import agent_pb2 as pb
-from tote_containerd.agent import convert, errors, metrics, records
+from tote_containerd.agent import convert, errors, image_records, metrics
 from tote_containerd.agent.api import ImportProgress, ImportRequest, PushRequest
 from tote_containerd.agent.asyncio_bridge import AsyncioBridge
 from tote_containerd.agent.errors import AgentError
@@ -154,33 +154,35 @@ class AgentService(agent_grpc.AgentBase):  # type: ignore[misc]
         async def progress(p: ImportProgress) -> None:
             await self.bridge.call(stream.send_message, convert.to_pb(p, pb.ImportProgress))
 
-        await self._run(stream, "ImportFrom", self.agent.importer.import_from,
+        await self._run(stream, "ImportFrom", self.agent.target.import_from,
                         convert.from_pb(req, ImportRequest), progress)
 
     async def ListImages(self, stream: Any) -> None:
         self._authorise(stream, "ListImages")
         req = await stream.recv_message()
-        res = await self._run(stream, "ListImages", records.list_images, self.agent.cd, req.digest)
+        res = await self._run(stream, "ListImages", image_records.list_images, self.agent.cd,
+                              req.digest)
         images = [msgspec.to_builtins(r) for r in res]
         await stream.send_message(pb.ListImagesResponse(images=images))
 
     async def ResolveTag(self, stream: Any) -> None:
         self._authorise(stream, "ResolveTag")
         req = await stream.recv_message()
-        res = await self._run(stream, "ResolveTag", records.resolve_tag, self.agent.cd, req.ref)
+        res = await self._run(stream, "ResolveTag", image_records.resolve_tag, self.agent.cd,
+                              req.ref)
         await stream.send_message(convert.to_pb(res, pb.ResolveTagResponse))
 
     async def RemoveImage(self, stream: Any) -> None:
         self._authorise(stream, "RemoveImage")
         req = await stream.recv_message()
-        removed = await self._run(stream, "RemoveImage", records.remove_image, self.agent.cd,
+        removed = await self._run(stream, "RemoveImage", image_records.remove_image, self.agent.cd,
                                   list(req.names), req.digest)
         await stream.send_message(pb.RemoveImageResponse(removed=removed))
 
     async def SetPinned(self, stream: Any) -> None:
         self._authorise(stream, "SetPinned")
         req = await stream.recv_message()
-        updated = await self._run(stream, "SetPinned", records.set_pinned, self.agent.cd,
+        updated = await self._run(stream, "SetPinned", image_records.set_pinned, self.agent.cd,
                                   list(req.names), req.digest, req.pinned)
         await stream.send_message(pb.SetPinnedResponse(updated=updated))
 

@@ -43,7 +43,7 @@ def server_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
 
 
 def data_server_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
-    """The fast-path data channel (`dataplane`): TLS 1.3 that *requires* a client certificate
+    """The fast-path data channel (`data_channel`): TLS 1.3 that *requires* a client certificate
     from the tote CA. Unlike the gRPC port it serves no health checks, so a peer without a
     certificate fails the handshake before any request byte is read."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca)

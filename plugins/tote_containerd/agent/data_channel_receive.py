@@ -1,4 +1,4 @@
-"""The receiving side of the fast-path data channel (`dataplane.py` has the protocol and the
+"""The receiving side of the fast-path data channel (`data_channel.py` has the protocol and the
 server): download a blob range from a source agent straight into an O_DIRECT partial file,
 verified by the caller (`fast_path.py`). Blocking; runs in worker threads."""
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tote_containerd.agent import errors
-from tote_containerd.agent.dataplane import CHUNK, IO_TIMEOUT, MAX_REQUEST, read_head
+from tote_containerd.agent.data_channel import CHUNK, IO_TIMEOUT, MAX_REQUEST, read_head
 from tote_containerd.agent.tls import PeerRoleMismatch
 
 ALIGN = 4096  # O_DIRECT needs buffer, offset and length aligned to the logical block size

@@ -1,6 +1,6 @@
 """Bulk blob channel for the fast path: raw blob bytes over TLS 1.3 (same mTLS identities and
 sessions as the gRPC API; a client certificate is required in the handshake), served (here)
-and received (`data_receive.py`) by blocking sockets in worker threads that trio starts and
+and received (`data_channel_receive.py`) by blocking sockets in worker threads that trio starts and
 bounds.
 
 Why: HTTP/2 framing in Python (h2) costs more CPU per byte than TLS itself; a plain TLS stream

@@ -1,9 +1,16 @@
-"""ImportFrom (target side): copy an image by digest from a source agent into this node's
-containerd — token → session, the top blob and the platform's manifest, the missing config
-and layer blobs in parallel (gRPC stream, or the fast path), each layer unpacked into CRI's
+"""The target side of a transfer (RPC ImportFrom): copy an image by digest from a source agent
+into this node's containerd — token → session, the top blob and the platform's manifest, the
+missing config and layer blobs in parallel, each layer unpacked into CRI's
 snapshotter as soon as it is committed (`unpack.py`), parents committed after their
 children with GC labels, and the image records last, so nothing is visible before every
-blob is committed and unpacked. One import per digest at a time; a failed one resumes from
+blob is committed and unpacked.
+
+One name for the node-to-node copy: a *transfer* (the controller's `transfer` hook, this
+module on the target, `transfer_source` on the source). A blob travels one of two paths: the
+*API path* (gRPC `ReadBlob` from the source into containerd's content Write) or the *fast
+path* (`fast_path`: a verified file written from the source's data channel, then committed).
+
+One import per digest at a time; a failed one resumes from
 containerd's committed offsets (the lease keeps in-flight ingests and finished snapshots).
 
 Snapshot mode: layers the source discarded after unpacking (its session lists them as
@@ -37,9 +44,9 @@ from tote_containerd.agent.errors import (
     as_one_error,
 )
 from tote_containerd.agent.fast_path import FastPath
+from tote_containerd.agent.image_records import PIN_LABEL, PINNED
 from tote_containerd.agent.peer import Peer, PeerOpener, split_endpoint
 from tote_containerd.agent.progress import ProgressFn, Reporter
-from tote_containerd.agent.records import PIN_LABEL, PINNED
 from tote_containerd.agent.tls import ClientTLS, no_tls
 from tote_containerd.agent.unpack import MT_LAYER_TAR, Unpacker, chain_ids, diff_ids_of
 
@@ -50,7 +57,7 @@ FINAL_REFUSALS = frozenset({"too_large", "layer_unverified"})
 CRI_LABELS = {oci.CRI_LABEL: "managed"}
 
 
-class Importer:
+class TransferTarget:
     def __init__(self, content: LocalContent, *, platform: str, open_peer: PeerOpener,
                  parallelism: int = 4, data_ssl: ClientTLS = no_tls) -> None:
         self.content = content

@@ -1,7 +1,7 @@
 """The source side of a transfer: a target agent redeems a transfer token for a session
 (single use, bound to the caller's certificate), then reads the image's blobs through it —
 over gRPC (`read_blob`) or, on the fast path, over the data channel
-(`authorise_file_read`, served by `dataplane.DataServer`). Layers this node discarded after
+(`authorise_file_read`, served by `data_channel.DataServer`). Layers this node discarded after
 unpacking are regenerated from its snapshots on request (`export_layer`, see
 `layer_export`) and become readable through the same session."""
 
@@ -49,7 +49,7 @@ class _SessionState(msgspec.Struct):
     regenerable: dict[str, Regenerable]  # discarded layer digest → its snapshots
 
 
-class SourceSide:
+class TransferSource:
     def __init__(self, content: LocalContent, verifier: Verifier, data_port: int = 0,
                  exporter: LayerExporter | None = None) -> None:
         self.content = content
