@@ -149,3 +149,18 @@ async def test_connections_advertise_the_large_frame_size() -> None:
         assert advertised == grpc_shim.MAX_FRAME
         await bridge.close_channel(ch)
         await bridge.call(_stop, srv)
+
+
+def test_a_grpclib_without_what_the_shim_reads_is_refused_in_one_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tried: grpclib's client Stream without `_cancel_done` (as a future release might be):
+    a configuration error naming the attribute and the supported versions, before anything
+    is patched or served."""
+    from grpclib.client import Stream
+
+    from tote_core.errors import ConfigError
+
+    monkeypatch.delattr(Stream, "_cancel_done")
+    with pytest.raises(ConfigError, match=r"lacks Stream\._cancel_done; tote supports grpclib "
+                                          r"0\.4\.7, 0\.4\.8, 0\.4\.9"):
+        grpc_shim.install()

@@ -16,6 +16,8 @@ import logging
 from importlib import metadata
 from typing import Any
 
+from tote_core.errors import ConfigError
+
 log = logging.getLogger("tote.agent.grpc")
 
 # The grpclib releases the private attributes below were read from (pyproject: >=0.4.7,<0.5).
@@ -32,8 +34,9 @@ _STREAM_ATTRS = ("_recv_trailing_metadata_done", "_send_request_done", "_cancel_
 _PATCHED = "_tote_patched"
 
 
-class UnsupportedGrpclib(RuntimeError):
-    """The installed grpclib lacks something this module uses."""
+class UnsupportedGrpclib(ConfigError):
+    """The installed grpclib lacks something this module uses (an installation problem:
+    one line at start-up, like any configuration error)."""
 
 
 def grpclib_version() -> str:
