@@ -18,12 +18,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import trio
 
 from tote_core import metrics
 from tote_core.salvage import pins
 from tote_core.salvage.pins import Pins, backoff, pull_secrets
 from tote_core.salvage.reaper import Reaper
+from tote_core.salvage.statuswriter import StatusPatch
 from tote_core.structs.kube import (
     Container,
     LocalObjectReference,
@@ -88,9 +90,10 @@ class Store:
         self.items = items
         self.patches: list[tuple[str, dict[str, Any]]] = []
         self.deleted: list[str] = []
+        self.status = self  # the store's StatusWriter
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.patches.append((name, status))
+    async def patch(self, namespace: str, name: str, status: StatusPatch) -> None:
+        self.patches.append((name, msgspec.to_builtins(status)))
 
     async def list_all(self) -> list[SalvageRecord]:
         return self.items

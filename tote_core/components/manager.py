@@ -38,14 +38,11 @@ from tote_core.reconcile.pods import PodReconciler
 from tote_core.reconcile.queue import WorkQueue
 from tote_core.salvage.pins import Pins
 from tote_core.salvage.reaper import Reaper
+from tote_core.salvage.records import RecordStore
 from tote_core.salvage.salvager import SalvageEngine
 from tote_core.settings import ControllerSettings
 from tote_core.status.board import StatusBoard
-from tote_core.status.publish import (
-    PublishingRecorder,
-    PublishingRecordStore,
-    incident_submitted,
-)
+from tote_core.status.publish import BoardPublisher
 from tote_core.structs.kube import Namespace, Node, Pod
 from tote_core.structs.status import Switch
 
@@ -83,14 +80,16 @@ class Controller:
             self.kube, namespace=self.namespace, config_map=self.settings.config_map
         )
         # The status board sees incidents through the recorder and transfers through the
-        # record store (tote_core/status/publish.py); the feed serves it to `tote status`.
+        # status writer, as their listener (tote_core/status/publish.py); the feed serves it
+        # to `tote status`.
         self.board = StatusBoard()
-        self.recorder: EventRecorder = PublishingRecorder(
-            self.kube, instance=self.identity, board=self.board)
+        self.publisher = BoardPublisher(self.board)
+        self.recorder = EventRecorder(self.kube, instance=self.identity,
+                                      listeners=[self.publisher.event])
         self.queue = WorkQueue[str](base_delay=1.0, max_delay=300.0)
         self.salvage = SalvageEngine(
             self.settings, self.kube, self.caches, self.host, self.recorder,
-            records=PublishingRecordStore(self.kube, self.board),
+            records=RecordStore(self.kube, listeners=[self.publisher.record]),
         )
         self.reaper = Reaper(
             self.salvage.records, ttl=self.settings.salvagerecord_ttl,
@@ -135,7 +134,7 @@ class Controller:
     # -- event handlers (sync, never block) ---------------------------------------------
 
     def _submit(self, incident: Incident, pod: Pod) -> None:
-        incident_submitted(self.board, incident, pod)
+        self.publisher.submitted(incident, pod)
         self.salvage.submit(incident, pod)
 
     def _on_pod(self, key: str, old: Pod | None, new: Pod | None) -> None:

@@ -4,12 +4,17 @@ Names are deterministic per (pod UID, reason, message), so a repeat — even aft
 controller restart — lands on the same Event and bumps its `series.count` instead of
 posting a new one. Series updates for one key are throttled, so a pod stuck in back-off
 does not turn into a stream of API writes.
+
+Whoever wants to see the outcomes reported (the status board) registers an `EventListener`:
+it is called, synchronously, with every event's subject, reason and note before the event
+is posted — also when posting fails or is aggregated away.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import trio
@@ -28,8 +33,6 @@ MAX_NOTE = 1024
 
 EventType = Literal["Normal", "Warning"]
 
-
-
 # Events about cluster-scoped objects (a Namespace) must live in `default` (API validation
 # for events.k8s.io/v1 with an eventTime); namespaced objects get events in their namespace.
 CLUSTER_EVENTS_NAMESPACE = "default"
@@ -39,6 +42,8 @@ Regarding = Pod | Namespace | ConfigMap | SalvageRecord
 _KIND = {Pod: ("v1", "Pod"), Namespace: ("v1", "Namespace"), ConfigMap: ("v1", "ConfigMap"),
          SalvageRecord: (GROUP_VERSION, "SalvageRecord")}
 
+EventListener = Callable[[Regarding, str, str], None]  # (regarding, reason, note)
+
 
 def event_name(pod: Regarding, reason: str, note: str) -> str:
     digest = hashlib.sha256(f"{pod.metadata.uid}\0{reason}\0{note}".encode()).hexdigest()[:16]
@@ -46,9 +51,11 @@ def event_name(pod: Regarding, reason: str, note: str) -> str:
 
 
 class EventRecorder:
-    def __init__(self, client: KubeClient, *, instance: str) -> None:
+    def __init__(self, client: KubeClient, *, instance: str,
+                 listeners: Sequence[EventListener] = ()) -> None:
         self.client = client
         self.instance = instance
+        self.listeners = list(listeners)
         self._seen: dict[str, tuple[int, float]] = {}  # name → (count, last write time)
         self.posted = 0
         self.aggregated = 0
@@ -69,6 +76,8 @@ class EventRecorder:
         `once`: post only if no Event of that name exists yet, never aggregate: for a state
         change that a new leader re-reports on taking over (the kill switch), so a failover
         does not count the same change twice."""
+        for listener in self.listeners:
+            listener(pod, reason, note)
         note = note[:MAX_NOTE]
         name = event_name(pod, reason, note)
         ns = pod.metadata.namespace or CLUSTER_EVENTS_NAMESPACE

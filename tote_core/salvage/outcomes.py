@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 
+import msgspec
+
 from tote_core import metrics
 from tote_core.detect import messages
 from tote_core.hooks.host import PluginHost
@@ -17,8 +19,8 @@ from tote_core.reconcile.engine import Result
 from tote_core.salvage import planner
 from tote_core.salvage.jobs import Job
 from tote_core.salvage.pods import PodActions
-from tote_core.salvage.records import RecordStore
-from tote_core.structs.salvagerecord import SalvageRecord
+from tote_core.salvage.statuswriter import StatusPatch, StatusWriter
+from tote_core.structs.salvagerecord import Condition, SalvageRecord
 from tote_core.timefmt import micro_time
 
 log = logging.getLogger("tote.salvage")
@@ -27,8 +29,8 @@ DELIVERED_MAX = 10000
 
 
 class Outcomes:
-    def __init__(self, records: RecordStore, pods: PodActions, host: PluginHost) -> None:
-        self.records = records
+    def __init__(self, status: StatusWriter, pods: PodActions, host: PluginHost) -> None:
+        self.status = status
         self.pods = pods
         self.host = host
         # (digest, node) this controller put there itself: fresher than any inventory cache.
@@ -39,8 +41,7 @@ class Outcomes:
         moved: tuple[str, TransferResult] | None, note: str | None,
     ) -> None:
         inc = job.incident
-        status: dict[str, object] = {"phase": "Completed", "completedAt": micro_time(),
-                                     "error": ""}
+        status = StatusPatch(phase="Completed", completed_at=micro_time(), error="")
         if inc.digest and inc.node_name:
             self.delivered.add((inc.digest, inc.node_name))
             if len(self.delivered) > DELIVERED_MAX:
@@ -51,16 +52,17 @@ class Outcomes:
             # even when this attempt moved less (blobs already there, or bytes resumed from
             # an attempt a leader before this one started). What this attempt moved is in
             # the ImageSalvaged event and the tote_salvage_image_bytes histogram.
-            status.update({
-                "bytesTotal": result.bytes_total,
-                "bytesTransferred": result.bytes_total,
-                "blobsSkipped": result.blobs_skipped,
-                "progress": planner.progress_text(result.bytes_total, result.bytes_total),
-                "mode": result.mode,
-                "layersRegenerated": result.layers_regenerated,
-                "layersVerified": result.layers_verified,
-                "pinned": result.pinned,
-            })
+            status = msgspec.structs.replace(
+                status,
+                bytes_total=result.bytes_total,
+                bytes_transferred=result.bytes_total,
+                blobs_skipped=result.blobs_skipped,
+                progress=planner.progress_text(result.bytes_total, result.bytes_total),
+                mode=result.mode,
+                layers_regenerated=result.layers_regenerated,
+                layers_verified=result.layers_verified,
+                pinned=result.pinned,
+            )
             metrics.SALVAGE_SUCCESSES.inc()
             metrics.SALVAGE_DURATION.observe(result.duration_seconds)
             metrics.SALVAGE_IMAGE_BYTES.observe(result.bytes_transferred)
@@ -76,9 +78,10 @@ class Outcomes:
             if total and record.status.bytes_transferred != total:
                 # A transfer another leader started finished without its last progress
                 # report being written: the image is whole, so is the progress.
-                status.update({"bytesTransferred": total,
-                               "progress": planner.progress_text(total, total)})
-        await self.records.patch_status(job.namespace, job.record, status)
+                status = msgspec.structs.replace(
+                    status, bytes_transferred=total,
+                    progress=planner.progress_text(total, total))
+        await self.status.patch(job.namespace, job.record, status)
         if moved is not None:
             # After the record says Completed: nothing on_salvaged does (e.g. the backup
             # push it queues) can hold up or fail the salvage.
@@ -108,19 +111,17 @@ class Outcomes:
     ) -> None:
         inc = job.incident
         metrics.SALVAGE_FAILURES.labels(reason).inc()
-        status: dict[str, object] = {
-            "phase": "Failed", "error": error[:1000], "lastAttemptAt": micro_time(),
-        }
-        if retry_count is not None:
-            status["retryCount"] = retry_count
         configuration = permanent and reason in planner.CONFIG_REASONS
-        if permanent:
-            status["conditions"] = [{
-                "type": "Failed", "status": "True",
-                "reason": planner.CONFIGURATION if configuration else planner.PERMANENT,
-                "message": f"{reason}: {error}"[:1000], "lastTransitionTime": micro_time(),
-            }]
-        await self.records.patch_status(job.namespace, job.record, status)
+        status = StatusPatch(
+            phase="Failed", error=error[:1000], last_attempt_at=micro_time(),
+            retry_count=msgspec.UNSET if retry_count is None else retry_count,
+            conditions=[Condition(
+                type="Failed", status="True",
+                reason=planner.CONFIGURATION if configuration else planner.PERMANENT,
+                message=f"{reason}: {error}"[:1000], last_transition_time=micro_time(),
+            )] if permanent else msgspec.UNSET,
+        )
+        await self.status.patch(job.namespace, job.record, status)
         verdict = ("tote's configuration: retried after the controller restarts with it "
                    "fixed" if configuration else "not retried" if permanent else "will retry")
         text = (f"Salvage of {inc.image_ref} ({inc.digest}) to node {inc.node_name} failed "

@@ -34,6 +34,7 @@ from tote_core.hooks.host import PluginHost
 from tote_core.kube.cache import Caches
 from tote_core.kube.events import EventRecorder
 from tote_core.salvage.records import RecordStore
+from tote_core.salvage.statuswriter import StatusPatch
 from tote_core.structs.kube import Pod
 from tote_core.structs.salvagerecord import SalvageRecord
 
@@ -197,7 +198,8 @@ class Pins:
                         else "its agent did not answer", keep)
             return False
         try:
-            await self.records.patch_status(meta.namespace, meta.name, {"pinned": False})
+            await self.records.status.patch(meta.namespace, meta.name,
+                                              StatusPatch(pinned=False))
         except KubeError as exc:
             if why != "expired":  # an expiring record is deleted anyway
                 log.warning("unpinned %s on node %s but could not record it on "

@@ -1,12 +1,14 @@
 """SalvageRecord reads and writes.
 
-Status is written only through the `/status` subresource: with a status subresource the
-API server ignores `status` in create and update calls (the Go original's bug that left
-records Pending forever and broke idempotency and TTL cleanup).
+Status is written only through the `/status` subresource, by the store's `StatusWriter`
+(`status`): with a status subresource the API server ignores `status` in create and update
+calls (the Go original's bug that left records Pending forever and broke idempotency and TTL
+cleanup). The writer's listeners also see every record `ensure` returns.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -14,6 +16,7 @@ import msgspec
 from tote_core.errors import Conflict, NotFound
 from tote_core.kube.client import KubeClient, resource_path
 from tote_core.salvage.planner import record_labels, record_name
+from tote_core.salvage.statuswriter import RecordListener, StatusPatch, StatusWriter
 from tote_core.structs.kube import ObjectList, ObjectMeta
 from tote_core.structs.salvagerecord import (
     GROUP_VERSION,
@@ -24,8 +27,9 @@ from tote_core.structs.salvagerecord import (
 
 
 class RecordStore:
-    def __init__(self, kube: KubeClient) -> None:
+    def __init__(self, kube: KubeClient, *, listeners: Sequence[RecordListener] = ()) -> None:
         self.kube = kube
+        self.status = StatusWriter(kube, listeners=listeners)
 
     def _path(self, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
         return resource_path(GROUP_VERSION, PLURAL, namespace, name, sub)
@@ -47,12 +51,15 @@ class RecordStore:
         name = record_name(spec.digest, spec.target_node)
         existing = await self.get(namespace, name)
         if existing is not None:
+            self.status.tell(existing)
             return existing
         elsewhere = [r for r in await self.find(spec.digest, spec.target_node)
                      if r.metadata.name == name]
         if elsewhere:
-            return min(elsewhere, key=lambda r: (r.metadata.creation_timestamp or "",
-                                                 r.metadata.namespace))
+            first = min(elsewhere, key=lambda r: (r.metadata.creation_timestamp or "",
+                                                  r.metadata.namespace))
+            self.status.tell(first)
+            return first
         record = SalvageRecord(
             metadata=ObjectMeta(
                 name=name, namespace=namespace,
@@ -72,19 +79,12 @@ class RecordStore:
             again = await self.get(namespace, name)
             if again is None:
                 raise
+            self.status.tell(again)
             return again
-        return await self.patch_status(namespace, name, {"phase": "Pending"}) or created
-
-    async def patch_status(
-        self, namespace: str, name: str, status: dict[str, Any]
-    ) -> SalvageRecord | None:
-        try:
-            result: SalvageRecord = await self.kube.patch(
-                self._path(namespace, name, "status"), {"status": status}, type_=SalvageRecord
-            )
-            return result
-        except NotFound:
-            return None
+        pending = await self.status.patch(namespace, name, StatusPatch(phase="Pending"))
+        if pending is None:
+            self.status.tell(created)
+        return pending or created
 
     async def patch_spec(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
         try:

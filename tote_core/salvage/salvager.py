@@ -42,6 +42,7 @@ from tote_core.salvage.jobs import Job, RemoveCorrupt, SalvageWork, Work
 from tote_core.salvage.outcomes import Outcomes
 from tote_core.salvage.pods import PodActions
 from tote_core.salvage.records import RecordStore
+from tote_core.salvage.statuswriter import StatusPatch
 from tote_core.settings import ControllerSettings
 from tote_core.structs.kube import Pod
 from tote_core.structs.salvagerecord import SalvageRecord, SalvageRecordSpec
@@ -72,7 +73,7 @@ class SalvageEngine:
         self.jobs: dict[Work, Job] = {}
         self.active_by_source: Counter[str] = Counter()
         pods = PodActions(kube, caches, host, recorder)
-        self.outcomes = Outcomes(self.records, pods, host)
+        self.outcomes = Outcomes(self.records.status, pods, host)
         self.corrupt = CorruptRecords(host, pods)
         self.engine = Engine[Work](
             "salvage", self.queue, self.reconcile,
@@ -229,13 +230,13 @@ class SalvageEngine:
         assert inc.digest and inc.node_name
         now = micro_time()
         await self.records.patch_spec(job.namespace, job.record, {"sourceNode": source})
-        await self.records.patch_status(job.namespace, job.record, {
-            "phase": "Transferring",
-            "startedAt": record.status.started_at or now,
-            "lastAttemptAt": now,
-            "error": "",
-            "conditions": [],  # a retried configuration failure is history now
-        })
+        await self.records.status.patch(job.namespace, job.record, StatusPatch(
+            phase="Transferring",
+            started_at=record.status.started_at or now,
+            last_attempt_at=now,
+            error="",
+            conditions=[],  # a retried configuration failure is history now
+        ))
         request = TransferRequest(
             image_ref=inc.image_ref, digest=inc.digest, source_node=source,
             target_node=inc.node_name, max_bytes=self.settings.max_image_size,
@@ -251,12 +252,12 @@ class SalvageEngine:
             if t - last_write < PROGRESS_INTERVAL and p.bytes_transferred < p.bytes_total:
                 return
             last_write = t
-            await self.records.patch_status(job.namespace, job.record, {
-                "bytesTotal": p.bytes_total,
-                "bytesTransferred": p.bytes_transferred,
-                "blobsSkipped": p.blobs_skipped,
-                "progress": planner.progress_text(p.bytes_transferred, p.bytes_total),
-            })
+            await self.records.status.patch(job.namespace, job.record, StatusPatch(
+                bytes_total=p.bytes_total,
+                bytes_transferred=p.bytes_transferred,
+                blobs_skipped=p.blobs_skipped,
+                progress=planner.progress_text(p.bytes_transferred, p.bytes_total),
+            ))
 
         metrics.SALVAGE_ATTEMPTS.inc()
         self.active_by_source[source] += 1
