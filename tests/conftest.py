@@ -12,6 +12,7 @@ import pytest
 
 from tests.cluster import versions
 from tests.cluster.ci import in_ci, require
+from tests.cluster.controller import Controllers
 from tests.cluster.controlplane import ControlPlane, binaries_dir, start_control_plane
 from tests.cluster.objects import force_delete_namespace
 
@@ -73,6 +74,17 @@ def control_plane(
         yield cp
     finally:
         cp.stop()
+
+
+@pytest.fixture
+def controllers(control_plane: ControlPlane, tmp_path: Path) -> Iterator[Controllers]:
+    """The controller factory (tests/cluster/controller.py): `controllers.start(identity,
+    *flags)` runs a replica on the session's control plane; all stop after the test."""
+    factory = Controllers(control_plane, tmp_path / "controllers")
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
 
 
 @pytest.fixture

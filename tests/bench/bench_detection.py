@@ -43,7 +43,7 @@ from typing import Any
 import httpx
 import trio
 
-from tests.cluster.controller import ControllerProcess
+from tests.cluster.controller import ControllerProcess, Controllers
 from tests.cluster.controlplane import ControlPlane, binaries_dir, start_control_plane
 from tests.cluster.procs import ProcessGroup, cpu_seconds, wait_until
 from tests.cluster.webhook import Receiver
@@ -290,10 +290,8 @@ def pct(values: list[float], p: float) -> float:
 
 def start_controller(cp: ControlPlane, work: Path, name: str, extra: list[str]
                      ) -> ControllerProcess:
-    ctl = ControllerProcess(cp, work / name, identity=name,
-                            extra_args=[f"--lease-name={name}", "--log-level=info", *extra])
-    ctl.start()
-    wait_until(ctl.leading, timeout=30, what="leads")
+    ctl = Controllers(cp, work).start(name, "--log-level=info", *extra, lease=name,
+                                      wait_lead=True)
     time.sleep(2)
     return ctl
 
@@ -373,10 +371,8 @@ def main() -> None:
         base_rss = rss_mib(base.pid)
         base.kill()
         base.wait()
-        ctl = ControllerProcess(cp, work / "ctl", identity="bench",
-                                extra_args=["--lease-name=bench", "--log-level=info"])
         t0 = time.monotonic()
-        ctl.start()
+        ctl = Controllers(cp, work).start("bench", "--log-level=info", lease="bench")
         sync = time.monotonic() - t0
         wait_until(ctl.leading, timeout=30, what="leads")
         viewers = ProcessGroup(work / "viewers")

@@ -1,4 +1,10 @@
-"""Run `tote controller` as a PID-tracked process with the restricted RBAC identity."""
+"""Run `tote controller` as a PID-tracked process with the restricted RBAC identity.
+
+`ControllerProcess` is one replica; `Controllers` is the factory tests get from the
+`controllers` fixture (tests/conftest.py): what varies between the tests' controllers is only
+their settings (flags and environment), so every test starts them the same way, each with a
+lease of its own unless it names one, and all are stopped at teardown.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ import json
 import os
 import sys
 import urllib.request
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,3 +106,45 @@ class ControllerProcess:
 
     def logs(self) -> dict[str, str]:
         return self.procs.logs() if self.procs else {}
+
+
+@dataclass
+class Controllers:
+    """The controller factory: `start(identity, *flags)` runs one more replica against `cp`
+    with `common_args` first (e.g. a salvage environment's mTLS identity and agent
+    endpoints) and the test's flags after them; `stop_all()` (the fixture's teardown) stops
+    every one; `logs()` gives a failing test every replica's log."""
+
+    cp: ControlPlane
+    workdir: Path
+    common_args: Sequence[str] = ()
+    started: list[ControllerProcess] = field(default_factory=list)
+
+    def start(self, identity: str, *flags: str, lease: str | None = None,
+              env: dict[str, str] | None = None, wait_ready: bool = True,
+              wait_lead: bool = False, cp: ControlPlane | None = None) -> ControllerProcess:
+        """One replica named `identity` (its log is `controller-<identity>`). `lease`: the
+        Lease it elects through; None gives it one of its own, so tests on the session's
+        control plane never share one by accident. `wait_ready=False` returns as soon as the
+        process runs (a start that must fail); `wait_lead` waits until it leads. `cp`: another
+        view of the control plane (another controller identity) than the factory's."""
+        lease = lease or f"{identity}-{uuid.uuid4().hex[:6]}"
+        ctl = ControllerProcess(
+            cp or self.cp, self.workdir / f"{identity}-{len(self.started)}", identity=identity,
+            extra_args=[f"--lease-name={lease}", *self.common_args, *flags], env=env or {},
+        )
+        self.started.append(ctl)
+        ctl.start(wait_ready=wait_ready)
+        if wait_lead:
+            wait_until(ctl.leading, timeout=30, what=f"{identity} leads", proc=ctl.proc)
+        return ctl
+
+    def stop_all(self) -> None:
+        for ctl in self.started:
+            ctl.stop()
+
+    def logs(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for ctl in self.started:
+            out.update(ctl.logs())
+        return out

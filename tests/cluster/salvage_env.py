@@ -36,13 +36,14 @@ from tests.cluster import oci, prom
 from tests.cluster.agent_pki import PKI, make_pki
 from tests.cluster.cluster import KubeCluster
 from tests.cluster.containerd_env import AgentProc, Node, start_agent
-from tests.cluster.controller import ControllerProcess
+from tests.cluster.controller import ControllerProcess, Controllers
 from tests.cluster.manifests import deployment_manifest, pod_manifest, waiting_reasons
 from tests.cluster.node import KubeletNode
 from tests.cluster.objects import events as k8s_events
 from tests.cluster.objects import pod_running
 from tests.cluster.procs import ProcessGroup, wait_until
 from tests.cluster.registry import Registry
+from tote_core.settings import ControllerSettings
 
 OPT_IN = {"tote.dev/auto-salvage": "true"}
 TOTE_REASONS = (
@@ -186,16 +187,11 @@ def start_salvage_env(
         t_agents = time.monotonic()
         c = env.pki.controller
         endpoints = ",".join(f"{n}={ag.endpoint}" for n, ag in env.agents.items())
-        env.controller = ControllerProcess(
-            cluster.control_plane, workdir / "controller", identity="e2e",
-            extra_args=[
-                f"--agent-endpoints={endpoints}",
-                f"--tls-cert={c.cert}", f"--tls-key={c.key}", f"--tls-ca={c.ca}",
-                *controller_args,
-            ],
+        env.controller = Controllers(cluster.control_plane, workdir / "controller").start(
+            "e2e", f"--agent-endpoints={endpoints}",
+            f"--tls-cert={c.cert}", f"--tls-key={c.key}", f"--tls-ca={c.ca}", *controller_args,
+            lease=ControllerSettings().lease_name, wait_lead=True,
         )  # fmt: skip
-        env.controller.start()
-        wait_until(env.ctl.leading, timeout=30, what="controller leads", proc=env.ctl.proc)
         t_end = time.monotonic()
         env.startup_seconds = {
             "agents": round(t_agents - t_nodes, 2),

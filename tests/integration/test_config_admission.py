@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.cluster.controller import ControllerProcess
+from tests.cluster.controller import Controllers
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.objects import create_node, create_pod, events, set_waiting
 from tests.cluster.procs import free_port, wait_until
@@ -119,15 +119,15 @@ def _create(cp: ControlPlane, obj: dict[str, Any]) -> str:
 
 
 def test_admission_webhook_called_by_the_api_server(
-    control_plane: ControlPlane, tmp_path: Path, test_namespace: str
+    control_plane: ControlPlane, tmp_path: Path, test_namespace: str, controllers: Controllers
 ) -> None:
     cp, ns = control_plane, test_namespace
     serving = serving_cert(tmp_path / "webhook")
     port = free_port()
-    ctl = ControllerProcess(cp, tmp_path / "ctl", identity=uniq("adm"), extra_args=[
-        f"--lease-name={uniq('lease')}", f"--admission-address=127.0.0.1:{port}",
+    ctl = controllers.start(
+        uniq("adm"), f"--admission-address=127.0.0.1:{port}",
         f"--admission-tls-cert={serving.cert}", f"--admission-tls-key={serving.key}",
-    ]).start()
+    )
     vwc = uniq("tote-webhook")
     cp.apply(webhook_configuration(vwc, port, serving.ca_pem))
     try:
@@ -177,21 +177,21 @@ def test_admission_webhook_called_by_the_api_server(
 
 
 def test_standby_replica_serves_admission(
-    control_plane: ControlPlane, tmp_path: Path, test_namespace: str
+    control_plane: ControlPlane, tmp_path: Path, test_namespace: str, controllers: Controllers
 ) -> None:
     """The webhook runs on every replica: a replica that is not leading still denies."""
     cp, ns = control_plane, test_namespace
     serving = serving_cert(tmp_path / "webhook")
     lease = uniq("lease")
     fast = ["--lease-duration=6s", "--renew-deadline=4s", "--retry-period=1s"]
-    leader = ControllerProcess(cp, tmp_path / "a", identity=uniq("lead"),
-                               extra_args=[f"--lease-name={lease}", *fast]).start()
+    leader = controllers.start(uniq("lead"), *fast, lease=lease)
     wait_until(leader.leading, timeout=30, what="first replica leads")
     port = free_port()
-    standby = ControllerProcess(cp, tmp_path / "b", identity=uniq("standby"), extra_args=[
-        f"--lease-name={lease}", *fast, f"--admission-address=127.0.0.1:{port}",
+    standby = controllers.start(
+        uniq("standby"), *fast, f"--admission-address=127.0.0.1:{port}",
         f"--admission-tls-cert={serving.cert}", f"--admission-tls-key={serving.key}",
-    ]).start()
+        lease=lease,
+    )
     vwc = uniq("tote-webhook")
     cp.apply(webhook_configuration(vwc, port, serving.ca_pem))
     try:
@@ -218,11 +218,10 @@ def _invalid_events(cp: ControlPlane, namespace: str, name: str) -> list[dict[st
 
 
 def test_typos_without_webhook_give_one_warning_event(
-    control_plane: ControlPlane, tmp_path: Path, test_namespace: str
+    control_plane: ControlPlane, test_namespace: str, controllers: Controllers
 ) -> None:
     cp, ns = control_plane, test_namespace
-    ctl = ControllerProcess(cp, tmp_path / "ctl", identity=uniq("typo"),
-                            extra_args=[f"--lease-name={uniq('lease')}"]).start()
+    ctl = controllers.start(uniq("typo"))
     bad_ns = uniq("typo-ns")
     try:
         wait_until(ctl.leading, timeout=30, what="controller leads")
@@ -256,14 +255,13 @@ def test_typos_without_webhook_give_one_warning_event(
 # --------------------------------------------------------------------------- kill switch
 
 def test_kill_switch_configmap_uses_the_one_boolean_parser(
-    control_plane: ControlPlane, tmp_path: Path
+    control_plane: ControlPlane, controllers: Controllers
 ) -> None:
     cp = control_plane
     cm = "tote-config"  # RBAC grants the controller this one name only
     before = json.loads(cp.kubectl("get", "configmap", cm, "-n", cp.namespace, "-o", "json",
                                    check=False).stdout or "{}").get("data", {})
-    ctl = ControllerProcess(cp, tmp_path / "ctl", identity=uniq("ks"),
-                            extra_args=[f"--lease-name={uniq('lease')}"]).start()
+    ctl = controllers.start(uniq("ks"))
 
     def set_enabled(value: str) -> None:
         cp.apply({"apiVersion": "v1", "kind": "ConfigMap",
@@ -306,7 +304,7 @@ def _record_for(cp: ControlPlane, ns: str, target: str) -> dict[str, Any] | None
 
 
 def test_configuration_failures_are_retried_after_a_restart(
-    control_plane: ControlPlane, tmp_path: Path, test_namespace: str
+    control_plane: ControlPlane, test_namespace: str, controllers: Controllers
 ) -> None:
     """What was tried: a controller with no usable transfer plugin (`agent` disabled)
     fails a salvage; /readyz says why. Records an older version marked Permanent for
@@ -319,9 +317,8 @@ def test_configuration_failures_are_retried_after_a_restart(
     create_node(cp, t1)
     create_node(cp, t2)
     lease = uniq("lease")
-    broken = ControllerProcess(cp, tmp_path / "broken", identity=uniq("broken"), extra_args=[
-        f"--lease-name={lease}", "--plugins-disabled=agent"])
-    broken.start(wait_ready=False)
+    broken = controllers.start(uniq("broken"), "--plugins-disabled=agent", lease=lease,
+                               wait_ready=False)
     try:
         wait_until(lambda: broken.readyz().get("synced") is True, timeout=60,
                    what="caches synced", proc=broken.proc)
@@ -364,9 +361,9 @@ def test_configuration_failures_are_retried_after_a_restart(
 
     # Fixed configuration: the transfer plugin is loaded (agents unreachable here, so the
     # retry itself fails transiently - what matters is that it is attempted again).
-    fixed = ControllerProcess(cp, tmp_path / "fixed", identity=uniq("fixed"), extra_args=[
-        f"--lease-name={lease}",
-        f"--agent-endpoints={holder}=127.0.0.1:1,{t1}=127.0.0.1:1,{t2}=127.0.0.1:1"]).start()
+    fixed = controllers.start(
+        uniq("fixed"),
+        f"--agent-endpoints={holder}=127.0.0.1:1,{t1}=127.0.0.1:1,{t2}=127.0.0.1:1", lease=lease)
     try:
         assert fixed.readyz()["ready"] is True
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-from tests.cluster.controller import ControllerProcess
+from tests.cluster.controller import Controllers
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.objects import create_node, create_pod, get, set_waiting, tote_events, wait_event
 from tests.cluster.procs import wait_until
@@ -25,13 +24,12 @@ def uniq(prefix: str) -> str:
 
 
 def test_f_two_replicas_one_leader_failover(
-    control_plane: ControlPlane, tmp_path: Path, test_namespace: str
+    control_plane: ControlPlane, test_namespace: str, controllers: Controllers
 ) -> None:
     cp, ns = control_plane, test_namespace
     lease = uniq("lease")
-    args = [f"--lease-name={lease}", *FAST_LEASE]
-    a = ControllerProcess(cp, tmp_path / "a", identity="replica-a", extra_args=args).start()
-    b = ControllerProcess(cp, tmp_path / "b", identity="replica-b", extra_args=args).start()
+    a = controllers.start("replica-a", *FAST_LEASE, lease=lease)
+    b = controllers.start("replica-b", *FAST_LEASE, lease=lease)
     try:
         wait_until(lambda: a.leading() or b.leading(), timeout=20, what="a leader")
         time.sleep(3)
@@ -62,11 +60,11 @@ def test_f_two_replicas_one_leader_failover(
         b.stop()
 
 
-def test_graceful_stop_releases_the_lease(control_plane: ControlPlane, tmp_path: Path) -> None:
+def test_graceful_stop_releases_the_lease(control_plane: ControlPlane,
+                                          controllers: Controllers) -> None:
     cp = control_plane
     lease = uniq("lease")
-    args = [f"--lease-name={lease}", *FAST_LEASE]
-    a = ControllerProcess(cp, tmp_path / "a", identity="rel-a", extra_args=args).start()
+    a = controllers.start("rel-a", *FAST_LEASE, lease=lease)
     try:
         wait_until(a.leading, timeout=20, what="a leads")
         a.stop()  # SIGTERM
@@ -77,13 +75,10 @@ def test_graceful_stop_releases_the_lease(control_plane: ControlPlane, tmp_path:
 
 
 def test_e_inheritance_plugin_disabled_means_no_detection(
-    control_plane: ControlPlane, tmp_path: Path, test_namespace: str
+    control_plane: ControlPlane, test_namespace: str, controllers: Controllers
 ) -> None:
     cp, ns = control_plane, test_namespace
-    ctl = ControllerProcess(
-        cp, tmp_path / "c", identity="noinherit",
-        extra_args=[f"--lease-name={uniq('lease')}", "--plugins-disabled=inheritance"],
-    ).start()
+    ctl = controllers.start("noinherit", "--plugins-disabled=inheritance")
     try:
         wait_until(ctl.leading, timeout=20, what="leads")
         holder, target = uniq("holder"), uniq("target")
@@ -107,11 +102,8 @@ def test_e_inheritance_plugin_disabled_means_no_detection(
         ctl.stop()
 
 
-def test_endpoints_and_json_logs(control_plane: ControlPlane, tmp_path: Path) -> None:
-    ctl = ControllerProcess(
-        control_plane, tmp_path / "j", identity="jsonlog",
-        extra_args=[f"--lease-name={uniq('lease')}", "--log-format=json"],
-    ).start()
+def test_endpoints_and_json_logs(controllers: Controllers) -> None:
+    ctl = controllers.start("jsonlog", "--log-format=json")
     try:
         wait_until(ctl.leading, timeout=20, what="leads")
         assert ctl._get("/healthz")[0] == 200
@@ -135,10 +127,9 @@ def test_endpoints_and_json_logs(control_plane: ControlPlane, tmp_path: Path) ->
     ],
 )
 def test_bad_flags_fail_fast_with_a_clear_error(
-    control_plane: ControlPlane, tmp_path: Path, args: list[str], needle: str
+    controllers: Controllers, args: list[str], needle: str
 ) -> None:
-    ctl = ControllerProcess(control_plane, tmp_path / "bad", identity="bad", extra_args=args)
-    ctl.start(wait_ready=False)
+    ctl = controllers.start("bad", *args, wait_ready=False)
     assert ctl.proc is not None
     assert ctl.proc.popen.wait(timeout=30) == 2
     assert needle in ctl.logs()["controller-bad"]

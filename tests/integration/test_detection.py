@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.controller import ControllerProcess
+from tests.cluster.controller import ControllerProcess, Controllers
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.objects import (
     create_node,
@@ -39,16 +39,12 @@ def uniq(prefix: str) -> str:
 def controller(
     control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ControllerProcess]:
-    c = ControllerProcess(control_plane, tmp_path_factory.mktemp("ctl"), identity="detect-1",
-                          extra_args=["--lease-name=tote-detect"])
-    c.start()
+    # One replica for the whole module (the controllers fixture is per test).
+    factory = Controllers(control_plane, tmp_path_factory.mktemp("ctl"))
     try:
-        from tests.cluster.procs import wait_until
-
-        wait_until(c.leading, timeout=30, what="controller leads", proc=c.proc)
-        yield c
+        yield factory.start("detect-1", lease="tote-detect", wait_lead=True)
     finally:
-        c.stop()
+        factory.stop_all()
 
 
 def opted_in(**extra: str) -> dict[str, str]:

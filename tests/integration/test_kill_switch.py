@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.cluster import pki
-from tests.cluster.controller import ControllerProcess
+from tests.cluster.controller import ControllerProcess, Controllers
 from tests.cluster.controlplane import REPO_ROOT, ControlPlane, write_kubeconfig
 from tests.cluster.objects import create_node, create_pod, events, set_waiting, tote_events
 from tests.cluster.procs import wait_until
@@ -143,13 +143,13 @@ def doctor_row(cp: ControlPlane, ctl: ControllerProcess) -> dict[str, Any]:
 
 
 def test_disable_stops_detection_is_evented_and_shown_enable_resumes(
-    control_plane: ControlPlane, tmp_path: Path, test_namespace: str, no_switch: None
+    control_plane: ControlPlane, tmp_path: Path, test_namespace: str, no_switch: None,
+    controllers: Controllers,
 ) -> None:
     cp, ns = control_plane, test_namespace
     alice = user(cp, "alice", tmp_path / "alice")
     grant(cp, "alice", ["get", "patch", "create"])
-    ctl = ControllerProcess(cp, tmp_path / "ctl", identity=uniq("ks"),
-                            extra_args=[f"--lease-name={uniq('lease')}"]).start()
+    ctl = controllers.start(uniq("ks"))
     try:
         wait_until(ctl.leading, timeout=30, what="controller leads")
         assert ctl.readyz()["enabled"] is True  # no ConfigMap: --enabled (true) decides
@@ -208,13 +208,12 @@ def test_disable_stops_detection_is_evented_and_shown_enable_resumes(
 
 
 def test_two_replicas_post_one_event_per_change_also_across_a_failover(
-    control_plane: ControlPlane, tmp_path: Path, no_switch: None
+    control_plane: ControlPlane, no_switch: None, controllers: Controllers
 ) -> None:
     cp = control_plane
     lease = uniq("lease")
-    args = [f"--lease-name={lease}", *FAST_LEASE]
-    a = ControllerProcess(cp, tmp_path / "a", identity=uniq("ra"), extra_args=args).start()
-    b = ControllerProcess(cp, tmp_path / "b", identity=uniq("rb"), extra_args=args).start()
+    a = controllers.start(uniq("ra"), *FAST_LEASE, lease=lease)
+    b = controllers.start(uniq("rb"), *FAST_LEASE, lease=lease)
     try:
         wait_until(lambda: a.leading() or b.leading(), timeout=30, what="a leader")
         got = tote("disable", "--reason", "two replicas", f"--kubeconfig={cp.admin_kubeconfig}",
@@ -287,13 +286,13 @@ def test_refusals_are_one_line_and_write_nothing(
 
 
 def test_an_unparseable_value_keeps_salvage_off_until_tote_enable(
-    control_plane: ControlPlane, tmp_path: Path, test_namespace: str, no_switch: None
+    control_plane: ControlPlane, test_namespace: str, no_switch: None,
+    controllers: Controllers,
 ) -> None:
     cp, ns = control_plane, test_namespace
     cp.apply({"apiVersion": "v1", "kind": "ConfigMap",
               "metadata": {"name": CM, "namespace": cp.namespace}, "data": {"enabled": "maybe"}})
-    ctl = ControllerProcess(cp, tmp_path / "ctl", identity=uniq("bad"),
-                            extra_args=[f"--lease-name={uniq('lease')}"]).start()
+    ctl = controllers.start(uniq("bad"))
     try:
         wait_until(ctl.leading, timeout=30, what="controller leads")
         assert ctl.readyz()["enabled"] is False

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.controller import ControllerProcess
+from tests.cluster.controller import Controllers
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.objects import create_node, create_pod, get, set_waiting, wait_event
 from tests.cluster.procs import wait_until
@@ -43,15 +43,16 @@ def receiver() -> Iterator[Receiver]:
 
 
 def test_once_per_incident_signed(
-    control_plane: ControlPlane, receiver: Receiver, tmp_path: Path, test_namespace: str
+    control_plane: ControlPlane, receiver: Receiver, tmp_path: Path, test_namespace: str,
+    controllers: Controllers,
 ) -> None:
     cp, ns = control_plane, test_namespace
     secret = tmp_path / "webhook-secret"
     secret.write_text("k3y")
-    ctl = ControllerProcess(cp, tmp_path / "ctl", identity="notify-1", extra_args=[
-        f"--lease-name={uniq('lease')}", f"--webhook-url={receiver.url}",
+    ctl = controllers.start(
+        "notify-1", f"--webhook-url={receiver.url}",
         f"--webhook-secret-file={secret}", "--webhook-events=detected,failed,salvaged",
-    ]).start()  # fmt: skip
+    )  # fmt: skip
     try:
         wait_until(ctl.leading, timeout=30, what="leads", proc=ctl.proc)
         holder, target = uniq("holder"), uniq("target")

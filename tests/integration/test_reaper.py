@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-from tests.cluster.controller import ControllerProcess
+from tests.cluster.controller import Controllers
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.procs import wait_until
 
@@ -28,7 +27,7 @@ def make_record(cp: ControlPlane, ns: str, name: str, status: dict[str, object])
 
 
 def test_reaper_deletes_expired_and_keeps_fresh(
-    control_plane: ControlPlane, test_namespace: str, tmp_path: Path
+    control_plane: ControlPlane, test_namespace: str, controllers: Controllers
 ) -> None:
     cp, ns = control_plane, test_namespace
     now = datetime.now(UTC)
@@ -37,10 +36,7 @@ def test_reaper_deletes_expired_and_keeps_fresh(
     make_record(cp, ns, "fresh-completed",
                 {"phase": "Completed", "completedAt": _ts(now - timedelta(minutes=5))})
     make_record(cp, ns, "never-completed", {"phase": "Failed", "retryCount": 2})
-    ctl = ControllerProcess(
-        cp, tmp_path, identity="reaper",
-        extra_args=["--lease-name=reaper", "--salvagerecord-ttl=1h", "--reap-interval=2s"],
-    ).start()
+    ctl = controllers.start("reaper", "--salvagerecord-ttl=1h", "--reap-interval=2s")
     try:
         def names() -> set[str]:
             out = cp.kubectl("get", "salvagerecords", "-n", ns, "-o", "json").stdout

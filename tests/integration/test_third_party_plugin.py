@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.controller import ControllerProcess
+from tests.cluster.controller import Controllers
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.objects import create_node, create_pod, get, set_waiting, wait_event
 from tests.cluster.procs import wait_until
@@ -86,10 +86,6 @@ class Typo:
     @hookimpl
     def on_detcted(self, incident: object) -> None: ...
 '''
-
-
-def uniq(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
 def install(root: Path, dist: str, version: str, module: str, source: str, entry: str
@@ -155,7 +151,7 @@ def test_listed_with_distribution_and_version(site: Path, config_disabled: Path)
 
 def test_controller_calls_its_wrapper_and_notify_and_config_disables_it(
     control_plane: ControlPlane, site: Path, tmp_path: Path, test_namespace: str,
-    config_disabled: Path,
+    config_disabled: Path, controllers: Controllers,
 ) -> None:
     cp, ns = control_plane, test_namespace
     suffix = uuid.uuid4().hex[:6]
@@ -166,9 +162,7 @@ def test_controller_calls_its_wrapper_and_notify_and_config_disables_it(
     create_node(cp, target)
     journal = tmp_path / "journal.jsonl"
 
-    ctl = ControllerProcess(cp, tmp_path / "on", identity="hello-on",
-                            extra_args=[f"--lease-name={uniq('lease')}"],
-                            env=env(site, journal)).start()
+    ctl = controllers.start("hello-on", env=env(site, journal))
     try:
         wait_until(ctl.leading, timeout=30, what="leads", proc=ctl.proc)
         create_pod(cp, ns, "greet", image, node=target,
@@ -196,10 +190,8 @@ def test_controller_calls_its_wrapper_and_notify_and_config_disables_it(
     journal.unlink()
     other_target = f"target2-{suffix}"
     create_node(cp, other_target)
-    off = ControllerProcess(cp, tmp_path / "off", identity="hello-off",
-                            extra_args=[f"--lease-name={uniq('lease')}",
-                                        f"--config={config_disabled}"],
-                            env=env(site, journal)).start()
+    off = controllers.start("hello-off", f"--config={config_disabled}",
+                            env=env(site, journal))
     try:
         wait_until(off.leading, timeout=30, what="leads", proc=off.proc)
         create_pod(cp, ns, "quiet", image, node=other_target,

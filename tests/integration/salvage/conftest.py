@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ from tests.cluster.containerd_env import (
     containerd_unusable,
     start_node,
 )
-from tests.cluster.controller import ControllerProcess
+from tests.cluster.controller import ControllerProcess, Controllers
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.objects import create_node, set_node_images
 from tests.cluster.procs import ProcessGroup, port_open, wait_until
@@ -42,7 +42,7 @@ class SalvageEnv:
     cp: ControlPlane
     ctd: Env
     workdir: Path
-    controllers: list[ControllerProcess] = field(default_factory=list)
+    controllers: Controllers  # every controller of the module, stopped at its end
 
     def preload(self, node: str, img: Image, archive: Path, *, keep_tag: bool = True) -> None:
         """Put an image on a node as a CRI pull would have: the tag, `repo@digest`
@@ -73,21 +73,16 @@ class SalvageEnv:
     def controller(self, identity: str, *extra: str, lease: str | None = None,
                    wait_lead: bool = True, static_endpoints: bool = True) -> ControllerProcess:
         c = self.ctd.pki.controller
-        endpoints = ",".join(f"{n}={a.endpoint}" for n, a in self.ctd.agents.items())
-        if not static_endpoints:
-            endpoints = ""
-        ctl = ControllerProcess(
-            self.cp, self.workdir / identity, identity=identity,
-            extra_args=[
-                f"--lease-name={lease or 'salvage-' + identity}",
-                *([f"--agent-endpoints={endpoints}"] if endpoints else []),
-                f"--tls-cert={c.cert}", f"--tls-key={c.key}", f"--tls-ca={c.ca}", *extra,
-            ],
-        ).start()
-        self.controllers.append(ctl)
-        if wait_lead:
-            wait_until(ctl.leading, timeout=30, what=f"{identity} leads", proc=ctl.proc)
-        return ctl
+        return self.controllers.start(
+            identity,
+            *([f"--agent-endpoints={self.agent_endpoints()}"] if static_endpoints else []),
+            f"--tls-cert={c.cert}", f"--tls-key={c.key}", f"--tls-ca={c.ca}", *extra,
+            lease=lease or f"salvage-{identity}", wait_lead=wait_lead,
+        )
+
+    def agent_endpoints(self) -> str:
+        """`--agent-endpoints`' value: every node's agent."""
+        return ",".join(f"{n}={a.endpoint}" for n, a in self.ctd.agents.items())
 
     def stop_agent(self, node: str) -> None:
         self.ctd.agents[node].proc.kill()
@@ -123,10 +118,7 @@ class SalvageEnv:
         self.ctd.agents[node].node = new
 
     def logs(self) -> dict[str, str]:
-        out = dict(self.ctd.group.logs())
-        for c in self.controllers:
-            out.update(c.logs())
-        return out
+        return {**self.ctd.group.logs(), **self.controllers.logs()}
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +128,8 @@ def senv(control_plane: ControlPlane) -> Iterator[SalvageEnv]:
     base = Path(tempfile.mkdtemp(prefix="tote-salvage-"))
     group = ProcessGroup(base / "logs")
     ctd = Env(base=base, group=group, pki=make_pki(base / "pki"))
-    env = SalvageEnv(cp=control_plane, ctd=ctd, workdir=base / "ctl")
+    env = SalvageEnv(cp=control_plane, ctd=ctd, workdir=base / "ctl",
+                     controllers=Controllers(control_plane, base / "ctl"))
     try:
         for name in NODES:
             ctd.nodes[name] = start_node(group, base / "nodes", name)
@@ -144,8 +137,7 @@ def senv(control_plane: ControlPlane) -> Iterator[SalvageEnv]:
             create_node(control_plane, name)
         yield env
     finally:
-        for c in env.controllers:
-            c.stop()
+        env.controllers.stop_all()
         group.stop_all()
         keep = os.environ.get("TOTE_KEEP_LOGS")
         if keep:

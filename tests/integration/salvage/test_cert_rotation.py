@@ -19,7 +19,6 @@ from pathlib import Path
 
 from cryptography import x509
 
-from tests.cluster.controller import ControllerProcess
 from tests.cluster.objects import create_pod, get, set_waiting
 from tests.cluster.procs import wait_until
 from tests.cluster.tlsprobe import der, handshake_with, served_cert
@@ -78,15 +77,12 @@ def test_issued_certificates_renew_under_running_agents(
                    "--ignore-not-found", check=False)
     own = tmp_path / "controller-tls"
     own.mkdir()
-    endpoints = ",".join(f"{n}={a.endpoint}" for n, a in senv.ctd.agents.items())
-    ctl = ControllerProcess(cp, tmp_path / "ctl", identity="issuer", extra_args=[
-        "--lease-name=salvage-issuer", f"--agent-endpoints={endpoints}",
+    ctl = senv.controllers.start(
+        "issuer", f"--agent-endpoints={senv.agent_endpoints()}",
         f"--tls-issue-secrets={PREFIX}", "--tls-issue-validity=1m",
         f"--tls-cert={own / 'tls.crt'}", f"--tls-key={own / 'tls.key'}",
-        f"--tls-ca={own / 'ca.crt'}",
-    ]).start()
-    senv.controllers.append(ctl)
-    wait_until(ctl.leading, timeout=30, what="issuer leads", proc=ctl.proc)
+        f"--tls-ca={own / 'ca.crt'}", lease="salvage-issuer", wait_lead=True,
+    )
 
     # The Secrets exist, the controller's own files are the controller Secret's.
     issued = secret(senv, "controller-tls")

@@ -61,6 +61,7 @@ from tests.integration.salvage.conftest import SalvageEnv, records
 from tests.integration.test_helm import Helm
 from tote_core.kube import rbac
 from tote_core.kube.rbac import Rule
+from tote_core.settings import ControllerSettings
 
 MiB = 1024 * 1024
 REFUSED = "failed to pull: dial tcp 127.0.0.1:5999: connect: connection refused"
@@ -289,18 +290,15 @@ def install_agent_identity(senv: SalvageEnv, data: dict[str, bytes]) -> None:
                    what=f"agent {node} serves the issued certificate")
 
 
-def controller(senv: SalvageEnv, rel: Release, workdir: Path, identity: str, *options: str
+def controller(senv: SalvageEnv, rel: Release, identity: str, *options: str
                ) -> ControllerProcess:
     """One replica as the release's identity (a short lease and reap interval, so the test
     takes seconds, not minutes)."""
-    endpoints = ",".join(f"{n}={a.endpoint}" for n, a in senv.ctd.agents.items())
-    ctl = ControllerProcess(rel.cp, workdir / identity, identity=identity, extra_args=[
-        f"--agent-endpoints={endpoints}", "--reap-interval=1s",
+    return senv.controllers.start(
+        identity, f"--agent-endpoints={senv.agent_endpoints()}", "--reap-interval=1s",
         "--lease-duration=6s", "--renew-deadline=4s", "--retry-period=1s", *options,
-    ]).start()
-    senv.controllers.append(ctl)
-    wait_until(ctl.leading, timeout=30, what=f"{identity} leads", proc=ctl.proc)
-    return ctl
+        cp=rel.cp, lease=ControllerSettings().lease_name, wait_lead=True,
+    )
 
 
 def every_option(rel: Release, workdir: Path) -> list[str]:
@@ -360,7 +358,7 @@ def test_1_without_options_nothing_outside_the_default_rules_is_called(
     with installed(cp, helm, {}) as rel:
         pull_secret(senv, ns, "regcred", DEAD_REGISTRY, "u", "p")
         c = senv.ctd.pki.controller
-        ctl = controller(senv, rel, tmp_path, "plain",
+        ctl = controller(senv, rel, "plain",
                          f"--tls-cert={c.cert}", f"--tls-key={c.key}", f"--tls-ca={c.ca}")
         img = layered_image(f"{DEAD_REGISTRY}/rbac/private:v1", [1 * MiB], seed=92)
         senv.preload("n2", img, img.write_archive(tmp_path / "private.tar"))
@@ -393,7 +391,7 @@ def test_2_the_controller_calls_exactly_what_its_rbac_grants(
         pull_secret(senv, rel.namespace, BACKUP_SECRET, DEAD_REGISTRY, "u", "p")
         pull_secret(senv, ns, "regcred", DEAD_REGISTRY, "u", "p")
 
-        first = controller(senv, rel, tmp_path, "rbac-1", *every_option(rel, tmp_path))
+        first = controller(senv, rel, "rbac-1", *every_option(rel, tmp_path))
         # The agents take the issued identity as kubelet would install the Secret.
         install_agent_identity(senv, {k: base64.b64decode(v) for k, v in get(
             cp, "secret", f"{PREFIX}-agent-tls", rel.namespace)["data"].items()})
@@ -427,7 +425,7 @@ def test_2_the_controller_calls_exactly_what_its_rbac_grants(
         # issued again, the same event again (409 → get → series patch).
         first.stop()
         cp.kubectl("delete", "secret", f"{PREFIX}-controller-tls", "-n", rel.namespace)
-        second = controller(senv, rel, tmp_path, "rbac-2", *every_option(rel, tmp_path))
+        second = controller(senv, rel, "rbac-2", *every_option(rel, tmp_path))
 
         def series() -> int:
             e = _event(cp, ns, "tagged", "ImageNotActionable") or {}
