@@ -250,14 +250,14 @@ def test_an_entry_point_may_name_a_class_a_factory_or_an_object(
     """The host builds classes and factories once; an object is registered as is."""
     from importlib import metadata
 
-    import tote_core.hooks.host as host_module
+    import tote_core.hooks.discovery as discovery_module
 
     shared = AsyncPass()
     targets = {"cls": AsyncPass, "factory": lambda: AsyncPick(["a"]), "obj": shared}
     eps = metadata.EntryPoints(
         metadata.EntryPoint(name, f"{__name__}:{name}", "tote") for name in targets
     )
-    monkeypatch.setattr(host_module.metadata, "entry_points", lambda group: eps)
+    monkeypatch.setattr(discovery_module.metadata, "entry_points", lambda group: eps)
     for name, target in targets.items():
         monkeypatch.setitem(globals(), name, target)
     host = PluginHost()

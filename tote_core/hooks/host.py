@@ -1,4 +1,4 @@
-"""The plugin host: loads plugins, and is the only caller of their hooks.
+"""The plugin host: the one caller of plugins' hooks, and the object the rest of tote holds.
 
 pluggy does the calling: order, `tryfirst`/`trylast`, wrappers (new- and old-style) and
 first-result all happen in pluggy's own loop (`pm.hook.<name>(...)`). The host adds the two
@@ -18,298 +18,104 @@ things pluggy cannot do:
   result passes through unchanged). `transfer` is not isolated: its RetryLater /
   PermanentError are the salvage engine's control flow.
 
-Loading: built-ins and third-party plugins alike come from entry points in group `tote`. An
-entry point names a class (or a zero-argument factory function); the host builds one object
-and registers it under the entry-point name, so a plugin's state lives on its object and
-`configure` fills it in. An entry point naming an object (or a module) registers it as is.
-`plugins.disabled` names are blocked with pluggy's `set_blocked`. After loading,
-`check_pending()` turns a misspelled hook name into a start-up error naming the plugin;
-pluggy's own validation at registration (unknown argument names, a wrapper that is not a
-generator) does the same.
+The host's other jobs are each a module of their own, which it is made of: finding plugins
+(`discovery.py`: entry points in group `tote`), registering them (`registry.py`: pluggy and
+tote's checks), recording what became of each and of failing hooks (`roster.py`), describing
+their settings (`setting_info.py`) and running their services (`services.py`). Its methods
+for those delegate, so callers (and plugin authors' tests) hold one object.
 """
 
 from __future__ import annotations
 
-import difflib
-import functools
-import inspect
 import logging
-import re
-from collections.abc import Callable, Iterable
-from importlib import metadata
-from typing import Any, Literal
+from collections.abc import Iterable
+from typing import Any
 
 import msgspec
-import pluggy
 import trio
 
-from tote_core import DISTRIBUTION, metrics
+from tote_core import metrics
 from tote_core.errors import ConfigError
-from tote_core.hooks import bridge, hookspecs
+from tote_core.hooks import bridge, discovery, services
 from tote_core.hooks import types as hooktypes
-from tote_core.hooks.context import PluginContext, Service
+from tote_core.hooks.context import PluginContext
+from tote_core.hooks.registry import CONTROL_FLOW_HOOKS, PluginRegistry
+from tote_core.hooks.roster import PluginInfo, Roster, hook_failed
+from tote_core.hooks.setting_info import SettingInfo
 from tote_core.kube.client import KubeClient
 from tote_core.settings import ControllerSettings
 from tote_core.timefmt import utcnow
 
 log = logging.getLogger("tote.plugins")
-GROUP = "tote"
-BUILTIN_DISTRIBUTION = DISTRIBUTION  # plugins this package ships are shown as built-in
-# Hooks whose exceptions are the caller's control flow, never isolated.
-CONTROL_FLOW_HOOKS = frozenset({"transfer", "push_image"})
-# Hooks whose exceptions reach the caller: the control-flow ones, and start-up's
-# `settings_type`, whose failure is a start-up error naming the plugin.
-UNISOLATED_HOOKS = CONTROL_FLOW_HOOKS | {"settings_type"}
-SERVICE_RESTART_DELAY = 5.0
 NOTIFIED_MAX = 20000  # (incident, type) keys remembered for the once-per-incident rule
-# `plugins:` keys of the config file that are not plugin sections.
-RESERVED_NAMES = frozenset({"disabled", "config"})  # keys of plugins: (file, chart)
-# Built-in plugins' former names, for the error that names them in plugins.disabled.
-RENAMED = {"containerd": "agent", "notify": "webhook"}
-
-
-def _normalized(dist: str) -> str:
-    """A distribution name as PEP 503 compares them (metadata may spell `tote_salvage`)."""
-    return re.sub(r"[-_.]+", "-", dist).lower()
-
-
-class SettingInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """One plugin setting as `tote plugins --json` shows it."""
-
-    name: str  # the field
-    flag: str
-    env: str
-    type: str
-    default: Any
-    value: Any
-    source: str  # "default", "the command line", "TOTE_…", "config file …"
-    help: str = ""
-
-
-class PluginInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """One plugin as `tote plugins` shows it."""
-
-    name: str
-    module: str
-    distribution: str
-    version: str
-    builtin: bool
-    enabled: bool
-    hooks: tuple[str, ...] = ()
-    error: str = ""
-    state: Literal["enabled", "disabled", "failed"] = "enabled"
-    reason: str = ""  # why disabled or failed
-    settings: tuple[SettingInfo, ...] = ()
-
-
-def _is_builtin(ep: metadata.EntryPoint) -> bool:
-    return ep.dist is not None and _normalized(ep.dist.name) == BUILTIN_DISTRIBUTION
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _closest(name: str, names: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else f"; known hooks: {', '.join(names)}"
-
-
-class _Registered:
-    """What pluggy holds for one plugin: the plugin's hook functions behind bridges."""
-
-    def __init__(self, plugin: object) -> None:
-        self._tote_plugin = plugin
-
-
-# -- the host ------------------------------------------------------------------------------
 
 
 class PluginHost:
     def __init__(self) -> None:
-        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
-        self.pm.add_hookspecs(hookspecs)
-        self.plugins: list[PluginInfo] = []
-        self.unknown_disabled: list[str] = []  # disabled names no entry point has
+        self.registry = PluginRegistry()
+        self.pm = self.registry.pm
+        self.roster = Roster()
         self.context: PluginContext | None = None
         # Each plugin's validated settings (`tote_core.hooks.loading` fills it in).
         self.plugin_settings = hooktypes.PluginSettings()
         self._notified: dict[tuple[str, ...], None] = {}
 
-    # -- loading -----------------------------------------------------------------------
+    # -- plugins: found, registered, recorded (delegated) ---------------------------------
 
     def register(self, plugin: object, name: str) -> bool:
-        """Register a plugin object under `name`; False when `name` is disabled.
+        """Register a plugin object under `name`; False when `name` is disabled; a
+        ConfigError naming the plugin when it does not fit the hook specs (`registry.py`)."""
+        return self.registry.register(plugin, name)
 
-        Raises ConfigError naming the plugin when it does not fit the hook specs: an
-        implementation of no known hook (with the closest hook name), an argument a spec
-        does not have, a wrapper that is not a generator function. Nothing of a refused
-        plugin stays registered.
-        """
-        if self.pm.is_blocked(name):
-            return False
-        proxy = _Registered(plugin)
-        for attr in dir(plugin):
-            opts = self.pm.parse_hookimpl_opts(plugin, attr)
-            if opts is None:
-                continue
-            function = getattr(plugin, attr)
-            if not self._is_spec(attr):
-                raise ConfigError(f"plugin {name}: {attr} is not a hook"
-                                  f"{_closest(attr, self.hook_names())}")
-            if opts.get("wrapper") and not inspect.isgeneratorfunction(function):
-                # The isolating shim is a generator whatever the plugin wrote, so pluggy
-                # cannot see this; without the check every call would fail instead.
-                raise ConfigError(f"plugin {name}: {attr} is a wrapper (wrapper=True) but not "
-                                  "a generator function; a wrapper must `yield` exactly once")
-            bridged = self._bridge(name, attr, function, opts)
-            setattr(bridged, f"{hookspecs.PROJECT}_impl", opts)
-            setattr(proxy, attr, bridged)
-        try:
-            self.pm.register(proxy, name=name)
-        except pluggy.PluginValidationError as exc:
-            raise ConfigError(f"plugin {name}: {_one_line(exc)}") from exc
-        return True
+    def load(self, disabled: Iterable[str] = (), *, disabled_by: str = "") -> list[PluginInfo]:
+        """Load every entry point in group `tote` except the disabled ones
+        (`discovery.py`); never raises: failures are rows of `plugins`."""
+        return discovery.discover(self.registry, self.roster, disabled,
+                                  disabled_by=disabled_by)
 
-    @classmethod
-    def hook_names(cls) -> list[str]:
-        return sorted(n for n in dir(hookspecs) if cls._is_spec(n))
+    @property
+    def plugins(self) -> list[PluginInfo]:
+        """One row per installed plugin, in load order (`tote plugins`)."""
+        return self.roster.plugins
+
+    @property
+    def unknown_disabled(self) -> list[str]:
+        return self.roster.unknown_disabled
 
     @staticmethod
-    def _is_spec(name: str) -> bool:
-        return hasattr(getattr(hookspecs, name, None), f"{hookspecs.PROJECT}_spec")
+    def hook_names() -> list[str]:
+        return PluginRegistry.hook_names()
 
     def plugin(self, name: str) -> object | None:
         """The plugin object registered under `name` (not pluggy's bridged view of it)."""
-        proxy = self.pm.get_plugin(name)
-        return proxy._tote_plugin if isinstance(proxy, _Registered) else None
+        return self.registry.plugin(name)
 
     def implementers(self, hook: str) -> list[str]:
         """Names of the registered plugins implementing `hook` (e.g. /readyz: is any
         `transfer` plugin loaded?)."""
-        caller = getattr(self.pm.hook, hook)
-        return [impl.plugin_name for impl in caller.get_hookimpls()]
-
-    def load(self, disabled: Iterable[str] = (), *, disabled_by: str = "") -> list[PluginInfo]:
-        """Load every entry point in group `tote` except the disabled ones.
-
-        Order: the built-in plugins first, then third-party ones, each group by entry-point
-        name. pluggy calls the last registered implementation first, so a third-party
-        plugin answers before the built-ins (its first-result `select_source` wins over
-        `source-policy`'s); `tryfirst`/`trylast` and wrappers reorder within that.
-
-        Nothing raises here: a plugin that fails to import, to build or to fit the hook
-        specs is listed with state `failed` and its reason, and not registered; the caller
-        decides (`tote controller` refuses to start, `tote plugins` shows the table).
-        `disabled_by` says where the disabled names came from (shown as their reason).
-        """
-        off = set(disabled)
-        for name in off:
-            self.pm.set_blocked(name)
-        seen: dict[str, metadata.EntryPoint] = {}
-        for ep in metadata.entry_points(group=GROUP):
-            seen.setdefault(ep.name, ep)
-        ordered = sorted(seen.values(), key=lambda e: (not _is_builtin(e), e.name))
-        for ep in ordered:
-            dist = ep.dist.name if ep.dist else "?"
-            base = functools.partial(
-                PluginInfo, name=ep.name, module=ep.value, distribution=dist,
-                version=ep.dist.version if ep.dist else "?", builtin=_is_builtin(ep),
-            )
-            if ep.name in RESERVED_NAMES:
-                self._refuse(base, ep.name, f"the name {ep.name!r} is reserved in the config "
-                             "file's plugins section; rename the entry point")
-                continue
-            if self.pm.is_blocked(ep.name):
-                self.plugins.append(base(enabled=False, state="disabled",
-                                         reason=f"disabled by {disabled_by}" if disabled_by
-                                         else "disabled"))
-                continue
-            try:
-                loaded = ep.load()
-                # A class or factory is called once; an object (or module) is the plugin.
-                built = isinstance(loaded, type) or inspect.isroutine(loaded)
-                plugin = loaded() if built else loaded
-            except Exception as exc:
-                self._refuse(base, ep.name, f"failed to load ({ep.value}): "
-                             f"{type(exc).__name__}: {_one_line(exc)}", exc)
-                continue
-            try:
-                self.register(plugin, ep.name)
-            except ConfigError as exc:
-                self._refuse(base, ep.name, str(exc).removeprefix(f"plugin {ep.name}: "))
-                continue
-            hooks = tuple(sorted(h.name for h in self.pm.get_hookcallers(
-                self.pm.get_plugin(ep.name)) or []))
-            self.plugins.append(base(enabled=True, state="enabled", hooks=hooks))
-        self.unknown_disabled = sorted(off - set(seen))
-        return self.plugins
+        return self.registry.implementers(hook)
 
     def unknown_disabled_error(self, disabled_by: str) -> ConfigError | None:
-        """Disabling a plugin that is not installed is refused: the name is misspelled, or
-        it is a built-in's old name, and what the operator meant to turn off would run."""
-        if not self.unknown_disabled:
-            return None
-        names = ", ".join(f"{n} (now called {RENAMED[n]})" if n in RENAMED else n
-                          for n in self.unknown_disabled)
-        installed = ", ".join(sorted(p.name for p in self.plugins)) or "none"
-        return ConfigError(f"{disabled_by} names plugins that are not installed: {names} "
-                           f"(installed: {installed})")
-
-    def _refuse(self, base: Callable[..., PluginInfo], name: str, reason: str,
-                exc: BaseException | None = None) -> None:
-        # Not logged at ERROR: the caller reports it (start-up error, or the table); the
-        # traceback is there at debug level for the plugin's author.
-        log.debug("plugin %s: %s", name, reason, exc_info=exc)
-        metrics.PLUGIN_FAILURES.labels(name, "load").inc()
-        self.plugins.append(base(enabled=False, state="failed", error=reason, reason=reason))
+        return self.roster.unknown_disabled_error(disabled_by)
 
     def failure(self) -> ConfigError | None:
-        """The first plugin that could not be loaded, as the one-line start-up error (with
-        how to run without it); None when every plugin loaded or was disabled."""
-        for p in self.plugins:
-            if p.state == "failed":
-                return ConfigError(
-                    f"plugin {p.name}: {p.error} (to run without it: --plugins-disabled "
-                    f"{p.name}, TOTE_PLUGINS_DISABLED={p.name} or plugins.disabled: "
-                    f"[{p.name}] in the config file)")
-        return None
+        return self.roster.failure()
+
+    def check(self) -> None:
+        """Raise the first load failure (see `Roster.failure`)."""
+        failure = self.roster.failure()
+        if failure is not None:
+            raise failure
 
     def mark_failed(self, name: str, reason: str) -> None:
         """A loaded plugin turned out unusable (its settings): unregister it and list it as
         failed, so nothing of it runs and the caller sees why."""
-        proxy = self.pm.get_plugin(name)
-        if proxy is not None:
-            self.pm.unregister(proxy, name=name)
-        metrics.PLUGIN_FAILURES.labels(name, "load").inc()
-        self.plugins = [
-            msgspec.structs.replace(p, enabled=False, state="failed", error=reason,
-                                    reason=reason, hooks=())
-            if p.name == name else p for p in self.plugins]
+        self.registry.unregister(name)
+        self.roster.mark_failed(name, reason)
 
     def describe_settings(self, settings: dict[str, tuple[SettingInfo, ...]]) -> None:
         """Attach each plugin's settings to its `tote plugins` row."""
-        self.plugins = [msgspec.structs.replace(p, settings=settings.get(p.name, ()))
-                        for p in self.plugins]
-
-    def check(self) -> None:
-        """Raise the first load failure (see `failure`)."""
-        failure = self.failure()
-        if failure is not None:
-            raise failure
-
-    # -- bridging ------------------------------------------------------------------------
-
-    def _bridge(
-        self, plugin: str, hook: str, function: Callable[..., Any], opts: Any
-    ) -> Callable[..., Any]:
-        return bridge.bridge(plugin, hook, function, opts,
-                             isolate=hook not in UNISOLATED_HOOKS, failed=self._failed)
-
-    def _failed(self, plugin: str, hook: str, exc: BaseException) -> None:
-        log.error("plugin %s failed in %s: %s: %s", plugin, hook, type(exc).__name__, exc,
-                  exc_info=exc)
-        metrics.PLUGIN_FAILURES.labels(plugin, hook).inc()
+        self.roster.describe_settings(settings)
 
     # -- calling -------------------------------------------------------------------------
 
@@ -326,7 +132,7 @@ class PluginHost:
             if hook in CONTROL_FLOW_HOOKS:
                 raise
             # Only pluggy's own errors and old-style wrappers get here; bridges isolate.
-            self._failed("?", hook, exc)
+            hook_failed("?", hook, exc)
             return None if caller.spec and caller.spec.opts.get("firstresult") else []
 
     # -- typed entry points ----------------------------------------------------------------
@@ -434,28 +240,8 @@ class PluginHost:
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Start every service plugins registered at `configure`; ready once all are."""
-        services = self.context.services if self.context is not None else []
-        async with trio.open_nursery() as nursery:
-            for name, service in services:
-                log.debug("starting plugin service %s", name)
-                await nursery.start(self._supervise, name, service)
-            task_status.started()
-
-    async def _supervise(
-        self, name: str, service: Service, *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Run a service; a raising service is logged, counted and restarted after a pause
-        (it never takes the controller down)."""
-        status = _StartedOnce(task_status)
-        while True:
-            try:
-                await service(task_status=status)
-                return
-            except Exception as exc:
-                self._failed(name, "service", exc)
-            status.started()  # never keep the host waiting on a service that crashed
-            await trio.sleep(SERVICE_RESTART_DELAY)
+        found = self.context.services if self.context is not None else []
+        await services.run_services(found, task_status=task_status)
 
     async def node_health(self, node: str, settings: ControllerSettings, kube: KubeClient
                           ) -> hooktypes.NodeHealth | None:
@@ -464,16 +250,3 @@ class PluginHost:
         value = await self.call("node_health", node=node, settings=settings,
                                 plugin_settings=self.plugin_settings, kube=kube)
         return value if isinstance(value, hooktypes.NodeHealth) else None
-
-
-class _StartedOnce:
-    """A task status whose `started()` may be called again (by a restarted service)."""
-
-    def __init__(self, inner: trio.TaskStatus[None]) -> None:
-        self.inner = inner
-        self.done = False
-
-    def started(self, value: None = None) -> None:
-        if not self.done:
-            self.done = True
-            self.inner.started()

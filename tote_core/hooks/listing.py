@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TextIO
 
-from tote_core.hooks.host import PluginInfo
+from tote_core.hooks.roster import PluginInfo
 
 
 def render(infos: Sequence[PluginInfo], out: TextIO) -> None:

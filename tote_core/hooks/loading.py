@@ -30,7 +30,8 @@ import msgspec
 import msgspec.inspect as mi
 
 from tote_core.errors import ConfigError
-from tote_core.hooks.host import PluginHost, SettingInfo
+from tote_core.hooks.host import PluginHost
+from tote_core.hooks.setting_info import describe
 from tote_core.hooks.types import PluginSettings
 from tote_core.settings_loader import (
     COMMAND_LINE,
@@ -196,7 +197,7 @@ def load(
     _check_sections(pre.file, pre.config, host)
     _validate_plugins(loaded, pre, env, values, groups, strict=strict)
     host.plugin_settings = PluginSettings(loaded.plugin_settings)
-    host.describe_settings(_describe(groups, loaded))
+    host.describe_settings(describe(groups, loaded.plugin_settings, loaded.sources))
     return loaded
 
 
@@ -362,32 +363,3 @@ def _check_sections(file: Mapping[str, Any], path: str | None, host: PluginHost)
             continue
         raise ConfigError(f"config file {path}: plugins.{name}: no plugin named {name!r} is "
                           f"installed (installed: {', '.join(sorted(known)) or 'none'})")
-
-
-def _describe(groups: Mapping[str, Group], loaded: Loaded) -> dict[str, tuple[SettingInfo, ...]]:
-    out: dict[str, tuple[SettingInfo, ...]] = {}
-    for name, group in groups.items():
-        value = loaded.plugin_settings.get(name)
-        sources = loaded.sources.get(name, {})
-        rows = []
-        for f in group.fields():
-            default = getattr(group.cls(), f.name)
-            rows.append(SettingInfo(
-                name=f.name, flag=group.flag(f.name), env=group.env(f.name),
-                type=_type_name(group.cls, f.name), default=_plain(default),
-                value=_plain(getattr(value, f.name)) if value is not None else None,
-                source=sources.get(f.name, "default"), help=group.help(f.name) or ""))
-        out[name] = tuple(rows)
-    return out
-
-
-def _type_name(cls: type[msgspec.Struct], name: str) -> str:
-    hint = typing.get_type_hints(cls, include_extras=True).get(name)
-    text = str(hint).replace("typing.", "")
-    if "tote_parse" in text:
-        return "Duration" if "duration" in text else "Size"
-    return getattr(hint, "__name__", text) if not typing.get_args(hint) else text
-
-
-def _plain(value: Any) -> Any:
-    return msgspec.to_builtins(value) if value is not None else None

@@ -28,7 +28,7 @@ from tote_core import DISTRIBUTION
 from tote_core.errors import ConfigError
 
 NAME_RE = re.compile(r"[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*")
-# `plugins:` keys of the config file that are not plugin sections (tote_core.hooks.host).
+# `plugins:` keys of the config file that are not plugin sections (tote_core.hooks.discovery).
 RESERVED = frozenset({"disabled", "config", "tote"})
 
 

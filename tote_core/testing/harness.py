@@ -221,7 +221,7 @@ async def start_harness(
     if entry_points is not False:
         from importlib import metadata
 
-        from tote_core.hooks.host import GROUP
+        from tote_core.hooks.discovery import GROUP
 
         installed = {ep.name for ep in metadata.entry_points(group=GROUP)}
         wanted = installed if entry_points is True else set(entry_points)
