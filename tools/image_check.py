@@ -87,13 +87,13 @@ def containerd_unusable() -> str | None:
 
 def run_version(archive: Path) -> str:
     """What `tote --version` prints inside the image, run on a throwaway containerd."""
-    from tests.cluster.containerd_env import start_node
+    from tests.cluster.containerd_node import start_containerd
     from tests.cluster.procs import ProcessGroup
 
     base = Path(tempfile.mkdtemp(prefix="tote-release-ctd-"))
     group = ProcessGroup(base / "logs")
     try:
-        node = start_node(group, base, "release")
+        node = start_containerd(group, base / "release", name="release", cri=False)
         node.ctr("images", "import", str(archive), timeout=300)
         names = node.image_names()
         if len(names) != 1:

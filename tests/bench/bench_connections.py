@@ -29,7 +29,7 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 import trio  # noqa: E402
 
 from tests.cluster.agent_pki import make_pki  # noqa: E402
-from tests.cluster.containerd_env import Env, start_node  # noqa: E402
+from tests.cluster.containerd_env import Env  # noqa: E402
 from tests.cluster.procs import ProcessGroup, cpu_seconds  # noqa: E402
 from tests.images.build import layered_image  # noqa: E402
 
@@ -84,7 +84,7 @@ def main() -> None:
         img = layered_image("docker.io/tote/conn:v1", [64 * 1024], seed=71)
         archive = img.write_archive(base / "img.tar")
         for n in NODES:
-            env.nodes[n] = start_node(group, base / "nodes", n)
+            env.add_node(n)
             env.agents[n] = env.agent(n, "--no-fast-path")
         for n in ("a", "b"):
             env.nodes[n].import_archive(archive)

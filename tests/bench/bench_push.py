@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,9 +33,8 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
 import trio  # noqa: E402
 
-from tests.cluster.agent_pki import make_pki  # noqa: E402
-from tests.cluster.containerd_env import Env, start_node  # noqa: E402
-from tests.cluster.procs import ProcessGroup, cpu_seconds  # noqa: E402
+from tests.cluster.containerd_env import Env, containerd_env  # noqa: E402
+from tests.cluster.procs import cpu_seconds  # noqa: E402
 from tests.cluster.registry import start_registry  # noqa: E402
 from tests.images.build import CACHE, layered_image  # noqa: E402
 
@@ -112,68 +109,65 @@ def main() -> None:
     img = layered_image("docker.io/tote/bench:v1", [layer] * 4, seed=501, spool_dir=spool)
     moved = sum(b.size for b in img.blobs[1:])  # config + layers (the manifest is tiny)
 
-    base = Path(tempfile.mkdtemp(prefix="tote-bench-push-",
-                                 dir=os.environ.get("TOTE_BENCH_DIR")))
-    group = ProcessGroup(base / "logs")
-    env = Env(base=base, group=group, pki=make_pki(base / "pki"))
     results: list[tuple[str, str]] = []
     reg = None
-    try:
-        env.nodes["a"] = start_node(group, base / "nodes", "a")
-        archive = img.write_archive(base / "img.tar")
-        print("importing into node a; unpacking the OCI layout for skopeo ...", flush=True)
-        env.nodes["a"].import_archive(archive)
-        layout = base / "layout"
-        with tarfile.open(archive) as tar:
-            tar.extractall(layout, filter="data")
-        archive.unlink()
-        # skopeo's oci: transport finds images by the ref-name annotation ("v1").
-        env.agents["a"] = env.agent("a")
-        reg = start_registry(base / "registry")
-        url = f"http://{reg.host}"
-        print(f"load average before: {os.getloadavg()}", flush=True)
-        agent_pid = env.agents["a"].proc.pid
-        tote_runs: list[float] = []
-        skopeo_runs: list[float] = []
-        growth_agent: list[float] = []
-        growth_self: list[float] = []
-        cpu_agent: list[float] = []
-        for r in range(args.rounds):
-            reg.empty()
-            cpu0 = cpu_seconds(agent_pid, children=True)
-            with PeakRSS([agent_pid, os.getpid()]) as peak:
-                mbps, n = trio.run(tote_push, env, url, img.digest, f"tote/bench{r}")
-            assert n == moved, (n, moved)
-            tote_runs.append(mbps)
-            cpu_agent.append(cpu_seconds(agent_pid, children=True) - cpu0)
-            growth_agent.append(peak.growth(agent_pid))
-            growth_self.append(peak.growth(os.getpid()))
-            print(f"round {r + 1}: tote push {mbps:7.1f} MB/s (agent RSS +"
-                  f"{growth_agent[-1]:.1f} MiB, CPU {cpu_agent[-1]:.1f} s; controller RSS +"
-                  f"{growth_self[-1]:.1f} MiB)", flush=True)
-            reg.empty()
-            mbps = skopeo_copy(layout, reg.host, f"skopeo/bench{r}", moved)
-            skopeo_runs.append(mbps)
-            print(f"round {r + 1}: skopeo copy {mbps:7.1f} MB/s", flush=True)
-        best_t, best_s = max(tote_runs), max(skopeo_runs)
-        results += [
-            ("image", f"{args.size_mib} MiB, 4 layers, {moved} bytes uploaded per push"),
-            ("tote push (agent, fast path) MB/s per round",
-             ", ".join(f"{x:.1f}" for x in tote_runs)),
-            ("skopeo copy (oci layout → registry) MB/s per round",
-             ", ".join(f"{x:.1f}" for x in skopeo_runs)),
-            ("best tote / best skopeo", f"{best_t:.1f} / {best_s:.1f} = "
-                                        f"{100 * best_t / best_s:.0f} %"),
-            ("agent RSS growth during push (max)", f"{max(growth_agent):.1f} MiB"),
-            ("controller (this process) RSS growth (max)", f"{max(growth_self):.1f} MiB"),
-            ("agent CPU seconds per push", ", ".join(f"{x:.1f}" for x in cpu_agent)),
-            ("load average at the end", " ".join(f"{x:.2f}" for x in os.getloadavg())),
-        ]
-    finally:
-        if reg is not None and reg.procs is not None:
-            reg.procs.stop_all()
-        group.stop_all()
-        shutil.rmtree(base, ignore_errors=True)
+    with containerd_env("tote-bench-push-", ["a"], agents={},
+                        base_dir=os.environ.get("TOTE_BENCH_DIR")) as env:
+        base = env.base
+        try:
+            archive = img.write_archive(base / "img.tar")
+            print("importing into node a; unpacking the OCI layout for skopeo ...", flush=True)
+            env.nodes["a"].import_archive(archive)
+            layout = base / "layout"
+            with tarfile.open(archive) as tar:
+                tar.extractall(layout, filter="data")
+            archive.unlink()
+            # skopeo's oci: transport finds images by the ref-name annotation ("v1").
+            env.agents["a"] = env.agent("a")
+            reg = start_registry(base / "registry")
+            url = f"http://{reg.host}"
+            print(f"load average before: {os.getloadavg()}", flush=True)
+            agent_pid = env.agents["a"].proc.pid
+            tote_runs: list[float] = []
+            skopeo_runs: list[float] = []
+            growth_agent: list[float] = []
+            growth_self: list[float] = []
+            cpu_agent: list[float] = []
+            for r in range(args.rounds):
+                reg.empty()
+                cpu0 = cpu_seconds(agent_pid, children=True)
+                with PeakRSS([agent_pid, os.getpid()]) as peak:
+                    mbps, n = trio.run(tote_push, env, url, img.digest, f"tote/bench{r}")
+                assert n == moved, (n, moved)
+                tote_runs.append(mbps)
+                cpu_agent.append(cpu_seconds(agent_pid, children=True) - cpu0)
+                growth_agent.append(peak.growth(agent_pid))
+                growth_self.append(peak.growth(os.getpid()))
+                print(f"round {r + 1}: tote push {mbps:7.1f} MB/s (agent RSS +"
+                      f"{growth_agent[-1]:.1f} MiB, CPU {cpu_agent[-1]:.1f} s; controller RSS +"
+                      f"{growth_self[-1]:.1f} MiB)", flush=True)
+                reg.empty()
+                mbps = skopeo_copy(layout, reg.host, f"skopeo/bench{r}", moved)
+                skopeo_runs.append(mbps)
+                print(f"round {r + 1}: skopeo copy {mbps:7.1f} MB/s", flush=True)
+            best_t, best_s = max(tote_runs), max(skopeo_runs)
+            results += [
+                ("image", f"{args.size_mib} MiB, 4 layers, {moved} bytes uploaded per push"),
+                ("tote push (agent, fast path) MB/s per round",
+                 ", ".join(f"{x:.1f}" for x in tote_runs)),
+                ("skopeo copy (oci layout → registry) MB/s per round",
+                 ", ".join(f"{x:.1f}" for x in skopeo_runs)),
+                ("best tote / best skopeo", f"{best_t:.1f} / {best_s:.1f} = "
+                                            f"{100 * best_t / best_s:.0f} %"),
+                ("agent RSS growth during push (max)", f"{max(growth_agent):.1f} MiB"),
+                ("controller (this process) RSS growth (max)", f"{max(growth_self):.1f} MiB"),
+                ("agent CPU seconds per push", ", ".join(f"{x:.1f}" for x in cpu_agent)),
+                ("load average at the end", " ".join(f"{x:.2f}" for x in os.getloadavg())),
+            ]
+        finally:
+            if reg is not None and reg.procs is not None:
+                reg.procs.stop_all()
+
     print("\n| measurement | result |\n|---|---|")
     for k, v in results:
         print(f"| {k} | {v.strip()} |")

@@ -42,7 +42,7 @@ import trio  # noqa: E402
 
 from tests.cluster import versions  # noqa: E402
 from tests.cluster.agent_pki import make_pki  # noqa: E402
-from tests.cluster.containerd_env import Env, start_node  # noqa: E402
+from tests.cluster.containerd_env import Env  # noqa: E402
 from tests.cluster.procs import Proc, ProcessGroup, cpu_seconds  # noqa: E402
 from tests.images.build import CACHE, Image, layered_image  # noqa: E402
 
@@ -166,8 +166,7 @@ def snapshot_rows(env: Env, group: ProcessGroup, base: Path, img: Image, archive
     """Blob path and snapshot path between CRI nodes, the same image, one run."""
     rows = []
     for n, discard in (("s", True), ("c1", False), ("c2", False)):
-        env.nodes[n] = start_node(group, base / "nodes", n, cri=True,
-                                  discard_unpacked_layers=discard)
+        env.add_node(n, cri=True, discard_layers=discard)
     s = env.nodes["s"]
     print("importing (and unpacking) into node s ...", flush=True)
     s.ctr("images", "import", "--snapshotter", "overlayfs", str(archive))
@@ -225,7 +224,7 @@ def main() -> None:
     results: list[tuple[str, str]] = []
     try:
         for n in ("a", "b1", "b2", "b3"):
-            env.nodes[n] = start_node(group, base / "nodes", n)
+            env.add_node(n)
         a = env.nodes["a"]
         print("importing into node a ...", flush=True)
         archive = img.write_archive(base / "img.tar")

@@ -1,15 +1,23 @@
-"""Several containerd daemons on one machine, each standing in for a node.
+"""Several containerd daemons on one machine, each standing in for a node, with agents.
 
-Each node gets its own root, state, gRPC/ttrpc/debug sockets under a tmp dir; the CRI plugin
-is disabled (tote only needs content, images, leases and introspection). Processes are started
-and stopped through `tests.cluster.procs.ProcessGroup` (by PID, never by name).
+`containerd_env(prefix, nodes, agents=…)` is the one environment every suite starts them
+through (the integration suites' fixtures, the image test, the benchmarks): the machine
+checked with `require` (a skip here, a failure under CI), a tmp base, the test PKI, one
+containerd per node (`containerd_node.start_containerd`, the same daemon the kubelet nodes
+run; without CRI unless asked: tote only needs content, images, leases and introspection)
+and the agents asked for. Processes are started and stopped through
+`tests.cluster.procs.ProcessGroup` (by PID, never by name); logs survive the run under
+`TOTE_KEEP_LOGS` when set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +26,13 @@ from tote_containerd.agent.client import AgentClient
 from tote_containerd.agents import RPC_TIMEOUT, Agents, open_agent
 from tote_containerd.discovery import AgentDiscovery
 
-from tests.cluster import containerd_config, versions
-from tests.cluster.agent_pki import PKI
+from tests.cluster import versions
+from tests.cluster.agent_pki import PKI, make_pki
+from tests.cluster.ci import require
 
 # The same containerd wrapper as the e2e nodes', under the name these tests use for it.
 from tests.cluster.containerd_node import Containerd as Node
+from tests.cluster.containerd_node import start_containerd
 from tests.cluster.procs import Proc, ProcessGroup, free_port, port_open, wait_until
 from tote_core.settings import ControllerSettings
 
@@ -41,30 +51,6 @@ def containerd_unusable() -> str | None:
     if os.geteuid() != 0:
         return "needs root to run containerd"
     return None
-
-
-def start_node(group: ProcessGroup, base: Path, name: str, *, cri: bool = False,
-               discard_unpacked_layers: bool = False) -> Node:
-    """A containerd "node". `cri=True`: with the CRI plugin (overlayfs), as on a kubelet
-    node — nothing here runs pods, but CRI's image service answers (its image filesystem
-    names the snapshotter imports are unpacked into). `discard_unpacked_layers`: CRI's
-    setting as EKS and other managed node images write it."""
-    versions.use_containerd()
-    d = base / name
-    d.mkdir(parents=True, exist_ok=True)
-    cfg = d / "config.toml"
-    if cri:
-        cfg.write_text(containerd_config.cri(
-            d, pause="registry.k8s.io/pause:3.10", cni_bin="/usr/lib/cni",
-            discard_unpacked_layers=discard_unpacked_layers))
-    else:
-        cfg.write_text(containerd_config.plain(d))
-    proc = group.start(f"containerd-{name}", ["containerd", "--config", str(cfg)])
-    node = Node(name=name, dir=d, proc=proc)
-    wait_until(lambda: Path(node.socket).exists() and node.ctr(
-        "version", check=False).returncode == 0, timeout=30,
-        what=f"containerd {name} socket", proc=proc)
-    return node
 
 
 @dataclass
@@ -122,6 +108,16 @@ class Env:
         a = self.pki.agent
         return ["--tls-cert", a.cert, "--tls-key", a.key, "--tls-ca", a.ca]
 
+    def add_node(self, name: str, *, cri: bool = False, discard_layers: bool = False) -> Node:
+        """One more containerd "node" (`cri=True`: with the CRI plugin, overlayfs, as on a
+        kubelet node: nothing here runs pods, but CRI's image service answers and names the
+        snapshotter imports are unpacked into; `discard_layers`: CRI's
+        `discard_unpacked_layers`, as EKS and other managed node images set it)."""
+        node = start_containerd(self.group, self.base / "nodes" / name, name=name, cri=cri,
+                                subnet=None, discard_layers=discard_layers)
+        self.nodes[name] = node
+        return node
+
     def agent(self, node: str, *extra: str, name: str | None = None) -> AgentProc:
         return start_agent(self.group, self.nodes[node], *self.tls_args(), *extra, name=name)
 
@@ -148,3 +144,45 @@ class Env:
         """One connection to `node`'s agent with the controller's identity."""
         return open_agent(node, self.settings(**over), rpc_timeout=rpc_timeout,
                           discovery=self.discovery(endpoints))
+
+
+@contextlib.contextmanager
+def containerd_env(
+    prefix: str, nodes: Sequence[str] = (), *,
+    agents: Mapping[str, Sequence[str]] | None = None,
+    extra_agents: Mapping[str, tuple[str, Sequence[str]]] | None = None,
+    dump_logs_on_error: bool = False, base_dir: str | None = None,
+) -> Iterator[Env]:
+    """The containerd environment (see the module docstring), torn down on exit.
+
+    `nodes`: a plain containerd each (more with `Env.add_node`). `agents`: node → the
+    agent's extra flags (e.g. `--no-fast-path`); None: an agent with no extra flags on
+    every node; `{}`: none. `extra_agents`: name → (node, flags), a second agent on a node
+    (`Env.extra`, its process `agent-<name>`). `dump_logs_on_error`: print every process's
+    log when the body fails (suites whose failures are hard to read from the test alone).
+    `base_dir`: where the tmp base goes (benchmarks: `TOTE_BENCH_DIR`; default the system's
+    tmp dir)."""
+    why = containerd_unusable()
+    require(why is None, why)
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=base_dir))
+    group = ProcessGroup(base / "logs")
+    env = Env(base=base, group=group, pki=make_pki(base / "pki"))
+    try:
+        for name in nodes:
+            env.add_node(name)
+        for name, flags in (agents if agents is not None else {n: () for n in nodes}).items():
+            env.agents[name] = env.agent(name, *flags)
+        for name, (node, flags) in (extra_agents or {}).items():
+            env.extra[name] = env.agent(node, *flags, name=f"agent-{name}")
+        yield env
+    except BaseException:
+        if dump_logs_on_error:
+            for n, log in group.logs().items():
+                print(f"===== {n}\n{log}")
+        raise
+    finally:
+        group.stop_all()
+        keep = os.environ.get("TOTE_KEEP_LOGS")
+        if keep:  # process logs survive the run
+            shutil.copytree(base / "logs", Path(keep) / base.name, dirs_exist_ok=True)
+        shutil.rmtree(base, ignore_errors=True)

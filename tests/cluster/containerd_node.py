@@ -17,6 +17,8 @@ from tests.cluster import containerd_config, oci, versions
 from tests.cluster.procs import Proc, ProcessGroup, wait_until
 
 CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
+# The sandbox image of a CRI daemon that never runs a pod (agent tests): never pulled.
+PLACEHOLDER_PAUSE = "registry.k8s.io/pause:3.10"
 
 
 
@@ -136,13 +138,23 @@ def discard_unpacked_layers() -> bool:
     return os.environ.get("TOTE_DISCARD_UNPACKED_LAYERS", "") == "1"
 
 
-def write_containerd_config(d: Path, *, pause_image: str) -> Path:
-    cni_bin = cni_bin_dir() or CNI_BIN_DIRS[0]
+def write_containerd_config(d: Path, *, cri: bool = True,
+                            pause_image: str = PLACEHOLDER_PAUSE,
+                            discard_layers: bool | None = None) -> Path:
+    """containerd.toml under `d` (and the directories it names). `cri=False`: content,
+    images, leases and snapshots only; `discard_layers` None: as the matrix cell says
+    (`discard_unpacked_layers()`)."""
     for sub in ("root", "state", "opt", "certs.d", "cni/net.d", "cni/ipam"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     cfg = d / "containerd.toml"
+    if not cri:
+        cfg.write_text(containerd_config.plain(d))
+        return cfg
+    if discard_layers is None:
+        discard_layers = discard_unpacked_layers()
+    cni_bin = cni_bin_dir() or CNI_BIN_DIRS[0]
     cfg.write_text(containerd_config.cri(d, pause=pause_image, cni_bin=cni_bin,
-                                         discard_unpacked_layers=discard_unpacked_layers()))
+                                         discard_unpacked_layers=discard_layers))
     return cfg
 
 
@@ -172,18 +184,29 @@ def write_cni_config(d: Path, *, bridge: str, subnet: str, routed: bool = False)
 
 
 def start_containerd(
-    procs: ProcessGroup, d: Path, *, name: str, pause_image: str, subnet: str = "10.244.0.0/24",
-    exec_prefix: list[str] | None = None,
+    procs: ProcessGroup, d: Path, *, name: str, cri: bool = True,
+    pause_image: str = PLACEHOLDER_PAUSE, subnet: str | None = "10.244.0.0/24",
+    exec_prefix: list[str] | None = None, discard_layers: bool | None = None,
 ) -> Containerd:
-    """`exec_prefix` (tests/cluster/netns.py) runs the daemon in a node's network namespace;
-    its CNI bridge is then `cni0` there, routed."""
+    """The one way the harness starts a containerd: its root, state and sockets under `d`,
+    started through `procs` (stopped by PID), waited for until `ctr version` answers.
+
+    The variations, as parameters: `cri` (the CRI plugin, overlayfs, as on a kubelet node;
+    False for a daemon with content, images, leases and snapshots only, what most agent
+    tests need); `subnet` (a CNI network for pods on that subnet; None for none: nothing
+    runs pods); `exec_prefix` (tests/cluster/netns.py: the daemon runs in a node's network
+    namespace and its CNI bridge `cni0` there is routed); `discard_layers` (CRI's
+    `discard_unpacked_layers`, as EKS and other managed node images set it; None: the
+    matrix cell's `TOTE_DISCARD_UNPACKED_LAYERS`)."""
     versions.use_containerd()
     d.mkdir(parents=True, exist_ok=True)
-    cfg = write_containerd_config(d, pause_image=pause_image)
-    if exec_prefix:
-        write_cni_config(d, bridge="cni0", subnet=subnet, routed=True)
-    else:
-        write_cni_config(d, bridge=f"tote{secrets.token_hex(3)}", subnet=subnet)
+    cfg = write_containerd_config(d, cri=cri, pause_image=pause_image,
+                                  discard_layers=discard_layers)
+    if cri and subnet is not None:
+        if exec_prefix:
+            write_cni_config(d, bridge="cni0", subnet=subnet, routed=True)
+        else:
+            write_cni_config(d, bridge=f"tote{secrets.token_hex(3)}", subnet=subnet)
     proc = procs.start(f"containerd-{name}",
                        [*(exec_prefix or []), "containerd", "--config", str(cfg)])  # fmt: skip
     cd = Containerd(name=name, dir=d, proc=proc)

@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,7 @@ import pytest
 
 from tests.cluster import registry as registry_mod
 from tests.cluster.ci import require
-from tests.cluster.containerd_env import Node, containerd_unusable, start_node
-from tests.cluster.procs import ProcessGroup
+from tests.cluster.containerd_env import Node, containerd_env
 from tests.cluster.registry import start_registry
 from tests.images import tote_image
 from tote_core import __version__
@@ -67,15 +65,9 @@ def image() -> Any:
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
-    why = containerd_unusable() or (None if shutil.which("runc") else "runc not installed")
-    require(why is None, why)
-    base = Path(tempfile.mkdtemp(prefix="tote-img-"))
-    group = ProcessGroup(base / "logs")
-    try:
-        yield start_node(group, base / "nodes", "img")
-    finally:
-        group.stop_all()
-        shutil.rmtree(base, ignore_errors=True)
+    require(shutil.which("runc") is not None, "runc not installed")
+    with containerd_env("tote-img-", ["img"], agents={}) as env:
+        yield env.nodes["img"]
 
 
 def _blobs(archive: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]]:

@@ -27,24 +27,15 @@ few hundred bytes; the fuzzed strings here stop at 16 KiB so the test stays dete
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.cluster.agent_pki import PKI, Identity, make_pki
-from tests.cluster.ci import require
-from tests.cluster.containerd_env import (
-    AgentProc,
-    containerd_unusable,
-    start_agent,
-    start_node,
-)
-from tests.cluster.procs import ProcessGroup
+from tests.cluster.agent_pki import PKI, Identity
+from tests.cluster.containerd_env import AgentProc, containerd_env
 
 pytestmark = pytest.mark.integration
 
@@ -62,19 +53,8 @@ class Agent:
 
 @pytest.fixture(scope="module")
 def agent() -> Iterator[Agent]:
-    why = containerd_unusable()
-    require(why is None, why)
-    base = Path(tempfile.mkdtemp(prefix="tote-fuzz-"))
-    group = ProcessGroup(base / "logs")
-    pki = make_pki(base / "pki")
-    try:
-        node = start_node(group, base / "nodes", "fz")
-        a = pki.agent
-        proc = start_agent(group, node, "--tls-cert", a.cert, "--tls-key", a.key,
-                           "--tls-ca", a.ca)
-        yield Agent(proc, pki)
-    finally:
-        group.stop_all()
+    with containerd_env("tote-fuzz-", ["fz"]) as env:
+        yield Agent(env.agents["fz"], env.pki)
 
 
 def _call(agent: Agent, identity: Identity | None, method: str, request: Any,

@@ -45,7 +45,7 @@ from tote_containerd.agent.tls import client_context
 from tote_containerd.agent.tokens import Signer
 from tote_containerd.agent.unpack import chain_ids
 
-from tests.cluster.containerd_env import AgentProc, Env, Node, start_agent, start_node
+from tests.cluster.containerd_env import AgentProc, Env, Node, start_agent
 from tests.images.build import Image
 from tests.images.rootfs_cases import CAP_NET_RAW, image_of_tars, special_layers
 
@@ -58,8 +58,7 @@ def nodes(env: Env) -> Iterator[dict[str, AgentProc]]:
     """`s`: a discarding CRI source (fast path, data channel); `t`: a CRI target with the
     fast path; `w`: a CRI target that discards its own layers too, API path only."""
     for name, discard in (("s", True), ("t", False), ("w", True)):
-        env.nodes[name] = start_node(env.group, env.base / "nodes", name, cri=True,
-                                     discard_unpacked_layers=discard)
+        env.add_node(name, cri=True, discard_layers=discard)
     agents = {"s": env.agent("s"), "t": env.agent("t"), "w": env.agent("w", "--no-fast-path")}
     env.agents.update(agents)
     yield agents

@@ -24,7 +24,7 @@ from tote_containerd.agent.api import ImportProgress, ImportRequest
 from tote_containerd.agent.tokens import Signer
 from tote_containerd.agent.unpack import chain_ids
 
-from tests.cluster.containerd_env import AgentProc, Env, Node, start_node
+from tests.cluster.containerd_env import AgentProc, Env, Node
 from tests.cluster.prom import scrape_total
 from tests.images.build import Blob, Image, compressed_image, digest_of, multiarch_image
 
@@ -36,7 +36,7 @@ SNAPSHOTTER = "overlayfs"
 def cri(env: Env) -> Iterator[dict[str, AgentProc]]:
     """Two CRI nodes: `u` (agent with the fast path) and `v` (API path only)."""
     for name in ("u", "v"):
-        env.nodes[name] = start_node(env.group, env.base / "nodes", name, cri=True)
+        env.add_node(name, cri=True)
     agents = {"u": env.agent("u"), "v": env.agent("v", "--no-fast-path")}
     env.agents.update(agents)
     yield agents

@@ -10,28 +10,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.agent_pki import make_pki
-from tests.cluster.ci import require
 from tests.cluster.containerd_env import (
     REPO,
     AgentProc,
     Env,
     Node,
-    containerd_unusable,
-    start_node,
+    containerd_env,
 )
 from tests.cluster.controller import ControllerProcess, Controllers
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.objects import create_node, set_node_images
-from tests.cluster.procs import ProcessGroup, port_open, wait_until
+from tests.cluster.procs import port_open, wait_until
 from tests.images.build import Image
 
 NODES = ("n1", "n2", "n3")
@@ -123,28 +118,18 @@ class SalvageEnv:
 
 @pytest.fixture(scope="module")
 def senv(control_plane: ControlPlane) -> Iterator[SalvageEnv]:
-    why = containerd_unusable()
-    require(why is None, why)
-    base = Path(tempfile.mkdtemp(prefix="tote-salvage-"))
-    group = ProcessGroup(base / "logs")
-    ctd = Env(base=base, group=group, pki=make_pki(base / "pki"))
-    env = SalvageEnv(cp=control_plane, ctd=ctd, workdir=base / "ctl",
-                     controllers=Controllers(control_plane, base / "ctl"))
-    try:
-        for name in NODES:
-            ctd.nodes[name] = start_node(group, base / "nodes", name)
-            ctd.agents[name] = ctd.agent(name)
-            create_node(control_plane, name)
-        yield env
-    finally:
-        env.controllers.stop_all()
-        group.stop_all()
-        keep = os.environ.get("TOTE_KEEP_LOGS")
-        if keep:
-            shutil.copytree(base / "logs", Path(keep) / base.name, dirs_exist_ok=True)
-        for name in NODES:
-            control_plane.kubectl("delete", "node", name, "--ignore-not-found", check=False)
-        shutil.rmtree(base, ignore_errors=True)
+    with containerd_env("tote-salvage-", NODES) as ctd:
+        env = SalvageEnv(cp=control_plane, ctd=ctd, workdir=ctd.base / "ctl",
+                         controllers=Controllers(control_plane, ctd.base / "ctl"))
+        try:
+            for name in NODES:
+                create_node(control_plane, name)
+            yield env
+        finally:
+            env.controllers.stop_all()
+            for name in NODES:
+                control_plane.kubectl("delete", "node", name, "--ignore-not-found",
+                                      check=False)
 
 
 def records(cp: ControlPlane, ns: str) -> list[dict[str, object]]:
