@@ -14,10 +14,12 @@ The same poster reports the kill switch itself: `SalvageDisabled` / `SalvageEnab
 leads (`switch`), and once more, create-only, when a replica starts leading (so a change made
 while no one led is reported, and a failover never reports one change twice).
 
-Informer handlers call the sync `namespace` / `pod` / `config` methods (they never block:
-a bounded channel, dropped when full and retried on the object's next update); the task
-in `run` posts the events. Only the leader posts (started in its scope), and it rescans
-everything when it starts leading, so a problem made while no one led is still reported.
+Each problem is posted once per object (the incident store, `tote_core/incidents.py`,
+forgets an object's problems when the object is deleted). Informer handlers call the sync
+`namespace` / `pod` / `config` methods (they never block: a bounded channel, dropped when
+full and retried on the object's next update); the task in `run` posts the events. Only the
+leader posts (started in its scope), and it rescans everything when it starts leading, so a
+problem made while no one led is still reported.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import trio
 
 from tote_core import killswitch
 from tote_core.annotations import SYSTEM_NAMESPACES, problems
+from tote_core.incidents import IncidentStore
 from tote_core.kube.cache import Caches
 from tote_core.kube.events import EventRecorder, EventType, Regarding
 from tote_core.structs.kube import Namespace, Pod
@@ -46,6 +49,7 @@ class ConfigWarnings:
     def __init__(
         self, caches: Caches, recorder: EventRecorder, *, deny_namespaces: list[str],
         pods_allowed_in: Callable[[str], bool], enabled_default: bool = True,
+        incidents: IncidentStore | None = None,
     ) -> None:
         self.caches = caches
         self.recorder = recorder
@@ -53,23 +57,21 @@ class ConfigWarnings:
         self.pods_allowed_in = pods_allowed_in
         self.enabled_default = enabled_default
         self._send, self._recv = trio.open_memory_channel[_Post](_QUEUE)
-        self._warned: set[tuple[str, str, str]] = set()
+        # Which problems were warned about, per object (forgotten when the object goes).
+        self.incidents = incidents if incidents is not None else IncidentStore()
         self.active = False
 
     # -- sync checks (informer handlers) -----------------------------------------------------
 
     def _post(self, obj: Regarding, reason: str, note: str) -> None:
-        key = (obj.metadata.uid or f"{obj.metadata.namespace}/{obj.metadata.name}", reason,
-               note)
-        if not self.active or key in self._warned:
+        subject = obj.metadata.uid or f"{obj.metadata.namespace}/{obj.metadata.name}"
+        if not self.active or self.incidents.seen(subject, "config", reason, note):
             return
         try:
             self._send.send_nowait((obj, reason, note, "Warning", "Validate", False))
         except trio.WouldBlock:
             return  # retried on the object's next update or the next leader's scan
-        self._warned.add(key)
-        if len(self._warned) > 50000:
-            self._warned.clear()
+        self.incidents.record(subject, "config", reason, note)
 
     def namespace(self, ns: Namespace | None) -> None:
         if ns is None:

@@ -29,6 +29,7 @@ from tote_core.errors import ConfigError, KubeError
 from tote_core.hooks.context import PluginContext
 from tote_core.hooks.host import PluginHost
 from tote_core.hooks.types import Incident
+from tote_core.incidents import IncidentStore
 from tote_core.kube import config as kube_config
 from tote_core.kube.cache import Caches
 from tote_core.kube.client import KubeClient
@@ -43,7 +44,7 @@ from tote_core.salvage.salvager import SalvageEngine
 from tote_core.settings import ControllerSettings
 from tote_core.status.board import StatusBoard
 from tote_core.status.publish import BoardPublisher
-from tote_core.structs.kube import Namespace, Node, Pod
+from tote_core.structs.kube import ConfigMap, Namespace, Node, Pod
 from tote_core.structs.status import Switch
 
 log = logging.getLogger("tote.controller")
@@ -83,6 +84,10 @@ class Controller:
         # status writer, as their listener (tote_core/status/publish.py); the feed serves it
         # to `tote status`.
         self.board = StatusBoard()
+        # Once per incident, for detection, salvage's pod events, notifications and
+        # configuration warnings alike; a subject's entries go when the informers see it go.
+        self.incidents = IncidentStore()
+        self.host.incidents = self.incidents
         self.publisher = BoardPublisher(self.board)
         self.recorder = EventRecorder(self.kube, instance=self.identity,
                                       listeners=[self.publisher.event])
@@ -90,6 +95,7 @@ class Controller:
         self.salvage = SalvageEngine(
             self.settings, self.kube, self.caches, self.host, self.recorder,
             records=RecordStore(self.kube, listeners=[self.publisher.record]),
+            incidents=self.incidents,
         )
         self.reaper = Reaper(
             self.salvage.records, ttl=self.settings.salvagerecord_ttl,
@@ -99,7 +105,8 @@ class Controller:
                       interval=self.settings.reap_interval),
         )
         self.reconciler = PodReconciler(
-            self.settings, self.caches, self.host, self.recorder, salvage=self._submit
+            self.settings, self.caches, self.host, self.recorder, incidents=self.incidents,
+            salvage=self._submit,
         )
         self.engine = Engine[str](
             "pods", self.queue, self.reconciler,
@@ -117,7 +124,7 @@ class Controller:
         self.warnings = ConfigWarnings(
             self.caches, self.recorder, deny_namespaces=self.settings.deny_namespaces,
             pods_allowed_in=self.reconciler.namespace_allowed,
-            enabled_default=self.settings.enabled,
+            enabled_default=self.settings.enabled, incidents=self.incidents,
         )
         self.feed = StatusFeed(
             self.board, self.settings.status_address, self.identity,
@@ -141,7 +148,7 @@ class Controller:
         self.warnings.pod(new)
         if new is None:
             if old is not None:
-                self.reconciler.incidents.forget_pod(old.metadata.uid)
+                self.incidents.forget(old.metadata.uid)
             self.reconciler.waiting_on_nodes.discard(key)
             return
         if _interesting(new):
@@ -157,7 +164,9 @@ class Controller:
             if _interesting(pod):
                 self.queue.add(key)
 
-    def _on_config(self, key: str, old: object, new: object) -> None:
+    def _on_config(self, key: str, old: ConfigMap | None, new: ConfigMap | None) -> None:
+        if new is None and old is not None:
+            self.incidents.forget(old.metadata.uid)
         enabled = self.reconciler.enabled()
         _, problem = self.caches.runtime_switch()
         if problem:
@@ -182,6 +191,8 @@ class Controller:
 
     def _on_namespace(self, key: str, old: Namespace | None, new: Namespace | None) -> None:
         self.warnings.namespace(new)
+        if new is None and old is not None:
+            self.incidents.forget(old.metadata.uid)
         if old is not None and new is not None and old != new and self.caches.synced:
             for pod_key, pod in self.caches.pods.items.items():
                 if pod.metadata.namespace == key and _interesting(pod):

@@ -42,12 +42,12 @@ from tote_core.hooks.context import PluginContext
 from tote_core.hooks.registry import CONTROL_FLOW_HOOKS, PluginRegistry
 from tote_core.hooks.roster import PluginInfo, Roster, hook_failed
 from tote_core.hooks.setting_info import SettingInfo
+from tote_core.incidents import IncidentStore
 from tote_core.kube.client import KubeClient
 from tote_core.settings import ControllerSettings
 from tote_core.timefmt import utcnow
 
 log = logging.getLogger("tote.plugins")
-NOTIFIED_MAX = 20000  # (incident, type) keys remembered for the once-per-incident rule
 
 
 class PluginHost:
@@ -58,7 +58,10 @@ class PluginHost:
         self.context: PluginContext | None = None
         # Each plugin's validated settings (`tote_core.hooks.loading` fills it in).
         self.plugin_settings = hooktypes.PluginSettings()
-        self._notified: dict[tuple[str, ...], None] = {}
+        # What was notified, once per incident and type: the controller's incident store
+        # (`tote_core.incidents`; the controller shares its own, forgetting a pod's entries
+        # when the pod goes).
+        self.incidents = IncidentStore()
 
     # -- plugins: found, registered, recorded (delegated) ---------------------------------
 
@@ -222,13 +225,10 @@ class PluginHost:
         is dropped. Core and plugins (through `PluginContext.notify`) both come here.
         """
         n = notification
-        key = (n.type, n.namespace, n.pod_uid or n.pod_name, n.digest or n.image_ref,
-               n.target_node)
-        if key in self._notified:
+        subject = n.pod_uid or f"{n.namespace}/{n.pod_name}"
+        if not self.incidents.first(subject, "notify", n.type, n.digest or n.image_ref,
+                                    n.target_node):
             return False
-        self._notified[key] = None
-        if len(self._notified) > NOTIFIED_MAX:
-            del self._notified[next(iter(self._notified))]
         if not n.timestamp:
             n = msgspec.structs.replace(n, timestamp=utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"))
         await self.call("notify", notification=n)

@@ -19,10 +19,10 @@ from tote_core.detect import messages
 from tote_core.detect.detector import Failure, Verdict, detect
 from tote_core.hooks.host import PluginHost
 from tote_core.hooks.types import Incident, OptInQuery, detected
+from tote_core.incidents import IncidentStore
 from tote_core.kube.cache import Caches
 from tote_core.kube.events import EventRecorder
 from tote_core.reconcile.engine import Result
-from tote_core.reconcile.incidents import Incidents
 from tote_core.settings import ControllerSettings
 from tote_core.structs.kube import Pod
 
@@ -39,7 +39,7 @@ class PodReconciler:
     caches: Caches
     host: PluginHost
     recorder: EventRecorder
-    incidents: Incidents = field(default_factory=Incidents)
+    incidents: IncidentStore = field(default_factory=IncidentStore)
     salvage: SalvageSink | None = None
     # Pods with an incident that may become actionable when a node reports new images.
     waiting_on_nodes: set[str] = field(default_factory=set)
@@ -92,7 +92,7 @@ class PodReconciler:
     async def _handle(self, pod: Pod, key: str, failure: Failure) -> None:
         uid = pod.metadata.uid
         image_key = failure.reference.name if failure.reference else failure.raw_image
-        if self.incidents.first(uid, failure.container, image_key, "detected"):
+        if self.incidents.first(uid, "detect", failure.container, image_key, "detected"):
             metrics.DETECTED_FAILURES.inc()
             log.info(
                 "detected %s for %s/%s container %s image %s",
@@ -194,7 +194,8 @@ class PodReconciler:
             message=failure.message,
             candidate_nodes=tuple(candidates),
         )
-        if self.incidents.first(pod.metadata.uid, failure.container, ref.name, "hooked"):
+        if self.incidents.first(pod.metadata.uid, "detect", failure.container, ref.name,
+                                "hooked"):
             await self.host.on_detected(incident)
             await self.host.notify(detected(incident))
         if self.salvage is not None:
@@ -213,6 +214,7 @@ class PodReconciler:
         reason: str, note: str, *, action: str = "Detect",
     ) -> None:
         """Count `outcome` once per incident; post (or aggregate) the event every time."""
-        if self.incidents.first(pod.metadata.uid, failure.container, image_key, outcome):
+        if self.incidents.first(pod.metadata.uid, "detect", failure.container, image_key,
+                                outcome):
             counter.inc()
         await self.recorder.emit(pod, reason, note, action=action)

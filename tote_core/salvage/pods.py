@@ -12,6 +12,7 @@ import logging
 from tote_core.errors import KubeError, NotFound
 from tote_core.hooks.host import PluginHost
 from tote_core.hooks.types import Notification, NotificationType
+from tote_core.incidents import IncidentStore
 from tote_core.kube.cache import Caches
 from tote_core.kube.client import KubeClient, resource_path
 from tote_core.kube.events import EventRecorder
@@ -19,28 +20,23 @@ from tote_core.salvage.jobs import Job
 
 log = logging.getLogger("tote.salvage")
 
-ANNOUNCED_MAX = 50000
-
 
 class PodActions:
     def __init__(self, kube: KubeClient, caches: Caches, host: PluginHost,
-                 recorder: EventRecorder) -> None:
+                 recorder: EventRecorder, incidents: IncidentStore) -> None:
         self.kube = kube
         self.caches = caches
         self.host = host
         self.recorder = recorder
-        self._announced: set[str] = set()  # pod UIDs told ImageSalvaged
+        self.incidents = incidents  # which pods were told ImageSalvaged
 
     async def announce(self, job: Job, text: str) -> None:
         """One ImageSalvaged event per pod (by UID), however often the pod is resubmitted."""
         for pod in job.pods.values():
-            if pod.metadata.uid in self._announced:
+            if not self.incidents.first(pod.metadata.uid, "event", "ImageSalvaged"):
                 continue
-            self._announced.add(pod.metadata.uid)
             await self.recorder.emit(pod, "ImageSalvaged", text, type_="Warning",
                                      action="Salvage")
-        if len(self._announced) > ANNOUNCED_MAX:
-            self._announced.clear()
 
     async def failed(self, job: Job, text: str) -> None:
         for pod in job.pods.values():

@@ -31,6 +31,7 @@ from tote_core.hooks.types import (
     TransferRequest,
     TransferResult,
 )
+from tote_core.incidents import IncidentStore
 from tote_core.kube.cache import Caches
 from tote_core.kube.client import KubeClient
 from tote_core.kube.events import EventRecorder
@@ -63,6 +64,7 @@ class SalvageEngine:
         host: PluginHost,
         recorder: EventRecorder,
         records: RecordStore | None = None,
+        incidents: IncidentStore | None = None,
     ) -> None:
         self.settings = settings
         self.caches = caches
@@ -72,7 +74,8 @@ class SalvageEngine:
         self.queue = WorkQueue[Work](base_delay=30.0, max_delay=300.0)
         self.jobs: dict[Work, Job] = {}
         self.active_by_source: Counter[str] = Counter()
-        pods = PodActions(kube, caches, host, recorder)
+        pods = PodActions(kube, caches, host, recorder,
+                          incidents if incidents is not None else host.incidents)
         self.outcomes = Outcomes(self.records.status, pods, host)
         self.corrupt = CorruptRecords(host, pods)
         self.engine = Engine[Work](

@@ -112,7 +112,7 @@ class Harness:
         """Core's pod reconciler over this harness; salvageable incidents go to `salvage`
         (default: appended to `self.submitted`)."""
         return PodReconciler(self.settings, self.caches, self.host, self.recorder,
-                             salvage=salvage or self._collect)
+                             incidents=self.host.incidents, salvage=salvage or self._collect)
 
     def _collect(self, incident: Incident, pod: Pod) -> None:
         self.submitted.append((incident, pod))
@@ -135,7 +135,7 @@ class Harness:
 
         def on_pod(key: str, old: Pod | None, new: Pod | None) -> None:
             if new is None and old is not None:
-                reconciler.incidents.forget_pod(old.metadata.uid)
+                self.host.incidents.forget(old.metadata.uid)
             elif new is not None and any(
                     s.state.waiting is not None for s in
                     (*new.status.init_container_statuses, *new.status.container_statuses)):
