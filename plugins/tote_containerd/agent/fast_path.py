@@ -29,6 +29,7 @@ from tote_containerd.agent.errors import (
 )
 from tote_containerd.agent.peer import Peer
 from tote_containerd.agent.progress import Reporter
+from tote_containerd.agent.stream_extract import LayerStream
 from tote_containerd.agent.tls import ClientTLS
 
 log = logging.getLogger("tote.agent")
@@ -93,8 +94,22 @@ class FastPath:
         await trio.to_thread.run_sync(discard)
 
     async def fetch(self, peer: Peer, session: str, d: oci.Desc, lease: str,
-                    reporter: Reporter, data_ep: tuple[str, int] | None) -> None:
-        """Write a verified blob file next to containerd's blobs, then link it via the API."""
+                    reporter: Reporter, data_ep: tuple[str, int] | None,
+                    tee: LayerStream | None = None) -> None:
+        """Write a verified blob file next to containerd's blobs, then link it via the API.
+        `tee`: also handed every byte as it is written (a layer extracted while it arrives),
+        and stopped unless it got the whole blob from its first byte (a resumed transfer
+        is extracted once whole)."""
+        try:
+            await self._fetch(peer, session, d, lease, reporter, data_ep, tee)
+        except BaseException:
+            if tee is not None:
+                tee.stop("the receive failed")
+            raise
+
+    async def _fetch(self, peer: Peer, session: str, d: oci.Desc, lease: str,
+                     reporter: Reporter, data_ep: tuple[str, int] | None,
+                     tee: LayerStream | None) -> None:
         hexd = d.digest.split(":", 1)[1]
         final = self.root / "blobs" / "sha256" / hexd
         tmpdir = self.tmpdir
@@ -105,6 +120,8 @@ class FastPath:
                                              d.size)
             h = (await trio.to_thread.run_sync(_sha256_file_prefix, part, offset)
                  if offset else hashlib.sha256())
+            if offset and tee is not None:
+                tee.stop(f"resumed at {offset}")
             if offset:
                 reporter.resumed(offset)
                 log.info("resuming %s (fast path) at %d of %d", d.digest, offset, d.size)
@@ -116,9 +133,13 @@ class FastPath:
                 def _put(data: bytes | memoryview) -> None:
                     h.update(data)
                     f.write(data)
+                    if tee is not None:
+                        tee.feed(data)
 
                 def _received(view: memoryview) -> None:  # already in f's buffer
                     h.update(view)
+                    if tee is not None:
+                        tee.feed(view)  # copies: the buffer is reused after `advance`
                     f.advance(len(view))
 
                 if pos < d.size and data_ep is not None:
@@ -136,6 +157,8 @@ class FastPath:
                 if pos != d.size:
                     raise Unavailable(f"{d.digest}: stream ended at {pos} of {d.size}")
                 complete = True
+                if tee is not None:
+                    tee.finish()
             finally:
                 # Complete: durable before containerd registers it. Interrupted: kept for a
                 # resume, which re-hashes the prefix anyway. Closed even when cancelled.
@@ -148,6 +171,8 @@ class FastPath:
                                      "digest; rejected")
             os.chmod(part, 0o444)
         else:
+            if tee is not None:
+                tee.stop("the blob is here already")
             reporter.add(d.size)
         await self._link(d, final, part, lease)
 

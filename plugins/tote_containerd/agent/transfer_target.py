@@ -47,6 +47,7 @@ from tote_containerd.agent.fast_path import FastPath
 from tote_containerd.agent.image_records import PIN_LABEL, PINNED
 from tote_containerd.agent.peer import Peer, PeerOpener, split_endpoint
 from tote_containerd.agent.progress import ProgressFn, Reporter
+from tote_containerd.agent.stream_extract import STREAMABLE, LayerStream
 from tote_containerd.agent.tls import ClientTLS, no_tls
 from tote_containerd.agent.unpack import MT_LAYER_TAR, Unpacker, chain_ids, diff_ids_of
 
@@ -168,6 +169,17 @@ class TransferTarget:
                     regen.get(d.digest) for d in missing if d.digest != config.digest
                 ) else "mixed"
 
+            # Layers extracted while they arrive (rebase-capable overlayfs; gzip or tar; not
+            # regenerated): each receive feeds its stream. Those receives wait for the
+            # config, whose diff IDs name the snapshots they are extracted into.
+            streams: dict[str, LayerStream] = {}
+            if snapshotter and await self.unpacker.can_stream(snapshotter):
+                for d in layers:
+                    if d.digest in arrived and not regen.get(d.digest) \
+                            and d.media_type in STREAMABLE:
+                        streams.setdefault(d.digest, LayerStream(d.digest, d.media_type))
+            config_first = arrived.get(config.digest) if streams else None
+
             async def committed(digest: str) -> None:
                 if digest in arrived:
                     await arrived[digest].wait()
@@ -182,7 +194,7 @@ class TransferTarget:
                 assert snapshotter is not None
                 ok = await self.unpacker.unpack(snapshotter, config, layers,
                                                 committed=committed, lease=lease,
-                                                substitutes=tars)
+                                                substitutes=tars, streams=streams)
                 if not ok and regenerated:
                     raise Unavailable(f"{req.digest}: unpacking the layers regenerated from "
                                       "the source's snapshots failed (see the agent's log)",
@@ -201,8 +213,10 @@ class TransferTarget:
                                                    lease, sem, reporter, host,
                                                    arrived[d.digest], req, tars)
                             else:
+                                tee = streams.get(d.digest)
                                 nursery.start_soon(self._fetch_one, peer, sess, d, lease, sem,
-                                                   reporter, host, arrived[d.digest])
+                                                   reporter, host, arrived[d.digest], tee,
+                                                   config_first if tee else None)
                         nursery.start_soon(report)
                         reporter.expect(len(missing))
                         if snapshotter:
@@ -377,23 +391,38 @@ class TransferTarget:
 
     async def _fetch_one(self, peer: Peer, sess: Session, d: oci.Desc, lease: str,
                          sem: trio.Semaphore, reporter: Reporter, host: str,
-                         committed: trio.Event) -> None:
+                         committed: trio.Event, tee: LayerStream | None = None,
+                         after: trio.Event | None = None) -> None:
         try:
+            if after is not None:
+                await after.wait()
             async with sem:
                 if self.fast:
                     data = (host, sess.data_port) if sess.data_port else None
-                    await self.fast.fetch(peer, sess.session, d, lease, reporter, data)
+                    await self.fast.fetch(peer, sess.session, d, lease, reporter, data, tee)
                 else:
-                    await self._fetch_api(peer, sess.session, d, lease, reporter)
+                    await self._fetch_api(peer, sess.session, d, lease, reporter, tee)
             committed.set()
         finally:
             reporter.one_done()
 
     async def _fetch_api(self, peer: Peer, session: str, d: oci.Desc, lease: str,
-                         reporter: Reporter) -> None:
+                         reporter: Reporter, tee: LayerStream | None = None) -> None:
+        """`tee`: as in `FastPath.fetch` (every byte, from the first, or stopped)."""
+        try:
+            await self._fetch_api_into(peer, session, d, lease, reporter, tee)
+        except BaseException:
+            if tee is not None:
+                tee.stop("the receive failed")
+            raise
+
+    async def _fetch_api_into(self, peer: Peer, session: str, d: oci.Desc, lease: str,
+                              reporter: Reporter, tee: LayerStream | None) -> None:
         ref = f"tote-{d.digest.split(':', 1)[1]}"
         try:
             async with self.cd.writer(ref, d.size, d.digest, lease=lease) as w:
+                if (w.exists or w.offset) and tee is not None:
+                    tee.stop("the blob is here already" if w.exists else "resumed")
                 if w.exists:
                     reporter.add(d.size)
                     return
@@ -410,8 +439,12 @@ class TransferTarget:
                             if off != w.offset or w.offset + len(data) > d.size:
                                 raise DataLoss(f"{d.digest}: source sent an unexpected range")
                             await w.write(data)
+                            if tee is not None:
+                                await trio.to_thread.run_sync(tee.feed, data)
                             reporter.add(len(data))
                             metrics.BYTES_RECEIVED.labels(path="api").inc(len(data))
+                if tee is not None:
+                    tee.finish()
                 await w.commit()
         except DigestMismatch as exc:  # containerd hashed the bytes at COMMIT
             await self.cd.abort(ref)

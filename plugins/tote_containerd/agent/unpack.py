@@ -13,9 +13,12 @@ service has verified the uncompressed digest; `containerd.io/gc.ref.snapshot.<sn
 on the config blob, naming the top chain ID. On containerd 2.x's overlayfs (it can rebase a
 snapshot at commit) layers are extracted in parallel, each into a snapshot of its own, and
 committed in chain order — as containerd's own unpack does there; elsewhere one after the
-other. Everything is written under the import's lease,
-so nothing is collected half-way; a snapshot that already exists (an earlier, interrupted
-import, or a base layer shared with another image) is kept and not unpacked again.
+other. There, a gzip or uncompressed layer is also extracted while its bytes arrive
+(`stream_extract`), and committed once both its compressed digest and its diff ID match;
+anything that extractor will not do falls back to containerd's diff service. Everything is
+written under the import's lease, so nothing is collected half-way; a snapshot that
+already exists (an earlier, interrupted import, or a base layer shared with another image)
+is kept and not unpacked again.
 
 The snapshotter is the one CRI unpacks into on this node, read from CRI's ImageFsInfo (the
 path of its image filesystem names it) — never a flag. With no CRI on the socket, or any
@@ -26,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -38,7 +42,7 @@ from tote_containerd._gen.containerd.services.snapshots.v1 import (
 )
 from tote_containerd._gen.containerd.types import descriptor_pb2, mount_pb2
 from tote_containerd._gen.runtime.v1 import images_grpc, images_pb2
-from tote_containerd.agent import metrics, oci
+from tote_containerd.agent import metrics, oci, stream_extract
 from tote_containerd.agent.containerd import ContainerdClient
 from tote_containerd.agent.errors import (
     AgentError,
@@ -47,6 +51,7 @@ from tote_containerd.agent.errors import (
     NotFound,
     as_one_error,
 )
+from tote_containerd.agent.stream_extract import LayerStream
 from tote_core.oci import mediatypes
 
 log = logging.getLogger("tote.agent")
@@ -103,6 +108,9 @@ class Unpacker:
         self._cri = cd.stub(images_grpc.ImageServiceStub)
         self._snapshotter: str | None = None
         self._parallel: bool | None = None  # rebase-capable overlayfs (fixed per daemon)
+        # False once an extraction snapshot's directory proved not reachable from here (an
+        # agent that mounts only containerd's content store): no more streaming then.
+        self._stream_dirs = True
 
     async def snapshotter(self) -> str | None:
         """CRI's snapshotter on this node, or None (with the reason logged once per import)."""
@@ -127,23 +135,35 @@ class Unpacker:
 
     async def unpack(self, snapshotter: str, config: oci.Desc, layers: list[oci.Desc], *,
                      committed: Callable[[str], Awaitable[None]], lease: str,
-                     substitutes: dict[str, oci.Desc] | None = None) -> bool:
+                     substitutes: dict[str, oci.Desc] | None = None,
+                     streams: dict[str, LayerStream] | None = None) -> bool:
         """Unpack `layers`, each once `committed(digest)` returns. True when the whole chain
         is in place; False (reason logged) when CRI must unpack at create. Cancellation
         propagates; nothing else does.
 
         `substitutes` (filled by the time a layer's `committed` returns): layers applied from
         another blob — a tar regenerated from a source's snapshots — instead of their own,
-        which is not in the content store."""
+        which is not in the content store.
+
+        `streams` (rebase-capable overlayfs only, see `can_stream`): layer digest → the bytes
+        of that layer as they arrive, extracted while they do. Every one is stopped by the
+        time this returns, so no receive waits for an extractor that is gone."""
         started = time.monotonic()
         subs = substitutes if substitutes is not None else {}
+        streams = streams if streams is not None else {}
+        streamed = [0]
         try:
             await committed(config.digest)
             ids = diff_ids_of(await self.cd.read_all(config.digest), len(layers))
             chains = chain_ids(ids)
-            parallel = len(layers) > 1 and await self._can_extract_in_parallel(snapshotter)
-            run = self._parallel_unpack if parallel else self._sequential_unpack
-            made = await run(snapshotter, layers, ids, chains, committed, lease, subs)
+            parallel = (len(layers) > 1 or bool(streams)) and \
+                await self._can_extract_in_parallel(snapshotter)
+            if parallel:
+                made = await self._parallel_unpack(snapshotter, layers, ids, chains,
+                                                   committed, lease, subs, streams, streamed)
+            else:
+                made = await self._sequential_unpack(snapshotter, layers, ids, chains,
+                                                     committed, lease, subs)
             if chains:
                 await self.cd.update_labels(
                     config.digest, {LABEL_GC_SNAPSHOT + snapshotter: chains[-1]})
@@ -152,11 +172,21 @@ class Unpacker:
             log.warning("unpacking %s into %s failed (CRI will unpack at container create): "
                         "%s", config.digest, snapshotter, exc)
             return False
+        finally:
+            for stream in streams.values():
+                stream.stop("the unpack is over")
         metrics.UNPACKS.labels(result="ok").inc()
+        how = " (in parallel, committed in order)" if parallel else ""
+        if streamed[0]:
+            how += f" ({streamed[0]} extracted while receiving)"
         log.info("unpacked %d of %d layers (config %s) into %s in %.1fs%s", made, len(layers),
-                 config.digest, snapshotter, time.monotonic() - started,
-                 " (in parallel, committed in order)" if parallel else "")
+                 config.digest, snapshotter, time.monotonic() - started, how)
         return True
+
+    async def can_stream(self, snapshotter: str) -> bool:
+        """Whether layers can be extracted while they arrive: each into a parentless
+        snapshot of its own, committed onto its parent later (rebase-capable overlayfs)."""
+        return self._stream_dirs and await self._can_extract_in_parallel(snapshotter)
 
     async def _sequential_unpack(self, sn: str, layers: list[oci.Desc], ids: list[str],
                           chains: list[str], committed: Callable[[str], Awaitable[None]],
@@ -178,12 +208,15 @@ class Unpacker:
 
     async def _parallel_unpack(self, sn: str, layers: list[oci.Desc], ids: list[str],
                         chains: list[str], committed: Callable[[str], Awaitable[None]],
-                        lease: str, subs: dict[str, oci.Desc]) -> int:
+                        lease: str, subs: dict[str, oci.Desc],
+                        streams: dict[str, LayerStream], streamed: list[int]) -> int:
         """Snapshotters that can rebase at commit (containerd 2.x overlayfs): each layer is
         extracted into a snapshot of its own as soon as it arrives, several at once, and the
         snapshots are committed in chain order, each onto its parent — what containerd's own
         unpacker does there, and why a healthy pull of many layers is not one apply after
-        the other."""
+        the other. A layer with a stream is extracted from it as it arrives (outside the
+        limiter: the receive waits for it, and the transfer's own limit bounds how many),
+        and from the committed blob if that extraction gives up."""
         n = len(layers)
         keys: list[str | None] = [None] * n  # extracted, not yet committed
         ready = [trio.Event() for _ in range(n)]
@@ -191,13 +224,23 @@ class Unpacker:
         made = 0
 
         async def extract(i: int) -> None:
+            stream = streams.get(layers[i].digest)
+            labels = _labels(chains[i], ids[i], chains[i - 1] if i else "")
             if not await self.exists(sn, chains[i]):
-                await committed(layers[i].digest)
-                async with limiter:
-                    keys[i] = await self._extract(
-                        sn, subs.get(layers[i].digest, layers[i]), ids[i], chains[i], "",
-                        _labels(chains[i], ids[i], chains[i - 1] if i else ""), lease,
-                        upper_only=i > 0)
+                key = None
+                if stream is not None and layers[i].digest not in subs and stream.attach():
+                    key = await self._extract_streaming(sn, layers[i], ids[i], chains[i],
+                                                        labels, lease, stream, committed)
+                    streamed[0] += key is not None
+                if key is None:
+                    await committed(layers[i].digest)
+                    async with limiter:
+                        key = await self._extract(
+                            sn, subs.get(layers[i].digest, layers[i]), ids[i], chains[i], "",
+                            labels, lease, upper_only=i > 0)
+                keys[i] = key
+            elif stream is not None:
+                stream.stop("its snapshot is here already")
             ready[i].set()  # not on failure: the nursery is cancelled then
 
         try:
@@ -246,19 +289,7 @@ class Unpacker:
         regenerated from a source's snapshots, the tar's own digest, which its source
         computed and the transfer verified (the diff ID when the source reproduced the
         original bytes). Removed again on any failure."""
-        # containerd's own key format for extractions ("extract-<unique> <chain id>").
-        key = f"extract-{time.time_ns()}-{os.urandom(4).hex()} {chain}"
-        try:
-            resp = await self.cd.call(self._snapshots.Prepare,
-                                      snapshots_pb2.PrepareSnapshotRequest(
-                                          snapshotter=sn, key=key, parent=parent,
-                                          labels=labels), lease=lease)
-        except BaseException:
-            # Cancelled while the Prepare was in flight (a sibling extraction failed):
-            # containerd may have made the snapshot all the same.
-            await self.remove(sn, key, missing_ok=True)
-            raise
-        mounts = list(resp.mounts)
+        key, mounts = await self._prepare(sn, chain, parent, labels, lease)
         if upper_only:
             mounts = _upper_only(mounts)
         regenerated = layer.media_type == MT_LAYER_TAR and layer.digest != diff_id
@@ -271,6 +302,80 @@ class Unpacker:
             if applied.applied.digest != expected:
                 raise DataLoss(f"layer {layer.digest} unpacks to {applied.applied.digest}, "
                                f"expected {expected}")
+        except BaseException:
+            await self.remove(sn, key)
+            raise
+        return key
+
+    async def _prepare(self, sn: str, chain: str, parent: str, labels: dict[str, str],
+                       lease: str) -> tuple[str, list[mount_pb2.Mount]]:
+        """An extraction snapshot: its key and mounts."""
+        # containerd's own key format for extractions ("extract-<unique> <chain id>").
+        key = f"extract-{time.time_ns()}-{os.urandom(4).hex()} {chain}"
+        try:
+            resp = await self.cd.call(self._snapshots.Prepare,
+                                      snapshots_pb2.PrepareSnapshotRequest(
+                                          snapshotter=sn, key=key, parent=parent,
+                                          labels=labels), lease=lease)
+        except BaseException:
+            # Cancelled while the Prepare was in flight (a sibling extraction failed):
+            # containerd may have made the snapshot all the same.
+            await self.remove(sn, key, missing_ok=True)
+            raise
+        return key, list(resp.mounts)
+
+    async def _extract_streaming(self, sn: str, layer: oci.Desc, diff_id: str, chain: str,
+                                 labels: dict[str, str], lease: str, stream: LayerStream,
+                                 committed: Callable[[str], Awaitable[None]]) -> str | None:
+        """Extract `layer` from `stream` into a parentless snapshot while it arrives; its
+        key once the blob is committed (its compressed digest verified) and the tar hashed
+        to `diff_id`. None when the extractor gave up (the snapshot is removed; the caller
+        applies the committed blob as before). A diff ID mismatch raises DataLoss, as an
+        Apply's would; on any failure or cancellation the snapshot is removed."""
+        try:
+            key, mounts = await self._prepare(sn, chain, "", labels, lease)
+        except BaseException:
+            stream.stop("no extraction snapshot")
+            raise
+        root = mounts[0].source if len(mounts) == 1 and mounts[0].type == "bind" else ""
+        if not root or not await trio.to_thread.run_sync(os.path.isdir, root):
+            stream.stop("not a bind mount")
+            await self.remove(sn, key)
+            if self._stream_dirs:
+                log.info("not extracting layers while they arrive: an extraction snapshot is "
+                         "not one bind mount of a directory this agent sees (%s); layers are "
+                         "applied once whole", [(m.type, m.source) for m in mounts])
+            self._stream_dirs = False
+            return None
+        finished = threading.Event()
+
+        def work() -> str:
+            try:
+                return stream_extract.extract(stream, root)
+            finally:
+                finished.set()
+
+        try:
+            try:
+                got = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+            except BaseException:
+                stream.stop("cancelled")  # the worker ends at its next read
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(finished.wait, 60.0)
+                raise
+        except (stream_extract.Refused, stream_extract.StreamStopped, OSError) as exc:
+            stream.stop("extraction gave up")
+            await self.remove(sn, key)
+            log.info("layer %s: not extracted while receiving (%s); applying it once whole",
+                     layer.digest, exc)
+            return None
+        except BaseException:
+            await self.remove(sn, key)
+            raise
+        try:
+            await committed(layer.digest)  # the compressed digest: verified by the receive
+            if got != diff_id:
+                raise DataLoss(f"layer {layer.digest} unpacks to {got}, expected {diff_id}")
         except BaseException:
             await self.remove(sn, key)
             raise
