@@ -30,8 +30,8 @@ import trio  # noqa: E402
 
 from tests.cluster.agent_pki import make_pki  # noqa: E402
 from tests.cluster.containerd_env import Env  # noqa: E402
+from tests.cluster.images import layered_image  # noqa: E402
 from tests.cluster.procs import ProcessGroup, cpu_seconds  # noqa: E402
-from tests.images.build import layered_image  # noqa: E402
 
 NODES = ("a", "b", "c")
 

@@ -34,9 +34,9 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 import trio  # noqa: E402
 
 from tests.cluster.containerd_env import Env, containerd_env  # noqa: E402
+from tests.cluster.images import CACHE, layered_image  # noqa: E402
 from tests.cluster.procs import cpu_seconds  # noqa: E402
 from tests.cluster.registry import start_registry  # noqa: E402
-from tests.images.build import CACHE, layered_image  # noqa: E402
 
 MiB = 1024 * 1024
 

@@ -43,8 +43,8 @@ import trio  # noqa: E402
 from tests.cluster import versions  # noqa: E402
 from tests.cluster.agent_pki import make_pki  # noqa: E402
 from tests.cluster.containerd_env import Env  # noqa: E402
+from tests.cluster.images import CACHE, Image, layered_image  # noqa: E402
 from tests.cluster.procs import Proc, ProcessGroup, cpu_seconds  # noqa: E402
-from tests.images.build import CACHE, Image, layered_image  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

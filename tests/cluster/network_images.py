@@ -2,9 +2,10 @@
 `build-network.sh` compiled (nothing is pulled).
 
 `build_coredns_image` packs the static `coredns` into a one-layer image with `oci.build_image`
-(umoci, like the pause and hello images): entrypoint `/coredns`, no default arguments (the
-pod passes `-conf /etc/coredns/Corefile` and mounts its ConfigMap there). The tag is the
-binary's own version, so a build of an overridden pin gets its own name.
+(the harness's image builder, like the pause and hello images): entrypoint `/coredns`, no
+default arguments (the pod passes `-conf /etc/coredns/Corefile` and mounts its ConfigMap
+there). The tag is the binary's own version, so a build of an overridden pin gets its own
+name.
 
 kube-router gets no image: it runs on each node as a host process (it needs the node's
 network namespace and its iptables/ipset binaries).

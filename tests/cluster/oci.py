@@ -1,13 +1,13 @@
-"""Build the e2e cluster's OCI images locally (nothing is pulled) and load them into nodes.
+"""The e2e cluster's OCI images (built locally, nothing is pulled) and loading them into nodes.
 
 Two tiny static Go programs live next to this file:
 
 - `pause/`: the pod-sandbox process (containerd's `sandbox_image`);
 - `hello/`: the test workload; prints a marker (its first argument) and sleeps until stopped.
 
-They are compiled with the machine's Go toolchain (`CGO_ENABLED=0`, cached by source hash
-under `~/.cache/tote-test/cluster-bin/`), packed into OCI image layouts with `umoci`
-(init → new → insert → config), and then either
+They are compiled with the machine's Go toolchain (`CGO_ENABLED=0`, cached by source hash),
+packed by the harness's image builder (tests/cluster/images.py) into OCI image-layout
+directories, and then either
 
 - imported into a containerd namespace (`ctr images import` of an OCI archive whose index
   carries `io.containerd.image.name`, exactly what a previous pull would have left), or
@@ -16,26 +16,28 @@ under `~/.cache/tote-test/cluster-bin/`), packed into OCI image layouts with `um
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import os
 import shutil
 import subprocess
-import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.cluster import images
+from tests.cluster.images import go_arch
+
 HERE = Path(__file__).resolve().parent
-BIN_CACHE = (
-    Path(os.environ.get("TOTE_TEST_CACHE", Path.home() / ".cache" / "tote-test")) / "cluster-bin"
-)
 
 PAUSE_IMAGE = "tote.test/pause:v1"
 HELLO_IMAGE = "tote.test/hello:v1"
+# What a container's PATH is when the image does not say (the OCI runtimes' default).
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-REQUIRED_TOOLS = ("go", "umoci", "skopeo", "ctr")
+REQUIRED_TOOLS = ("go", "skopeo", "ctr")
+
+__all__ = ["HELLO_IMAGE", "PAUSE_IMAGE", "OciImage", "build_hello", "build_image",
+           "build_pause", "go_arch", "go_binary", "missing_tools"]
 
 
 def missing_tools() -> list[str]:
@@ -50,33 +52,8 @@ def _run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
 
 
 def go_binary(program: str) -> Path:
-    """Compile `tests/cluster/<program>/` statically; cached by a hash of its sources."""
-    src = HERE / program
-    h = hashlib.sha256()
-    for f in sorted(src.glob("*")):
-        if f.is_file():
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
-    out = BIN_CACHE / f"{program}-{h.hexdigest()[:16]}"
-    if out.exists():
-        return out
-    BIN_CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    env = {
-        **os.environ,
-        "CGO_ENABLED": "0",
-        "GOTOOLCHAIN": "local",
-        "GOFLAGS": "-mod=mod",
-        "GOOS": "linux",
-        "GOARCH": go_arch(),
-    }
-    _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp), "."], cwd=src, env=env)
-    tmp.rename(out)
-    return out
-
-
-def go_arch() -> str:
-    m = os.uname().machine
-    return {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(m, m)
+    """Compile `tests/cluster/<program>/` statically for the host; cached by source hash."""
+    return images.go_binary(HERE / program)
 
 
 @dataclass(frozen=True)
@@ -89,9 +66,11 @@ class OciImage:
     digest: str  # manifest digest
     config_digest: str  # the image ID kubelet/CRI report
 
+    def _blob_path(self, digest: str) -> Path:
+        return self.layout / "blobs" / "sha256" / digest.split(":", 1)[1]
+
     def manifest(self) -> dict[str, Any]:
-        data = (self.layout / "blobs" / "sha256" / self.digest.split(":", 1)[1]).read_text()
-        return dict(json.loads(data))
+        return dict(json.loads(self._blob_path(self.digest).read_text()))
 
     @property
     def layer_digests(self) -> list[str]:
@@ -107,25 +86,17 @@ class OciImage:
         path = path or self.layout.parent / f"{self.layout.name}-{self.tag}.tar"
         index = json.loads((self.layout / "index.json").read_text())
         keep = [
-            m
-            for m in index["manifests"]
-            if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == self.tag
-        ]
+            m for m in index["manifests"]
+            if m.get("annotations", {}).get(images.REF_NAME) == self.tag
+        ]  # fmt: skip
         for m in keep:
-            m["annotations"]["io.containerd.image.name"] = name
+            m["annotations"][images.CONTAINERD_NAME] = name
         index["manifests"] = keep
-        with tarfile.open(path, "w") as tar:
-            for f in sorted((self.layout / "blobs").rglob("*")):
-                tar.add(f, arcname=str(f.relative_to(self.layout)), recursive=False)
-            for fname, data in (
-                ("oci-layout", (self.layout / "oci-layout").read_bytes()),
-                ("index.json", json.dumps(index).encode()),
-            ):
-                info = tarfile.TarInfo(fname)
-                info.size = len(data)
-                info.mode = 0o644
-                tar.addfile(info, io.BytesIO(data))
-        return path
+        blobs = [
+            images.Blob("", None, "sha256:" + f.name, f.stat().st_size, f)
+            for f in sorted((self.layout / "blobs" / "sha256").iterdir())
+        ]  # fmt: skip
+        return images.write_oci_archive(path, index, blobs)
 
     def import_into(
         self,
@@ -142,21 +113,13 @@ class OciImage:
             argv.append("--no-unpack")
         _run([*argv, str(arch)], timeout=120)
         # CRI only lists images it manages; a pull would have set this label.
-        for ref in (name or self.name,):
-            _run(
-                [
-                    "ctr",
-                    "--address",
-                    socket,
-                    "--namespace",
-                    namespace,
-                    "images",
-                    "label",
-                    ref,
-                    "io.cri-containerd.image=managed",
-                ],
-                timeout=60,
-            )
+        _run(
+            [
+                "ctr", "--address", socket, "--namespace", namespace,
+                "images", "label", name or self.name, "io.cri-containerd.image=managed",
+            ],
+            timeout=60,
+        )  # fmt: skip
 
     def push(self, dest: str, *, insecure: bool = True) -> str:
         """`skopeo copy` to `docker://dest` (e.g. 127.0.0.1:5000/tote/hello:v1); the digest."""
@@ -178,54 +141,33 @@ def build_image(
     labels: dict[str, str] | None = None,
     extra_layers: list[dict[str, Path]] | None = None,
 ) -> OciImage:
-    """Build an image: `files` maps in-image paths to host files (all 0755) in one layer;
-    each of `extra_layers` (same form) becomes a layer of its own on top."""
+    """Build an image for the host's architecture: `files` maps in-image paths to host files
+    (all 0755) in one layer; each of `extra_layers` (same form) becomes a layer of its own
+    on top. Written as an OCI layout under `workdir` (tag `img`).
+
+    The first layer also holds `/etc/tote-test-image` (the image's name): layers are written
+    deterministically, so without it two images of the same program would share their
+    layer, and a node holding one would already have the other's snapshot — tests that delete
+    a layer blob or count what a salvage moved need each image's layers to be its own."""
     workdir.mkdir(parents=True, exist_ok=True)
     slug = name.replace("/", "_").replace(":", "_").replace("@", "_")
-    layout = workdir / f"layout-{slug}"
-    if layout.exists():
-        shutil.rmtree(layout)
-    tag = "img"
-    ref = f"{layout}:{tag}"
-    _run(["umoci", "init", "--layout", str(layout)])
-    _run(["umoci", "new", "--image", ref])
-    for n, layer in enumerate([files, *(extra_layers or [])]):
-        rootfs = workdir / f"rootfs-{slug}-{n}"
-        if rootfs.exists():
-            shutil.rmtree(rootfs)
-        rootfs.mkdir(parents=True)
-        for dest, src in layer.items():
-            target = rootfs / dest.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, target)
-            target.chmod(0o755)
-        _run(["umoci", "insert", "--image", ref, str(rootfs), "/"])
-        shutil.rmtree(rootfs)
-    argv = [
-        "umoci", "config", "--image", ref, "--os", "linux", "--architecture", go_arch(),
-        "--no-history",
-    ]  # fmt: skip
-    for e in entrypoint:
-        argv += ["--config.entrypoint", e]
-    for c in cmd or []:
-        argv += ["--config.cmd", c]
-    for k, v in (env or {}).items():
-        argv += ["--config.env", f"{k}={v}"]
-    for k, v in (labels or {}).items():
-        argv += ["--config.label", f"{k}={v}"]
-    _run(argv)
-    index = json.loads((layout / "index.json").read_text())
-    (desc,) = [
-        m
-        for m in index["manifests"]
-        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag
-    ]
-    digest = desc["digest"]
-    manifest = json.loads((layout / "blobs" / "sha256" / digest.split(":", 1)[1]).read_text())
-    return OciImage(
-        name=name, layout=layout, tag=tag, digest=digest,
-        config_digest=manifest["config"]["digest"],
-    )  # fmt: skip
+    spools = [workdir / f"layer-{slug}-{n}.tar" for n in range(1 + len(extra_layers or []))]
+    first: dict[str, Path | bytes] = {**files, "/etc/tote-test-image": name.encode() + b"\n"}
+    contents: list[Mapping[str, Path | bytes]] = [first, *(extra_layers or [])]
+    try:
+        layers = [images.file_layer(layer, spool=spool)
+                  for layer, spool in zip(contents, spools, strict=True)]
+        image = images.single_image(
+            name, layers, arch=go_arch(), entrypoint=entrypoint, cmd=cmd,
+            env=[DEFAULT_PATH, *(f"{k}={v}" for k, v in (env or {}).items())], labels=labels,
+        )  # fmt: skip
+        tag = "img"
+        layout = image.write_layout(workdir / f"layout-{slug}", tag)
+    finally:
+        for spool in spools:
+            spool.unlink(missing_ok=True)
+    return OciImage(name=name, layout=layout, tag=tag, digest=image.digest,
+                    config_digest=next(iter(image.configs.values())).digest)
 
 
 def build_pause(workdir: Path, name: str = PAUSE_IMAGE) -> OciImage:

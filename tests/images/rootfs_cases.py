@@ -11,7 +11,7 @@ import random
 import struct
 import tarfile
 
-from tests.images.build import MT_LAYER, Blob, Image, digest_of, layered_image
+from tests.cluster.images import MT_LAYER, Blob, Image, digest_of, layered_image
 
 # A file capability (vfs_cap_data revision 2, effective, CAP_NET_RAW permitted): the one
 # extended attribute containerd's tar writer carries.

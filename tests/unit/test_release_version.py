@@ -3,18 +3,15 @@ the CHANGELOG section that becomes the release notes; the image's version label.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import platform
 import re
 import shutil
-import tarfile
 from pathlib import Path
 
 import pytest
 
 import tote_core
+from tests.cluster import images
 from tools import image_check, versioning
 from tools.versioning import CHANGELOG, CHART, PYPROJECT, ROOT, VersionError
 from tote_core.cli import main
@@ -125,35 +122,14 @@ def test_changelog_section_bounds() -> None:
 
 
 def _oci_archive(path: Path, labels: dict[str, str] | None, *, as_index: bool) -> Path:
-    """A minimal OCI image-layout tar (config + manifest, optionally under an index)."""
-    blobs: dict[str, bytes] = {}
-
-    def put(doc: object) -> dict[str, object]:
-        data = json.dumps(doc).encode()
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        blobs[digest] = data
-        return {"digest": digest, "size": len(data)}
-
-    config = {"architecture": "amd64", "os": "linux", "config": {}}
-    if labels is not None:
-        config["config"] = {"Labels": labels}
-    manifest = {"schemaVersion": 2, "config": put(config), "layers": []}
-    top = put(manifest)
+    """A minimal image archive (no layers; `labels` in its config), for the host's
+    architecture, optionally under an index whose other entry is linux/s390x."""
+    arch = image_check.GOARCH.get(platform.machine(), platform.machine())
+    img = images.single_image("tote.test/release:v1", [], arch=arch, labels=labels)
     if as_index:
-        arch = image_check.GOARCH.get(platform.machine(), platform.machine())
-        other = put({"schemaVersion": 2, "config": put({"config": {}}), "layers": []})
-        top = put({"schemaVersion": 2, "manifests": [
-            {**other, "platform": {"architecture": "s390x", "os": "linux"}},
-            {**top, "platform": {"architecture": arch, "os": "linux"}},
-        ]})
-    with tarfile.open(path, "w") as tar:
-        files = {"index.json": json.dumps({"schemaVersion": 2, "manifests": [top]}).encode()}
-        files |= {f"blobs/sha256/{d.split(':')[1]}": b for d, b in blobs.items()}
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
+        other = images.single_image(img.name, [], arch="s390x")
+        img = images.index_image(img.name, [other, img])
+    return img.write_archive(path)
 
 
 @pytest.mark.parametrize("as_index", [False, True])

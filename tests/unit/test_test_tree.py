@@ -13,6 +13,14 @@
    no demo → e2e); tools/ imports only the harness. A suite's shared pieces that another suite
    wants belong in the harness.
 
+3. One way to start each kind of thing. A test controller is made only by the controller
+   factory (`ControllerProcess(...)` is called in tests/cluster/controller.py alone; tests use
+   the `controllers` fixture or `Controllers`); a containerd daemon is started only by
+   `tests/cluster/containerd_node.start_containerd` (called only in the harness and tools/:
+   suites use `containerd_env` / `Env.add_node`); test images are built only by
+   tests/cluster/images.py (nothing else in tests/ defines a layer, config or manifest
+   builder of its own: no `umoci`, no `_platform_manifest`-style helper outside it).
+
 Every `import` counts, at module level or inside a function. Tried: the checkers themselves on
 small sources that break each rule, so a rule that silently stops matching fails here too.
 """
@@ -208,7 +216,82 @@ def test_import_checker_sees_each_wrong_way(module: str, source: str) -> None:
     ("tests.e2e.test_x", "from tests.cluster import tote_install\n"),
     ("tests.cluster.demo", "from tests.cluster.salvage_env import namespace\n"),
     ("tools.image_check", "from tests.cluster.containerd_env import start_node\n"),
-    ("tests.bench.bench_x", "from tests.images.build import layered_image\n"),
+    ("tests.bench.bench_x", "from tests.cluster.images import layered_image\n"),
 ])
 def test_import_checker_allows_harness_and_own_suite(module: str, source: str) -> None:
     assert not any(violation(module, i) for i in imports(source, module))
+
+
+# --------------------------------------------------------------------------- one way to start
+
+
+# name called → the files (relative to ROOT) or folders ending in "/" that may call it
+ONLY_CALLED_IN = {
+    "ControllerProcess": ("tests/cluster/controller.py",),
+    "start_containerd": ("tests/cluster/",),
+}
+IMAGE_BUILDER = "tests/cluster/images.py"
+# What writing an image by hand looks like: an image tool, or a config/manifest document built
+# as a dict literal with the keys only an image writer needs.
+IMAGE_TOOL = "umoci"
+IMAGE_KEYS = {"rootfs", "diff_ids"}
+
+
+def calls(source: str) -> Iterator[tuple[str, int]]:
+    """Every call of a plain or attribute name in `source`: (name, line)."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) \
+                else None
+            if name:
+                yield name, node.lineno
+
+
+def hand_made_image(source: str) -> list[int]:
+    """Lines where `source` runs an image tool or writes an image config's rootfs/diff_ids."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and node.value == IMAGE_TOOL:
+            found.add(node.lineno)
+        elif isinstance(node, ast.Dict):
+            keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+            if keys & IMAGE_KEYS:
+                found.add(node.lineno)
+    return sorted(found)
+
+
+def test_one_way_to_start_controllers_containerd_and_images() -> None:
+    broken = []
+    for path in _sources(TESTS):
+        rel = _rel(path)
+        source = path.read_text()
+        for name, line in calls(source):
+            allowed = ONLY_CALLED_IN.get(name)
+            if allowed and not any(rel == a or (a.endswith("/") and rel.startswith(a))
+                                   for a in allowed):
+                broken.append(f"{rel}:{line}: calls {name} (only {', '.join(allowed)} may)")
+        if rel not in (IMAGE_BUILDER, _rel(Path(__file__))):  # this file names the tool
+            broken += [f"{rel}:{n}: builds an image by hand (use {IMAGE_BUILDER})"
+                       for n in hand_made_image(source)]
+    assert not broken, "\n".join(broken)
+
+
+@pytest.mark.parametrize("source", [
+    "ctl = ControllerProcess(cp, d, identity='x').start()\n",
+    "from tests.cluster import containerd_node\ncontainerd_node.start_containerd(g, d, name='n')\n",
+])
+def test_call_checker_sees_a_hand_made_start(source: str) -> None:
+    assert any(name in ONLY_CALLED_IN for name, _ in calls(source))
+
+
+@pytest.mark.parametrize("source", [
+    "subprocess.run(['umoci', 'init', '--layout', 'l'])\n",
+    "config = {'architecture': 'amd64', 'rootfs': {'type': 'layers', 'diff_ids': []}}\n",
+])
+def test_image_checker_sees_a_hand_made_image(source: str) -> None:
+    assert hand_made_image(source)
+
+
+def test_image_checker_leaves_reading_alone() -> None:
+    assert not hand_made_image("ids = config['rootfs']['diff_ids']\n")

@@ -26,7 +26,7 @@ from tote_containerd.agent.api import ImportProgress, ImportRequest
 from tote_containerd.agent.tokens import Signer
 
 from tests.cluster.containerd_env import REPO, Env, Node
-from tests.images.build import Image, layered_image
+from tests.cluster.images import Image, layered_image
 
 MiB = 1024 * 1024
 pytestmark = pytest.mark.integration

@@ -22,7 +22,7 @@ from tote_containerd.agent.errors import AgentError
 from tote_containerd.agent.tokens import Signer
 
 from tests.cluster.containerd_env import Env
-from tests.images.build import layered_image
+from tests.cluster.images import layered_image
 
 MiB = 1024 * 1024
 pytestmark = pytest.mark.integration

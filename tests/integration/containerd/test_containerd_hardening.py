@@ -21,7 +21,7 @@ from tote_containerd.agent.tls import client_context
 from tote_containerd.agent.tokens import Signer
 
 from tests.cluster.containerd_env import Env
-from tests.images.build import layered_image
+from tests.cluster.images import layered_image
 
 MiB = 1024 * 1024
 pytestmark = pytest.mark.integration

@@ -33,10 +33,10 @@ from tote_containerd.agent.tls import client_context
 
 from tests.cluster.ci import require
 from tests.cluster.containerd_env import Env
+from tests.cluster.images import Image, layered_image, multiarch_image
 from tests.cluster.pki import make_ca
 from tests.cluster.prom import scrape_total
 from tests.cluster.registry import Registry, available, start_registry
-from tests.images.build import Image, layered_image, multiarch_image
 from tote_core.oci import upload
 from tote_core.oci.auth import Credentials, push_scope
 from tote_core.oci.client import RegistryClient

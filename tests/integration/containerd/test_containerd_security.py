@@ -17,7 +17,7 @@ from tote_containerd.agent.tokens import Signer
 
 from tests.cluster.agent_pki import Identity
 from tests.cluster.containerd_env import REPO, Env
-from tests.images.build import layered_image
+from tests.cluster.images import layered_image
 
 pytestmark = pytest.mark.integration
 

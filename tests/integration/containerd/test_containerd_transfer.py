@@ -18,8 +18,8 @@ from tote_containerd.agent.tokens import Signer
 from tote_containerd.transfer import run_transfer
 
 from tests.cluster.containerd_env import Env
+from tests.cluster.images import layered_image, multiarch_image, runnable_image
 from tests.cluster.prom import scrape_total
-from tests.images.build import layered_image, multiarch_image, runnable_image
 from tote_core.errors import PermanentError
 from tote_core.hooks.types import TransferProgress, TransferRequest
 

@@ -46,7 +46,7 @@ from tote_containerd.agent.tokens import Signer
 from tote_containerd.agent.unpack import chain_ids
 
 from tests.cluster.containerd_env import AgentProc, Env, Node, start_agent
-from tests.images.build import Image
+from tests.cluster.images import Image
 from tests.images.rootfs_cases import CAP_NET_RAW, image_of_tars, special_layers
 
 pytestmark = pytest.mark.integration
@@ -300,7 +300,7 @@ FAULT_LAYERS = [40 * 1024 * 1024] * 3
 
 
 def _big_image(name: str, seed: int) -> Image:
-    from tests.images.build import random_layer
+    from tests.cluster.images import random_layer
 
     return image_of_tars(name, [random_layer(size, seed * 10 + i).data or b""
                                 for i, size in enumerate(FAULT_LAYERS)])

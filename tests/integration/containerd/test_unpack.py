@@ -25,8 +25,8 @@ from tote_containerd.agent.tokens import Signer
 from tote_containerd.agent.unpack import chain_ids
 
 from tests.cluster.containerd_env import AgentProc, Env, Node
+from tests.cluster.images import Blob, Image, compressed_image, digest_of, multiarch_image
 from tests.cluster.prom import scrape_total
-from tests.images.build import Blob, Image, compressed_image, digest_of, multiarch_image
 
 pytestmark = pytest.mark.integration
 SNAPSHOTTER = "overlayfs"

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from tests.cluster.ci import require
 from tests.cluster.controlplane import CONTROLLER_SA
+from tests.cluster.images import Image
 from tests.cluster.objects import get, set_waiting
 from tests.cluster.pki import make_ca
 from tests.cluster.registry import Registry, available, start_registry
-from tests.images.build import Image
 from tests.integration.salvage.conftest import SalvageEnv
 
 USER, PASSWORD = "puller", "correct-horse-1"

@@ -25,9 +25,9 @@ from tests.cluster.containerd_env import (
 )
 from tests.cluster.controller import ControllerProcess, Controllers
 from tests.cluster.controlplane import ControlPlane
+from tests.cluster.images import Image
 from tests.cluster.objects import create_node, set_node_images
 from tests.cluster.procs import port_open, wait_until
-from tests.images.build import Image
 
 NODES = ("n1", "n2", "n3")
 

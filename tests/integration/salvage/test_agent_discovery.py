@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 from tests.cluster.containerd_env import REPO
+from tests.cluster.images import layered_image
 from tests.cluster.objects import create_pod, set_waiting
 from tests.cluster.procs import free_port, port_open, wait_until
-from tests.images.build import layered_image
 from tests.integration.salvage.conftest import SalvageEnv
 from tests.integration.salvage.test_salvage import REFUSED, MiB, wait_record
 

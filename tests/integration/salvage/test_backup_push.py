@@ -26,11 +26,11 @@ import pytest
 from tests.cluster.ci import require
 from tests.cluster.controller import ControllerProcess
 from tests.cluster.controlplane import CONTROLLER_SA
+from tests.cluster.images import Image, layered_image
 from tests.cluster.objects import set_waiting, tote_events, wait_event
 from tests.cluster.pki import make_ca
 from tests.cluster.procs import wait_until
 from tests.cluster.registry import Registry, available, start_registry
-from tests.images.build import Image, layered_image
 from tests.integration.salvage.conftest import SalvageEnv, records
 
 MiB = 1024 * 1024

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from cryptography import x509
 
+from tests.cluster.images import layered_image
 from tests.cluster.objects import create_pod, get, set_waiting
 from tests.cluster.procs import wait_until
 from tests.cluster.tlsprobe import der, handshake_with, served_cert
-from tests.images.build import layered_image
 from tests.integration.salvage.conftest import SalvageEnv, records
 
 MiB = 1024 * 1024

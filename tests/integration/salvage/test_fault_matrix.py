@@ -36,12 +36,12 @@ from tests.cluster.ci import require
 from tests.cluster.containerd_env import Node
 from tests.cluster.controller import ControllerProcess
 from tests.cluster.fault_table import ROWS, Row
+from tests.cluster.images import Image, layered_image
 from tests.cluster.objects import create_pod, set_waiting, wait_event
 from tests.cluster.procs import cpu_seconds, wait_until
 from tests.cluster.registry import available, start_registry
 from tests.cluster.visibility import Watch
 from tests.cluster.webhook import Receiver
-from tests.images.build import Image, layered_image
 from tests.integration.salvage.conftest import SalvageEnv
 from tests.integration.salvage.test_salvage import REFUSED, owner_rs
 

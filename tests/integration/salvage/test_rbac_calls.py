@@ -53,9 +53,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.cluster.controller import ControllerProcess
 from tests.cluster.controlplane import ControlPlane, write_kubeconfig
+from tests.cluster.images import layered_image
 from tests.cluster.objects import create_pod, force_delete_namespace, get, set_waiting
 from tests.cluster.procs import free_port, wait_until
-from tests.images.build import layered_image
 from tests.integration.salvage.auth_registry import failing_pod, pull_secret
 from tests.integration.salvage.conftest import SalvageEnv, records
 from tests.integration.test_helm import Helm

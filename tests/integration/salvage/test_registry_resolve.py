@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.controller import ControllerProcess
+from tests.cluster.images import Image, layered_image
 from tests.cluster.objects import wait_event
 from tests.cluster.procs import wait_until
 from tests.cluster.registry import Registry
-from tests.images.build import Image, layered_image
 from tests.integration.salvage.auth_registry import (
     PASSWORD,
     USER,

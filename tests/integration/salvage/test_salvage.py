@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.controller import ControllerProcess
+from tests.cluster.images import layered_image, runnable_image
 from tests.cluster.objects import create_pod, get, set_waiting, tote_events, wait_event
 from tests.cluster.procs import wait_until
-from tests.images.build import layered_image, runnable_image
 from tests.integration.salvage.conftest import SalvageEnv, records
 
 MiB = 1024 * 1024

@@ -7,9 +7,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from tests.cluster.images import layered_image
 from tests.cluster.objects import create_pod, set_waiting, wait_event
 from tests.cluster.procs import wait_until
-from tests.images.build import layered_image
 from tests.integration.salvage.conftest import SalvageEnv, records
 from tests.integration.salvage.test_salvage import REFUSED, owner_rs, wait_record
 

@@ -29,9 +29,9 @@ import pytest
 from tests.cluster.containerd_env import REPO
 from tests.cluster.controller import ControllerProcess
 from tests.cluster.controlplane import _render_chart, write_kubeconfig
+from tests.cluster.images import runnable_image
 from tests.cluster.objects import create_pod, set_waiting
 from tests.cluster.procs import wait_until
-from tests.images.build import runnable_image
 from tests.integration.salvage.conftest import SalvageEnv
 
 MiB = 1024 * 1024
