@@ -55,7 +55,7 @@ from tests.cluster.netns import ClusterNetwork, open_network
 from tests.cluster.node import KubeletNode, start_kubelet_node
 from tests.cluster.node_network import KUBE_ROUTER_RBAC, start_kube_proxy, start_kube_router
 from tests.cluster.objects import pod_running
-from tests.cluster.procs import Proc, ProcessGroup, wait_until
+from tests.cluster.procs import Proc, ProcessGroup, step_seconds, wait_until
 
 CLUSTER_BINARIES = ("kube-controller-manager", "kube-scheduler", "kubelet")
 # The workload node (first) and the source nodes: real kubelets, each on its own containerd in
@@ -455,15 +455,10 @@ def _check_processes_alive(procs: ProcessGroup) -> None:
 def _report_startup(cluster: KubeCluster, marks: list[float]) -> None:
     """Keep and print how long each step took (start, images, control plane, components,
     nodes, end), and each node's own steps."""
-    t0, t_img, t_cp, t_ctl, t_node, t_end = marks
-    cluster.startup_seconds = {
-        "images": round(t_img - t0, 2),
-        "control-plane": round(t_cp - t_img, 2),
-        "controller-manager+scheduler": round(t_ctl - t_cp, 2),
-        "nodes (containerd, kubelet, kube-proxy, kube-router)": round(t_node - t_ctl, 2),
-        "nodes Ready + cluster DNS": round(t_end - t_node, 2),
-        "total": round(t_end - t0, 2),
-    }
+    cluster.startup_seconds = step_seconds((
+        "images", "control-plane", "controller-manager+scheduler",
+        "nodes (containerd, kubelet, kube-proxy, kube-router)", "nodes Ready + cluster DNS",
+    ), marks)  # fmt: skip
     print(
         "e2e cluster up in {total}s: ".format(**cluster.startup_seconds)
         + ", ".join(f"{k} {v}s" for k, v in cluster.startup_seconds.items() if k != "total")

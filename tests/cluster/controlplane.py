@@ -40,7 +40,7 @@ from typing import Any
 import yaml
 
 from tests.cluster import pki, versions
-from tests.cluster.procs import Proc, ProcessGroup, free_port, port_open, wait_until
+from tests.cluster.procs import Proc, ProcessGroup, free_port, port_open, step_seconds, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "deploy" / "helm" / "tote"
@@ -443,14 +443,7 @@ def _write_controller_kubeconfig(cp: ControlPlane) -> None:
 
 def _report_startup(cp: ControlPlane, marks: list[float]) -> None:
     """Keep and print how long each step took (start, pki, etcd, apiserver, end)."""
-    t_start, t_pki, t_etcd, t_api, t_end = marks
-    cp.startup_seconds = {
-        "pki": round(t_pki - t_start, 2),
-        "etcd": round(t_etcd - t_pki, 2),
-        "kube-apiserver": round(t_api - t_etcd, 2),
-        "chart+token": round(t_end - t_api, 2),
-        "total": round(t_end - t_start, 2),
-    }
+    cp.startup_seconds = step_seconds(("pki", "etcd", "kube-apiserver", "chart+token"), marks)
     print(
         "control plane up in {total}s (pki {pki}s, etcd {etcd}s, kube-apiserver "
         "{kube-apiserver}s, CRD/RBAC/token {chart+token}s) at ".format(**cp.startup_seconds)

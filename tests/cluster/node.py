@@ -60,7 +60,7 @@ from tests.cluster.host_cleanup import (
     unmount_all_under,
 )
 from tests.cluster.netns import NodeNet
-from tests.cluster.procs import Proc, ProcessGroup, free_port, port_open, wait_until
+from tests.cluster.procs import Proc, ProcessGroup, free_port, port_open, step_seconds, wait_until
 
 KUBELET_READY_TIMEOUT = 90.0
 
@@ -346,7 +346,7 @@ def start_kubelet_node(
     missing = missing_prerequisites()
     if missing:
         raise FileNotFoundError(f"cannot run a kubelet node here, missing: {missing}")
-    t0 = time.monotonic()
+    marks = [time.monotonic()]
     if net is not None:
         node_ip, subnet = net.ip, net.pod_cidr
     name = name or node_ip
@@ -358,9 +358,9 @@ def start_kubelet_node(
             procs, workdir / "containerd", name=name, pause_image=pause.name, subnet=subnet,
             exec_prefix=net.exec_prefix if net is not None else [],
         )
-        t_cd = time.monotonic()
+        marks.append(time.monotonic())
         cd.import_image(pause)
-        t_pause = time.monotonic()
+        marks.append(time.monotonic())
         node = KubeletNode(
             name=name, workdir=workdir, containerd=cd, procs=procs, net=net,
             kubelet_port=free_port(node_ip) if net is None else 10250,
@@ -370,17 +370,12 @@ def start_kubelet_node(
         kubeconfig = _write_kubelet_kubeconfig(node, server=server, ca_file=ca_file,
                                                ca_key=ca_key, node_ip=node_ip)
         _write_kubelet_config(node, ca_file=ca_file, cluster_dns=cluster_dns)
-        t_cfg = time.monotonic()
+        marks.append(time.monotonic())
         _start_kubelet(node, bin_dir=bin_dir, kubeconfig=kubeconfig, node_ip=node_ip,
                        taints=taints, extra_kubelet_args=extra_kubelet_args)
-        t_end = time.monotonic()
-        node.startup_seconds = {
-            "containerd": round(t_cd - t0, 2),
-            "pause-import": round(t_pause - t_cd, 2),
-            "certs+config": round(t_cfg - t_pause, 2),
-            "kubelet-healthz": round(t_end - t_cfg, 2),
-            "total": round(t_end - t0, 2),
-        }
+        marks.append(time.monotonic())
+        node.startup_seconds = step_seconds(
+            ("containerd", "pause-import", "certs+config", "kubelet-healthz"), marks)
         return node
     except BaseException:
         if node is not None:

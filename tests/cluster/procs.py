@@ -102,6 +102,16 @@ class ProcessGroup:
         return {p.name: p.log_tail() for p in self.procs}
 
 
+def step_seconds(steps: Sequence[str], marks: Sequence[float]) -> dict[str, float]:
+    """How long each named step of a start-up took, from the monotonic times around them
+    (`marks` has one more entry than `steps`), plus "total"; rounded to 10 ms."""
+    if len(marks) != len(steps) + 1:
+        raise ValueError(f"{len(steps)} steps need {len(steps) + 1} marks, got {len(marks)}")
+    out = {s: round(marks[i + 1] - marks[i], 2) for i, s in enumerate(steps)}
+    out["total"] = round(marks[-1] - marks[0], 2)
+    return out
+
+
 def wait_until(
     predicate: Callable[[], bool],
     *,

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from tests.cluster.cluster import KubeCluster
-from tests.cluster.procs import wait_until
+from tests.cluster.procs import step_seconds, wait_until
 from tests.images import tote_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,13 +170,13 @@ def install_tote(
     cluster: KubeCluster, workdir: Path, *, extra_values: dict[str, Any] | None = None
 ) -> Install:
     """Build + import the image, `helm install`, wait until tote is Ready and leading."""
-    t0 = time.monotonic()
+    marks = [time.monotonic()]
     workdir.mkdir(parents=True, exist_ok=True)
     image = tote_image.build()
-    t_img = time.monotonic()
+    marks.append(time.monotonic())
     for node in cluster.nodes:
         tote_image.import_into(image.archive, node.socket)
-    t_import = time.monotonic()
+    marks.append(time.monotonic())
     helm = Helm(cluster.control_plane.bin_dir / "helm", cluster.admin_kubeconfig,
                 workdir / "helm-home")  # fmt: skip
     values = harness_values(cluster)
@@ -193,16 +193,11 @@ def install_tote(
     # helm's --wait counts a DaemonSet ready with maxUnavailable (1) pods still unready: wait
     # for every agent, as a user checking `kubectl get pods` would.
     inst.wait_agents_ready()
-    t_helm = time.monotonic()
+    marks.append(time.monotonic())
     inst.wait_leading()
-    t_end = time.monotonic()
-    inst.startup_seconds = {
-        "image build": round(t_img - t0, 2),
-        "image import (all nodes)": round(t_import - t_img, 2),
-        "helm install --wait": round(t_helm - t_import, 2),
-        "leading": round(t_end - t_helm, 2),
-        "total": round(t_end - t0, 2),
-    }
+    marks.append(time.monotonic())
+    inst.startup_seconds = step_seconds(
+        ("image build", "image import (all nodes)", "helm install --wait", "leading"), marks)
     return inst
 
 
