@@ -91,6 +91,33 @@ async def test_watch_follows_selectors(autojump_clock: trio.testing.MockClock) -
     await client.aclose()
 
 
+async def test_an_informer_without_a_store_is_a_stream() -> None:
+    """`store=False` (kubelet's Events): handlers see what is listed, added and modified,
+    as (key, None, object); deletions not at all; nothing is kept, across a relist too."""
+    cluster = FakeCluster()
+    cluster.add(cm("one"))
+    client = cluster.client()
+    informer: Informer[ConfigMap] = Informer(
+        client, resource_path("v1", "configmaps", "ns"), ConfigMap, name="cm", store=False)
+    seen: list[tuple[str, object, str]] = []
+    informer.add_handler(lambda key, old, new: seen.append(
+        (key, old, new.data.get("v", "") if new is not None else "deleted")))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(informer.run)
+        cluster.add(cm("two"))
+        cluster.modify("ConfigMap", "two", "ns", patch={"data": {"v": "2"}})
+        cluster.delete("ConfigMap", "one", "ns")
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen == [("ns/one", None, ""), ("ns/two", None, ""), ("ns/two", None, "2")]
+        assert informer.items == {}
+        cluster.compact()
+        cluster.close_watches()
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen[-1] == ("ns/two", None, "2") and informer.items == {}  # relisted
+        nursery.cancel_scope.cancel()
+    await client.aclose()
+
+
 @pytest.mark.parametrize(("selector", "names"), [
     ("app=one", ["one"]), ("app==one", ["one"]), ("app!=one", ["three", "two"]),
     ("app in (one,two)", ["one", "two"]), ("app notin (one)", ["three", "two"]),

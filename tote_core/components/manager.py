@@ -25,6 +25,7 @@ from tote_core.components.cert_issuer import CertIssuer
 from tote_core.components.config_warnings import ConfigWarnings
 from tote_core.components.leader import LeaderElector
 from tote_core.components.statusfeed import StatusFeed
+from tote_core.detect import pull_failures
 from tote_core.errors import ConfigError, KubeError
 from tote_core.hooks.context import PluginContext
 from tote_core.hooks.host import PluginHost
@@ -32,8 +33,9 @@ from tote_core.hooks.types import Incident
 from tote_core.incidents import IncidentStore
 from tote_core.kube import config as kube_config
 from tote_core.kube.cache import Caches
-from tote_core.kube.client import KubeClient
+from tote_core.kube.client import KubeClient, resource_path
 from tote_core.kube.events import EventRecorder
+from tote_core.kube.informer import Informer
 from tote_core.reconcile.engine import Engine
 from tote_core.reconcile.pods import PodReconciler
 from tote_core.reconcile.queue import WorkQueue
@@ -44,7 +46,7 @@ from tote_core.salvage.salvager import SalvageEngine
 from tote_core.settings import ControllerSettings
 from tote_core.status.board import StatusBoard
 from tote_core.status.publish import BoardPublisher
-from tote_core.structs.kube import ConfigMap, Namespace, Node, Pod
+from tote_core.structs.kube import ConfigMap, CoreEvent, Namespace, Node, Pod
 from tote_core.structs.status import Switch
 
 log = logging.getLogger("tote.controller")
@@ -133,6 +135,12 @@ class Controller:
         )
         self._leading = False
         self._switch: Switch | None = None  # the kill switch as last logged
+        # kubelet's pull failures, which reach the API server before the pod status says so
+        # (leader only: only its workers detect). Watched, not cached.
+        self.kubelet_events: Informer[CoreEvent] = Informer(
+            self.kube, resource_path("v1", "events"), CoreEvent, name="kubelet-events",
+            field_selector=pull_failures.FIELD_SELECTOR, store=False)
+        self.kubelet_events.add_handler(self._on_kubelet_event)
         self.caches.pods.add_handler(self._on_pod)
         self.caches.nodes.add_handler(self._on_node)
         self.caches.config.add_handler(self._on_config)
@@ -149,10 +157,17 @@ class Controller:
         if new is None:
             if old is not None:
                 self.incidents.forget(old.metadata.uid)
+                self.reconciler.pull_failures.forget(old.metadata.uid)
             self.reconciler.waiting_on_nodes.discard(key)
             return
         if _interesting(new):
             self.queue.add(key)
+
+    def _on_kubelet_event(self, key: str, old: CoreEvent | None, new: CoreEvent | None
+                          ) -> None:
+        pod_key = self.reconciler.kubelet_event(new) if new is not None else None
+        if pod_key is not None:
+            self.queue.add(pod_key)
 
     def _on_node(self, key: str, old: Node | None, new: Node | None) -> None:
         if new is None or old is None or old.status.images != new.status.images:
@@ -283,6 +298,7 @@ class Controller:
             await nursery.start(self.engine.run)
             await nursery.start(self.warnings.run)
             nursery.start_soon(self.reaper.run)
+            nursery.start_soon(self.kubelet_events.run)
             try:
                 self._requeue_failing()
                 await trio.sleep_forever()

@@ -46,6 +46,10 @@ class Informer(Generic[T]):
     label_selector: str | None = None
     field_selector: str | None = None
     watch_timeout: int = 300
+    # False: a stream, not a cache. Handlers see every listed, added and modified object
+    # (old always None, deletions not at all) and nothing is kept: kubelet's Events are
+    # signals to act on, not state to look up, and a cluster has many.
+    store: bool = True
     items: dict[str, T] = field(default_factory=dict, init=False)
     synced: trio.Event = field(default_factory=trio.Event, init=False)
     resource_version: str = field(default="", init=False)
@@ -104,9 +108,13 @@ class Informer(Generic[T]):
             fieldSelector=self.field_selector,
         )
         fresh: dict[str, T] = {meta_key(o.metadata): o for o in result.items}  # type: ignore[attr-defined]
+        self.resource_version = result.metadata.resource_version
+        if not self.store:
+            for key, obj in fresh.items():
+                self._emit(key, None, obj)
+            return
         old_items = self.items
         self.items = fresh
-        self.resource_version = result.metadata.resource_version
         for index_of, values in self._indices.values():
             values.clear()
             for key, obj in fresh.items():
@@ -148,6 +156,10 @@ class Informer(Generic[T]):
                 if meta.resource_version:
                     self.resource_version = meta.resource_version
                 key = meta_key(meta)
+                if not self.store:
+                    if event.type != "DELETED":
+                        self._emit(key, None, obj)
+                    continue
                 old = self.items.get(key)
                 if event.type == "DELETED":
                     self.items.pop(key, None)

@@ -46,6 +46,9 @@ RBAC_NEEDS: tuple[Rule, ...] = (
     # events: post, and aggregate into a series by patch; get: after a restart an event of
     # the same name exists (409 on create) and its series count is read before the patch
     *_rules("events.k8s.io", "events", ("create", "get", "patch")),
+    # kubelet's pull failures (core/v1 Events, involvedObject.kind=Pod, reason=Failed):
+    # detection starts there, before the pod status says ErrImagePull
+    *_rules("", "events", ("list", "watch")),
     # the SalvageRecord lifecycle (get, cross-namespace list by label, create, spec patch)
     # and the TTL reaper (list, delete); status written by patch only
     *_rules("tote.dev", "salvagerecords", ("get", "list", "create", "patch", "delete")),

@@ -15,8 +15,9 @@ from prometheus_client import Counter
 
 from tote_core import metrics
 from tote_core.annotations import ALLOW, AUTO_SALVAGE, SYSTEM_NAMESPACES, flag
-from tote_core.detect import messages
+from tote_core.detect import messages, pull_failures
 from tote_core.detect.detector import Failure, Verdict, detect
+from tote_core.detect.pull_failures import PullFailures
 from tote_core.hooks.host import PluginHost
 from tote_core.hooks.types import Incident, OptInQuery, detected
 from tote_core.incidents import IncidentStore
@@ -24,7 +25,8 @@ from tote_core.kube.cache import Caches
 from tote_core.kube.events import EventRecorder
 from tote_core.reconcile.engine import Result
 from tote_core.settings import ControllerSettings
-from tote_core.structs.kube import Pod
+from tote_core.structs.kube import CoreEvent, Pod
+from tote_core.timefmt import parse_time, utcnow
 
 log = logging.getLogger("tote.detect")
 
@@ -43,6 +45,27 @@ class PodReconciler:
     salvage: SalvageSink | None = None
     # Pods with an incident that may become actionable when a node reports new images.
     waiting_on_nodes: set[str] = field(default_factory=set)
+    # What kubelet's Events said before the pod status does (detect/pull_failures.py).
+    pull_failures: PullFailures = field(
+        default_factory=lambda: PullFailures(trio.current_time))
+
+    def kubelet_event(self, event: CoreEvent) -> str | None:
+        """Note the pull failure kubelet just reported in `event`; the key of its pod, to
+        reconcile now. None when the Event is no pull failure, is older than a hint is
+        kept, or names a pod that is gone or was replaced."""
+        failure = pull_failures.from_event(event)
+        if failure is None:
+            return None
+        when = parse_time(event.last_timestamp or event.event_time)
+        if when is None or (utcnow() - when).total_seconds() > pull_failures.HINT_TTL:
+            return None
+        obj = event.involved_object
+        key = f"{obj.namespace}/{obj.name}"
+        pod = self.caches.pods.get(key)
+        if pod is None or pod.metadata.uid != failure.pod_uid:
+            return None
+        self.pull_failures.add(failure)
+        return key
 
     def enabled(self) -> bool:
         # The runtime ConfigMap decides once written (`tote disable` / `tote enable`); the
@@ -79,6 +102,7 @@ class PodReconciler:
             return None
         if not self.enabled() or not self.namespace_allowed(pod.metadata.namespace):
             return None
+        pod = pull_failures.overlay(pod, self.pull_failures.of(pod.metadata.uid))
         failures = detect(pod)
         if not failures:
             self.waiting_on_nodes.discard(key)

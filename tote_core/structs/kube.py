@@ -117,6 +117,31 @@ class ConfigMap(_K):
     data: dict[str, str] = msgspec.field(default_factory=dict)
 
 
+class ObjectReference(_K):
+    kind: str = ""
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+    field_path: str = ""  # "spec.containers{app}" for a container's events
+
+
+class EventSource(_K):
+    component: str = ""
+
+
+class CoreEvent(_K):
+    """A core/v1 Event, the kind kubelet posts (tote's own are events.k8s.io/v1)."""
+
+    metadata: ObjectMeta = msgspec.field(default_factory=ObjectMeta)
+    involved_object: ObjectReference = msgspec.field(default_factory=ObjectReference)
+    reason: str = ""
+    message: str = ""
+    source: EventSource = msgspec.field(default_factory=EventSource)
+    reporting_component: str = ""
+    last_timestamp: str | None = None
+    event_time: str | None = None
+
+
 class PartialObject(_K):
     """Metadata-only view (owner lookups need nothing else)."""
 
