@@ -124,19 +124,20 @@ class LayerStream:
 class _Tar:
     """The uncompressed tar as a file object for `tarfile` (`read` only), gunzipping when the
     blob starts as gzip (several members allowed, as containerd's reader does) and hashing
-    every uncompressed byte: the diff ID."""
+    every uncompressed byte: the diff ID. `read` hands out the pieces as they come (up to
+    `n` bytes, fewer allowed: tarfile's stream reader collects), without copying them."""
 
     def __init__(self, stream: LayerStream) -> None:
         self.stream = stream
         self.hash = hashlib.sha256()
-        self.buf = bytearray()
+        self.out: collections.deque[bytes | memoryview] = collections.deque()
         self.mode: str | None = None  # "gzip" | "tar"
         self.dec: Any = None
         self.pending = b""
         self.eof = False
 
     def _more(self) -> bool:
-        """Append uncompressed bytes to `buf`; False at the end of the blob."""
+        """Queue more uncompressed bytes in `out`; False at the end of the blob."""
         while True:
             if self.pending:
                 if self.mode == "tar":
@@ -154,7 +155,7 @@ class _Tar:
                         self.dec = None
                 if out:
                     self.hash.update(out)
-                    self.buf += out
+                    self.out.append(out)
                     return True
                 continue
             if self.eof:
@@ -172,21 +173,21 @@ class _Tar:
             self.pending = chunk
 
     def read(self, n: int = -1) -> bytes:
-        if n < 0:
-            while self._more():
-                pass
-            n = len(self.buf)
-        while len(self.buf) < n and self._more():
-            pass
-        out = bytes(self.buf[:n])
-        del self.buf[:n]
-        return out
+        if not self.out and not self._more():
+            return b""
+        head = self.out[0]
+        if n < 0 or len(head) <= n:
+            self.out.popleft()
+            return head if isinstance(head, bytes) else bytes(head)
+        view = memoryview(head)
+        self.out[0] = view[n:]
+        return bytes(view[:n])
 
     def drain(self) -> str:
         """Hash the rest (after the tar's end blocks); the diff ID."""
-        self.buf.clear()
+        self.out.clear()
         while self._more():
-            self.buf.clear()
+            self.out.clear()
         return "sha256:" + self.hash.hexdigest()
 
 

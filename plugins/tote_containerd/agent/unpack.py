@@ -368,6 +368,11 @@ class Unpacker:
             await self.remove(sn, key)
             log.info("layer %s: not extracted while receiving (%s); applying it once whole",
                      layer.digest, exc)
+            if isinstance(exc, PermissionError) and self._stream_dirs:
+                # No capability to create devices / set owners here: every layer would
+                # fail the same way, so stop trying for this agent's lifetime.
+                log.info("not extracting layers while they arrive from now on: %s", exc)
+                self._stream_dirs = False
             return None
         except BaseException:
             await self.remove(sn, key)
