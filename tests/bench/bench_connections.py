@@ -19,7 +19,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,10 +27,9 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
 import trio  # noqa: E402
 
-from tests.cluster.agent_pki import make_pki  # noqa: E402
-from tests.cluster.containerd_env import Env  # noqa: E402
+from tests.cluster.containerd_env import Env, containerd_env  # noqa: E402
 from tests.cluster.images import layered_image  # noqa: E402
-from tests.cluster.procs import ProcessGroup, cpu_seconds  # noqa: E402
+from tests.cluster.procs import cpu_seconds  # noqa: E402
 
 NODES = ("a", "b", "c")
 
@@ -45,10 +43,9 @@ class Block:
 
 
 async def run_block(env: Env, pooled: bool, rounds: int, digest: str) -> Block:
-    from tote_containerd.agents import Agents
     from tote_containerd.inventory import Inventory
 
-    agents = Agents(env.settings())
+    agents = env.client_agents()  # the controller's view: discovery + mTLS identity
     inventory = Inventory(agents)
     pids = [env.agents[n].proc.pid for n in NODES]
     out = Block()
@@ -76,16 +73,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=100)
     ap.add_argument("--blocks", type=int, default=4)
     args = ap.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="tote-bench-conn-",
-                                 dir=os.environ.get("TOTE_BENCH_DIR")))
-    group = ProcessGroup(base / "logs")
-    env = Env(base=base, group=group, pki=make_pki(base / "pki"))
-    try:
+    api_path = {n: ("--no-fast-path",) for n in NODES}
+    with containerd_env("tote-bench-conn-", NODES, agents=api_path,
+                        base_dir=os.environ.get("TOTE_BENCH_DIR")) as env:
+        base = env.base
         img = layered_image("docker.io/tote/conn:v1", [64 * 1024], seed=71)
         archive = img.write_archive(base / "img.tar")
-        for n in NODES:
-            env.add_node(n)
-            env.agents[n] = env.agent(n, "--no-fast-path")
         for n in ("a", "b"):
             env.nodes[n].import_archive(archive)
         print(f"load average before: {os.getloadavg()}", flush=True)
@@ -109,8 +102,6 @@ def main() -> None:
         print(f"pooled / fresh: latency {pl / fl:.2f}x, controller CPU {po / fo:.2f}x, "
               f"agents' CPU {pa / fa:.2f}x")
         print(f"load average after: {os.getloadavg()}", flush=True)
-    finally:
-        group.stop_all()
 
 
 if __name__ == "__main__":

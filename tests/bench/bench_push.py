@@ -78,10 +78,9 @@ class PeakRSS:
 
 async def tote_push(env: Env, url: str, digest: str, repo: str) -> tuple[float, int]:
     from tote_containerd.agent.api import PushRequest
-    from tote_containerd.agents import open_agent
 
     t = time.monotonic()
-    async with open_agent("a", env.settings(), rpc_timeout=900) as agent:
+    async with env.open_agent("a", rpc_timeout=900) as agent:
         res = await agent.push(PushRequest(digest=digest, registry_url=url, repository=repo,
                                            tag="v1"), deadline=900)
     dt = time.monotonic() - t

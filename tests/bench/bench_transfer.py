@@ -31,7 +31,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,8 +40,7 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 import trio  # noqa: E402
 
 from tests.cluster import versions  # noqa: E402
-from tests.cluster.agent_pki import make_pki  # noqa: E402
-from tests.cluster.containerd_env import Env  # noqa: E402
+from tests.cluster.containerd_env import Env, containerd_env  # noqa: E402
 from tests.cluster.images import CACHE, Image, layered_image  # noqa: E402
 from tests.cluster.procs import Proc, ProcessGroup, cpu_seconds  # noqa: E402
 
@@ -144,13 +142,12 @@ async def agent_copy(env: Env, src_ep: str, target: str, digest: str, name: str,
                      parallelism: int = 0, source: str = "a") -> tuple[float, int]:
     from tote_containerd.agent.api import ImportRequest
     from tote_containerd.agent.tokens import Signer
-    from tote_containerd.agents import open_agent
 
     ctl = env.pki.controller
     token = Signer(ctl.cert, ctl.key).mint(digest=digest, source=source, target=target,
                                            ttl=60)
     t = time.monotonic()
-    async with open_agent(target, env.settings()) as agent:
+    async with env.open_agent(target) as agent:
         done = await agent.import_from(ImportRequest(
             source_node=source, source_endpoint=src_ep, token=token, digest=digest,
             names=[name], parallelism=parallelism))
@@ -218,13 +215,10 @@ def main() -> None:
     img2 = layered_image("docker.io/tote/bench:v2", [64 * MiB], seed=502, spool_dir=spool,
                          extra_layers=shared)
 
-    base = Path(tempfile.mkdtemp(prefix="tote-bench-", dir=os.environ.get("TOTE_BENCH_DIR")))
-    group = ProcessGroup(base / "logs")
-    env = Env(base=base, group=group, pki=make_pki(base / "pki"))
     results: list[tuple[str, str]] = []
-    try:
-        for n in ("a", "b1", "b2", "b3"):
-            env.add_node(n)
+    with containerd_env("tote-bench-", ("a", "b1", "b2", "b3"), agents={},
+                        base_dir=os.environ.get("TOTE_BENCH_DIR")) as env:
+        base, group = env.base, env.group
         a = env.nodes["a"]
         print("importing into node a ...", flush=True)
         archive = img.write_archive(base / "img.tar")
@@ -293,9 +287,6 @@ def main() -> None:
                         f"{after:7.1f} / {after_d:.1f} MB/s"))
         print(results[-1], flush=True)
         results.append(("load average at the end", " ".join(f"{x:.2f}" for x in os.getloadavg())))
-    finally:
-        group.stop_all()
-        shutil.rmtree(base, ignore_errors=True)
     print(f"\ncontainerd {ctd_version}, {args.size_mib} MiB image")
     print("| measurement | result |\n|---|---|")
     for k, v in results:
