@@ -6,6 +6,10 @@ PREFIX = "tote.dev/"
 ALLOW = "tote.dev/allow"  # on Namespaces
 AUTO_SALVAGE = "tote.dev/auto-salvage"  # on Pods / pod templates / owners
 KNOWN = (ALLOW, AUTO_SALVAGE)
+# Written by tote (never read): when a salvaged image reached the pod's node. Changing it makes
+# kubelet sync the pod and start the container at once (salvage/pods.py). Outside the
+# `tote.dev/` prefix, which the admission webhook reserves for the users' true/false keys.
+DELIVERED_AT = "salvage.tote.dev/delivered-at"
 
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 

@@ -100,18 +100,21 @@ def _steps(res: RunResult, keys: list[tuple[str, str, str]]) -> dict[str, float]
 
 
 def salvage_breakdown(res: RunResult) -> dict[str, float]:
-    """detection (pull error → ImageSalvageable), transfer (→ ImageSalvaged), pod
-    replacement (→ the replacement pod's first sighting), create/unpack (→ Running)."""
+    """detection (pull error → ImageSalvageable), transfer (→ ImageSalvaged), then start:
+    the same pod started in place (→ Running), or — should a replacement pod appear —
+    pod replacement (→ its first sighting) and create/unpack (→ Running)."""
     f = dict(res.first)
     seen = sorted(res.pod_seen.values())
+    steps = [("detection", "Failed", "ImageSalvageable"),
+             ("transfer", "ImageSalvageable", "ImageSalvaged")]
     if len(seen) > 1:
         f["replacement"] = seen[1]
+        steps += [("pod replacement", "ImageSalvaged", "replacement"),
+                  ("create/unpack", "replacement", "Running")]
+    else:
+        steps.append(("start in place", "ImageSalvaged", "Running"))
     r = RunResult(label=res.label, first=f, counts={})
-    return _steps(r, [("detection", "Failed", "ImageSalvageable"),
-                      ("transfer", "ImageSalvageable", "ImageSalvaged"),
-                      ("pod replacement", "ImageSalvaged", "replacement"),
-                      ("create/unpack", "replacement", "Running"),
-                      ("total", "Failed", "Running")])  # fmt: skip
+    return _steps(r, [*steps, ("total", "Failed", "Running")])
 
 
 def healthy_breakdown(res: RunResult) -> dict[str, float]:

@@ -14,8 +14,8 @@ user would (tests/cluster/tote_install.py). Then it plays the incident:
 2. a Deployment opted in to salvage is scheduled to node `node-a`, which does not have the
    image: kubelet fails to pull it (ErrImagePull → ImagePullBackOff);
 3. tote's pods find the digest on node B, stream it agent to agent into node-a's
-   containerd, delete the failing pod, and its ReplicaSet's replacement starts from the
-   salvaged image.
+   containerd and annotate the failing pod; kubelet syncs it and starts its container in
+   place from the salvaged image (same pod, no replacement).
 
 Every event is printed as it happens, then a summary (what failed, which node had the
 image, bytes moved, time to Running). Everything is torn down at the end; `--keep` leaves the

@@ -16,7 +16,7 @@ Everything is started through `ProcessGroup`s and stopped by PID.
 
 `Timeline` watches one workload (by label selector) through kubectl and notes, with the
 test process's monotonic clock, when each step of the story was first seen: pull failure,
-back-off, tote's events, pod replacement, Running.
+back-off, tote's events, a replacement pod if any (tote starts the failing pod in place), Running.
 
 Over 400 lines on purpose: the salvage e2e's one environment (cluster, agents, registry,
 controller) and the timeline that measures it.

@@ -9,16 +9,18 @@ fail to pull from a stopped registry, or fail to create a container from an imag
 layer blob is gone.
 
 1. Deployment, image X only on node B, registry stopped → ErrImagePull/BackOff → salvaged
-   from node B → replacement pod Running; its log proves it runs X. Prints the timings.
+   from node B → the same pod Running (tote annotates it, kubelet syncs it and starts the
+   container in place: no replacement); its log proves it runs X. Prints the timings.
 2. Tag-only image no node has → ImageNotActionable, no SalvageRecord.
 3. Kill switch (ConfigMap <harness namespace>/tote-config `enabled: "false"`) → the same real
    failure produces no tote event and no record; switched back on, the pod is salvaged.
 4. (scenario 1's incident) SalvageRecord Completed with its progress fields, and
    `kubectl events` tells the story (ImageSalvageable, ImageSalvaged).
-5. Standalone pod → salvaged, never deleted: kubelet's next retry starts it (same UID).
+5. Standalone pod → salvaged, annotated, started in place (same UID), not left to kubelet's
+   back-off.
 6. Corrupt image record on the kubelet node (layer blob deleted) → CreateContainerError →
-   ImageCorrupt, record removed through the node's agent, owned pod deleted → the
-   replacement fails to pull → salvaged → Running.
+   ImageCorrupt, record removed through the node's agent, the pod annotated → kubelet pulls
+   again and fails (registry down) → salvaged → the same pod Running.
 7. imagePullPolicy Always → ImageNotActionable once (no loop), no SalvageRecord.
 8. Node B holds the image as a node that discards its layer blobs (EKS): the layers are
    regenerated from its snapshots → Running; the record says mode snapshots, pinned.
@@ -55,6 +57,7 @@ from tests.cluster.salvage_env import (
     start_salvage_env,
     workload_image,
 )
+from tote_core.annotations import DELIVERED_AT
 
 pytestmark = pytest.mark.e2e
 
@@ -131,12 +134,12 @@ def test_1_registry_down_deployment_salvaged_from_node_b(
     # a real pull failure happened on the kubelet node first
     assert tl.first_failure() is not None, tl.first
     assert "ImageSalvageable" in tl.first and "ImageSalvaged" in tl.first, tl.first
-    # the pod that failed was replaced (owned pod deleted with UID precondition)
-    first_name, first_uid = s.first_pod
-    assert s.pod["metadata"]["uid"] != first_uid, tl.pods
-    old = cluster.pod(s.ns, first_name)
-    assert old is None or old["metadata"].get("deletionTimestamp"), old  # gone or going
-    # … and its replacement runs image X, from the kubelet node's own containerd
+    # the pod that failed is the one running: annotated, started in place, never replaced
+    _, first_uid = s.first_pod
+    assert s.pod["metadata"]["uid"] == first_uid, tl.pods
+    assert len({uid for _, uid in tl.pods}) == 1, tl.pods
+    assert DELIVERED_AT in s.pod["metadata"]["annotations"], s.pod["metadata"]
+    # … and it runs image X, from the kubelet node's own containerd
     assert s.pod["spec"]["nodeName"] == cluster.node.name
     status = s.pod["status"]["containerStatuses"][0]
     assert status["imageID"].endswith(s.image.digest), status
@@ -254,6 +257,7 @@ def test_5_standalone_pod_recovers_without_being_deleted(
     print(f"scenario 5 timeline: {tl.summary()}; pull failure → Running "
           f"{tl.since(tl.first_failure() or '')}s")  # fmt: skip
     assert len({uid for _, uid in tl.pods}) == 1, tl.pods  # never deleted
+    assert DELIVERED_AT in pod["metadata"]["annotations"], pod["metadata"]
     assert tl.first_failure() is not None, tl.first
     assert "ImageSalvaged" in _reasons(tote, ns, "alone"), _reasons(tote, ns)
     assert pod["status"]["containerStatuses"][0]["imageID"].endswith(img.digest)
@@ -266,7 +270,7 @@ def test_5_standalone_pod_recovers_without_being_deleted(
 # --------------------------------------------------------------------------- scenario 6
 
 
-def test_6_corrupt_image_record_removed_pod_replaced_then_salvaged(
+def test_6_corrupt_image_record_removed_pod_pulls_again_then_salvaged(
     tote: SalvageEnv, test_namespace: str, local_registry: Registry, tmp_path: Path
 ) -> None:
     ns, cluster = test_namespace, tote.cluster
@@ -285,9 +289,8 @@ def test_6_corrupt_image_record_removed_pod_replaced_then_salvaged(
     assert "CreateContainerError" in tl.first, tl.first
     reasons = _reasons(tote, ns)
     assert "ImageCorrupt" in reasons and "ImageSalvaged" in reasons, reasons
-    first_uid = tl.pods[0][1]
-    assert pod["metadata"]["uid"] != first_uid, tl.pods  # the owned pod was replaced
-    # the replacement really failed to pull (the stale record was gone) before salvage
+    assert len({uid for _, uid in tl.pods}) == 1, tl.pods  # one pod throughout
+    # it really failed to pull (the stale record was gone) before the salvage
     assert tl.first_failure() is not None, tl.first
     assert pod["status"]["containerStatuses"][0]["imageID"].endswith(img.digest)
     wait_until(lambda: marker in cluster.pod_logs(ns, pod["metadata"]["name"]), timeout=20,

@@ -148,6 +148,14 @@ async def test_writes_like_the_api_server() -> None:
         await client.update(f"{path}/x", stale)
     with pytest.raises(Conflict, match="Precondition failed: UID"):
         await client.delete(f"{path}/x", uid="someone-else")
+    # A patch naming another UID is refused as the API server does (422, immutable field):
+    # tote's pod annotation relies on it to leave a replaced pod alone.
+    with pytest.raises(KubeError, match=r"metadata\.uid: Invalid value") as refused:
+        await client.patch(f"{path}/x", {"metadata": {"uid": "someone-else"}})
+    assert refused.value.status == 422
+    same = await client.patch(f"{path}/x", {"metadata": {"uid": created["metadata"]["uid"],
+                                                         "labels": {"l": "1"}}})
+    assert same["metadata"]["labels"]["l"] == "1"
     await client.delete(f"{path}/x", uid=created["metadata"]["uid"])
     with pytest.raises(NotFound):
         await client.get(f"{path}/x", dict)

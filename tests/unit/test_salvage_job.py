@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 
+from tote_core.annotations import DELIVERED_AT
 from tote_core.hooks.hookspecs import hookimpl
 from tote_core.hooks.types import NodeInfo, TransferProgress
 from tote_core.reconcile.engine import Result
@@ -111,17 +112,72 @@ async def test_completed(tote_cluster: FakeCluster, tote_harness: HarnessFactory
         "note"]
     assert s.seen.notified_types() == ["detected", "salvaged"]
     assert [r.bytes_transferred for _, _, r in s.seen.salvaged] == [3000]
-    assert tote_cluster.get("Pod", "web-1", "shop") is None  # owned: restarted at once
+    assert_resumed_in_place(tote_cluster)
     assert s.engine.jobs == {}
 
 
-async def test_completed_standalone_pod_is_not_deleted(
+def pod_patches(cluster: FakeCluster) -> list[dict[str, Any]]:
+    return [r.body for r in cluster.requests
+            if r.method == "PATCH" and "/pods/web-1" in r.path]
+
+
+def assert_resumed_in_place(cluster: FakeCluster) -> None:
+    """The pod is neither deleted nor replaced: it carries the delivered-at annotation
+    (kubelet syncs the pod on that update and starts the container), set with its UID."""
+    pod = cluster.get("Pod", "web-1", "shop")
+    assert pod is not None
+    assert DELIVERED_AT in pod["metadata"]["annotations"]
+    assert [b["metadata"]["uid"] for b in pod_patches(cluster)] == [pod["metadata"]["uid"]]
+    assert not [r for r in cluster.requests if r.method == "DELETE"]
+
+
+async def test_completed_standalone_pod_is_resumed_in_place_too(
         tote_cluster: FakeCluster, tote_harness: HarnessFactory) -> None:
     s = await submitted(tote_cluster, tote_harness, owner=None)
     await s.attempt()
     assert the_record(tote_cluster).status.phase == "Completed"
-    assert tote_cluster.get("Pod", "web-1", "shop") is not None  # kubelet's retry finds it
-    assert not [r for r in tote_cluster.requests if r.method == "DELETE"]
+    assert_resumed_in_place(tote_cluster)
+
+
+async def test_a_pod_is_annotated_once_per_image(
+        tote_cluster: FakeCluster, tote_harness: HarnessFactory) -> None:
+    """The annotation brings the pod back through detection; while kubelet has not started
+    it yet, the Completed record's path (already delivered) does not annotate it again."""
+    s = await submitted(tote_cluster, tote_harness)
+    await s.attempt()
+    await s.h.reconciler(salvage=s.engine.submit)("shop/web-1")
+    assert await s.engine.reconcile(SalvageWork(NAME)) is None  # already completed
+    assert len(pod_patches(tote_cluster)) == 1
+
+
+async def test_a_replaced_pod_is_not_annotated(
+        tote_cluster: FakeCluster, tote_harness: HarnessFactory) -> None:
+    """Tried: the pod was deleted and recreated under the same name (new UID) while the
+    transfer ran. The API server refuses the patch (the UID in it is immutable); the new pod
+    is left alone and the salvage still completes."""
+    s = await submitted(tote_cluster, tote_harness)
+    old_uid = tote_cluster.get("Pod", "web-1", "shop")["metadata"]["uid"]  # type: ignore[index]
+    tote_cluster.delete("Pod", "web-1", "shop")
+    tote_cluster.add(objects.failing_pod("web-1", namespace="shop", image=IMAGE, node="n1",
+                                         owner=("ReplicaSet", "web-5d4f")))
+    assert await s.attempt() is None
+    assert the_record(tote_cluster).status.phase == "Completed"
+    pod = tote_cluster.get("Pod", "web-1", "shop")
+    assert pod is not None and pod["metadata"]["uid"] != old_uid
+    assert DELIVERED_AT not in pod["metadata"].get("annotations", {})
+
+
+async def test_a_refused_annotation_is_logged_not_raised(
+        tote_cluster: FakeCluster, tote_harness: HarnessFactory,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Tried: an admission policy (or missing RBAC) refuses pod updates with 403. The salvage
+    still completes; the pod starts at kubelet's next pull retry, and the log says so."""
+    s = await submitted(tote_cluster, tote_harness)
+    tote_cluster.fail(403, method="PATCH", path="/pods/web-1", message="denied by policy")
+    assert await s.attempt() is None
+    assert the_record(tote_cluster).status.phase == "Completed"
+    assert "could not annotate pod shop/web-1 (kubelet starts it at its next pull retry" \
+        in caplog.text
 
 
 async def test_completed_record_and_image_on_target(
@@ -369,7 +425,8 @@ async def test_corrupt_image_record_removed_once_a_minute(
     assert str(first) == f"corrupt/shop/{first.pod_uid}/{first.container}"  # as logs say
     assert await engine.reconcile(first) is None
     assert agents.removed == [("n1", f"{WEB}:1@{D}", D)]
-    assert tote_cluster.get("Pod", "web-1", "shop") is None  # restarted to pull again
+    pod = tote_cluster.get("Pod", "web-1", "shop")  # kubelet syncs it in place: it pulls
+    assert pod is not None and DELIVERED_AT in pod["metadata"]["annotations"]
     got = await engine.reconcile(second)  # same node and image, within the minute
     assert got is not None and got.requeue_after == pytest.approx(60.0)
     await trio.sleep(60.0)

@@ -39,8 +39,9 @@ def _rules(group: str, resource: str, verbs: tuple[str, ...], *, in_namespace: b
 
 
 RBAC_NEEDS: tuple[Rule, ...] = (
-    # informers (list+watch); delete: an owned pod after a salvage, so its owner recreates it
-    *_rules("", "pods", ("list", "watch", "delete")),
+    # informers (list+watch); patch: one annotation on a pod once its image is on the node,
+    # so kubelet starts it at once (salvage/pods.py)
+    *_rules("", "pods", ("list", "watch", "patch")),
     *_rules("", "nodes", ("list", "watch")),
     *_rules("", "namespaces", ("list", "watch")),
     # events: post, and aggregate into a series by patch; get: after a restart an event of

@@ -1,9 +1,10 @@
 """Corrupt image records: the node has the image's record but not all of its
 content, so kubelet's CreateContainer fails for ever and never pulls again.
 
-The record is removed (through the node's plugin) and owned pods restarted, so the next
-attempt pulls — or, with the registry down, fails to pull and is salvaged. At most once per
-(node, image) a minute: a record that keeps coming back is not removed in a loop."""
+The record is removed (through the node's plugin) and kubelet asked to sync its pods (in
+place, `PodActions.resume`), so the next attempt pulls — or, with the registry down, fails
+to pull and is salvaged. At most once per (node, image) a minute: a record that keeps
+coming back is not removed in a loop."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ class CorruptRecords:
 
     async def handle(self, job: Job, forget: Callable[[], None]) -> Result | None:
         """Remove the stale record; `Result` to wait out the back-off first. `forget` drops
-        the job once an attempt was made (before the pods restart: a pod resubmitted while
-        they do starts a new job)."""
+        the job once an attempt was made (before the pods are resumed: a pod resubmitted
+        meanwhile starts a new job)."""
         inc = job.incident
         node = inc.node_name or ""
         marker = (node, inc.digest or inc.image_ref)
@@ -46,5 +47,5 @@ class CorruptRecords:
             log.warning("could not remove stale image record %s on %s", inc.image_ref, node)
             return None
         log.info("removed stale image record %s on %s", inc.image_ref, node)
-        await self.pods.restart(job)
+        await self.pods.resume(job)
         return None

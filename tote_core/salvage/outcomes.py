@@ -93,7 +93,7 @@ class Outcomes:
         await self.pods.announce(job, text)
         log.info("salvage %s/%s completed%s", job.namespace, job.record,
                  f" ({note})" if note else "")
-        await self.pods.restart(job)
+        await self.pods.resume(job)
 
     async def already_completed(self, job: Job, source: str) -> None:
         """Pods that failed while (or after) the image was delivered: tell them too."""
@@ -103,7 +103,7 @@ class Outcomes:
             f"(SalvageRecord {job.namespace}/{job.record}). {messages.DEBT}"
         ))
         await self.pods.notify("salvaged", job, source=source)
-        await self.pods.restart(job)
+        await self.pods.resume(job)
 
     async def fail(
         self, job: Job, error: str, reason: str, *,

@@ -695,6 +695,10 @@ class FakeCluster:
             else:
                 new.pop("status", None)
         meta = new.setdefault("metadata", {})
+        uid = meta.get("uid")
+        if uid and uid != current["metadata"].get("uid"):  # as the API server: immutable
+            raise APIError(422, "Invalid", f'{res.kind} "{current["metadata"]["name"]}" is '
+                           f'invalid: metadata.uid: Invalid value: "{uid}": field is immutable')
         for keep in ("name", "namespace", "uid", "creationTimestamp"):
             if keep in current["metadata"]:
                 meta[keep] = current["metadata"][keep]

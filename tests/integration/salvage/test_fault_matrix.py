@@ -37,13 +37,14 @@ from tests.cluster.containerd_env import Node
 from tests.cluster.controller import ControllerProcess
 from tests.cluster.fault_table import ROWS, Row
 from tests.cluster.images import Image, layered_image
-from tests.cluster.objects import create_pod, set_waiting, wait_event
+from tests.cluster.objects import create_pod, get, set_waiting, wait_event
 from tests.cluster.procs import cpu_seconds, wait_until
 from tests.cluster.registry import available, start_registry
 from tests.cluster.visibility import Watch
 from tests.cluster.webhook import Receiver
 from tests.integration.salvage.conftest import SalvageEnv
 from tests.integration.salvage.test_salvage import REFUSED, owner_rs
+from tote_core.annotations import DELIVERED_AT
 
 MiB = 1024 * 1024
 REPO_REF = "127.0.0.1:5999/faults/app"
@@ -424,7 +425,8 @@ def test_fm_webhook_receiver_hung(senv: SalvageEnv, run: Callable[..., Run]) -> 
 def test_fm_corrupt_image_record(senv: SalvageEnv, run: Callable[..., Run],
                                  tmp_path: Path) -> None:
     """n1 has the image's record but a layer is gone: ImageCorrupt, the record is removed,
-    the replacement pod's pull failure is salvaged."""
+    the pod annotated (kubelet syncs it and pulls again), and that pull's failure is
+    salvaged — the same pod throughout."""
     r = run()
     n1 = senv.ctd.nodes["n1"]
     small = layered_image(f"{REPO_REF}-small:v1", [1 * MiB, 1 * MiB], seed=93)
@@ -445,12 +447,13 @@ def test_fm_corrupt_image_record(senv: SalvageEnv, run: Callable[..., Run],
     wait_event(senv.cp, r.ns, "small", "ImageCorrupt", timeout=60)
     wait_until(lambda: not any(small.digest in n for n in n1.image_names()), timeout=30,
                what="the stale record removed on n1")
-    create_pod(senv.cp, r.ns, "small-2", ref, node="n1", owner=owner,
-               annotations={"tote.dev/auto-salvage": "true"})
-    set_waiting(senv.cp, r.ns, "small-2", reason="ErrImagePull", message=REFUSED)
-    wait_event(senv.cp, r.ns, "small-2", "ImageSalvaged", timeout=90)
+    wait_until(lambda: DELIVERED_AT in (get(senv.cp, "pod", "small", r.ns)["metadata"]
+                                        .get("annotations") or {}),
+               timeout=30, what="the pod annotated so kubelet syncs it")
+    set_waiting(senv.cp, r.ns, "small", reason="ErrImagePull", message=REFUSED)
+    wait_event(senv.cp, r.ns, "small", "ImageSalvaged", timeout=90)
     assert n1.blob_present(layer) and ref in n1.image_names()
     attempts = r.check_quiet()
     assert r.ctl.metric("tote_corrupt_images_total") == 1
     r.row("corrupt image record on the target (a layer's content deleted)",
-          "ImageCorrupt, record removed, replacement pod salvaged", attempts)
+          "ImageCorrupt, record removed, the pod pulls again and is salvaged", attempts)

@@ -15,12 +15,13 @@ controller through every path that talks to the API server, restarts it, and che
 - every rule there was used by some request (a verb granted that the code never calls),
   except those listed in UNEXERCISED with the reason (none today).
 
-Paths driven: informers (pods, nodes, namespaces, the kill-switch ConfigMap by name);
+Paths driven: informers (pods, nodes, namespaces, the kill-switch ConfigMap by name, and the
+leader's watch of kubelet's core/v1 Events);
 leader election (create, renew, release, a second replica taking over); the certificate
 issuer (Secrets pre-existing but unusable → update, missing → create, read; the webhook's
 caBundle read and set); detection events, and after the restart the same event again (409
 → get → series patch); owner lookups of every kind the inheritance plugin walks; a salvage
-of an owned pod (SalvageRecord get/list/create/spec patch/status patch, the pod deleted);
+of an owned pod (SalvageRecord get/list/create/spec patch/status patch, the pod annotated);
 the backup push reading its Secret; a tag resolved with the pod's pull Secret; the reaper
 with a short TTL (unpin, status patch, delete).
 
@@ -59,6 +60,7 @@ from tests.cluster.procs import free_port, wait_until
 from tests.integration.salvage.auth_registry import failing_pod, pull_secret
 from tests.integration.salvage.conftest import SalvageEnv, records
 from tests.integration.test_helm import Helm
+from tote_core.annotations import DELIVERED_AT
 from tote_core.kube import rbac
 from tote_core.kube.rbac import Rule
 from tote_core.settings import ControllerSettings
@@ -412,10 +414,9 @@ def test_2_the_controller_calls_exactly_what_its_rbac_grants(
                     secrets=("regcred",))
         wait_until(lambda: _completed(cp, ns), timeout=60,
                    what="the owned pod's salvage Completed")
-        # deleted: terminating (no kubelet here to finish it)
-        wait_until(lambda: bool(get(cp, "pod", "web", ns)["metadata"]
-                                .get("deletionTimestamp")),
-                   timeout=20, what="the salvaged owned pod deleted")
+        wait_until(lambda: DELIVERED_AT in (get(cp, "pod", "web", ns)["metadata"]
+                                            .get("annotations") or {}),
+                   timeout=20, what="the salvaged pod annotated (kubelet starts it)")
         wait_until(lambda: _event(cp, ns, "web", "ImagePushFailed") is not None, timeout=30,
                    what="the backup push tried (its Secret read)")
         wait_until(lambda: _event(cp, ns, "tagged", "ImageNotActionable") is not None,

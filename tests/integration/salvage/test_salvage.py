@@ -1,10 +1,12 @@
 """Salvage end to end: real apiserver, real containerd instances, real agents (issue 4).
 
-(1) digest-pinned pod on n1, image on n2 → record Completed, all CRI names on n1, owned
-pod deleted, standalone pod kept; (2) tag-only ref resolved through an agent (node status
-does not list it: kubelet's 50-image cap); (7) corrupt image record → removed, owned pod
-deleted, next failure salvaged; (8) many pods of one image on two target nodes → one
-transfer per target node; (8b) … and one per (digest, node) across namespaces.
+(1) digest-pinned pod on n1, image on n2 → record Completed, all CRI names on n1, both pods
+(owned and standalone) annotated `salvage.tote.dev/delivered-at` with their UID, neither
+deleted (kubelet syncs them in place); (2) tag-only ref resolved through an agent (node
+status does not list it: kubelet's 50-image cap); (7) corrupt image record → removed, the
+pod annotated (kubelet pulls again), its next failure salvaged; (8) many pods of one image
+on two target nodes → one transfer per target node; (8b) … and one per (digest, node)
+across namespaces.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tests.cluster.images import layered_image, runnable_image
 from tests.cluster.objects import create_pod, get, set_waiting, tote_events, wait_event
 from tests.cluster.procs import wait_until
 from tests.integration.salvage.conftest import SalvageEnv, records
+from tote_core.annotations import DELIVERED_AT
 
 MiB = 1024 * 1024
 REFUSED = "failed to pull: dial tcp 127.0.0.1:5999: connect: connection refused"
@@ -53,6 +56,13 @@ def pod_exists(senv: SalvageEnv, ns: str, name: str, uid: str) -> bool:
         return False
     meta = json.loads(got.stdout)["metadata"]
     return bool(meta["uid"] == uid and not meta.get("deletionTimestamp"))
+
+
+def annotations(senv: SalvageEnv, ns: str, name: str) -> dict[str, str]:
+    got = senv.cp.kubectl("get", "pod", name, "-n", ns, "-o", "json", check=False)
+    if got.returncode != 0:
+        return {}
+    return dict(json.loads(got.stdout)["metadata"].get("annotations") or {})
 
 
 def wait_record(senv: SalvageEnv, ns: str, phase: str, *, timeout: float = 90,
@@ -99,9 +109,10 @@ def test_1_digest_pinned_pod_salvaged_owned_pod_restarted_standalone_kept(
     assert controller.metric("tote_salvage_attempts_total") == attempts0 + 1
     wait_event(cp, ns, "web-owned", "ImageSalvaged")
     wait_event(cp, ns, "web-alone", "ImageSalvaged")
-    wait_until(lambda: not pod_exists(senv, ns, "web-owned", owned["metadata"]["uid"]),
-               timeout=20, what="owned pod deleted")
-    assert pod_exists(senv, ns, "web-alone", alone["metadata"]["uid"])  # never deleted
+    for name, pod in (("web-owned", owned), ("web-alone", alone)):
+        wait_until(lambda name=name: DELIVERED_AT in annotations(senv, ns, name), timeout=20,
+                   what=f"{name} annotated so kubelet starts it in place")
+        assert pod_exists(senv, ns, name, pod["metadata"]["uid"])  # never deleted
     # `kubectl get salvagerecords` shows the printer columns.
     table = cp.kubectl("get", "salvagerecords", "-n", ns).stdout
     assert "Completed" in table and "n2" in table and "n1" in table
@@ -149,13 +160,12 @@ def test_7_corrupt_record_removed_then_salvaged(
     assert "cart" in ev["note"]
     wait_until(lambda: not any(img.digest in n for n in n1.image_names()), timeout=20,
                what="stale record removed on n1")
-    wait_until(lambda: not pod_exists(senv, ns, "cart", pod["metadata"]["uid"]), timeout=20,
-               what="owned pod deleted")
+    wait_until(lambda: DELIVERED_AT in annotations(senv, ns, "cart"), timeout=20,
+               what="the pod annotated so kubelet syncs it (and pulls) in place")
+    assert pod_exists(senv, ns, "cart", pod["metadata"]["uid"])  # not deleted
     assert controller.metric("tote_corrupt_images_total") == before + 1
-    # The owner's replacement pod fails to pull (registry down) → normal salvage.
-    create_pod(cp, ns, "cart-2", ref, node="n1", owner=owner_rs(senv, ns, "cart-rs"),
-               annotations={"tote.dev/auto-salvage": "true"})
-    set_waiting(cp, ns, "cart-2", reason="ErrImagePull", message=REFUSED)
+    # kubelet's pull of the same pod fails (registry down) → normal salvage.
+    set_waiting(cp, ns, "cart", reason="ErrImagePull", message=REFUSED)
     wait_record(senv, ns, "Completed")
     assert n1.blob_present(layer) and ref in n1.image_names()
 
