@@ -91,7 +91,7 @@ def serve(mode: str, port_file: str, blob: str, cert: str, key: str, ca: str) ->
 def run(mode: str, d: Path, blob: Path, streams: int) -> tuple[float, float, float]:
     from tote_containerd.agent import data_channel_receive, tls
 
-    from tests.cluster.agent_pki import make_pki
+    from tests.cluster.pki import make_pki
 
     pki = make_pki(d / "pki")
     ag = pki.agent

@@ -27,12 +27,12 @@ from tote_containerd.agents import RPC_TIMEOUT, Agents, open_agent
 from tote_containerd.discovery import AgentDiscovery
 
 from tests.cluster import versions
-from tests.cluster.agent_pki import PKI, make_pki
 from tests.cluster.ci import require
 
 # The same containerd wrapper as the e2e nodes', under the name these tests use for it.
 from tests.cluster.containerd_node import Containerd as Node
 from tests.cluster.containerd_node import start_containerd
+from tests.cluster.pki import PKI, make_pki
 from tests.cluster.procs import Proc, ProcessGroup, free_port, port_open, wait_until
 from tote_core.settings import ControllerSettings
 

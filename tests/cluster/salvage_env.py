@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster import oci, prom
-from tests.cluster.agent_pki import PKI, make_pki
 from tests.cluster.cluster import KubeCluster
 from tests.cluster.containerd_env import AgentProc, Node, start_agent
 from tests.cluster.controller import ControllerProcess, Controllers
@@ -41,6 +40,7 @@ from tests.cluster.manifests import deployment_manifest, pod_manifest, waiting_r
 from tests.cluster.node import KubeletNode
 from tests.cluster.objects import events as k8s_events
 from tests.cluster.objects import pod_running
+from tests.cluster.pki import PKI, make_pki
 from tests.cluster.procs import ProcessGroup, wait_until
 from tests.cluster.registry import Registry
 from tote_core.settings import ControllerSettings

@@ -34,7 +34,7 @@ from tote_containerd.agents import ControllerTLS
 from tote_notify.plugin import WebhookSettings
 from tote_registry.backup_plugin import BackupSettings
 
-from tests.cluster.agent_pki import make_pki
+from tests.cluster.pki import make_pki
 from tests.integration.test_helm import VALUE_SETS, Helm, by_kind, helm, pod_spec  # noqa: F401
 from tote_core import certs, tlsfiles
 from tote_core.components.cert_issuer import webhook_names

@@ -16,7 +16,7 @@ from tote_containerd.agent.errors import PermissionDenied, Unauthenticated
 from tote_containerd.agent.tls import identity_of
 from tote_containerd.agent.tokens import Signer, Verifier, describe
 
-from tests.cluster.agent_pki import PKI, Identity, issue, make_intermediate, make_pki
+from tests.cluster.pki import PKI, Identity, issue, make_intermediate, make_pki
 
 D = "sha256:" + "d" * 64
 

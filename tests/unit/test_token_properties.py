@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from tote_containerd.agent.errors import AgentError, PermissionDenied, Unauthenticated
 from tote_containerd.agent.tokens import PREFIX, Claims, Signer, Verifier, _sign
 
-from tests.cluster.agent_pki import PKI, Identity, make_pki
+from tests.cluster.pki import PKI, Identity, make_pki
 
 D = "sha256:" + "d" * 64
 REJECTED = (Unauthenticated, PermissionDenied)

@@ -15,8 +15,8 @@ import trio
 from tote_containerd.agent import errors
 from tote_containerd.agents import Agents
 
-from tests.cluster.agent_pki import issue
 from tests.cluster.containerd_env import AgentProc, Env, start_agent
+from tests.cluster.pki import issue
 
 pytestmark = pytest.mark.integration
 

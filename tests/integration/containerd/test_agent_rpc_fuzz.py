@@ -34,8 +34,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.cluster.agent_pki import PKI, Identity
 from tests.cluster.containerd_env import AgentProc, containerd_env
+from tests.cluster.pki import PKI, Identity
 
 pytestmark = pytest.mark.integration
 

@@ -15,9 +15,9 @@ from tote_containerd.agent.client import AgentClient
 from tote_containerd.agent.tls import client_context
 from tote_containerd.agent.tokens import Signer
 
-from tests.cluster.agent_pki import Identity
 from tests.cluster.containerd_env import REPO, Env
 from tests.cluster.images import layered_image
+from tests.cluster.pki import Identity
 
 pytestmark = pytest.mark.integration
 
