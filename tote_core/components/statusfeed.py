@@ -79,8 +79,11 @@ class StatusFeed:
                     f"(leader: {self.leader_identity() or 'unknown'}); retry"))
                 return
             await self._stream(ws)
-        except ConnectionClosed:
-            return
+        except* ConnectionClosed:
+            # The viewer went away (also when a send inside `_stream`'s nursery found the
+            # connection dead: then it arrives in an exception group). That ends this
+            # viewer's handler, never the feed or the controller.
+            pass
 
     async def _stream(self, ws: WebSocketConnection) -> None:
         snapshot, sub = self.board.subscribe()
