@@ -9,8 +9,8 @@ mTLS agents, `tote controller` with its restricted identity; tests/cluster/salva
   registry is stopped;
 * a one-replica Deployment opted in to salvage is scheduled to 127.0.0.1 → kubelet fails to
   pull → `Failed`/`BackOff` events;
-* **with tote**: tote salvages the image from node B and deletes the failing pod; its
-  replacement starts. Repeated `--runs` times, each with a fresh image (so all bytes move);
+* **with tote**: tote salvages the image from node B and annotates the failing pod, which
+  kubelet starts in place. Repeated `--runs` times, each with a fresh image (all bytes move);
 * **without tote**: the same workload with tote switched off at runtime (ConfigMap
   `<harness namespace>/tote-config`, `enabled: "false"` — what a cluster without tote does); watched
   for `--window` seconds.
