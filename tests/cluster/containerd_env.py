@@ -121,6 +121,16 @@ class Env:
     def agent(self, node: str, *extra: str, name: str | None = None) -> AgentProc:
         return start_agent(self.group, self.nodes[node], *self.tls_args(), *extra, name=name)
 
+    def cri_pair(self, fast: str, api: str) -> dict[str, AgentProc]:
+        """Two CRI nodes with their agents, registered in `agents`: `fast` with the fast
+        path, `api` with the API path only (`--no-fast-path`) — what the suites that import
+        into CRI's snapshotter run every case on."""
+        for name in (fast, api):
+            self.add_node(name, cri=True)
+        agents = {fast: self.agent(fast), api: self.agent(api, "--no-fast-path")}
+        self.agents.update(agents)
+        return agents
+
     def settings(self, **over: object) -> ControllerSettings:
         """Core's settings as the controller would have them: its mTLS identity."""
         c = self.pki.controller

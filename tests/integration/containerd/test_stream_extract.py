@@ -49,11 +49,7 @@ CAP_NET_RAW = bytes([1, 0, 0, 2, 0, 0x20, 0, 0]) + bytes(12)  # security.capabil
 @pytest.fixture(scope="module")
 def cri(env: Env) -> Iterator[dict[str, AgentProc]]:
     """CRI node `s` (fast path) and `t` (API path)."""
-    for name in ("s", "t"):
-        env.add_node(name, cri=True)
-    agents = {"s": env.agent("s"), "t": env.agent("t", "--no-fast-path")}
-    env.agents.update(agents)
-    yield agents
+    yield env.cri_pair("s", "t")
 
 
 def _every_kind() -> bytes:

@@ -35,11 +35,7 @@ SNAPSHOTTER = "overlayfs"
 @pytest.fixture(scope="module")
 def cri(env: Env) -> Iterator[dict[str, AgentProc]]:
     """Two CRI nodes: `u` (agent with the fast path) and `v` (API path only)."""
-    for name in ("u", "v"):
-        env.add_node(name, cri=True)
-    agents = {"u": env.agent("u"), "v": env.agent("v", "--no-fast-path")}
-    env.agents.update(agents)
-    yield agents
+    yield env.cri_pair("u", "v")
 
 
 async def _import(env: Env, target: str, img: Image) -> ImportProgress:
