@@ -10,11 +10,16 @@ Also (issue 12): idle cost — CPU seconds the controller, kube-apiserver and et
 as fast as the API server takes them, the time until each has its ImageSalvageable event,
 and how many SalvageRecords (one per transfer job) exist per (digest, target node).
 `--profile FILE` samples the controller with py-spy during the latency phase (py-spy must
-be on PATH or in the venv; a profiling tool, not a dependency) and prints the hottest frames.
+be on PATH or in the venv; a profiling tool, not a dependency) and prints the hottest frames;
+`--profile-burst FILE` does the same for the burst.
+
+Scale (issue 26): pods are created by a fixed pool of senders (bound to their nodes at
+create), start-up is process start to /readyz 200 (every informer listed), and RSS is
+printed with its peak (VmHWM) and per pod; `--workers N` passes the controller's --workers.
 
 Run: python -m tests.bench.bench_detection [--pods 5000] [--nodes 200] [--samples 200]
-         [--idle 60] [--burst 1000] [--profile /tmp/detect.txt]
-         [--subscribers N] (N `tote status --follow --json` viewers connected while measuring)
+         [--idle 60] [--burst 1000] [--profile /tmp/detect.txt] [--profile-burst FILE]
+         [--workers N] [--subscribers N] (N `tote status --follow --json` viewers)
 
 P7 (issue 10): `--webhook-compare` measures the same latency twice in one run, on distinct
 pods: first with no webhook, then with `--webhook-url` pointing at a receiver that accepts
@@ -53,15 +58,23 @@ REPO = "127.0.0.1:5999/bench"
 NS_COUNT = 50
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
 
+def hwm_mib(pid: int) -> float:
+    """Peak RSS so far (the initial list's high-water mark)."""
+    return rss_mib(pid, "VmHWM")
+
+
 def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    """The load average, with uptime's clock: every reported figure carries the machine's
+    load next to it (the machine is shared)."""
+    now = time.strftime("%H:%M:%S", time.gmtime())
+    return f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])} at {now} UTC"
 
 
 def client(cp: ControlPlane, timeout: float = 60) -> httpx.AsyncClient:
@@ -109,14 +122,25 @@ async def populate(cp: ControlPlane, pods: int, nodes: int) -> float:
         # Pods run on nodes that lack the digest (holders are every tenth node), so every
         # sampled failure is salvageable rather than "target already holds it".
         targets = [f"bn-{i}" for i in range(nodes) if i % 10 != 0]
-        async with trio.open_nursery() as n:
-            for i in range(pods):
+        # A fixed pool of senders, not a task per pod: 150 000 waiting tasks would cost the
+        # benchmark process more memory than the controller it measures.
+        todo = iter(range(pods))
+
+        async def sender() -> None:
+            for i in todo:
                 ns = f"bench-{i % NS_COUNT}"
-                n.start_soon(send, "POST", f"/api/v1/namespaces/{ns}/pods", {
+                await send("POST", f"/api/v1/namespaces/{ns}/pods", {
                     "metadata": {"name": f"p-{i}",
                                  "annotations": {"tote.dev/auto-salvage": "true"}},
                     "spec": {"nodeName": target_of(i, targets),
                              "containers": [{"name": "app", "image": f"{REPO}@{DIGEST}"}]}})
+                if i and i % 25000 == 0:
+                    print(f"  {i} pods created after {time.monotonic() - t0:.0f}s "
+                          f"(load average {loadavg()})", flush=True)
+
+        async with trio.open_nursery() as n:
+            for _ in range(16):
+                n.start_soon(sender)
     return time.monotonic() - t0
 
 
@@ -281,6 +305,31 @@ def top_frames(raw: Path, limit: int = 12) -> list[tuple[float, str]]:
     return [(c / max(total, 1), f) for f, c in inclusive.most_common(limit)]
 
 
+def start_profile(pid: int, out: str) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling `pid` at 100 Hz into `out` (raw), if asked for and installed."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not out or not Path(py_spy).exists():
+        return None
+    spy = subprocess.Popen([py_spy, "record", "-p", str(pid), "-r", "100",
+                            "--format", "raw", "-o", out, "--nonblocking"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    return spy
+
+
+def stop_profile(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is not None:
+        spy.send_signal(2)
+        spy.wait(timeout=60)
+
+
+def print_profile(out: str) -> None:
+    if out and Path(out).exists():
+        print(f"profile (py-spy, {out}): inclusive share of samples")
+        for share, frame in top_frames(Path(out)):
+            print(f"  {share * 100:5.1f}%  {frame}")
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -344,8 +393,12 @@ def main() -> None:
     ap.add_argument("--idle", type=float, default=60, help="seconds of idle CPU (0 = skip)")
     ap.add_argument("--burst", type=int, default=1000, help="pods in the burst (0 = skip)")
     ap.add_argument("--profile", default="", help="py-spy raw profile of the latency phase")
+    ap.add_argument("--profile-burst", default="", help="py-spy raw profile of the burst")
     ap.add_argument("--webhook-compare", action="store_true",
                     help="P7: latency without a webhook, then with one that never answers")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="the controller's --workers (detection reconcile workers; 0 = its "
+                         "default)")
     ap.add_argument("--subscribers", type=int, default=0,
                     help="`tote status --follow --json` viewers connected while measuring")
     args = ap.parse_args()
@@ -361,7 +414,7 @@ def main() -> None:
     try:
         took = trio.run(populate, cp, args.pods, args.nodes)
         print(f"created {args.pods} pods, {args.nodes} nodes, {NS_COUNT} namespaces "
-              f"through the API in {took:.1f}s")
+              f"through the API in {took:.1f}s (load average {loadavg()})")
         if args.webhook_compare:
             webhook_compare(cp, work, args.pods, args.samples)
             return
@@ -372,7 +425,12 @@ def main() -> None:
         base.kill()
         base.wait()
         t0 = time.monotonic()
-        ctl = Controllers(cp, work).start("bench", "--log-level=info", lease="bench")
+        flags = [f"--workers={args.workers}"] if args.workers else []
+        ctl = Controllers(cp, work).start("bench", "--log-level=info", *flags, lease="bench",
+                                          wait_ready=False)
+        # Start-up: process start → /readyz 200 (every informer listed: caches synced).
+        wait_until(ctl.ready, timeout=60 + args.pods / 500, what="controller ready",
+                   proc=ctl.proc, interval=0.05)
         sync = time.monotonic() - t0
         wait_until(ctl.leading, timeout=30, what="leads")
         viewers = ProcessGroup(work / "viewers")
@@ -388,10 +446,12 @@ def main() -> None:
         assert ctl.proc is not None
         pid = ctl.proc.pid
         rss = rss_mib(pid)
-        print(f"controller ready (caches synced) after start: {sync:.2f}s")
-        print(f"controller RSS after sync: {rss:.1f} MiB "
+        print(f"controller ready (caches synced) after start: {sync:.2f}s "
+              f"(load average {loadavg()})")
+        print(f"controller RSS after sync: {rss:.1f} MiB, peak {hwm_mib(pid):.1f} MiB "
               f"(baseline: idle python with the controller imported {base_rss:.1f} MiB; "
-              f"cache cost {rss - base_rss:.1f} MiB)")
+              f"cache cost {rss - base_rss:.1f} MiB, "
+              f"{(rss - base_rss) * 1024 / max(args.pods, 1):.2f} KiB per pod)")
         if args.idle > 0:
             others = {p.name: p.pid for p in (cp.procs.procs if cp.procs else [])
                       if p.name in ("kube-apiserver", "etcd")}
@@ -403,19 +463,12 @@ def main() -> None:
             print(f"idle {args.idle:.0f}s with {args.pods} quiet pods, CPU seconds: "
                   + ", ".join(f"{n} {v:.2f}" for n, v in used.items())
                   + f" (load average {loadavg()})")
-        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        if args.profile and Path(py_spy).exists():
-            spy = subprocess.Popen([py_spy, "record", "-p", str(pid), "-r", "100",
-                                    "--format", "raw", "-o", args.profile, "--nonblocking"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(1)
+        spy = start_profile(pid, args.profile)
         cpu0 = cpu_seconds(pid)
         watch_lat, event_lat = trio.run(measure_latency, cp,
                                         sample_pods(args.pods, args.samples, 0))
         cpu_samples = cpu_seconds(pid) - cpu0
-        if spy is not None:
-            spy.send_signal(2)
-            spy.wait(timeout=60)
+        stop_profile(spy)
         rss_after = rss_mib(pid)
         print(f"pod status change → plain watch sees it (API floor): "
               f"p50 {pct(watch_lat, 50):.0f} ms, p99 {pct(watch_lat, 99):.0f} ms "
@@ -432,23 +485,27 @@ def main() -> None:
                   f"{statistics.mean(event_lat) * 1000:.0f} ms; controller CPU during the "
                   f"samples {cpu_samples:.2f}s; RSS after {rss_after:.1f} MiB "
                   f"(load average {loadavg()})")
-        if spy is not None and Path(args.profile).exists():
-            print(f"profile (py-spy, {args.profile}): inclusive share of samples")
-            for share, frame in top_frames(Path(args.profile)):
-                print(f"  {share * 100:5.1f}%  {frame}")
+        print_profile(args.profile)
         if args.burst > 0:
+            spy = start_profile(pid, args.profile_burst)
             cpu0 = cpu_seconds(pid)
             b = trio.run(burst, cp, args.burst, args.pods, args.samples)
             cpu_burst = cpu_seconds(pid) - cpu0
+            stop_profile(spy)
             print(f"burst: {b['pods']} pods patched to ErrImagePull within {b['spread']:.2f}s; "
                   f"API floor p50 {pct(b['watch'], 50):.0f} ms p99 {pct(b['watch'], 99):.0f} ms; "
                   f"event p50 {pct(b['event'], 50):.0f} ms p99 {pct(b['event'], 99):.0f} ms "
                   f"max {pct(b['event'], 100):.0f} ms (n={len(b['event'])}); every pod had its "
                   f"event {b['all_events_after']:.2f}s after the first patch; controller CPU "
                   f"{cpu_burst:.2f}s (load average {loadavg()})")
+            if b["event"] and b["watch"]:
+                print(f"burst: slowest event / API floor p99 "
+                      f"{pct(b['event'], 100) / pct(b['watch'], 99):.2f}x, event p99 / floor "
+                      f"p99 {pct(b['event'], 99) / pct(b['watch'], 99):.2f}x")
             time.sleep(10)
             per = trio.run(records_per_target, cp)
             dup = {k: v for k, v in per.items() if v > 1}
+            print_profile(args.profile_burst)
             print(f"SalvageRecords (transfer jobs): {sum(per.values())} for {len(per)} "
                   f"(digest, node) pairs; pairs with more than one: {len(dup)} "
                   f"(max {max(per.values(), default=0)}); salvage attempts "

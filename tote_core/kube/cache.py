@@ -12,7 +12,14 @@ from tote_core.detect import inventory
 from tote_core.detect.reference import ImageReference
 from tote_core.kube.client import KubeClient, resource_path
 from tote_core.kube.informer import Informer
-from tote_core.structs.kube import ConfigMap, Namespace, Node, Pod
+from tote_core.structs.kube import (
+    ConfigMap,
+    Namespace,
+    Node,
+    Pod,
+    share_node_strings,
+    share_pod_strings,
+)
 from tote_core.structs.status import Switch
 
 NAMESPACE_INDEX = "namespace"
@@ -20,11 +27,12 @@ NAMESPACE_INDEX = "namespace"
 
 class Caches:
     def __init__(self, client: KubeClient, *, namespace: str, config_map: str) -> None:
-        self.pods: Informer[Pod] = Informer(client, resource_path("v1", "pods"), Pod, name="pods")
+        self.pods: Informer[Pod] = Informer(client, resource_path("v1", "pods"), Pod, name="pods",
+                                            compact=share_pod_strings)
         # Agent discovery (and anything else per namespace) without scanning every pod.
         self.pods.add_index(NAMESPACE_INDEX, lambda pod: (pod.metadata.namespace,))
         self.nodes: Informer[Node] = Informer(
-            client, resource_path("v1", "nodes"), Node, name="nodes"
+            client, resource_path("v1", "nodes"), Node, name="nodes", compact=share_node_strings
         )
         self.nodes.add_index(inventory.DIGEST_INDEX, inventory.digests_of)
         self.nodes.add_index(inventory.TAG_INDEX, inventory.tags_of)

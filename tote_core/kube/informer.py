@@ -46,6 +46,12 @@ class Informer(Generic[T]):
     label_selector: str | None = None
     field_selector: str | None = None
     watch_timeout: int = 300
+    # Items per list request (client-go's reflector pages by 500 too): bounds the peak
+    # memory of a relist to one page's body above the cache itself. None: one request.
+    page_size: int | None = 500
+    # Applied to every object before it is cached or handed to handlers: the caches pass
+    # `share_pod_strings` / `share_node_strings` (one copy of each repeated string).
+    compact: Callable[[T], T] | None = None
     # False: a stream, not a cache. Handlers see every listed, added and modified object
     # (old always None, deletions not at all) and nothing is kept: kubelet's Events are
     # signals to act on, not state to look up, and a cluster has many.
@@ -101,14 +107,22 @@ class Informer(Generic[T]):
                 log.exception("informer %s: handler failed for %s", self.name, key)
 
     async def _relist(self) -> None:
-        result = await self.client.list(
+        fresh: dict[str, T] = {}
+        resource_version = ""
+        async for page in self.client.list_pages(
             self.path,
             self.type_,
+            limit=self.page_size,
             labelSelector=self.label_selector,
             fieldSelector=self.field_selector,
-        )
-        fresh: dict[str, T] = {meta_key(o.metadata): o for o in result.items}  # type: ignore[attr-defined]
-        self.resource_version = result.metadata.resource_version
+        ):
+            compact = self.compact
+            for obj in page.items:
+                if compact is not None:
+                    obj = compact(obj)
+                fresh[meta_key(obj.metadata)] = obj  # type: ignore[attr-defined]
+            resource_version = page.metadata.resource_version
+        self.resource_version = resource_version
         if not self.store:
             for key, obj in fresh.items():
                 self._emit(key, None, obj)
@@ -152,6 +166,8 @@ class Informer(Generic[T]):
                     log.warning("informer %s: skipping undecodable %s event: %s; object: %.300s",
                                 self.name, event.type, exc, bytes(event.object))
                     continue
+                if self.compact is not None:
+                    obj = self.compact(obj)
                 meta = obj.metadata  # type: ignore[attr-defined]
                 if meta.resource_version:
                     self.resource_version = meta.resource_version

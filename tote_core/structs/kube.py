@@ -6,13 +6,19 @@ small. `pod_ip` is kept on purpose: the Go original dropped it and never found i
 
 from __future__ import annotations
 
+from sys import intern
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
 
-class _K(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
-    """Base: camelCase on the wire, snake_case in Python."""
+class _K(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True, gc=False):
+    """Base: camelCase on the wire, snake_case in Python.
+
+    `gc=False`: these are plain data decoded from JSON (no object refers back to its owner),
+    so they can never be part of a reference cycle and reference counting frees them. Not
+    tracking them spares the cyclic collector ~7 objects per cached pod and 16 bytes each.
+    """
 
 
 class OwnerReference(_K):
@@ -82,7 +88,11 @@ class Pod(_K):
 
 
 class ContainerImage(_K):
-    names: list[str] = msgspec.field(default_factory=list)
+    # kubelet writes `"names": null` for an image with neither a tag nor a digest left (a
+    # dangling image, e.g. after `ctr images rm` of its last name): decoding must take it,
+    # or one such image on one node stops the node informer's list and the controller
+    # never becomes ready (found by the soak).
+    names: list[str] | None = None
 
 
 class NodeCondition(_K):
@@ -189,6 +199,68 @@ class Status(_K):
     code: int = 0
     reason: str = ""
     message: str = ""
+
+
+def _shared_map(values: dict[str, str]) -> dict[str, str]:
+    return {intern(k): intern(v) for k, v in values.items()} if values else values
+
+
+def _share_meta(meta: ObjectMeta) -> None:
+    meta.namespace = intern(meta.namespace)
+    if meta.creation_timestamp is not None:  # objects created in the same second share it
+        meta.creation_timestamp = intern(meta.creation_timestamp)
+    meta.labels = _shared_map(meta.labels)
+    meta.annotations = _shared_map(meta.annotations)
+    for ref in meta.owner_references:  # a ReplicaSet's pods name the same owner
+        ref.api_version, ref.kind = intern(ref.api_version), intern(ref.kind)
+        ref.name, ref.uid = intern(ref.name), intern(ref.uid)
+
+
+def _share_containers(containers: list[Container]) -> None:
+    for c in containers:
+        c.name, c.image = intern(c.name), intern(c.image)
+        c.image_pull_policy = intern(c.image_pull_policy)
+
+
+def _share_statuses(statuses: list[ContainerStatus]) -> None:
+    for st in statuses:
+        st.name, st.image, st.image_id = intern(st.name), intern(st.image), intern(st.image_id)
+        waiting = st.state.waiting
+        if waiting is not None:
+            waiting.reason = intern(waiting.reason)
+
+
+def share_pod_strings(pod: Pod) -> Pod:
+    """The same `pod` with the strings many pods repeat (namespace, node name, image
+    references, container names, label and annotation keys and values, owners, phase)
+    replaced by one shared copy each (`sys.intern`).
+
+    A cache of 150 000 pods otherwise holds 150 000 copies of each: decoding gives every
+    object its own strings. Interning about halves what a cached pod costs beyond its
+    unique fields (name, uid, resourceVersion, IP). Interned strings are still freed when
+    the last object using them goes."""
+    _share_meta(pod.metadata)
+    spec = pod.spec
+    spec.node_name = intern(spec.node_name)
+    _share_containers(spec.containers)
+    _share_containers(spec.init_containers)
+    status = pod.status
+    status.phase = intern(status.phase)
+    _share_statuses(status.container_statuses)
+    _share_statuses(status.init_container_statuses)
+    return pod
+
+
+def share_node_strings(node: Node) -> Node:
+    """`node` with its image names (the same images on many nodes), labels and condition
+    strings shared, as `share_pod_strings` does for pods: at 5 000 nodes reporting ~40
+    images each, the names are most of the node cache."""
+    _share_meta(node.metadata)
+    for image in node.status.images:
+        image.names = [intern(n) for n in image.names or ()]
+    for cond in node.status.conditions:
+        cond.type, cond.status = intern(cond.type), intern(cond.status)
+    return node
 
 
 def meta_key(meta: ObjectMeta) -> str:
