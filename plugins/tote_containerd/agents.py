@@ -82,12 +82,14 @@ class Agents:
         async with self.at(self.endpoint(node), rpc_timeout) as client:
             yield client
 
-    def at(self, endpoint: str, rpc_timeout: float | None = None
+    def at(self, endpoint: str, rpc_timeout: float | None = None, *, pooled: bool = True
            ) -> contextlib.AbstractAsyncContextManager[AgentClient]:
         """A client for the agent at `endpoint` (already looked up, e.g. from `known()` for
-        a fan-out: one discovery pass instead of one per node)."""
+        a fan-out: one discovery pass instead of one per node). `pooled=False` for calls
+        that visit every node once (`AgentConnections.agent`)."""
         return self.connections.agent(endpoint,
-                                      RPC_TIMEOUT if rpc_timeout is None else rpc_timeout)
+                                      RPC_TIMEOUT if rpc_timeout is None else rpc_timeout,
+                                      pooled=pooled)
 
 
 @contextlib.asynccontextmanager

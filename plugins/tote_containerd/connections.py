@@ -13,9 +13,19 @@ connection.
 A connection leaves the pool when a call on it fails in transport (unreachable, deadline,
 cancelled mid-call) or when the controller's TLS files change, so the next call dials afresh
 (a restarted agent, a rotated certificate); it is closed once its last user is done. Idle
-connections are closed after `IDLE_TIMEOUT`. The agent's role is checked in every TLS
-handshake by the client context (`agent.tls.client_context`), grpclib's silent reconnects
-included.
+connections are closed after `IDLE_TIMEOUT`.
+
+The pool is bounded: a TLS connection costs the controller about 350 KiB (asyncio's TLS
+transport alone keeps a 256 KiB read buffer), so one per node of a 5 000-node cluster would be
+1.7 GiB. At most `MAX_POOLED` are kept; opening another first closes the least recently used
+idle one. Calls that touch every node once (the inventory's record sweep, `pooled=False`)
+use a pooled connection if there is one and pool a new one while the pool has room; once it
+is full they get a connection for the call, closed after it, so a sweep of a large cluster
+neither grows the pool nor pushes out the connections to the nodes in use (sources,
+targets). Those connections are bounded by the caller's concurrency.
+
+The agent's role is checked in every TLS handshake by the client context
+(`agent.tls.client_context`), grpclib's silent reconnects included.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ log = logging.getLogger("tote.plugin.containerd.connections")
 
 IDLE_TIMEOUT = 300.0
 REAP_INTERVAL = 30.0
+MAX_POOLED = 256
 
 
 @dataclass(eq=False)
@@ -60,11 +71,21 @@ class AgentConnections:
     plain HTTP/2, `--insecure`); it is asked at every call, so a new context (rotated files)
     takes effect for the next connection."""
 
-    def __init__(self, tls: Callable[[], ssl.SSLContext | None]) -> None:
+    def __init__(self, tls: Callable[[], ssl.SSLContext | None], *,
+                 max_pooled: int = MAX_POOLED) -> None:
         self.tls = tls
+        self.max_pooled = max_pooled
         self.dialled = 0  # connections the pool created (tests and the bench read it)
+        self.evicted = 0  # idle connections closed to make room
+        self.transient = 0  # connections dialled for one call (`pooled=False`)
         self._bridge: AsyncioBridge | None = None
-        self._pool: dict[str, _Pooled] = {}
+        self._pool: dict[str, _Pooled] = {}  # least recently used first
+        self._opening = 0  # pool entries being created (not in `_pool` yet)
+
+    @property
+    def pooled(self) -> int:
+        """Connections in the pool now."""
+        return len(self._pool)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -85,11 +106,18 @@ class AgentConnections:
                     await entry.client.close()
 
     @contextlib.asynccontextmanager
-    async def agent(self, endpoint: str, rpc_timeout: float) -> AsyncIterator[AgentClient]:
+    async def agent(self, endpoint: str, rpc_timeout: float, *, pooled: bool = True
+                    ) -> AsyncIterator[AgentClient]:
+        """A client for `endpoint`. `pooled=False`: never make room in the pool for it; with
+        the pool full and no connection to `endpoint` in it, a connection for this call
+        only (closed after it)."""
         ssl_context = self.tls()
         bridge = self._bridge
-        if bridge is None:
-            async with AgentClient.connect(endpoint, ssl_context=ssl_context,
+        if bridge is None or (not pooled and endpoint not in self._pool
+                              and len(self._pool) + self._opening >= self.max_pooled):
+            if bridge is not None:
+                self.transient += 1
+            async with AgentClient.connect(endpoint, bridge=bridge, ssl_context=ssl_context,
                                            rpc_timeout=rpc_timeout) as client:
                 yield client
             return
@@ -114,7 +142,13 @@ class AgentConnections:
             entry = None
         if entry is None:
             client = AgentClient(endpoint, bridge, ssl_context=ssl_context)
-            await client.open()  # no I/O: the channel connects on its first call
+            self._opening += 1
+            try:
+                await client.open()  # no I/O: the channel connects on its first call
+            finally:
+                self._opening -= 1
+            if len(self._pool) >= self.max_pooled:
+                await self._make_room()
             entry = self._pool.get(endpoint)
             if entry is None or entry.client.ssl_context is not ssl_context:
                 entry = self._pool[endpoint] = _Pooled(client)
@@ -122,9 +156,24 @@ class AgentConnections:
                 log.debug("new connection to agent %s", endpoint)
             else:  # another task pooled one while we were creating ours
                 await client.close()
+        else:  # most recently used goes last
+            del self._pool[endpoint]
+            self._pool[endpoint] = entry
         entry.users += 1
         entry.last_used = trio.current_time()
         return entry
+
+    async def _make_room(self) -> None:
+        """Close least recently used idle connections until one more fits. Connections in
+        use are never closed: with all of them busy the pool grows past `max_pooled` until
+        they are released (their number is bounded by the callers' concurrency)."""
+        for endpoint, entry in list(self._pool.items()):
+            if len(self._pool) < self.max_pooled:
+                return
+            if entry.users == 0:
+                self._drop(endpoint, entry)
+                self.evicted += 1
+                await entry.client.close()
 
     def _drop(self, endpoint: str, entry: _Pooled) -> None:
         """Take `entry` out of the pool; its users finish on it and the last one closes it

@@ -61,8 +61,9 @@ class AgentPlugin:
         namespace = agent_namespace(discovery, settings.namespace)
         self.agents = Agents(settings, lambda: cache.pods_in_namespace(namespace),
                              discovery=discovery)
-        self.inventory = Inventory(self.agents)
+        self.inventory = Inventory(self.agents, cache.nodes_with_digest)
         context.add_service("containerd-agent-connections", self.agents.connections.run)
+        context.add_service("containerd-agent-inventory", self.inventory.run)
 
     @hookimpl
     async def transfer(self, request: TransferRequest, progress: ProgressCallback
@@ -74,7 +75,7 @@ class AgentPlugin:
         finally:
             # The target may hold the image now: a cached "who holds it" answer from before
             # the transfer would make the next pod on that node salvage it again.
-            self.inventory.invalidate()
+            self.inventory.invalidate(request.digest)
 
     @hookimpl(wrapper=True)
     def select_source(self, incident: Incident, candidates: list[NodeInfo], target: NodeInfo

@@ -144,7 +144,7 @@ def resolve_tag(image_ref: str, nodes: list[str]) -> str | None:
     Process: controller (leader), a detection reconcile worker.
     Sync/async: async in practice (asks the nodes).
     Deadline: 5 s (`move_on_after`: expiry counts as no answer), inside the reconcile's.
-    Built-in: `agent` (the agents' ResolveTag).
+    Built-in: `agent` (the agents' image records, ListImages).
     """
 
 
