@@ -37,7 +37,8 @@ so asking 5 000 agents is seconds, whatever the concurrency.
   so a sweep longer than the callers' deadlines is not restarted by every retry.
 - **No herd at expiry.** Answers are fresh for `CACHE_TTL` less a random share of up to
   `CACHE_JITTER` (answers cached together expire apart), then served stale for up to
-  `STALE_GRACE` more to every caller while one fan-out refreshes them.
+  `STALE_GRACE` more to every caller while one fan-out refreshes them (holders only: an
+  expired "none" is looked up again, since it may hide a node that has the image now).
 
 A dead or unknown agent only removes its node from the answer (logged at debug level:
 per-reconcile chatter). A transfer or a removal forgets the answers about its digest and
@@ -207,13 +208,13 @@ class Inventory:
                   ) -> None:
         """The plugin service: where fan-outs run while this replica leads, so they finish
         (and are cached) after the caller that started them has given up waiting."""
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
                 task_status.started()
                 await trio.sleep_forever()
-        finally:
-            self._nursery = None
+            finally:  # no new fan-out here once the service is ending
+                self._nursery = None
 
     def invalidate(self, digest: str | None = None) -> None:
         """Forget cached answers after a transfer or a removal changed what a node holds:
@@ -403,8 +404,8 @@ class Inventory:
             self._snapshot_only.put(digest, answer[1], ttl=fresh + self.stale_grace)
 
         stale: tuple[list[str], set[str]] | _NoStale = _NO_STALE
-        if state == "stale":
-            stale = (holders or [], set())
+        if state == "stale" and holders:  # an old "none" is not served: it may hide a holder
+            stale = (holders, set())
         answer = await self._single(("holders", digest), lambda: self._find(digest, nodes),
                                     store, None, stale)
         return None if answer is None else list(answer[0])

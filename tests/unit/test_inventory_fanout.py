@@ -287,6 +287,22 @@ async def test_at_expiry_callers_get_the_old_answer_while_one_refresh_runs(
         service.cancel_scope.cancel()
 
 
+async def test_an_expired_none_is_not_served_stale(
+        autojump_clock: trio.testing.MockClock) -> None:
+    agents = FakeAgents(cluster())
+    names = sorted(agents.nodes)
+    inv = inventory(agents, ttl=10.0, stale_grace=30.0)
+    d4 = "sha256:" + "4" * 64
+    async with trio.open_nursery() as service:
+        await service.start(inv.run)
+        assert await inv.find_image(d4, names) == []
+        agents.nodes["n07"].images["docker.io/x/new:v1"] = d4
+        agents.nodes["n07"].complete.add(d4)
+        await trio.sleep(11)  # expired, within the grace
+        assert await inv.find_image(d4, names) == ["n07"] and inv.stats.stale == 0
+        service.cancel_scope.cancel()
+
+
 async def test_answers_cached_together_expire_apart() -> None:
     agents = FakeAgents(cluster())
     draws = iter([0.0, 1.0])
