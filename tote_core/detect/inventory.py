@@ -24,7 +24,8 @@ def nodes_with_digest(nodes: Iterable[Node], digest: str) -> list[str]:
     return sorted(
         node.metadata.name
         for node in nodes
-        if any(name.endswith(suffix) for image in node.status.images for name in image.names)
+        if any(name.endswith(suffix) for image in node.status.images
+               for name in image.names or ())
     )
 
 
@@ -41,7 +42,7 @@ def resolve_tag(nodes: Iterable[Node], ref: ImageReference) -> str | None:
     for node in nodes:
         for image in node.status.images:
             normalised: list[ImageReference] = []
-            for name in image.names:
+            for name in image.names or ():
                 try:
                     normalised.append(parse(name))
                 except InvalidReference:
@@ -65,7 +66,7 @@ def digests_of(node: Node) -> set[str]:
     return {
         name[name.rfind("@") + 1:]
         for image in node.status.images
-        for name in image.names
+        for name in image.names or ()
         if "@" in name
     }
 
@@ -74,7 +75,7 @@ def tags_of(node: Node) -> set[str]:
     """Index function: every normalised `repository:tag` (no digest) in the node's status."""
     out: set[str] = set()
     for image in node.status.images:
-        for name in image.names:
+        for name in image.names or ():
             try:
                 ref = _parse_name(name)
             except InvalidReference:
