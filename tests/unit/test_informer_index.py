@@ -66,4 +66,6 @@ def test_index_matches_a_rebuild_after_any_event_sequence(
     assert informer._indices["labels"][1] == _expected(informer.items)
     for value, keys in _expected(informer.items).items():
         assert {o.name for o in informer.by_index("labels", value)} == keys
+        assert sorted(informer.keys_by_index("labels", value)) == sorted(keys)
     assert informer.by_index("labels", "never") == []
+    assert informer.keys_by_index("labels", "never") == []

@@ -62,7 +62,7 @@ class Caches:
 
     def nodes_with_digest(self, digest: str) -> list[str]:
         """Names of nodes whose status lists `repo@digest` (sorted), from the index."""
-        return sorted(n.metadata.name for n in self.nodes.by_index(inventory.DIGEST_INDEX, digest))
+        return sorted(self.nodes.keys_by_index(inventory.DIGEST_INDEX, digest))  # key = name
 
     def resolve_tag(self, ref: ImageReference) -> str | None:
         """The digest a node reports for `ref`'s repository:tag (only nodes the tag index

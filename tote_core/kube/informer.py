@@ -81,6 +81,12 @@ class Informer(Generic[T]):
         keys = self._indices[name][1].get(value, ())
         return [self.items[k] for k in keys if k in self.items]
 
+    def keys_by_index(self, name: str, value: str) -> list[str]:
+        """Keys of the objects `by_index` returns, without fetching them: a node's key is
+        its name, and a burst asks for the holders of one digest once per failing pod."""
+        items = self.items
+        return [k for k in self._indices[name][1].get(value, ()) if k in items]
+
     @staticmethod
     def _index_add(key: str, obj: T, index_of: IndexFunc[T], values: dict[str, set[str]]
                    ) -> None:
