@@ -383,7 +383,9 @@ class Inventory:
 
     def _asked_since(self, key: Hashable) -> float:
         """When a lookup first found nothing for `key`, within the last `MISS_REFRESH`
-        seconds (now, if none did): "none" needs a sweep that began at that time or later."""
+        seconds (now, if none did): "none" needs a sweep that began at that time or later.
+        Read once per lookup: a sweep may take longer than `MISS_REFRESH` (thousands of
+        nodes), and the lookup waiting for it must not then ask for yet another."""
         hit, since = self._misses.get(key)
         if hit and since is not None:
             return since
@@ -439,12 +441,16 @@ class Inventory:
         answers = await self._ask(hinted, known, holds)
         if sum(1 for how in answers.values() if how) < ENOUGH_HOLDERS:
             index = await self._record_index(nodes)
+            since: float | None = None  # when this question was first asked
             while True:
                 more = [n for n in index.by_digest.get(digest, ())
                         if n in wanted and n in known and n not in answers]
                 answers.update(await self._ask(more, known, holds))
-                since = self._asked_since(("holders", digest))
-                if any(answers.values()) or index.swept_at >= since:
+                if any(answers.values()):
+                    break
+                if since is None:
+                    since = self._asked_since(("holders", digest))
+                if index.swept_at >= since:
                     break
                 index = await self._record_index(nodes, since)
         found = sorted(n for n, how in answers.items() if how)
@@ -465,8 +471,10 @@ class Inventory:
         record as the agent's ResolveTag reads it, by name); None when no node has it, or
         when nodes disagree."""
         index = await self._record_index(nodes)
+        since: float | None = None  # when this question was first asked
         while image_ref not in index.by_tag:
-            since = self._asked_since(("tag", image_ref))
+            if since is None:
+                since = self._asked_since(("tag", image_ref))
             if index.swept_at >= since:
                 break
             index = await self._record_index(nodes, since)

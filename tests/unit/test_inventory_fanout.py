@@ -180,6 +180,23 @@ async def test_none_is_only_answered_from_a_sweep_begun_after_the_question(
     assert inv.stats.sweeps == 3
 
 
+async def test_a_sweep_slower_than_miss_refresh_still_answers_none(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """At thousands of nodes a sweep takes longer than MISS_REFRESH; a lookup waiting for
+    it must end with it, not ask for another (found at 5 000 simulated nodes)."""
+    agents = FakeAgents(cluster(200), latency=1.0)
+    names = sorted(agents.nodes)
+    inv = inventory(agents, max_in_flight=4)  # a sweep: 50 s
+    t = trio.current_time()
+    with trio.fail_after(MISS_REFRESH * 30):
+        assert await inv.find_image("sha256:" + "8" * 64, names) == []
+    # The index (begun before the question was found unanswered), then one sweep.
+    assert inv.stats.sweeps == 2 and trio.current_time() - t > 2 * MISS_REFRESH
+    with trio.fail_after(MISS_REFRESH * 30):
+        assert await inv.resolve_tag("docker.io/x/none:v1", names) is None
+    assert inv.stats.sweeps == 3 and inv.stats.skipped_down == 0
+
+
 async def test_tags_resolve_from_the_index() -> None:
     agents = FakeAgents(cluster())
     names = sorted(agents.nodes)
