@@ -56,7 +56,7 @@ class ControllerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     salvage_on_auth_failure: bool = False
     max_image_size: Size = 2147483648
     max_concurrent_salvages: int = 2
-    workers: int = 4
+    workers: int = 16
     reconcile_timeout: Duration = 30.0
     transfer_timeout: Duration = 1800.0
     salvagerecord_ttl: Duration = 168 * 3600.0
@@ -173,7 +173,7 @@ HELP: dict[str, str] = {
     "salvage_on_auth_failure": "salvage even when the pull failed on 401/403 (default false)",
     "max_image_size": "max bytes to move per salvage, e.g. 2GB (default); 0 = no limit",
     "max_concurrent_salvages": "simultaneous transfers (default 2)",
-    "workers": "detection reconcile workers (default 4)",
+    "workers": "detection reconcile workers (default 16)",
     "reconcile_timeout": "deadline per detection reconcile (default 30s)",
     "transfer_timeout": "deadline per transfer (default 30m)",
     "salvagerecord_ttl": "delete SalvageRecords older than this (default 168h)",
