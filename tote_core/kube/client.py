@@ -154,7 +154,8 @@ class KubeClient:
         return result
 
     async def list_pages(
-        self, path: str, type_: type[T], *, limit: int | None = None, **params: Any
+        self, path: str, type_: type[T], *, limit: int | None = None,
+        skip_undecodable: bool = False, **params: Any,
     ) -> AsyncIterator[ObjectList[T]]:
         """A list as the API server's pages of at most `limit` items (None: one page).
 
@@ -162,7 +163,12 @@ class KubeClient:
         at once: each page is decoded and handed over before the next is read, so the
         peak stays at one page above what the caller keeps. The pages are one consistent
         snapshot (the first page's resourceVersion); an expired `continue` token is 410 Gone,
-        which informers answer with a fresh list."""
+        which informers answer with a fresh list.
+
+        `skip_undecodable`: an object that does not decode as `type_` is left out with a
+        warning instead of failing the page. Informers list this way, as their watches
+        already skip such events: one odd object (a field a kubelet or an old client writes
+        as null) must not keep a whole cache, and the controller with it, from syncing."""
         query = {k: v for k, v in params.items() if v is not None}
         if limit is not None:
             if limit <= 0:
@@ -171,7 +177,12 @@ class KubeClient:
         decoder = msgspec.json.Decoder(ObjectList[type_])  # type: ignore[valid-type]
         while True:
             raw = await self.request("GET", path, params=query)
-            page: ObjectList[T] = decoder.decode(raw)
+            try:
+                page: ObjectList[T] = decoder.decode(raw)
+            except msgspec.ValidationError as exc:
+                if not skip_undecodable:
+                    raise
+                page = _decode_items_one_by_one(raw, type_, path, exc)
             del raw
             yield page
             if not page.metadata.continue_:
@@ -252,3 +263,25 @@ class KubeClient:
             yield events()
         finally:
             await response.aclose()
+
+
+def _decode_items_one_by_one(raw: bytes, type_: type[T], path: str,
+                             exc: msgspec.ValidationError) -> ObjectList[T]:
+    """A list page whose whole decode failed: each item decoded alone, the failing ones
+    logged (with the object's name) and left out. Only taken after a failure, so a normal
+    page costs one decode."""
+    loose = msgspec.json.decode(raw, type=ObjectList[msgspec.Raw])
+    one = msgspec.json.Decoder(type_)
+    items: list[T] = []
+    for item in loose.items:
+        try:
+            items.append(one.decode(item))
+        except msgspec.ValidationError as item_exc:
+            try:
+                meta = msgspec.json.decode(item, type=PartialObject).metadata
+                what = f"{meta.namespace or '-'}/{meta.name}"
+            except msgspec.ValidationError:
+                what = "an object without readable metadata"
+            log.warning("list %s: skipping %s, which does not decode: %s (page: %s)",
+                        path, what, item_exc, exc)
+    return ObjectList(metadata=loose.metadata, items=items)

@@ -119,6 +119,7 @@ class Informer(Generic[T]):
             self.path,
             self.type_,
             limit=self.page_size,
+            skip_undecodable=True,
             labelSelector=self.label_selector,
             fieldSelector=self.field_selector,
         ):
