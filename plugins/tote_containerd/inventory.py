@@ -338,6 +338,8 @@ class Inventory:
     def _sweep_targets(self, nodes: Iterable[str], known: dict[str, str]) -> list[str]:
         """Nodes of `nodes` with a known agent that did not fail in transport recently."""
         now = self.clock()
+        # Forget lapsed failures: endpoints of restarted agents (new pod IPs) would pile up.
+        self._down = {e: until for e, until in self._down.items() if until > now}
         out: list[str] = []
         missing = 0
         for n in dict.fromkeys(nodes):

@@ -349,6 +349,13 @@ async def test_a_failed_agent_is_left_out_of_sweeps_for_a_while(
     assert await inv.find_image(D1, names) == ["n01", "n02", "n03"]
     assert "n04" not in agents.asked("") and inv.stats.skipped_down == 1
     assert DOWN_FOR < 70
+    # A lapsed failure is forgotten, also when its endpoint is gone (an agent restarted
+    # under a new address is never asked at the old one again).
+    del agents.nodes["n04"]
+    await trio.sleep(DOWN_FOR + 1)
+    inv.invalidate()
+    await inv.find_image(D1, names)
+    assert inv._down == {}
 
 
 async def test_a_transfer_forgets_only_its_digest() -> None:
