@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tote_containerd.agent.transfer_target import LEASE_CHECK_INTERVAL
+
 from tests.cluster import netfaults
 from tests.cluster import registry as registry_mod
 from tests.cluster.cluster import KubeCluster
@@ -364,7 +366,15 @@ class Soak:
 
         wait_until(settled, timeout=RUN_DEADLINE + 120, interval=2, what="workloads settled")
         self.sample()
-        time.sleep(10)  # transfers that were cancelled clean up after themselves
+        # Transfers that were cancelled clean up after themselves, and each agent releases
+        # kept import leases whose image is whole by now every LEASE_CHECK_INTERVAL: a
+        # lease still there after two rounds is a leak.
+        deadline = time.monotonic() + 2 * LEASE_CHECK_INTERVAL + 15
+        time.sleep(10)
+        while time.monotonic() < deadline and any(
+                lease.startswith("tote-import-")
+                for node in self.cluster.nodes for lease, _ in _leases(node)):
+            time.sleep(5)
         r = self.report
         r.cycles = len(self.cycles)
         r.running = sum(1 for c in self.cycles if c.running is not None)
@@ -404,9 +414,11 @@ def _leases(node: KubeletNode) -> list[tuple[str, dict[str, str]]]:
 
 def leaks(cluster: KubeCluster, records: list[dict[str, Any]], cycles: list[Cycle] | None = None
           ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:  # fmt: skip
-    """What a quiet cluster must not hold: per node, tote's containerd leases (imports and
-    exports; a transfer's replay marker `tote-token-*` is kept until its token expires, by
-    design, and reported apart), active ingests, partial fast-path files and extraction
+    """What a quiet cluster must not hold: per node, tote's import leases (`tote-import-*`:
+    kept for a resume, and released by the agent once the image is whole) and any tote lease
+    without an expiry — a transfer's replay marker (`tote-token-*`, until its token expires)
+    and a regenerated layer's lease (`tote-export-*`, 10 minutes) expire on their own by
+    design and are reported apart —, active ingests, partial fast-path files and extraction
     snapshots; duplicate SalvageRecords per (digest, node); images pinned by tote without a
     SalvageRecord for them on that node. Second dict: what was seen that is not tote's to
     clean (other components' leases, unexpired token markers)."""
@@ -423,12 +435,12 @@ def leaks(cluster: KubeCluster, records: list[dict[str, Any]], cycles: list[Cycl
         for lease, labels in _leases(node):
             digest = labels.get("tote.dev/import") or labels.get("tote.dev/export") or ""
             what = f"{node.name}: {lease} {labels} {fate.get(digest, '')}".rstrip()
-            if lease.startswith("tote-token-"):
-                seen["token markers (expire with their token)"].append(what)
-            elif lease.startswith("tote-"):
+            if not lease.startswith("tote-"):
+                seen["leases that are not tote's"].append(what)
+            elif "containerd.io/gc.expire" not in labels or lease.startswith("tote-import-"):
                 found["leases"].append(what)
             else:
-                seen["leases that are not tote's"].append(what)
+                seen["token markers and layer exports (expire on their own)"].append(what)
         for line in node.ctr("content", "active").stdout.splitlines()[1:]:
             found["ingests"].append(f"{node.name}: {line.split()[0]}")
         tmp = node.containerd.content_root / "tote-tmp"

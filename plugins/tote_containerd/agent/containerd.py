@@ -251,6 +251,13 @@ class ContainerdClient:
                                            leases_pb2.CreateRequest(id=lease_id, labels=lab))
         return created is not None
 
+    async def list_leases(self, filters: Iterable[str] = ()) -> list[tuple[str, dict[str, str]]]:
+        """(id, labels) of the namespace's leases matching containerd filters, e.g.
+        `labels."tote.dev/import"`."""
+        resp = await self._unary(self._leases.List,
+                                 leases_pb2.ListRequest(filters=list(filters)))
+        return [(lease.id, dict(lease.labels)) for lease in resp.leases]
+
     async def delete_lease(self, lease_id: str, *, sync: bool = False) -> None:
         with contextlib.suppress(errors.NotFound):
             await self._unary(self._leases.Delete,

@@ -93,6 +93,7 @@ async def run(settings: AgentSettings, *,
             try:
                 async with trio.open_nursery() as nursery:
                     await _serve(nursery, bridge, agent, ports, checked)
+                    nursery.start_soon(agent.target.release_finished_imports_forever)
                     log.info("agent %s serving on %s:%d (%s, platform %s, fast path %s, "
                              "data port %s)", checked.node, settings.listen_address,
                              settings.grpc_port, "mTLS" if checked.tls else "INSECURE",

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -45,6 +45,7 @@ from tote_containerd.agent.errors import (
 )
 from tote_containerd.agent.fast_path import FastPath
 from tote_containerd.agent.image_records import PIN_LABEL, PINNED
+from tote_containerd.agent.inspection import inspect
 from tote_containerd.agent.peer import Peer, PeerOpener, split_endpoint
 from tote_containerd.agent.progress import ProgressFn, Reporter
 from tote_containerd.agent.stream_extract import STREAMABLE, LayerStream
@@ -54,6 +55,9 @@ from tote_containerd.agent.unpack import MT_LAYER_TAR, Unpacker, chain_ids, diff
 log = logging.getLogger("tote.agent")
 
 IMPORT_LEASE_TTL = 3600.0
+# How often kept import leases are checked against what the node now holds.
+LEASE_CHECK_INTERVAL = 60.0
+IMPORT_LABEL = "tote.dev/import"
 FINAL_REFUSALS = frozenset({"too_large", "layer_unverified"})
 CRI_LABELS = {oci.CRI_LABEL: "managed"}
 
@@ -95,6 +99,38 @@ class TransferTarget:
                 self._import_locks.pop(req.digest, None)
             metrics.TRANSFERS.labels(result=result).inc()
             metrics.TRANSFER_SECONDS.observe(time.monotonic() - started)
+
+    async def release_finished_imports(self) -> list[str]:
+        """Release import leases kept for a resume that will not come: the image is whole on
+        this node now. That happens when kubelet pulled it (the registry came back) while
+        tote's transfer was failing, or when releasing the lease failed after an import
+        completed (containerd restarting). Until released, such a lease keeps whatever
+        ingests it holds from containerd's GC for up to `IMPORT_LEASE_TTL`. Leases of
+        imports running now are left alone. Returns the released lease ids."""
+        released = []
+        for lease, labels in await self.cd.list_leases([f'labels."{IMPORT_LABEL}"']):
+            digest = labels.get(IMPORT_LABEL, "")
+            if not lease.startswith("tote-import-") or digest in self._import_locks:
+                continue
+            try:
+                held = await inspect(self.content, digest, self.platform)
+            except AgentError:  # not recorded here (yet): a resume may still come
+                continue
+            if held.complete or held.unpacked:
+                await self.cd.delete_lease(lease)
+                released.append(lease)
+                log.info("released import lease %s: %s is whole on this node", lease, digest)
+        return released
+
+    async def release_finished_imports_forever(self) -> NoReturn:
+        """`release_finished_imports` every LEASE_CHECK_INTERVAL (containerd's failures
+        logged, never fatal: the leases expire on their own anyway)."""
+        while True:
+            await trio.sleep(LEASE_CHECK_INTERVAL)
+            try:
+                await self.release_finished_imports()
+            except AgentError as exc:
+                log.warning("checking kept import leases: %s", exc)
 
     async def _import_locked(self, req: ImportRequest, want: str, progress: ProgressFn,
                              host: str) -> ImportProgress:
@@ -159,7 +195,7 @@ class TransferTarget:
             # token, wrong peer, no such platform, too large) leaves nothing behind. It stays
             # after a failed transfer so a retry resumes the in-flight ingests.
             await self.cd.create_lease(lease, expire_in=IMPORT_LEASE_TTL,
-                                       labels={"tote.dev/import": req.digest})
+                                       labels={IMPORT_LABEL: req.digest})
             arrived = {d.digest: trio.Event() for d in missing}
             # Regenerated layers, as their tars arrive: what the unpacker applies instead.
             tars: dict[str, oci.Desc] = {}
