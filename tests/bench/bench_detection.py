@@ -50,7 +50,7 @@ import trio
 
 from tests.cluster.controller import ControllerProcess, Controllers
 from tests.cluster.controlplane import ControlPlane, binaries_dir, start_control_plane
-from tests.cluster.procs import ProcessGroup, cpu_seconds, loadavg, rss_mib, wait_until
+from tests.cluster.procs import ProcessGroup, cpu_seconds, wait_until
 from tests.cluster.webhook import Receiver
 
 DIGEST = "sha256:" + "d" * 64
@@ -58,9 +58,23 @@ REPO = "127.0.0.1:5999/bench"
 NS_COUNT = 50
 
 
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def hwm_mib(pid: int) -> float:
     """Peak RSS so far (the initial list's high-water mark)."""
     return rss_mib(pid, "VmHWM")
+
+
+def loadavg() -> str:
+    """The load average, with uptime's clock: every reported figure carries the machine's
+    load next to it (the machine is shared)."""
+    now = time.strftime("%H:%M:%S", time.gmtime())
+    return f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])} at {now} UTC"
 
 
 def client(cp: ControlPlane, timeout: float = 60) -> httpx.AsyncClient:

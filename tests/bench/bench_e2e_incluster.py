@@ -28,6 +28,7 @@ import json
 import re
 import shutil
 import statistics
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -36,9 +37,12 @@ from tests.bench.bench_e2e import RunResult, watch_workload
 from tests.bench.netns_baseline import tcp_copy
 from tests.cluster import registry as registry_mod
 from tests.cluster.cluster import KubeCluster
-from tests.cluster.procs import loadavg
 from tests.cluster.salvage_env import image_only_on_node_b, namespace, workload_image
 from tests.cluster.tote_install import install_tote
+
+
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def _cleanup(cluster: KubeCluster, ns: str, ref: str) -> None:
@@ -152,7 +156,7 @@ def _fmt(d: dict[str, float]) -> str:
 
 def run(cluster: KubeCluster, work: Path, *, size_mib: int, pairs: int, window: float,
         layers: int = 1, discard_source: bool = False) -> int:
-    print(f"load average before: {loadavg()}", flush=True)
+    print(f"load before: {_uptime()}", flush=True)
     inst = install_tote(cluster, work / "tote")
     print(f"tote installed by helm: {inst.startup_seconds}", flush=True)
     salv: list[RunResult] = []
@@ -172,7 +176,7 @@ def run(cluster: KubeCluster, work: Path, *, size_mib: int, pairs: int, window: 
                 print(f"[{label}] {state}: {_fmt(bd)}{moved}", flush=True)
     finally:
         inst.uninstall()
-    print(f"load average after: {loadavg()}")
+    print(f"load after: {_uptime()}")
     s = [x for r in salv if (x := salvage_breakdown(r).get("total")) is not None]
     h = [x for r in heal if (x := healthy_breakdown(r).get("total")) is not None]
     mode = ", snapshot salvage (source discarded its layer blobs)" if discard_source else ""

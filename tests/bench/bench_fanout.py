@@ -50,7 +50,6 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
 import trio  # noqa: E402
 
-from tests.cluster.procs import loadavg, open_fds, rss_mib  # noqa: E402
 from tests.cluster.sim_agents import ip_of  # noqa: E402
 
 PORT = 19090
@@ -116,6 +115,15 @@ async def serve_nodes(first: int, count: int, args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------ controller side
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -353,7 +361,8 @@ def main() -> None:
         return
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    print("load average before:", loadavg())
+    uptime = ["uptime"]
+    print("before:", subprocess.run(uptime, capture_output=True, text=True).stdout.strip())
     with tempfile.TemporaryDirectory(prefix="tote-bench-fanout-") as tmp:
         pki = Path(tmp)
         make_pki(pki)
@@ -369,7 +378,7 @@ def main() -> None:
                     p.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     p.kill()
-        print("load average after:", loadavg())
+        print("after:", subprocess.run(uptime, capture_output=True, text=True).stdout.strip())
 
 
 if __name__ == "__main__":

@@ -111,15 +111,6 @@ class Containerd:
         """Remove one blob from the content store (to make a corrupt image record)."""
         self.ctr("content", "rm", digest)
 
-    def task_pid(self, container_id: str) -> int | None:
-        """The host PID of a container's task (its first process), None when it has none:
-        how a test signals or measures a pod's process, by PID."""
-        for line in self.ctr("tasks", "ls", check=False).stdout.splitlines()[1:]:
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] == container_id and parts[1].isdigit():
-                return int(parts[1])
-        return None
-
     def remove_all_tasks(self) -> list[str]:
         """SIGKILL and delete every task and container in `k8s.io` (what a drain would do)."""
         removed: list[str] = []
@@ -255,9 +246,6 @@ class ContainerdBacked:
 
     def blob_present(self, digest: str) -> bool:
         return self.containerd.blob_present(digest)
-
-    def task_pid(self, container_id: str) -> int | None:
-        return self.containerd.task_pid(container_id)
 
     def logs(self) -> dict[str, str]:
         return self.procs.logs()

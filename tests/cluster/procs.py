@@ -150,27 +150,6 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
-def rss_mib(pid: int | str = "self", field: str = "VmRSS") -> float:
-    """Resident set size of `pid` in MiB, from /proc/PID/status (`field="VmHWM"`: its peak
-    so far); NaN if the kernel does not report it. Raises OSError once `pid` is gone."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def open_fds(pid: int | str = "self") -> int:
-    """File descriptors `pid` has open. Raises OSError once `pid` is gone."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def loadavg() -> str:
-    """The load average, with uptime's clock: every reported figure carries the machine's
-    load next to it (the machine is shared)."""
-    now = time.strftime("%H:%M:%S", time.gmtime())
-    return f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])} at {now} UTC"
-
-
 def cpu_seconds(pid: int, *, children: bool = False) -> float:
     """User + system CPU seconds `pid` has used so far, from /proc/PID/stat; with
     `children`, plus those of its children it has reaped. Raises OSError once `pid` is

@@ -36,12 +36,13 @@ import os
 import random
 import signal
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tote_containerd.agent.transfer_target import IMPORT_LEASE_PREFIX, LEASE_CHECK_INTERVAL
+from tote_containerd.agent.transfer_target import LEASE_CHECK_INTERVAL
 
 from tests.cluster import netfaults
 from tests.cluster import registry as registry_mod
@@ -50,7 +51,7 @@ from tests.cluster.containerd_node import Containerd
 from tests.cluster.manifests import pod_manifest
 from tests.cluster.node import KubeletNode
 from tests.cluster.objects import pod_running
-from tests.cluster.procs import loadavg, open_fds, rss_mib, wait_until
+from tests.cluster.procs import wait_until
 from tests.cluster.salvage_env import OPT_IN, namespace, workload_image
 from tests.cluster.tote_install import Install
 
@@ -123,12 +124,29 @@ class Report:
         return sum(len(v) for v in self.leaks.values())
 
 
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def _task_pid(node: KubeletNode, container_id: str) -> int | None:
+    """The host PID of a container's process, from its node's containerd."""
+    res = node.ctr("tasks", "ls", check=False)
+    for line in res.stdout.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == container_id and parts[1].isdigit():
+            return int(parts[1])
+    return None
+
+
 def _proc_figures(pid: int) -> tuple[float, int] | None:
-    """RSS (MiB) and open fds of `pid`; None once it is gone (the churn restarts them)."""
     try:
-        return rss_mib(pid), open_fds(pid)
+        status = Path(f"/proc/{pid}/status").read_text()
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return None
+    rss = next((int(line.split()[1]) / 1024 for line in status.splitlines()
+                if line.startswith("VmRSS:")), float("nan"))  # fmt: skip
+    return rss, fds
 
 
 class Soak:
@@ -171,7 +189,7 @@ class Soak:
         cid = (statuses[0].get("containerID") or "") if statuses else ""
         if "://" not in cid or not pod["spec"].get("nodeName"):
             return None
-        return self.node(pod["spec"]["nodeName"]).task_pid(cid.split("://", 1)[1])
+        return _task_pid(self.node(pod["spec"]["nodeName"]), cid.split("://", 1)[1])
 
     # -- workloads -------------------------------------------------------------------------
 
@@ -293,7 +311,7 @@ class Soak:
                                                   component=comp, pid=pid,
                                                   rss_mib=round(figures[0], 1),
                                                   fds=figures[1]))  # fmt: skip
-        self.report.load.append(f"{now:.0f}s {loadavg()}")
+        self.report.load.append(f"{now:.0f}s {_uptime()}")
         running = sum(1 for c in self.cycles if c.running is not None)
         self.log(f"{len(self.cycles)} workloads, {running} ran; " + ", ".join(
             f"{s.pod} {s.rss_mib} MiB {s.fds} fds" for s in self.report.samples if s.t == round(
@@ -313,7 +331,7 @@ class Soak:
                    "containerd": (self.restart_containerd, k.containerd_restart),
                    "leader": (self.kill_leader, k.leader_kill),
                    "fault": (self.start_fault, k.fault)}  # fmt: skip
-        self.log(f"soak for {k.minutes} min in {self.ns}; {loadavg()}")
+        self.log(f"soak for {k.minutes} min in {self.ns}; {_uptime()}")
         try:
             while self.now() < end:
                 now = self.now()
@@ -354,7 +372,7 @@ class Soak:
         deadline = time.monotonic() + 2 * LEASE_CHECK_INTERVAL + 15
         time.sleep(10)
         while time.monotonic() < deadline and any(
-                lease.startswith(IMPORT_LEASE_PREFIX)
+                lease.startswith("tote-import-")
                 for node in self.cluster.nodes for lease, _ in _leases(node)):
             time.sleep(5)
         r = self.report
@@ -369,7 +387,7 @@ class Soak:
                 if x.get("status", {}).get("phase") == "Completed"}  # fmt: skip
         r.salvaged = sum(1 for c in self.cycles if (c.digest, c.target) in done)
         r.leaks, r.seen = leaks(self.cluster, records, self.cycles)
-        r.load.append(f"end {loadavg()}")
+        r.load.append(f"end {_uptime()}")
 
 
 def _spread(xs: list[float]) -> dict[str, float]:
@@ -419,7 +437,7 @@ def leaks(cluster: KubeCluster, records: list[dict[str, Any]], cycles: list[Cycl
             what = f"{node.name}: {lease} {labels} {fate.get(digest, '')}".rstrip()
             if not lease.startswith("tote-"):
                 seen["leases that are not tote's"].append(what)
-            elif "containerd.io/gc.expire" not in labels or lease.startswith(IMPORT_LEASE_PREFIX):
+            elif "containerd.io/gc.expire" not in labels or lease.startswith("tote-import-"):
                 found["leases"].append(what)
             else:
                 seen["token markers and layer exports (expire on their own)"].append(what)

@@ -95,10 +95,11 @@ class Salvage:
         pod = self.controller()
         cid = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
         node = _node(self.cluster, pod["spec"]["nodeName"])
-        pid = node.task_pid(cid)
-        if pid is None:
-            raise LookupError(f"no task {cid} on {node.name}")
-        return pid
+        for line in node.ctr("tasks", "ls").stdout.splitlines()[1:]:
+            task, pid, *_ = line.split()
+            if task == cid:
+                return int(pid)
+        raise LookupError(f"no task {cid} on {node.name}")
 
     def record(self) -> dict[str, Any] | None:
         items = json.loads(self.cluster.kubectl(

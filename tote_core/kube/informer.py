@@ -115,7 +115,6 @@ class Informer(Generic[T]):
     async def _relist(self) -> None:
         fresh: dict[str, T] = {}
         resource_version = ""
-        compact = self.compact
         async for page in self.client.list_pages(
             self.path,
             self.type_,
@@ -124,6 +123,7 @@ class Informer(Generic[T]):
             labelSelector=self.label_selector,
             fieldSelector=self.field_selector,
         ):
+            compact = self.compact
             for obj in page.items:
                 if compact is not None:
                     obj = compact(obj)

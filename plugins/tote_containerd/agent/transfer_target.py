@@ -58,7 +58,6 @@ IMPORT_LEASE_TTL = 3600.0
 # How often kept import leases are checked against what the node now holds.
 LEASE_CHECK_INTERVAL = 60.0
 IMPORT_LABEL = "tote.dev/import"
-IMPORT_LEASE_PREFIX = "tote-import-"
 FINAL_REFUSALS = frozenset({"too_large", "layer_unverified"})
 CRI_LABELS = {oci.CRI_LABEL: "managed"}
 
@@ -111,14 +110,13 @@ class TransferTarget:
         released = []
         for lease, labels in await self.cd.list_leases([f'labels."{IMPORT_LABEL}"']):
             digest = labels.get(IMPORT_LABEL, "")
-            if lease != _import_lease(digest) or digest in self._import_locks:
+            if not lease.startswith("tote-import-") or digest in self._import_locks:
                 continue
             try:
                 held = await inspect(self.content, digest, self.platform)
             except AgentError:  # not recorded here (yet): a resume may still come
                 continue
-            # An import of it may have begun while we looked: its lease is its own again.
-            if (held.complete or held.unpacked) and digest not in self._import_locks:
+            if held.complete or held.unpacked:
                 await self.cd.delete_lease(lease)
                 released.append(lease)
                 log.info("released import lease %s: %s is whole on this node", lease, digest)
@@ -136,7 +134,8 @@ class TransferTarget:
 
     async def _import_locked(self, req: ImportRequest, want: str, progress: ProgressFn,
                              host: str) -> ImportProgress:
-        lease = _import_lease(req.digest)
+        hexd = req.digest.split(":", 1)[1]
+        lease = f"tote-import-{hexd[:32]}"
         prog = ImportProgress(phase="resolving", path="fast" if self.fast else "api")
         if self.fast:
             await self.fast.sweep(IMPORT_LEASE_TTL)
@@ -488,9 +487,3 @@ class TransferTarget:
             metrics.DIGEST_MISMATCH.inc()
             raise DigestMismatch(f"{d.digest}: bytes from the source do not match the "
                                  f"digest; rejected ({exc})") from exc
-
-
-def _import_lease(digest: str) -> str:
-    """The lease an import of `digest` writes under: one per digest, so a retry finds (and
-    resumes under) the lease a failed attempt kept."""
-    return f"{IMPORT_LEASE_PREFIX}{digest.split(':', 1)[-1][:32]}"
